@@ -1,0 +1,1 @@
+//! Attention over the paged KV cache (filled in by the model crate's needs).

@@ -1,0 +1,29 @@
+//! Errors raised by kernel entry points when their inputs disagree.
+
+/// A kernel was called with inputs it cannot work on.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// A buffer's length does not match the shape it was declared with.
+    #[error("{what}: expected {expected} elements, got {actual}")]
+    Length {
+        what: &'static str,
+        expected: usize,
+        actual: usize,
+    },
+    /// The weight format is not supported by this kernel.
+    #[error("unsupported weight format {0:?}")]
+    UnsupportedFormat(WeightFormatName),
+    /// A row length is not a multiple of the format's block size.
+    #[error("row length {cols} is not a multiple of the {format:?} block size {block}")]
+    RaggedRow {
+        format: WeightFormatName,
+        cols: usize,
+        block: usize,
+    },
+}
+
+/// The name of a weight format, for error messages.
+pub type WeightFormatName = candle_core::quantized::GgmlDType;
+
+/// Result alias for kernel calls.
+pub type Result<T> = std::result::Result<T, KernelError>;

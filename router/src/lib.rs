@@ -1,0 +1,1 @@
+//! The semantic router (see issue 3): not built yet.
