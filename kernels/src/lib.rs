@@ -8,4 +8,5 @@ pub mod error;
 pub mod qmatmul;
 
 pub use error::{KernelError, Result};
+pub use attention::{paged_attention, AttentionShape, SequenceSpan};
 pub use qmatmul::{matmul, matmul_reference, WeightFormat, WeightMatrix};
