@@ -1,1 +1,14 @@
-//! Model architectures on Candle.
+//! Model architectures for Switchyard.
+//!
+//! - [`decoder`]: llama-family decoders with an external paged KV cache, weights memory-mapped from
+//!   GGUF or safetensors files.
+//! - [`weights`]: the memory-mapped file readers.
+
+pub mod decoder;
+pub mod error;
+pub mod loader;
+pub mod text;
+pub mod weights;
+
+pub use error::{ModelError, Result};
+pub use loader::{load_generation_model, GenerationModel};

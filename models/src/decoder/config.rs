@@ -1,0 +1,271 @@
+//! Hyper-parameters of a llama-family decoder, read from a Hugging Face `config.json` or from GGUF
+//! metadata.
+
+use crate::error::{ModelError, Result};
+use crate::weights::GgufFile;
+use serde::Deserialize;
+
+/// The decoder families this crate implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Llama 2/3, SmolLM/SmolLM2 and other `LlamaForCausalLM` checkpoints.
+    Llama,
+    /// Qwen2 / Qwen2.5: biases on the q/k/v projections.
+    Qwen2,
+    /// Qwen3: RMSNorm on queries and keys per head, no q/k/v biases.
+    Qwen3,
+}
+
+impl Family {
+    /// The family for a Hugging Face `model_type` or GGUF `general.architecture`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "llama" | "smollm" | "smollm2" | "mistral" => Ok(Self::Llama),
+            "qwen2" => Ok(Self::Qwen2),
+            "qwen3" => Ok(Self::Qwen3),
+            other => Err(ModelError::Config(format!(
+                "unsupported architecture `{other}` (supported: llama, qwen2, qwen3)"
+            ))),
+        }
+    }
+}
+
+/// How rotary embeddings pair up the dimensions of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Dimension `i` rotates with `i + d/2` (Hugging Face `rotate_half`, llama.cpp NEOX).
+    HalfSplit,
+    /// Dimension `2i` rotates with `2i + 1` (llama.cpp NORM; GGUF llama weights are permuted for it).
+    Interleaved,
+}
+
+/// Rotary-embedding frequency scaling, as the configs name it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// Positions divided by `factor` (`rope_type: linear`).
+    Linear { factor: f64 },
+    /// Llama 3.1's wavelength-dependent scaling (`rope_type: llama3`).
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+}
+
+/// Everything the forward pass needs to know about a decoder's shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecoderConfig {
+    pub family: Family,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<RopeScaling>,
+    pub rope_style: RopeStyle,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+}
+
+#[derive(Deserialize)]
+struct HfConfig {
+    model_type: Option<String>,
+    architectures: Option<Vec<String>>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    rope_theta: f64,
+    rope_scaling: Option<serde_json::Value>,
+    max_position_embeddings: usize,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    hidden_act: Option<String>,
+}
+
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+
+impl DecoderConfig {
+    /// Parses a Hugging Face `config.json` text.
+    pub fn from_hf_json(text: &str) -> Result<Self> {
+        let hf: HfConfig = serde_json::from_str(text)
+            .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+        let model_type = match (&hf.model_type, &hf.architectures) {
+            (Some(t), _) => t.clone(),
+            (None, Some(archs)) if !archs.is_empty() => {
+                archs[0].trim_end_matches("ForCausalLM").to_lowercase()
+            }
+            _ => return Err(ModelError::Config("config.json has no `model_type`".into())),
+        };
+        if let Some(act) = &hf.hidden_act {
+            if act != "silu" {
+                return Err(ModelError::Config(format!(
+                    "hidden_act `{act}` is not supported (only silu)"
+                )));
+            }
+        }
+        let family = Family::from_name(&model_type)?;
+        let rope_scaling = hf
+            .rope_scaling
+            .as_ref()
+            .map(parse_hf_rope_scaling)
+            .transpose()?
+            .flatten();
+        let config = Self {
+            family,
+            vocab_size: hf.vocab_size,
+            hidden_size: hf.hidden_size,
+            intermediate_size: hf.intermediate_size,
+            num_layers: hf.num_hidden_layers,
+            num_heads: hf.num_attention_heads,
+            num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
+            head_dim: hf
+                .head_dim
+                .unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
+            rms_norm_eps: hf.rms_norm_eps,
+            rope_theta: hf.rope_theta,
+            rope_scaling,
+            rope_style: RopeStyle::HalfSplit,
+            max_position_embeddings: hf.max_position_embeddings,
+            tie_word_embeddings: hf.tie_word_embeddings,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads the configuration from GGUF metadata (`general.architecture` and its `<arch>.*` keys).
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let arch = gguf
+            .string("general.architecture")
+            .ok_or_else(|| ModelError::Config("GGUF has no general.architecture".into()))?
+            .to_string();
+        let family = Family::from_name(&arch)?;
+        let int = |key: &str| -> Result<usize> {
+            gguf.integer(&format!("{arch}.{key}"))
+                .map(|v| v as usize)
+                .ok_or_else(|| ModelError::Config(format!("GGUF metadata `{arch}.{key}` missing")))
+        };
+        let hidden_size = int("embedding_length")?;
+        let num_heads = int("attention.head_count")?;
+        let vocab_size = match int("vocab_size") {
+            Ok(v) => v,
+            Err(_) => gguf
+                .strings("tokenizer.ggml.tokens")
+                .map(|t| t.len())
+                .ok_or_else(|| ModelError::Config("GGUF has no vocabulary size".into()))?,
+        };
+        let rope_scaling = match gguf.string(&format!("{arch}.rope.scaling.type")) {
+            None | Some("none") => None,
+            Some("linear") => Some(RopeScaling::Linear {
+                factor: gguf
+                    .float(&format!("{arch}.rope.scaling.factor"))
+                    .unwrap_or(1.0),
+            }),
+            Some(other) => {
+                return Err(ModelError::Config(format!(
+                    "GGUF rope scaling `{other}` is not supported"
+                )))
+            }
+        };
+        let tied = crate::weights::TensorSource::get(gguf, "output.weight").is_none();
+        let config = Self {
+            family,
+            vocab_size,
+            hidden_size,
+            intermediate_size: int("feed_forward_length")?,
+            num_layers: int("block_count")?,
+            num_heads,
+            num_kv_heads: int("attention.head_count_kv").unwrap_or(num_heads),
+            head_dim: int("attention.key_length").unwrap_or(hidden_size / num_heads.max(1)),
+            rms_norm_eps: gguf
+                .float(&format!("{arch}.attention.layer_norm_rms_epsilon"))
+                .ok_or_else(|| ModelError::Config("GGUF rms epsilon missing".into()))?,
+            rope_theta: gguf
+                .float(&format!("{arch}.rope.freq_base"))
+                .unwrap_or(10_000.0),
+            rope_scaling,
+            rope_style: match family {
+                Family::Llama => RopeStyle::Interleaved,
+                Family::Qwen2 | Family::Qwen3 => RopeStyle::HalfSplit,
+            },
+            max_position_embeddings: int("context_length")?,
+            tie_word_embeddings: tied,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::Config(m));
+        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0
+        {
+            return bad(format!(
+                "{} attention heads cannot be grouped over {} key/value heads",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+            return bad(format!(
+                "head_dim {} must be even and non-zero",
+                self.head_dim
+            ));
+        }
+        if self.vocab_size == 0 || self.hidden_size == 0 || self.num_layers == 0 {
+            return bad("vocab_size, hidden_size and num_layers must be non-zero".into());
+        }
+        Ok(())
+    }
+
+    /// Width of the concatenated query heads.
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+
+    /// Width of the concatenated key (or value) heads.
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+}
+
+fn parse_hf_rope_scaling(v: &serde_json::Value) -> Result<Option<RopeScaling>> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    let kind = v
+        .get("rope_type")
+        .or_else(|| v.get("type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("default");
+    let num = |key: &str| -> Result<f64> {
+        v.get(key)
+            .and_then(|x| x.as_f64())
+            .ok_or_else(|| ModelError::Config(format!("rope_scaling.{key} missing")))
+    };
+    match kind {
+        "default" => Ok(None),
+        "linear" => Ok(Some(RopeScaling::Linear {
+            factor: num("factor")?,
+        })),
+        "llama3" => Ok(Some(RopeScaling::Llama3 {
+            factor: num("factor")?,
+            low_freq_factor: num("low_freq_factor")?,
+            high_freq_factor: num("high_freq_factor")?,
+            original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
+        })),
+        other => Err(ModelError::Config(format!(
+            "rope_scaling type `{other}` is not supported (default, linear, llama3)"
+        ))),
+    }
+}

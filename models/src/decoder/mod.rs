@@ -1,0 +1,11 @@
+//! Llama-family decoders (Llama / SmolLM2, Qwen2, Qwen3) from GGUF or Hugging Face safetensors.
+
+mod config;
+mod kv_cache;
+mod model;
+mod rope;
+
+pub use config::{DecoderConfig, Family, RopeScaling, RopeStyle};
+pub use kv_cache::{BlockTable, KvCache};
+pub use model::{Decoder, SequenceInput};
+pub use rope::Rope;

@@ -1,0 +1,450 @@
+//! The llama-family forward pass over a ragged batch.
+//!
+//! All tokens of a step (prefill chunks and single decode tokens of many sequences) are flattened
+//! into one `[tokens, hidden]` activation matrix, so every linear layer is one matrix product over
+//! the whole batch (weights are read once per step, not once per sequence), and attention is one
+//! paged-attention call that knows where each sequence's rows and cache blocks are.
+
+use crate::decoder::kv_cache::{BlockTable, KvCache};
+use crate::decoder::rope::Rope;
+use crate::decoder::{DecoderConfig, Family};
+use crate::error::{ModelError, Result};
+use crate::weights::{GgufFile, MappedTensor, SafetensorsFiles, TensorSource};
+use rayon::prelude::*;
+use std::path::Path;
+use switchyard_kernels::{matmul, paged_attention, AttentionShape, SequenceSpan};
+
+/// A linear layer: a (possibly quantized) `[out, in]` weight and an optional bias.
+#[derive(Debug)]
+struct Linear {
+    weight: MappedTensor,
+    bias: Option<Vec<f32>>,
+}
+
+impl Linear {
+    fn load(
+        src: &dyn TensorSource,
+        name: &str,
+        bias: Option<&str>,
+        out: usize,
+        inp: usize,
+    ) -> Result<Self> {
+        let weight = src.require(name)?;
+        if weight.shape() != [out, inp] {
+            return Err(ModelError::BadTensor {
+                name: name.into(),
+                message: format!("expected shape [{out}, {inp}], found {:?}", weight.shape()),
+            });
+        }
+        let bias = match bias.and_then(|b| src.get(b)) {
+            Some(b) => Some(vector(&b, bias.unwrap_or_default(), out)?),
+            None => None,
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// `out[m, rows] = x[m, cols] Wᵀ + b`.
+    fn forward(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
+        matmul(x, m, &self.weight.matrix()?, out)?;
+        if let Some(b) = &self.bias {
+            for row in out.chunks_exact_mut(b.len()) {
+                row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn vector(t: &MappedTensor, name: &str, len: usize) -> Result<Vec<f32>> {
+    let v = t.to_f32_vec()?;
+    if v.len() != len {
+        return Err(ModelError::BadTensor {
+            name: name.into(),
+            message: format!("expected {len} elements, found {}", v.len()),
+        });
+    }
+    Ok(v)
+}
+
+#[derive(Debug)]
+struct Layer {
+    attn_norm: Vec<f32>,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// How tensors are named in a checkpoint format.
+#[derive(Clone, Copy)]
+enum Naming {
+    Gguf,
+    HuggingFace,
+}
+
+impl Naming {
+    fn embed(self) -> &'static str {
+        match self {
+            Self::Gguf => "token_embd.weight",
+            Self::HuggingFace => "model.embed_tokens.weight",
+        }
+    }
+    fn output_norm(self) -> &'static str {
+        match self {
+            Self::Gguf => "output_norm.weight",
+            Self::HuggingFace => "model.norm.weight",
+        }
+    }
+    fn lm_head(self) -> &'static str {
+        match self {
+            Self::Gguf => "output.weight",
+            Self::HuggingFace => "lm_head.weight",
+        }
+    }
+    /// Name of `part` (in GGUF's vocabulary) of layer `i`.
+    fn layer(self, i: usize, part: &str) -> String {
+        match self {
+            Self::Gguf => format!("blk.{i}.{part}"),
+            Self::HuggingFace => {
+                let hf = match part {
+                    "attn_norm.weight" => "input_layernorm.weight",
+                    "ffn_norm.weight" => "post_attention_layernorm.weight",
+                    "attn_q.weight" => "self_attn.q_proj.weight",
+                    "attn_k.weight" => "self_attn.k_proj.weight",
+                    "attn_v.weight" => "self_attn.v_proj.weight",
+                    "attn_q.bias" => "self_attn.q_proj.bias",
+                    "attn_k.bias" => "self_attn.k_proj.bias",
+                    "attn_v.bias" => "self_attn.v_proj.bias",
+                    "attn_output.weight" => "self_attn.o_proj.weight",
+                    "attn_q_norm.weight" => "self_attn.q_norm.weight",
+                    "attn_k_norm.weight" => "self_attn.k_norm.weight",
+                    "ffn_gate.weight" => "mlp.gate_proj.weight",
+                    "ffn_up.weight" => "mlp.up_proj.weight",
+                    "ffn_down.weight" => "mlp.down_proj.weight",
+                    other => other,
+                };
+                format!("model.layers.{i}.{hf}")
+            }
+        }
+    }
+}
+
+/// A llama-family decoder (Llama, SmolLM2, Qwen2, Qwen3) with weights used in place from their files.
+#[derive(Debug)]
+pub struct Decoder {
+    config: DecoderConfig,
+    embed: MappedTensor,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    lm_head: MappedTensor,
+    rope: Rope,
+}
+
+/// One sequence's part of a forward batch.
+#[derive(Clone, Copy, Debug)]
+pub struct SequenceInput<'a> {
+    /// The tokens to run for this sequence (a prefill chunk, or the one newest token when decoding).
+    pub tokens: &'a [u32],
+    /// Absolute position of `tokens[0]` (the number of positions already in the cache).
+    pub start_position: usize,
+    /// The sequence's cache blocks; must cover `start_position + tokens.len()` positions.
+    pub blocks: &'a BlockTable,
+    /// Whether to return logits for the last token of this chunk.
+    pub want_logits: bool,
+}
+
+impl Decoder {
+    /// Loads a GGUF file (weights stay quantized and mapped).
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let config = DecoderConfig::from_gguf(gguf)?;
+        Self::load(config, gguf, Naming::Gguf)
+    }
+
+    /// Loads a Hugging Face checkpoint directory (`config.json` + safetensors).
+    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path, source })?;
+        let config = DecoderConfig::from_hf_json(&text)?;
+        let files = SafetensorsFiles::open_dir(dir)?;
+        Self::load(config, &files, Naming::HuggingFace)
+    }
+
+    fn load(config: DecoderConfig, src: &dyn TensorSource, naming: Naming) -> Result<Self> {
+        let c = &config;
+        let embed = src.require(naming.embed())?;
+        if embed.shape() != [c.vocab_size, c.hidden_size] {
+            return Err(ModelError::BadTensor {
+                name: naming.embed().into(),
+                message: format!(
+                    "expected [{}, {}], found {:?}",
+                    c.vocab_size,
+                    c.hidden_size,
+                    embed.shape()
+                ),
+            });
+        }
+        let lm_head = match src.get(naming.lm_head()) {
+            Some(t) => t,
+            None if c.tie_word_embeddings || matches!(naming, Naming::Gguf) => embed.clone(),
+            None => return Err(ModelError::MissingTensor(naming.lm_head().into())),
+        };
+        let (h, q, kv, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+        let with_bias = c.family == Family::Qwen2;
+        let layers = (0..c.num_layers)
+            .map(|i| {
+                let name = |part: &str| naming.layer(i, part);
+                let lin = |w: &str, b: &str, out, inp| {
+                    Linear::load(
+                        src,
+                        &name(w),
+                        with_bias.then(|| name(b)).as_deref(),
+                        out,
+                        inp,
+                    )
+                };
+                let norm = |part: &str, len| vector(&src.require(&name(part))?, &name(part), len);
+                let qk_norm = |part: &str| -> Result<Option<Vec<f32>>> {
+                    match c.family {
+                        Family::Qwen3 => norm(part, c.head_dim).map(Some),
+                        _ => Ok(None),
+                    }
+                };
+                Ok(Layer {
+                    attn_norm: norm("attn_norm.weight", h)?,
+                    q: lin("attn_q.weight", "attn_q.bias", q, h)?,
+                    k: lin("attn_k.weight", "attn_k.bias", kv, h)?,
+                    v: lin("attn_v.weight", "attn_v.bias", kv, h)?,
+                    o: lin("attn_output.weight", "", h, q)?,
+                    q_norm: qk_norm("attn_q_norm.weight")?,
+                    k_norm: qk_norm("attn_k_norm.weight")?,
+                    ffn_norm: norm("ffn_norm.weight", h)?,
+                    gate: lin("ffn_gate.weight", "", ff, h)?,
+                    up: lin("ffn_up.weight", "", ff, h)?,
+                    down: lin("ffn_down.weight", "", h, ff)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norm = vector(&src.require(naming.output_norm())?, naming.output_norm(), h)?;
+        let rope = Rope::new(c);
+        Ok(Self {
+            config,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope,
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+
+    /// Bytes of weights this model reads (its share of the mapped files).
+    pub fn weight_bytes(&self) -> usize {
+        let lin = |l: &Linear| l.weight.bytes().len();
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                lin(&l.q)
+                    + lin(&l.k)
+                    + lin(&l.v)
+                    + lin(&l.o)
+                    + lin(&l.gate)
+                    + lin(&l.up)
+                    + lin(&l.down)
+            })
+            .sum();
+        let head = if std::ptr::eq(self.lm_head.bytes().as_ptr(), self.embed.bytes().as_ptr()) {
+            0
+        } else {
+            self.lm_head.bytes().len()
+        };
+        layers + self.embed.bytes().len() + head
+    }
+
+    /// Runs one step for a batch of sequences, writing their new keys/values into `cache`, and
+    /// returns `[n, vocab]` logits for the sequences that asked for them, in batch order.
+    pub fn forward(&self, batch: &[SequenceInput], cache: &mut KvCache) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let (h, qd, kvd, ff, hd) = (
+            c.hidden_size,
+            c.q_dim(),
+            c.kv_dim(),
+            c.intermediate_size,
+            c.head_dim,
+        );
+        let n: usize = batch.iter().map(|s| s.tokens.len()).sum();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if cache.kv_dim() != kvd || cache.layers.len() != c.num_layers {
+            return Err(ModelError::Forward(
+                "KV cache was built for another model".into(),
+            ));
+        }
+        // Positions, spans and cache slots of every row.
+        let mut positions = Vec::with_capacity(n);
+        let mut spans = Vec::with_capacity(batch.len());
+        for s in batch {
+            let end = s.start_position + s.tokens.len();
+            if end > c.max_position_embeddings {
+                return Err(ModelError::Forward(format!(
+                    "position {end} exceeds the model's context of {}",
+                    c.max_position_embeddings
+                )));
+            }
+            if s.blocks.blocks().len() * cache.block_size() < end {
+                return Err(ModelError::Forward(format!(
+                    "block table covers {} positions, {end} needed",
+                    s.blocks.blocks().len() * cache.block_size()
+                )));
+            }
+            spans.push(SequenceSpan {
+                first_row: positions.len(),
+                rows: s.tokens.len(),
+                start_position: s.start_position,
+                blocks: s.blocks.blocks(),
+            });
+            positions.extend(s.start_position..end);
+        }
+        let shape = AttentionShape {
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            head_dim: hd,
+            block_size: cache.block_size(),
+        };
+        let slot = |row: usize| -> usize {
+            let span = spans
+                .iter()
+                .rfind(|s| s.first_row <= row)
+                .expect("row belongs to a span");
+            let pos = positions[row];
+            switchyard_kernels::attention::cache_offset(&shape, span.blocks, pos, 0)
+        };
+        let slots: Vec<usize> = (0..n).map(slot).collect();
+
+        // Rotary tables per row, shared by all layers.
+        let half = hd / 2;
+        let mut cos = vec![0f32; n * half];
+        let mut sin = vec![0f32; n * half];
+        for (r, &p) in positions.iter().enumerate() {
+            self.rope.cos_sin(
+                p,
+                &mut cos[r * half..][..half],
+                &mut sin[r * half..][..half],
+            );
+        }
+
+        // Embeddings.
+        let embed = self.embed.matrix()?;
+        let mut x = vec![0f32; n * h];
+        for (row, &tok) in batch.iter().flat_map(|s| s.tokens).enumerate() {
+            if tok as usize >= c.vocab_size {
+                return Err(ModelError::Forward(format!(
+                    "token id {tok} is outside the vocabulary of {}",
+                    c.vocab_size
+                )));
+            }
+            embed.dequantize_row(tok as usize, &mut x[row * h..(row + 1) * h])?;
+        }
+
+        let eps = c.rms_norm_eps as f32;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut xn = vec![0f32; n * h];
+        let mut q = vec![0f32; n * qd];
+        let mut k = vec![0f32; n * kvd];
+        let mut v = vec![0f32; n * kvd];
+        let mut attn = vec![0f32; n * qd];
+        let mut proj = vec![0f32; n * h];
+        let mut gate = vec![0f32; n * ff];
+        let mut up = vec![0f32; n * ff];
+        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            rms_norm_rows(&x, &layer.attn_norm, eps, &mut xn);
+            layer.q.forward(&xn, n, &mut q)?;
+            layer.k.forward(&xn, n, &mut k)?;
+            layer.v.forward(&xn, n, &mut v)?;
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                rms_norm_in_place(&mut q, qn, eps);
+                rms_norm_in_place(&mut k, kn, eps);
+            }
+            for r in 0..n {
+                let (cr, sr) = (&cos[r * half..][..half], &sin[r * half..][..half]);
+                self.rope.apply(&mut q[r * qd..(r + 1) * qd], hd, cr, sr);
+                self.rope.apply(&mut k[r * kvd..(r + 1) * kvd], hd, cr, sr);
+                lc.k[slots[r]..slots[r] + kvd].copy_from_slice(&k[r * kvd..(r + 1) * kvd]);
+                lc.v[slots[r]..slots[r] + kvd].copy_from_slice(&v[r * kvd..(r + 1) * kvd]);
+            }
+            paged_attention(&q, &lc.k, &lc.v, &spans, shape, scale, &mut attn)?;
+            layer.o.forward(&attn, n, &mut proj)?;
+            add_in_place(&mut x, &proj);
+
+            rms_norm_rows(&x, &layer.ffn_norm, eps, &mut xn);
+            layer.gate.forward(&xn, n, &mut gate)?;
+            layer.up.forward(&xn, n, &mut up)?;
+            gate.par_chunks_mut(4096)
+                .zip(up.par_chunks(4096))
+                .for_each(|(g, u)| {
+                    for (g, u) in g.iter_mut().zip(u) {
+                        *g = *g / (1.0 + (-*g).exp()) * u;
+                    }
+                });
+            layer.down.forward(&gate, n, &mut proj)?;
+            add_in_place(&mut x, &proj);
+        }
+
+        // Final norm and logits only for the rows that need them.
+        let rows: Vec<usize> = spans
+            .iter()
+            .zip(batch)
+            .filter(|(_, s)| s.want_logits && !s.tokens.is_empty())
+            .map(|(span, _)| span.first_row + span.rows - 1)
+            .collect();
+        let mut last = vec![0f32; rows.len() * h];
+        for (i, &r) in rows.iter().enumerate() {
+            last[i * h..(i + 1) * h].copy_from_slice(&x[r * h..(r + 1) * h]);
+        }
+        let mut last_n = vec![0f32; last.len()];
+        rms_norm_rows(&last, &self.norm, eps, &mut last_n);
+        let mut logits = vec![0f32; rows.len() * c.vocab_size];
+        matmul(&last_n, rows.len(), &self.lm_head.matrix()?, &mut logits)?;
+        Ok(logits)
+    }
+}
+
+/// RMSNorm of each `weight.len()`-wide row of `x` into `out`.
+fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let w = weight.len();
+    for (xr, or) in x.chunks_exact(w).zip(out.chunks_exact_mut(w)) {
+        let ms = xr.iter().map(|v| v * v).sum::<f32>() / w as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((o, xv), wv) in or.iter_mut().zip(xr).zip(weight) {
+            *o = xv * inv * wv;
+        }
+    }
+}
+
+/// RMSNorm of each `weight.len()`-wide chunk of `x`, in place (per-head q/k norms).
+fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let w = weight.len();
+    for xr in x.chunks_exact_mut(w) {
+        let ms = xr.iter().map(|v| v * v).sum::<f32>() / w as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for (xv, wv) in xr.iter_mut().zip(weight) {
+            *xv = *xv * inv * wv;
+        }
+    }
+}
+
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}

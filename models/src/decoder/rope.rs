@@ -1,0 +1,86 @@
+//! Rotary position embeddings: frequencies (with the configs' scaling rules) and their application.
+
+use crate::decoder::{DecoderConfig, RopeScaling, RopeStyle};
+
+/// Inverse frequencies of one head, after scaling.
+#[derive(Clone, Debug)]
+pub struct Rope {
+    inv_freq: Vec<f64>,
+    style: RopeStyle,
+}
+
+impl Rope {
+    /// Frequencies for `config` (Hugging Face's `_compute_default/linear/llama3_parameters`).
+    pub fn new(config: &DecoderConfig) -> Self {
+        let d = config.head_dim;
+        let base: Vec<f64> = (0..d / 2)
+            .map(|i| 1.0 / config.rope_theta.powf((2 * i) as f64 / d as f64))
+            .collect();
+        let inv_freq = match &config.rope_scaling {
+            None => base,
+            Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                let old = *original_max_position_embeddings as f64;
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                base.iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / factor
+                        } else {
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    })
+                    .collect()
+            }
+        };
+        Self {
+            inv_freq,
+            style: config.rope_style,
+        }
+    }
+
+    /// Writes `cos` and `sin` (`head_dim / 2` each) for `position`.
+    pub fn cos_sin(&self, position: usize, cos: &mut [f32], sin: &mut [f32]) {
+        for ((f, c), s) in self.inv_freq.iter().zip(cos.iter_mut()).zip(sin.iter_mut()) {
+            // Hugging Face computes the angle in f32; do the same so long contexts agree.
+            let angle = position as f32 * (*f as f32);
+            *c = angle.cos();
+            *s = angle.sin();
+        }
+    }
+
+    /// Rotates every head of one token's `[heads, head_dim]` row in place.
+    pub fn apply(&self, row: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+        let half = head_dim / 2;
+        for head in row.chunks_exact_mut(head_dim) {
+            match self.style {
+                RopeStyle::HalfSplit => {
+                    let (a, b) = head.split_at_mut(half);
+                    for i in 0..half {
+                        let (x0, x1) = (a[i], b[i]);
+                        a[i] = x0 * cos[i] - x1 * sin[i];
+                        b[i] = x1 * cos[i] + x0 * sin[i];
+                    }
+                }
+                RopeStyle::Interleaved => {
+                    for (i, pair) in head.chunks_exact_mut(2).enumerate() {
+                        let (x0, x1) = (pair[0], pair[1]);
+                        pair[0] = x0 * cos[i] - x1 * sin[i];
+                        pair[1] = x0 * sin[i] + x1 * cos[i];
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Opens a generation model from a path: a `.gguf` file, or a Hugging Face checkpoint directory.
+
+use crate::decoder::Decoder;
+use crate::error::{ModelError, Result};
+use crate::text::{ChatTemplate, TextTokenizer};
+use crate::weights::GgufFile;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// Everything needed to generate text with one model.
+#[derive(Debug)]
+pub struct GenerationModel {
+    /// A short name (the file or directory stem).
+    pub name: String,
+    /// The network.
+    pub decoder: Decoder,
+    /// Its tokenizer.
+    pub tokenizer: TextTokenizer,
+    /// Its chat template, if the checkpoint ships one.
+    pub chat_template: Option<ChatTemplate>,
+}
+
+fn read_json(path: &Path) -> Result<Option<Value>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| ModelError::Format {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
+/// A special token in `tokenizer_config.json`: a string or `{"content": ...}`.
+fn token_string(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+fn name_of(path: &Path) -> String {
+    path.file_stem()
+        .or_else(|| path.file_name())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into())
+}
+
+/// Loads the model at `path` (see the module docs for what a path may be).
+pub fn load_generation_model(path: &Path) -> Result<GenerationModel> {
+    if path.is_dir() {
+        if path.join("config.json").exists() {
+            return load_hf_dir(path);
+        }
+        let ggufs: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|source| ModelError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+            .collect();
+        return match ggufs.as_slice() {
+            [one] => load_gguf(one),
+            [] => Err(ModelError::Config(format!(
+                "{}: neither a config.json nor a .gguf file in this directory",
+                path.display()
+            ))),
+            _ => Err(ModelError::Config(format!(
+                "{}: several .gguf files; name the one to load",
+                path.display()
+            ))),
+        };
+    }
+    load_gguf(path)
+}
+
+fn load_gguf(path: &Path) -> Result<GenerationModel> {
+    let gguf = GgufFile::open(path)?;
+    let decoder = Decoder::from_gguf(&gguf)?;
+    let sidecar = path.with_file_name("tokenizer.json");
+    let mut tokenizer = if sidecar.exists() {
+        let t = tokenizers::Tokenizer::from_file(&sidecar)
+            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", sidecar.display())))?;
+        TextTokenizer::new(t, None, vec![])
+    } else {
+        TextTokenizer::from_gguf(&gguf)?
+    };
+    let gguf_tok = TextTokenizer::from_gguf(&gguf).ok();
+    if let Some(g) = &gguf_tok {
+        tokenizer.add_eos(g.eos().iter().copied());
+    }
+    let token_text = |key: &str| {
+        gguf.integer(key)
+            .and_then(|id| tokenizer.token(id as u32))
+            .unwrap_or_default()
+    };
+    let chat_template = gguf
+        .string("tokenizer.chat_template")
+        .map(|src| {
+            ChatTemplate::new(
+                src,
+                &token_text("tokenizer.ggml.bos_token_id"),
+                &token_text("tokenizer.ggml.eos_token_id"),
+            )
+        })
+        .transpose()?;
+    Ok(GenerationModel {
+        name: name_of(path),
+        decoder,
+        tokenizer,
+        chat_template,
+    })
+}
+
+fn load_hf_dir(dir: &Path) -> Result<GenerationModel> {
+    let decoder = Decoder::from_hf_dir(dir)?;
+    let tok_config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
+    let bos = token_string(tok_config.get("bos_token"));
+    let eos = token_string(tok_config.get("eos_token"));
+    let mut tokenizer =
+        TextTokenizer::from_file(&dir.join("tokenizer.json"), bos.as_deref(), eos.as_slice())?;
+    if let Some(gen) = read_json(&dir.join("generation_config.json"))? {
+        let ids: Vec<u32> = match gen.get("eos_token_id") {
+            Some(Value::Number(n)) => n.as_u64().map(|v| v as u32).into_iter().collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_u64())
+                .map(|v| v as u32)
+                .collect(),
+            _ => vec![],
+        };
+        tokenizer.add_eos(ids);
+    }
+    let jinja = dir.join("chat_template.jinja");
+    let source = if jinja.exists() {
+        Some(
+            std::fs::read_to_string(&jinja).map_err(|source| ModelError::Io {
+                path: jinja.clone(),
+                source,
+            })?,
+        )
+    } else {
+        tok_config
+            .get("chat_template")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let chat_template = source
+        .map(|s| {
+            ChatTemplate::new(
+                &s,
+                bos.as_deref().unwrap_or(""),
+                eos.as_deref().unwrap_or(""),
+            )
+        })
+        .transpose()?;
+    Ok(GenerationModel {
+        name: name_of(dir),
+        decoder,
+        tokenizer,
+        chat_template,
+    })
+}

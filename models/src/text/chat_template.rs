@@ -1,0 +1,164 @@
+//! Chat templates rendered with a real Jinja engine (minijinja), as `transformers` renders them.
+
+use crate::error::{ModelError, Result};
+use serde::{Deserialize, Serialize};
+
+/// One chat message as templates see it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` (or another role a template knows).
+    pub role: String,
+    /// The message text.
+    pub content: String,
+    /// Earlier thinking of an assistant turn, for templates that render it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+}
+
+impl ChatMessage {
+    /// A message with `role` and `content`.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+            reasoning_content: None,
+        }
+    }
+}
+
+/// A compiled chat template and the special-token strings it may refer to.
+#[derive(Debug)]
+pub struct ChatTemplate {
+    env: minijinja::Environment<'static>,
+    source: String,
+    bos_token: String,
+    eos_token: String,
+}
+
+fn raise_exception(message: String) -> std::result::Result<String, minijinja::Error> {
+    Err(minijinja::Error::new(
+        minijinja::ErrorKind::InvalidOperation,
+        message,
+    ))
+}
+
+fn strftime_now(format: String) -> String {
+    // Templates use this for "today's date" in system prompts; the exact clock is not part of the
+    // contract, so render the format with a fixed-width UTC date.
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    format
+        .replace("%Y", &year.to_string())
+        .replace("%m", &format!("{month:02}"))
+        .replace("%d", &format!("{day:02}"))
+        .replace("%B", MONTHS[(month - 1) as usize])
+        .replace("%b", &MONTHS[(month - 1) as usize][..3])
+}
+
+impl ChatTemplate {
+    /// Compiles `source`; `bos_token`/`eos_token` are exposed to it as in `transformers`.
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        let mut env = minijinja::Environment::new();
+        // transformers renders with trim_blocks and lstrip_blocks on.
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| ModelError::Template(e.to_string()))?;
+        Ok(Self {
+            env,
+            source: source.to_string(),
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+        })
+    }
+
+    /// The template text.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Renders `messages`; `enable_thinking` is passed only when set (templates test `is defined`).
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        enable_thinking: Option<bool>,
+    ) -> Result<String> {
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| ModelError::Template(e.to_string()))?;
+        let mut ctx = serde_json::json!({
+            "messages": messages,
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+        });
+        if let Some(flag) = enable_thinking {
+            ctx["enable_thinking"] = flag.into();
+        }
+        tmpl.render(minijinja::Value::from_serialize(&ctx))
+            .map_err(|e| ModelError::Template(format!("{e:#}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_python_string_methods_and_flags() {
+        let src =
+            "{% for m in messages %}{{ m.role.upper() }}:{{ m.content.strip() }}\n{% endfor %}\
+                   {% if enable_thinking is defined and not enable_thinking %}NOTHINK{% endif %}";
+        let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
+        let msgs = [ChatMessage::new("user", "  hi  ")];
+        assert_eq!(t.render(&msgs, true, None).unwrap(), "USER:hi\n");
+        assert_eq!(
+            t.render(&msgs, true, Some(false)).unwrap(),
+            "USER:hi\nNOTHINK"
+        );
+    }
+
+    #[test]
+    fn raise_exception_is_an_error() {
+        let t = ChatTemplate::new("{{ raise_exception('bad roles') }}", "", "").unwrap();
+        let err = t.render(&[], false, None).unwrap_err().to_string();
+        assert!(err.contains("bad roles"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_are_reported_at_load() {
+        assert!(ChatTemplate::new("{% if %}", "", "").is_err());
+    }
+}

@@ -1,0 +1,10 @@
+//! Text side of a generation model: tokenizers (from `tokenizer.json` or GGUF metadata) and chat
+//! templates.
+
+mod chat_template;
+mod gguf_tokenizer;
+mod tokenizer;
+
+pub use chat_template::{ChatMessage, ChatTemplate};
+pub use gguf_tokenizer::tokenizer_from_gguf;
+pub use tokenizer::TextTokenizer;

@@ -1,0 +1,94 @@
+//! The tokenizer of a generation model, with the special ids generation needs.
+
+use crate::error::{ModelError, Result};
+use crate::weights::GgufFile;
+use std::path::Path;
+
+/// A tokenizer plus the model's begin/end-of-sequence tokens.
+#[derive(Clone, Debug)]
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    bos: Option<u32>,
+    eos: Vec<u32>,
+}
+
+fn tok_err(e: impl std::fmt::Display) -> ModelError {
+    ModelError::Tokenizer(e.to_string())
+}
+
+impl TextTokenizer {
+    /// Wraps a tokenizer; `eos` lists every id that ends generation.
+    pub fn new(inner: tokenizers::Tokenizer, bos: Option<u32>, mut eos: Vec<u32>) -> Self {
+        eos.sort_unstable();
+        eos.dedup();
+        Self { inner, bos, eos }
+    }
+
+    /// Builds the tokenizer from GGUF metadata, with its bos/eos/eot ids.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let inner = super::gguf_tokenizer::tokenizer_from_gguf(gguf)?;
+        let id = |k: &str| gguf.integer(k).map(|v| v as u32);
+        let eos = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]
+            .iter()
+            .filter_map(|k| id(k))
+            .collect();
+        Ok(Self::new(inner, id("tokenizer.ggml.bos_token_id"), eos))
+    }
+
+    /// Loads `tokenizer.json` from a file, taking bos/eos from the named tokens.
+    pub fn from_file(path: &Path, bos: Option<&str>, eos: &[String]) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let bos = bos.and_then(|t| inner.token_to_id(t));
+        let eos = eos.iter().filter_map(|t| inner.token_to_id(t)).collect();
+        Ok(Self::new(inner, bos, eos))
+    }
+
+    /// Adds more end-of-generation ids (e.g. from `generation_config.json`).
+    pub fn add_eos(&mut self, ids: impl IntoIterator<Item = u32>) {
+        self.eos.extend(ids);
+        self.eos.sort_unstable();
+        self.eos.dedup();
+    }
+
+    /// Token ids of `text`; special tokens written in the text are recognised.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(tok_err)?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids`, special tokens included as written.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(tok_err)
+    }
+
+    /// The id of a token string, if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The string of a token id.
+    pub fn token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Begin-of-sequence id, if the model has one.
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// Ids that end generation.
+    pub fn eos(&self) -> &[u32] {
+        &self.eos
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The underlying `tokenizers` tokenizer.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}

@@ -1,0 +1,132 @@
+//! Memory-mapped weight files.
+//!
+//! Both GGUF and safetensors files are mapped once with `memmap2` and shared behind an `Arc`; a
+//! [`MappedTensor`] is a typed view (format + shape + byte range) into such a mapping, so quantized
+//! weights are used in place and every model that opens the same file shares its pages.
+
+mod gguf;
+mod safetensors;
+
+pub use self::gguf::GgufFile;
+pub use self::safetensors::SafetensorsFiles;
+
+use crate::error::{ModelError, Result};
+use memmap2::Mmap;
+use std::path::Path;
+use std::sync::Arc;
+use switchyard_kernels::{WeightFormat, WeightMatrix};
+
+/// A read-only memory mapping of a whole file, shared by every tensor that lives in it.
+#[derive(Debug)]
+pub struct MappedFile {
+    mmap: Mmap,
+}
+
+impl MappedFile {
+    /// Maps `path` read-only.
+    pub fn open(path: &Path) -> Result<Arc<Self>> {
+        let io = |source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: the mapping is read-only; like every mmap-based loader we rely on the file not being
+        // truncated while it is in use.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
+        Ok(Arc::new(Self { mmap }))
+    }
+
+    /// The mapped bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.mmap
+    }
+}
+
+/// A tensor stored in a mapped file: its format, its logical shape (outermost first) and its bytes.
+#[derive(Clone, Debug)]
+pub struct MappedTensor {
+    file: Arc<MappedFile>,
+    offset: usize,
+    len: usize,
+    format: WeightFormat,
+    shape: Vec<usize>,
+}
+
+impl MappedTensor {
+    fn new(
+        name: &str,
+        file: Arc<MappedFile>,
+        offset: usize,
+        format: WeightFormat,
+        shape: Vec<usize>,
+    ) -> Result<Self> {
+        let elems: usize = shape.iter().product();
+        let block = format.block_size();
+        if elems % block != 0 {
+            return Err(ModelError::BadTensor {
+                name: name.to_string(),
+                message: format!("{elems} elements is not a multiple of the {format:?} block size"),
+            });
+        }
+        let len = elems / block * format.type_size();
+        if offset + len > file.bytes().len() {
+            return Err(ModelError::BadTensor {
+                name: name.to_string(),
+                message: "data runs past the end of the file".into(),
+            });
+        }
+        Ok(Self {
+            file,
+            offset,
+            len,
+            format,
+            shape,
+        })
+    }
+
+    /// Storage format.
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    /// Logical shape, outermost dimension first (`[rows, cols]` for a matrix).
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The tensor's raw bytes inside the mapping.
+    pub fn bytes(&self) -> &[u8] {
+        &self.file.bytes()[self.offset..self.offset + self.len]
+    }
+
+    /// Views a 2-D tensor as a weight matrix.
+    pub fn matrix(&self) -> Result<WeightMatrix<'_>> {
+        let [rows, cols] = self.shape[..] else {
+            return Err(ModelError::Forward(format!(
+                "expected a matrix, got shape {:?}",
+                self.shape
+            )));
+        };
+        Ok(WeightMatrix::new(self.format, rows, cols, self.bytes())?)
+    }
+
+    /// Dequantizes the whole tensor to f32 (used for small vectors such as norms and biases).
+    pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        let n = self.shape.iter().product();
+        let mut out = vec![0f32; n];
+        switchyard_kernels::qmatmul::dequantize(self.format, self.bytes(), &mut out)?;
+        Ok(out)
+    }
+}
+
+/// Anything that can hand out named tensors.
+pub trait TensorSource {
+    /// The tensor called `name`, if present.
+    fn get(&self, name: &str) -> Option<MappedTensor>;
+
+    /// The tensor called `name`, or a [`ModelError::MissingTensor`].
+    fn require(&self, name: &str) -> Result<MappedTensor> {
+        self.get(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+    }
+}
