@@ -1,1 +1,30 @@
-//! Generation engine.
+//! Switchyard's generation engine.
+//!
+//! One device worker thread owns a model and its paged KV cache; callers submit requests through an
+//! [`Engine`] handle (prompt rendering and tokenization happen on the caller's thread) and read
+//! [`Event`]s from a per-request [`GenerationStream`]. The worker runs continuous batching: new
+//! sequences join between steps, long prompts are prefilled in chunks under a token budget, and
+//! finished or cancelled sequences leave and free their cache blocks at once.
+
+mod config;
+mod detokenize;
+mod engine;
+mod error;
+mod request;
+pub mod sampling;
+mod sequence;
+mod stats;
+pub mod stop;
+pub mod thinking;
+mod worker;
+
+pub use config::EngineConfig;
+pub use detokenize::Detokenizer;
+pub use engine::{Engine, GenerationStream};
+pub use error::{EngineError, Result};
+pub use request::{
+    DeltaKind, Event, FinishReason, GenerationParams, GenerationRequest, Prompt, Thinking, Usage,
+};
+pub use sampling::SamplingParams;
+pub use stats::{EngineStats, StatsSnapshot};
+pub use thinking::ThinkingStyle;

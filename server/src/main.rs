@@ -1,1 +1,42 @@
-fn main() {}
+//! The `switchyard` binary.
+
+mod fetch;
+mod generate;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Switchyard: an LLM inference server with a built-in semantic router.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand, Debug)]
+enum Commands {
+    /// Generate a reply to one prompt and stream it to the terminal.
+    Generate(generate::GenerateArgs),
+    /// Fetch the default model into the cache and print its path.
+    FetchModel,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Commands::Generate(args) => generate::run(args),
+        Commands::FetchModel => {
+            let path = fetch::DEFAULT_MODEL.ensure(&fetch::cache_dir())?;
+            println!("{}", path.display());
+            Ok(())
+        }
+    }
+}

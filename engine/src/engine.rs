@@ -1,0 +1,329 @@
+//! The engine handle: prepares prompts on the caller's thread and hands sequences to the worker.
+
+use crate::config::EngineConfig;
+use crate::detokenize::Detokenizer;
+use crate::error::{EngineError, Result};
+use crate::request::{Event, GenerationRequest, Prompt, Thinking};
+use crate::sampling::Sampler;
+use crate::sequence::Sequence;
+use crate::stats::EngineStats;
+use crate::stop::StopMatcher;
+use crate::thinking::{
+    Section, ThinkingSplitter, ThinkingStyle, REASONING_INSTRUCTION, THINK_START,
+};
+use crate::worker::{Command, Worker};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+use switchyard_models::decoder::{BlockTable, KvCache};
+use switchyard_models::text::{ChatMessage, ChatTemplate, TextTokenizer};
+use switchyard_models::GenerationModel;
+
+/// A running engine: one worker thread that owns one model.
+pub struct Engine {
+    tx: flume::Sender<Command>,
+    worker: Option<std::thread::JoinHandle<()>>,
+    tokenizer: Arc<TextTokenizer>,
+    template: Option<ChatTemplate>,
+    style: ThinkingStyle,
+    forced_end: Vec<u32>,
+    name: String,
+    config: EngineConfig,
+    max_model_len: usize,
+    weight_bytes: usize,
+    kv_cache_bytes: usize,
+    stats: Arc<EngineStats>,
+}
+
+/// The events of one request. Dropping it cancels the request.
+pub struct GenerationStream {
+    rx: flume::Receiver<Event>,
+    prompt_tokens: usize,
+}
+
+impl GenerationStream {
+    /// Tokens in the rendered prompt.
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+
+    /// Waits for the next event; `None` after the last one.
+    pub fn recv(&self) -> Option<Event> {
+        self.rx.recv().ok()
+    }
+
+    /// Waits for the next event asynchronously; `None` after the last one.
+    pub async fn recv_async(&self) -> Option<Event> {
+        self.rx.recv_async().await.ok()
+    }
+
+    /// Blocks until the end and collects every event.
+    pub fn collect(self) -> Vec<Event> {
+        self.rx.iter().collect()
+    }
+}
+
+impl Engine {
+    /// Starts a worker thread for `model`.
+    pub fn start(model: GenerationModel, config: EngineConfig) -> Result<Self> {
+        let GenerationModel {
+            name,
+            decoder,
+            tokenizer,
+            chat_template,
+        } = model;
+        let mc = decoder.config().clone();
+        let max_model_len = config
+            .max_model_len
+            .map_or(mc.max_position_embeddings, |l| {
+                l.min(mc.max_position_embeddings)
+            });
+        let invalid = |param, message: String| EngineError::InvalidParameter { param, message };
+        if config.max_num_seqs == 0 {
+            return Err(invalid("max_num_seqs", "must be at least 1".into()));
+        }
+        if config.block_size == 0 {
+            return Err(invalid("block_size", "must be at least 1".into()));
+        }
+        let per_position = KvCache::bytes_per_position(&mc);
+        let per_block = per_position * config.block_size;
+        let bytes = config
+            .kv_cache_bytes
+            .unwrap_or_else(|| (max_model_len * config.max_num_seqs * per_position).min(2 << 30));
+        let num_blocks = bytes / per_block;
+        if num_blocks * config.block_size < max_model_len.min(config.max_batch_tokens) {
+            return Err(invalid(
+                "kv_cache_bytes",
+                format!(
+                    "{bytes} bytes hold only {num_blocks} blocks of {} positions",
+                    config.block_size
+                ),
+            ));
+        }
+        let cache = KvCache::new(&mc, config.block_size, num_blocks)?;
+        let tokenizer = Arc::new(tokenizer);
+        let style = ThinkingStyle::detect(chat_template.as_ref().map(|t| t.source()));
+        let forced_end = tokenizer.encode("\n</think>\n\n")?;
+        let stats = Arc::new(EngineStats::default());
+        let (tx, rx) = flume::unbounded();
+        let weight_bytes = decoder.weight_bytes();
+        let worker = Worker {
+            decoder,
+            tokenizer: Arc::clone(&tokenizer),
+            cache,
+            config: config.clone(),
+            rx,
+            stats: Arc::clone(&stats),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("switchyard-engine".into())
+            .spawn(move || worker.run())
+            .map_err(|_| EngineError::Stopped)?;
+        tracing::info!(
+            model = %name,
+            weights_mib = weight_bytes >> 20,
+            kv_cache_mib = (num_blocks * per_block) >> 20,
+            max_model_len,
+            "engine started"
+        );
+        Ok(Self {
+            tx,
+            worker: Some(handle),
+            tokenizer,
+            template: chat_template,
+            style,
+            forced_end,
+            name,
+            config,
+            max_model_len,
+            weight_bytes,
+            kv_cache_bytes: num_blocks * per_block,
+            stats,
+        })
+    }
+
+    /// The model's name.
+    pub fn model_name(&self) -> &str {
+        &self.name
+    }
+
+    /// Longest sequence (prompt + output) served.
+    pub fn max_model_len(&self) -> usize {
+        self.max_model_len
+    }
+
+    /// Bytes of model weights (memory-mapped).
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+
+    /// Bytes reserved for the KV cache.
+    pub fn kv_cache_bytes(&self) -> usize {
+        self.kv_cache_bytes
+    }
+
+    /// The limits this engine runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The model's tokenizer.
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// How this model is put into thinking mode.
+    pub fn thinking_style(&self) -> ThinkingStyle {
+        self.style
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// Renders a conversation for `thinking` the way this model family wants it.
+    pub fn render_chat(&self, messages: &[ChatMessage], thinking: Thinking) -> Result<String> {
+        let template = self
+            .template
+            .as_ref()
+            .ok_or_else(|| EngineError::InvalidParameter {
+                param: "messages",
+                message: format!(
+                    "model `{}` has no chat template; send a text prompt",
+                    self.name
+                ),
+            })?;
+        let on = matches!(thinking, Thinking::On { .. });
+        match self.style {
+            ThinkingStyle::TemplateFlag => Ok(template.render(messages, true, Some(on))?),
+            ThinkingStyle::Prompted if on => {
+                let mut msgs = messages.to_vec();
+                match msgs.first_mut() {
+                    Some(m) if m.role == "system" => {
+                        m.content = format!("{}\n\n{REASONING_INSTRUCTION}", m.content)
+                    }
+                    _ => msgs.insert(0, ChatMessage::new("system", REASONING_INSTRUCTION)),
+                }
+                let mut text = template.render(&msgs, true, None)?;
+                text.push_str(THINK_START);
+                text.push('\n');
+                Ok(text)
+            }
+            ThinkingStyle::Prompted => Ok(template.render(messages, true, None)?),
+        }
+    }
+
+    /// Tokenizes a request's prompt (rendering chats) as the worker will see it.
+    pub fn prompt_tokens(
+        &self,
+        prompt: &Prompt,
+        thinking: Thinking,
+    ) -> Result<(Vec<u32>, Section)> {
+        let (tokens, text) = match prompt {
+            Prompt::Tokens(t) => (t.clone(), self.tokenizer.decode(t)?),
+            Prompt::Text(t) => (self.tokenizer.encode(t)?, t.clone()),
+            Prompt::Chat(m) => {
+                let text = self.render_chat(m, thinking)?;
+                (self.tokenizer.encode(&text)?, text)
+            }
+        };
+        let section = if text.trim_end().ends_with(THINK_START) {
+            Section::Thinking
+        } else {
+            Section::Start
+        };
+        Ok((tokens, section))
+    }
+
+    /// Queues a request; its events arrive on the returned stream.
+    pub fn submit(&self, request: GenerationRequest) -> Result<GenerationStream> {
+        let submitted = Instant::now();
+        let params = request.params;
+        params.sampling.validate()?;
+        if params.max_tokens == Some(0) {
+            return Err(EngineError::InvalidParameter {
+                param: "max_tokens",
+                message: "must be at least 1".into(),
+            });
+        }
+        let (tokens, section) = self.prompt_tokens(&request.prompt, params.thinking)?;
+        if tokens.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let vocab = self.tokenizer.vocab_size();
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::InvalidParameter {
+                param: "prompt",
+                message: format!("token id {bad} is outside the vocabulary of {vocab}"),
+            });
+        }
+        let limit = self.max_model_len - 1;
+        if tokens.len() > limit {
+            return Err(EngineError::PromptTooLong {
+                prompt_tokens: tokens.len(),
+                limit,
+                max_model_len: self.max_model_len,
+            });
+        }
+        if self.stats.waiting() >= self.config.max_waiting {
+            return Err(EngineError::QueueFull(self.config.max_waiting));
+        }
+        let room = self.max_model_len - tokens.len();
+        let max_new = params.max_tokens.map_or(room, |m| m.min(room));
+        let mut stop_ids = params.stop_token_ids.clone();
+        if !params.ignore_eos {
+            stop_ids.extend_from_slice(self.tokenizer.eos());
+        }
+        let budget = match params.thinking {
+            Thinking::On { budget } => budget,
+            Thinking::Off => None,
+        };
+        let (events, rx) = flume::unbounded();
+        let prompt_len = tokens.len();
+        let seq = Sequence {
+            events,
+            sampler: Sampler::new(params.sampling.clone(), &tokens),
+            tokens,
+            prompt_len,
+            computed: 0,
+            blocks: BlockTable::default(),
+            detok: Detokenizer::default(),
+            splitter: ThinkingSplitter::new(section),
+            stop: StopMatcher::new(&params.stop),
+            max_new,
+            stop_ids,
+            budget,
+            forced_end: self.forced_end.clone(),
+            reasoning_tokens: 0,
+            submitted,
+            first_token: None,
+            finished: None,
+        };
+        self.stats.enter_queue();
+        if self.tx.send(Command::Submit(Box::new(seq))).is_err() {
+            self.stats.leave_queue();
+            return Err(EngineError::Stopped);
+        }
+        Ok(GenerationStream {
+            rx,
+            prompt_tokens: prompt_len,
+        })
+    }
+
+    /// Stops the worker: in-flight requests end with an error event.
+    pub fn shutdown(&mut self) {
+        let _ = self.tx.send(Command::Shutdown);
+        if let Some(h) = self.worker.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,115 @@
+//! What a caller asks the engine for, and the events it gets back.
+
+use crate::sampling::SamplingParams;
+use switchyard_models::text::ChatMessage;
+
+/// The prompt of a generation request.
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    /// Raw text, tokenized as is (special tokens written in it are recognised).
+    Text(String),
+    /// Token ids, used as is.
+    Tokens(Vec<u32>),
+    /// A conversation, rendered with the model's chat template.
+    Chat(Vec<ChatMessage>),
+}
+
+/// Whether and how much the model may think before answering.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Thinking {
+    /// Answer directly (templates that know `enable_thinking` get `false`).
+    #[default]
+    Off,
+    /// Think first; after `budget` thinking tokens (if set) the end-of-thinking marker is forced.
+    On { budget: Option<usize> },
+}
+
+/// Everything about a generation except its prompt.
+#[derive(Clone, Debug)]
+pub struct GenerationParams {
+    /// How to pick each token.
+    pub sampling: SamplingParams,
+    /// At most this many new tokens (thinking included); `None` means up to the context limit.
+    pub max_tokens: Option<usize>,
+    /// Stop when the answer text contains one of these (not included in the output).
+    pub stop: Vec<String>,
+    /// Stop when one of these ids is generated (in addition to the model's end-of-sequence ids).
+    pub stop_token_ids: Vec<u32>,
+    /// Keep going past the model's end-of-sequence ids.
+    pub ignore_eos: bool,
+    /// Thinking mode and budget.
+    pub thinking: Thinking,
+}
+
+impl Default for GenerationParams {
+    fn default() -> Self {
+        Self {
+            sampling: SamplingParams::default(),
+            max_tokens: Some(256),
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+            thinking: Thinking::Off,
+        }
+    }
+}
+
+/// A prompt and its parameters.
+#[derive(Clone, Debug)]
+pub struct GenerationRequest {
+    pub prompt: Prompt,
+    pub params: GenerationParams,
+}
+
+/// Which part of the output a text delta belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeltaKind {
+    /// Chain-of-thought text (inside the thinking section, markers removed).
+    Reasoning,
+    /// The answer.
+    Content,
+}
+
+/// Why a generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End-of-sequence token, stop token or stop string.
+    Stop,
+    /// `max_tokens` or the context limit was reached.
+    Length,
+}
+
+impl FinishReason {
+    /// The OpenAI name of the reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+        }
+    }
+}
+
+/// Token counts and timings of one request.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    /// Every generated token, thinking included.
+    pub completion_tokens: usize,
+    /// Generated tokens that were inside the thinking section.
+    pub reasoning_tokens: usize,
+    /// Seconds from submission to the first generated token.
+    pub time_to_first_token: f64,
+    /// Seconds from submission to the end.
+    pub total_time: f64,
+}
+
+/// What a request's stream carries.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// New text.
+    Delta { kind: DeltaKind, text: String },
+    /// The end, with the reason and the usage. Always the last event of a served request.
+    Finished { reason: FinishReason, usage: Usage },
+    /// The request failed inside the engine; no more events follow.
+    Error(String),
+}

@@ -1,0 +1,171 @@
+//! One request inside the worker: its tokens, cache blocks and output pipeline
+//! (sampling → detokenizing → thinking split → stop strings → events).
+
+use crate::detokenize::Detokenizer;
+use crate::request::{DeltaKind, Event, FinishReason, Usage};
+use crate::sampling::Sampler;
+use crate::stop::{StopMatcher, StopOutcome};
+use crate::thinking::ThinkingSplitter;
+use std::time::Instant;
+use switchyard_models::decoder::BlockTable;
+use switchyard_models::text::TextTokenizer;
+
+/// Per-request state owned by the worker.
+#[derive(Debug)]
+pub(crate) struct Sequence {
+    pub(crate) events: flume::Sender<Event>,
+    pub(crate) tokens: Vec<u32>,
+    pub(crate) prompt_len: usize,
+    /// Positions already written to the KV cache.
+    pub(crate) computed: usize,
+    pub(crate) blocks: BlockTable,
+    pub(crate) sampler: Sampler,
+    pub(crate) detok: Detokenizer,
+    pub(crate) splitter: ThinkingSplitter,
+    pub(crate) stop: StopMatcher,
+    /// Most new tokens this sequence may produce.
+    pub(crate) max_new: usize,
+    /// Ids that end generation.
+    pub(crate) stop_ids: Vec<u32>,
+    /// Thinking tokens allowed before the end marker is forced.
+    pub(crate) budget: Option<usize>,
+    /// Tokens of the end-of-thinking marker, forced when the budget runs out.
+    pub(crate) forced_end: Vec<u32>,
+    pub(crate) reasoning_tokens: usize,
+    pub(crate) submitted: Instant,
+    pub(crate) first_token: Option<Instant>,
+    pub(crate) finished: Option<FinishReason>,
+}
+
+impl Sequence {
+    /// New tokens generated so far (forced ones included).
+    pub(crate) fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    /// Whether the client has gone away.
+    pub(crate) fn cancelled(&self) -> bool {
+        self.events.is_disconnected()
+    }
+
+    /// Takes the next token(s) given this step's logits for the sequence's last position.
+    pub(crate) fn advance(&mut self, tokenizer: &TextTokenizer, logits: &mut [f32]) {
+        if self.first_token.is_none() {
+            self.first_token = Some(Instant::now());
+        }
+        let over_budget =
+            self.splitter.in_thinking() && self.budget.is_some_and(|b| self.reasoning_tokens >= b);
+        if over_budget {
+            for t in self.forced_end.clone() {
+                self.push_token(tokenizer, t, false);
+                if self.finished.is_some() {
+                    return;
+                }
+            }
+        } else {
+            let token = self.sampler.sample(logits);
+            if self.stop_ids.contains(&token) {
+                self.tokens.push(token);
+                self.finish(FinishReason::Stop);
+                return;
+            }
+            self.push_token(tokenizer, token, true);
+        }
+        if self.finished.is_none() && self.generated() >= self.max_new {
+            self.finish(FinishReason::Length);
+        }
+    }
+
+    fn push_token(&mut self, tokenizer: &TextTokenizer, token: u32, sampled: bool) {
+        self.tokens.push(token);
+        self.sampler.record(token);
+        if sampled && self.splitter.in_thinking() {
+            self.reasoning_tokens += 1;
+        }
+        let text = match self.detok.push(tokenizer, token) {
+            Ok(t) => t,
+            Err(e) => {
+                self.fail(format!("detokenizing: {e}"));
+                return;
+            }
+        };
+        for (kind, delta) in self.splitter.push(&text) {
+            self.emit(kind, delta);
+            if self.finished.is_some() {
+                return;
+            }
+        }
+    }
+
+    fn emit(&mut self, kind: DeltaKind, text: String) {
+        match kind {
+            DeltaKind::Reasoning => self.send(Event::Delta { kind, text }),
+            DeltaKind::Content => match self.stop.push(&text) {
+                StopOutcome::Continue(t) => self.send(Event::Delta { kind, text: t }),
+                StopOutcome::Stopped(t) => {
+                    self.send(Event::Delta { kind, text: t });
+                    self.finished = Some(FinishReason::Stop);
+                    self.send_finished();
+                }
+            },
+        }
+    }
+
+    fn send(&self, event: Event) {
+        if let Event::Delta { text, .. } = &event {
+            if text.is_empty() {
+                return;
+            }
+        }
+        // A closed channel means the client left; the worker drops the sequence next step.
+        let _ = self.events.send(event);
+    }
+
+    /// Ends the sequence: flushes held-back text and sends the final event.
+    pub(crate) fn finish(&mut self, reason: FinishReason) {
+        if self.finished.is_some() {
+            return;
+        }
+        self.finished = Some(reason);
+        for (kind, text) in self.splitter.finish() {
+            match kind {
+                DeltaKind::Reasoning => self.send(Event::Delta { kind, text }),
+                DeltaKind::Content => match self.stop.push(&text) {
+                    StopOutcome::Continue(t) | StopOutcome::Stopped(t) => {
+                        self.send(Event::Delta { kind, text: t })
+                    }
+                },
+            }
+        }
+        let rest = self.stop.finish();
+        self.send(Event::Delta {
+            kind: DeltaKind::Content,
+            text: rest,
+        });
+        self.send_finished();
+    }
+
+    fn send_finished(&self) {
+        let now = Instant::now();
+        let usage = Usage {
+            prompt_tokens: self.prompt_len,
+            completion_tokens: self.generated(),
+            reasoning_tokens: self.reasoning_tokens,
+            time_to_first_token: self
+                .first_token
+                .map(|t| (t - self.submitted).as_secs_f64())
+                .unwrap_or_default(),
+            total_time: (now - self.submitted).as_secs_f64(),
+        };
+        self.send(Event::Finished {
+            reason: self.finished.unwrap_or(FinishReason::Stop),
+            usage,
+        });
+    }
+
+    /// Ends the sequence with an error event.
+    pub(crate) fn fail(&mut self, message: String) {
+        self.finished = Some(FinishReason::Stop);
+        self.send(Event::Error(message));
+    }
+}

@@ -1,0 +1,250 @@
+//! The device worker: the one thread that owns the model and its KV cache, and runs the
+//! continuous-batching loop.
+//!
+//! Each iteration: take new requests, drop cancelled ones, admit waiting sequences while the
+//! sequence limit and free cache blocks allow, give every running sequence its cache for the next
+//! step (preempting the newest sequence, to be recomputed later, when blocks run out), then build one
+//! batch under the token budget (decode tokens first, then prefill chunks), run it, and feed each
+//! sequence's logits to its output pipeline.
+
+use crate::config::EngineConfig;
+use crate::sequence::Sequence;
+use crate::stats::EngineStats;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use switchyard_models::decoder::{Decoder, KvCache, SequenceInput};
+use switchyard_models::text::TextTokenizer;
+
+/// Messages to the worker.
+pub(crate) enum Command {
+    Submit(Box<Sequence>),
+    Shutdown,
+}
+
+pub(crate) struct Worker {
+    pub(crate) decoder: Decoder,
+    pub(crate) tokenizer: Arc<TextTokenizer>,
+    pub(crate) cache: KvCache,
+    pub(crate) config: EngineConfig,
+    pub(crate) rx: flume::Receiver<Command>,
+    pub(crate) stats: Arc<EngineStats>,
+    pub(crate) waiting: VecDeque<Box<Sequence>>,
+    pub(crate) running: Vec<Box<Sequence>>,
+}
+
+impl Worker {
+    pub(crate) fn run(mut self) {
+        loop {
+            if !self.intake() {
+                break;
+            }
+            self.drop_cancelled();
+            self.admit();
+            self.ensure_cache();
+            self.step();
+            self.publish_stats();
+        }
+        for seq in self.running.iter_mut().chain(self.waiting.iter_mut()) {
+            seq.fail("the engine shut down".into());
+        }
+        tracing::debug!("engine worker stopped");
+    }
+
+    /// Receives commands; blocks when there is nothing to do. Returns false on shutdown.
+    fn intake(&mut self) -> bool {
+        let idle = self.running.is_empty() && self.waiting.is_empty();
+        if idle {
+            match self.rx.recv() {
+                Ok(cmd) => {
+                    if !self.handle(cmd) {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        loop {
+            match self.rx.try_recv() {
+                Ok(cmd) => {
+                    if !self.handle(cmd) {
+                        return false;
+                    }
+                }
+                Err(flume::TryRecvError::Empty) => return true,
+                Err(flume::TryRecvError::Disconnected) => {
+                    // Every handle is gone: finish what is in flight, then stop.
+                    return !(self.running.is_empty() && self.waiting.is_empty());
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Submit(seq) => {
+                self.waiting.push_back(seq);
+                true
+            }
+            Command::Shutdown => false,
+        }
+    }
+
+    fn drop_cancelled(&mut self) {
+        let cache = &mut self.cache;
+        let stats = &self.stats;
+        self.running.retain_mut(|s| {
+            if s.cancelled() {
+                cache.release(&mut s.blocks);
+                stats.record_cancelled();
+                false
+            } else {
+                true
+            }
+        });
+        self.waiting.retain(|s| {
+            let keep = !s.cancelled();
+            if !keep {
+                stats.record_cancelled();
+                stats.leave_queue();
+            }
+            keep
+        });
+    }
+
+    fn admit(&mut self) {
+        while self.running.len() < self.config.max_num_seqs {
+            let Some(seq) = self.waiting.front_mut() else {
+                break;
+            };
+            // Reserve the whole prompt (+1 for the first new token) so a prefill never stalls halfway.
+            let need = seq.tokens.len() + 1;
+            if !self.cache.reserve(&mut seq.blocks, need) {
+                if self.running.is_empty() {
+                    // Even an empty cache cannot hold it: the limits are inconsistent.
+                    let mut seq = self.waiting.pop_front().expect("front exists");
+                    self.stats.leave_queue();
+                    seq.fail(format!(
+                        "the KV cache ({} positions) cannot hold this {}-token sequence",
+                        self.cache.num_blocks() * self.cache.block_size(),
+                        need
+                    ));
+                    continue;
+                }
+                break;
+            }
+            let seq = self.waiting.pop_front().expect("front exists");
+            self.stats.leave_queue();
+            self.running.push(seq);
+        }
+    }
+
+    /// Makes sure every running sequence has blocks for its next step, preempting if needed.
+    fn ensure_cache(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            let need = self.running[i].tokens.len() + 1;
+            let seq = &mut self.running[i];
+            if self.cache.reserve(&mut seq.blocks, need) {
+                i += 1;
+                continue;
+            }
+            // Preempt the most recently admitted other sequence (or this one if it is the newest).
+            let victim = self.running.len() - 1;
+            let mut v = self.running.remove(victim);
+            self.cache.release(&mut v.blocks);
+            v.computed = 0;
+            self.stats.enter_queue();
+            self.stats.record_preempted();
+            tracing::debug!("preempted a sequence of {} tokens", v.tokens.len());
+            self.waiting.push_front(v);
+            if victim == i {
+                break;
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        if self.running.is_empty() {
+            return;
+        }
+        // Plan: (index, start, len) per sequence, decode tokens before prefill chunks.
+        let mut budget = self.config.max_batch_tokens.max(1);
+        let mut plan: Vec<(usize, usize, usize)> = Vec::new();
+        let mut order: Vec<usize> = (0..self.running.len()).collect();
+        order.sort_by_key(|&i| self.running[i].tokens.len() - self.running[i].computed > 1);
+        for i in order {
+            if budget == 0 {
+                break;
+            }
+            let s = &self.running[i];
+            let todo = s.tokens.len() - s.computed;
+            let take = todo.min(budget);
+            budget -= take;
+            plan.push((i, s.computed, take));
+        }
+        plan.sort_by_key(|p| p.0);
+        let inputs: Vec<SequenceInput> = plan
+            .iter()
+            .map(|&(i, start, len)| {
+                let s = &self.running[i];
+                SequenceInput {
+                    tokens: &s.tokens[start..start + len],
+                    start_position: start,
+                    blocks: &s.blocks,
+                    want_logits: start + len == s.tokens.len(),
+                }
+            })
+            .collect();
+        let batch_tokens: usize = plan.iter().map(|p| p.2).sum();
+        let started = std::time::Instant::now();
+        let result = self.decoder.forward(&inputs, &mut self.cache);
+        drop(inputs);
+        self.stats
+            .record_step(batch_tokens, plan.len(), started.elapsed().as_secs_f64());
+        let mut logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("forward failed: {e}");
+                for &(i, _, _) in &plan {
+                    self.running[i].fail(format!("forward pass failed: {e}"));
+                }
+                self.retire();
+                return;
+            }
+        };
+        let vocab = self.decoder.config().vocab_size;
+        let mut row = 0;
+        for &(i, start, len) in &plan {
+            let seq = &mut self.running[i];
+            seq.computed = start + len;
+            if seq.computed == seq.tokens.len() {
+                let before = seq.generated();
+                seq.advance(&self.tokenizer, &mut logits[row * vocab..(row + 1) * vocab]);
+                self.stats.record_generated(seq.generated() - before);
+                row += 1;
+            }
+        }
+        self.retire();
+    }
+
+    /// Removes finished sequences and frees their blocks.
+    fn retire(&mut self) {
+        let cache = &mut self.cache;
+        self.running.retain_mut(|s| {
+            if s.finished.is_some() {
+                cache.release(&mut s.blocks);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    fn publish_stats(&self) {
+        self.stats.set_occupancy(
+            self.running.len(),
+            self.cache.num_blocks() - self.cache.free_blocks(),
+            self.cache.num_blocks(),
+        );
+    }
+}

