@@ -92,7 +92,7 @@ pub fn paged_attention(
     check("attention queries", total_rows * width, q.len())?;
     check("attention output", total_rows * width, out.len())?;
     check("value cache", k_cache.len(), v_cache.len())?;
-    if shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0 || shape.block_size == 0 {
+    if shape.kv_heads == 0 || !shape.heads.is_multiple_of(shape.kv_heads) || shape.block_size == 0 {
         return Err(KernelError::Length {
             what: "attention heads per key/value head",
             expected: shape.kv_heads,
@@ -221,8 +221,12 @@ mod tests {
         let lens = [10usize, 8];
         let mut dense_kv = Vec::new();
         for (t, &len) in tables.iter().zip(&lens) {
-            let k: Vec<f32> = (0..len * per_pos).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let v: Vec<f32> = (0..len * per_pos).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let k: Vec<f32> = (0..len * per_pos)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            let v: Vec<f32> = (0..len * per_pos)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
             for p in 0..len {
                 for g in 0..shape.kv_heads {
                     let o = cache_offset(&shape, t, p, g);
@@ -234,7 +238,9 @@ mod tests {
             dense_kv.push((k, v));
         }
         let width = shape.heads * shape.head_dim;
-        let q: Vec<f32> = (0..6 * width).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let q: Vec<f32> = (0..6 * width)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
         let spans = [
             SequenceSpan {
                 first_row: 0,

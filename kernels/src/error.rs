@@ -20,6 +20,9 @@ pub enum KernelError {
         cols: usize,
         block: usize,
     },
+    /// A kernel was asked to run on an instruction set this CPU does not have.
+    #[error("instruction set {0} is not available on this CPU")]
+    UnsupportedIsa(&'static str),
 }
 
 /// The name of a weight format, for error messages.

@@ -5,8 +5,9 @@
 
 pub mod attention;
 pub mod error;
+pub mod pool;
 pub mod qmatmul;
 
-pub use error::{KernelError, Result};
 pub use attention::{paged_attention, AttentionShape, SequenceSpan};
-pub use qmatmul::{matmul, matmul_reference, WeightFormat, WeightMatrix};
+pub use error::{KernelError, Result};
+pub use qmatmul::{matmul, matmul_reference, matmul_with_isa, Isa, WeightFormat, WeightMatrix};

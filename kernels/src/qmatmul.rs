@@ -4,6 +4,32 @@
 //! from a memory-mapped GGUF or safetensors file, so weights stay quantized (and shared) in memory.
 //! [`matmul`] computes `out[m, rows] = x[m, cols] · Wᵀ`, the shape every linear layer of a decoder
 //! needs: `m = 1` for single-sequence decode, `m > 1` for prefill and batched decode.
+//!
+//! # How the fast path works
+//!
+//! Like llama.cpp's CPU backend, [`matmul`] never dequantizes the integer formats: it quantizes
+//! the activations once per call to 8 bits (see `act.rs`: per-32 scales for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0,
+//! per-256 scales and per-16 sums for Q4K/Q5K/Q6K) and takes integer dot products of the weight
+//! blocks' quants with them, applying the float scales once per block:
+//!
+//! - `Avx512`: 512-bit `vpdpbusd` (AVX512-VNNI) two 32-value blocks at a time, `vpmaddubsw` +
+//!   `vpdpwssd` for the k-quants' 16-bit sub-block scales;
+//! - `Avx2`: 256-bit `vpmaddubsw` + `vpmaddwd`;
+//! - `Scalar`: portable integer code (also the definition the SIMD kernels are tested against).
+//!
+//! The instruction set is chosen at run time ([`Isa::best`]); nothing depends on
+//! `-C target-cpu=native`. Every SIMD kernel is register-tiled: a micro-kernel computes an
+//! `MR x NR` tile of outputs (`MR` activation rows x `NR` weight rows), decoding each weight block
+//! once for `MR` activation rows and loading each activation block once for `NR` weight rows, so
+//! for `m > 1` the weights are read from memory once per call (not once per activation row) and
+//! prefill is bound by arithmetic, not memory.
+//!
+//! F32 / F16 / BF16 and the formats without an integer kernel here (Q2K, Q3K, and Q8_1 / Q8K as
+//! weights) take the float path: a panel of weight rows is dequantized to f32 in thread-local
+//! scratch and multiplied with f32 SIMD FMAs, register-tiled the same way.
+//!
+//! Output rows are split across threads by [`crate::pool`] (see there for why a small spinning pool
+//! and not rayon). No call allocates once the thread-local scratch has grown to the largest shape.
 
 use crate::error::{KernelError, Result};
 use candle_core::quantized::k_quants::{
@@ -11,7 +37,20 @@ use candle_core::quantized::k_quants::{
     BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
 };
 use half::{bf16, f16};
-use rayon::prelude::*;
+
+mod act;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod float;
+mod layout;
+mod scalar;
+
+use act::{ActKind, Acts};
+use layout::*;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Storage format of a weight matrix: the GGML type enumeration (F32, F16, BF16, Q4_0 ... Q8K).
 pub type WeightFormat = candle_core::quantized::GgmlDType;
@@ -29,7 +68,7 @@ impl<'a> WeightMatrix<'a> {
     /// Wraps `data` as a `[rows, cols]` matrix, checking that its size matches the format.
     pub fn new(format: WeightFormat, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self> {
         let block = format.block_size();
-        if cols % block != 0 {
+        if !cols.is_multiple_of(block) {
             return Err(KernelError::RaggedRow {
                 format,
                 cols,
@@ -105,7 +144,7 @@ fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<()> {
 fn blocks<T: GgmlType>(bytes: &[u8]) -> std::borrow::Cow<'_, [T]> {
     let size = std::mem::size_of::<T>();
     let n = bytes.len() / size;
-    if (bytes.as_ptr() as usize) % std::mem::align_of::<T>() == 0 {
+    if (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
         // SAFETY: GGML block types are plain `repr(C)` data with no invalid bit patterns, the pointer is
         // aligned for `T` and `n * size_of::<T>()` bytes are in bounds.
         std::borrow::Cow::Borrowed(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), n) })
@@ -113,11 +152,7 @@ fn blocks<T: GgmlType>(bytes: &[u8]) -> std::borrow::Cow<'_, [T]> {
         let mut owned = vec![T::zeros(); n];
         // SAFETY: `owned` holds exactly `n * size` writable bytes and does not overlap `bytes`.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                owned.as_mut_ptr().cast::<u8>(),
-                n * size,
-            )
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), owned.as_mut_ptr().cast::<u8>(), n * size)
         };
         std::borrow::Cow::Owned(owned)
     }
@@ -181,32 +216,207 @@ pub fn matmul_reference(x: &[f32], m: usize, w: &WeightMatrix, out: &mut [f32]) 
     Ok(())
 }
 
-/// `out[m, rows] = x[m, cols] · Wᵀ`, the fast path (parallel over output rows).
-pub fn matmul(x: &[f32], m: usize, w: &WeightMatrix, out: &mut [f32]) -> Result<()> {
-    check_matmul(x, m, w, out)?;
-    const ROWS_PER_TASK: usize = 64;
-    let cols = w.cols;
-    let rows = w.rows;
-    // Compute into a transposed scratch [rows, m] so each task owns a contiguous chunk.
-    let mut out_t = vec![0f32; rows * m];
-    out_t
-        .par_chunks_mut(ROWS_PER_TASK * m)
-        .enumerate()
-        .try_for_each(|(chunk, dst)| -> Result<()> {
-            let mut row = vec![0f32; cols];
-            for (j, d) in dst.chunks_mut(m).enumerate() {
-                w.dequantize_row(chunk * ROWS_PER_TASK + j, &mut row)?;
-                for (i, di) in d.iter_mut().enumerate() {
-                    let xi = &x[i * cols..(i + 1) * cols];
-                    *di = xi.iter().zip(&row).map(|(a, b)| a * b).sum();
-                }
+/// The SIMD instruction sets the kernels are written for, from slowest to fastest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Portable Rust, no explicit SIMD.
+    Scalar,
+    /// AVX2 + FMA + F16C (Haswell / Zen 1 and newer).
+    Avx2,
+    /// AVX-512 F/BW/VL + VNNI (Ice Lake / Zen 4 and newer), on top of `Avx2`.
+    Avx512,
+}
+
+impl Isa {
+    /// Every variant, slowest first.
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+
+    /// Whether this CPU can run the kernels written for `self`.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
             }
-            Ok(())
-        })?;
-    for r in 0..rows {
-        for i in 0..m {
-            out[i * rows + r] = out_t[r * m + i];
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                Isa::Avx2.is_available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
         }
+    }
+
+    /// The fastest available instruction set, detected once. The environment variable
+    /// `SWITCHYARD_KERNEL_ISA=scalar|avx2|avx512` caps it (for comparisons and debugging).
+    pub fn best() -> Isa {
+        static BEST: AtomicU8 = AtomicU8::new(u8::MAX);
+        let v = BEST.load(Ordering::Relaxed);
+        if v != u8::MAX {
+            return Isa::ALL[v as usize];
+        }
+        let cap = match std::env::var("SWITCHYARD_KERNEL_ISA").as_deref() {
+            Ok("scalar") => Isa::Scalar,
+            Ok("avx2") => Isa::Avx2,
+            _ => Isa::Avx512,
+        };
+        let best = Isa::ALL
+            .into_iter()
+            .filter(|i| *i <= cap && i.is_available())
+            .max()
+            .unwrap_or(Isa::Scalar);
+        BEST.store(best as u8, Ordering::Relaxed);
+        best
+    }
+
+    /// Lower-case name, as accepted by `SWITCHYARD_KERNEL_ISA`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+}
+
+/// Where a tile kernel writes: `out[i * rows + r]`. Tasks write disjoint `(i, r)` sets.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr {
+    ptr: *mut f32,
+    rows: usize,
+}
+
+// SAFETY: an `OutPtr` is only handed to tasks that write disjoint elements of one live buffer.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Writes `out[i * rows + r] = v`.
+    ///
+    /// # Safety
+    /// `(i, r)` must be in bounds of the buffer and written by no other thread during the call.
+    #[inline(always)]
+    pub(crate) unsafe fn write(self, i: usize, r: usize, v: f32) {
+        // SAFETY: the caller's contract.
+        unsafe { *self.ptr.add(i * self.rows + r) = v };
+    }
+}
+
+/// A kernel computing rows `r0..r1` of the output (for all `m` activation rows).
+pub(crate) type TileFn = unsafe fn(&WeightMatrix, usize, usize, &Acts, OutPtr);
+
+/// How `matmul` handles a format on an instruction set.
+enum Plan {
+    /// Quantize the activations to `ActKind`, then run the integer tile kernel.
+    Int(ActKind, TileFn, usize),
+    /// Dequantize weight panels to f32.
+    Float,
+}
+
+fn plan(isa: Isa, format: WeightFormat) -> Plan {
+    use ActKind::{Q8x32, Q8K};
+    let f = match format {
+        WeightFormat::Q4_0 => F_Q4_0,
+        WeightFormat::Q4_1 => F_Q4_1,
+        WeightFormat::Q5_0 => F_Q5_0,
+        WeightFormat::Q5_1 => F_Q5_1,
+        WeightFormat::Q8_0 => F_Q8_0,
+        WeightFormat::Q4K => F_Q4K,
+        WeightFormat::Q5K => F_Q5K,
+        WeightFormat::Q6K => F_Q6K,
+        _ => return Plan::Float,
+    };
+    let kind = if f >= F_Q4K { Q8K } else { Q8x32 };
+    #[cfg(target_arch = "x86_64")]
+    {
+        if isa == Isa::Avx512 {
+            if let Some((tile, grain)) = avx512::tile_fn(f) {
+                return Plan::Int(kind, tile, grain);
+            }
+        }
+        if isa >= Isa::Avx2 {
+            if let Some((tile, grain)) = avx2::tile_fn(f) {
+                return Plan::Int(kind, tile, grain);
+            }
+        }
+    }
+    let _ = isa;
+    let tile: TileFn = match f {
+        F_Q4_0 => scalar::tile_32::<F_Q4_0>,
+        F_Q4_1 => scalar::tile_32::<F_Q4_1>,
+        F_Q5_0 => scalar::tile_32::<F_Q5_0>,
+        F_Q5_1 => scalar::tile_32::<F_Q5_1>,
+        F_Q8_0 => scalar::tile_32::<F_Q8_0>,
+        F_Q4K => scalar::tile_k::<F_Q4K>,
+        F_Q5K => scalar::tile_k::<F_Q5K>,
+        _ => scalar::tile_k::<F_Q6K>,
+    };
+    Plan::Int(kind, tile, 1)
+}
+
+thread_local! {
+    static ACTS: RefCell<Acts> = const { RefCell::new(Acts::new()) };
+}
+
+/// `out[m, rows] = x[m, cols] · Wᵀ`, the fast path: integer SIMD kernels chosen for this CPU
+/// ([`Isa::best`]), parallel over output rows.
+///
+/// Results differ from [`matmul_reference`] by the rounding of the activations to 8 bits (for the
+/// integer formats; see `act.rs`): for each 32-value (Q4_0..Q8_0) or 256-value (k-quants) block of
+/// `x` with largest magnitude `a`, the error is at most `a / 254 · Σ|w|` over that block.
+pub fn matmul(x: &[f32], m: usize, w: &WeightMatrix, out: &mut [f32]) -> Result<()> {
+    matmul_with_isa(Isa::best(), x, m, w, out)
+}
+
+/// [`matmul`] on a given instruction set (for tests and comparisons); fails with
+/// [`KernelError::UnsupportedIsa`] if this CPU lacks it.
+pub fn matmul_with_isa(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    w: &WeightMatrix,
+    out: &mut [f32],
+) -> Result<()> {
+    check_matmul(x, m, w, out)?;
+    if !isa.is_available() {
+        return Err(KernelError::UnsupportedIsa(isa.name()));
+    }
+    if m == 0 || w.rows == 0 {
+        return Ok(());
+    }
+    if w.cols == 0 {
+        out.fill(0.0);
+        return Ok(());
+    }
+    let dst = OutPtr {
+        ptr: out.as_mut_ptr(),
+        rows: w.rows,
+    };
+    match plan(isa, w.format) {
+        Plan::Int(kind, tile, grain) => {
+            let run = |acts: &mut Acts| {
+                acts.quantize(kind, x, m, w.cols, isa);
+                let acts = &*acts;
+                crate::pool::parallel_rows(w.rows, grain, m * w.cols, &|r0, r1| {
+                    // SAFETY: `tile` was chosen for an available `isa`; rows `r0..r1` are in bounds
+                    // and owned by this task; `acts` holds `m` rows of `cols` values.
+                    unsafe { tile(w, r0, r1, acts, dst) }
+                });
+            };
+            ACTS.with(|a| match a.try_borrow_mut() {
+                Ok(mut a) => run(&mut a),
+                Err(_) => run(&mut Acts::new()),
+            });
+        }
+        Plan::Float => float::matmul(isa, x, m, w, dst),
     }
     Ok(())
 }

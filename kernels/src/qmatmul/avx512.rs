@@ -1,0 +1,569 @@
+//! AVX-512 (F, BW, VL) + VNNI kernels.
+//!
+//! - 32-value formats: two blocks per 512-bit register; `vpdpbusd` multiplies the unsigned weight
+//!   quants by the signed activation quants and sums each 4 products straight into i32 (no i16
+//!   stage, so no saturation). Q8_0's signed weights: `|w|` against `x` negated where `w < 0`
+//!   (a masked subtract, AVX-512 has no `vpsignb`).
+//! - k-quants: 64 values per register; `vpmaddubsw` (pairs to i16), then `vpdpwssd` multiplies by
+//!   the 16-bit sub-block scales and accumulates into i32, so a whole 256-value super-block is
+//!   summed in integers and converted to float once.
+//!
+//! Every function here requires the features of [`super::Isa::Avx512`].
+
+// Register tiles are indexed `acc[i][j]` on purpose: the loops mirror the tile layout.
+#![allow(clippy::needless_range_loop)]
+
+use super::act::Acts;
+use super::avx2::by_mr;
+use super::layout::*;
+use super::scalar;
+use super::{OutPtr, TileFn, WeightMatrix};
+use core::arch::x86_64::*;
+
+/// `[lo x8, hi x8]` lane indices.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn halves(lo: i32, hi: i32) -> __m512i {
+    _mm512_inserti64x4::<1>(
+        _mm512_castsi256_si512(_mm256_set1_epi32(lo)),
+        _mm256_set1_epi32(hi),
+    )
+}
+
+/// i16 lane indices: 256-bit half `h` of the result takes lane `a` (`h = 0`) or `b` (`h = 1`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn idx16_halves(a: i16, b: i16) -> __m512i {
+    _mm512_inserti64x4::<1>(
+        _mm512_castsi256_si512(_mm256_set1_epi16(a)),
+        _mm256_set1_epi16(b),
+    )
+}
+
+/// i16 lane indices: 128-bit lane `L` of the result takes lane `base + L`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn idx16_quarters(base: i32) -> __m512i {
+    let v = |k: i32| (base + k) | ((base + k) << 16);
+    _mm512_setr_epi32(
+        v(0),
+        v(0),
+        v(0),
+        v(0),
+        v(1),
+        v(1),
+        v(1),
+        v(1),
+        v(2),
+        v(2),
+        v(2),
+        v(2),
+        v(3),
+        v(3),
+        v(3),
+        v(3),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// 32-value block formats against Q8x32 activations.
+
+/// Blocks `b` (at `p`) and `b + 1` (at `p + block_bytes(F)`) of format `F`: their 64 quants
+/// (unsigned for Q4/Q5, signed for Q8_0) and `[d0, d1, c0, c1]` (value `k` of block `t` is
+/// `d_t·q[k] + c_t`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn decode64<const F: u8>(p: *const u8) -> (__m512i, __m128) {
+    let bb = block_bytes(F);
+    // SAFETY: the caller guarantees two whole blocks at `p`.
+    unsafe {
+        let nibbles = |at: usize| {
+            let q = _mm256_set_m128i(
+                _mm_loadu_si128(p.add(bb + at).cast()),
+                _mm_loadu_si128(p.add(at).cast()),
+            );
+            // [q0, q1, q0 >> 4, q1 >> 4] -> [q0, q0 >> 4, q1, q1 >> 4], low nibbles.
+            let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q), _mm256_srli_epi16::<4>(q));
+            _mm512_and_si512(_mm512_shuffle_i64x2::<0xD8>(z, z), _mm512_set1_epi8(0x0F))
+        };
+        let d_only = || {
+            let a = p.cast::<u16>().read_unaligned() as i32;
+            let b = p.add(bb).cast::<u16>().read_unaligned() as i32;
+            let d = _mm_cvtph_ps(_mm_cvtsi32_si128(a | (b << 16)));
+            let c = match F {
+                F_Q4_0 => -8.0,
+                F_Q5_0 => -16.0,
+                _ => 0.0,
+            };
+            _mm_mul_ps(_mm_movelh_ps(d, d), _mm_setr_ps(1.0, 1.0, c, c))
+        };
+        let d_and_m = || {
+            let a = p.cast::<u32>().read_unaligned() as u64;
+            let b = p.add(bb).cast::<u32>().read_unaligned() as u64;
+            let v = _mm_cvtsi64_si128((a | (b << 32)) as i64);
+            _mm_cvtph_ps(_mm_shufflelo_epi16::<0b11_01_10_00>(v))
+        };
+        let high_bits = |at: usize| {
+            let a = p.add(at).cast::<u32>().read_unaligned() as u64;
+            let b = p.add(bb + at).cast::<u32>().read_unaligned() as u64;
+            _mm512_maskz_mov_epi8(a | (b << 32), _mm512_set1_epi8(0x10))
+        };
+        match F {
+            F_Q4_0 => (nibbles(2), d_only()),
+            F_Q4_1 => (nibbles(4), d_and_m()),
+            F_Q5_0 => (_mm512_or_si512(nibbles(6), high_bits(2)), d_only()),
+            F_Q5_1 => (_mm512_or_si512(nibbles(8), high_bits(4)), d_and_m()),
+            _ => {
+                let q = _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(_mm256_loadu_si256(p.add(2).cast())),
+                    _mm256_loadu_si256(p.add(bb + 2).cast()),
+                );
+                (q, d_only())
+            }
+        }
+    }
+}
+
+/// Register tile of the 32-value formats: `MR` activation rows x `NR` weight rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn mk32<const F: u8, const MR: usize, const NR: usize>(
+    w: *const u8,
+    rb: usize,
+    nb: usize,
+    acts: &Acts,
+    i0: usize,
+    r: usize,
+    out: OutPtr,
+) {
+    let bb = block_bytes(F);
+    let pair = halves(0, 1);
+    let xs: [*const i8; MR] = std::array::from_fn(|i| acts.qs_ptr(i0 + i));
+    let dx: [&[f32]; MR] = std::array::from_fn(|i| acts.d(i0 + i));
+    let sx: [&[f32]; MR] = std::array::from_fn(|i| acts.s(i0 + i));
+    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+    let mut b = 0;
+    while b + 2 <= nb {
+        let mut wq = [_mm512_setzero_si512(); NR];
+        let mut neg = [0 as __mmask64; NR];
+        let mut wd = [_mm512_setzero_ps(); NR];
+        let mut wc = [_mm512_setzero_ps(); NR];
+        for j in 0..NR {
+            // SAFETY: blocks `b`, `b + 1` of row `r + j` are in bounds (checked by `tile32`).
+            let (q, dc) = unsafe { decode64::<F>(w.add(j * rb + b * bb)) };
+            if F == F_Q8_0 {
+                neg[j] = _mm512_movepi8_mask(q);
+                wq[j] = _mm512_abs_epi8(q);
+            } else {
+                wq[j] = q;
+            }
+            wd[j] = _mm512_permutexvar_ps(pair, _mm512_castps128_ps512(dc));
+            // [c0, c1, 0, ...]: the blocks' offsets, added into lanes 0 and 1.
+            wc[j] = _mm512_zextps128_ps512(_mm_movehl_ps(_mm_setzero_ps(), dc));
+        }
+        for i in 0..MR {
+            // SAFETY: activation rows hold `nb * 32` values (64-byte aligned, zero padded).
+            let (xv, dxs, sxs) = unsafe {
+                (
+                    _mm512_loadu_si512(xs[i].add(32 * b).cast()),
+                    _mm_castpd_ps(_mm_load_sd(dx[i].as_ptr().add(b).cast())),
+                    _mm_castpd_ps(_mm_load_sd(sx[i].as_ptr().add(b).cast())),
+                )
+            };
+            let dxv = _mm512_permutexvar_ps(pair, _mm512_castps128_ps512(dxs));
+            let sxv = _mm512_zextps128_ps512(sxs);
+            for j in 0..NR {
+                let xsg = if F == F_Q8_0 {
+                    _mm512_mask_sub_epi8(xv, neg[j], _mm512_setzero_si512(), xv)
+                } else {
+                    xv
+                };
+                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[j], xsg);
+                acc[i][j] = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(dot),
+                    _mm512_mul_ps(wd[j], dxv),
+                    acc[i][j],
+                );
+                if F != F_Q8_0 {
+                    acc[i][j] = _mm512_fmadd_ps(wc[j], sxv, acc[i][j]);
+                }
+            }
+        }
+        b += 2;
+    }
+    let mut res = [[0f32; NR]; MR];
+    for i in 0..MR {
+        for j in 0..NR {
+            res[i][j] = _mm512_reduce_add_ps(acc[i][j]);
+        }
+    }
+    if b < nb {
+        // An odd last block: the scalar definition.
+        let mut q = [0i16; 32];
+        for j in 0..NR {
+            // SAFETY: block `b` of row `r + j` is in bounds.
+            let blk = unsafe { std::slice::from_raw_parts(w.add(j * rb + b * bb), bb) };
+            let (d, c) = scalar::decode_block32::<F>(blk, &mut q);
+            for i in 0..MR {
+                let x = &acts.qs(i0 + i)[32 * b..];
+                let dot = scalar::idot32(&q, x);
+                res[i][j] += d * dx[i][b] * dot as f32 + c * sx[i][b];
+            }
+        }
+    }
+    for i in 0..MR {
+        for j in 0..NR {
+            // SAFETY: in bounds, owned by this task.
+            unsafe { out.write(i0 + i, r + j, res[i][j]) };
+        }
+    }
+}
+
+/// Activation rows per register tile (32 vector registers).
+const MR32: usize = 4;
+/// Weight rows per register tile.
+const NR32: usize = 3;
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn tile32<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Acts, out: OutPtr) {
+    let rb = w.row_bytes();
+    let nb = w.cols() / 32;
+    let base = w.data().as_ptr();
+    let m = acts.m;
+    let mut r = r0;
+    while r < r1 {
+        let nr = if r1 - r >= NR32 { NR32 } else { 1 };
+        // SAFETY: `r + nr <= rows`.
+        let wp = unsafe { base.add(r * rb) };
+        let mut i = 0;
+        while i < m {
+            let mr = (m - i).min(MR32);
+            // SAFETY: rows and activation rows in bounds.
+            unsafe {
+                if nr == NR32 {
+                    by_mr!(mk32, F, NR32, mr, wp, rb, nb, acts, i, r, out)
+                } else {
+                    by_mr!(mk32, F, 1, mr, wp, rb, nb, acts, i, r, out)
+                }
+            }
+            i += mr;
+        }
+        r += nr;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// k-quants against Q8K activations.
+
+/// Register tile of Q4K / Q5K.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn mk_q45k<const F: u8, const MR: usize, const NR: usize>(
+    w: *const u8,
+    rb: usize,
+    nsb: usize,
+    acts: &Acts,
+    i0: usize,
+    r: usize,
+    out: OutPtr,
+) {
+    let bb = block_bytes(F);
+    let qs_at = if F == F_Q4K { 16 } else { 48 };
+    let low4 = _mm512_set1_epi8(0x0F);
+    let xs: [*const i8; MR] = std::array::from_fn(|i| acts.qs_ptr(i0 + i));
+    let dx: [&[f32]; MR] = std::array::from_fn(|i| acts.d(i0 + i));
+    let bs: [&[i16]; MR] = std::array::from_fn(|i| acts.bsums(i0 + i));
+    let mut facc = [[_mm512_setzero_ps(); NR]; MR];
+    for sb in 0..nsb {
+        let mut scz = [_mm512_setzero_si512(); NR];
+        let mut mins = [_mm256_setzero_si256(); NR];
+        let mut dd = [(0f32, 0f32); NR];
+        let mut iacc = [[_mm512_setzero_si512(); NR]; MR];
+        for j in 0..NR {
+            // SAFETY: super-block `sb` of row `r + j` is in bounds.
+            let p = unsafe { std::slice::from_raw_parts(w.add(j * rb + sb * bb), bb) };
+            dd[j] = (f16_at(p, 0), f16_at(p, 2));
+            let (sc, mn) = k4_scales(&p[4..16]);
+            let sc = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(i64::from_le_bytes(sc)));
+            scz[j] = _mm512_castsi128_si512(sc);
+            let mn = _mm_cvtsi64_si128(i64::from_le_bytes(mn));
+            mins[j] = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn, mn));
+        }
+        for g in 0..4 {
+            let idx = idx16_halves(2 * g as i16, 2 * g as i16 + 1);
+            let mut q = [_mm512_setzero_si512(); NR];
+            let mut s = [_mm512_setzero_si512(); NR];
+            for j in 0..NR {
+                // SAFETY: in bounds as above.
+                unsafe {
+                    let p = w.add(j * rb + sb * bb);
+                    let v = _mm256_loadu_si256(p.add(qs_at + 32 * g).cast());
+                    let z = _mm512_inserti64x4::<1>(
+                        _mm512_castsi256_si512(v),
+                        _mm256_srli_epi16::<4>(v),
+                    );
+                    q[j] = _mm512_and_si512(z, low4);
+                    if F == F_Q5K {
+                        let h = _mm256_loadu_si256(p.add(16).cast());
+                        let k0 = _mm256_test_epi8_mask(h, _mm256_set1_epi8((1u8 << (2 * g)) as i8));
+                        let k1 =
+                            _mm256_test_epi8_mask(h, _mm256_set1_epi8((1u8 << (2 * g + 1)) as i8));
+                        let k = k0 as u64 | ((k1 as u64) << 32);
+                        q[j] = _mm512_mask_add_epi8(q[j], k, q[j], _mm512_set1_epi8(0x10));
+                    }
+                }
+                s[j] = _mm512_permutexvar_epi16(idx, scz[j]);
+            }
+            for i in 0..MR {
+                // SAFETY: activation rows hold `nsb * 256` values.
+                let xv = unsafe { _mm512_load_si512(xs[i].add(256 * sb + 64 * g).cast()) };
+                for j in 0..NR {
+                    let prod = _mm512_maddubs_epi16(q[j], xv);
+                    iacc[i][j] = _mm512_dpwssd_epi32(iacc[i][j], prod, s[j]);
+                }
+            }
+        }
+        for i in 0..MR {
+            // SAFETY: 16 sums per super-block.
+            let b16 = unsafe { _mm256_loadu_si256(bs[i].as_ptr().add(16 * sb).cast()) };
+            let dxi = dx[i][sb];
+            for j in 0..NR {
+                let mi = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins[j], b16));
+                let t = _mm512_mul_ps(
+                    _mm512_cvtepi32_ps(iacc[i][j]),
+                    _mm512_set1_ps(dd[j].0 * dxi),
+                );
+                let t =
+                    _mm512_fnmadd_ps(_mm512_zextps256_ps512(mi), _mm512_set1_ps(dd[j].1 * dxi), t);
+                facc[i][j] = _mm512_add_ps(facc[i][j], t);
+            }
+        }
+    }
+    for i in 0..MR {
+        for j in 0..NR {
+            // SAFETY: in bounds, owned by this task.
+            unsafe { out.write(i0 + i, r + j, _mm512_reduce_add_ps(facc[i][j])) };
+        }
+    }
+}
+
+/// Register tile of Q6K.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn mk_q6k<const F: u8, const MR: usize, const NR: usize>(
+    w: *const u8,
+    rb: usize,
+    nsb: usize,
+    acts: &Acts,
+    i0: usize,
+    r: usize,
+    out: OutPtr,
+) {
+    let bb = block_bytes(F_Q6K);
+    let low4 = _mm512_set1_epi8(0x0F);
+    let three = _mm512_set1_epi8(3);
+    let top = _mm512_set1_epi8(0x30);
+    let xs: [*const i8; MR] = std::array::from_fn(|i| acts.qs_ptr(i0 + i));
+    let dx: [&[f32]; MR] = std::array::from_fn(|i| acts.d(i0 + i));
+    let bs: [&[i16]; MR] = std::array::from_fn(|i| acts.bsums(i0 + i));
+    let mut facc = [[_mm512_setzero_ps(); NR]; MR];
+    for sb in 0..nsb {
+        let mut scz = [_mm512_setzero_si512(); NR];
+        let mut off = [_mm256_setzero_si256(); NR];
+        let mut d = [0f32; NR];
+        let mut iacc = [[_mm512_setzero_si512(); NR]; MR];
+        for j in 0..NR {
+            // SAFETY: super-block `sb` of row `r + j` is in bounds.
+            unsafe {
+                let p = w.add(j * rb + sb * bb);
+                d[j] = half::f16::from_bits(p.add(208).cast::<u16>().read_unaligned()).to_f32();
+                let s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192).cast()));
+                scz[j] = _mm512_castsi256_si512(s16);
+                off[j] = _mm256_mullo_epi16(s16, _mm256_set1_epi16(-32));
+            }
+        }
+        // Quarter `qq` = values 64qq..64qq + 64 = half `qq / 2`, low (`qq` even) or high nibbles.
+        for qq in 0..4 {
+            let (h, high) = (qq / 2, qq % 2 == 1);
+            let idx = idx16_quarters(4 * qq as i32);
+            let mut q = [_mm512_setzero_si512(); NR];
+            let mut s = [_mm512_setzero_si512(); NR];
+            for j in 0..NR {
+                // SAFETY: `ql` at 0..128 and `qh` at 128..192 of the block.
+                unsafe {
+                    let p = w.add(j * rb + sb * bb);
+                    let a = _mm512_loadu_si512(p.add(64 * h).cast());
+                    let hq = _mm256_loadu_si256(p.add(128 + 32 * h).cast());
+                    let hz = _mm512_inserti64x4::<1>(
+                        _mm512_castsi256_si512(hq),
+                        _mm256_srli_epi16::<2>(hq),
+                    );
+                    q[j] = if high {
+                        _mm512_or_si512(
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(a), low4),
+                            _mm512_and_si512(hz, top),
+                        )
+                    } else {
+                        _mm512_or_si512(
+                            _mm512_and_si512(a, low4),
+                            _mm512_slli_epi16::<4>(_mm512_and_si512(hz, three)),
+                        )
+                    };
+                }
+                s[j] = _mm512_permutexvar_epi16(idx, scz[j]);
+            }
+            for i in 0..MR {
+                // SAFETY: activation rows hold `nsb * 256` values.
+                let xv = unsafe { _mm512_load_si512(xs[i].add(256 * sb + 64 * qq).cast()) };
+                for j in 0..NR {
+                    let prod = _mm512_maddubs_epi16(q[j], xv);
+                    iacc[i][j] = _mm512_dpwssd_epi32(iacc[i][j], prod, s[j]);
+                }
+            }
+        }
+        for i in 0..MR {
+            // SAFETY: 16 sums per super-block.
+            let b16 = unsafe { _mm256_loadu_si256(bs[i].as_ptr().add(16 * sb).cast()) };
+            let dxi = dx[i][sb];
+            for j in 0..NR {
+                let o = _mm512_zextsi256_si512(_mm256_madd_epi16(off[j], b16));
+                let tot = _mm512_add_epi32(iacc[i][j], o);
+                facc[i][j] = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(tot),
+                    _mm512_set1_ps(d[j] * dxi),
+                    facc[i][j],
+                );
+            }
+        }
+    }
+    for i in 0..MR {
+        for j in 0..NR {
+            // SAFETY: in bounds, owned by this task.
+            unsafe { out.write(i0 + i, r + j, _mm512_reduce_add_ps(facc[i][j])) };
+        }
+    }
+}
+
+const MRK: usize = 4;
+const NRK: usize = 2;
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn tile_k<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Acts, out: OutPtr) {
+    let rb = w.row_bytes();
+    let nsb = w.cols() / 256;
+    let base = w.data().as_ptr();
+    let m = acts.m;
+    let mut r = r0;
+    while r < r1 {
+        let nr = if r1 - r >= NRK { NRK } else { 1 };
+        // SAFETY: `r + nr <= rows`.
+        let wp = unsafe { base.add(r * rb) };
+        let mut i = 0;
+        while i < m {
+            let mr = (m - i).min(MRK);
+            // SAFETY: rows and activation rows in bounds.
+            unsafe {
+                match (F, nr == NRK) {
+                    (F_Q6K, true) => by_mr!(mk_q6k, F, NRK, mr, wp, rb, nsb, acts, i, r, out),
+                    (F_Q6K, false) => by_mr!(mk_q6k, F, 1, mr, wp, rb, nsb, acts, i, r, out),
+                    (_, true) => by_mr!(mk_q45k, F, NRK, mr, wp, rb, nsb, acts, i, r, out),
+                    (_, false) => by_mr!(mk_q45k, F, 1, mr, wp, rb, nsb, acts, i, r, out),
+                }
+            }
+            i += mr;
+        }
+        r += nr;
+    }
+}
+
+/// The AVX-512 tile kernel for kernel format `f`, and its preferred row grain.
+pub(super) fn tile_fn(f: u8) -> Option<(TileFn, usize)> {
+    let t: TileFn = match f {
+        F_Q4_0 => tile32::<F_Q4_0>,
+        F_Q4_1 => tile32::<F_Q4_1>,
+        F_Q5_0 => tile32::<F_Q5_0>,
+        F_Q5_1 => tile32::<F_Q5_1>,
+        F_Q8_0 => tile32::<F_Q8_0>,
+        F_Q4K => tile_k::<F_Q4K>,
+        F_Q5K => tile_k::<F_Q5K>,
+        F_Q6K => tile_k::<F_Q6K>,
+        _ => return None,
+    };
+    Some((t, if f >= F_Q4K { NRK } else { NR32 }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float path.
+
+/// `out[i][j] = x[i] · w[j]` over `n` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn dots_f32<const MR: usize, const NR: usize>(
+    x: [*const f32; MR],
+    w: [*const f32; NR],
+    n: usize,
+) -> [[f32; NR]; MR] {
+    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+    let mut k = 0;
+    while k < n {
+        let mask: __mmask16 = if n - k >= 16 {
+            0xffff
+        } else {
+            (1u16 << (n - k)) - 1
+        };
+        // SAFETY: masked loads read only the `n` floats the caller guarantees.
+        unsafe {
+            let wv: [__m512; NR] =
+                std::array::from_fn(|j| _mm512_maskz_loadu_ps(mask, w[j].add(k)));
+            for i in 0..MR {
+                let xv = _mm512_maskz_loadu_ps(mask, x[i].add(k));
+                for j in 0..NR {
+                    acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
+                }
+            }
+        }
+        k += 16;
+    }
+    let mut res = [[0f32; NR]; MR];
+    for i in 0..MR {
+        for j in 0..NR {
+            res[i][j] = _mm512_reduce_add_ps(acc[i][j]);
+        }
+    }
+    res
+}
+
+/// Float tile, as `avx2::float_tile`.
+///
+/// # Safety
+/// The CPU must have the `Avx512` features; `x` rows `i0..i0 + mr` and the `w` rows hold `n` floats.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn float_tile<const NR: usize>(
+    x: &[f32],
+    n: usize,
+    i0: usize,
+    mr: usize,
+    w: [*const f32; NR],
+    r: usize,
+    out: OutPtr,
+) {
+    macro_rules! go {
+        ($mr:literal) => {{
+            let xp: [*const f32; $mr] = std::array::from_fn(|i| x[(i0 + i) * n..].as_ptr());
+            // SAFETY: the caller's contract.
+            let res = unsafe { dots_f32::<$mr, NR>(xp, w, n) };
+            for i in 0..$mr {
+                for j in 0..NR {
+                    // SAFETY: in bounds, owned by this task.
+                    unsafe { out.write(i0 + i, r + j, res[i][j]) };
+                }
+            }
+        }};
+    }
+    match mr {
+        1 => go!(1),
+        2 => go!(2),
+        3 => go!(3),
+        _ => go!(4),
+    }
+}

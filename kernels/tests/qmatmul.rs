@@ -1,0 +1,321 @@
+//! Fast quantized matmul against the dequantize-and-dot reference, for every weight format, on
+//! every instruction set this CPU has, with several activation row counts and odd shapes.
+//!
+//! # Tolerance
+//!
+//! The integer kernels round each activation to 8 bits: for a block `B` of `x` (32 values for
+//! Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, 256 for the k-quants) with largest magnitude `a_B`, every value moves
+//! by at most `a_B / 254`, so an output moves by at most `Σ_B a_B / 254 · Σ_{k∈B} |w_k|` (with `w`
+//! the dequantized weights). The tests allow exactly that bound plus f32 rounding
+//! (`1e-5 · Σ|x·w|`). The float-path formats (F32, F16, BF16, Q2K, Q3K, Q8_1, Q8K) only allow the
+//! f32 rounding. Different instruction sets see identical quantized activations and compute the
+//! same integers, so they must agree with the scalar kernels to f32 rounding.
+
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use switchyard_kernels::pool::{self, Backend};
+use switchyard_kernels::{
+    matmul, matmul_reference, matmul_with_isa, Isa, KernelError, WeightFormat, WeightMatrix,
+};
+
+const ALL_FORMATS: [WeightFormat; 15] = [
+    WeightFormat::F32,
+    WeightFormat::F16,
+    WeightFormat::BF16,
+    WeightFormat::Q4_0,
+    WeightFormat::Q4_1,
+    WeightFormat::Q5_0,
+    WeightFormat::Q5_1,
+    WeightFormat::Q8_0,
+    WeightFormat::Q8_1,
+    WeightFormat::Q2K,
+    WeightFormat::Q3K,
+    WeightFormat::Q4K,
+    WeightFormat::Q5K,
+    WeightFormat::Q6K,
+    WeightFormat::Q8K,
+];
+
+/// Formats computed with 8-bit activations (the others are exact up to f32 rounding).
+fn act_block(format: WeightFormat) -> Option<usize> {
+    match format {
+        WeightFormat::Q4_0
+        | WeightFormat::Q4_1
+        | WeightFormat::Q5_0
+        | WeightFormat::Q5_1
+        | WeightFormat::Q8_0 => Some(32),
+        WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => Some(256),
+        _ => None,
+    }
+}
+
+fn blocks_to_bytes<T: GgmlType>(values: &[f32]) -> Vec<u8> {
+    let mut blocks = vec![T::zeros(); values.len() / T::BLCK_SIZE];
+    T::from_float(values, &mut blocks);
+    let n = std::mem::size_of_val(blocks.as_slice());
+    // SAFETY: GGML blocks are plain `repr(C)` data; we copy exactly their bytes.
+    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), n) }.to_vec()
+}
+
+/// Random weights, quantized to `format` with candle's own quantizer.
+fn random_weights(format: WeightFormat, rows: usize, cols: usize, rng: &mut StdRng) -> Vec<u8> {
+    let values: Vec<f32> = (0..rows * cols)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
+    match format {
+        WeightFormat::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        WeightFormat::F16 => values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        WeightFormat::BF16 => values
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+        WeightFormat::Q4_0 => blocks_to_bytes::<BlockQ4_0>(&values),
+        WeightFormat::Q4_1 => blocks_to_bytes::<BlockQ4_1>(&values),
+        WeightFormat::Q5_0 => blocks_to_bytes::<BlockQ5_0>(&values),
+        WeightFormat::Q5_1 => blocks_to_bytes::<BlockQ5_1>(&values),
+        WeightFormat::Q8_0 => blocks_to_bytes::<BlockQ8_0>(&values),
+        WeightFormat::Q8_1 => blocks_to_bytes::<BlockQ8_1>(&values),
+        WeightFormat::Q2K => blocks_to_bytes::<BlockQ2K>(&values),
+        WeightFormat::Q3K => blocks_to_bytes::<BlockQ3K>(&values),
+        WeightFormat::Q4K => blocks_to_bytes::<BlockQ4K>(&values),
+        WeightFormat::Q5K => blocks_to_bytes::<BlockQ5K>(&values),
+        WeightFormat::Q6K => blocks_to_bytes::<BlockQ6K>(&values),
+        WeightFormat::Q8K => blocks_to_bytes::<BlockQ8K>(&values),
+    }
+}
+
+/// Activations with a few outliers, as real hidden states have.
+fn random_x(m: usize, cols: usize, rng: &mut StdRng) -> Vec<f32> {
+    (0..m * cols)
+        .map(|_| {
+            let v = rng.random_range(-1.0f32..1.0);
+            if rng.random_range(0..50) == 0 {
+                v * 20.0
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+/// Per-output error bound (see the module docs).
+fn bounds(format: WeightFormat, x: &[f32], m: usize, w: &WeightMatrix) -> Vec<f32> {
+    bounds_split(format, x, m, w).0
+}
+
+/// `(bound, rounding part of it)` per output.
+fn bounds_split(
+    format: WeightFormat,
+    x: &[f32],
+    m: usize,
+    w: &WeightMatrix,
+) -> (Vec<f32>, Vec<f32>) {
+    let cols = w.cols();
+    let mut row = vec![0f32; cols];
+    let mut out = vec![0f32; m * w.rows()];
+    let mut rounding = vec![0f32; m * w.rows()];
+    for r in 0..w.rows() {
+        w.dequantize_row(r, &mut row).unwrap();
+        for i in 0..m {
+            let xi = &x[i * cols..(i + 1) * cols];
+            let abs: f32 = xi.iter().zip(&row).map(|(a, b)| (a * b).abs()).sum();
+            let quant: f32 = match act_block(format) {
+                Some(block) => xi
+                    .chunks(block)
+                    .zip(row.chunks(block))
+                    .map(|(xb, wb)| {
+                        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+                        amax / 254.0 * wb.iter().map(|v| v.abs()).sum::<f32>()
+                    })
+                    .sum(),
+                None => 0.0,
+            };
+            rounding[i * w.rows() + r] = 1e-5 * abs + 1e-6;
+            out[i * w.rows() + r] = quant * 1.0001 + 1e-5 * abs + 1e-6;
+        }
+    }
+    (out, rounding)
+}
+
+fn check_close(what: &str, got: &[f32], want: &[f32], tol: &[f32]) {
+    for (k, ((g, w), t)) in got.iter().zip(want).zip(tol).enumerate() {
+        assert!(
+            (g - w).abs() <= *t,
+            "{what}: output {k}: got {g}, want {w} (diff {}, allowed {t})",
+            (g - w).abs()
+        );
+    }
+}
+
+fn cols_for(format: WeightFormat) -> Vec<usize> {
+    match format.block_size() {
+        1 => vec![1, 7, 96, 200],
+        32 => vec![32, 96, 576],
+        _ => vec![256, 768],
+    }
+}
+
+#[test]
+fn every_format_every_isa_matches_reference() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.is_available()).collect();
+    eprintln!("instruction sets tested: {isas:?}");
+    for format in ALL_FORMATS {
+        for cols in cols_for(format) {
+            for rows in [1usize, 3, 7, 37] {
+                let bytes = random_weights(format, rows, cols, &mut rng);
+                let w = WeightMatrix::new(format, rows, cols, &bytes).unwrap();
+                for m in [1usize, 3, 8, 17] {
+                    let x = random_x(m, cols, &mut rng);
+                    let mut want = vec![0f32; m * rows];
+                    matmul_reference(&x, m, &w, &mut want).unwrap();
+                    let (tol, rounding) = bounds_split(format, &x, m, &w);
+                    let mut scalar = vec![f32::NAN; m * rows];
+                    matmul_with_isa(Isa::Scalar, &x, m, &w, &mut scalar).unwrap();
+                    let what = format!("{format:?} scalar rows={rows} cols={cols} m={m}");
+                    check_close(&what, &scalar, &want, &tol);
+                    for &isa in &isas[1..] {
+                        let mut got = vec![f32::NAN; m * rows];
+                        matmul_with_isa(isa, &x, m, &w, &mut got).unwrap();
+                        let what = format!("{format:?} {isa:?} rows={rows} cols={cols} m={m}");
+                        check_close(&what, &got, &want, &tol);
+                        // Same integers as the scalar kernels: only f32 summation order differs.
+                        let tight: Vec<f32> = rounding.iter().map(|r| 2.0 * r).collect();
+                        check_close(&format!("{what} vs scalar"), &got, &scalar, &tight);
+                    }
+                    let mut best = vec![f32::NAN; m * rows];
+                    matmul(&x, m, &w, &mut best).unwrap();
+                    check_close(&format!("{format:?} matmul"), &best, &want, &tol);
+                }
+            }
+        }
+    }
+}
+
+/// Large enough to be split across threads; every backend must give bit-identical results (each
+/// output is computed by the same instruction sequence whatever the chunking).
+#[test]
+fn parallel_split_matches_single_thread() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for format in [
+        WeightFormat::Q4_1,
+        WeightFormat::Q8_0,
+        WeightFormat::Q4K,
+        WeightFormat::Q6K,
+        WeightFormat::F16,
+    ] {
+        let (rows, cols) = (301, 1024);
+        let bytes = random_weights(format, rows, cols, &mut rng);
+        let w = WeightMatrix::new(format, rows, cols, &bytes).unwrap();
+        for m in [1usize, 5, 64] {
+            let x = random_x(m, cols, &mut rng);
+            let mut want = vec![0f32; m * rows];
+            matmul_reference(&x, m, &w, &mut want).unwrap();
+            let tol = bounds(format, &x, m, &w);
+            let mut results = Vec::new();
+            for backend in [Backend::Single, Backend::Pool, Backend::Rayon] {
+                pool::set_backend(backend);
+                let mut got = vec![f32::NAN; m * rows];
+                matmul(&x, m, &w, &mut got).unwrap();
+                check_close(&format!("{format:?} {backend:?} m={m}"), &got, &want, &tol);
+                results.push(got);
+            }
+            pool::set_backend(Backend::Pool);
+            assert_eq!(results[0], results[1], "{format:?} m={m}: pool vs single");
+            assert_eq!(results[0], results[2], "{format:?} m={m}: rayon vs single");
+        }
+    }
+}
+
+/// Calls from several threads at once (the pool serves one; the others run on their callers).
+#[test]
+fn concurrent_callers() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let (rows, cols, m) = (257, 576, 2);
+    let bytes = random_weights(WeightFormat::Q4_1, rows, cols, &mut rng);
+    let x = random_x(m, cols, &mut rng);
+    let w = WeightMatrix::new(WeightFormat::Q4_1, rows, cols, &bytes).unwrap();
+    let mut want = vec![0f32; m * rows];
+    matmul(&x, m, &w, &mut want).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..50 {
+                    let mut got = vec![0f32; m * rows];
+                    matmul(&x, m, &w, &mut got).unwrap();
+                    assert_eq!(got, want);
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn shape_errors_are_reported_not_panicked() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let bytes = random_weights(WeightFormat::Q4_1, 4, 64, &mut rng);
+    let w = WeightMatrix::new(WeightFormat::Q4_1, 4, 64, &bytes).unwrap();
+    let x = vec![0.5f32; 2 * 64];
+    let mut out = vec![0f32; 2 * 4];
+    for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
+        assert!(matches!(
+            matmul_with_isa(isa, &x[..100], 2, &w, &mut out),
+            Err(KernelError::Length {
+                what: "matmul input",
+                ..
+            })
+        ));
+        assert!(matches!(
+            matmul_with_isa(isa, &x, 2, &w, &mut out[..7]),
+            Err(KernelError::Length {
+                what: "matmul output",
+                ..
+            })
+        ));
+        assert!(matches!(
+            matmul_with_isa(isa, &x, 3, &w, &mut out),
+            Err(KernelError::Length { .. })
+        ));
+    }
+    assert!(matches!(
+        matmul(&x, 2, &w, &mut [0f32; 9]),
+        Err(KernelError::Length { .. })
+    ));
+    assert!(matches!(
+        WeightMatrix::new(WeightFormat::Q4_1, 4, 64, &bytes[..bytes.len() - 1]),
+        Err(KernelError::Length { .. })
+    ));
+    assert!(matches!(
+        WeightMatrix::new(WeightFormat::Q4_1, 4, 48, &bytes),
+        Err(KernelError::RaggedRow { .. })
+    ));
+    assert!(matches!(
+        WeightMatrix::new(WeightFormat::Q6K, 1, 128, &bytes),
+        Err(KernelError::RaggedRow { .. })
+    ));
+    // Empty shapes are fine.
+    let empty = WeightMatrix::new(WeightFormat::Q8_0, 0, 64, &[]).unwrap();
+    matmul(&x, 2, &empty, &mut []).unwrap();
+    matmul(&[], 0, &w, &mut []).unwrap();
+}
+
+#[test]
+fn unavailable_isa_is_an_error() {
+    for isa in Isa::ALL {
+        if !isa.is_available() {
+            let w = WeightMatrix::new(WeightFormat::F32, 1, 1, &[0, 0, 0, 0]).unwrap();
+            assert!(matches!(
+                matmul_with_isa(isa, &[1.0], 1, &w, &mut [0.0]),
+                Err(KernelError::UnsupportedIsa(_))
+            ));
+        }
+    }
+    assert!(Isa::best().is_available());
+}
