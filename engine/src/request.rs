@@ -108,8 +108,13 @@ pub struct Usage {
 pub enum Event {
     /// New text.
     Delta { kind: DeltaKind, text: String },
-    /// The end, with the reason and the usage. Always the last event of a served request.
-    Finished { reason: FinishReason, usage: Usage },
+    /// The end, with the reason, the usage and every generated token id (forced end-of-thinking
+    /// markers and a final end-of-sequence token included). Always the last event of a served request.
+    Finished {
+        reason: FinishReason,
+        usage: Usage,
+        output_ids: Vec<u32>,
+    },
     /// The request failed inside the engine; no more events follow.
     Error(String),
 }

@@ -64,12 +64,25 @@ impl Sequence {
             }
         } else {
             let token = self.sampler.sample(logits);
-            if self.stop_ids.contains(&token) {
+            if self.stop_ids.contains(&token)
+                && self.splitter.in_thinking()
+                && !self.forced_end.is_empty()
+            {
+                // Ending while still thinking leaves no answer: close the thinking section instead
+                // and let the model answer.
+                for t in self.forced_end.clone() {
+                    self.push_token(tokenizer, t, false);
+                    if self.finished.is_some() {
+                        return;
+                    }
+                }
+            } else if self.stop_ids.contains(&token) {
                 self.tokens.push(token);
                 self.finish(FinishReason::Stop);
                 return;
+            } else {
+                self.push_token(tokenizer, token, true);
             }
-            self.push_token(tokenizer, token, true);
         }
         if self.finished.is_none() && self.generated() >= self.max_new {
             self.finish(FinishReason::Length);
@@ -160,6 +173,7 @@ impl Sequence {
         self.send(Event::Finished {
             reason: self.finished.unwrap_or(FinishReason::Stop),
             usage,
+            output_ids: self.tokens[self.prompt_len..].to_vec(),
         });
     }
 

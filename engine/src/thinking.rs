@@ -55,6 +55,8 @@ pub enum Section {
 pub struct ThinkingSplitter {
     section: Section,
     pending: String,
+    /// Whether answer text has been emitted (leading blank lines of the answer are dropped).
+    answer_started: bool,
 }
 
 impl ThinkingSplitter {
@@ -63,6 +65,7 @@ impl ThinkingSplitter {
         Self {
             section,
             pending: String::new(),
+            answer_started: false,
         }
     }
 
@@ -99,9 +102,6 @@ impl ThinkingSplitter {
                         let before: String = self.pending.drain(..at).collect();
                         self.pending.drain(..THINK_END.len());
                         push_delta(&mut out, DeltaKind::Reasoning, before);
-                        // The answer usually starts after blank lines: drop them.
-                        let rest = self.pending.trim_start().to_string();
-                        self.pending = rest;
                         self.section = Section::Answer;
                     }
                     None => {
@@ -113,7 +113,17 @@ impl ThinkingSplitter {
                     }
                 },
                 Section::Answer => {
-                    let emit = std::mem::take(&mut self.pending);
+                    // A model may repeat the end marker in its answer: never pass it on.
+                    while let Some(at) = self.pending.find(THINK_END) {
+                        self.pending.replace_range(at..at + THINK_END.len(), "");
+                    }
+                    if !self.answer_started {
+                        let trimmed = self.pending.trim_start().len();
+                        self.pending.drain(..self.pending.len() - trimmed);
+                    }
+                    let keep = partial_suffix(&self.pending, THINK_END);
+                    let emit: String = self.pending.drain(..self.pending.len() - keep).collect();
+                    self.answer_started |= !emit.is_empty();
                     push_delta(&mut out, DeltaKind::Content, emit);
                     return out;
                 }
@@ -193,6 +203,18 @@ mod tests {
         let (r, c) = run(Section::Start, &["Hello", " <thin", "gs>"]);
         assert_eq!(r, "");
         assert_eq!(c, "Hello <things>");
+    }
+
+    #[test]
+    fn blank_lines_after_thinking_and_repeated_end_markers_are_dropped() {
+        let (r, c) = run(
+            Section::Thinking,
+            &[
+                "why", "</think>", "\n", "\n", "Because", " </th", "ink>", " so.",
+            ],
+        );
+        assert_eq!(r, "why");
+        assert_eq!(c, "Because  so.");
     }
 
     #[test]

@@ -134,7 +134,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 write!(out, "{text}")?;
                 out.flush()?;
             }
-            Event::Finished { reason, usage } => {
+            Event::Finished { reason, usage, .. } => {
                 writeln!(out)?;
                 let decode = usage.total_time - usage.time_to_first_token;
                 let rate = if decode > 0.0 && usage.completion_tokens > 1 {

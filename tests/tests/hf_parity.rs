@@ -3,8 +3,8 @@
 //! logits at every position through both the prefill and the decode path, greedy continuations.
 
 use switchyard_models::decoder::{BlockTable, KvCache, SequenceInput};
-use switchyard_models::text::ChatMessage;
 use switchyard_models::load_generation_model;
+use switchyard_models::text::ChatMessage;
 use switchyard_tests::{fixtures, ids, max_abs_diff, read_json, read_tensor};
 
 const MODELS: [&str; 3] = ["tiny-llama", "tiny-qwen2", "tiny-qwen3"];
@@ -22,7 +22,11 @@ fn tokenizer_ids_match_transformers() {
         let reference = read_json(&dir.join("reference.json"));
         for p in reference["prompts"].as_array().unwrap() {
             let text = p["text"].as_str().unwrap();
-            assert_eq!(model.tokenizer.encode(text).unwrap(), ids(&p["ids"]), "{name}: {text:?}");
+            assert_eq!(
+                model.tokenizer.encode(text).unwrap(),
+                ids(&p["ids"]),
+                "{name}: {text:?}"
+            );
         }
     }
 }
@@ -32,7 +36,10 @@ fn chat_templates_render_like_transformers() {
     for name in MODELS {
         let dir = fixtures().join("hf").join(name);
         let model = load_generation_model(&dir).unwrap();
-        let template = model.chat_template.as_ref().expect("fixture has a template");
+        let template = model
+            .chat_template
+            .as_ref()
+            .expect("fixture has a template");
         let reference = read_json(&dir.join("reference.json"));
         for case in reference["chat"].as_array().unwrap() {
             let messages: Vec<ChatMessage> =
@@ -63,7 +70,8 @@ fn prefill_logits_match_transformers_at_every_position() {
         let vocab = model.decoder.config().vocab_size;
         for (i, p) in reference["prompts"].as_array().unwrap().iter().enumerate() {
             let prompt = ids(&p["ids"]);
-            let (shape, want) = read_tensor(&dir.join("reference.safetensors"), &format!("logits.{i}"));
+            let (shape, want) =
+                read_tensor(&dir.join("reference.safetensors"), &format!("logits.{i}"));
             assert_eq!(shape, vec![prompt.len(), vocab]);
             let mut cache = KvCache::new(model.decoder.config(), 16, 8).unwrap();
             let mut table = BlockTable::default();
@@ -125,7 +133,10 @@ fn decode_path_logits_and_greedy_tokens_match_transformers() {
                     &greedy_logits[g * vocab..(g + 1) * vocab]
                 };
                 let diff = max_abs_diff(&logits, want);
-                assert!(diff < TOLERANCE, "{name} prompt {i} position {pos}: max |Δlogit| {diff}");
+                assert!(
+                    diff < TOLERANCE,
+                    "{name} prompt {i} position {pos}: max |Δlogit| {diff}"
+                );
                 next = if pos + 1 < prompt.len() {
                     prompt[pos + 1]
                 } else {

@@ -275,6 +275,21 @@ impl Decoder {
     /// Runs one step for a batch of sequences, writing their new keys/values into `cache`, and
     /// returns `[n, vocab]` logits for the sequences that asked for them, in batch order.
     pub fn forward(&self, batch: &[SequenceInput], cache: &mut KvCache) -> Result<Vec<f32>> {
+        self.run(batch, cache, false)
+    }
+
+    /// Like [`Decoder::forward`], but returns `[tokens, vocab]` logits for every input token of every
+    /// sequence (teacher forcing, scoring), whatever `want_logits` says.
+    pub fn forward_all(&self, batch: &[SequenceInput], cache: &mut KvCache) -> Result<Vec<f32>> {
+        self.run(batch, cache, true)
+    }
+
+    fn run(
+        &self,
+        batch: &[SequenceInput],
+        cache: &mut KvCache,
+        all_rows: bool,
+    ) -> Result<Vec<f32>> {
         let c = &self.config;
         let (h, qd, kvd, ff, hd) = (
             c.hidden_size,
@@ -403,12 +418,16 @@ impl Decoder {
         }
 
         // Final norm and logits only for the rows that need them.
-        let rows: Vec<usize> = spans
-            .iter()
-            .zip(batch)
-            .filter(|(_, s)| s.want_logits && !s.tokens.is_empty())
-            .map(|(span, _)| span.first_row + span.rows - 1)
-            .collect();
+        let rows: Vec<usize> = if all_rows {
+            (0..n).collect()
+        } else {
+            spans
+                .iter()
+                .zip(batch)
+                .filter(|(_, s)| s.want_logits && !s.tokens.is_empty())
+                .map(|(span, _)| span.first_row + span.rows - 1)
+                .collect()
+        };
         let mut last = vec![0f32; rows.len() * h];
         for (i, &r) in rows.iter().enumerate() {
             last[i * h..(i + 1) * h].copy_from_slice(&x[r * h..(r + 1) * h]);
