@@ -1,0 +1,363 @@
+//! The engine end to end on tiny fixture models: greedy parity with `transformers`, batch
+//! invariance under continuous batching, seeds, stop strings, cancellation, thinking budgets,
+//! limits and preemption.
+
+use std::time::{Duration, Instant};
+use switchyard_engine::{
+    DeltaKind, Engine, EngineConfig, EngineError, Event, FinishReason, GenerationParams,
+    GenerationRequest, GenerationStream, Prompt, SamplingParams, Thinking, ThinkingStyle, Usage,
+};
+use switchyard_models::load_generation_model;
+use switchyard_models::text::ChatMessage;
+use switchyard_tests::{fixtures, ids, read_json};
+
+fn engine(name: &str, config: EngineConfig) -> Engine {
+    let model = load_generation_model(&fixtures().join("hf").join(name)).unwrap();
+    Engine::start(model, config).unwrap()
+}
+
+fn prompts(name: &str) -> Vec<(Vec<u32>, Vec<u32>)> {
+    let reference = read_json(&fixtures().join("hf").join(name).join("reference.json"));
+    reference["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (ids(&p["ids"]), ids(&p["greedy"])))
+        .collect()
+}
+
+fn greedy(tokens: Vec<u32>, max_tokens: usize) -> GenerationRequest {
+    GenerationRequest {
+        prompt: Prompt::Tokens(tokens),
+        params: GenerationParams {
+            max_tokens: Some(max_tokens),
+            ignore_eos: true,
+            ..Default::default()
+        },
+    }
+}
+
+/// Everything a finished stream produced.
+#[derive(Debug, Default)]
+struct Outcome {
+    reasoning: String,
+    content: String,
+    reason: Option<FinishReason>,
+    usage: Usage,
+    ids: Vec<u32>,
+}
+
+fn drain(stream: GenerationStream) -> Outcome {
+    let mut out = Outcome::default();
+    for event in stream.collect() {
+        match event {
+            Event::Delta {
+                kind: DeltaKind::Reasoning,
+                text,
+            } => out.reasoning.push_str(&text),
+            Event::Delta { text, .. } => out.content.push_str(&text),
+            Event::Finished {
+                reason,
+                usage,
+                output_ids,
+            } => {
+                out.reason = Some(reason);
+                out.usage = usage;
+                out.ids = output_ids;
+            }
+            Event::Error(e) => panic!("engine error: {e}"),
+        }
+    }
+    assert!(out.reason.is_some(), "stream ended without Finished");
+    out
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn greedy_generation_matches_transformers() {
+    for name in ["tiny-llama", "tiny-qwen2", "tiny-qwen3"] {
+        let engine = engine(name, EngineConfig::default());
+        for (prompt, want) in prompts(name) {
+            let out = drain(engine.submit(greedy(prompt, want.len())).unwrap());
+            assert_eq!(out.ids, want, "{name}");
+            assert_eq!(out.reason, Some(FinishReason::Length));
+            assert_eq!(out.usage.completion_tokens, want.len());
+        }
+    }
+}
+
+#[test]
+fn batched_decoding_is_token_identical_to_decoding_alone() {
+    // A small token budget forces chunked prefill of the longer prompts alongside decode steps.
+    let config = EngineConfig {
+        max_batch_tokens: 16,
+        ..Default::default()
+    };
+    let engine = engine("tiny-llama", config);
+    let cases = prompts("tiny-llama");
+    assert!(cases.len() >= 6);
+    let alone: Vec<Vec<u32>> = cases
+        .iter()
+        .map(|(p, w)| drain(engine.submit(greedy(p.clone(), w.len())).unwrap()).ids)
+        .collect();
+    let streams: Vec<GenerationStream> = cases
+        .iter()
+        .map(|(p, w)| engine.submit(greedy(p.clone(), w.len())).unwrap())
+        .collect();
+    let together: Vec<Vec<u32>> = streams.into_iter().map(|s| drain(s).ids).collect();
+    assert_eq!(together, alone);
+    for ((_, want), got) in cases.iter().zip(&together) {
+        assert_eq!(got, want);
+    }
+    let stats = engine.stats().snapshot();
+    assert!(
+        stats.step_tokens > stats.steps,
+        "some steps batched several tokens: {stats:?}"
+    );
+}
+
+#[test]
+fn a_seed_reproduces_sampled_output_whatever_runs_beside_it() {
+    let engine = engine("tiny-qwen2", EngineConfig::default());
+    let (prompt, _) = prompts("tiny-qwen2").remove(2);
+    let sampled = |seed| GenerationRequest {
+        prompt: Prompt::Tokens(prompt.clone()),
+        params: GenerationParams {
+            sampling: SamplingParams {
+                temperature: 1.0,
+                top_p: 0.95,
+                seed: Some(seed),
+                ..Default::default()
+            },
+            max_tokens: Some(24),
+            ignore_eos: true,
+            ..Default::default()
+        },
+    };
+    let first = drain(engine.submit(sampled(7)).unwrap()).ids;
+    let neighbour = engine.submit(greedy(prompt.clone(), 24)).unwrap();
+    let again = drain(engine.submit(sampled(7)).unwrap()).ids;
+    drain(neighbour);
+    let other = drain(engine.submit(sampled(8)).unwrap()).ids;
+    assert_eq!(first, again);
+    assert_ne!(first, other);
+}
+
+#[test]
+fn stop_strings_end_generation_across_token_boundaries() {
+    let engine = engine("tiny-llama", EngineConfig::default());
+    let (prompt, _) = prompts("tiny-llama").remove(1);
+    let full = drain(engine.submit(greedy(prompt.clone(), 24)).unwrap());
+    let tokenizer = engine.tokenizer();
+    // A stop string made of the end of one token's text and the start of the next.
+    let t1 = tokenizer.decode(&full.ids[..5]).unwrap();
+    let t2 = tokenizer.decode(&full.ids[..6]).unwrap();
+    assert!(
+        t2.len() > t1.len() + 1 && t1.len() >= 2,
+        "tokens long enough: {t1:?} / {t2:?}"
+    );
+    let stop: String = full.content[t1.len() - 1..t1.len() + 1].to_string();
+    let cut = full.content.find(&stop).unwrap();
+    let mut request = greedy(prompt, 24);
+    request.params.stop = vec![stop.clone()];
+    let stopped = drain(engine.submit(request).unwrap());
+    assert_eq!(stopped.reason, Some(FinishReason::Stop));
+    assert_eq!(stopped.content, full.content[..cut], "stop {stop:?}");
+    assert!(!stopped.content.contains(&stop));
+}
+
+#[test]
+fn dropping_the_stream_cancels_and_frees_the_cache() {
+    let engine = engine("tiny-llama", EngineConfig::default());
+    let (prompt, _) = prompts("tiny-llama").remove(3);
+    let stream = engine.submit(greedy(prompt, 400)).unwrap();
+    assert!(matches!(stream.recv(), Some(Event::Delta { .. })));
+    drop(stream);
+    let stats = engine.stats();
+    wait_until("the cancelled sequence to leave", || {
+        let s = stats.snapshot();
+        s.cancelled == 1 && s.running == 0 && s.kv_blocks_used == 0
+    });
+    assert!(stats.snapshot().generated_tokens < 400);
+}
+
+#[test]
+fn thinking_budget_forces_the_end_marker_and_the_answer_follows() {
+    for name in ["tiny-qwen3", "tiny-llama"] {
+        let engine = engine(name, EngineConfig::default());
+        let budget = 5;
+        let request = GenerationRequest {
+            // A prompt that has opened the thinking section, as thinking templates do.
+            prompt: Prompt::Text(
+                "<|im_start|>user\nwhy<|im_end|>\n<|im_start|>assistant\n<think>\n".into(),
+            ),
+            params: GenerationParams {
+                max_tokens: Some(20),
+                ignore_eos: true,
+                thinking: Thinking::On {
+                    budget: Some(budget),
+                },
+                ..Default::default()
+            },
+        };
+        let out = drain(engine.submit(request).unwrap());
+        let marker = engine.tokenizer().encode("\n</think>\n\n").unwrap();
+        assert_eq!(out.usage.reasoning_tokens, budget, "{name}");
+        assert_eq!(
+            &out.ids[budget..budget + marker.len()],
+            marker.as_slice(),
+            "{name}"
+        );
+        assert_eq!(out.usage.completion_tokens, 20);
+        assert!(
+            !out.reasoning.is_empty() && !out.content.is_empty(),
+            "{name}: {out:?}"
+        );
+        assert!(!out.content.contains("</think>") && !out.reasoning.contains("</think>"));
+    }
+}
+
+#[test]
+fn thinking_mode_is_rendered_the_way_each_family_wants() {
+    let user = [ChatMessage::new("user", "What is 2+2?")];
+    let qwen3 = engine("tiny-qwen3", EngineConfig::default());
+    assert_eq!(qwen3.thinking_style(), ThinkingStyle::TemplateFlag);
+    let model = load_generation_model(&fixtures().join("hf/tiny-qwen3")).unwrap();
+    let template = model.chat_template.unwrap();
+    let on = qwen3
+        .render_chat(&user, Thinking::On { budget: None })
+        .unwrap();
+    assert_eq!(on, template.render(&user, true, Some(true)).unwrap());
+    let off = qwen3.render_chat(&user, Thinking::Off).unwrap();
+    assert_eq!(off, template.render(&user, true, Some(false)).unwrap());
+    assert!(off.ends_with("<think>\n\n</think>\n\n"));
+
+    let llama = engine("tiny-llama", EngineConfig::default());
+    assert_eq!(llama.thinking_style(), ThinkingStyle::Prompted);
+    let on = llama
+        .render_chat(&user, Thinking::On { budget: None })
+        .unwrap();
+    assert!(on.contains(switchyard_engine::thinking::REASONING_INSTRUCTION));
+    assert!(on.ends_with("<|im_start|>assistant\n<think>\n"));
+    let off = llama.render_chat(&user, Thinking::Off).unwrap();
+    assert!(!off.contains("<think>"));
+}
+
+#[test]
+fn limits_are_enforced_with_clear_errors() {
+    let engine = engine(
+        "tiny-llama",
+        EngineConfig {
+            max_model_len: Some(32),
+            max_num_seqs: 1,
+            max_waiting: 1,
+            ..Default::default()
+        },
+    );
+    let long = vec![5u32; 40];
+    match engine.submit(greedy(long, 4)) {
+        Err(EngineError::PromptTooLong {
+            prompt_tokens: 40,
+            limit: 31,
+            ..
+        }) => {}
+        other => panic!("expected PromptTooLong, got {:?}", other.err()),
+    }
+    assert!(matches!(
+        engine.submit(greedy(vec![], 4)),
+        Err(EngineError::EmptyPrompt)
+    ));
+    assert!(matches!(
+        engine.submit(greedy(vec![100_000], 4)),
+        Err(EngineError::InvalidParameter {
+            param: "prompt",
+            ..
+        })
+    ));
+    let mut bad = greedy(vec![5, 6], 4);
+    bad.params.sampling.temperature = -1.0;
+    assert!(matches!(
+        engine.submit(bad),
+        Err(EngineError::InvalidParameter {
+            param: "temperature",
+            ..
+        })
+    ));
+    // max_tokens is capped by the context: a 30-token prompt in a 32-token context gets 2.
+    let out = drain(engine.submit(greedy(vec![5; 30], 100)).unwrap());
+    assert_eq!(out.reason, Some(FinishReason::Length));
+    assert_eq!(out.usage.completion_tokens, 2);
+}
+
+#[test]
+fn a_full_queue_refuses_new_requests() {
+    let engine = engine(
+        "tiny-llama",
+        EngineConfig {
+            max_num_seqs: 1,
+            max_waiting: 1,
+            ..Default::default()
+        },
+    );
+    // One running (long enough to still run while we submit), one waiting, the next is refused.
+    let running = engine.submit(greedy(vec![5, 6, 7], 480)).unwrap();
+    wait_until("the first request to run", || {
+        engine.stats().snapshot().running == 1
+    });
+    let waiting = engine.submit(greedy(vec![5, 6, 7], 8)).unwrap();
+    assert!(matches!(
+        engine.submit(greedy(vec![5, 6, 7], 4)),
+        Err(EngineError::QueueFull(1))
+    ));
+    drain(running);
+    drain(waiting);
+}
+
+#[test]
+fn a_short_cache_preempts_and_still_produces_identical_output() {
+    let model = load_generation_model(&fixtures().join("hf/tiny-llama")).unwrap();
+    let per_position =
+        switchyard_models::decoder::KvCache::bytes_per_position(model.decoder.config());
+    // Room for 96 positions: four sequences of ~60 positions each cannot all stay resident.
+    let engine = Engine::start(
+        model,
+        EngineConfig {
+            kv_cache_bytes: Some(per_position * 96),
+            block_size: 8,
+            max_batch_tokens: 64,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let cases: Vec<Vec<u32>> = prompts("tiny-llama")
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.len() < 30)
+        .take(4)
+        .collect();
+    let alone: Vec<Vec<u32>> = cases
+        .iter()
+        .map(|p| drain(engine.submit(greedy(p.clone(), 36)).unwrap()).ids)
+        .collect();
+    let streams: Vec<_> = cases
+        .iter()
+        .map(|p| engine.submit(greedy(p.clone(), 36)).unwrap())
+        .collect();
+    let together: Vec<Vec<u32>> = streams.into_iter().map(|s| drain(s).ids).collect();
+    assert_eq!(together, alone);
+    assert!(
+        engine.stats().snapshot().preempted > 0,
+        "the cache was short enough to preempt"
+    );
+    assert_eq!(engine.stats().snapshot().kv_blocks_used, 0);
+}
