@@ -1,5 +1,6 @@
 //! The `switchyard` binary.
 
+mod bench;
 mod fetch;
 mod generate;
 
@@ -20,6 +21,15 @@ enum Commands {
     Generate(generate::GenerateArgs),
     /// Fetch the default model into the cache and print its path.
     FetchModel,
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Engine prefill/decode throughput, side by side with llama.cpp.
+    Engine(bench::EngineBenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -33,6 +43,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Commands::Generate(args) => generate::run(args),
+        Commands::Bench(BenchCommand::Engine(args)) => bench::run(args),
         Commands::FetchModel => {
             let path = fetch::DEFAULT_MODEL.ensure(&fetch::cache_dir())?;
             println!("{}", path.display());

@@ -1,0 +1,362 @@
+//! `switchyard bench engine`: prefill and decode throughput of the engine on one GGUF, side by side
+//! with llama.cpp (through llama-cpp-python) on the same file, the same prompts and thread count.
+//!
+//! Protocol (the same on both sides):
+//! - prefill: one prompt of `--prefill-tokens` tokens, time to its first token;
+//! - decode at batch 1: after that prefill, `--new-tokens` greedy steps, tokens / time;
+//! - aggregate decode at N concurrent sequences: N short chat prompts prefilled together, then
+//!   `--new-tokens` steps of N tokens each; N × new tokens / time of those steps.
+//!
+//! Every number is the median of `--repeats` runs.
+
+use crate::generate::resolve_model;
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+use switchyard_engine::{
+    Engine, EngineConfig, Event, GenerationParams, GenerationRequest, GenerationStream, Prompt,
+};
+use switchyard_models::text::ChatMessage;
+
+/// Options of `bench engine`.
+#[derive(clap::Args, Debug)]
+pub struct EngineBenchArgs {
+    /// GGUF model (default: the default model).
+    #[arg(long, env = "SWITCHYARD_MODEL")]
+    model: Option<PathBuf>,
+    /// Tokens in the prefill prompt.
+    #[arg(long, default_value_t = 267)]
+    prefill_tokens: usize,
+    /// New tokens per sequence in the decode measurements.
+    #[arg(long, default_value_t = 128)]
+    new_tokens: usize,
+    /// Concurrency levels for aggregate decode.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    concurrency: Vec<usize>,
+    /// Runs per measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Python with llama-cpp-python installed, to measure llama.cpp side by side.
+    #[arg(long)]
+    llama_python: Option<PathBuf>,
+    /// Threads llama.cpp may use (match the cores Switchyard uses).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Folder for results (`engine.json`, `engine.md`).
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+}
+
+#[derive(Serialize, Debug, Clone, Default)]
+struct Aggregate {
+    concurrency: usize,
+    decode_tok_s: f64,
+    prefill_s: f64,
+}
+
+#[derive(Serialize, Debug, Clone, Default)]
+struct EngineResult {
+    engine: String,
+    prefill_tokens: usize,
+    prefill_tok_s: f64,
+    decode_tok_s: f64,
+    aggregate: Vec<Aggregate>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    machine: String,
+    model: String,
+    new_tokens: usize,
+    repeats: usize,
+    switchyard: EngineResult,
+    llama_cpp: Option<serde_json::Value>,
+}
+
+const QUESTIONS: [&str; 16] = [
+    "What is the capital of France?",
+    "Write a haiku about autumn leaves.",
+    "Explain photosynthesis in simple words.",
+    "How do I reverse a list in Python?",
+    "Give me three tips for better sleep.",
+    "What is 17 times 23?",
+    "Why is the sky blue?",
+    "Name a famous painting by Monet.",
+    "Summarize the plot of Romeo and Juliet.",
+    "What does HTTP stand for?",
+    "Suggest a name for a grey cat.",
+    "How many legs does a spider have?",
+    "What is the boiling point of water?",
+    "Translate 'good morning' into Spanish.",
+    "What is a prime number?",
+    "Describe the ocean in one sentence.",
+];
+
+const LONG_TEXT: &str =
+    "The history of railways is a story of engineering, commerce and ambition. \
+Early wagonways used wooden rails to move coal from mines to rivers, and horses pulled the wagons. \
+In the nineteenth century steam locomotives changed everything: goods and people could travel \
+farther and faster than ever before, towns grew around stations, and time itself was standardized \
+so that timetables could work. Switchyards, where cars are sorted onto different tracks to form \
+new trains, became the nerve centres of freight networks. ";
+
+/// The machine, in words: CPU model and core count.
+pub fn machine_name() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{cpu}, {cores} cores")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn request(tokens: Vec<u32>, max_tokens: usize) -> GenerationRequest {
+    GenerationRequest {
+        prompt: Prompt::Tokens(tokens),
+        params: GenerationParams {
+            max_tokens: Some(max_tokens),
+            ignore_eos: true,
+            ..Default::default()
+        },
+    }
+}
+
+/// Waits for a stream's end; returns its (first-token, end) instants, taken from the engine's own
+/// timings so that reading several streams one after another does not skew them.
+fn finish(submitted: Instant, stream: GenerationStream) -> Result<(Instant, Instant)> {
+    loop {
+        match stream.recv() {
+            Some(Event::Delta { .. }) => {}
+            Some(Event::Finished { usage, .. }) => {
+                let at = |s: f64| submitted + std::time::Duration::from_secs_f64(s);
+                return Ok((at(usage.time_to_first_token), at(usage.total_time)));
+            }
+            Some(Event::Error(e)) => bail!("generation failed: {e}"),
+            None => bail!("stream ended early"),
+        }
+    }
+}
+
+/// Runs `bench engine`.
+pub fn run(args: EngineBenchArgs) -> Result<()> {
+    let path = resolve_model(args.model)?;
+    let model = switchyard_models::load_generation_model(&path)
+        .with_context(|| format!("loading {}", path.display()))?;
+    let max_c = args.concurrency.iter().copied().max().unwrap_or(1);
+    let engine = Engine::start(
+        model,
+        EngineConfig {
+            max_num_seqs: max_c.max(1),
+            max_batch_tokens: 512.max(args.prefill_tokens),
+            ..Default::default()
+        },
+    )?;
+    let tok = engine.tokenizer();
+    let mut prefill_prompt = Vec::new();
+    while prefill_prompt.len() < args.prefill_tokens {
+        prefill_prompt.extend(tok.encode(LONG_TEXT)?);
+    }
+    prefill_prompt.truncate(args.prefill_tokens);
+    let decode_prompts: Vec<Vec<u32>> = (0..max_c)
+        .map(|i| {
+            let text = engine.render_chat(
+                &[ChatMessage::new("user", QUESTIONS[i % QUESTIONS.len()])],
+                switchyard_engine::Thinking::Off,
+            )?;
+            Ok(tok.encode(&text)?)
+        })
+        .collect::<Result<_>>()?;
+
+    std::fs::create_dir_all(&args.out)?;
+    let steps =
+        args.repeats * (2 + args.concurrency.len()) + usize::from(args.llama_python.is_some());
+    let bar = ProgressBar::new(steps as u64).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"),
+    );
+    // Warm-up: page the weights in.
+    finish(
+        Instant::now(),
+        engine.submit(request(prefill_prompt.clone(), 2))?,
+    )?;
+
+    let mut prefill = Vec::new();
+    let mut decode = Vec::new();
+    for _ in 0..args.repeats {
+        bar.set_message("switchyard prefill + batch-1 decode");
+        let t0 = Instant::now();
+        let (first, end) = finish(
+            t0,
+            engine.submit(request(prefill_prompt.clone(), args.new_tokens + 1))?,
+        )?;
+        prefill.push(args.prefill_tokens as f64 / (first - t0).as_secs_f64());
+        bar.inc(1);
+        decode.push(args.new_tokens as f64 / (end - first).as_secs_f64());
+        bar.inc(1);
+    }
+    let mut aggregate = Vec::new();
+    for &c in &args.concurrency {
+        let (mut rates, mut prefills) = (Vec::new(), Vec::new());
+        for _ in 0..args.repeats {
+            bar.set_message(format!("switchyard {c} concurrent sequences"));
+            let t0 = Instant::now();
+            let streams: Vec<(Instant, GenerationStream)> = decode_prompts[..c]
+                .iter()
+                .map(|p| {
+                    Ok((
+                        Instant::now(),
+                        engine.submit(request(p.clone(), args.new_tokens + 1))?,
+                    ))
+                })
+                .collect::<Result<_>>()?;
+            let times: Vec<(Instant, Instant)> = streams
+                .into_iter()
+                .map(|(at, s)| finish(at, s))
+                .collect::<Result<_>>()?;
+            let all_first = times.iter().map(|t| t.0).max().expect("c >= 1");
+            let all_end = times.iter().map(|t| t.1).max().expect("c >= 1");
+            prefills.push((all_first - t0).as_secs_f64());
+            rates.push((c * args.new_tokens) as f64 / (all_end - all_first).as_secs_f64());
+            bar.inc(1);
+        }
+        aggregate.push(Aggregate {
+            concurrency: c,
+            decode_tok_s: median(rates),
+            prefill_s: median(prefills),
+        });
+    }
+    let ours = EngineResult {
+        engine: "switchyard".into(),
+        prefill_tokens: args.prefill_tokens,
+        prefill_tok_s: median(prefill),
+        decode_tok_s: median(decode),
+        aggregate,
+    };
+    drop(engine);
+
+    let llama_cpp = match &args.llama_python {
+        Some(python) => {
+            bar.set_message("llama.cpp (llama-cpp-python)");
+            let tokens_file = args.out.join("bench-prompts.json");
+            std::fs::write(
+                &tokens_file,
+                serde_json::to_string(&serde_json::json!({
+                    "prefill_prompt": prefill_prompt,
+                    "decode_prompts": decode_prompts,
+                }))?,
+            )?;
+            let result_file = args.out.join("llamacpp.json");
+            let script =
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/llamacpp_bench.py");
+            let concurrency: Vec<String> = args.concurrency.iter().map(|c| c.to_string()).collect();
+            let status = std::process::Command::new(python)
+                .arg(&script)
+                .arg("--model")
+                .arg(&path)
+                .args(["--threads", &args.threads.to_string()])
+                .arg("--prompt-tokens-file")
+                .arg(&tokens_file)
+                .args(["--new-tokens", &args.new_tokens.to_string()])
+                .args(["--concurrency", &concurrency.join(",")])
+                .args(["--repeats", &args.repeats.to_string()])
+                .arg("--out")
+                .arg(&result_file)
+                .status()
+                .with_context(|| format!("running {}", python.display()))?;
+            if !status.success() {
+                bail!("the llama.cpp benchmark failed ({status})");
+            }
+            bar.inc(1);
+            Some(serde_json::from_str::<serde_json::Value>(
+                &std::fs::read_to_string(&result_file)?,
+            )?)
+        }
+        None => None,
+    };
+    bar.finish_and_clear();
+
+    let report = Report {
+        machine: machine_name(),
+        model: path.display().to_string(),
+        new_tokens: args.new_tokens,
+        repeats: args.repeats,
+        switchyard: ours,
+        llama_cpp,
+    };
+    let table = markdown(&report);
+    println!("{table}");
+    std::fs::write(
+        args.out.join("engine.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(args.out.join("engine.md"), table)?;
+    eprintln!("results written to {}", args.out.display());
+    Ok(())
+}
+
+fn markdown(r: &Report) -> String {
+    let theirs = |key: &str| r.llama_cpp.as_ref().and_then(|v| v[key].as_f64());
+    let their_agg = |c: usize| {
+        r.llama_cpp.as_ref().and_then(|v| {
+            v["aggregate"]
+                .as_array()?
+                .iter()
+                .find(|a| a["concurrency"].as_u64() == Some(c as u64))?["decode_tok_s"]
+                .as_f64()
+        })
+    };
+    let cell = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1}"));
+    let ratio = |a: f64, b: Option<f64>| b.map_or("–".to_string(), |b| format!("{:.2}×", a / b));
+    let s = &r.switchyard;
+    let mut out = format!(
+        "Machine: {}. Model: `{}`. {} new tokens, median of {} runs.\n\n\
+         | measurement | switchyard (tok/s) | llama.cpp (tok/s) | ratio |\n|---|---:|---:|---:|\n",
+        r.machine,
+        std::path::Path::new(&r.model)
+            .file_name()
+            .map_or(r.model.clone(), |f| f.to_string_lossy().into_owned()),
+        r.new_tokens,
+        r.repeats
+    );
+    out += &format!(
+        "| prefill, {} tokens | {:.1} | {} | {} |\n",
+        s.prefill_tokens,
+        s.prefill_tok_s,
+        cell(theirs("prefill_tok_s")),
+        ratio(s.prefill_tok_s, theirs("prefill_tok_s"))
+    );
+    out += &format!(
+        "| decode, batch 1 | {:.1} | {} | {} |\n",
+        s.decode_tok_s,
+        cell(theirs("decode_tok_s")),
+        ratio(s.decode_tok_s, theirs("decode_tok_s"))
+    );
+    for a in &s.aggregate {
+        out += &format!(
+            "| aggregate decode, {} sequences | {:.1} | {} | {} |\n",
+            a.concurrency,
+            a.decode_tok_s,
+            cell(their_agg(a.concurrency)),
+            ratio(a.decode_tok_s, their_agg(a.concurrency))
+        );
+    }
+    if let (Some(one), Some(max)) = (s.aggregate.first(), s.aggregate.last()) {
+        out += &format!(
+            "\nSwitchyard's batching gain: {:.2}× the single-sequence decode rate at {} sequences.\n",
+            max.decode_tok_s / one.decode_tok_s,
+            max.concurrency
+        );
+    }
+    out
+}
