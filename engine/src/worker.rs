@@ -28,8 +28,8 @@ pub(crate) struct Worker {
     pub(crate) config: EngineConfig,
     pub(crate) rx: flume::Receiver<Command>,
     pub(crate) stats: Arc<EngineStats>,
-    pub(crate) waiting: VecDeque<Box<Sequence>>,
-    pub(crate) running: Vec<Box<Sequence>>,
+    pub(crate) waiting: VecDeque<Sequence>,
+    pub(crate) running: Vec<Sequence>,
 }
 
 impl Worker {
@@ -82,7 +82,7 @@ impl Worker {
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
             Command::Submit(seq) => {
-                self.waiting.push_back(seq);
+                self.waiting.push_back(*seq);
                 true
             }
             Command::Shutdown => false,

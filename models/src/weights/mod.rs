@@ -62,7 +62,7 @@ impl MappedTensor {
     ) -> Result<Self> {
         let elems: usize = shape.iter().product();
         let block = format.block_size();
-        if elems % block != 0 {
+        if !elems.is_multiple_of(block) {
             return Err(ModelError::BadTensor {
                 name: name.to_string(),
                 message: format!("{elems} elements is not a multiple of the {format:?} block size"),
