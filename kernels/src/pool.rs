@@ -14,8 +14,13 @@
 //! - `threads - 1` persistent workers; the calling thread takes part in every job, so with 2 cores
 //!   one worker plus the caller share the rows;
 //! - a job is published by bumping a generation counter; tasks (row chunks) are claimed with a
-//!   compare-and-swap on one word holding `(generation, task count, next task)`, so chunks balance
-//!   dynamically and a late worker can never claim a task of a newer job;
+//!   compare-and-swap on one word holding `(generation, task count, next task)`, so a late worker
+//!   can never claim a task of a newer job, and a worker that is slow to wake simply finds its
+//!   chunk already taken by the caller;
+//! - [`parallel_rows`] gives each thread one contiguous chunk of rows. Measured on the SmolLM2
+//!   decode step (211 calls, 96 MB of weights streamed from DRAM): 1, 2, 4, 8, 16 chunks per thread
+//!   took 1.85, 2.27, 2.29, 2.96, 2.94 ms per token — long uninterrupted streams keep the
+//!   prefetchers (hardware and ours) ahead, and fewer tasks mean less synchronisation;
 //! - idle workers spin (with `spin_loop` hints) for [`SPIN`] after their last task, so back-to-back
 //!   calls of a decode step find them awake, then park on a condition variable (no CPU burnt while
 //!   the server is idle);
@@ -78,8 +83,6 @@ pub fn parallel_rows(
     const MIN_PARALLEL_WORK: usize = 1 << 16;
     /// Smallest chunk worth a task.
     const MIN_TASK_WORK: usize = 1 << 15;
-    /// Tasks per thread, so uneven progress (another process, a slower core) evens out.
-    const TASKS_PER_THREAD: usize = 4;
 
     let grain = grain.max(1);
     let threads = match backend() {
@@ -92,7 +95,7 @@ pub fn parallel_rows(
         f(0, rows);
         return;
     }
-    let by_count = rows.div_ceil(threads * TASKS_PER_THREAD);
+    let by_count = rows.div_ceil(threads);
     let by_work = MIN_TASK_WORK.div_ceil(work_per_row.max(1));
     let chunk = by_count.max(by_work).div_ceil(grain) * grain;
     let ntasks = rows.div_ceil(chunk);

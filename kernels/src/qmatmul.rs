@@ -50,7 +50,7 @@ mod scalar;
 use act::{ActKind, Acts};
 use layout::*;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 /// Storage format of a weight matrix: the GGML type enumeration (F32, F16, BF16, Q4_0 ... Q8K).
 pub type WeightFormat = candle_core::quantized::GgmlDType;
@@ -307,6 +307,48 @@ impl OutPtr {
     pub(crate) unsafe fn write(self, i: usize, r: usize, v: f32) {
         // SAFETY: the caller's contract.
         unsafe { *self.ptr.add(i * self.rows + r) = v };
+    }
+}
+
+/// How far ahead of the rows being multiplied a task prefetches its weight bytes. Decoding reads
+/// each weight once, straight from DRAM; the hardware prefetchers alone leave a core at about
+/// half the streaming bandwidth (measured: 12.6 -> 28.5 GB/s for one core on a 110 MB Q4_1 set
+/// with 8 KiB look-ahead), since every task's range is short and starts cold.
+#[doc(hidden)]
+pub static PREFETCH_DISTANCE: AtomicUsize = AtomicUsize::new(8192);
+
+/// Software prefetch over one task's contiguous weight bytes `[start, end)`: keeps a cursor up to
+/// [`PREFETCH_DISTANCE`] bytes ahead of the kernel, one prefetch per cache line, never past `end`.
+pub(crate) struct Prefetcher {
+    base: *const u8,
+    next: usize,
+    end: usize,
+    dist: usize,
+}
+
+impl Prefetcher {
+    pub(crate) fn new(base: *const u8, start: usize, end: usize) -> Self {
+        Self {
+            base,
+            next: start & !63,
+            end,
+            dist: PREFETCH_DISTANCE.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The kernel is about to read bytes up to `upto`: prefetch up to `upto + distance`.
+    #[inline(always)]
+    pub(crate) fn advance(&mut self, upto: usize) {
+        let target = (upto + self.dist).min(self.end);
+        while self.next < target {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: prefetch never faults; the address is inside the weight buffer.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                _mm_prefetch::<_MM_HINT_T0>(self.base.wrapping_add(self.next).cast());
+            }
+            self.next += 64;
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 
 use super::act::{scales, Acts};
 use super::layout::*;
-use super::{OutPtr, TileFn, WeightMatrix};
+use super::{OutPtr, Prefetcher, TileFn, WeightMatrix};
 use core::arch::x86_64::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -296,9 +296,11 @@ unsafe fn tile32<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Act
     let nb = w.cols() / 32;
     let base = w.data().as_ptr();
     let m = acts.m;
+    let mut pf = Prefetcher::new(base, r0 * rb, r1 * rb);
     let mut r = r0;
     while r < r1 {
         let nr = if r1 - r >= NR32 { NR32 } else { 1 };
+        pf.advance((r + nr) * rb);
         // SAFETY: `r + nr <= r1 <= rows`.
         let wp = unsafe { base.add(r * rb) };
         let mut i = 0;
@@ -529,9 +531,11 @@ unsafe fn tile_k<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Act
     let nsb = w.cols() / 256;
     let base = w.data().as_ptr();
     let m = acts.m;
+    let mut pf = Prefetcher::new(base, r0 * rb, r1 * rb);
     let mut r = r0;
     while r < r1 {
         let nr = if r1 - r >= NRK { NRK } else { 1 };
+        pf.advance((r + nr) * rb);
         // SAFETY: `r + nr <= rows`.
         let wp = unsafe { base.add(r * rb) };
         let mut i = 0;

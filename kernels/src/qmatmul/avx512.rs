@@ -17,7 +17,7 @@ use super::act::Acts;
 use super::avx2::by_mr;
 use super::layout::*;
 use super::scalar;
-use super::{OutPtr, TileFn, WeightMatrix};
+use super::{OutPtr, Prefetcher, TileFn, WeightMatrix};
 use core::arch::x86_64::*;
 
 /// `[lo x8, hi x8]` lane indices.
@@ -78,13 +78,24 @@ unsafe fn decode64<const F: u8>(p: *const u8) -> (__m512i, __m128) {
     // SAFETY: the caller guarantees two whole blocks at `p`.
     unsafe {
         let nibbles = |at: usize| {
-            let q = _mm256_set_m128i(
-                _mm_loadu_si128(p.add(bb + at).cast()),
-                _mm_loadu_si128(p.add(at).cast()),
+            // [q0, q0, q1, q1] (two broadcast loads), then shift the odd 128-bit lanes by 4:
+            // [q0 & 15, q0 >> 4, q1 & 15, q1 >> 4] is values 0..32 of block 0, then of block 1.
+            let z = _mm512_broadcast_i32x4(_mm_loadu_si128(p.add(at).cast()));
+            let z = _mm512_mask_broadcast_i32x4(z, 0xFF00, _mm_loadu_si128(p.add(bb + at).cast()));
+            let z = _mm512_srlv_epi16(
+                z,
+                _mm512_setr_epi64(
+                    0,
+                    0,
+                    0x0004_0004_0004_0004,
+                    0x0004_0004_0004_0004,
+                    0,
+                    0,
+                    0x0004_0004_0004_0004,
+                    0x0004_0004_0004_0004,
+                ),
             );
-            // [q0, q1, q0 >> 4, q1 >> 4] -> [q0, q0 >> 4, q1, q1 >> 4], low nibbles.
-            let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q), _mm256_srli_epi16::<4>(q));
-            _mm512_and_si512(_mm512_shuffle_i64x2::<0xD8>(z, z), _mm512_set1_epi8(0x0F))
+            _mm512_and_si512(z, _mm512_set1_epi8(0x0F))
         };
         let d_only = || {
             let a = p.cast::<u16>().read_unaligned() as i32;
@@ -230,9 +241,11 @@ unsafe fn tile32<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Act
     let nb = w.cols() / 32;
     let base = w.data().as_ptr();
     let m = acts.m;
+    let mut pf = Prefetcher::new(base, r0 * rb, r1 * rb);
     let mut r = r0;
     while r < r1 {
         let nr = if r1 - r >= NR32 { NR32 } else { 1 };
+        pf.advance((r + nr) * rb);
         // SAFETY: `r + nr <= rows`.
         let wp = unsafe { base.add(r * rb) };
         let mut i = 0;
@@ -453,9 +466,11 @@ unsafe fn tile_k<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Act
     let nsb = w.cols() / 256;
     let base = w.data().as_ptr();
     let m = acts.m;
+    let mut pf = Prefetcher::new(base, r0 * rb, r1 * rb);
     let mut r = r0;
     while r < r1 {
         let nr = if r1 - r >= NRK { NRK } else { 1 };
+        pf.advance((r + nr) * rb);
         // SAFETY: `r + nr <= rows`.
         let wp = unsafe { base.add(r * rb) };
         let mut i = 0;
