@@ -5,6 +5,7 @@
 //! - [`weights`]: the memory-mapped file readers.
 
 pub mod decoder;
+pub mod encoder;
 pub mod error;
 pub mod loader;
 pub mod text;

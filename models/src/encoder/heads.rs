@@ -1,0 +1,89 @@
+//! Classification heads on a shared ModernBERT backbone: sequence classification (pooled, one
+//! label per input) and token classification (one label per token, e.g. BIO PII tags).
+
+use super::config::{Activation, ModernBertConfig, Pooling};
+use super::modernbert::{activate, layer_norm, linear};
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+/// What a head predicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadTask {
+    /// One label per input (`ModernBertForSequenceClassification`).
+    Sequence(Pooling),
+    /// One label per token (`ModernBertForTokenClassification`).
+    Token,
+}
+
+/// A prediction head: `head.dense` → activation → `head.norm` → `classifier`, as in transformers.
+#[derive(Debug, Clone)]
+pub struct ClassifierHead {
+    name: String,
+    task: HeadTask,
+    labels: Vec<String>,
+    dense: Linear,
+    act: Activation,
+    norm: LayerNorm,
+    classifier: Linear,
+}
+
+impl ClassifierHead {
+    /// Loads a head whose tensors are `head.dense`, `head.norm`, `classifier` under `vb`.
+    pub fn load(
+        name: &str,
+        task: HeadTask,
+        labels: Vec<String>,
+        config: &ModernBertConfig,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let h = config.hidden_size;
+        Ok(Self {
+            name: name.to_string(),
+            task,
+            dense: linear(h, h, config.classifier_bias, vb.pp("head.dense"))?,
+            act: config.classifier_activation,
+            norm: layer_norm(h, config.norm_eps, config.norm_bias, vb.pp("head.norm"))?,
+            classifier: linear(h, labels.len(), true, vb.pp("classifier"))?,
+            labels,
+        })
+    }
+
+    /// The head's name (e.g. `domain`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What it predicts.
+    pub fn task(&self) -> HeadTask {
+        self.task
+    }
+
+    /// Label names by id.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// Logits: `[B, labels]` for a sequence head, `[B, T, labels]` for a token head.
+    pub fn forward(&self, states: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let x = match self.task {
+            HeadTask::Sequence(Pooling::Cls) => states.narrow(1, 0, 1)?.squeeze(1)?,
+            HeadTask::Sequence(Pooling::Mean) => {
+                let m = attention_mask
+                    .to_dtype(states.dtype())?
+                    .unsqueeze(D::Minus1)?;
+                let summed = states.broadcast_mul(&m)?.sum(1)?;
+                let count = m
+                    .sum(1)?
+                    .to_dtype(DType::F32)?
+                    .clamp(1.0, f64::MAX)?
+                    .to_dtype(states.dtype())?;
+                summed.broadcast_div(&count)?
+            }
+            HeadTask::Token => states.clone(),
+        };
+        let x = self
+            .norm
+            .forward(&activate(&self.dense.forward(&x)?, self.act)?)?;
+        self.classifier.forward(&x)
+    }
+}
