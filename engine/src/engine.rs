@@ -313,12 +313,40 @@ impl Engine {
         })
     }
 
+    /// An executor that runs jobs on this engine's worker thread, between decode steps (the
+    /// router's classification batches go through it, so one thread owns the device).
+    pub fn executor(&self) -> EngineExecutor {
+        EngineExecutor {
+            tx: self.tx.clone(),
+        }
+    }
+
     /// Stops the worker: in-flight requests end with an error event.
     pub fn shutdown(&mut self) {
         let _ = self.tx.send(Command::Shutdown);
         if let Some(h) = self.worker.take() {
             let _ = h.join();
         }
+    }
+}
+
+/// Runs device jobs on an engine's worker thread (see [`Engine::executor`]).
+#[derive(Clone)]
+pub struct EngineExecutor {
+    tx: flume::Sender<Command>,
+}
+
+impl switchyard_models::executor::DeviceExecutor for EngineExecutor {
+    fn execute(
+        &self,
+        job: switchyard_models::executor::DeviceJob,
+    ) -> std::result::Result<(), switchyard_models::executor::DeviceJob> {
+        self.tx
+            .send(Command::Run(job))
+            .map_err(|e| match e.into_inner() {
+                Command::Run(job) => job,
+                _ => unreachable!("sent a Run command"),
+            })
     }
 }
 

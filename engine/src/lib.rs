@@ -20,7 +20,7 @@ mod worker;
 
 pub use config::EngineConfig;
 pub use detokenize::Detokenizer;
-pub use engine::{Engine, GenerationStream};
+pub use engine::{Engine, EngineExecutor, GenerationStream};
 pub use error::{EngineError, Result};
 pub use request::{
     DeltaKind, Event, FinishReason, GenerationParams, GenerationRequest, Prompt, Thinking, Usage,

@@ -18,6 +18,8 @@ use switchyard_models::text::TextTokenizer;
 /// Messages to the worker.
 pub(crate) enum Command {
     Submit(Box<Sequence>),
+    /// Device work from another component (router classification batches), run between steps.
+    Run(switchyard_models::executor::DeviceJob),
     Shutdown,
 }
 
@@ -83,6 +85,10 @@ impl Worker {
         match cmd {
             Command::Submit(seq) => {
                 self.waiting.push_back(*seq);
+                true
+            }
+            Command::Run(job) => {
+                job();
                 true
             }
             Command::Shutdown => false,

@@ -7,6 +7,7 @@
 pub mod decoder;
 pub mod encoder;
 pub mod error;
+pub mod executor;
 pub mod loader;
 pub mod text;
 pub mod weights;

@@ -361,3 +361,29 @@ fn a_short_cache_preempts_and_still_produces_identical_output() {
     );
     assert_eq!(engine.stats().snapshot().kv_blocks_used, 0);
 }
+
+#[test]
+fn executor_jobs_run_on_the_worker_between_steps_of_a_running_generation() {
+    use switchyard_models::executor::DeviceExecutor;
+    let engine = engine("tiny-llama", EngineConfig::default());
+    let submitted = Instant::now();
+    let stream = engine.submit(greedy(vec![5, 6, 7], 480)).unwrap();
+    assert!(matches!(stream.recv(), Some(Event::Delta { .. })));
+    let (job_tx, rx) = std::sync::mpsc::channel();
+    let exec = engine.executor();
+    exec.execute(Box::new(move || {
+        let name = std::thread::current().name().map(str::to_string);
+        job_tx.send((name, Instant::now())).unwrap();
+    }))
+    .unwrap_or_else(|_| panic!("engine stopped"));
+    let (ran_on, ran_at) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(ran_on.as_deref(), Some("switchyard-engine"));
+    let out = drain(stream);
+    assert_eq!(out.usage.completion_tokens, 480);
+    // The job did not wait for the 480-token generation to end.
+    let finished_at = submitted + Duration::from_secs_f64(out.usage.total_time);
+    assert!(
+        ran_at < finished_at,
+        "the job ran before the generation finished"
+    );
+}
