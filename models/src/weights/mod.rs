@@ -12,8 +12,9 @@ pub use self::safetensors::SafetensorsFiles;
 
 use crate::error::{ModelError, Result};
 use memmap2::Mmap;
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 use switchyard_kernels::{WeightFormat, WeightMatrix};
 
 /// A read-only memory mapping of a whole file, shared by every tensor that lives in it.
@@ -23,17 +24,28 @@ pub struct MappedFile {
 }
 
 impl MappedFile {
-    /// Maps `path` read-only.
+    /// Maps `path` read-only, or returns the mapping already open for the same file, so every model
+    /// and tensor that uses a file shares one mapping.
     pub fn open(path: &Path) -> Result<Arc<Self>> {
+        static OPEN: std::sync::LazyLock<Mutex<HashMap<PathBuf, Weak<MappedFile>>>> =
+            std::sync::LazyLock::new(Default::default);
         let io = |source| ModelError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let file = std::fs::File::open(path).map_err(io)?;
+        let key = std::fs::canonicalize(path).map_err(io)?;
+        let mut open = OPEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(file) = open.get(&key).and_then(Weak::upgrade) {
+            return Ok(file);
+        }
+        let file = std::fs::File::open(&key).map_err(io)?;
         // SAFETY: the mapping is read-only; like every mmap-based loader we rely on the file not being
         // truncated while it is in use.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
-        Ok(Arc::new(Self { mmap }))
+        let mapped = Arc::new(Self { mmap });
+        open.retain(|_, w| w.strong_count() > 0);
+        open.insert(key, Arc::downgrade(&mapped));
+        Ok(mapped)
     }
 
     /// The mapped bytes.
@@ -128,5 +140,24 @@ pub trait TensorSource {
     fn require(&self, name: &str) -> Result<MappedTensor> {
         self.get(name)
             .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_a_file_twice_shares_one_mapping_until_both_are_dropped() {
+        let path = std::env::temp_dir().join(format!("switchyard-map-{}", std::process::id()));
+        std::fs::write(&path, b"weights").unwrap();
+        let a = MappedFile::open(&path).unwrap();
+        let b = MappedFile::open(&path).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.bytes(), b"weights");
+        drop((a, b));
+        std::fs::write(&path, b"changed").unwrap();
+        let c = MappedFile::open(&path).unwrap();
+        assert_eq!(c.bytes(), b"changed", "a dropped mapping is not reused");
     }
 }
