@@ -19,6 +19,7 @@ use super::layout::*;
 use super::scalar;
 use super::{OutPtr, Prefetcher, TileFn, WeightMatrix};
 use core::arch::x86_64::*;
+use std::cell::RefCell;
 
 /// `[lo x8, hi x8]` lane indices.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -235,6 +236,170 @@ const MR32: usize = 4;
 /// Weight rows per register tile.
 const NR32: usize = 3;
 
+/// Weight rows per packed register tile (`m > MR32`).
+const NRP: usize = 4;
+
+/// 64 bytes, 64-byte aligned: the unit of the packed-weights scratch.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Z([u8; 64]);
+
+thread_local! {
+    static PACK: RefCell<Vec<Z>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Packed-weights layout for `nb` blocks: `(units, offset of the offsets c, offset of Q8_0 signs)`.
+fn pack_layout(nb: usize) -> (usize, usize, usize) {
+    let np = nb / 2;
+    let quants = np * NRP * 2;
+    let cs = NRP * nb.div_ceil(16);
+    let signs = (np * NRP).div_ceil(8);
+    (quants + cs + signs, quants, quants + cs)
+}
+
+/// Decodes the block pairs of rows `w .. w + NRP·rb` once, for all the activation rows of a call:
+/// per pair `p` and row `j`, unit `2(p·NRP + j)` holds the 64 quants (`|q|` for Q8_0) and the next
+/// the scale vector `[d0 x8, d1 x8]`; then per row the per-block offsets `c` (f32, `nb` rounded
+/// up to 16 per row), then for Q8_0 the sign masks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn pack32<const F: u8>(w: *const u8, rb: usize, nb: usize, pk: *mut Z) {
+    let bb = block_bytes(F);
+    let pair = halves(0, 1);
+    let np = nb / 2;
+    let nbp = nb.div_ceil(16) * 16;
+    let (_, c_at, s_at) = pack_layout(nb);
+    // SAFETY: the caller provides `pack_layout(nb).0` units at `pk` and `NRP` whole rows at `w`.
+    unsafe {
+        let cs = pk.add(c_at).cast::<f32>();
+        let signs = pk.add(s_at).cast::<u64>();
+        for j in 0..NRP {
+            for p in 0..np {
+                let (q, dc) = decode64::<F>(w.add(j * rb + 2 * p * bb));
+                let dst = pk.add(2 * (p * NRP + j)).cast::<__m512i>();
+                if F == F_Q8_0 {
+                    *signs.add(p * NRP + j) = _mm512_movepi8_mask(q);
+                    _mm512_store_si512(dst, _mm512_abs_epi8(q));
+                } else {
+                    _mm512_store_si512(dst, q);
+                }
+                let wd = _mm512_permutexvar_ps(pair, _mm512_castps128_ps512(dc));
+                _mm512_store_ps(dst.add(1).cast(), wd);
+                _mm_storeh_pd(cs.add(j * nbp + 2 * p).cast(), _mm_castps_pd(dc));
+            }
+        }
+    }
+}
+
+/// Register tile over packed weights (see [`pack32`]): `MR` activation rows x `NRP` weight rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn mk32p<const F: u8, const MR: usize, const NR: usize>(
+    pk: *const Z,
+    w: *const u8,
+    rb: usize,
+    nb: usize,
+    acts: &Acts,
+    i0: usize,
+    r: usize,
+    out: OutPtr,
+) {
+    debug_assert_eq!(NR, NRP);
+    let bb = block_bytes(F);
+    let pair = halves(0, 1);
+    let np = nb / 2;
+    let nbp = nb.div_ceil(16) * 16;
+    let (_, c_at, s_at) = pack_layout(nb);
+    let xs: [*const i8; MR] = std::array::from_fn(|i| acts.qs_ptr(i0 + i));
+    let dx: [&[f32]; MR] = std::array::from_fn(|i| acts.d(i0 + i));
+    let sx: [&[f32]; MR] = std::array::from_fn(|i| acts.s(i0 + i));
+    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+    // SAFETY: `pk` holds the packed tile (`pack32`); activation rows hold `nb * 32` values.
+    unsafe {
+        let signs = pk.add(s_at).cast::<u64>();
+        for p in 0..np {
+            let b = 2 * p;
+            let mut xv = [_mm512_setzero_si512(); MR];
+            let mut dxv = [_mm512_setzero_ps(); MR];
+            for i in 0..MR {
+                xv[i] = _mm512_load_si512(xs[i].add(32 * b).cast());
+                let d2 = _mm_castpd_ps(_mm_load_sd(dx[i].as_ptr().add(b).cast()));
+                dxv[i] = _mm512_permutexvar_ps(pair, _mm512_castps128_ps512(d2));
+            }
+            for j in 0..NR {
+                let src = pk.add(2 * (p * NR + j)).cast::<__m512i>();
+                let wq = _mm512_load_si512(src);
+                let wd = _mm512_load_ps(src.add(1).cast());
+                let neg = if F == F_Q8_0 {
+                    *signs.add(p * NR + j)
+                } else {
+                    0
+                };
+                for i in 0..MR {
+                    let xsg = if F == F_Q8_0 {
+                        _mm512_mask_sub_epi8(xv[i], neg, _mm512_setzero_si512(), xv[i])
+                    } else {
+                        xv[i]
+                    };
+                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, xsg);
+                    acc[i][j] = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(dot),
+                        _mm512_mul_ps(wd, dxv[i]),
+                        acc[i][j],
+                    );
+                }
+            }
+        }
+        if F != F_Q8_0 {
+            // Σ_b c_b · s_b, 16 blocks per instruction (the lanes are summed at the end anyway).
+            let cs = pk.add(c_at).cast::<f32>();
+            let nfull = 2 * np;
+            let mut t = 0;
+            while t < nfull {
+                let mask: __mmask16 = if nfull - t >= 16 {
+                    0xffff
+                } else {
+                    (1u16 << (nfull - t)) - 1
+                };
+                let sv: [__m512; MR] =
+                    std::array::from_fn(|i| _mm512_maskz_loadu_ps(mask, sx[i].as_ptr().add(t)));
+                for j in 0..NR {
+                    let cv = _mm512_maskz_loadu_ps(mask, cs.add(j * nbp + t));
+                    for i in 0..MR {
+                        acc[i][j] = _mm512_fmadd_ps(cv, sv[i], acc[i][j]);
+                    }
+                }
+                t += 16;
+            }
+        }
+    }
+    let mut res = [[0f32; NR]; MR];
+    for i in 0..MR {
+        for j in 0..NR {
+            res[i][j] = _mm512_reduce_add_ps(acc[i][j]);
+        }
+    }
+    if nb % 2 == 1 {
+        let b = nb - 1;
+        let mut q = [0i16; 32];
+        for j in 0..NR {
+            // SAFETY: block `b` of row `r + j` is in bounds.
+            let blk = unsafe { std::slice::from_raw_parts(w.add(j * rb + b * bb), bb) };
+            let (d, c) = scalar::decode_block32::<F>(blk, &mut q);
+            for i in 0..MR {
+                let dot = scalar::idot32(&q, &acts.qs(i0 + i)[32 * b..]);
+                res[i][j] += d * dx[i][b] * dot as f32 + c * sx[i][b];
+            }
+        }
+    }
+    for i in 0..MR {
+        for j in 0..NR {
+            // SAFETY: in bounds, owned by this task.
+            unsafe { out.write(i0 + i, r + j, res[i][j]) };
+        }
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn tile32<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Acts, out: OutPtr) {
     let rb = w.row_bytes();
@@ -242,18 +407,37 @@ unsafe fn tile32<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Act
     let base = w.data().as_ptr();
     let m = acts.m;
     let mut pf = Prefetcher::new(base, r0 * rb, r1 * rb);
+    // More activation rows than one register tile: decode each weight tile once into scratch.
+    let packed = m > MR32 && nb >= 2;
+    let mut scratch = PACK.with(|p| p.take());
+    if packed && scratch.len() < pack_layout(nb).0 {
+        scratch.resize(pack_layout(nb).0, Z([0; 64]));
+    }
     let mut r = r0;
     while r < r1 {
-        let nr = if r1 - r >= NR32 { NR32 } else { 1 };
+        let nr = if packed && r1 - r >= NRP {
+            NRP
+        } else if !packed && r1 - r >= NR32 {
+            NR32
+        } else {
+            1
+        };
         pf.advance((r + nr) * rb);
         // SAFETY: `r + nr <= rows`.
         let wp = unsafe { base.add(r * rb) };
+        if nr == NRP && packed {
+            // SAFETY: `scratch` holds `pack_layout(nb).0` units; rows `r..r + NRP` are in bounds.
+            unsafe { pack32::<F>(wp, rb, nb, scratch.as_mut_ptr()) };
+        }
         let mut i = 0;
         while i < m {
             let mr = (m - i).min(MR32);
-            // SAFETY: rows and activation rows in bounds.
+            // SAFETY: rows and activation rows in bounds; `scratch` packed for these rows.
             unsafe {
-                if nr == NR32 {
+                if nr == NRP && packed {
+                    let pk = scratch.as_ptr();
+                    by_mr!(mk32p, F, NRP, mr, pk, wp, rb, nb, acts, i, r, out)
+                } else if nr == NR32 {
                     by_mr!(mk32, F, NR32, mr, wp, rb, nb, acts, i, r, out)
                 } else {
                     by_mr!(mk32, F, 1, mr, wp, rb, nb, acts, i, r, out)
@@ -263,6 +447,7 @@ unsafe fn tile32<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Act
         }
         r += nr;
     }
+    PACK.with(|p| p.replace(scratch));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -504,7 +689,7 @@ pub(super) fn tile_fn(f: u8) -> Option<(TileFn, usize)> {
         F_Q6K => tile_k::<F_Q6K>,
         _ => return None,
     };
-    Some((t, if f >= F_Q4K { NRK } else { NR32 }))
+    Some((t, if f >= F_Q4K { NRK } else { 12 }))
 }
 
 // ---------------------------------------------------------------------------------------------
