@@ -352,13 +352,17 @@ impl Prefetcher {
     }
 }
 
+/// Extra preparation of the quantized activations a kernel wants (once per call).
+pub(crate) type PrepareFn = unsafe fn(&mut Acts);
+
 /// A kernel computing rows `r0..r1` of the output (for all `m` activation rows).
 pub(crate) type TileFn = unsafe fn(&WeightMatrix, usize, usize, &Acts, OutPtr);
 
 /// How `matmul` handles a format on an instruction set.
 enum Plan {
-    /// Quantize the activations to `ActKind`, then run the integer tile kernel.
-    Int(ActKind, TileFn, usize),
+    /// Quantize the activations to `ActKind` (then prepare them), then run the integer tile
+    /// kernel with its row grain.
+    Int(ActKind, TileFn, usize, Option<PrepareFn>),
     /// Dequantize weight panels to f32.
     Float,
 }
@@ -381,12 +385,12 @@ fn plan(isa: Isa, format: WeightFormat) -> Plan {
     {
         if isa == Isa::Avx512 {
             if let Some((tile, grain)) = avx512::tile_fn(f) {
-                return Plan::Int(kind, tile, grain);
+                return Plan::Int(kind, tile, grain, avx512::prepare_fn(f));
             }
         }
         if isa >= Isa::Avx2 {
             if let Some((tile, grain)) = avx2::tile_fn(f) {
-                return Plan::Int(kind, tile, grain);
+                return Plan::Int(kind, tile, grain, None);
             }
         }
     }
@@ -401,7 +405,7 @@ fn plan(isa: Isa, format: WeightFormat) -> Plan {
         F_Q5K => scalar::tile_k::<F_Q5K>,
         _ => scalar::tile_k::<F_Q6K>,
     };
-    Plan::Int(kind, tile, 1)
+    Plan::Int(kind, tile, 1, None)
 }
 
 thread_local! {
@@ -443,9 +447,13 @@ pub fn matmul_with_isa(
         rows: w.rows,
     };
     match plan(isa, w.format) {
-        Plan::Int(kind, tile, grain) => {
+        Plan::Int(kind, tile, grain, prepare) => {
             let run = |acts: &mut Acts| {
                 acts.quantize(kind, x, m, w.cols, isa);
+                if let Some(prepare) = prepare {
+                    // SAFETY: chosen for an available `isa`.
+                    unsafe { prepare(acts) };
+                }
                 let acts = &*acts;
                 crate::pool::parallel_rows(w.rows, grain, m * w.cols, &|r0, r1| {
                     // SAFETY: `tile` was chosen for an available `isa`; rows `r0..r1` are in bounds

@@ -157,7 +157,7 @@ fn check_close(what: &str, got: &[f32], want: &[f32], tol: &[f32]) {
 fn cols_for(format: WeightFormat) -> Vec<usize> {
     match format.block_size() {
         1 => vec![1, 7, 96, 200],
-        32 => vec![32, 96, 576],
+        32 => vec![32, 96, 512, 544, 576, 1120],
         _ => vec![256, 768],
     }
 }
@@ -186,8 +186,12 @@ fn every_format_every_isa_matches_reference() {
                         matmul_with_isa(isa, &x, m, &w, &mut got).unwrap();
                         let what = format!("{format:?} {isa:?} rows={rows} cols={cols} m={m}");
                         check_close(&what, &got, &want, &tol);
-                        // Same integers as the scalar kernels: only f32 summation order differs.
-                        let tight: Vec<f32> = rounding.iter().map(|r| 2.0 * r).collect();
+                        // Same integers as the scalar kernels: only f32 summation order differs
+                        // (of terms up to a few times `Σ|x·w|` for the offset formats, whose
+                        // `d·q` and `m` parts cancel), so allow 10x the rounding allowance: still
+                        // ~40x below the quantization bound, so any wrong quant, scale or offset
+                        // fails.
+                        let tight: Vec<f32> = rounding.iter().map(|r| 10.0 * r).collect();
                         check_close(&format!("{what} vs scalar"), &got, &scalar, &tight);
                     }
                     let mut best = vec![f32::NAN; m * rows];

@@ -17,7 +17,7 @@ use super::act::Acts;
 use super::avx2::by_mr;
 use super::layout::*;
 use super::scalar;
-use super::{OutPtr, Prefetcher, TileFn, WeightMatrix};
+use super::{OutPtr, Prefetcher, PrepareFn, TileFn, WeightMatrix};
 use core::arch::x86_64::*;
 use std::cell::RefCell;
 
@@ -237,7 +237,9 @@ const MR32: usize = 4;
 const NR32: usize = 3;
 
 /// Weight rows per packed register tile (`m > MR32`).
-const NRP: usize = 4;
+const NRP: usize = 3;
+/// Units per (group, row) in the grouped section: 8 of quants, d, c, Q8_0's `128·Σw`.
+const GU: usize = 11;
 
 /// 64 bytes, 64-byte aligned: the unit of the packed-weights scratch.
 #[repr(C, align(64))]
@@ -248,34 +250,141 @@ thread_local! {
     static PACK: RefCell<Vec<Z>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Packed-weights layout for `nb` blocks: `(units, offset of the offsets c, offset of Q8_0 signs)`.
-fn pack_layout(nb: usize) -> (usize, usize, usize) {
-    let np = nb / 2;
-    let quants = np * NRP * 2;
-    let cs = NRP * nb.div_ceil(16);
-    let signs = (np * NRP).div_ceil(8);
-    (quants + cs + signs, quants, quants + cs)
+/// Where things are in a packed tile of `NRP` rows (offsets in units of 64 bytes).
+///
+/// Blocks `0..16·ng` are *grouped*: 16 consecutive blocks side by side, register lane `k` holding
+/// block `k`, so an integer dot product of 16 blocks accumulates in one register and the float
+/// scaling is paid once per 16 blocks (`mk32p`). The remaining blocks `b0..nb` are packed in
+/// pairs as two 32-value blocks per register.
+#[derive(Clone, Copy)]
+struct PackLayout {
+    ng: usize,
+    b0: usize,
+    np: usize,
+    pair_at: usize,
+    c_at: usize,
+    s_at: usize,
+    total: usize,
 }
 
-/// Decodes the block pairs of rows `w .. w + NRP·rb` once, for all the activation rows of a call:
-/// per pair `p` and row `j`, unit `2(p·NRP + j)` holds the 64 quants (`|q|` for Q8_0) and the next
-/// the scale vector `[d0 x8, d1 x8]`; then per row the per-block offsets `c` (f32, `nb` rounded
-/// up to 16 per row), then for Q8_0 the sign masks.
+fn pack_layout(nb: usize, grouped: bool) -> PackLayout {
+    let ng = if grouped { nb / 16 } else { 0 };
+    let b0 = 16 * ng;
+    let nl = nb - b0;
+    let np = nl / 2;
+    let pair_at = ng * NRP * GU;
+    let c_at = pair_at + np * NRP * 2;
+    let s_at = c_at + NRP * nl.div_ceil(16);
+    let total = s_at + (np * NRP).div_ceil(8);
+    PackLayout {
+        ng,
+        b0,
+        np,
+        pair_at,
+        c_at,
+        s_at,
+        total,
+    }
+}
+
+/// Bit `e` of `h` (e < 4) to bit 4 of byte `e`, for each 32-bit lane.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn pack32<const F: u8>(w: *const u8, rb: usize, nb: usize, pk: *mut Z) {
+#[inline]
+fn spread4(h: __m512i) -> __m512i {
+    let bit = |m: i32, sh: u32| {
+        _mm512_sll_epi32(
+            _mm512_and_si512(h, _mm512_set1_epi32(m)),
+            _mm_cvtsi32_si128(sh as i32),
+        )
+    };
+    _mm512_or_si512(
+        _mm512_or_si512(bit(1, 4), bit(2, 11)),
+        _mm512_or_si512(bit(4, 18), bit(8, 25)),
+    )
+}
+
+/// Decodes rows `w .. w + NRP·rb` once for all the activation rows of a call (see [`PackLayout`]).
+///
+/// Grouped section, per group `g` and row `j`, units `GU·(g·NRP + j) ..`: 8 registers of quants,
+/// register `t` lane `k` = values `4t .. 4t + 4` of block `16g + k` (raw signed bytes for Q8_0),
+/// then the 16 scales `d`, the 16 offsets `c`, and for Q8_0 `128·Σq` per block.
+/// Pair section, per pair `p` and row `j`: the 64 quants of blocks `b0 + 2p`, `+1` (`|q|` for
+/// Q8_0) and the scale vector `[d0 x8, d1 x8]`; then per row the offsets `c`, then Q8_0's signs.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn pack32<const F: u8>(w: *const u8, rb: usize, nb: usize, lay: PackLayout, pk: *mut Z) {
     let bb = block_bytes(F);
     let pair = halves(0, 1);
-    let np = nb / 2;
-    let nbp = nb.div_ceil(16) * 16;
-    let (_, c_at, s_at) = pack_layout(nb);
-    // SAFETY: the caller provides `pack_layout(nb).0` units at `pk` and `NRP` whole rows at `w`.
+    let nl = nb - lay.b0;
+    let nlp = nl.div_ceil(16) * 16;
+    let lanes = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(bb as i32),
+    );
+    let nib = _mm512_set1_epi32(0x0F0F_0F0F);
+    // SAFETY: the caller provides `lay.total` units at `pk` and `NRP` whole rows at `w`; every
+    // gathered dword lies inside its block.
     unsafe {
-        let cs = pk.add(c_at).cast::<f32>();
-        let signs = pk.add(s_at).cast::<u64>();
         for j in 0..NRP {
-            for p in 0..np {
-                let (q, dc) = decode64::<F>(w.add(j * rb + 2 * p * bb));
-                let dst = pk.add(2 * (p * NRP + j)).cast::<__m512i>();
+            for g in 0..lay.ng {
+                let base = w.add(j * rb + 16 * g * bb);
+                let u = pk.add(GU * (g * NRP + j)).cast::<__m512i>();
+                let gather = |off: usize| {
+                    _mm512_i32gather_epi32::<1>(
+                        _mm512_add_epi32(lanes, _mm512_set1_epi32(off as i32)),
+                        base.cast(),
+                    )
+                };
+                if F == F_Q8_0 {
+                    let mut sum = _mm512_setzero_si512();
+                    for t in 0..8 {
+                        let v = gather(2 + 4 * t);
+                        _mm512_store_si512(u.add(t), v);
+                        sum = _mm512_dpbusd_epi32(sum, _mm512_set1_epi8(1), v);
+                    }
+                    _mm512_store_si512(u.add(10), _mm512_slli_epi32::<7>(sum));
+                } else {
+                    let (qh_at, qs_at) = match F {
+                        F_Q4_0 => (0, 2),
+                        F_Q4_1 => (0, 4),
+                        F_Q5_0 => (2, 6),
+                        _ => (4, 8),
+                    };
+                    let qh = if F == F_Q5_0 || F == F_Q5_1 {
+                        gather(qh_at)
+                    } else {
+                        _mm512_setzero_si512()
+                    };
+                    for t in 0..4 {
+                        let v = gather(qs_at + 4 * t);
+                        let mut lo = _mm512_and_si512(v, nib);
+                        let mut hi = _mm512_and_si512(_mm512_srli_epi32::<4>(v), nib);
+                        if F == F_Q5_0 || F == F_Q5_1 {
+                            let sh = |n: u32| _mm512_srl_epi32(qh, _mm_cvtsi32_si128(n as i32));
+                            lo = _mm512_or_si512(lo, spread4(sh(4 * t as u32)));
+                            hi = _mm512_or_si512(hi, spread4(sh(16 + 4 * t as u32)));
+                        }
+                        _mm512_store_si512(u.add(t), lo);
+                        _mm512_store_si512(u.add(t + 4), hi);
+                    }
+                }
+                let dm = gather(0);
+                let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
+                let c = match F {
+                    F_Q4_0 => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
+                    F_Q5_0 => _mm512_mul_ps(d, _mm512_set1_ps(-16.0)),
+                    F_Q4_1 | F_Q5_1 => {
+                        _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dm)))
+                    }
+                    _ => _mm512_setzero_ps(),
+                };
+                _mm512_store_ps(u.add(8).cast(), d);
+                _mm512_store_ps(u.add(9).cast(), c);
+            }
+            let cs = pk.add(lay.c_at).cast::<f32>();
+            let signs = pk.add(lay.s_at).cast::<u64>();
+            for p in 0..lay.np {
+                let (q, dc) = decode64::<F>(w.add(j * rb + (lay.b0 + 2 * p) * bb));
+                let dst = pk.add(lay.pair_at + 2 * (p * NRP + j)).cast::<__m512i>();
                 if F == F_Q8_0 {
                     *signs.add(p * NRP + j) = _mm512_movepi8_mask(q);
                     _mm512_store_si512(dst, _mm512_abs_epi8(q));
@@ -284,18 +393,54 @@ unsafe fn pack32<const F: u8>(w: *const u8, rb: usize, nb: usize, pk: *mut Z) {
                 }
                 let wd = _mm512_permutexvar_ps(pair, _mm512_castps128_ps512(dc));
                 _mm512_store_ps(dst.add(1).cast(), wd);
-                _mm_storeh_pd(cs.add(j * nbp + 2 * p).cast(), _mm_castps_pd(dc));
+                _mm_storeh_pd(cs.add(j * nlp + 2 * p).cast(), _mm_castps_pd(dc));
             }
         }
     }
 }
 
-/// Register tile over packed weights (see [`pack32`]): `MR` activation rows x `NRP` weight rows.
+/// Lays the activations out for the grouped section of [`pack32`] (16 blocks side by side, see
+/// there), plus 128 (as unsigned bytes) for Q8_0, whose weights are the signed operand.
+///
+/// # Safety
+/// The CPU must have the `Avx512` features.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn prepare32<const F: u8>(acts: &mut Acts) {
+    let ng = acts.cols / 512;
+    if acts.m <= MR32 || ng == 0 {
+        return;
+    }
+    let lanes = _mm512_setr_epi32(
+        0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448, 480,
+    );
+    let m = acts.m;
+    let dst = acts.grouped_mut(ng);
+    for i in 0..m {
+        for g in 0..ng {
+            for t in 0..8 {
+                // SAFETY: row `i` holds `cols >= 512 (g + 1)` values; `dst` holds `m·ng·8` units.
+                unsafe {
+                    let src = acts.qs_ptr(i).add(512 * g + 4 * t);
+                    let v = _mm512_i32gather_epi32::<1>(lanes, src.cast());
+                    let v = if F == F_Q8_0 {
+                        _mm512_xor_si512(v, _mm512_set1_epi8(-128))
+                    } else {
+                        v
+                    };
+                    _mm512_store_si512(dst.cast::<__m512i>().add((i * ng + g) * 8 + t), v);
+                }
+            }
+        }
+    }
+}
+
+/// Register tile over a packed tile (see [`pack32`]): `MR` activation rows x `NRP` weight rows.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
 unsafe fn mk32p<const F: u8, const MR: usize, const NR: usize>(
     pk: *const Z,
+    lay: PackLayout,
     w: *const u8,
     rb: usize,
     nb: usize,
@@ -307,18 +452,71 @@ unsafe fn mk32p<const F: u8, const MR: usize, const NR: usize>(
     debug_assert_eq!(NR, NRP);
     let bb = block_bytes(F);
     let pair = halves(0, 1);
-    let np = nb / 2;
-    let nbp = nb.div_ceil(16) * 16;
-    let (_, c_at, s_at) = pack_layout(nb);
+    let nl = nb - lay.b0;
+    let nlp = nl.div_ceil(16) * 16;
     let xs: [*const i8; MR] = std::array::from_fn(|i| acts.qs_ptr(i0 + i));
     let dx: [&[f32]; MR] = std::array::from_fn(|i| acts.d(i0 + i));
     let sx: [&[f32]; MR] = std::array::from_fn(|i| acts.s(i0 + i));
     let mut acc = [[_mm512_setzero_ps(); NR]; MR];
-    // SAFETY: `pk` holds the packed tile (`pack32`); activation rows hold `nb * 32` values.
+    // SAFETY: `pk` holds the packed tile (`pack32`); activation rows hold `nb * 32` values, and
+    // their grouped layout (`prepare32`) when `lay.ng > 0`.
     unsafe {
-        let signs = pk.add(s_at).cast::<u64>();
-        for p in 0..np {
-            let b = 2 * p;
+        for g in 0..lay.ng {
+            let mut iacc = [[_mm512_setzero_si512(); NR]; MR];
+            let xg: [*const __m512i; MR] =
+                std::array::from_fn(|i| acts.grouped_ptr(i0 + i, g).cast());
+            let wg: [*const __m512i; NR] =
+                std::array::from_fn(|j| pk.add(GU * (g * NR + j)).cast());
+            for t in 0..8 {
+                if F == F_Q8_0 {
+                    // x + 128 is the unsigned operand, the weights the signed one.
+                    let xv: [__m512i; MR] =
+                        std::array::from_fn(|i| _mm512_load_si512(xg[i].add(t)));
+                    for j in 0..NR {
+                        let wv = _mm512_load_si512(wg[j].add(t));
+                        for i in 0..MR {
+                            iacc[i][j] = _mm512_dpbusd_epi32(iacc[i][j], xv[i], wv);
+                        }
+                    }
+                } else {
+                    let wv: [__m512i; NR] =
+                        std::array::from_fn(|j| _mm512_load_si512(wg[j].add(t)));
+                    for i in 0..MR {
+                        let xv = _mm512_load_si512(xg[i].add(t));
+                        for j in 0..NR {
+                            iacc[i][j] = _mm512_dpbusd_epi32(iacc[i][j], wv[j], xv);
+                        }
+                    }
+                }
+            }
+            let dxv: [__m512; MR] =
+                std::array::from_fn(|i| _mm512_loadu_ps(dx[i].as_ptr().add(16 * g)));
+            let sxv: [__m512; MR] =
+                std::array::from_fn(|i| _mm512_loadu_ps(sx[i].as_ptr().add(16 * g)));
+            for j in 0..NR {
+                let dw = _mm512_load_ps(wg[j].add(8).cast());
+                let cw = _mm512_load_ps(wg[j].add(9).cast());
+                let corr = _mm512_load_si512(wg[j].add(10));
+                for i in 0..MR {
+                    let ia = if F == F_Q8_0 {
+                        _mm512_sub_epi32(iacc[i][j], corr)
+                    } else {
+                        iacc[i][j]
+                    };
+                    acc[i][j] = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(ia),
+                        _mm512_mul_ps(dw, dxv[i]),
+                        acc[i][j],
+                    );
+                    if F != F_Q8_0 {
+                        acc[i][j] = _mm512_fmadd_ps(cw, sxv[i], acc[i][j]);
+                    }
+                }
+            }
+        }
+        let signs = pk.add(lay.s_at).cast::<u64>();
+        for p in 0..lay.np {
+            let b = lay.b0 + 2 * p;
             let mut xv = [_mm512_setzero_si512(); MR];
             let mut dxv = [_mm512_setzero_ps(); MR];
             for i in 0..MR {
@@ -327,7 +525,7 @@ unsafe fn mk32p<const F: u8, const MR: usize, const NR: usize>(
                 dxv[i] = _mm512_permutexvar_ps(pair, _mm512_castps128_ps512(d2));
             }
             for j in 0..NR {
-                let src = pk.add(2 * (p * NR + j)).cast::<__m512i>();
+                let src = pk.add(lay.pair_at + 2 * (p * NR + j)).cast::<__m512i>();
                 let wq = _mm512_load_si512(src);
                 let wd = _mm512_load_ps(src.add(1).cast());
                 let neg = if F == F_Q8_0 {
@@ -351,9 +549,9 @@ unsafe fn mk32p<const F: u8, const MR: usize, const NR: usize>(
             }
         }
         if F != F_Q8_0 {
-            // Σ_b c_b · s_b, 16 blocks per instruction (the lanes are summed at the end anyway).
-            let cs = pk.add(c_at).cast::<f32>();
-            let nfull = 2 * np;
+            // Σ_b c_b · s_b over the pairs, 16 blocks per instruction.
+            let cs = pk.add(lay.c_at).cast::<f32>();
+            let nfull = 2 * lay.np;
             let mut t = 0;
             while t < nfull {
                 let mask: __mmask16 = if nfull - t >= 16 {
@@ -361,10 +559,11 @@ unsafe fn mk32p<const F: u8, const MR: usize, const NR: usize>(
                 } else {
                     (1u16 << (nfull - t)) - 1
                 };
-                let sv: [__m512; MR] =
-                    std::array::from_fn(|i| _mm512_maskz_loadu_ps(mask, sx[i].as_ptr().add(t)));
+                let sv: [__m512; MR] = std::array::from_fn(|i| {
+                    _mm512_maskz_loadu_ps(mask, sx[i].as_ptr().add(lay.b0 + t))
+                });
                 for j in 0..NR {
-                    let cv = _mm512_maskz_loadu_ps(mask, cs.add(j * nbp + t));
+                    let cv = _mm512_maskz_loadu_ps(mask, cs.add(j * nlp + t));
                     for i in 0..MR {
                         acc[i][j] = _mm512_fmadd_ps(cv, sv[i], acc[i][j]);
                     }
@@ -379,7 +578,7 @@ unsafe fn mk32p<const F: u8, const MR: usize, const NR: usize>(
             res[i][j] = _mm512_reduce_add_ps(acc[i][j]);
         }
     }
-    if nb % 2 == 1 {
+    if nl % 2 == 1 {
         let b = nb - 1;
         let mut q = [0i16; 32];
         for j in 0..NR {
@@ -409,9 +608,10 @@ unsafe fn tile32<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Act
     let mut pf = Prefetcher::new(base, r0 * rb, r1 * rb);
     // More activation rows than one register tile: decode each weight tile once into scratch.
     let packed = m > MR32 && nb >= 2;
+    let lay = pack_layout(nb, acts.grouped_ready(nb / 16));
     let mut scratch = PACK.with(|p| p.take());
-    if packed && scratch.len() < pack_layout(nb).0 {
-        scratch.resize(pack_layout(nb).0, Z([0; 64]));
+    if packed && scratch.len() < lay.total {
+        scratch.resize(lay.total, Z([0; 64]));
     }
     let mut r = r0;
     while r < r1 {
@@ -426,8 +626,8 @@ unsafe fn tile32<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Act
         // SAFETY: `r + nr <= rows`.
         let wp = unsafe { base.add(r * rb) };
         if nr == NRP && packed {
-            // SAFETY: `scratch` holds `pack_layout(nb).0` units; rows `r..r + NRP` are in bounds.
-            unsafe { pack32::<F>(wp, rb, nb, scratch.as_mut_ptr()) };
+            // SAFETY: `scratch` holds `lay.total` units; rows `r..r + NRP` are in bounds.
+            unsafe { pack32::<F>(wp, rb, nb, lay, scratch.as_mut_ptr()) };
         }
         let mut i = 0;
         while i < m {
@@ -436,7 +636,7 @@ unsafe fn tile32<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Act
             unsafe {
                 if nr == NRP && packed {
                     let pk = scratch.as_ptr();
-                    by_mr!(mk32p, F, NRP, mr, pk, wp, rb, nb, acts, i, r, out)
+                    by_mr!(mk32p, F, NRP, mr, pk, lay, wp, rb, nb, acts, i, r, out)
                 } else if nr == NR32 {
                     by_mr!(mk32, F, NR32, mr, wp, rb, nb, acts, i, r, out)
                 } else {
@@ -674,6 +874,19 @@ unsafe fn tile_k<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Act
         }
         r += nr;
     }
+}
+
+/// The activation preparation for kernel format `f`, if it needs one beyond quantization.
+pub(super) fn prepare_fn(f: u8) -> Option<PrepareFn> {
+    let p: PrepareFn = match f {
+        F_Q4_0 => prepare32::<F_Q4_0>,
+        F_Q4_1 => prepare32::<F_Q4_1>,
+        F_Q5_0 => prepare32::<F_Q5_0>,
+        F_Q5_1 => prepare32::<F_Q5_1>,
+        F_Q8_0 => prepare32::<F_Q8_0>,
+        _ => return None,
+    };
+    Some(p)
 }
 
 /// The AVX-512 tile kernel for kernel format `f`, and its preferred row grain.
