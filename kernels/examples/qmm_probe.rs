@@ -3,18 +3,31 @@ use std::time::Instant;
 use switchyard_kernels::pool::{self, Backend};
 use switchyard_kernels::{matmul, WeightFormat, WeightMatrix};
 
+/// Random blocks whose f16 scales are small normal numbers (timing does not depend on values).
 fn random_bytes(fmt: WeightFormat, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
-    let nb = rows * cols / 32;
-    let mut bytes = vec![0u8; nb * fmt.type_size()];
+    let nb = rows * cols / fmt.block_size();
+    let ts = fmt.type_size();
+    let mut bytes = vec![0u8; nb * ts];
     let mut s = seed;
+    // High bytes of the f16 fields (scales, minimums), per format.
+    let f16_hi: &[usize] = match fmt {
+        WeightFormat::Q4_0 | WeightFormat::Q5_0 | WeightFormat::Q8_0 | WeightFormat::F16 => &[1],
+        WeightFormat::Q4_1 | WeightFormat::Q5_1 | WeightFormat::Q4K | WeightFormat::Q5K => &[1, 3],
+        WeightFormat::Q6K => &[209],
+        WeightFormat::Q2K => &[81, 83],
+        WeightFormat::Q3K => &[109],
+        _ => &[],
+    };
     for (k, b) in bytes.iter_mut().enumerate() {
         s = s
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         *b = (s >> 40) as u8;
-        let off = k % fmt.type_size();
-        if off == 1 || (fmt == WeightFormat::Q4_1 && off == 3) {
+        let off = k % ts;
+        if f16_hi.contains(&off) {
             *b = 0x1c;
+        } else if fmt == WeightFormat::F32 && off == 3 {
+            *b = 0x3c;
         }
     }
     bytes
@@ -91,25 +104,26 @@ fn main() {
     let copies: usize = args.get(4).map_or(1, |s| s.parse().unwrap());
     let fmt = match args.get(5).map(|s| s.as_str()) {
         Some("q8_0") => WeightFormat::Q8_0,
+        Some("q4_0") => WeightFormat::Q4_0,
+        Some("q5_0") => WeightFormat::Q5_0,
+        Some("q5_1") => WeightFormat::Q5_1,
+        Some("q4k") => WeightFormat::Q4K,
+        Some("q5k") => WeightFormat::Q5K,
+        Some("q6k") => WeightFormat::Q6K,
+        Some("q2k") => WeightFormat::Q2K,
+        Some("q3k") => WeightFormat::Q3K,
+        Some("f16") => WeightFormat::F16,
+        Some("f32") => WeightFormat::F32,
         _ => WeightFormat::Q4_1,
     };
     if let Ok(v) = std::env::var("PF") {
         switchyard_kernels::qmatmul::PREFETCH_DISTANCE
             .store(v.parse().unwrap(), std::sync::atomic::Ordering::Relaxed);
     }
-    let nb = rows * cols / 32;
-    let mut bytes = vec![0u8; nb * fmt.type_size() * copies];
-    let mut s = 1u64;
-    for (k, b) in bytes.iter_mut().enumerate() {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        *b = (s >> 40) as u8;
-        // keep f16 scales sane: zero the high byte of each f16 scale word
-        let off = k % fmt.type_size();
-        if off == 1 || (fmt == WeightFormat::Q4_1 && off == 3) {
-            *b = 0x1c;
-        }
+    let nb = rows * cols / fmt.block_size();
+    let mut bytes = Vec::new();
+    for c in 0..copies {
+        bytes.extend(random_bytes(fmt, rows, cols, c as u64 + 1));
     }
     let per = nb * fmt.type_size();
     let ws: Vec<WeightMatrix> = (0..copies)
