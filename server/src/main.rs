@@ -3,6 +3,7 @@
 mod bench;
 mod fetch;
 mod generate;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -24,6 +25,8 @@ enum Commands {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Train the default multi-head router (domain, reasoning, jailbreak, PII) from scratch.
+    TrainRouter(train::TrainArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -44,6 +47,7 @@ fn main() -> Result<()> {
     match cli.command {
         Commands::Generate(args) => generate::run(args),
         Commands::Bench(BenchCommand::Engine(args)) => bench::run(args),
+        Commands::TrainRouter(args) => train::run(args),
         Commands::FetchModel => {
             let path = fetch::DEFAULT_MODEL.ensure(&fetch::cache_dir())?;
             println!("{}", path.display());
