@@ -410,7 +410,7 @@ fn save_router(
     dir: &Path,
     model: &TrainModel,
     varmap: &VarMap,
-    tok: &tokenizers::Tokenizer,
+    tok: Option<&tokenizers::Tokenizer>,
 ) -> Result<u64> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
@@ -451,8 +451,10 @@ fn save_router(
         dir.join("config.json"),
         serde_json::to_string_pretty(&model.arch.config_json(&model.heads[0].labels))?,
     )?;
-    tok.save(dir.join("tokenizer.json"), false)
-        .map_err(|e| anyhow::anyhow!("saving tokenizer: {e}"))?;
+    if let Some(tok) = tok {
+        tok.save(dir.join("tokenizer.json"), false)
+            .map_err(|e| anyhow::anyhow!("saving tokenizer: {e}"))?;
+    }
     Ok(std::fs::metadata(&weights)?.len())
 }
 
@@ -678,7 +680,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let ft_secs = tf.elapsed().as_secs_f64();
     eprintln!("finetune: {} steps, {sps:.1} seq/s, {tps:.0} tok/s", args.steps);
 
-    let size = save_router(&args.out, &model, &varmap, &tok)?;
+    let size = save_router(&args.out, &model, &varmap, Some(&tok))?;
     eprintln!("saved {} ({:.1} MB)", args.out.display(), size as f64 / 1e6);
 
     // Evaluate the saved artifact.
@@ -1035,4 +1037,71 @@ Parity: the saved checkpoint through the inference encoder vs the training forwa
         ft_secs = t["finetune"]["seconds"].as_f64().unwrap_or(0.0),
         total = t["total_seconds"].as_f64().unwrap_or(0.0),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> (Arch, Vec<(String, HeadKind, Vec<String>)>) {
+        let arch = Arch {
+            vocab_size: 50,
+            hidden: 16,
+            layers: 4,
+            heads: 2,
+            intermediate: 24,
+            local_attention: 4,
+            global_every: 3,
+            max_position: 64,
+            pad_id: 0,
+            norm_eps: 1e-5,
+            global_rope_theta: 160_000.0,
+            local_rope_theta: 10_000.0,
+        };
+        let labels = |n: usize| (0..n).map(|i| format!("l{i}")).collect::<Vec<_>>();
+        let heads = vec![
+            ("domain".to_string(), HeadKind::Sequence, labels(3)),
+            ("pii".to_string(), HeadKind::Token, labels(5)),
+        ];
+        (arch, heads)
+    }
+
+    /// The saved checkpoint, read by the inference encoder (banded local attention, candle's rope
+    /// and softmax), gives the training forward's logits; and gradients reach the q/k projections.
+    #[test]
+    fn training_forward_matches_the_inference_encoder_and_trains_attention() -> Result<()> {
+        let (arch, heads) = tiny();
+        let varmap = VarMap::new();
+        let model = TrainModel::new(&arch, &heads, &varmap, &Device::Cpu)?;
+        let dir = std::env::temp_dir().join(format!("switchyard-train-test-{}", std::process::id()));
+        save_router(&dir, &model, &varmap, None)?;
+        let clf = eval::load(&dir)?;
+        // Longer than the local window (so the inference side takes its banded path), padded.
+        let seqs: Vec<Vec<u32>> = vec![(2..20).collect(), vec![2, 7, 9, 3], (5..17).rev().collect()];
+        let (input, mask) = clf.batch_inputs(&seqs)?;
+        let outs = clf.forward(&input, &mask)?;
+        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let (ids, fmask, bias) = make_batch(&refs, &Device::Cpu)?;
+        let states = model.backbone(&ids, &bias)?;
+        let dom = model.head_logits(0, &TrainModel::mean_pool(&states, &fmask)?)?;
+        assert!(eval::max_abs_diff(&outs[0].logits, &dom)? < 1e-4);
+        let (b, t, h) = states.dims3()?;
+        let tokl = model.head_logits(1, &states.reshape((b * t, h))?)?.reshape((b, t, ()))?;
+        let keep = fmask.unsqueeze(2)?;
+        let d = eval::max_abs_diff(&outs[1].logits.broadcast_mul(&keep)?, &tokl.broadcast_mul(&keep)?)?;
+        assert!(d < 1e-4, "token logits differ by {d}");
+        std::fs::remove_dir_all(&dir).ok();
+
+        let loss = candle_nn::loss::cross_entropy(&dom, &Tensor::new(&[0u32, 1, 2], &Device::Cpu)?)?;
+        let grads = loss.backward()?;
+        let data = varmap.data().lock().map_err(|_| anyhow::anyhow!("lock"))?;
+        for i in 0..arch.layers {
+            let w = &data[&format!("model.layers.{i}.attn.Wqkv.weight")];
+            let g = grads.get(w.as_tensor()).expect("Wqkv has a gradient");
+            // The q and k rows (first 2/3) must get gradient, not only v.
+            let qk = g.narrow(0, 0, 2 * arch.hidden)?.abs()?.sum_all()?.to_scalar::<f32>()?;
+            assert!(qk > 0.0, "layer {i}: no gradient reaches q/k");
+        }
+        Ok(())
+    }
 }

@@ -423,4 +423,20 @@ mod tests {
         assert!(d < 1e-5, "{d}");
         Ok(())
     }
+
+    /// Why this module exists: candle-nn 0.11.1's softmax and rope carry no gradient. If this
+    /// starts failing, candle grew backward passes and the training forward could use them.
+    #[test]
+    fn candle_nn_softmax_and_rope_drop_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = candle_core::Var::from_vec(vec![0.5f32, -1.0, 2.0, 0.0], (1, 1, 1, 4), &dev)?;
+        let g = candle_nn::ops::softmax_last_dim(x.as_tensor())?.sqr()?.sum_all()?.backward()?;
+        assert!(g.get(x.as_tensor()).is_none());
+        let cos = Tensor::ones((1, 2), DType::F32, &dev)?;
+        let g = candle_nn::rotary_emb::rope(x.as_tensor(), &cos, &cos.zeros_like()?)?
+            .sum_all()?
+            .backward()?;
+        assert!(g.get(x.as_tensor()).is_none());
+        Ok(())
+    }
 }
