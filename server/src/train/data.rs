@@ -301,7 +301,10 @@ fn csv_rows(path: &Path) -> Result<Vec<csv::StringRecord>> {
 /// Reads every data set. `chat_dir` may not exist (then no chat-style data is used).
 pub fn load(data: &Path, chat_dir: Option<&Path>, benign_extra: usize) -> Result<Dataset> {
     if !data.join("MANIFEST.md").exists() {
-        bail!("{} does not look like the shared data folder (no MANIFEST.md)", data.display());
+        bail!(
+            "{} does not look like the shared data folder (no MANIFEST.md)",
+            data.display()
+        );
     }
     let mut ds = Dataset::default();
 
@@ -333,7 +336,12 @@ pub fn load(data: &Path, chat_dir: Option<&Path>, benign_extra: usize) -> Result
         let Some(label) = domain_id(c) else { continue };
         let opts = v["options"]
             .as_array()
-            .map(|o| o.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ; "))
+            .map(|o| {
+                o.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" ; ")
+            })
             .unwrap_or_default();
         mlm_extra.push((q.to_string(), format!("{q}\n{opts}")));
         dom.push(Example {
@@ -350,7 +358,12 @@ pub fn load(data: &Path, chat_dir: Option<&Path>, benign_extra: usize) -> Result
             let Some(label) = domain_id(c) else { continue };
             let opts = v["choices"]
                 .as_array()
-                .map(|o| o.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ; "))
+                .map(|o| {
+                    o.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(" ; ")
+                })
                 .unwrap_or_default();
             mlm_extra.push((q.to_string(), format!("{q}\n{opts}")));
             dom.push(Example {
@@ -569,8 +582,14 @@ pub fn load(data: &Path, chat_dir: Option<&Path>, benign_extra: usize) -> Result
     let mut pii_train = Vec::new();
     let mut pii_val = Vec::new();
     for (file, source) in [
-        ("pii_presidio/synth_dataset_v2_minus_holdout.bio.jsonl", "presidio_v2"),
-        ("pii_presidio/generated_large.bio.jsonl", "presidio_generated"),
+        (
+            "pii_presidio/synth_dataset_v2_minus_holdout.bio.jsonl",
+            "presidio_v2",
+        ),
+        (
+            "pii_presidio/generated_large.bio.jsonl",
+            "presidio_generated",
+        ),
     ] {
         for v in read_jsonl(&data.join(file))? {
             let words: Vec<String> = v["tokens"]
@@ -693,7 +712,9 @@ mod tests {
 
     #[test]
     fn split_is_deterministic_and_about_ten_percent() {
-        let texts: Vec<String> = (0..20_000).map(|i| format!("question number {i}")).collect();
+        let texts: Vec<String> = (0..20_000)
+            .map(|i| format!("question number {i}"))
+            .collect();
         let a: Vec<bool> = texts.iter().map(|t| is_validation(t)).collect();
         let b: Vec<bool> = texts.iter().map(|t| is_validation(t)).collect();
         assert_eq!(a, b);
@@ -721,7 +742,12 @@ mod tests {
 
     #[test]
     fn conflicting_labels_and_excluded_texts_are_dropped() {
-        let items = vec![ex("same text", 0), ex("Same text!", 1), ex("kept", 2), ex("eval only", 1)];
+        let items = vec![
+            ex("same text", 0),
+            ex("Same text!", 1),
+            ex("kept", 2),
+            ex("eval only", 1),
+        ];
         let exclude: HashSet<String> = [normalize("Eval only.")].into_iter().collect();
         let (train, val, conflicts) = split_examples(items, &exclude);
         assert_eq!(conflicts, 1);
@@ -753,8 +779,17 @@ mod tests {
     fn bio_repair_and_spans() {
         let b = |s: &str| pii_tag_id(s);
         // A dropped TITLE before a PERSON continuation: the I- becomes a B-.
-        let tags = fix_bio(&[b("B-TITLE"), b("I-PERSON"), b("I-PERSON"), b("O"), b("B-GPE")]);
-        assert_eq!(tags, vec![0, b("B-PERSON"), b("I-PERSON"), 0, b("B-LOCATION")]);
+        let tags = fix_bio(&[
+            b("B-TITLE"),
+            b("I-PERSON"),
+            b("I-PERSON"),
+            b("O"),
+            b("B-GPE"),
+        ]);
+        assert_eq!(
+            tags,
+            vec![0, b("B-PERSON"), b("I-PERSON"), 0, b("B-LOCATION")]
+        );
         let person = PII_ENTITIES.iter().position(|e| *e == "PERSON").unwrap();
         let loc = PII_ENTITIES.iter().position(|e| *e == "LOCATION").unwrap();
         assert_eq!(bio_spans(&tags), vec![(1, 3, person), (4, 5, loc)]);

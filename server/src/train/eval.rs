@@ -18,7 +18,10 @@ pub struct Predictions {
 fn argmax(row: &[f32]) -> usize {
     row.iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+        )
         .0
 }
 
@@ -83,13 +86,29 @@ pub fn accuracy(pred: &[usize], gold: &[usize]) -> f64 {
 pub fn macro_f1(pred: &[usize], gold: &[usize], n_labels: usize) -> f64 {
     let mut f1s = Vec::new();
     for c in 0..n_labels {
-        let tp = pred.iter().zip(gold).filter(|(p, g)| **p == c && **g == c).count() as f64;
-        let fp = pred.iter().zip(gold).filter(|(p, g)| **p == c && **g != c).count() as f64;
-        let fn_ = pred.iter().zip(gold).filter(|(p, g)| **p != c && **g == c).count() as f64;
+        let tp = pred
+            .iter()
+            .zip(gold)
+            .filter(|(p, g)| **p == c && **g == c)
+            .count() as f64;
+        let fp = pred
+            .iter()
+            .zip(gold)
+            .filter(|(p, g)| **p == c && **g != c)
+            .count() as f64;
+        let fn_ = pred
+            .iter()
+            .zip(gold)
+            .filter(|(p, g)| **p != c && **g == c)
+            .count() as f64;
         if tp + fp + fn_ == 0.0 {
             continue;
         }
-        f1s.push(if tp == 0.0 { 0.0 } else { 2.0 * tp / (2.0 * tp + fp + fn_) });
+        f1s.push(if tp == 0.0 {
+            0.0
+        } else {
+            2.0 * tp / (2.0 * tp + fp + fn_)
+        });
     }
     if f1s.is_empty() {
         f64::NAN
@@ -100,12 +119,28 @@ pub fn macro_f1(pred: &[usize], gold: &[usize], n_labels: usize) -> f64 {
 
 /// Binary precision, recall, F1 for class 1.
 pub fn binary_prf(pred: &[usize], gold: &[usize]) -> (f64, f64, f64) {
-    let tp = pred.iter().zip(gold).filter(|(p, g)| **p == 1 && **g == 1).count() as f64;
-    let fp = pred.iter().zip(gold).filter(|(p, g)| **p == 1 && **g == 0).count() as f64;
-    let fn_ = pred.iter().zip(gold).filter(|(p, g)| **p == 0 && **g == 1).count() as f64;
+    let tp = pred
+        .iter()
+        .zip(gold)
+        .filter(|(p, g)| **p == 1 && **g == 1)
+        .count() as f64;
+    let fp = pred
+        .iter()
+        .zip(gold)
+        .filter(|(p, g)| **p == 1 && **g == 0)
+        .count() as f64;
+    let fn_ = pred
+        .iter()
+        .zip(gold)
+        .filter(|(p, g)| **p == 0 && **g == 1)
+        .count() as f64;
     let p = if tp + fp > 0.0 { tp / (tp + fp) } else { 0.0 };
     let r = if tp + fn_ > 0.0 { tp / (tp + fn_) } else { 0.0 };
-    let f = if p + r > 0.0 { 2.0 * p * r / (p + r) } else { 0.0 };
+    let f = if p + r > 0.0 {
+        2.0 * p * r / (p + r)
+    } else {
+        0.0
+    };
     (p, r, f)
 }
 
@@ -126,13 +161,15 @@ pub fn word_tags(token_pred: &[usize], word_ids: &[Option<u32>], n_words: usize)
     tags
 }
 
-/// Entity-level counts (exact span and type): (true positives, predicted, gold), overall and per
-/// entity index.
+/// (true positives, predicted, gold) entity counts.
+pub type Counts = (usize, usize, usize);
+
+/// Entity-level counts (exact span and type), overall and per entity index.
 pub fn entity_counts(
     pred: &[Vec<usize>],
     gold: &[Vec<usize>],
     n_entities: usize,
-) -> ((usize, usize, usize), Vec<(usize, usize, usize)>) {
+) -> (Counts, Vec<Counts>) {
     let mut all = (0, 0, 0);
     let mut per = vec![(0, 0, 0); n_entities];
     for (p, g) in pred.iter().zip(gold) {
@@ -155,7 +192,7 @@ pub fn entity_counts(
 }
 
 /// F1 from (tp, predicted, gold).
-pub fn f1_of(c: (usize, usize, usize)) -> f64 {
+pub fn f1_of(c: Counts) -> f64 {
     if c.1 + c.2 == 0 {
         return f64::NAN;
     }
@@ -178,7 +215,11 @@ mod tests {
         assert_eq!((p, r, f), (0.5, 0.5, 0.5));
         assert!((macro_f1(&[0, 1], &[0, 1], 3) - 1.0).abs() < 1e-12);
         // word tags from first pieces; spans exact.
-        let wt = word_tags(&[0, 1, 2, 2, 0], &[None, Some(0), Some(0), Some(1), None], 2);
+        let wt = word_tags(
+            &[0, 1, 2, 2, 0],
+            &[None, Some(0), Some(0), Some(1), None],
+            2,
+        );
         assert_eq!(wt, vec![1, 2]);
         let (all, _) = entity_counts(&[vec![1, 2, 0]], &[vec![1, 0, 0]], 13);
         assert_eq!(all, (0, 1, 1));

@@ -142,7 +142,11 @@ fn make_batch(seqs: &[&[u32]], dev: &Device) -> Result<(Tensor, Tensor, Tensor)>
     let mut ids = Vec::with_capacity(b * t);
     let mut mask = Vec::with_capacity(b * t);
     for s in seqs {
-        ids.extend(s.iter().copied().chain(std::iter::repeat_n(tokenizer::PAD, t - s.len())));
+        ids.extend(
+            s.iter()
+                .copied()
+                .chain(std::iter::repeat_n(tokenizer::PAD, t - s.len())),
+        );
         mask.extend((0..t).map(|i| if i < s.len() { 1f32 } else { 0.0 }));
     }
     let bias: Vec<f32> = mask.iter().map(|m| (m - 1.0) * 1e9).collect();
@@ -271,7 +275,11 @@ fn pretrain(
         let loss = candle_nn::loss::cross_entropy(&logits, &Tensor::from_vec(targets, n, &dev)?)?;
         let lv = f64::from(loss.to_scalar::<f32>()?);
         step(&mut opt, varmap, &loss)?;
-        ema = if ema.is_nan() { lv } else { 0.98 * ema + 0.02 * lv };
+        ema = if ema.is_nan() {
+            lv
+        } else {
+            0.98 * ema + 0.02 * lv
+        };
         seqs += idx.len();
         toks += refs.iter().map(|r| r.len()).sum::<usize>();
         pb.inc(1);
@@ -304,7 +312,8 @@ fn finetune(
         .map(|w| w.trim().parse::<f64>())
         .collect::<std::result::Result<_, _>>()
         .context("--task-weights: four numbers")?;
-    if weights.len() != 4 || weights.iter().any(|w| *w < 0.0) || weights.iter().sum::<f64>() <= 0.0 {
+    if weights.len() != 4 || weights.iter().any(|w| *w < 0.0) || weights.iter().sum::<f64>() <= 0.0
+    {
         bail!("--task-weights needs four non-negative numbers");
     }
     let total_w: f64 = weights.iter().sum();
@@ -367,7 +376,11 @@ fn finetune(
         };
         let lv = f64::from(loss.to_scalar::<f32>()?);
         step(&mut opt, varmap, &loss)?;
-        ema[task] = if ema[task].is_nan() { lv } else { 0.95 * ema[task] + 0.05 * lv };
+        ema[task] = if ema[task].is_nan() {
+            lv
+        } else {
+            0.95 * ema[task] + 0.05 * lv
+        };
         seqs += idx.len();
         pb.inc(1);
         if s % 10 == 0 {
@@ -382,7 +395,14 @@ fn finetune(
             ));
         }
         if s % 200 == 0 {
-            tracing::info!(step = s, domain = ema[0], reasoning = ema[1], jailbreak = ema[2], pii = ema[3], "finetune");
+            tracing::info!(
+                step = s,
+                domain = ema[0],
+                reasoning = ema[1],
+                jailbreak = ema[2],
+                pii = ema[3],
+                "finetune"
+            );
         }
     }
     pb.finish();
@@ -415,7 +435,10 @@ fn save_router(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     {
-        let data = varmap.data().lock().map_err(|_| anyhow::anyhow!("varmap lock poisoned"))?;
+        let data = varmap
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("varmap lock poisoned"))?;
         for (name, var) in data.iter() {
             if model::is_saved(name) {
                 tensors.insert(name.clone(), var.as_tensor().detach());
@@ -459,7 +482,12 @@ fn save_router(
 }
 
 /// Every variable (backbone, heads, MLM head) plus tokenizer and shape, for --init-from.
-fn save_pretrained(dir: &Path, varmap: &VarMap, arch: &Arch, tok: &tokenizers::Tokenizer) -> Result<()> {
+fn save_pretrained(
+    dir: &Path,
+    varmap: &VarMap,
+    arch: &Arch,
+    tok: &tokenizers::Tokenizer,
+) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     varmap.save(dir.join("pretrained.safetensors"))?;
     std::fs::write(dir.join("arch.json"), serde_json::to_string_pretty(arch)?)?;
@@ -471,7 +499,10 @@ fn save_pretrained(dir: &Path, varmap: &VarMap, arch: &Arch, tok: &tokenizers::T
 /// Loads the backbone (`model.*`) and MLM head from a --save-pretrained folder.
 fn load_pretrained(dir: &Path, varmap: &VarMap) -> Result<usize> {
     let saved = candle_core::safetensors::load(dir.join("pretrained.safetensors"), &Device::Cpu)?;
-    let data = varmap.data().lock().map_err(|_| anyhow::anyhow!("varmap lock poisoned"))?;
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("varmap lock poisoned"))?;
     let mut n = 0;
     for (name, var) in data.iter() {
         if name.starts_with("heads.") {
@@ -496,10 +527,7 @@ fn machine() -> String {
                 .map(|s| s.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    format!(
-        "{cpu}, {} threads",
-        candle_core::utils::get_num_threads()
-    )
+    format!("{cpu}, {} threads", candle_core::utils::get_num_threads())
 }
 
 /// Runs the whole pipeline.
@@ -543,7 +571,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .iter()
         .map(|e| {
             let mut e = e.clone();
-            if e.source == "nq_open" && data::fnv1a(e.text.as_bytes()) % 2 == 0 {
+            if e.source == "nq_open" && data::fnv1a(e.text.as_bytes()).is_multiple_of(2) {
                 let mut c = e.text.chars();
                 if let Some(f) = c.next() {
                     e.text = format!("{}{}?", f.to_uppercase(), c.as_str());
@@ -556,9 +584,21 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // Tokenizer: trained on the training side only.
     let mut train_texts: Vec<String> = Vec::new();
     train_texts.extend(ds.mlm_extra.iter().cloned());
-    train_texts.extend(ds.domain.train.iter().filter(|e| e.source == "chat_style").map(|e| e.text.clone()));
+    train_texts.extend(
+        ds.domain
+            .train
+            .iter()
+            .filter(|e| e.source == "chat_style")
+            .map(|e| e.text.clone()),
+    );
     train_texts.extend(reasoning_train.iter().map(|e| e.text.clone()));
-    train_texts.extend(ds.jailbreak.train.iter().filter(|e| e.source != "ordinary" && e.source != "chat_style").map(|e| e.text.clone()));
+    train_texts.extend(
+        ds.jailbreak
+            .train
+            .iter()
+            .filter(|e| e.source != "ordinary" && e.source != "chat_style")
+            .map(|e| e.text.clone()),
+    );
     train_texts.extend(ds.pii.train.iter().map(|e| e.words.join(" ")));
     let (tok, mut arch) = if let Some(dir) = &args.init_from {
         let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
@@ -620,7 +660,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .filter(|ids| ids.len() > 3 && seen.insert(ids.clone()))
         .collect();
     let corpus_tokens: usize = corpus.iter().map(Vec::len).sum();
-    eprintln!("mlm corpus: {} sequences, {} tokens", corpus.len(), corpus_tokens);
+    eprintln!(
+        "mlm corpus: {} sequences, {} tokens",
+        corpus.len(),
+        corpus_tokens
+    );
 
     // Model.
     let varmap = VarMap::new();
@@ -638,7 +682,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .collect();
     let model = TrainModel::new(&arch, &head_specs, &varmap, &dev)?;
     let n_params: usize = {
-        let data = varmap.data().lock().map_err(|_| anyhow::anyhow!("varmap lock poisoned"))?;
+        let data = varmap
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("varmap lock poisoned"))?;
         data.iter()
             .filter(|(n, _)| model::is_saved(n))
             .map(|(_, v)| v.elem_count())
@@ -662,7 +709,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         mlm_stats = json!({ "init_from": dir.display().to_string() });
     } else if args.mlm_steps > 0 {
         let (sps, tps, loss) = pretrain(&model, &varmap, &corpus, &args, &mut rng)?;
-        eprintln!("mlm: {} steps, {sps:.1} seq/s, {tps:.0} tok/s, loss {loss:.3}", args.mlm_steps);
+        eprintln!(
+            "mlm: {} steps, {sps:.1} seq/s, {tps:.0} tok/s, loss {loss:.3}",
+            args.mlm_steps
+        );
         mlm_stats = json!({
             "steps": args.mlm_steps, "batch_size": args.batch_size, "lr": args.mlm_lr,
             "seq_per_s": sps, "tok_per_s": tps, "final_loss": loss,
@@ -678,7 +728,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let tf = Instant::now();
     let (sps, tps, losses) = finetune(&model, &varmap, &seq_sets, &pii, &args, &mut rng)?;
     let ft_secs = tf.elapsed().as_secs_f64();
-    eprintln!("finetune: {} steps, {sps:.1} seq/s, {tps:.0} tok/s", args.steps);
+    eprintln!(
+        "finetune: {} steps, {sps:.1} seq/s, {tps:.0} tok/s",
+        args.steps
+    );
 
     let size = save_router(&args.out, &model, &varmap, Some(&tok))?;
     eprintln!("saved {} ({:.1} MB)", args.out.display(), size as f64 / 1e6);
@@ -721,7 +774,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         },
         "metrics": metrics,
     });
-    std::fs::write(args.out.join("metrics.json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(
+        args.out.join("metrics.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
     std::fs::write(args.out.join("MODEL_CARD.md"), model_card(&report))?;
     println!("{}", serde_json::to_string_pretty(&report["metrics"])?);
     Ok(())
@@ -740,7 +796,13 @@ fn evaluate(
 
     // Parity of the saved artifact (inference encoder) with the training forward.
     {
-        let ids = enc(ds.domain.val.iter().take(8).map(|e| e.text.as_str()).collect())?;
+        let ids = enc(ds
+            .domain
+            .val
+            .iter()
+            .take(8)
+            .map(|e| e.text.as_str())
+            .collect())?;
         let (input, mask) = clf.batch_inputs(&ids)?;
         let outs = clf.forward(&input, &mask)?;
         let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
@@ -764,7 +826,11 @@ fn evaluate(
 
     // Domain.
     let dval = &ds.domain.val;
-    let p = eval::predict(&clf, &enc(dval.iter().map(|e| e.text.as_str()).collect())?, bs)?;
+    let p = eval::predict(
+        &clf,
+        &enc(dval.iter().map(|e| e.text.as_str()).collect())?,
+        bs,
+    )?;
     let pd: Vec<usize> = p.seq["domain"].iter().map(|x| x.0).collect();
     let mut dom = serde_json::Map::new();
     let groups: [(&str, &[&str]); 4] = [
@@ -774,7 +840,9 @@ fn evaluate(
         ("chat_style_own_split", &["chat_style"]),
     ];
     for (name, srcs) in groups {
-        let sel: Vec<usize> = (0..dval.len()).filter(|&i| srcs.contains(&dval[i].source)).collect();
+        let sel: Vec<usize> = (0..dval.len())
+            .filter(|&i| srcs.contains(&dval[i].source))
+            .collect();
         if sel.is_empty() {
             continue;
         }
@@ -787,7 +855,9 @@ fn evaluate(
     }
     let chat_ids = enc(ds.chat_val.iter().map(|r| r.text.as_str()).collect())?;
     let pc = eval::predict(&clf, &chat_ids, bs)?;
-    let csel: Vec<usize> = (0..ds.chat_val.len()).filter(|&i| ds.chat_val[i].domain.is_some()).collect();
+    let csel: Vec<usize> = (0..ds.chat_val.len())
+        .filter(|&i| ds.chat_val[i].domain.is_some())
+        .collect();
     if !csel.is_empty() {
         let pr: Vec<usize> = csel.iter().map(|&i| pc.seq["domain"][i].0).collect();
         let gd: Vec<usize> = csel.iter().filter_map(|&i| ds.chat_val[i].domain).collect();
@@ -800,7 +870,11 @@ fn evaluate(
 
     // Reasoning.
     let rval = &ds.reasoning.val;
-    let p = eval::predict(&clf, &enc(rval.iter().map(|e| e.text.as_str()).collect())?, bs)?;
+    let p = eval::predict(
+        &clf,
+        &enc(rval.iter().map(|e| e.text.as_str()).collect())?,
+        bs,
+    )?;
     let pr: Vec<usize> = p.seq["reasoning"].iter().map(|x| x.0).collect();
     let gd: Vec<usize> = rval.iter().map(|e| e.label).collect();
     let mut rea = serde_json::Map::new();
@@ -808,26 +882,39 @@ fn evaluate(
     for src in ["gsm8k", "math", "nq_open", "chat_style"] {
         let sel: Vec<usize> = (0..rval.len()).filter(|&i| rval[i].source == src).collect();
         if !sel.is_empty() {
-            let a = eval::accuracy(&sel.iter().map(|&i| pr[i]).collect::<Vec<_>>(), &sel.iter().map(|&i| gd[i]).collect::<Vec<_>>());
+            let a = eval::accuracy(
+                &sel.iter().map(|&i| pr[i]).collect::<Vec<_>>(),
+                &sel.iter().map(|&i| gd[i]).collect::<Vec<_>>(),
+            );
             rea.insert(format!("val_{src}"), json!({"n": sel.len(), "accuracy": a}));
         }
     }
-    let csel: Vec<usize> = (0..ds.chat_val.len()).filter(|&i| ds.chat_val[i].reasoning.is_some()).collect();
+    let csel: Vec<usize> = (0..ds.chat_val.len())
+        .filter(|&i| ds.chat_val[i].reasoning.is_some())
+        .collect();
     if !csel.is_empty() {
         let pr: Vec<usize> = csel.iter().map(|&i| pc.seq["reasoning"][i].0).collect();
-        let gd: Vec<usize> = csel.iter().filter_map(|&i| ds.chat_val[i].reasoning).collect();
+        let gd: Vec<usize> = csel
+            .iter()
+            .filter_map(|&i| ds.chat_val[i].reasoning)
+            .collect();
         rea.insert("chat_style_validation".into(), json!({"n": csel.len(), "accuracy": eval::accuracy(&pr, &gd), "macro_f1": eval::macro_f1(&pr, &gd, 2)}));
     }
     m.insert("reasoning".into(), rea.into());
 
     // Jailbreak.
     let jval = &ds.jailbreak.val;
-    let p = eval::predict(&clf, &enc(jval.iter().map(|e| e.text.as_str()).collect())?, bs)?;
+    let p = eval::predict(
+        &clf,
+        &enc(jval.iter().map(|e| e.text.as_str()).collect())?,
+        bs,
+    )?;
     let pj: Vec<usize> = p.seq["jailbreak"].iter().map(|x| x.0).collect();
     let gj: Vec<usize> = jval.iter().map(|e| e.label).collect();
     let (prec, rec, f1) = eval::binary_prf(&pj, &gj);
     let benign: Vec<usize> = (0..jval.len()).filter(|&i| gj[i] == 0).collect();
-    let benign_flagged = benign.iter().filter(|&&i| pj[i] == 1).count() as f64 / benign.len().max(1) as f64;
+    let benign_flagged =
+        benign.iter().filter(|&&i| pj[i] == 1).count() as f64 / benign.len().max(1) as f64;
     // Ordinary traffic: the domain and reasoning validation questions and the chat-style set.
     let ordinary: Vec<&str> = dval
         .iter()
@@ -835,10 +922,17 @@ fn evaluate(
         .chain(rval.iter().map(|e| e.text.as_str()))
         .collect();
     let po = eval::predict(&clf, &enc(ordinary)?, bs)?;
-    let ord_flag = po.seq["jailbreak"].iter().filter(|x| x.0 == 1).count() as f64 / po.seq["jailbreak"].len().max(1) as f64;
-    let chat_flag = pc.seq["jailbreak"].iter().filter(|x| x.0 == 1).count() as f64 / pc.seq["jailbreak"].len().max(1) as f64;
-    let ph = eval::predict(&clf, &enc(ds.harmful.iter().map(String::as_str).collect())?, bs)?;
-    let harm_flag = ph.seq["jailbreak"].iter().filter(|x| x.0 == 1).count() as f64 / ph.seq["jailbreak"].len().max(1) as f64;
+    let ord_flag = po.seq["jailbreak"].iter().filter(|x| x.0 == 1).count() as f64
+        / po.seq["jailbreak"].len().max(1) as f64;
+    let chat_flag = pc.seq["jailbreak"].iter().filter(|x| x.0 == 1).count() as f64
+        / pc.seq["jailbreak"].len().max(1) as f64;
+    let ph = eval::predict(
+        &clf,
+        &enc(ds.harmful.iter().map(String::as_str).collect())?,
+        bs,
+    )?;
+    let harm_flag = ph.seq["jailbreak"].iter().filter(|x| x.0 == 1).count() as f64
+        / ph.seq["jailbreak"].len().max(1) as f64;
     m.insert("jailbreak".into(), json!({
         "val": {"n": jval.len(), "positives": gj.iter().filter(|g| **g == 1).count(),
                 "precision": prec, "recall": rec, "f1": f1, "accuracy": eval::accuracy(&pj, &gj),
@@ -872,13 +966,16 @@ fn evaluate(
         .filter(|(_, c)| c.2 > 0)
         .map(|(e, c)| (e.to_string(), json!({"f1": eval::f1_of(*c), "gold": c.2})))
         .collect();
-    m.insert("pii".into(), json!({
-        "val": {"sentences": ds.pii.val.len(), "entities": all.2,
-                "precision": all.0 as f64 / all.1.max(1) as f64,
-                "recall": all.0 as f64 / all.2.max(1) as f64,
-                "entity_f1": eval::f1_of(all)},
-        "per_entity": per_entity,
-    }));
+    m.insert(
+        "pii".into(),
+        json!({
+            "val": {"sentences": ds.pii.val.len(), "entities": all.2,
+                    "precision": all.0 as f64 / all.1.max(1) as f64,
+                    "recall": all.0 as f64 / all.2.max(1) as f64,
+                    "entity_f1": eval::f1_of(all)},
+            "per_entity": per_entity,
+        }),
+    );
     Ok(m.into())
 }
 
@@ -891,7 +988,10 @@ fn model_card(r: &serde_json::Value) -> String {
     let d = &r["data"];
     let a = &r["arch"];
     let t = &r["training"];
-    let pct = |v: &serde_json::Value| v.as_f64().map_or("n/a".into(), |x| format!("{:.1} %", 100.0 * x));
+    let pct = |v: &serde_json::Value| {
+        v.as_f64()
+            .map_or("n/a".into(), |x| format!("{:.1} %", 100.0 * x))
+    };
     format!(
         r#"# Switchyard default router
 
@@ -1073,11 +1173,13 @@ mod tests {
         let (arch, heads) = tiny();
         let varmap = VarMap::new();
         let model = TrainModel::new(&arch, &heads, &varmap, &Device::Cpu)?;
-        let dir = std::env::temp_dir().join(format!("switchyard-train-test-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-train-test-{}", std::process::id()));
         save_router(&dir, &model, &varmap, None)?;
         let clf = eval::load(&dir)?;
         // Longer than the local window (so the inference side takes its banded path), padded.
-        let seqs: Vec<Vec<u32>> = vec![(2..20).collect(), vec![2, 7, 9, 3], (5..17).rev().collect()];
+        let seqs: Vec<Vec<u32>> =
+            vec![(2..20).collect(), vec![2, 7, 9, 3], (5..17).rev().collect()];
         let (input, mask) = clf.batch_inputs(&seqs)?;
         let outs = clf.forward(&input, &mask)?;
         let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
@@ -1086,20 +1188,30 @@ mod tests {
         let dom = model.head_logits(0, &TrainModel::mean_pool(&states, &fmask)?)?;
         assert!(eval::max_abs_diff(&outs[0].logits, &dom)? < 1e-4);
         let (b, t, h) = states.dims3()?;
-        let tokl = model.head_logits(1, &states.reshape((b * t, h))?)?.reshape((b, t, ()))?;
+        let tokl = model
+            .head_logits(1, &states.reshape((b * t, h))?)?
+            .reshape((b, t, ()))?;
         let keep = fmask.unsqueeze(2)?;
-        let d = eval::max_abs_diff(&outs[1].logits.broadcast_mul(&keep)?, &tokl.broadcast_mul(&keep)?)?;
+        let d = eval::max_abs_diff(
+            &outs[1].logits.broadcast_mul(&keep)?,
+            &tokl.broadcast_mul(&keep)?,
+        )?;
         assert!(d < 1e-4, "token logits differ by {d}");
         std::fs::remove_dir_all(&dir).ok();
 
-        let loss = candle_nn::loss::cross_entropy(&dom, &Tensor::new(&[0u32, 1, 2], &Device::Cpu)?)?;
+        let loss =
+            candle_nn::loss::cross_entropy(&dom, &Tensor::new(&[0u32, 1, 2], &Device::Cpu)?)?;
         let grads = loss.backward()?;
         let data = varmap.data().lock().map_err(|_| anyhow::anyhow!("lock"))?;
         for i in 0..arch.layers {
             let w = &data[&format!("model.layers.{i}.attn.Wqkv.weight")];
             let g = grads.get(w.as_tensor()).expect("Wqkv has a gradient");
             // The q and k rows (first 2/3) must get gradient, not only v.
-            let qk = g.narrow(0, 0, 2 * arch.hidden)?.abs()?.sum_all()?.to_scalar::<f32>()?;
+            let qk = g
+                .narrow(0, 0, 2 * arch.hidden)?
+                .abs()?
+                .sum_all()?
+                .to_scalar::<f32>()?;
             assert!(qk > 0.0, "layer {i}: no gradient reaches q/k");
         }
         Ok(())

@@ -34,7 +34,7 @@ pub struct Arch {
 
 impl Arch {
     pub fn is_local(&self, layer: usize) -> bool {
-        layer % self.global_every != 0
+        !layer.is_multiple_of(self.global_every)
     }
 
     /// `config.json` in the transformers v4 layout; `id2label` is the domain head's, so that the
@@ -245,7 +245,11 @@ impl TrainModel {
         let out_std = std / (2.0 * arch.layers as f64).sqrt();
         let ones = Init::Const(1.0);
         let m = vb.pp("model");
-        let emb = m.get_with_hints((arch.vocab_size, h), "embeddings.tok_embeddings.weight", normal(std))?;
+        let emb = m.get_with_hints(
+            (arch.vocab_size, h),
+            "embeddings.tok_embeddings.weight",
+            normal(std),
+        )?;
         let embed_norm = m.get_with_hints(h, "embeddings.norm.weight", ones)?;
         let layers = (0..arch.layers)
             .map(|i| {
@@ -259,8 +263,16 @@ impl TrainModel {
                     wqkv: l.get_with_hints((3 * h, h), "attn.Wqkv.weight", normal(std))?,
                     wo: l.get_with_hints((h, h), "attn.Wo.weight", normal(out_std))?,
                     mlp_norm: l.get_with_hints(h, "mlp_norm.weight", ones)?,
-                    wi: l.get_with_hints((2 * arch.intermediate, h), "mlp.Wi.weight", normal(std))?,
-                    wo_mlp: l.get_with_hints((h, arch.intermediate), "mlp.Wo.weight", normal(out_std))?,
+                    wi: l.get_with_hints(
+                        (2 * arch.intermediate, h),
+                        "mlp.Wi.weight",
+                        normal(std),
+                    )?,
+                    wo_mlp: l.get_with_hints(
+                        (h, arch.intermediate),
+                        "mlp.Wo.weight",
+                        normal(out_std),
+                    )?,
                     local: arch.is_local(i),
                 })
             })
@@ -276,7 +288,11 @@ impl TrainModel {
                     labels: labels.clone(),
                     dense: hv.get_with_hints((h, h), "head.dense.weight", normal(std))?,
                     norm: hv.get_with_hints(h, "head.norm.weight", ones)?,
-                    cls_w: hv.get_with_hints((labels.len(), h), "classifier.weight", normal(std))?,
+                    cls_w: hv.get_with_hints(
+                        (labels.len(), h),
+                        "classifier.weight",
+                        normal(std),
+                    )?,
                     cls_b: hv.get_with_hints(labels.len(), "classifier.bias", Init::Const(0.0))?,
                 })
             })
@@ -318,8 +334,8 @@ impl TrainModel {
         let q = rope(&qkv.get(0)?.contiguous()?, &cos, &sin)?;
         let k = rope(&qkv.get(1)?.contiguous()?, &cos, &sin)?;
         let v = qkv.get(2)?.contiguous()?;
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (hd as f64).sqrt()))?
-            .broadcast_add(bias)?;
+        let scores =
+            (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(bias)?;
         let ctx = softmax(&scores)?.matmul(&v)?;
         let ctx = ctx.transpose(1, 2)?.contiguous()?.reshape((b, t, h))?;
         linear(&ctx, &l.wo)
@@ -338,7 +354,8 @@ impl TrainModel {
         let band: Vec<f32> = (0..t)
             .flat_map(|i| (0..t).map(move |j| if i.abs_diff(j) > reach { -1e9 } else { 0.0 }))
             .collect();
-        let local_bias = key_bias.broadcast_add(&Tensor::from_vec(band, (1, 1, t, t), ids.device())?)?;
+        let local_bias =
+            key_bias.broadcast_add(&Tensor::from_vec(band, (1, 1, t, t), ids.device())?)?;
         for l in &self.layers {
             let hn = match &l.attn_norm {
                 Some(w) => layer_norm(&x, w, eps)?,
@@ -358,7 +375,11 @@ impl TrainModel {
     /// A head on already pooled / selected states `[N, H]` → logits `[N, labels]`.
     pub fn head_logits(&self, head: usize, x: &Tensor) -> Result<Tensor> {
         let hd = &self.heads[head];
-        let y = layer_norm(&linear(x, &hd.dense)?.gelu_erf()?, &hd.norm, self.arch.norm_eps)?;
+        let y = layer_norm(
+            &linear(x, &hd.dense)?.gelu_erf()?,
+            &hd.norm,
+            self.arch.norm_eps,
+        )?;
         linear(&y, &hd.cls_w)?.broadcast_add(&hd.cls_b)
     }
 
@@ -372,7 +393,11 @@ impl TrainModel {
 
     /// MLM logits `[N, vocab]` for selected states `[N, H]` (decoder tied to the embeddings).
     pub fn mlm_logits(&self, x: &Tensor) -> Result<Tensor> {
-        let y = layer_norm(&linear(x, &self.mlm.dense)?.gelu_erf()?, &self.mlm.norm, self.arch.norm_eps)?;
+        let y = layer_norm(
+            &linear(x, &self.mlm.dense)?.gelu_erf()?,
+            &self.mlm.norm,
+            self.arch.norm_eps,
+        )?;
         linear(&y, &self.emb)?.broadcast_add(&self.mlm.bias)
     }
 }
@@ -400,8 +425,16 @@ mod tests {
         let e = x.as_tensor().exp()?;
         let y2 = e.broadcast_div(&e.sum_keepdim(1)?)?;
         let g2 = (y2 * &w)?.sum_all()?.backward()?;
-        let a = g1.get(x.as_tensor()).expect("grad").flatten_all()?.to_vec1::<f32>()?;
-        let b = g2.get(x.as_tensor()).expect("grad").flatten_all()?.to_vec1::<f32>()?;
+        let a = g1
+            .get(x.as_tensor())
+            .expect("grad")
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let b = g2
+            .get(x.as_tensor())
+            .expect("grad")
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         for (p, q) in a.iter().zip(&b) {
             assert!((p - q).abs() < 1e-5, "{a:?} vs {b:?}");
         }
@@ -430,7 +463,10 @@ mod tests {
     fn candle_nn_softmax_and_rope_drop_gradients() -> Result<()> {
         let dev = Device::Cpu;
         let x = candle_core::Var::from_vec(vec![0.5f32, -1.0, 2.0, 0.0], (1, 1, 1, 4), &dev)?;
-        let g = candle_nn::ops::softmax_last_dim(x.as_tensor())?.sqr()?.sum_all()?.backward()?;
+        let g = candle_nn::ops::softmax_last_dim(x.as_tensor())?
+            .sqr()?
+            .sum_all()?
+            .backward()?;
         assert!(g.get(x.as_tensor()).is_none());
         let cos = Tensor::ones((1, 2), DType::F32, &dev)?;
         let g = candle_nn::rotary_emb::rope(x.as_tensor(), &cos, &cos.zeros_like()?)?

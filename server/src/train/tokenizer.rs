@@ -152,7 +152,10 @@ mod tests {
         let ids = encode_all(&tok, &["The patient visited Paris."], 128)?;
         assert_eq!(ids[0].first(), Some(&CLS));
         assert_eq!(ids[0].last(), Some(&SEP));
-        let words: Vec<String> = ["Visited", "Parisian", "hospital"].iter().map(|s| s.to_string()).collect();
+        let words: Vec<String> = ["Visited", "Parisian", "hospital"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let (ids, wids) = encode_words(&tok, &words, 128)?;
         assert_eq!(ids.len(), wids.len());
         assert_eq!(wids.first(), Some(&None));
