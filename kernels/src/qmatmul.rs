@@ -20,9 +20,14 @@
 //! The instruction set is chosen at run time ([`Isa::best`]); nothing depends on
 //! `-C target-cpu=native`. Every SIMD kernel is register-tiled: a micro-kernel computes an
 //! `MR x NR` tile of outputs (`MR` activation rows x `NR` weight rows), decoding each weight block
-//! once for `MR` activation rows and loading each activation block once for `NR` weight rows, so
-//! for `m > 1` the weights are read from memory once per call (not once per activation row) and
-//! prefill is bound by arithmetic, not memory.
+//! once for `MR` activation rows and loading each activation block once for `NR` weight rows.
+//! For `m = 1` (decode) the kernels stream the weights once, with a software prefetcher running
+//! ahead of each task ([`PREFETCH_DISTANCE`]). For `m > 4` (prefill, batched decode) the AVX-512
+//! kernels decode each tile of weight rows once per call into scratch, block-interleaved (16
+//! blocks side by side, one block per register lane), so integer dot products of 16 blocks
+//! accumulate in one register and the float scaling is paid once per 16 blocks: prefill is bound
+//! by `vpdpbusd` throughput, not by memory or by float work. (Details and measurements:
+//! `kernels/README.md`.)
 //!
 //! F32 / F16 / BF16 and the formats without an integer kernel here (Q2K, Q3K, and Q8_1 / Q8K as
 //! weights) take the float path: a panel of weight rows is dequantized to f32 in thread-local

