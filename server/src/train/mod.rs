@@ -4,6 +4,7 @@
 //! shared backbone. Writes the multi-head layout `MultiHeadClassifier` loads, `metrics.json` and a
 //! `MODEL_CARD.md`.
 
+pub mod baseline;
 pub mod data;
 pub mod eval;
 pub mod model;
@@ -738,6 +739,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
     // Evaluate the saved artifact.
     let metrics = evaluate(&args, &ds, &tok, &model)?;
+    let tb = Instant::now();
+    let base = baseline_metrics(&ds, &reasoning_train, args.seed);
+    eprintln!(
+        "baseline (TF-IDF + linear SVM) in {:.0}s",
+        tb.elapsed().as_secs_f64()
+    );
     let report = json!({
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "machine": machine(),
@@ -773,6 +780,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             "total_seconds": t0.elapsed().as_secs_f64(),
         },
         "metrics": metrics,
+        "baseline_tfidf_svm": base,
     });
     std::fs::write(
         args.out.join("metrics.json"),
@@ -924,8 +932,12 @@ fn evaluate(
     let po = eval::predict(&clf, &enc(ordinary)?, bs)?;
     let ord_flag = po.seq["jailbreak"].iter().filter(|x| x.0 == 1).count() as f64
         / po.seq["jailbreak"].len().max(1) as f64;
-    let chat_flag = pc.seq["jailbreak"].iter().filter(|x| x.0 == 1).count() as f64
-        / pc.seq["jailbreak"].len().max(1) as f64;
+    let chat_flag = if pc.seq["jailbreak"].is_empty() {
+        f64::NAN
+    } else {
+        pc.seq["jailbreak"].iter().filter(|x| x.0 == 1).count() as f64
+            / pc.seq["jailbreak"].len() as f64
+    };
     let ph = eval::predict(
         &clf,
         &enc(ds.harmful.iter().map(String::as_str).collect())?,
@@ -979,12 +991,117 @@ fn evaluate(
     Ok(m.into())
 }
 
+/// The TF-IDF + linear SVM floor, trained on the same training split, on the same validation sets.
+fn baseline_metrics(
+    ds: &data::Dataset,
+    reasoning_train: &[data::Example],
+    seed: u64,
+) -> serde_json::Value {
+    let pairs = |ex: &[data::Example]| -> Vec<(String, usize)> {
+        ex.iter().map(|e| (e.text.clone(), e.label)).collect()
+    };
+    let fit = |train: &[(String, usize)], classes: usize| {
+        let refs: Vec<(&str, usize)> = train.iter().map(|(t, l)| (t.as_str(), *l)).collect();
+        baseline::fit(&refs, classes, seed)
+    };
+    let mut out = serde_json::Map::new();
+
+    let dom = fit(&pairs(&ds.domain.train), data::DOMAINS.len());
+    let dval = &ds.domain.val;
+    let pd: Vec<usize> = dval.iter().map(|e| dom(&e.text)).collect();
+    let mut d = serde_json::Map::new();
+    let groups: [(&str, &[&str]); 4] = [
+        ("exam", &["mmlu_pro", "mmlu"]),
+        ("mmlu_pro", &["mmlu_pro"]),
+        ("mmlu_only", &["mmlu"]),
+        ("chat_style_own_split", &["chat_style"]),
+    ];
+    for (name, srcs) in groups {
+        let sel: Vec<usize> = (0..dval.len())
+            .filter(|&i| srcs.contains(&dval[i].source))
+            .collect();
+        if !sel.is_empty() {
+            let pr: Vec<usize> = sel.iter().map(|&i| pd[i]).collect();
+            let gd: Vec<usize> = sel.iter().map(|&i| dval[i].label).collect();
+            d.insert(name.into(), json!({"n": sel.len(), "accuracy": eval::accuracy(&pr, &gd), "macro_f1": eval::macro_f1(&pr, &gd, 14)}));
+        }
+    }
+    let rows: Vec<&data::ChatRow> = ds.chat_val.iter().filter(|r| r.domain.is_some()).collect();
+    if !rows.is_empty() {
+        let pr: Vec<usize> = rows.iter().map(|r| dom(&r.text)).collect();
+        let gd: Vec<usize> = rows.iter().filter_map(|r| r.domain).collect();
+        d.insert(
+            "chat_style_validation".into(),
+            json!({"n": rows.len(), "accuracy": eval::accuracy(&pr, &gd)}),
+        );
+    }
+    out.insert("domain".into(), d.into());
+
+    let rea = fit(&pairs(reasoning_train), 2);
+    let pr: Vec<usize> = ds.reasoning.val.iter().map(|e| rea(&e.text)).collect();
+    let gd: Vec<usize> = ds.reasoning.val.iter().map(|e| e.label).collect();
+    let mut r = serde_json::Map::new();
+    r.insert(
+        "val".into(),
+        json!({"n": gd.len(), "accuracy": eval::accuracy(&pr, &gd)}),
+    );
+    let rows: Vec<&data::ChatRow> = ds
+        .chat_val
+        .iter()
+        .filter(|r| r.reasoning.is_some())
+        .collect();
+    if !rows.is_empty() {
+        let pr: Vec<usize> = rows.iter().map(|r| rea(&r.text)).collect();
+        let gd: Vec<usize> = rows.iter().filter_map(|r| r.reasoning).collect();
+        r.insert(
+            "chat_style_validation".into(),
+            json!({"n": rows.len(), "accuracy": eval::accuracy(&pr, &gd)}),
+        );
+    }
+    out.insert("reasoning".into(), r.into());
+
+    let jb = fit(&pairs(&ds.jailbreak.train), 2);
+    let pj: Vec<usize> = ds.jailbreak.val.iter().map(|e| jb(&e.text)).collect();
+    let gj: Vec<usize> = ds.jailbreak.val.iter().map(|e| e.label).collect();
+    let (p, rc, f1) = eval::binary_prf(&pj, &gj);
+    let benign: Vec<usize> = (0..gj.len()).filter(|&i| gj[i] == 0).collect();
+    let rate = |xs: &mut dyn Iterator<Item = &str>| {
+        let (mut n, mut k) = (0usize, 0usize);
+        for x in xs {
+            n += 1;
+            k += jb(x);
+        }
+        if n == 0 {
+            f64::NAN
+        } else {
+            k as f64 / n as f64
+        }
+    };
+    let ordinary = rate(
+        &mut dval
+            .iter()
+            .chain(&ds.reasoning.val)
+            .map(|e| e.text.as_str()),
+    );
+    let chat = rate(&mut ds.chat_val.iter().map(|r| r.text.as_str()));
+    let harmful = rate(&mut ds.harmful.iter().map(String::as_str));
+    out.insert("jailbreak".into(), json!({
+        "val": {"precision": p, "recall": rc, "f1": f1,
+                "benign_flagged_rate": benign.iter().filter(|&&i| pj[i] == 1).count() as f64 / benign.len().max(1) as f64},
+        "ordinary_questions_flagged_rate": ordinary,
+        "chat_style_validation_flagged_rate": chat,
+        "harmful_requests_flagged_rate": harmful,
+    }));
+    out.into()
+}
+
 fn f3(v: &serde_json::Value) -> String {
     v.as_f64().map_or("n/a".into(), |x| format!("{x:.3}"))
 }
 
 fn model_card(r: &serde_json::Value) -> String {
     let m = &r["metrics"];
+    let b = &r["baseline_tfidf_svm"];
     let d = &r["data"];
     let a = &r["arch"];
     let t = &r["training"];
@@ -1039,24 +1156,25 @@ EMAIL_ADDRESS, CREDIT_CARD, US_SSN, IBAN_CODE, IP_ADDRESS, DOMAIN_NAME, US_DRIVE
 NRP and AGE are tagged O.
 
 ## Validation results
-| head | measure | value |
-|---|---|---|
-| domain | accuracy, MMLU-Pro questions (n={npro}) | {dpro} |
-| domain | accuracy, all exam questions MMLU-Pro + MMLU (n={nexam}) / macro-F1 | {dexam} / {dexamf} |
-| domain | accuracy, chat-style own split (n={nchat}) | {dchat} |
-| domain | accuracy, chat-style validation.jsonl (n={ncv}) | {dcv} |
-| reasoning | accuracy, held-out GSM8K / MATH / NQ (+ chat-style) (n={nrv}) | {rval} |
-| reasoning | accuracy, chat-style validation.jsonl (n={nrcv}) | {rcv} |
-| jailbreak | F1 (precision / recall), held-out (n={njv}) | {jf1} ({jp} / {jr}) |
-| jailbreak | benign prompts of the jailbreak sets flagged | {jben} |
-| jailbreak | ordinary held-out questions flagged | {jord} |
-| jailbreak | chat-style validation prompts flagged | {jchat} |
-| jailbreak | harmful requests flagged (not trained on; informative) | {jharm} |
-| pii | entity F1, exact span and type (precision / recall), {pent} entities | {pf1} ({pp} / {pr}) |
+The baseline column is the design's bag-of-words floor (TF-IDF word 1-2-grams + linear SVM,
+`server/src/train/baseline.rs`) trained on exactly the same training split and scored on the same
+validation sets. (The design author measured it at 0.80 domain on MMLU-Pro, 0.52 chat-style, 0.987
+reasoning, jailbreak F1 0.978 on their own split.)
 
-The bag-of-words floor from the design (TF-IDF word 1-2-grams + linear SVM, measured by the design
-author on their own held-out split): domain 0.80 on MMLU-Pro questions and 0.52 on chat-style
-questions, reasoning need 0.987, jailbreak F1 0.978.
+| head | measure | router | TF-IDF + SVM |
+|---|---|---|---|
+| domain | accuracy, MMLU-Pro questions (n={npro}) | {dpro} | {bdpro} |
+| domain | accuracy, all exam questions MMLU-Pro + MMLU (n={nexam}) / macro-F1 | {dexam} / {dexamf} | {bdexam} / {bdexamf} |
+| domain | accuracy, chat-style own split (n={nchat}) | {dchat} | {bdchat} |
+| domain | accuracy, chat-style validation.jsonl (n={ncv}) | {dcv} | {bdcv} |
+| reasoning | accuracy, held-out GSM8K / MATH / NQ (+ chat-style) (n={nrv}) | {rval} | {brval} |
+| reasoning | accuracy, chat-style validation.jsonl (n={nrcv}) | {rcv} | {brcv} |
+| jailbreak | F1 (precision / recall), held-out (n={njv}) | {jf1} ({jp} / {jr}) | {bjf1} ({bjp} / {bjr}) |
+| jailbreak | benign prompts of the jailbreak sets flagged | {jben} | {bjben} |
+| jailbreak | ordinary held-out questions flagged | {jord} | {bjord} |
+| jailbreak | chat-style validation prompts flagged | {jchat} | {bjchat} |
+| jailbreak | harmful requests flagged (not trained on; informative) | {jharm} | {bjharm} |
+| pii | entity F1, exact span and type (precision / recall), {pent} entities | {pf1} ({pp} / {pr}) | n/a |
 Parity: the saved checkpoint through the inference encoder vs the training forward, max |Δlogit| = {parity}.
 
 ## Training
@@ -1091,13 +1209,19 @@ Parity: the saved checkpoint through the inference encoder vs the training forwa
         nexam = m["domain"]["exam"]["n"],
         dexam = f3(&m["domain"]["exam"]["accuracy"]),
         dexamf = f3(&m["domain"]["exam"]["macro_f1"]),
-        nchat = m["domain"]["chat_style_own_split"]["n"],
+        nchat = m["domain"]["chat_style_own_split"]["n"]
+            .as_u64()
+            .unwrap_or(0),
         dchat = f3(&m["domain"]["chat_style_own_split"]["accuracy"]),
-        ncv = m["domain"]["chat_style_validation"]["n"],
+        ncv = m["domain"]["chat_style_validation"]["n"]
+            .as_u64()
+            .unwrap_or(0),
         dcv = f3(&m["domain"]["chat_style_validation"]["accuracy"]),
         nrv = m["reasoning"]["val"]["n"],
         rval = f3(&m["reasoning"]["val"]["accuracy"]),
-        nrcv = m["reasoning"]["chat_style_validation"]["n"],
+        nrcv = m["reasoning"]["chat_style_validation"]["n"]
+            .as_u64()
+            .unwrap_or(0),
         rcv = f3(&m["reasoning"]["chat_style_validation"]["accuracy"]),
         njv = m["jailbreak"]["val"]["n"],
         jf1 = f3(&m["jailbreak"]["val"]["f1"]),
@@ -1107,6 +1231,20 @@ Parity: the saved checkpoint through the inference encoder vs the training forwa
         jord = pct(&m["jailbreak"]["ordinary_questions_flagged_rate"]),
         jchat = pct(&m["jailbreak"]["chat_style_validation_flagged_rate"]),
         jharm = pct(&m["jailbreak"]["harmful_requests_flagged_rate"]),
+        bdpro = f3(&b["domain"]["mmlu_pro"]["accuracy"]),
+        bdexam = f3(&b["domain"]["exam"]["accuracy"]),
+        bdexamf = f3(&b["domain"]["exam"]["macro_f1"]),
+        bdchat = f3(&b["domain"]["chat_style_own_split"]["accuracy"]),
+        bdcv = f3(&b["domain"]["chat_style_validation"]["accuracy"]),
+        brval = f3(&b["reasoning"]["val"]["accuracy"]),
+        brcv = f3(&b["reasoning"]["chat_style_validation"]["accuracy"]),
+        bjf1 = f3(&b["jailbreak"]["val"]["f1"]),
+        bjp = f3(&b["jailbreak"]["val"]["precision"]),
+        bjr = f3(&b["jailbreak"]["val"]["recall"]),
+        bjben = pct(&b["jailbreak"]["val"]["benign_flagged_rate"]),
+        bjord = pct(&b["jailbreak"]["ordinary_questions_flagged_rate"]),
+        bjchat = pct(&b["jailbreak"]["chat_style_validation_flagged_rate"]),
+        bjharm = pct(&b["jailbreak"]["harmful_requests_flagged_rate"]),
         pent = m["pii"]["val"]["entities"],
         pf1 = f3(&m["pii"]["val"]["entity_f1"]),
         pp = f3(&m["pii"]["val"]["precision"]),

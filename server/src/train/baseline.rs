@@ -1,0 +1,173 @@
+//! The bag-of-words floor the design names, on the router's own split: TF-IDF over word 1–2-grams
+//! (lowercased alphanumeric words, terms in at least 2 training texts, sublinear tf, smooth idf,
+//! L2-normalised) and a one-vs-rest linear SVM (squared hinge, C = 1, as scikit-learn's
+//! `LinearSVC`), trained by dual coordinate descent.
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::collections::HashMap;
+
+/// Sparse, L2-normalised feature vector.
+pub type Sparse = Vec<(u32, f32)>;
+
+fn terms(text: &str) -> Vec<String> {
+    let words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    let mut t: Vec<String> = words.clone();
+    t.extend(words.windows(2).map(|w| format!("{} {}", w[0], w[1])));
+    t
+}
+
+/// A fitted TF-IDF vectoriser.
+pub struct Tfidf {
+    vocab: HashMap<String, u32>,
+    idf: Vec<f32>,
+}
+
+impl Tfidf {
+    pub fn fit<'a>(texts: impl Iterator<Item = &'a str>) -> Self {
+        let mut df: HashMap<String, u32> = HashMap::new();
+        let mut n = 0usize;
+        for t in texts {
+            n += 1;
+            let mut ts = terms(t);
+            ts.sort_unstable();
+            ts.dedup();
+            for term in ts {
+                *df.entry(term).or_insert(0) += 1;
+            }
+        }
+        let mut kept: Vec<(String, u32)> = df.into_iter().filter(|(_, d)| *d >= 2).collect();
+        kept.sort();
+        let idf = kept
+            .iter()
+            .map(|(_, d)| ((1.0 + n as f64) / (1.0 + f64::from(*d))).ln() as f32 + 1.0)
+            .collect();
+        let vocab = kept
+            .into_iter()
+            .enumerate()
+            .map(|(i, (t, _))| (t, i as u32))
+            .collect();
+        Self { vocab, idf }
+    }
+
+    pub fn dim(&self) -> usize {
+        self.idf.len()
+    }
+
+    pub fn transform(&self, text: &str) -> Sparse {
+        let mut tf: HashMap<u32, f32> = HashMap::new();
+        for t in terms(text) {
+            if let Some(&i) = self.vocab.get(&t) {
+                *tf.entry(i).or_insert(0.0) += 1.0;
+            }
+        }
+        let mut v: Sparse = tf
+            .into_iter()
+            .map(|(i, c)| (i, (1.0 + c.ln()) * self.idf[i as usize]))
+            .collect();
+        v.sort_unstable_by_key(|x| x.0);
+        let norm = v.iter().map(|x| x.1 * x.1).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            v.iter_mut().for_each(|x| x.1 /= norm);
+        }
+        v
+    }
+}
+
+/// One-vs-rest linear SVM; the last weight of each class is its bias (a constant feature of 1).
+pub struct LinearSvm {
+    w: Vec<Vec<f32>>,
+}
+
+impl LinearSvm {
+    pub fn train(x: &[Sparse], y: &[usize], classes: usize, dim: usize, seed: u64) -> Self {
+        let c = 1.0f32;
+        let d = 1.0 / (2.0 * c);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let qii: Vec<f32> = x
+            .iter()
+            .map(|v| v.iter().map(|e| e.1 * e.1).sum::<f32>() + 1.0 + d)
+            .collect();
+        let w = (0..classes)
+            .map(|k| {
+                let mut w = vec![0f32; dim + 1];
+                let mut alpha = vec![0f32; x.len()];
+                let mut order: Vec<usize> = (0..x.len()).collect();
+                for _ in 0..20 {
+                    order.shuffle(&mut rng);
+                    let mut max_pg = 0f32;
+                    for &i in &order {
+                        let yi = if y[i] == k { 1.0 } else { -1.0 };
+                        let wx: f32 =
+                            x[i].iter().map(|(j, v)| w[*j as usize] * v).sum::<f32>() + w[dim];
+                        let g = yi * wx - 1.0 + d * alpha[i];
+                        let pg = if alpha[i] == 0.0 { g.min(0.0) } else { g };
+                        max_pg = max_pg.max(pg.abs());
+                        if pg != 0.0 {
+                            let old = alpha[i];
+                            alpha[i] = (old - g / qii[i]).max(0.0);
+                            let delta = (alpha[i] - old) * yi;
+                            for (j, v) in &x[i] {
+                                w[*j as usize] += delta * v;
+                            }
+                            w[dim] += delta;
+                        }
+                    }
+                    if max_pg < 1e-3 {
+                        break;
+                    }
+                }
+                w
+            })
+            .collect();
+        Self { w }
+    }
+
+    pub fn predict(&self, v: &Sparse) -> usize {
+        let dim = self.w[0].len() - 1;
+        self.w
+            .iter()
+            .map(|w| v.iter().map(|(j, x)| w[*j as usize] * x).sum::<f32>() + w[dim])
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, s)| if s > b.1 { (i, s) } else { b },
+            )
+            .0
+    }
+}
+
+/// Fits on `(text, label)` training pairs; returns a predictor over texts.
+pub fn fit(train: &[(&str, usize)], classes: usize, seed: u64) -> impl Fn(&str) -> usize {
+    let tfidf = Tfidf::fit(train.iter().map(|t| t.0));
+    let x: Vec<Sparse> = train.iter().map(|t| tfidf.transform(t.0)).collect();
+    let y: Vec<usize> = train.iter().map(|t| t.1).collect();
+    let svm = LinearSvm::train(&x, &y, classes, tfidf.dim(), seed);
+    move |text: &str| svm.predict(&tfidf.transform(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn separates_two_topics() {
+        let mut train = Vec::new();
+        for i in 0..50 {
+            train.push((format!("the cell membrane protein {i} in biology"), 0));
+            train.push((
+                format!("the court ruled the contract {i} void under law"),
+                1,
+            ));
+        }
+        let refs: Vec<(&str, usize)> = train.iter().map(|(t, l)| (t.as_str(), *l)).collect();
+        let f = fit(&refs, 2, 0);
+        assert_eq!(f("a protein in the cell membrane"), 0);
+        assert_eq!(f("the court and the contract"), 1);
+    }
+}
