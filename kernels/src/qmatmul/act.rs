@@ -7,7 +7,8 @@
 //! - [`ActKind::Q8K`] (GGML's Q8_K): one f32 scale per 256 values, plus the integer sums of each 16
 //!   values (`bsums`), for the k-quant formats' per-sub-block minimums / offsets.
 //!
-//! Values are quantized symmetrically, `q = round(x / d)` with `d = max|x| / 127`, so `|q| <= 127`
+//! Values are quantized symmetrically, `q = round(x / d)` (ties to even, as the SIMD conversions
+//! do, so every instruction set sees identical quants) with `d = max|x| / 127`, so `|q| <= 127`
 //! (never -128: the Q8_0 kernels negate `q`) and `|x - d·q| <= d / 2` for every element. Scales are
 //! kept in f32 (GGML stores the Q8_0 scale in f16; f32 costs nothing here and loses less).
 //!
@@ -209,7 +210,7 @@ fn quantize_row_q8x32(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32], isa
         let (db, id) = scales(amax);
         let mut sum = 0i32;
         for (qv, xv) in qb.iter_mut().zip(xb) {
-            let v = (xv * id).round() as i32;
+            let v = (xv * id).round_ties_even() as i32;
             let v = v.clamp(-127, 127);
             *qv = v as i8;
             sum += v;
@@ -249,7 +250,7 @@ fn quantize_row_q8k(x: &[f32], q: &mut [i8], d: &mut [f32], bsums: &mut [i16], i
 
 fn quantize_scaled_scalar(x: &[f32], q: &mut [i8], id: f32) {
     for (qv, xv) in q.iter_mut().zip(x) {
-        *qv = ((xv * id).round() as i32).clamp(-127, 127) as i8;
+        *qv = ((xv * id).round_ties_even() as i32).clamp(-127, 127) as i8;
     }
 }
 

@@ -252,13 +252,16 @@ thread_local! {
 
 /// Where things are in a packed tile of `NRP` rows (offsets in units of 64 bytes).
 ///
-/// Blocks `0..16·ng` are *grouped*: 16 consecutive blocks side by side, register lane `k` holding
+/// The first blocks are *grouped*: 16 consecutive blocks side by side, register lane `k` holding
 /// block `k`, so an integer dot product of 16 blocks accumulates in one register and the float
-/// scaling is paid once per 16 blocks (`mk32p`). The remaining blocks `b0..nb` are packed in
-/// pairs as two 32-value blocks per register.
+/// scaling is paid once per 16 blocks (`mk32p`). A last group may be partial (lanes past the row's
+/// end are zero) when at least [`MIN_PARTIAL`] blocks remain; fewer remaining blocks `b0..nb` are
+/// packed in pairs, two 32-value blocks per register.
 #[derive(Clone, Copy)]
 struct PackLayout {
     ng: usize,
+    /// Blocks in the last group (16 unless it is partial).
+    last: usize,
     b0: usize,
     np: usize,
     pair_at: usize,
@@ -267,9 +270,32 @@ struct PackLayout {
     total: usize,
 }
 
+/// Fewest blocks worth a (partial, masked) group of their own; fewer take the pair path.
+const MIN_PARTIAL: usize = 4;
+
+/// Number of 16-block groups for `nb` blocks (the last one partial if `nb % 16 >= MIN_PARTIAL`),
+/// and the number of blocks in the last group.
+fn group_count(nb: usize) -> (usize, usize) {
+    let (full, rem) = (nb / 16, nb % 16);
+    if rem >= MIN_PARTIAL {
+        (full + 1, rem)
+    } else {
+        (full, 16)
+    }
+}
+
+/// Lane mask of group `g` of `ng` groups whose last one holds `last` blocks.
+fn group_mask(g: usize, ng: usize, last: usize) -> __mmask16 {
+    if g + 1 == ng && last < 16 {
+        (1u16 << last) - 1
+    } else {
+        0xffff
+    }
+}
+
 fn pack_layout(nb: usize, grouped: bool) -> PackLayout {
-    let ng = if grouped { nb / 16 } else { 0 };
-    let b0 = 16 * ng;
+    let (ng, last) = if grouped { group_count(nb) } else { (0, 16) };
+    let b0 = (16 * ng).min(nb);
     let nl = nb - b0;
     let np = nl / 2;
     let pair_at = ng * NRP * GU;
@@ -278,6 +304,7 @@ fn pack_layout(nb: usize, grouped: bool) -> PackLayout {
     let total = s_at + (np * NRP).div_ceil(8);
     PackLayout {
         ng,
+        last,
         b0,
         np,
         pair_at,
@@ -328,8 +355,12 @@ unsafe fn pack32<const F: u8>(w: *const u8, rb: usize, nb: usize, lay: PackLayou
             for g in 0..lay.ng {
                 let base = w.add(j * rb + 16 * g * bb);
                 let u = pk.add(GU * (g * NRP + j)).cast::<__m512i>();
+                // Lanes past the row's last block (a partial last group) read nothing and are 0.
+                let mask = group_mask(g, lay.ng, lay.last);
                 let gather = |off: usize| {
-                    _mm512_i32gather_epi32::<1>(
+                    _mm512_mask_i32gather_epi32::<1>(
+                        _mm512_setzero_si512(),
+                        mask,
                         _mm512_add_epi32(lanes, _mm512_set1_epi32(off as i32)),
                         base.cast(),
                     )
@@ -406,7 +437,7 @@ unsafe fn pack32<const F: u8>(w: *const u8, rb: usize, nb: usize, lay: PackLayou
 /// The CPU must have the `Avx512` features.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn prepare32<const F: u8>(acts: &mut Acts) {
-    let ng = acts.cols / 512;
+    let (ng, last) = group_count(acts.cols / 32);
     if acts.m <= MR32 || ng == 0 {
         return;
     }
@@ -421,7 +452,13 @@ unsafe fn prepare32<const F: u8>(acts: &mut Acts) {
                 // SAFETY: row `i` holds `cols >= 512 (g + 1)` values; `dst` holds `m·ng·8` units.
                 unsafe {
                     let src = acts.qs_ptr(i).add(512 * g + 4 * t);
-                    let v = _mm512_i32gather_epi32::<1>(lanes, src.cast());
+                    let mask = group_mask(g, ng, last);
+                    let v = _mm512_mask_i32gather_epi32::<1>(
+                        _mm512_setzero_si512(),
+                        mask,
+                        lanes,
+                        src.cast(),
+                    );
                     let v = if F == F_Q8_0 {
                         _mm512_xor_si512(v, _mm512_set1_epi8(-128))
                     } else {
@@ -545,10 +582,11 @@ unsafe fn mk32p<const F: u8, const MR: usize, const NR: usize>(
                     }
                 }
             }
+            let mask = group_mask(g, lay.ng, lay.last);
             let dxv: [__m512; MR] =
-                std::array::from_fn(|i| _mm512_loadu_ps(dx[i].as_ptr().add(16 * g)));
+                std::array::from_fn(|i| _mm512_maskz_loadu_ps(mask, dx[i].as_ptr().add(16 * g)));
             let sxv: [__m512; MR] =
-                std::array::from_fn(|i| _mm512_loadu_ps(sx[i].as_ptr().add(16 * g)));
+                std::array::from_fn(|i| _mm512_maskz_loadu_ps(mask, sx[i].as_ptr().add(16 * g)));
             for j in 0..NR {
                 let dw = _mm512_load_ps(wg[j].add(8).cast());
                 let cw = _mm512_load_ps(wg[j].add(9).cast());
@@ -662,7 +700,7 @@ unsafe fn tile32<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Act
     // into scratch and run every group of `MR32` activation rows over it. (Keeping several packed
     // tiles per pass over the activations measured slower.)
     let packed = m > MR32 && nb >= 2;
-    let lay = pack_layout(nb, acts.grouped_ready(nb / 16));
+    let lay = pack_layout(nb, acts.grouped_ready(group_count(nb).0));
     let mut scratch = PACK.with(|p| p.take());
     if packed && scratch.len() < lay.total {
         scratch.resize(lay.total, Z([0; 64]));
