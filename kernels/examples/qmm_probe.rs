@@ -1,4 +1,13 @@
-//! Quick timing probe (not a benchmark suite): `cargo run --release -p switchyard-kernels --example qmm_probe`.
+//! Quick timing probe for `matmul` (medians of 7 runs, plain loops, no criterion):
+//!
+//! - `qmm_probe ROWS COLS M [COPIES] [FORMAT]`: one shape on the single-thread / pool / rayon
+//!   backends (`PROBE_BACKENDS=single|pool|sp` to narrow); `COPIES` distinct matrices are cycled
+//!   so that more than the caches can hold comes from DRAM; FORMAT: q4_0 q4_1 q5_0 q5_1 q8_0 q4k
+//!   q5k q6k q2k q3k f16 f32.
+//! - `qmm_probe decode M...`: all 211 matmuls of SmolLM2-135M Q4_1 for `M` tokens.
+//!
+//! `cargo run --release -p switchyard-kernels --example qmm_probe -- decode 1 64`; `PF=bytes`
+//! overrides the prefetch distance, `SWITCHYARD_KERNEL_ISA` / `SWITCHYARD_THREADS` as usual.
 use std::time::Instant;
 use switchyard_kernels::pool::{self, Backend};
 use switchyard_kernels::{matmul, WeightFormat, WeightMatrix};
