@@ -77,6 +77,10 @@ pub struct TrainArgs {
     /// Start from a backbone saved with --save-pretrained (its tokenizer and shape; no MLM).
     #[arg(long)]
     pub init_from: Option<PathBuf>,
+    /// Take only the tokenizer and shape from a --save-pretrained folder (random weights): the
+    /// no-pretraining arm of an ablation against --init-from.
+    #[arg(long, conflicts_with = "init_from")]
+    pub tokenizer_from: Option<PathBuf>,
 }
 
 const HEADS: [(&str, HeadKind); 4] = [
@@ -601,7 +605,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .map(|e| e.text.clone()),
     );
     train_texts.extend(ds.pii.train.iter().map(|e| e.words.join(" ")));
-    let (tok, mut arch) = if let Some(dir) = &args.init_from {
+    let (tok, mut arch) = if let Some(dir) =
+        args.init_from.as_ref().or(args.tokenizer_from.as_ref())
+    {
         let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         let arch: Arch = serde_json::from_str(&std::fs::read_to_string(dir.join("arch.json"))?)?;
@@ -708,6 +714,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let n = load_pretrained(dir, &varmap)?;
         eprintln!("loaded {n} pretrained tensors from {}", dir.display());
         mlm_stats = json!({ "init_from": dir.display().to_string() });
+    } else if let Some(dir) = &args.tokenizer_from {
+        mlm_stats = json!({ "tokenizer_from": dir.display().to_string(), "pretrained": false });
     } else if args.mlm_steps > 0 {
         let (sps, tps, loss) = pretrain(&model, &varmap, &corpus, &args, &mut rng)?;
         eprintln!(
@@ -1255,9 +1263,15 @@ Parity: the saved checkpoint through the inference encoder vs the training forwa
         cmd = r["command"].as_str().unwrap_or(""),
         machine = r["machine"].as_str().unwrap_or(""),
         mlm = if t["mlm"]["steps"].is_null() {
-            match t["mlm"]["init_from"].as_str() {
-                Some(p) => format!("started from the MLM checkpoint {p}"),
-                None => "none".to_string(),
+            match (
+                t["mlm"]["init_from"].as_str(),
+                t["mlm"]["tokenizer_from"].as_str(),
+            ) {
+                (Some(p), _) => {
+                    format!("started from the MLM checkpoint {p} (see below for how it was made)")
+                }
+                (None, Some(p)) => format!("none (random initialisation; tokenizer from {p})"),
+                _ => "none".to_string(),
             }
         } else {
             format!(
