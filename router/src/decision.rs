@@ -23,11 +23,13 @@
 use std::time::Duration;
 
 use serde::{Serialize, Serializer};
+use switchyard_models::text::ChatMessage;
 
 use crate::config::{
     normalize_entity_type, normalize_label, JailbreakAction, PiiAction, ReasoningClassifierMode,
     ReasoningEffort, Route, RouteRef, RouterConfig, SystemPrompt,
 };
+use crate::input::{apply_system_prompt, RouteInput};
 use crate::signals::{ClassifierOutput, PiiEntity, Signals};
 
 /// Fast answer or thinking first.
@@ -151,12 +153,27 @@ pub struct Decision {
     /// Time spent routing (classification and policy), in milliseconds; filled in by the router.
     #[serde(serialize_with = "millis")]
     pub route_time: Duration,
+    /// The text the classifiers read and where it sits in the request (set by
+    /// [`crate::Router::route`]; [`decide`] records its text as one user message at index 0).
+    #[serde(skip)]
+    pub input: RouteInput,
 }
 
 impl Decision {
     /// Whether the request is refused.
     pub fn is_blocked(&self) -> bool {
         matches!(self.action, Action::Block { .. })
+    }
+
+    /// Rewrites a request's messages as decided: masks the PII entities in [`Decision::masked`] and
+    /// applies the route's system prompt. `messages` must be the request the decision was made for.
+    pub fn apply(&self, messages: &mut Vec<ChatMessage>) {
+        if !self.masked.is_empty() {
+            self.input.mask(messages, &self.masked);
+        }
+        if let Some(prompt) = &self.system_prompt {
+            apply_system_prompt(messages, prompt);
+        }
     }
 }
 
@@ -339,6 +356,7 @@ pub fn decide(config: &RouterConfig, text: &str, signals: &Signals) -> Decision 
             pii_latency: signals.pii_latency,
         },
         route_time: Duration::ZERO,
+        input: RouteInput::from_text(text),
     }
 }
 

@@ -2,13 +2,286 @@
 //! with a budget, system prompt, block or mask), in-process.
 //!
 //! * [`config`]: the routing YAML, validated at load.
-//! * [`signals`]: what the classifiers say about a request.
+//! * [`input`]: the text the classifiers read (last user turns) and how decisions are applied back.
+//! * [`classifier`]: ModernBERT backbones and heads -> [`Signals`].
 //! * [`decision`]: the policy that turns signals into a [`Decision`].
+//! * [`Router`]: all of it behind `route()`, with micro-batching of concurrent calls.
+//!
+//! ```no_run
+//! use switchyard_router::Router;
+//! use switchyard_models::text::ChatMessage;
+//! let router = Router::load_default().unwrap();
+//! let decision = router.route(&[ChatMessage::new("user", "What is 17 * 23?")]).unwrap();
+//! println!("{} thinking={}", decision.category, decision.reasoning.is_thinking());
+//! ```
 
+mod batcher;
+pub mod classifier;
 pub mod config;
 pub mod decision;
+pub mod input;
 pub mod signals;
 
-pub use config::RouterConfig;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use switchyard_models::executor::{DeviceExecutor, ThreadExecutor};
+use switchyard_models::text::ChatMessage;
+use switchyard_models::ModelError;
+
+pub use batcher::{BatchStats, BatchingOptions};
+pub use classifier::{HeadRole, RouterModel};
+pub use config::{ConfigError, RouterConfig};
 pub use decision::{decide, Action, BlockReason, Decision, Reasoning};
+pub use input::RouteInput;
 pub use signals::{ClassifierOutput, PiiEntity, Signals};
+
+use batcher::Batcher;
+
+/// The router this repository ships: `router/models/default`.
+pub const DEFAULT_MODEL_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/default");
+
+/// The repository root, against which the shipped configuration's paths are written.
+const REPOSITORY_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+/// Default token budget per classified text (the default router was trained on 128-token inputs).
+pub const DEFAULT_MAX_INPUT_TOKENS: usize = 128;
+
+/// Why routing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The routing configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A classifier checkpoint could not be loaded or run.
+    #[error("router model: {0}")]
+    Model(#[from] ModelError),
+    /// A tensor operation failed.
+    #[error("router tensor op: {0}")]
+    Tensor(#[from] candle_core::Error),
+    /// The tokenizer failed.
+    #[error("router tokenizer: {0}")]
+    Tokenizer(String),
+    /// The classifiers are unusable as configured, or a batch failed.
+    #[error("router classifier: {0}")]
+    Classifier(String),
+    /// The device worker has stopped.
+    #[error("the router's device worker has stopped")]
+    Stopped,
+    /// A thread could not be started.
+    #[error("starting the router: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How to build a [`Router`].
+#[derive(Clone)]
+pub struct RouterOptions {
+    /// The routing policy.
+    pub config: RouterConfig,
+    /// A classifier directory that replaces the configuration's `classifier` section.
+    pub model_dir: Option<PathBuf>,
+    /// Directories against which relative paths in the configuration are resolved, in order.
+    pub search_dirs: Vec<PathBuf>,
+    /// Where the classifiers run.
+    pub device: Device,
+    /// Their dtype (f32 on the CPU; bf16 / f16 on a GPU).
+    pub dtype: DType,
+    /// The device owner to run batches on; `None` starts a thread of the router's own.
+    pub executor: Option<Arc<dyn DeviceExecutor>>,
+    /// Micro-batching.
+    pub batching: BatchingOptions,
+    /// Token budget per classified text (longer inputs keep their head and tail).
+    pub max_input_tokens: usize,
+}
+
+impl RouterOptions {
+    /// CPU, f32, own executor, default batching; relative paths resolved against the current directory
+    /// and then the repository root.
+    pub fn new(config: RouterConfig) -> RouterOptions {
+        RouterOptions {
+            config,
+            model_dir: None,
+            search_dirs: vec![PathBuf::from("."), PathBuf::from(REPOSITORY_ROOT)],
+            device: Device::Cpu,
+            dtype: DType::F32,
+            executor: None,
+            batching: BatchingOptions::default(),
+            max_input_tokens: DEFAULT_MAX_INPUT_TOKENS,
+        }
+    }
+
+    /// Reads the configuration from a YAML file; its directory is searched first for relative paths.
+    pub fn from_config_file(path: &Path) -> Result<RouterOptions, RouterError> {
+        let mut options = RouterOptions::new(RouterConfig::from_path(path)?);
+        if let Some(dir) = path.parent() {
+            options.search_dirs.insert(0, dir.to_path_buf());
+        }
+        Ok(options)
+    }
+}
+
+/// The router: classifiers, policy and micro-batching queue. Cheap to share (`Arc`); `route` may be
+/// called from many threads or tasks at once.
+pub struct Router {
+    config: RouterConfig,
+    model: Arc<RouterModel>,
+    batcher: Batcher,
+}
+
+impl Router {
+    /// Loads the classifiers the options name and starts the batching queue.
+    pub fn load(options: RouterOptions) -> Result<Router, RouterError> {
+        let RouterOptions {
+            config,
+            model_dir,
+            search_dirs,
+            device,
+            dtype,
+            executor,
+            batching,
+            max_input_tokens,
+        } = options;
+        let model = match (&model_dir, &config.classifier) {
+            (Some(dir), _) => RouterModel::load_dir(dir, &device, dtype, max_input_tokens)?,
+            (None, sources)
+                if sources.model_dir.is_some()
+                    || sources.category_model.is_some()
+                    || sources.pii_model.is_some()
+                    || sources.jailbreak_model.is_some() =>
+            {
+                let base = resolve_base(sources, &search_dirs)?;
+                RouterModel::load_sources(sources, &base, &device, dtype, max_input_tokens)?
+            }
+            (None, _) => RouterModel::load_dir(
+                Path::new(DEFAULT_MODEL_DIR),
+                &device,
+                dtype,
+                max_input_tokens,
+            )?,
+        };
+        let model = Arc::new(model);
+        let executor = match executor {
+            Some(e) => e,
+            None => Arc::new(ThreadExecutor::start("switchyard-router")?),
+        };
+        let batcher = Batcher::start(model.clone(), executor, batching)?;
+        Ok(Router {
+            config,
+            model,
+            batcher,
+        })
+    }
+
+    /// The shipped router: `router/models/default` with `router/config/default.yaml`, on the CPU.
+    pub fn load_default() -> Result<Router, RouterError> {
+        Router::load(RouterOptions::new(RouterConfig::shipped_default()?))
+    }
+
+    /// The routing policy.
+    pub fn config(&self) -> &RouterConfig {
+        &self.config
+    }
+
+    /// The classifiers.
+    pub fn model(&self) -> &RouterModel {
+        &self.model
+    }
+
+    /// How many texts were classified in how many backbone batches.
+    pub fn stats(&self) -> BatchStats {
+        self.batcher.stats()
+    }
+
+    /// Routes a chat request (blocking; batched with concurrent callers).
+    pub fn route(&self, messages: &[ChatMessage]) -> Result<Decision, RouterError> {
+        let start = Instant::now();
+        let (input, pending) = self.start_route(messages)?;
+        let signals = match pending {
+            Some(rx) => rx.recv().map_err(|_| RouterError::Stopped)??,
+            None => Signals::default(),
+        };
+        Ok(self.finish_route(input, &signals, start))
+    }
+
+    /// Routes a chat request without blocking the async runtime.
+    pub async fn route_async(&self, messages: &[ChatMessage]) -> Result<Decision, RouterError> {
+        let start = Instant::now();
+        let (input, pending) = self.start_route(messages)?;
+        let signals = match pending {
+            Some(rx) => rx.recv_async().await.map_err(|_| RouterError::Stopped)??,
+            None => Signals::default(),
+        };
+        Ok(self.finish_route(input, &signals, start))
+    }
+
+    /// Routes a plain text as one user message.
+    pub fn route_text(&self, text: &str) -> Result<Decision, RouterError> {
+        self.route(&[ChatMessage::new("user", text)])
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn start_route(
+        &self,
+        messages: &[ChatMessage],
+    ) -> Result<
+        (
+            RouteInput,
+            Option<flume::Receiver<Result<Signals, RouterError>>>,
+        ),
+        RouterError,
+    > {
+        let input = RouteInput::from_messages(messages);
+        if input.text.trim().is_empty() {
+            return Ok((input, None));
+        }
+        let arrival = self.batcher.arrival();
+        let encoded = self.model.encode(&input.text)?;
+        let rx = self.batcher.submit(encoded, arrival)?;
+        Ok((input, Some(rx)))
+    }
+
+    fn finish_route(&self, input: RouteInput, signals: &Signals, start: Instant) -> Decision {
+        let mut decision = decide(&self.config, &input.text, signals);
+        if input.text.trim().is_empty() {
+            decision
+                .reasons
+                .insert(0, "no user text to classify".to_string());
+        }
+        decision.input = input;
+        decision.route_time = start.elapsed();
+        decision
+    }
+}
+
+/// The first search directory under which the configuration's classifier paths exist.
+fn resolve_base(
+    sources: &config::ClassifierSources,
+    search_dirs: &[PathBuf],
+) -> Result<PathBuf, RouterError> {
+    let paths: Vec<&str> = sources
+        .model_dir
+        .iter()
+        .map(String::as_str)
+        .chain(
+            [
+                &sources.category_model,
+                &sources.pii_model,
+                &sources.jailbreak_model,
+            ]
+            .into_iter()
+            .flatten()
+            .map(|s| s.model_id.as_str()),
+        )
+        .collect();
+    search_dirs
+        .iter()
+        .find(|d| paths.iter().all(|p| d.join(p).is_dir()))
+        .cloned()
+        .ok_or_else(|| {
+            RouterError::Classifier(format!(
+                "classifier directories {paths:?} not found under any of {search_dirs:?} (relative paths are resolved against the config file's directory, the current directory, then the repository)"
+            ))
+        })
+}

@@ -1,0 +1,277 @@
+//! What the classifiers read from a chat request, and how decisions are applied back to it.
+//!
+//! The router classifies the last user turns (newest last, joined by a blank line, at most
+//! [`MAX_USER_TURNS`] of them and about [`MAX_INPUT_CHARS`] characters; the newest turn is always kept
+//! whole here, the tokenizer cuts it down to head + tail). [`RouteInput`] remembers where each turn sits
+//! in that text, so PII spans found in it can be masked in the original messages.
+
+use serde::Serialize;
+use switchyard_models::text::ChatMessage;
+
+use crate::config::{normalize_entity_type, SystemPrompt, SystemPromptMode};
+use crate::signals::PiiEntity;
+
+/// At most this many user turns are classified together.
+pub const MAX_USER_TURNS: usize = 3;
+/// Older turns are only added while the text stays under this many characters.
+pub const MAX_INPUT_CHARS: usize = 4000;
+
+/// Joins turns in the classified text.
+const TURN_SEPARATOR: &str = "\n\n";
+
+/// Where one user message sits in the classified text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Segment {
+    /// Index of the message in the request.
+    pub message: usize,
+    /// First character of the message in the classified text.
+    pub start: usize,
+    /// Its length in characters.
+    pub len: usize,
+}
+
+/// The text the classifiers see, and where it came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteInput {
+    /// The classified text.
+    pub text: String,
+    /// Its user messages, in text order.
+    pub segments: Vec<Segment>,
+}
+
+impl RouteInput {
+    /// The last user turns of `messages` (see the module docs). Empty if there is no user message.
+    pub fn from_messages(messages: &[ChatMessage]) -> RouteInput {
+        let mut picked: Vec<usize> = Vec::new();
+        let mut chars = 0;
+        for (i, m) in messages.iter().enumerate().rev() {
+            if m.role != "user" {
+                continue;
+            }
+            let len = m.content.chars().count();
+            if !picked.is_empty()
+                && (picked.len() >= MAX_USER_TURNS || chars + len > MAX_INPUT_CHARS)
+            {
+                break;
+            }
+            chars += len;
+            picked.push(i);
+        }
+        picked.reverse();
+        let mut input = RouteInput::default();
+        let mut pos = 0;
+        for (k, &i) in picked.iter().enumerate() {
+            if k > 0 {
+                input.text.push_str(TURN_SEPARATOR);
+                pos += TURN_SEPARATOR.chars().count();
+            }
+            let content = &messages[i].content;
+            let len = content.chars().count();
+            input.text.push_str(content);
+            input.segments.push(Segment {
+                message: i,
+                start: pos,
+                len,
+            });
+            pos += len;
+        }
+        input
+    }
+
+    /// A plain text, as if it were one user message at index 0.
+    pub fn from_text(text: &str) -> RouteInput {
+        RouteInput {
+            text: text.to_string(),
+            segments: vec![Segment {
+                message: 0,
+                start: 0,
+                len: text.chars().count(),
+            }],
+        }
+    }
+
+    /// Replaces each entity's span in the messages it came from with `[ENTITY_TYPE]`. Spans are clipped
+    /// to their message; overlapping spans are merged into the first.
+    pub fn mask(&self, messages: &mut [ChatMessage], entities: &[PiiEntity]) {
+        for seg in &self.segments {
+            let Some(message) = messages.get_mut(seg.message) else {
+                continue;
+            };
+            // Spans in message-local characters, sorted, overlaps dropped.
+            let mut spans: Vec<(usize, usize, String)> = entities
+                .iter()
+                .filter_map(|e| {
+                    let start = e.start.max(seg.start);
+                    let end = e.end.min(seg.start + seg.len);
+                    (start < end).then(|| {
+                        (
+                            start - seg.start,
+                            end - seg.start,
+                            normalize_entity_type(&e.entity_type),
+                        )
+                    })
+                })
+                .collect();
+            spans.sort();
+            let mut masked = String::with_capacity(message.content.len());
+            let mut next = 0; // first character not yet copied
+            let chars: Vec<char> = message.content.chars().collect();
+            for (start, end, ty) in spans {
+                if start < next {
+                    continue;
+                }
+                masked.extend(&chars[next..start]);
+                masked.push('[');
+                masked.push_str(&ty);
+                masked.push(']');
+                next = end;
+            }
+            masked.extend(&chars[next.min(chars.len())..]);
+            message.content = masked;
+        }
+    }
+}
+
+/// Applies a route's system prompt: `replace` drops the client's system messages and puts this one
+/// first; `insert` puts it before the client's system message (in the same message, so templates that
+/// read only the first system message see both).
+pub fn apply_system_prompt(messages: &mut Vec<ChatMessage>, prompt: &SystemPrompt) {
+    match prompt.mode {
+        SystemPromptMode::Replace => {
+            messages.retain(|m| m.role != "system");
+            messages.insert(0, ChatMessage::new("system", prompt.text.clone()));
+        }
+        SystemPromptMode::Insert => match messages.first_mut() {
+            Some(first) if first.role == "system" => {
+                first.content = format!("{}\n\n{}", prompt.text, first.content);
+            }
+            _ => messages.insert(0, ChatMessage::new("system", prompt.text.clone())),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(role: &str, content: &str) -> ChatMessage {
+        ChatMessage::new(role, content)
+    }
+
+    #[test]
+    fn takes_the_last_user_turns_newest_last() {
+        let messages = vec![
+            msg("system", "sys"),
+            msg("user", "one"),
+            msg("assistant", "a"),
+            msg("user", "two"),
+            msg("user", "three"),
+            msg("user", "four"),
+        ];
+        let input = RouteInput::from_messages(&messages);
+        assert_eq!(input.text, "two\n\nthree\n\nfour");
+        assert_eq!(
+            input.segments,
+            vec![
+                Segment {
+                    message: 3,
+                    start: 0,
+                    len: 3
+                },
+                Segment {
+                    message: 4,
+                    start: 5,
+                    len: 5
+                },
+                Segment {
+                    message: 5,
+                    start: 12,
+                    len: 4
+                },
+            ]
+        );
+        assert!(RouteInput::from_messages(&[msg("system", "x")])
+            .text
+            .is_empty());
+    }
+
+    #[test]
+    fn a_long_turn_is_kept_whole_and_older_ones_dropped() {
+        let long = "x".repeat(MAX_INPUT_CHARS + 10);
+        let input = RouteInput::from_messages(&[msg("user", "older"), msg("user", &long)]);
+        assert_eq!(input.text, long);
+        assert_eq!(input.segments.len(), 1);
+    }
+
+    fn entity(t: &str, start: usize, end: usize) -> PiiEntity {
+        PiiEntity {
+            entity_type: t.into(),
+            start,
+            end,
+            score: 1.0,
+        }
+    }
+
+    #[test]
+    fn masks_spans_in_the_messages_they_came_from() {
+        let mut messages = vec![
+            msg("user", "mail me at bo@x.io"),
+            msg("assistant", "ok"),
+            msg("user", "I am Zoë Hart, café owner"),
+        ];
+        let input = RouteInput::from_messages(&messages);
+        let second = input.segments[1].start;
+        input.mask(
+            &mut messages,
+            &[
+                entity("EMAIL_ADDRESS", 11, 18),
+                entity("B-PERSON", second + 5, second + 13),
+            ],
+        );
+        assert_eq!(messages[0].content, "mail me at [EMAIL_ADDRESS]");
+        assert_eq!(messages[1].content, "ok");
+        assert_eq!(messages[2].content, "I am [PERSON], café owner");
+    }
+
+    #[test]
+    fn overlapping_spans_mask_once() {
+        let mut messages = vec![msg("user", "abcdefgh")];
+        RouteInput::from_text("abcdefgh").mask(
+            &mut messages,
+            &[entity("A", 1, 4), entity("B", 2, 6), entity("C", 6, 8)],
+        );
+        assert_eq!(messages[0].content, "a[A]ef[C]");
+    }
+
+    #[test]
+    fn system_prompt_replace_and_insert() {
+        let mut m = vec![msg("system", "client"), msg("user", "q")];
+        apply_system_prompt(
+            &mut m,
+            &SystemPrompt {
+                text: "route".into(),
+                mode: SystemPromptMode::Insert,
+            },
+        );
+        assert_eq!(m[0].content, "route\n\nclient");
+        assert_eq!(m.len(), 2);
+        apply_system_prompt(
+            &mut m,
+            &SystemPrompt {
+                text: "only".into(),
+                mode: SystemPromptMode::Replace,
+            },
+        );
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].content, "only");
+        let mut m = vec![msg("user", "q")];
+        apply_system_prompt(
+            &mut m,
+            &SystemPrompt {
+                text: "s".into(),
+                mode: SystemPromptMode::Insert,
+            },
+        );
+        assert_eq!((m[0].role.as_str(), m[0].content.as_str()), ("system", "s"));
+    }
+}
