@@ -85,12 +85,13 @@ struct Attention {
 }
 
 impl Attention {
-    /// `x`: `[B, T, H]`; `key_bias`: `[B, 1, 1, T]` f32 (0 for real tokens, -1e9 for padding).
-    fn forward(&self, x: &Tensor, key_bias: &Tensor) -> Result<Tensor> {
-        let (b, t, h) = x.dims3()?;
-        let qkv = self
-            .qkv
-            .forward(x)?
+    /// `x`: the packed tokens `[N, H]`; `key_bias`: `[B, 1, 1, T]` f32 (0 for real tokens, -1e9 for
+    /// padding). Returns `[N, H]`.
+    fn forward(&self, x: &Tensor, packing: &Packing, key_bias: &Tensor) -> Result<Tensor> {
+        let (b, t) = (packing.batch, packing.len);
+        let h = x.dim(1)?;
+        let qkv = packing
+            .pad(&self.qkv.forward(x)?)?
             .reshape((b, t, 3, self.heads, self.head_dim))?
             .permute((2, 0, 3, 1, 4))?;
         let q = self.rotary.apply(&qkv.get(0)?)?;
@@ -107,7 +108,7 @@ impl Attention {
             }
             AttentionKind::Global => attend(&q, &k, &v, key_bias, scale)?,
         };
-        let ctx = ctx.transpose(1, 2)?.reshape((b, t, h))?;
+        let ctx = packing.unpad(&ctx.transpose(1, 2)?.reshape((b * t, h))?)?;
         self.out.forward(&ctx)
     }
 
@@ -180,6 +181,70 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64) -> Resu
         .broadcast_add(bias)?;
     let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
     probs.matmul(v)
+}
+
+/// Where a padded `[B, T]` batch's real tokens are. Token-wise work (embeddings, norms, projections,
+/// MLPs) runs on the `N` real tokens only, as ModernBERT's unpadded attention path does; attention
+/// scatters them back to `[B, T]` around the score computation. A batch without padding is not moved.
+struct Packing {
+    batch: usize,
+    len: usize,
+    /// `[N]` u32: flat `[B * T]` positions of the real tokens; `None` when every position is real.
+    real: Option<Tensor>,
+    /// `[B * T]` u32: the packed row of each position, or `N` (a zero row) for padding.
+    pad_map: Option<Tensor>,
+}
+
+impl Packing {
+    fn new(attention_mask: &Tensor) -> Result<Packing> {
+        let (batch, len) = attention_mask.dims2()?;
+        let mask: Vec<f32> = attention_mask
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let real: Vec<u32> = (0..mask.len() as u32)
+            .filter(|&i| mask[i as usize] != 0.0)
+            .collect();
+        if real.len() == mask.len() {
+            return Ok(Packing {
+                batch,
+                len,
+                real: None,
+                pad_map: None,
+            });
+        }
+        let n = real.len() as u32;
+        let mut pad_map = vec![n; mask.len()];
+        for (row, &pos) in real.iter().enumerate() {
+            pad_map[pos as usize] = row as u32;
+        }
+        let dev = attention_mask.device();
+        Ok(Packing {
+            batch,
+            len,
+            real: Some(Tensor::new(real, dev)?),
+            pad_map: Some(Tensor::new(pad_map, dev)?),
+        })
+    }
+
+    /// `[B * T, D]` -> `[N, D]`.
+    fn unpad(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.real {
+            Some(real) => x.index_select(real, 0),
+            None => Ok(x.clone()),
+        }
+    }
+
+    /// `[N, D]` -> `[B * T, D]`, zeros at padding.
+    fn pad(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.pad_map {
+            Some(map) => {
+                let zero = Tensor::zeros((1, x.dim(1)?), x.dtype(), x.device())?;
+                Tensor::cat(&[x, &zero], 0)?.index_select(map, 0)
+            }
+            None => Ok(x.clone()),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -335,7 +400,7 @@ impl ModernBert {
     }
 
     /// Token states `[B, T, hidden]` for `input_ids` `[B, T]` (u32) and `attention_mask` `[B, T]`
-    /// (1 for tokens, 0 for padding; any integer or float dtype).
+    /// (1 for tokens, 0 for padding; any integer or float dtype). States at padding positions are 0.
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         if t > self.config.max_position_embeddings {
@@ -348,18 +413,21 @@ impl ModernBert {
         // a padding query whose whole band is padding still gets a defined softmax.)
         let key_bias =
             ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, t))?;
-        let mut x = self
-            .embed_norm
-            .forward(&self.embeddings.forward(input_ids)?)?;
+        let packing = Packing::new(attention_mask)?;
+        let ids = packing.unpad(&input_ids.reshape((b * t, 1))?)?.squeeze(1)?;
+        let mut x = self.embed_norm.forward(&self.embeddings.forward(&ids)?)?;
         for layer in &self.layers {
             let h = match &layer.attn_norm {
                 Some(n) => n.forward(&x)?,
                 None => x.clone(),
             };
-            x = (&x + layer.attn.forward(&h, &key_bias)?)?;
+            x = (&x + layer.attn.forward(&h, &packing, &key_bias)?)?;
             let h = layer.mlp_norm.forward(&x)?;
             x = (&x + layer.mlp.forward(&h)?)?;
         }
-        self.final_norm.forward(&x)
+        let hidden = self.config.hidden_size;
+        packing
+            .pad(&self.final_norm.forward(&x)?)?
+            .reshape((b, t, hidden))
     }
 }

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""The same multi-head router checkpoint in PyTorch `transformers`, under the `switchyard bench router`
+protocol, so the two can be compared side by side in one run.
+
+Usage:
+  python benches/router_torch_bench.py --router-dir router/models/default --texts-file texts.json \
+      --batches 1,8,32 --iterations 50 --warmup 5 --threads 2 --max-tokens 128 --out result.json
+
+`--texts-file` is written by the Rust side: {"texts": [...]}; batch i of size b takes texts
+[(i*b) mod n ...] cyclically, exactly like the Rust side.
+
+What is timed per batch (like the Rust side): tokenization (the router's tokenizer.json through
+`tokenizers`, head + tail truncation to --max-tokens), the ModernBERT backbone once, every head in
+heads.json (sequence heads: pooling + head + classifier, then softmax; token heads: head +
+classifier + softmax), and the copy of the probabilities to NumPy. `torch.inference_mode()`, f32,
+eager attention (sdpa gives the same numbers here), `torch.set_num_threads(--threads)`.
+Prints nothing on stdout but writes `{"batches": {"1": {"p50_ms":..., "p99_ms":..., "runs_ms": [...]}}}`.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+from transformers import ModernBertConfig, ModernBertModel
+from transformers.models.modernbert.modeling_modernbert import ModernBertPredictionHead
+
+
+def log(msg):
+    print(f"[router_torch_bench] {msg}", file=sys.stderr, flush=True)
+
+
+class Head(torch.nn.Module):
+    def __init__(self, config, n_labels, task, pooling):
+        super().__init__()
+        self.head = ModernBertPredictionHead(config)
+        self.classifier = torch.nn.Linear(config.hidden_size, n_labels)
+        self.task = task
+        self.pooling = pooling
+
+    def forward(self, hidden, mask):
+        if self.task == "sequence":
+            if self.pooling == "cls":
+                hidden = hidden[:, 0]
+            else:
+                m = mask.unsqueeze(-1).to(hidden.dtype)
+                hidden = (hidden * m).sum(dim=1) / m.sum(dim=1)
+        return torch.softmax(self.classifier(self.head(hidden)), dim=-1)
+
+
+def load(router_dir):
+    config = ModernBertConfig.from_pretrained(router_dir)
+    config._attn_implementation = "eager"
+    weights = load_file(os.path.join(router_dir, "model.safetensors"))
+    backbone = ModernBertModel(config)
+    missing, _ = backbone.load_state_dict(
+        {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")}, strict=False
+    )
+    if missing:
+        raise SystemExit(f"backbone weights missing: {missing}")
+    with open(os.path.join(router_dir, "heads.json")) as f:
+        spec = json.load(f)["heads"]
+    heads = []
+    for h in spec:
+        head = Head(config, len(h["id2label"]), h["task"], h.get("classifier_pooling", config.classifier_pooling))
+        prefix = h["prefix"]
+        head.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+        heads.append(head.eval())
+    return backbone.eval(), heads
+
+
+def encode(tokenizer, texts, max_tokens):
+    ids = []
+    for enc in tokenizer.encode_batch(texts):
+        x = enc.ids
+        if len(x) > max_tokens:
+            head = max_tokens * 3 // 4
+            x = x[:head] + x[len(x) - (max_tokens - head):]
+        ids.append(x)
+    t = max(len(x) for x in ids)
+    input_ids = torch.zeros((len(ids), t), dtype=torch.long)
+    mask = torch.zeros((len(ids), t), dtype=torch.long)
+    for i, x in enumerate(ids):
+        input_ids[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
+    return input_ids, mask
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--router-dir", required=True)
+    p.add_argument("--texts-file", required=True)
+    p.add_argument("--batches", default="1,8,32")
+    p.add_argument("--iterations", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+
+    torch.set_num_threads(a.threads)
+    backbone, heads = load(a.router_dir)
+    tokenizer = Tokenizer.from_file(os.path.join(a.router_dir, "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    with open(a.texts_file) as f:
+        texts = json.load(f)["texts"]
+
+    out = {"torch": torch.__version__, "threads": a.threads, "batches": {}}
+    with torch.inference_mode():
+        for b in [int(x) for x in a.batches.split(",")]:
+            runs = []
+            for i in range(a.warmup + a.iterations):
+                batch = [texts[(i * b + j) % len(texts)] for j in range(b)]
+                start = time.perf_counter()
+                input_ids, mask = encode(tokenizer, batch, a.max_tokens)
+                hidden = backbone(input_ids=input_ids, attention_mask=mask).last_hidden_state
+                probs = [h(hidden, mask).numpy() for h in heads]
+                elapsed = time.perf_counter() - start
+                assert all(np.isfinite(x).all() for x in probs)
+                if i >= a.warmup:
+                    runs.append(elapsed * 1e3)
+            runs_sorted = sorted(runs)
+            out["batches"][str(b)] = {
+                "p50_ms": float(np.percentile(runs_sorted, 50)),
+                "p99_ms": float(np.percentile(runs_sorted, 99)),
+                "runs_ms": runs,
+            }
+            log(f"batch {b}: p50 {out['batches'][str(b)]['p50_ms']:.2f} ms")
+    with open(a.out, "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
