@@ -1,6 +1,7 @@
 //! The `switchyard` binary.
 
 mod bench;
+mod bench_router;
 mod fetch;
 mod generate;
 mod train;
@@ -33,6 +34,8 @@ enum Commands {
 enum BenchCommand {
     /// Engine prefill/decode throughput, side by side with llama.cpp.
     Engine(bench::EngineBenchArgs),
+    /// Router classification latency (batch 1/8/32) beside PyTorch, and micro-batching throughput.
+    Router(bench_router::RouterBenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -47,6 +50,7 @@ fn main() -> Result<()> {
     match cli.command {
         Commands::Generate(args) => generate::run(args),
         Commands::Bench(BenchCommand::Engine(args)) => bench::run(args),
+        Commands::Bench(BenchCommand::Router(args)) => bench_router::run(args),
         Commands::TrainRouter(args) => train::run(args),
         Commands::FetchModel => {
             let path = fetch::DEFAULT_MODEL.ensure(&fetch::cache_dir())?;
