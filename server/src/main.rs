@@ -2,8 +2,10 @@
 
 mod bench;
 mod bench_router;
+mod bench_savings;
 mod fetch;
 mod generate;
+mod plots;
 mod train;
 
 use anyhow::Result;
@@ -36,6 +38,8 @@ enum BenchCommand {
     Engine(bench::EngineBenchArgs),
     /// Router classification latency (batch 1/8/32) beside PyTorch, and micro-batching throughput.
     Router(bench_router::RouterBenchArgs),
+    /// What routing saves: accuracy, tokens and latency of never / always / routed thinking.
+    Savings(bench_savings::SavingsArgs),
 }
 
 fn main() -> Result<()> {
@@ -51,6 +55,11 @@ fn main() -> Result<()> {
         Commands::Generate(args) => generate::run(args),
         Commands::Bench(BenchCommand::Engine(args)) => bench::run(args),
         Commands::Bench(BenchCommand::Router(args)) => bench_router::run(args),
+        Commands::Bench(BenchCommand::Savings(args)) => {
+            let report = bench_savings::run(args)?;
+            println!("{}", bench_savings::markdown(&report));
+            Ok(())
+        }
         Commands::TrainRouter(args) => train::run(args),
         Commands::FetchModel => {
             let path = fetch::DEFAULT_MODEL.ensure(&fetch::cache_dir())?;
