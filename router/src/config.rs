@@ -2326,3 +2326,19 @@ keyword_rules:
         assert!(matches!(e, ConfigError::Parse(_)), "{e}");
     }
 }
+
+#[cfg(test)]
+mod readme_tests {
+    use super::*;
+
+    /// The configuration example in router/README.md is valid.
+    #[test]
+    fn readme_example_loads() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+        let end = start + readme[start..].find("```").expect("its end");
+        let config = RouterConfig::from_yaml_str(&readme[start..end]).unwrap();
+        assert_eq!(config.categories.len(), 1);
+        assert_eq!(config.keyword_rules[0].id, "explicit-step-by-step");
+    }
+}
