@@ -48,6 +48,37 @@ pub fn cache_offset(
     ((block * shape.block_size + slot) * shape.kv_heads + kv_head) * shape.head_dim
 }
 
+/// Index of `position`'s slot in a layer's cache (`block * block_size + offset`), the unit of
+/// [`write_kv`]'s `slots`.
+#[inline]
+pub fn cache_slot(block_size: usize, blocks: &[u32], position: usize) -> u32 {
+    blocks[position / block_size] * block_size as u32 + (position % block_size) as u32
+}
+
+/// Writes one layer's new keys (or values) into their cache slots: row `r` of `src = [rows, width]`
+/// goes to `cache[slots[r] * width..][..width]` (CPU twin of the CUDA kernel `write_kv_f32`).
+pub fn write_kv(src: &[f32], cache: &mut [f32], slots: &[u32], width: usize) -> Result<()> {
+    if src.len() != slots.len() * width {
+        return Err(KernelError::Length {
+            what: "new keys/values (one row per slot)",
+            expected: slots.len() * width,
+            actual: src.len(),
+        });
+    }
+    let capacity = cache.len() / width.max(1);
+    if let Some(&s) = slots.iter().find(|&&s| s as usize >= capacity) {
+        return Err(KernelError::Length {
+            what: "cache slot",
+            expected: capacity,
+            actual: s as usize,
+        });
+    }
+    for (row, &s) in src.chunks_exact(width).zip(slots) {
+        cache[s as usize * width..][..width].copy_from_slice(row);
+    }
+    Ok(())
+}
+
 /// Dot product with eight independent accumulators (vectorises without fast-math).
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -23,6 +23,12 @@ pub enum KernelError {
     /// A kernel was asked to run on an instruction set this CPU does not have.
     #[error("instruction set {0} is not available on this CPU")]
     UnsupportedIsa(&'static str),
+    /// A tensor-level op was given tensors of the wrong dtype, layout or shape.
+    #[error("{0}")]
+    Tensor(String),
+    /// Candle (or the CUDA driver underneath it) reported an error.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
 }
 
 /// The name of a weight format, for error messages.

@@ -36,6 +36,9 @@ pub enum ModelError {
     /// A kernel rejected its inputs.
     #[error(transparent)]
     Kernel(#[from] switchyard_kernels::KernelError),
+    /// A device could not be opened (the reason says why).
+    #[error("device: {0}")]
+    Device(String),
     /// Candle reported an error (GGUF parsing, tensors).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -5,6 +5,7 @@
 //! - [`weights`]: the memory-mapped file readers.
 
 pub mod decoder;
+pub mod device;
 pub mod encoder;
 pub mod error;
 pub mod executor;
@@ -12,5 +13,6 @@ pub mod loader;
 pub mod text;
 pub mod weights;
 
+pub use device::DeviceSpec;
 pub use error::{ModelError, Result};
 pub use loader::{load_generation_model, GenerationModel};

@@ -66,18 +66,14 @@ impl ClassifierHead {
     /// Logits: `[B, labels]` for a sequence head, `[B, T, labels]` for a token head.
     pub fn forward(&self, states: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let x = match self.task {
-            HeadTask::Sequence(Pooling::Cls) => states.narrow(1, 0, 1)?.squeeze(1)?,
+            // Contiguous: CUDA matmuls (unlike the CPU's) refuse the strided [CLS] view.
+            HeadTask::Sequence(Pooling::Cls) => states.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?,
             HeadTask::Sequence(Pooling::Mean) => {
-                let m = attention_mask
-                    .to_dtype(states.dtype())?
-                    .unsqueeze(D::Minus1)?;
-                let summed = states.broadcast_mul(&m)?.sum(1)?;
-                let count = m
-                    .sum(1)?
-                    .to_dtype(DType::F32)?
-                    .clamp(1.0, f64::MAX)?
-                    .to_dtype(states.dtype())?;
-                summed.broadcast_div(&count)?
+                // Sum and divide in f32: a bf16 sum over hundreds of tokens loses most of its digits.
+                let m = attention_mask.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
+                let summed = states.to_dtype(DType::F32)?.broadcast_mul(&m)?.sum(1)?;
+                let count = m.sum(1)?.clamp(1.0, f64::MAX)?;
+                summed.broadcast_div(&count)?.to_dtype(states.dtype())?
             }
             HeadTask::Token => states.clone(),
         };
