@@ -780,7 +780,7 @@ impl JailbreakPolicy {
     /// Whether `label` is one of the benign labels.
     pub fn is_benign(&self, label: &str) -> bool {
         let l = normalize_label(label);
-        self.benign_labels.iter().any(|b| *b == l)
+        self.benign_labels.contains(&l)
     }
 }
 

@@ -243,6 +243,7 @@ pub fn run(args: RouterBenchArgs) -> Result<()> {
 
     // 4. Concurrent callers, micro-batching on and off.
     let mut concurrency = Vec::new();
+    let mut cdfs = Vec::new();
     for batching in [true, false] {
         let router = Arc::new(Router::load(options(&args, batching)?)?);
         let before = router.stats();
@@ -282,6 +283,10 @@ pub fn run(args: RouterBenchArgs) -> Result<()> {
         let elapsed = start.elapsed().as_secs_f64();
         pb.finish_and_clear();
         let after = router.stats();
+        cdfs.push((
+            format!("micro-batching {}", if batching { "on" } else { "off" }),
+            lat.clone(),
+        ));
         concurrency.push(Concurrency {
             micro_batching: batching,
             callers: args.callers,
@@ -308,6 +313,12 @@ pub fn run(args: RouterBenchArgs) -> Result<()> {
     std::fs::write(
         args.out.join("router.json"),
         serde_json::to_string_pretty(&report)?,
+    )?;
+    crate::plots::cdf(
+        &args.out.join("router-latency-cdf.svg"),
+        &format!("route() latency, {} concurrent callers", args.callers),
+        "milliseconds",
+        &cdfs,
     )?;
     let md = markdown(&report);
     std::fs::write(args.out.join("router.md"), &md)?;

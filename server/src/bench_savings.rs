@@ -250,8 +250,7 @@ pub fn extract_letter(text: &str) -> Option<char> {
             let rest = &text[pos + marker.len()..];
             if let Some(c) = rest
                 .chars()
-                .skip_while(|c| c.is_whitespace() || *c == '(' || *c == '*')
-                .next()
+                .find(|c| !(c.is_whitespace() || *c == '(' || *c == '*'))
                 .filter(|c| valid(*c))
             {
                 return Some(c);

@@ -42,7 +42,19 @@ enum BenchCommand {
     Savings(bench_savings::SavingsArgs),
 }
 
+/// Candle asks for its thread count on every matrix product and, unless `RAYON_NUM_THREADS` is set,
+/// answers by parsing `/proc/cpuinfo` (`num_cpus::get_physical`): about a tenth of a batch-1 router
+/// forward went there. Pin the variable once, before any thread starts, to the same number.
+fn pin_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Called first thing in `main`, before any other thread exists to read the environment.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
 fn main() -> Result<()> {
+    pin_thread_count();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
