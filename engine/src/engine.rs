@@ -100,7 +100,7 @@ impl Engine {
                 ),
             ));
         }
-        let cache = KvCache::new(&mc, config.block_size, num_blocks)?;
+        let cache = KvCache::new_on(&mc, config.block_size, num_blocks, &decoder.device())?;
         let tokenizer = Arc::new(tokenizer);
         let style = ThinkingStyle::detect(chat_template.as_ref().map(|t| t.source()));
         let forced_end = tokenizer.encode("\n</think>\n\n")?;

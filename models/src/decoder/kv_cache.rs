@@ -7,6 +7,7 @@
 
 use crate::decoder::DecoderConfig;
 use crate::error::{ModelError, Result};
+use candle_core::{DType, Device, Tensor};
 
 /// One layer's keys and values: `[num_blocks, block_size, kv_heads, head_dim]` each.
 #[derive(Debug)]
@@ -21,7 +22,10 @@ pub struct KvCache {
     block_size: usize,
     num_blocks: usize,
     kv_dim: usize,
+    /// Host layers (CPU decoding); empty when the cache is on a device.
     pub(crate) layers: Vec<LayerCache>,
+    /// Device layers: `(keys, values)`, each `[num_blocks * block_size, kv_dim]` f32; empty on the CPU.
+    pub(crate) device_layers: Vec<(Tensor, Tensor)>,
     free: Vec<u32>,
 }
 
@@ -59,8 +63,50 @@ impl KvCache {
             num_blocks,
             kv_dim,
             layers,
+            device_layers: Vec::new(),
             free: (0..num_blocks as u32).rev().collect(),
         })
+    }
+
+    /// A cache like [`KvCache::new`] whose memory lives on `device` (the CPU gives a host cache), for a
+    /// decoder moved there with `Decoder::to_device`.
+    pub fn new_on(
+        config: &DecoderConfig,
+        block_size: usize,
+        num_blocks: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        if device.is_cpu() {
+            return Self::new(config, block_size, num_blocks);
+        }
+        if block_size == 0 || num_blocks == 0 {
+            return Err(ModelError::Config(
+                "KV cache needs a non-zero block size and block count".into(),
+            ));
+        }
+        let kv_dim = config.kv_dim();
+        let shape = (num_blocks * block_size, kv_dim);
+        let device_layers = (0..config.num_layers)
+            .map(|_| {
+                Ok((
+                    Tensor::zeros(shape, DType::F32, device)?,
+                    Tensor::zeros(shape, DType::F32, device)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            block_size,
+            num_blocks,
+            kv_dim,
+            layers: Vec::new(),
+            device_layers,
+            free: (0..num_blocks as u32).rev().collect(),
+        })
+    }
+
+    /// Layers this cache holds.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len().max(self.device_layers.len())
     }
 
     /// Bytes one cached position takes across all layers (keys and values).

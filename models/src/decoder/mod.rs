@@ -1,6 +1,7 @@
 //! Llama-family decoders (Llama / SmolLM2, Qwen2, Qwen3) from GGUF or Hugging Face safetensors.
 
 mod config;
+mod gpu;
 mod kv_cache;
 mod model;
 mod rope;

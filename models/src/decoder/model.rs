@@ -5,11 +5,13 @@
 //! the whole batch (weights are read once per step, not once per sequence), and attention is one
 //! paged-attention call that knows where each sequence's rows and cache blocks are.
 
+use crate::decoder::gpu::{self, GpuLayer, GpuLinear, GpuWeights, StepInput};
 use crate::decoder::kv_cache::{BlockTable, KvCache};
 use crate::decoder::rope::Rope;
 use crate::decoder::{DecoderConfig, Family};
 use crate::error::{ModelError, Result};
 use crate::weights::{GgufFile, MappedTensor, SafetensorsFiles, TensorSource};
+use candle_core::Device;
 use rayon::prelude::*;
 use std::path::Path;
 use switchyard_kernels::{matmul, paged_attention, AttentionShape, SequenceSpan};
@@ -144,6 +146,8 @@ pub struct Decoder {
     norm: Vec<f32>,
     lm_head: MappedTensor,
     rope: Rope,
+    /// The weights on a GPU, when the model was moved there ([`Decoder::to_device`]).
+    gpu: Option<GpuWeights>,
 }
 
 /// One sequence's part of a forward batch.
@@ -240,7 +244,66 @@ impl Decoder {
             norm,
             lm_head,
             rope,
+            gpu: None,
         })
+    }
+
+    /// Moves the model to `device`: on a CUDA device every weight is uploaded once (quantized GGUF
+    /// weights stay quantized) and [`Decoder::forward`] runs there, on a cache made by
+    /// [`KvCache::new_on`] for the same device. The CPU is a no-op.
+    pub fn to_device(mut self, device: &Device) -> Result<Self> {
+        if device.is_cpu() {
+            self.gpu = None;
+            return Ok(self);
+        }
+        let started = std::time::Instant::now();
+        let lin = |l: &Linear| GpuLinear::new(&l.weight, l.bias.as_deref(), device);
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(GpuLayer {
+                    attn_norm: gpu::vector(&l.attn_norm, device)?,
+                    q: lin(&l.q)?,
+                    k: lin(&l.k)?,
+                    v: lin(&l.v)?,
+                    o: lin(&l.o)?,
+                    q_norm: l
+                        .q_norm
+                        .as_deref()
+                        .map(|v| gpu::vector(v, device))
+                        .transpose()?,
+                    k_norm: l
+                        .k_norm
+                        .as_deref()
+                        .map(|v| gpu::vector(v, device))
+                        .transpose()?,
+                    ffn_norm: gpu::vector(&l.ffn_norm, device)?,
+                    gate: lin(&l.gate)?,
+                    up: lin(&l.up)?,
+                    down: lin(&l.down)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let weights = GpuWeights {
+            device: device.clone(),
+            layers,
+            norm: gpu::vector(&self.norm, device)?,
+            lm_head: GpuLinear::new(&self.lm_head, None, device)?,
+        };
+        tracing::info!(
+            device = ?device,
+            weights_mib = self.weight_bytes() >> 20,
+            secs = started.elapsed().as_secs_f32(),
+            "decoder weights uploaded"
+        );
+        self.gpu = Some(weights);
+        Ok(self)
+    }
+
+    /// The device the forward pass runs on.
+    pub fn device(&self) -> Device {
+        self.gpu.as_ref().map_or(Device::Cpu, |g| g.device.clone())
     }
 
     /// The model's hyper-parameters.
@@ -302,7 +365,7 @@ impl Decoder {
         if n == 0 {
             return Ok(Vec::new());
         }
-        if cache.kv_dim() != kvd || cache.layers.len() != c.num_layers {
+        if cache.kv_dim() != kvd || cache.num_layers() != c.num_layers {
             return Err(ModelError::Forward(
                 "KV cache was built for another model".into(),
             ));
@@ -373,6 +436,35 @@ impl Decoder {
             embed.dequantize_row(tok as usize, &mut x[row * h..(row + 1) * h])?;
         }
 
+        // Rows whose logits are returned.
+        let rows: Vec<usize> = if all_rows {
+            (0..n).collect()
+        } else {
+            spans
+                .iter()
+                .zip(batch)
+                .filter(|(_, s)| s.want_logits && !s.tokens.is_empty())
+                .map(|(span, _)| span.first_row + span.rows - 1)
+                .collect()
+        };
+        if let Some(g) = &self.gpu {
+            let step = StepInput {
+                x,
+                n,
+                cos,
+                sin,
+                spans: &spans,
+                slots: slots.iter().map(|&s| (s / kvd) as u32).collect(),
+                logit_rows: rows.iter().map(|&r| r as u32).collect(),
+            };
+            return g.forward(c, step, cache);
+        }
+        if cache.layers.len() != c.num_layers {
+            return Err(ModelError::Forward(
+                "the KV cache is on a device but this decoder runs on the CPU".into(),
+            ));
+        }
+
         let eps = c.rms_norm_eps as f32;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut xn = vec![0f32; n * h];
@@ -418,16 +510,6 @@ impl Decoder {
         }
 
         // Final norm and logits only for the rows that need them.
-        let rows: Vec<usize> = if all_rows {
-            (0..n).collect()
-        } else {
-            spans
-                .iter()
-                .zip(batch)
-                .filter(|(_, s)| s.want_logits && !s.tokens.is_empty())
-                .map(|(span, _)| span.first_row + span.rows - 1)
-                .collect()
-        };
         let mut last = vec![0f32; rows.len() * h];
         for (i, &r) in rows.iter().enumerate() {
             last[i * h..(i + 1) * h].copy_from_slice(&x[r * h..(r + 1) * h]);
