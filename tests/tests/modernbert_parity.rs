@@ -96,6 +96,17 @@ fn check(name: &str) {
         &masked(&expected, &r.mask, width),
     );
     assert!(diff < TOLERANCE, "{name}: hidden states differ by {diff}");
+    // The Candle-ops path (GPUs, half precision) agrees too.
+    let reference = model.backbone().forward_reference(&input, &mask).unwrap();
+    let got: Vec<f32> = reference.flatten_all().unwrap().to_vec1().unwrap();
+    let diff = max_abs_diff(
+        &masked(&got, &r.mask, width),
+        &masked(&expected, &r.mask, width),
+    );
+    assert!(
+        diff < TOLERANCE,
+        "{name}: Candle-path hidden states differ by {diff}"
+    );
 
     // The long input alone (no padding) gives the same hidden states as transformers on it alone.
     let n = r.mask[r.long_index].iter().filter(|&&m| m == 1).count();

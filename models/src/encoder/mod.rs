@@ -9,6 +9,7 @@
 //! `jailbreak_type_mapping.json`) when present.
 
 mod config;
+mod cpu;
 mod heads;
 mod modernbert;
 

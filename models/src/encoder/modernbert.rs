@@ -8,6 +8,7 @@
 //! O(T · window) rather than O(T²).
 
 use super::config::{Activation, AttentionKind, ModernBertConfig};
+use super::cpu::{CpuBackbone, LayerParts};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 
@@ -271,7 +272,18 @@ struct Layer {
     mlp: Mlp,
 }
 
-/// The ModernBERT encoder.
+/// The CPU fast path, shared between clones.
+#[derive(Clone)]
+struct FastPath(std::sync::Arc<CpuBackbone>);
+
+impl std::fmt::Debug for FastPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CpuBackbone")
+    }
+}
+
+/// The ModernBERT encoder. On the CPU in f32 it runs [`super::cpu`]'s fast path; elsewhere (and in
+/// [`ModernBert::forward_reference`]) Candle ops.
 #[derive(Debug, Clone)]
 pub struct ModernBert {
     embeddings: Embedding,
@@ -280,6 +292,7 @@ pub struct ModernBert {
     final_norm: LayerNorm,
     config: ModernBertConfig,
     dtype: DType,
+    fast: Option<FastPath>,
 }
 
 impl ModernBert {
@@ -379,6 +392,29 @@ impl ModernBert {
             })
             .collect::<Result<Vec<_>>>()?;
         let final_norm = layer_norm(c.hidden_size, c.norm_eps, c.norm_bias, vb.pp("final_norm"))?;
+        let fast = if dev.is_cpu() && dtype == DType::F32 {
+            let parts: Vec<LayerParts> = layers
+                .iter()
+                .map(|l: &Layer| LayerParts {
+                    attn_norm: l.attn_norm.as_ref(),
+                    qkv: &l.attn.qkv,
+                    out: &l.attn.out,
+                    mlp_norm: &l.mlp_norm,
+                    wi: &l.mlp.wi,
+                    wo: &l.mlp.wo,
+                    kind: l.attn.kind,
+                })
+                .collect();
+            Some(FastPath(std::sync::Arc::new(CpuBackbone::new(
+                c,
+                embeddings.embeddings(),
+                &embed_norm,
+                &parts,
+                &final_norm,
+            )?)))
+        } else {
+            None
+        };
         Ok(Self {
             embeddings,
             embed_norm,
@@ -386,6 +422,7 @@ impl ModernBert {
             final_norm,
             config: c.clone(),
             dtype,
+            fast,
         })
     }
 
@@ -402,13 +439,35 @@ impl ModernBert {
     /// Token states `[B, T, hidden]` for `input_ids` `[B, T]` (u32) and `attention_mask` `[B, T]`
     /// (1 for tokens, 0 for padding; any integer or float dtype). States at padding positions are 0.
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let Some(FastPath(fast)) = &self.fast else {
+            return self.forward_reference(input_ids, attention_mask);
+        };
         let (b, t) = input_ids.dims2()?;
+        self.check_length(t)?;
+        let ids: Vec<u32> = input_ids.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
+        let mask: Vec<f32> = attention_mask
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let states = fast.forward(&ids, &mask, b, t)?;
+        Tensor::from_vec(states, (b, t, self.config.hidden_size), input_ids.device())
+    }
+
+    fn check_length(&self, t: usize) -> Result<()> {
         if t > self.config.max_position_embeddings {
             candle_core::bail!(
                 "sequence of {t} tokens exceeds max_position_embeddings {}",
                 self.config.max_position_embeddings
             );
         }
+        Ok(())
+    }
+
+    /// [`ModernBert::forward`] on Candle ops only (the path used on GPUs and in half precision; on the
+    /// CPU a reference for the fast path).
+    pub fn forward_reference(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        self.check_length(t)?;
         // 0 for real keys, a large negative number for padding, in f32: [B, 1, 1, T]. (Finite, so
         // a padding query whose whole band is padding still gets a defined softmax.)
         let key_bias =
