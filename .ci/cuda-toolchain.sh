@@ -7,9 +7,11 @@
 # (the lent H100/H200 machines run driver 580, i.e. CUDA 13.0). Newer wheels would build fine here and
 # then fail at module load on those machines with CUDA_ERROR_UNSUPPORTED_PTX_VERSION.
 #
-# No libcuda is needed to build or to start the binary: cudarc is built with `dynamic-loading`
-# (third_party/candle-core switches Candle's `dynamic-linking` to it), so libcuda.so.1, libcublas.so.13 and
-# friends are opened at run time, and only when a CUDA device is asked for.
+# No libcuda is needed to build or to start the binary: cudarc is built with `dynamic-loading`, so
+# libcuda.so.1, libcublas.so.13 and friends are opened at run time, and only when a CUDA device is asked
+# for. Candle hard-wires cudarc's `dynamic-linking`; rather than commit a copy of candle-core, this script
+# makes one from the crates.io source in cargo's registry with that one word changed, and writes a cargo
+# config that patches it in: build with `cargo --config "$SWITCHYARD_CUDA_CARGO_CONFIG" ... --features cuda`.
 set -euo pipefail
 
 _sy_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -60,3 +62,22 @@ export LD_LIBRARY_PATH="$CUDA_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}"
 nvcc --version | tail -1 >&2
+
+# candle-core with cudarc `dynamic-loading` (see the header).
+_sy_candle_version=0.11.1
+(cd "$_sy_root" && cargo fetch --quiet)
+_sy_candle_src="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/candle-core-"$_sy_candle_version" | head -1)"
+_sy_candle="$_sy_dir/candle-core-$_sy_candle_version-dynamic-loading"
+if [[ ! -f "$_sy_candle/.switchyard-patched" ]]; then
+    rm -rf "$_sy_candle"
+    cp -r "$_sy_candle_src" "$_sy_candle"
+    chmod -R u+w "$_sy_candle"
+    sed -i 's/"dynamic-linking"/"dynamic-loading"/' "$_sy_candle/Cargo.toml"
+    grep -q '"dynamic-loading"' "$_sy_candle/Cargo.toml" || {
+        echo "cuda-toolchain: candle-core $_sy_candle_version has no cudarc dynamic-linking feature to switch" >&2
+        exit 1
+    }
+    touch "$_sy_candle/.switchyard-patched"
+fi
+printf '[patch.crates-io]\ncandle-core = { path = "%s" }\n' "$_sy_candle" >"$_sy_dir/patch.toml"
+export SWITCHYARD_CUDA_CARGO_CONFIG="$_sy_dir/patch.toml"
