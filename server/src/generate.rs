@@ -8,6 +8,7 @@ use switchyard_engine::{
     DeltaKind, Engine, EngineConfig, Event, GenerationParams, GenerationRequest, Prompt,
     SamplingParams, Thinking,
 };
+use switchyard_models::device::DeviceSpec;
 use switchyard_models::text::ChatMessage;
 
 /// Options of `generate`.
@@ -64,6 +65,10 @@ pub struct GenerateArgs {
     /// Hide the thinking text (it is shown dimmed on stderr by default).
     #[arg(long)]
     hide_thinking: bool,
+    /// Where the model runs: `cpu`, `cuda:N` (needs a `--features cuda` build) or `auto` (CUDA device 0
+    /// if one opens, else the CPU, saying why).
+    #[arg(long, default_value = "cpu", env = "SWITCHYARD_DEVICE")]
+    device: DeviceSpec,
 }
 
 /// The model to load: the given path, or the default model (fetched if needed).
@@ -77,8 +82,10 @@ pub fn resolve_model(path: Option<PathBuf>) -> Result<PathBuf> {
 /// Runs `generate`.
 pub fn run(args: GenerateArgs) -> Result<()> {
     let path = resolve_model(args.model)?;
-    let model = switchyard_models::load_generation_model(&path)
+    let mut model = switchyard_models::load_generation_model(&path)
         .with_context(|| format!("loading {}", path.display()))?;
+    let device = args.device.open()?;
+    model.decoder = model.decoder.to_device(&device)?;
     let engine = Engine::start(model, EngineConfig::default())?;
     let thinking = if args.think || args.thinking_budget.is_some() {
         Thinking::On {
