@@ -11,7 +11,8 @@
 # libcuda.so.1, libcublas.so.13 and friends are opened at run time, and only when a CUDA device is asked
 # for. Candle hard-wires cudarc's `dynamic-linking`; rather than commit a copy of candle-core, this script
 # makes one from the crates.io source in cargo's registry with that one word changed, and writes a cargo
-# config that patches it in: build with `cargo --config "$SWITCHYARD_CUDA_CARGO_CONFIG" ... --features cuda`.
+# config that patches it in: build with `cargo <command> --config "$SWITCHYARD_CUDA_CARGO_CONFIG" ... --features cuda` (after the
+# subcommand: `cargo clippy` passes it on to the cargo it runs only there).
 set -euo pipefail
 
 _sy_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
