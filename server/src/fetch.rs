@@ -28,6 +28,9 @@ pub const DEFAULT_MODEL: PackagedModel = PackagedModel {
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 };
 
+/// The id `serve` gives the default model (the name the shipped routing config uses).
+pub const DEFAULT_MODEL_ID: &str = "SmolLM2-135M-Instruct";
+
 /// Where downloaded models live: `$SWITCHYARD_CACHE`, else `$XDG_CACHE_HOME/switchyard`, else
 /// `~/.cache/switchyard`.
 pub fn cache_dir() -> PathBuf {

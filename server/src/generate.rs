@@ -1,6 +1,5 @@
 //! `switchyard generate`: one prompt, streamed to the terminal.
 
-use crate::fetch;
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,6 +9,7 @@ use switchyard_engine::{
 };
 use switchyard_models::device::DeviceSpec;
 use switchyard_models::text::ChatMessage;
+use switchyard_server::fetch;
 
 /// Options of `generate`.
 #[derive(clap::Args, Debug)]

@@ -3,7 +3,6 @@
 mod bench;
 mod bench_router;
 mod bench_savings;
-mod fetch;
 mod generate;
 mod plots;
 mod train;
@@ -23,6 +22,8 @@ struct Cli {
 enum Commands {
     /// Generate a reply to one prompt and stream it to the terminal.
     Generate(generate::GenerateArgs),
+    /// Serve the OpenAI-compatible API with in-process routing.
+    Serve(switchyard_server::serve::ServeArgs),
     /// Fetch the default model into the cache and print its path.
     FetchModel,
     /// Benchmarks.
@@ -65,6 +66,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Commands::Generate(args) => generate::run(args),
+        Commands::Serve(args) => switchyard_server::serve::run(args),
         Commands::Bench(BenchCommand::Engine(args)) => bench::run(args),
         Commands::Bench(BenchCommand::Router(args)) => bench_router::run(args),
         Commands::Bench(BenchCommand::Savings(args)) => {
@@ -74,7 +76,8 @@ fn main() -> Result<()> {
         }
         Commands::TrainRouter(args) => train::run(args),
         Commands::FetchModel => {
-            let path = fetch::DEFAULT_MODEL.ensure(&fetch::cache_dir())?;
+            let path = switchyard_server::fetch::DEFAULT_MODEL
+                .ensure(&switchyard_server::fetch::cache_dir())?;
             println!("{}", path.display());
             Ok(())
         }

@@ -1,0 +1,268 @@
+//! The OpenAI chat-completions request and response shapes, as the official clients send and read them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use switchyard_models::text::ChatMessage;
+
+use super::error::ApiError;
+
+/// `messages[].content`: a string, or a list of parts of which only text parts are supported.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    /// Plain text.
+    Text(String),
+    /// Content parts.
+    Parts(Vec<Value>),
+}
+
+/// One message of a request.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Message {
+    /// `system`, `developer`, `user` or `assistant`.
+    pub role: String,
+    /// The text (absent or null only for assistant tool calls, which are not supported).
+    #[serde(default)]
+    pub content: Option<Content>,
+    /// Earlier thinking of an assistant turn (as this server returns it).
+    #[serde(default)]
+    pub reasoning_content: Option<String>,
+    /// Participant name (accepted, not used).
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub name: Option<String>,
+}
+
+/// `stop`: one string or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    /// One stop string.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    /// Send a last chunk with the usage.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// `chat_template_kwargs` (vLLM's extension; `enable_thinking` is what Qwen3 templates read).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ChatTemplateKwargs {
+    /// Think (true) or answer directly (false).
+    pub enable_thinking: Option<bool>,
+}
+
+/// `POST /v1/chat/completions` (and `/v1/route`) body.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatRequest {
+    /// A served model id, or the auto model (routed).
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// Legacy limit on generated tokens.
+    pub max_tokens: Option<usize>,
+    /// Limit on generated tokens, thinking included.
+    pub max_completion_tokens: Option<usize>,
+    /// Sampling temperature (0 = greedy).
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    pub top_p: Option<f32>,
+    /// Stop strings.
+    pub stop: Option<Stop>,
+    /// Sampling seed.
+    pub seed: Option<u64>,
+    /// Presence penalty in [-2, 2].
+    pub presence_penalty: Option<f32>,
+    /// Frequency penalty in [-2, 2].
+    pub frequency_penalty: Option<f32>,
+    /// Stream the answer as server-sent events.
+    #[serde(default)]
+    pub stream: bool,
+    /// Streaming options.
+    pub stream_options: Option<StreamOptions>,
+    /// `low` / `medium` / `high`: think with that effort's budget (`none` / `minimal`: do not think).
+    pub reasoning_effort: Option<String>,
+    /// Template variables; `enable_thinking` switches thinking on or off.
+    pub chat_template_kwargs: Option<ChatTemplateKwargs>,
+    /// Number of choices: only 1 is supported.
+    pub n: Option<usize>,
+    /// Fields that change the semantics and are not supported: their presence is a 400.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, Value>,
+}
+
+/// Fields whose meaning this server does not implement (a request using them gets a 400).
+const UNSUPPORTED: [&str; 10] = [
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "response_format",
+    "audio",
+    "prediction",
+];
+
+impl ChatRequest {
+    /// Checks what the types cannot: unsupported fields, `n`, ranges.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        for field in UNSUPPORTED {
+            if let Some(v) = self.other.get(field) {
+                let harmless = v.is_null()
+                    || v == &Value::Bool(false)
+                    || (field == "response_format" && v.get("type") == Some(&Value::from("text")));
+                if !harmless {
+                    return Err(ApiError::invalid(
+                        field,
+                        format!("`{field}` is not supported by this server"),
+                    ));
+                }
+            }
+        }
+        if let Some(n) = self.n {
+            if n != 1 {
+                return Err(ApiError::invalid("n", "only n = 1 is supported"));
+            }
+        }
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid(
+                "messages",
+                "`messages` must not be empty",
+            ));
+        }
+        if let Some(t) = self.temperature {
+            if !(0.0..=2.0).contains(&t) {
+                return Err(ApiError::invalid("temperature", "must be in [0, 2]"));
+            }
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(ApiError::invalid("top_p", "must be in (0, 1]"));
+            }
+        }
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if let Some(v) = v {
+                if !(-2.0..=2.0).contains(&v) {
+                    return Err(ApiError::invalid(name, "must be in [-2, 2]"));
+                }
+            }
+        }
+        if let Some(e) = &self.reasoning_effort {
+            if !["none", "minimal", "low", "medium", "high"].contains(&e.as_str()) {
+                return Err(ApiError::invalid(
+                    "reasoning_effort",
+                    "must be one of none, minimal, low, medium, high",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The messages as the engine takes them.
+    pub fn chat_messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
+        self.messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let role =
+                    match m.role.as_str() {
+                        "developer" => "system",
+                        r @ ("system" | "user" | "assistant") => r,
+                        other => return Err(ApiError::invalid(
+                            &format!("messages[{i}].role"),
+                            format!(
+                                "unsupported role `{other}` (system, developer, user, assistant)"
+                            ),
+                        )),
+                    };
+                let content = match &m.content {
+                    None => String::new(),
+                    Some(Content::Text(t)) => t.clone(),
+                    Some(Content::Parts(parts)) => {
+                        let mut text = String::new();
+                        for (j, p) in parts.iter().enumerate() {
+                            match (
+                                p.get("type").and_then(Value::as_str),
+                                p.get("text").and_then(Value::as_str),
+                            ) {
+                                (Some("text"), Some(t)) => text.push_str(t),
+                                (kind, _) => {
+                                    return Err(ApiError::invalid(
+                                        &format!("messages[{i}].content[{j}]"),
+                                        format!(
+                                            "only text content parts are supported (got {})",
+                                            kind.unwrap_or("a part without a type")
+                                        ),
+                                    ))
+                                }
+                            }
+                        }
+                        text
+                    }
+                };
+                let mut message = ChatMessage::new(role, content);
+                message.reasoning_content = m.reasoning_content.clone();
+                Ok(message)
+            })
+            .collect()
+    }
+
+    /// `max_completion_tokens`, else `max_tokens`.
+    pub fn max_new_tokens(&self) -> Option<usize> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    /// The stop strings.
+    pub fn stop_strings(&self) -> Vec<String> {
+        match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        }
+    }
+}
+
+/// `usage`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens, thinking included.
+    pub completion_tokens: usize,
+    /// Sum.
+    pub total_tokens: usize,
+    /// Breakdown.
+    pub completion_tokens_details: CompletionDetails,
+}
+
+/// `usage.completion_tokens_details`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompletionDetails {
+    /// Tokens spent thinking.
+    pub reasoning_tokens: usize,
+}
+
+impl Usage {
+    /// From the engine's usage.
+    pub fn from_engine(u: &switchyard_engine::Usage) -> Usage {
+        Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.prompt_tokens + u.completion_tokens,
+            completion_tokens_details: CompletionDetails {
+                reasoning_tokens: u.reasoning_tokens,
+            },
+        }
+    }
+}

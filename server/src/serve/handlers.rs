@@ -1,0 +1,704 @@
+//! The HTTP handlers.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Request, State as AxumState};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::stream::{self, Stream, StreamExt};
+use serde_json::{json, Value};
+use switchyard_engine::{
+    DeltaKind, Event, GenerationParams, GenerationRequest, GenerationStream, Prompt,
+    SamplingParams, Thinking,
+};
+use switchyard_models::text::ChatMessage;
+use switchyard_router::config::{ReasoningBudgets, ReasoningEffort};
+use switchyard_router::{Action, BlockReason, Decision, Reasoning};
+
+use super::api::{ChatRequest, Usage};
+use super::error::ApiError;
+use super::State;
+
+type Shared = AxumState<Arc<State>>;
+
+/// Checks `Authorization: Bearer <key>` on `/v1/*` when a key is configured.
+pub async fn authenticate(AxumState(state): Shared, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        if request.uri().path().starts_with("/v1/") {
+            let ok = request
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|k| k.trim() == key);
+            if !ok {
+                return ApiError::unauthorized().into_response();
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// 404 for unknown paths, in the same error shape.
+pub async fn not_found(request: Request) -> ApiError {
+    let mut e = ApiError::bad_request(format!(
+        "No route for {} {}",
+        request.method(),
+        request.uri().path()
+    ));
+    e.status = StatusCode::NOT_FOUND;
+    e
+}
+
+/// `GET /health`: the process is alive.
+pub async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /ready`: models loaded and accepting requests.
+pub async fn ready(AxumState(state): Shared) -> Response {
+    if state.accepting.load(Ordering::SeqCst) {
+        Json(json!({"status": "ready", "models": state.served()})).into_response()
+    } else {
+        ApiError::unavailable("shutting down").into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(AxumState(state): Shared) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(&state),
+    )
+        .into_response()
+}
+
+/// `GET /v1/models`.
+pub async fn models(AxumState(state): Shared) -> Json<Value> {
+    let mut data: Vec<Value> = state
+        .engines
+        .iter()
+        .map(|(id, e)| {
+            json!({"id": id, "object": "model", "created": state.started, "owned_by": "switchyard",
+                   "max_model_len": e.max_model_len()})
+        })
+        .collect();
+    if state.router.is_some() {
+        data.push(
+            json!({"id": state.auto_model, "object": "model", "created": state.started,
+                         "owned_by": "switchyard", "routed": true}),
+        );
+    }
+    Json(json!({"object": "list", "data": data}))
+}
+
+fn parse_body(
+    state: &State,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<ChatRequest, ApiError> {
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(state.limits.body_bytes)
+        } else {
+            ApiError::bad_request(r.body_text())
+        }
+    })?;
+    let request: ChatRequest = serde_json::from_slice(&body).map_err(|e| {
+        let mut a = ApiError::bad_request(format!("Invalid JSON body: {e}"));
+        a.code = Some("invalid_json");
+        a
+    })?;
+    request.validate()?;
+    Ok(request)
+}
+
+/// What the request will be generated as.
+struct Plan {
+    /// Served model id.
+    model: String,
+    messages: Vec<ChatMessage>,
+    thinking: Thinking,
+    decision: Option<Decision>,
+}
+
+fn effort_budget(state: &State, effort: &str) -> Option<usize> {
+    let budgets = state
+        .router
+        .as_ref()
+        .map_or_else(ReasoningBudgets::default, |r| r.config().reasoning_budgets);
+    let e = match effort {
+        "low" => ReasoningEffort::Low,
+        "medium" => ReasoningEffort::Medium,
+        "high" => ReasoningEffort::High,
+        _ => return None,
+    };
+    Some(budgets.budget(e))
+}
+
+/// Routes (for the auto model) and applies the explicit reasoning fields.
+async fn plan(state: &State, request: &ChatRequest) -> Result<Plan, ApiError> {
+    let mut messages = request.chat_messages()?;
+    let (model, mut thinking, decision) = if request.model == state.auto_model {
+        let router = state
+            .router
+            .as_ref()
+            .ok_or_else(|| ApiError::unknown_model(&request.model, &state.served()))?;
+        let decision = router
+            .route_async(&messages)
+            .await
+            .map_err(|e| ApiError::internal(format!("routing failed: {e}")))?;
+        state
+            .metrics
+            .route_seconds
+            .with_label_values(&[&decision.category])
+            .observe(decision.route_time.as_secs_f64());
+        let model = state
+            .aliases
+            .get(&decision.model)
+            .cloned()
+            .unwrap_or_else(|| decision.model.clone());
+        if !state.engines.contains_key(&model) {
+            return Err(ApiError::internal(format!(
+                "the router chose `{model}`, which is not served"
+            )));
+        }
+        decision.apply(&mut messages);
+        let thinking = match decision.reasoning {
+            Reasoning::Fast => Thinking::Off,
+            Reasoning::Thinking { budget, .. } => Thinking::On {
+                budget: Some(budget),
+            },
+        };
+        (model, thinking, Some(decision))
+    } else if state.engines.contains_key(&request.model) {
+        (request.model.clone(), Thinking::Off, None)
+    } else {
+        return Err(ApiError::unknown_model(&request.model, &state.served()));
+    };
+    // Explicit reasoning fields win over the router.
+    if let Some(effort) = &request.reasoning_effort {
+        thinking = match effort_budget(state, effort) {
+            Some(budget) => Thinking::On {
+                budget: Some(budget),
+            },
+            None => Thinking::Off,
+        };
+    }
+    if let Some(on) = request
+        .chat_template_kwargs
+        .as_ref()
+        .and_then(|k| k.enable_thinking)
+    {
+        thinking = match (on, thinking) {
+            (false, _) => Thinking::Off,
+            (true, Thinking::On { budget }) => Thinking::On { budget },
+            (true, Thinking::Off) => Thinking::On {
+                budget: effort_budget(state, "medium"),
+            },
+        };
+    }
+    Ok(Plan {
+        model,
+        messages,
+        thinking,
+        decision,
+    })
+}
+
+fn decision_headers(plan: &Plan) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    };
+    put("x-switchyard-model", plan.model.clone());
+    put(
+        "x-switchyard-reasoning",
+        if matches!(plan.thinking, Thinking::On { .. }) {
+            "on"
+        } else {
+            "off"
+        }
+        .into(),
+    );
+    if let Some(d) = &plan.decision {
+        put("x-switchyard-category", d.category.clone());
+        put(
+            "x-switchyard-route-ms",
+            format!("{:.3}", d.route_time.as_secs_f64() * 1e3),
+        );
+        if let Action::Block { reason, .. } = &d.action {
+            put(
+                "x-switchyard-blocked",
+                match reason {
+                    BlockReason::Jailbreak => "jailbreak",
+                    BlockReason::Pii => "pii",
+                }
+                .into(),
+            );
+        }
+        if d.jailbreak_flagged {
+            put("x-switchyard-flagged", "jailbreak".into());
+        }
+    }
+    h
+}
+
+fn reasoning_label(thinking: Thinking) -> &'static str {
+    if matches!(thinking, Thinking::On { .. }) {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+fn completion_id() -> String {
+    format!("chatcmpl-{:032x}", rand::random::<u128>())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `POST /v1/route`: the router's decision, without generating.
+pub async fn route(
+    AxumState(state): Shared,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let result = async {
+        let request = parse_body(&state, body)?;
+        let router = state
+            .router
+            .as_ref()
+            .ok_or_else(|| ApiError::bad_request("routing is off on this server"))?;
+        let messages = request.chat_messages()?;
+        let decision = router
+            .route_async(&messages)
+            .await
+            .map_err(|e| ApiError::internal(format!("routing failed: {e}")))?;
+        state
+            .metrics
+            .route_seconds
+            .with_label_values(&[&decision.category])
+            .observe(decision.route_time.as_secs_f64());
+        state
+            .metrics
+            .requests
+            .with_label_values(&[
+                "route",
+                &decision.model,
+                &decision.category,
+                reasoning_label(match decision.reasoning {
+                    Reasoning::Fast => Thinking::Off,
+                    Reasoning::Thinking { budget, .. } => Thinking::On {
+                        budget: Some(budget),
+                    },
+                }),
+                "200",
+            ])
+            .inc();
+        let mut v =
+            serde_json::to_value(&decision).map_err(|e| ApiError::internal(e.to_string()))?;
+        v["served_model"] = json!(state
+            .aliases
+            .get(&decision.model)
+            .unwrap_or(&decision.model));
+        v["blocked"] = json!(decision.is_blocked());
+        Ok::<_, ApiError>(Json(v).into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    AxumState(state): Shared,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    match chat(state.clone(), body).await {
+        Ok(r) => r,
+        Err(e) => {
+            state
+                .metrics
+                .requests
+                .with_label_values(&["chat", "", "", "", e.status.as_str()])
+                .inc();
+            e.into_response()
+        }
+    }
+}
+
+async fn chat(
+    state: Arc<State>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    if !state.accepting.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable("the server is shutting down"));
+    }
+    let request = parse_body(&state, body)?;
+    let plan = plan(&state, &request).await?;
+    let headers = decision_headers(&plan);
+    let id = completion_id();
+    let created = now();
+
+    if let Some(Decision {
+        action: Action::Block { message, .. },
+        category,
+        ..
+    }) = &plan.decision
+    {
+        state
+            .metrics
+            .requests
+            .with_label_values(&["chat", &plan.model, category, "off", "blocked"])
+            .inc();
+        return Ok(blocked_response(
+            &request,
+            &plan.model,
+            &id,
+            created,
+            message,
+            headers,
+        ));
+    }
+
+    let engine = &state.engines[&plan.model];
+    let limit = state.limits.max_tokens;
+    let max_tokens = match request.max_new_tokens() {
+        Some(0) => return Err(ApiError::invalid("max_tokens", "must be at least 1")),
+        Some(n) if n > limit => {
+            return Err(ApiError::invalid(
+                "max_tokens",
+                format!("{n} is more than this server's limit of {limit}"),
+            ))
+        }
+        Some(n) => n,
+        None => limit,
+    };
+    let stream_permit = if request.stream {
+        Some(state.streams.clone().try_acquire_owned().map_err(|_| {
+            ApiError::overloaded(format!(
+                "too many open streams (limit {})",
+                state.limits.streams
+            ))
+        })?)
+    } else {
+        None
+    };
+    let generation = GenerationRequest {
+        prompt: Prompt::Chat(plan.messages.clone()),
+        params: GenerationParams {
+            sampling: SamplingParams {
+                temperature: request.temperature.unwrap_or(1.0),
+                top_p: request.top_p.unwrap_or(1.0),
+                presence_penalty: request.presence_penalty.unwrap_or(0.0),
+                frequency_penalty: request.frequency_penalty.unwrap_or(0.0),
+                seed: request.seed,
+                ..SamplingParams::default()
+            },
+            max_tokens: Some(max_tokens),
+            stop: request.stop_strings(),
+            thinking: plan.thinking,
+            ..GenerationParams::default()
+        },
+    };
+    let stream = engine.submit(generation)?;
+    let prompt_limit = state
+        .limits
+        .prompt_tokens
+        .map_or(engine.max_model_len() - 1, |l| {
+            l.min(engine.max_model_len() - 1)
+        });
+    if stream.prompt_tokens() > prompt_limit {
+        let mut e = ApiError::invalid(
+            "messages",
+            format!(
+                "The prompt has {} tokens, more than the {prompt_limit} this server accepts for `{}`.",
+                stream.prompt_tokens(),
+                plan.model
+            ),
+        );
+        e.code = Some("context_length_exceeded");
+        return Err(e);
+    }
+    let category = plan
+        .decision
+        .as_ref()
+        .map_or_else(String::new, |d| d.category.clone());
+    let labels = RequestLabels {
+        model: plan.model.clone(),
+        category,
+        reasoning: reasoning_label(plan.thinking),
+    };
+    if request.stream {
+        let include_usage = request
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage);
+        let events = sse_events(
+            state.clone(),
+            stream,
+            id,
+            created,
+            labels,
+            include_usage,
+            stream_permit,
+        );
+        let mut response = Sse::new(events)
+            .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+            .into_response();
+        response.headers_mut().extend(headers);
+        Ok(response)
+    } else {
+        let (content, reasoning, finish, usage) = collect(&state, &stream, &labels).await?;
+        let mut message = json!({"role": "assistant", "content": content});
+        if !reasoning.is_empty() {
+            message["reasoning_content"] = json!(reasoning);
+        }
+        let body = json!({
+            "id": id, "object": "chat.completion", "created": created, "model": labels.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": null}],
+            "usage": usage,
+        });
+        let mut response = Json(body).into_response();
+        response.headers_mut().extend(headers);
+        Ok(response)
+    }
+}
+
+struct RequestLabels {
+    model: String,
+    category: String,
+    reasoning: &'static str,
+}
+
+fn record_finish(
+    state: &State,
+    labels: &RequestLabels,
+    usage: &switchyard_engine::Usage,
+    status: &str,
+) {
+    let m = &state.metrics;
+    m.requests
+        .with_label_values(&[
+            "chat",
+            &labels.model,
+            &labels.category,
+            labels.reasoning,
+            status,
+        ])
+        .inc();
+    m.ttft_seconds
+        .with_label_values(&[&labels.model])
+        .observe(usage.time_to_first_token);
+    m.tokens
+        .with_label_values(&[&labels.model, "prompt"])
+        .inc_by(usage.prompt_tokens as u64);
+    m.tokens
+        .with_label_values(&[&labels.model, "completion"])
+        .inc_by(usage.completion_tokens as u64);
+    m.tokens
+        .with_label_values(&[&labels.model, "reasoning"])
+        .inc_by(usage.reasoning_tokens as u64);
+}
+
+async fn collect(
+    state: &State,
+    stream: &GenerationStream,
+    labels: &RequestLabels,
+) -> Result<(String, String, &'static str, Usage), ApiError> {
+    let (mut content, mut reasoning) = (String::new(), String::new());
+    loop {
+        match stream.recv_async().await {
+            Some(Event::Delta {
+                kind: DeltaKind::Content,
+                text,
+            }) => content.push_str(&text),
+            Some(Event::Delta {
+                kind: DeltaKind::Reasoning,
+                text,
+            }) => reasoning.push_str(&text),
+            Some(Event::Finished { reason, usage, .. }) => {
+                record_finish(state, labels, &usage, "200");
+                return Ok((
+                    content,
+                    reasoning,
+                    reason.as_str(),
+                    Usage::from_engine(&usage),
+                ));
+            }
+            Some(Event::Error(e)) => {
+                return Err(ApiError::internal(format!("generation failed: {e}")))
+            }
+            None => return Err(ApiError::unavailable("the engine stopped")),
+        }
+    }
+}
+
+fn chunk(id: &str, created: u64, model: &str, delta: Value, finish: Option<&str>) -> SseEvent {
+    SseEvent::default().data(
+        json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+        })
+        .to_string(),
+    )
+}
+
+/// The SSE events of a streamed completion. Dropping the stream (client gone) drops the
+/// [`GenerationStream`], which cancels the sequence.
+#[allow(clippy::too_many_arguments)]
+fn sse_events(
+    state: Arc<State>,
+    stream: GenerationStream,
+    id: String,
+    created: u64,
+    labels: RequestLabels,
+    include_usage: bool,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    enum Phase {
+        Start,
+        Body,
+        Done,
+    }
+    struct S {
+        state: Arc<State>,
+        stream: GenerationStream,
+        id: String,
+        created: u64,
+        labels: RequestLabels,
+        include_usage: bool,
+        phase: Phase,
+        last_token: Option<Instant>,
+        _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    }
+    let s = S {
+        state,
+        stream,
+        id,
+        created,
+        labels,
+        include_usage,
+        phase: Phase::Start,
+        last_token: None,
+        _permit: permit,
+    };
+    stream::unfold(s, |mut s| async move {
+        let events: Vec<SseEvent> = match s.phase {
+            Phase::Start => {
+                s.phase = Phase::Body;
+                vec![chunk(&s.id, s.created, &s.labels.model, json!({"role": "assistant", "content": ""}), None)]
+            }
+            Phase::Done => return None,
+            Phase::Body => match s.stream.recv_async().await {
+                Some(Event::Delta { kind, text }) => {
+                    let now = Instant::now();
+                    if let Some(last) = s.last_token {
+                        s.state
+                            .metrics
+                            .inter_token_seconds
+                            .with_label_values(&[&s.labels.model])
+                            .observe((now - last).as_secs_f64());
+                    }
+                    s.last_token = Some(now);
+                    let delta = match kind {
+                        DeltaKind::Content => json!({"content": text}),
+                        DeltaKind::Reasoning => json!({"reasoning_content": text}),
+                    };
+                    vec![chunk(&s.id, s.created, &s.labels.model, delta, None)]
+                }
+                Some(Event::Finished { reason, usage, .. }) => {
+                    record_finish(&s.state, &s.labels, &usage, "200");
+                    s.phase = Phase::Done;
+                    let mut out = vec![chunk(&s.id, s.created, &s.labels.model, json!({}), Some(reason.as_str()))];
+                    if s.include_usage {
+                        out.push(SseEvent::default().data(
+                            json!({"id": s.id, "object": "chat.completion.chunk", "created": s.created,
+                                   "model": s.labels.model, "choices": [],
+                                   "usage": Usage::from_engine(&usage)})
+                            .to_string(),
+                        ));
+                    }
+                    out.push(SseEvent::default().data("[DONE]"));
+                    out
+                }
+                Some(Event::Error(e)) => {
+                    s.phase = Phase::Done;
+                    vec![
+                        SseEvent::default().data(
+                            ApiError::internal(format!("generation failed: {e}")).body().to_string(),
+                        ),
+                        SseEvent::default().data("[DONE]"),
+                    ]
+                }
+                None => {
+                    s.phase = Phase::Done;
+                    vec![SseEvent::default().data("[DONE]")]
+                }
+            },
+        };
+        Some((stream::iter(events.into_iter().map(Ok)), s))
+    })
+    .flatten()
+}
+
+fn blocked_response(
+    request: &ChatRequest,
+    model: &str,
+    id: &str,
+    created: u64,
+    message: &str,
+    headers: HeaderMap,
+) -> Response {
+    let mut response = if request.stream {
+        let mut events = vec![
+            chunk(
+                id,
+                created,
+                model,
+                json!({"role": "assistant", "content": message}),
+                None,
+            ),
+            chunk(id, created, model, json!({}), Some("content_filter")),
+        ];
+        if request
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+        {
+            events.push(SseEvent::default().data(
+                json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                       "choices": [], "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+                       "completion_tokens_details": {"reasoning_tokens": 0}}})
+                .to_string(),
+            ));
+        }
+        events.push(SseEvent::default().data("[DONE]"));
+        Sse::new(stream::iter(events.into_iter().map(Ok::<_, Infallible>))).into_response()
+    } else {
+        Json(json!({
+            "id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": message},
+                         "finish_reason": "content_filter", "logprobs": null}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+                      "completion_tokens_details": {"reasoning_tokens": 0}},
+        }))
+        .into_response()
+    };
+    response.headers_mut().extend(headers);
+    response
+}

@@ -1,0 +1,381 @@
+//! `switchyard serve`: the OpenAI-compatible HTTP server with in-process routing.
+//!
+//! One process: the generation engine(s) own the device thread; the router's batches run on the same
+//! thread between decode steps (through the engine's executor), so routing costs no network hop.
+//! Endpoints: `POST /v1/chat/completions`, `POST /v1/route`, `GET /v1/models`, `GET /health`,
+//! `GET /ready`, `GET /metrics`.
+
+mod api;
+mod error;
+mod handlers;
+mod metrics;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use axum::routing::{get, post};
+use clap::Args;
+use switchyard_engine::{Engine, EngineConfig};
+use switchyard_models::device::DeviceSpec;
+use switchyard_router::{Router, RouterConfig, RouterOptions};
+use tokio::sync::{oneshot, Semaphore};
+
+pub use error::ApiError;
+use metrics::Metrics;
+
+/// Options of `serve` (every flag has an environment-variable twin).
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to bind (loopback unless told otherwise).
+    #[arg(long, env = "SWITCHYARD_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0: any free port).
+    #[arg(long, env = "SWITCHYARD_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Generation model(s): GGUF files or HF directories, optionally `name=path`. Default: the
+    /// default model (fetched if missing), served as `SmolLM2-135M-Instruct`.
+    #[arg(long = "model", env = "SWITCHYARD_MODEL", value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Routing configuration (YAML). Default: the shipped router/config/default.yaml.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Serve without a router (`model: auto` is then refused).
+    #[arg(long, env = "SWITCHYARD_NO_ROUTER")]
+    pub no_router: bool,
+    /// The model name that asks for routing.
+    #[arg(long, env = "SWITCHYARD_AUTO_MODEL", default_value = "auto")]
+    pub auto_model: String,
+    /// Device: `cpu`, `cuda:N` (with the `cuda` feature) or `auto`.
+    #[arg(long, env = "SWITCHYARD_DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Require `Authorization: Bearer <key>` on /v1 endpoints.
+    #[arg(long, env = "SWITCHYARD_API_KEY")]
+    pub api_key: Option<String>,
+    /// Largest request body, bytes.
+    #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Longest prompt, tokens (default: the model's context minus one).
+    #[arg(long, env = "SWITCHYARD_MAX_PROMPT_TOKENS")]
+    pub max_prompt_tokens: Option<usize>,
+    /// Ceiling on `max_tokens` / `max_completion_tokens` (and their default).
+    #[arg(long, env = "SWITCHYARD_MAX_TOKENS", default_value_t = 1024)]
+    pub max_tokens: usize,
+    /// Requests waiting for admission before new ones get 429.
+    #[arg(long, env = "SWITCHYARD_MAX_QUEUE", default_value_t = 256)]
+    pub max_queue: usize,
+    /// Sequences decoded together.
+    #[arg(long, env = "SWITCHYARD_MAX_NUM_SEQS", default_value_t = 16)]
+    pub max_num_seqs: usize,
+    /// Streams open at once before new ones get 429.
+    #[arg(long, env = "SWITCHYARD_MAX_STREAMS", default_value_t = 64)]
+    pub max_streams: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM / Ctrl-C.
+    #[arg(long, env = "SWITCHYARD_SHUTDOWN_GRACE", default_value_t = 10)]
+    pub shutdown_grace: u64,
+}
+
+impl Default for ServeArgs {
+    fn default() -> Self {
+        ServeArgs {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            models: Vec::new(),
+            config: None,
+            no_router: false,
+            auto_model: "auto".into(),
+            device: DeviceSpec::Cpu,
+            api_key: None,
+            max_body_bytes: 1 << 20,
+            max_prompt_tokens: None,
+            max_tokens: 1024,
+            max_queue: 256,
+            max_num_seqs: 16,
+            max_streams: 64,
+            shutdown_grace: 10,
+        }
+    }
+}
+
+/// Enforced limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Body bytes.
+    pub body_bytes: usize,
+    /// Prompt tokens (per model: the smaller of this and the context).
+    pub prompt_tokens: Option<usize>,
+    /// `max_tokens` ceiling.
+    pub max_tokens: usize,
+    /// Open streams.
+    pub streams: usize,
+}
+
+/// Everything the handlers share.
+pub struct State {
+    /// Served models by id.
+    pub engines: BTreeMap<String, Engine>,
+    /// The router, if routing is on.
+    pub router: Option<Router>,
+    /// The model id that asks for routing.
+    pub auto_model: String,
+    /// Router target names mapped to served ids.
+    pub aliases: BTreeMap<String, String>,
+    /// Limits.
+    pub limits: Limits,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// API key, if required.
+    pub api_key: Option<String>,
+    /// Open-stream permits.
+    pub streams: Arc<Semaphore>,
+    /// False once shutdown starts.
+    pub accepting: AtomicBool,
+    /// Start time (`created` of the models).
+    pub started: u64,
+}
+
+impl State {
+    /// Served ids, sorted.
+    pub fn served(&self) -> Vec<String> {
+        self.engines.keys().cloned().collect()
+    }
+}
+
+/// A running server.
+pub struct Server {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// Shared state (for tests and metrics).
+    pub state: Arc<State>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Stops accepting, lets in-flight requests finish within `grace`, and returns.
+    pub async fn shutdown(mut self, grace: Duration) -> Result<()> {
+        self.state.accepting.store(false, Ordering::SeqCst);
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match tokio::time::timeout(grace, &mut self.task).await {
+            Ok(r) => r.context("server task")?.context("server")?,
+            Err(_) => {
+                tracing::warn!(
+                    "shutdown grace of {grace:?} passed; closing the remaining connections"
+                );
+                self.task.abort();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The served id of a model file: the default model's official name, else the path's stem.
+fn model_id(path: &std::path::Path, loaded_name: &str) -> String {
+    if path.file_name().and_then(|f| f.to_str()) == Some(crate::fetch::DEFAULT_MODEL.file_name) {
+        crate::fetch::DEFAULT_MODEL_ID.to_string()
+    } else {
+        loaded_name.to_string()
+    }
+}
+
+/// Loads the models and the router and starts serving (the caller's tokio runtime).
+pub async fn start(args: ServeArgs) -> Result<Server> {
+    let device = args.device.open()?;
+    let mut specs: Vec<(Option<String>, PathBuf)> = args
+        .models
+        .iter()
+        .map(|m| match m.split_once('=') {
+            Some((name, path)) => (Some(name.to_string()), PathBuf::from(path)),
+            None => (None, PathBuf::from(m)),
+        })
+        .collect();
+    if specs.is_empty() {
+        let path = tokio::task::spawn_blocking(|| {
+            crate::fetch::DEFAULT_MODEL.ensure(&crate::fetch::cache_dir())
+        })
+        .await??;
+        specs.push((None, path));
+    }
+    let mut engines = BTreeMap::new();
+    for (name, path) in specs {
+        let device = device.clone();
+        let config = EngineConfig {
+            max_num_seqs: args.max_num_seqs,
+            max_waiting: args.max_queue,
+            ..EngineConfig::default()
+        };
+        let (id, engine) = tokio::task::spawn_blocking(move || -> Result<(String, Engine)> {
+            let mut model = switchyard_models::load_generation_model(&path)
+                .with_context(|| format!("loading {}", path.display()))?;
+            model.decoder = model.decoder.to_device(&device)?;
+            let id = name.unwrap_or_else(|| model_id(&path, &model.name));
+            Ok((id, Engine::start(model, config)?))
+        })
+        .await??;
+        tracing::info!(
+            model = %id,
+            weights_mib = engine.weight_bytes() >> 20,
+            kv_cache_mib = engine.kv_cache_bytes() >> 20,
+            "model loaded"
+        );
+        if engines.insert(id.clone(), engine).is_some() {
+            bail!("two models are served as `{id}`; name them with --model name=path");
+        }
+    }
+    if engines.contains_key(&args.auto_model) {
+        bail!(
+            "a served model is named `{}`, the auto model's name",
+            args.auto_model
+        );
+    }
+
+    let (router, aliases) = if args.no_router {
+        (None, BTreeMap::new())
+    } else {
+        let mut options = match &args.config {
+            Some(path) => RouterOptions::from_config_file(path)?,
+            None => RouterOptions::new(RouterConfig::shipped_default()?),
+        };
+        let first = engines.values().next().expect("at least one model");
+        options.executor = Some(Arc::new(first.executor()));
+        options.device = device.clone();
+        options.dtype = switchyard_models::device::encoder_dtype(&device);
+        let router = tokio::task::spawn_blocking(move || Router::load(options)).await??;
+        let mut aliases = BTreeMap::new();
+        for target in router.config().referenced_models() {
+            if engines.contains_key(&target) {
+                continue;
+            }
+            if engines.len() == 1 {
+                let only = engines.keys().next().expect("one model").clone();
+                tracing::warn!(
+                    "router target `{target}` is not served; routing it to `{only}`, the one model served"
+                );
+                aliases.insert(target, only);
+            } else {
+                bail!(
+                    "the routing config sends requests to `{target}`, which is not served (serving: {})",
+                    engines.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        (Some(router), aliases)
+    };
+
+    let state = Arc::new(State {
+        engines,
+        router,
+        auto_model: args.auto_model.clone(),
+        aliases,
+        limits: Limits {
+            body_bytes: args.max_body_bytes,
+            prompt_tokens: args.max_prompt_tokens,
+            max_tokens: args.max_tokens,
+            streams: args.max_streams,
+        },
+        metrics: Metrics::new()?,
+        api_key: args.api_key.clone(),
+        streams: Arc::new(Semaphore::new(args.max_streams)),
+        accepting: AtomicBool::new(true),
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    });
+
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route("/v1/route", post(handlers::route))
+        .route("/v1/models", get(handlers::models))
+        .route("/health", get(handlers::health))
+        .route("/ready", get(handlers::ready))
+        .route("/metrics", get(handlers::metrics))
+        .fallback(handlers::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(args.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            handlers::authenticate,
+        ))
+        .with_state(state.clone());
+
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await
+    });
+    Ok(Server {
+        addr,
+        state,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+/// Runs `serve` until SIGTERM or Ctrl-C.
+pub fn run(args: ServeArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let grace = Duration::from_secs(args.shutdown_grace);
+        let server = start(args).await?;
+        println!("Switchyard listening on http://{}", server.addr);
+        for (id, engine) in &server.state.engines {
+            println!(
+                "  model {id}: weights {:.1} MiB, KV cache {:.1} MiB, context {} tokens",
+                engine.weight_bytes() as f64 / (1 << 20) as f64,
+                engine.kv_cache_bytes() as f64 / (1 << 20) as f64,
+                engine.max_model_len()
+            );
+        }
+        match &server.state.router {
+            Some(r) => println!(
+                "  model {}: routed by the semantic router ({} categories; heads {:?})",
+                server.state.auto_model,
+                r.config().categories.len(),
+                r.model().roles()
+            ),
+            None => println!("  routing off"),
+        }
+        println!("ready");
+        shutdown_signal().await;
+        println!("shutting down: finishing in-flight requests (up to {grace:?})");
+        server.shutdown(grace).await
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
