@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Drives a running `switchyard serve` with the official `openai` Python client (as CI does).
+
+Usage: python tests/openai_client/check.py http://127.0.0.1:PORT/v1 MODEL_ID
+Checks: list models, a plain chat, a routed chat, a streamed chat with usage, and that an error maps to
+the client's exception type. Exits non-zero on the first failure.
+"""
+
+import sys
+import time
+import urllib.request
+
+import openai
+
+
+def wait_ready(base_url, seconds=120):
+    """Polls /ready (the server may still be loading)."""
+    root = base_url.rsplit("/v1", 1)[0]
+    deadline = time.time() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"{root}/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.time() > deadline:
+            raise SystemExit(f"{root} not ready after {seconds} s")
+        time.sleep(0.5)
+
+
+def main():
+    base_url, model = sys.argv[1], sys.argv[2]
+    wait_ready(base_url)
+    client = openai.OpenAI(base_url=base_url, api_key="unused")
+
+    ids = [m.id for m in client.models.list()]
+    assert model in ids and "auto" in ids, ids
+
+    r = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=8,
+        temperature=0,
+    )
+    assert r.choices[0].message.role == "assistant"
+    assert r.usage.completion_tokens > 0, r.usage
+    print("plain:", repr(r.choices[0].message.content))
+
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto",
+        messages=[{"role": "user", "content": "Solve for x: 3x + 7 = 22"}],
+        max_tokens=8,
+        temperature=0,
+    )
+    assert raw.headers["x-switchyard-reasoning"] in ("on", "off")
+    routed = raw.parse()
+    print("routed:", raw.headers["x-switchyard-category"], raw.headers["x-switchyard-reasoning"],
+          routed.usage.completion_tokens_details.reasoning_tokens)
+
+    text, usage = "", None
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Count to three."}],
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            text += c.delta.content or ""
+    assert usage is not None and usage.completion_tokens > 0, usage
+    print("streamed:", repr(text))
+
+    try:
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+    except openai.NotFoundError as e:
+        print("unknown model ->", type(e).__name__, e.status_code)
+    else:
+        raise AssertionError("an unknown model did not raise NotFoundError")
+
+    try:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], n=2)
+    except openai.BadRequestError as e:
+        print("n=2 ->", type(e).__name__, e.status_code)
+    else:
+        raise AssertionError("n=2 did not raise BadRequestError")
+    print("openai client: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
