@@ -491,3 +491,49 @@ async fn sixteen_parallel_streams_each_get_their_own_text() {
     }
     s.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_mode_routes_and_forwards_like_the_vllm_semantic_router() {
+    // The generator serves the tiny model under the name the shipped routing config targets.
+    let mut a = args();
+    a.no_router = true;
+    a.models = vec![format!(
+        "SmolLM2-135M-Instruct={}",
+        fixtures().join("hf/tiny-llama").display()
+    )];
+    let (generator, gen_base) = server(a).await;
+    let (proxy, proxy_base) = server(ServeArgs {
+        port: 0,
+        upstream: Some(gen_base.clone()),
+        ..ServeArgs::default()
+    })
+    .await;
+    // The proxy loads no model: only the router.
+    assert!(proxy.state.engines.is_empty());
+    let question = "Who was the first emperor of Rome?";
+    let r = post(
+        &proxy_base,
+        "/v1/chat/completions",
+        &chat("auto", question, 8),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-switchyard-category"], "history");
+    assert_eq!(r.headers()["x-switchyard-reasoning"], "off");
+    let via_proxy: Value = r.json().await.unwrap();
+    let direct: Value = post(
+        &gen_base,
+        "/v1/chat/completions",
+        &chat("SmolLM2-135M-Instruct", question, 8),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        via_proxy["choices"][0]["message"]["content"],
+        direct["choices"][0]["message"]["content"]
+    );
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    generator.shutdown(Duration::from_secs(5)).await.unwrap();
+}

@@ -175,17 +175,18 @@ impl ChatRequest {
             .iter()
             .enumerate()
             .map(|(i, m)| {
-                let role =
-                    match m.role.as_str() {
-                        "developer" => "system",
-                        r @ ("system" | "user" | "assistant") => r,
-                        other => return Err(ApiError::invalid(
+                let role = match m.role.as_str() {
+                    "developer" => "system",
+                    r @ ("system" | "user" | "assistant") => r,
+                    other => {
+                        return Err(ApiError::invalid(
                             &format!("messages[{i}].role"),
                             format!(
                                 "unsupported role `{other}` (system, developer, user, assistant)"
                             ),
-                        )),
-                    };
+                        ))
+                    }
+                };
                 let content = match &m.content {
                     None => String::new(),
                     Some(Content::Text(t)) => t.clone(),

@@ -348,6 +348,10 @@ async fn chat(
     if !state.accepting.load(Ordering::SeqCst) {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
+    if let Some(upstream) = state.upstream.clone() {
+        let body = body.map_err(|_| ApiError::too_large(state.limits.body_bytes))?;
+        return super::proxy::forward(state, &upstream, body).await;
+    }
     let request = parse_body(&state, body)?;
     let plan = plan(&state, &request).await?;
     let headers = decision_headers(&plan);

@@ -9,6 +9,7 @@ mod api;
 mod error;
 mod handlers;
 mod metrics;
+mod proxy;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -74,6 +75,10 @@ pub struct ServeArgs {
     /// Streams open at once before new ones get 429.
     #[arg(long, env = "SWITCHYARD_MAX_STREAMS", default_value_t = 64)]
     pub max_streams: usize,
+    /// Router-only proxy mode: route here, forward chat requests to this inference server (the
+    /// vLLM Semantic Router's deployment; the baseline of `bench overhead`). No model is loaded.
+    #[arg(long, env = "SWITCHYARD_UPSTREAM")]
+    pub upstream: Option<String>,
     /// Seconds in-flight requests get to finish after SIGTERM / Ctrl-C.
     #[arg(long, env = "SWITCHYARD_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
@@ -96,6 +101,7 @@ impl Default for ServeArgs {
             max_queue: 256,
             max_num_seqs: 16,
             max_streams: 64,
+            upstream: None,
             shutdown_grace: 10,
         }
     }
@@ -136,6 +142,10 @@ pub struct State {
     pub accepting: AtomicBool,
     /// Start time (`created` of the models).
     pub started: u64,
+    /// Proxy mode: the upstream inference server.
+    pub upstream: Option<String>,
+    /// HTTP client for the upstream.
+    pub http: reqwest::Client,
 }
 
 impl State {
@@ -195,7 +205,7 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
             None => (None, PathBuf::from(m)),
         })
         .collect();
-    if specs.is_empty() {
+    if specs.is_empty() && args.upstream.is_none() {
         let path = tokio::task::spawn_blocking(|| {
             crate::fetch::DEFAULT_MODEL.ensure(&crate::fetch::cache_dir())
         })
@@ -242,14 +252,15 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
             Some(path) => RouterOptions::from_config_file(path)?,
             None => RouterOptions::new(RouterConfig::shipped_default()?),
         };
-        let first = engines.values().next().expect("at least one model");
-        options.executor = Some(Arc::new(first.executor()));
+        if let Some(first) = engines.values().next() {
+            options.executor = Some(Arc::new(first.executor()));
+        }
         options.device = device.clone();
         options.dtype = switchyard_models::device::encoder_dtype(&device);
         let router = tokio::task::spawn_blocking(move || Router::load(options)).await??;
         let mut aliases = BTreeMap::new();
         for target in router.config().referenced_models() {
-            if engines.contains_key(&target) {
+            if engines.contains_key(&target) || args.upstream.is_some() {
                 continue;
             }
             if engines.len() == 1 {
@@ -286,6 +297,11 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        upstream: args
+            .upstream
+            .as_ref()
+            .map(|u| u.trim_end_matches('/').to_string()),
+        http: reqwest::Client::new(),
     });
 
     let app = axum::Router::new()

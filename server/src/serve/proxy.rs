@@ -1,0 +1,102 @@
+//! Router-only proxy mode (`serve --upstream URL`): the deployment the vLLM Semantic Router uses, kept
+//! as the baseline that `bench overhead` compares in-process routing with. A request for the auto
+//! model is routed here, its body re-serialised with the chosen model and thinking switch, and
+//! forwarded over HTTP to the upstream inference server; the upstream's answer (streamed or not) is
+//! passed through with the routing headers added. Other models are forwarded unchanged.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use switchyard_router::{Action, Reasoning};
+
+use super::error::ApiError;
+use super::State;
+
+/// Forwards one chat request.
+pub async fn forward(state: Arc<State>, upstream: &str, body: Bytes) -> Result<Response, ApiError> {
+    let mut request: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))?;
+    let mut extra = Vec::new();
+    if request["model"] == json!(state.auto_model) {
+        let router = state
+            .router
+            .as_ref()
+            .ok_or_else(|| ApiError::bad_request("routing is off on this proxy"))?;
+        let parsed: super::api::ChatRequest = serde_json::from_value(request.clone())
+            .map_err(|e| ApiError::bad_request(format!("Invalid request: {e}")))?;
+        parsed.validate()?;
+        let mut messages = parsed.chat_messages()?;
+        let decision = router
+            .route_async(&messages)
+            .await
+            .map_err(|e| ApiError::internal(format!("routing failed: {e}")))?;
+        extra.push(("x-switchyard-category", decision.category.clone()));
+        extra.push((
+            "x-switchyard-route-ms",
+            format!("{:.3}", decision.route_time.as_secs_f64() * 1e3),
+        ));
+        if let Action::Block { message, .. } = &decision.action {
+            return Ok(axum::Json(json!({
+                "id": "chatcmpl-blocked", "object": "chat.completion", "model": decision.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": message},
+                             "finish_reason": "content_filter"}],
+            }))
+            .into_response());
+        }
+        decision.apply(&mut messages);
+        request["model"] = json!(decision.model);
+        request["messages"] = serde_json::to_value(
+            messages
+                .iter()
+                .map(|m| json!({"role": m.role, "content": m.content}))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        // The client's own switch wins, as on the in-process path.
+        let explicit = request["chat_template_kwargs"]["enable_thinking"].is_boolean()
+            || request["reasoning_effort"].is_string();
+        if !explicit {
+            match decision.reasoning {
+                Reasoning::Fast => {
+                    request["chat_template_kwargs"] = json!({"enable_thinking": false});
+                }
+                Reasoning::Thinking { effort, .. } => {
+                    request["reasoning_effort"] =
+                        json!(effort.map_or_else(|| "medium".to_string(), |e| e.to_string()));
+                }
+            }
+        }
+    }
+    let upstream_response = state
+        .http
+        .post(format!("{upstream}/v1/chat/completions"))
+        .json(&request)
+        .send()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("upstream {upstream}: {e}")))?;
+    let status = StatusCode::from_u16(upstream_response.status().as_u16())
+        .unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = Response::builder().status(status);
+    for (name, value) in upstream_response.headers() {
+        if name.as_str().starts_with("x-switchyard-")
+            || name.as_str() == "content-type"
+            || name.as_str() == "retry-after"
+        {
+            response = response.header(name.as_str(), value.as_bytes());
+        }
+    }
+    let mut response = response
+        .body(Body::from_stream(upstream_response.bytes_stream()))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    for (name, value) in extra {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(name), v);
+        }
+    }
+    Ok(response)
+}
