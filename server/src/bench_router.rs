@@ -22,14 +22,14 @@ use switchyard_router::{
 use crate::bench::machine_name;
 
 /// Options of `bench router`.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct RouterBenchArgs {
     /// Router directory (default: the shipped router).
     #[arg(long, default_value = DEFAULT_MODEL_DIR)]
-    router_dir: PathBuf,
+    pub router_dir: PathBuf,
     /// Texts to classify: a JSONL file with a `text` field.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../router/data/chat_style/validation.jsonl"))]
-    texts: PathBuf,
+    pub texts: PathBuf,
     /// Batch sizes.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     batches: Vec<usize>,
@@ -47,13 +47,13 @@ pub struct RouterBenchArgs {
     calls_per_caller: usize,
     /// Python with torch + transformers for the PyTorch side (skipped if absent).
     #[arg(long, env = "SWITCHYARD_BENCH_PYTHON")]
-    python: Option<PathBuf>,
+    pub python: Option<PathBuf>,
     /// Threads for PyTorch (Candle uses all cores).
     #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
     threads: usize,
     /// Output folder for router.json and router.md.
     #[arg(long, default_value = "bench-out")]
-    out: PathBuf,
+    pub out: PathBuf,
 }
 
 #[derive(Serialize)]
@@ -132,8 +132,8 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
-/// Runs the benchmark and writes `router.json` and `router.md` under `--out`.
-pub fn run(args: RouterBenchArgs) -> Result<()> {
+/// Runs the benchmark and writes `router.json` and `router.md` under `--out`; returns the Markdown.
+pub fn run(args: RouterBenchArgs) -> Result<String> {
     let texts = read_texts(&args.texts)?;
     let model = RouterModel::load_dir(
         &args.router_dir,
@@ -322,8 +322,7 @@ pub fn run(args: RouterBenchArgs) -> Result<()> {
     )?;
     let md = markdown(&report);
     std::fs::write(args.out.join("router.md"), &md)?;
-    println!("{md}");
-    Ok(())
+    Ok(md)
 }
 
 fn options(args: &RouterBenchArgs, batching: bool) -> Result<RouterOptions> {

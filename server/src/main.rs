@@ -1,6 +1,7 @@
 //! The `switchyard` binary.
 
 mod bench;
+mod bench_overhead;
 mod bench_router;
 mod bench_savings;
 mod generate;
@@ -41,6 +42,65 @@ enum BenchCommand {
     Router(bench_router::RouterBenchArgs),
     /// What routing saves: accuracy, tokens and latency of never / always / routed thinking.
     Savings(bench_savings::SavingsArgs),
+    /// Routing overhead per request: direct vs in-process routing vs a router-only proxy hop.
+    Overhead(bench_overhead::OverheadArgs),
+    /// All three routing benchmarks (router, overhead, savings) in one run and one report.
+    Routing(RoutingArgs),
+}
+
+/// Options of `bench routing`.
+#[derive(clap::Args, Debug)]
+struct RoutingArgs {
+    /// Output folder (report.md, and each part's JSON, Markdown and SVG plots).
+    #[arg(long, default_value = "bench-out")]
+    out: std::path::PathBuf,
+    /// Python with torch + transformers for the router's PyTorch side (skipped if absent).
+    #[arg(long, env = "SWITCHYARD_BENCH_PYTHON")]
+    python: Option<std::path::PathBuf>,
+    /// The data folder for the savings part.
+    #[arg(long, default_value = "../shared/data")]
+    data: std::path::PathBuf,
+}
+
+/// `bench routing`: router latency, request-path overhead and savings, one report.
+fn bench_routing(args: RoutingArgs) -> Result<()> {
+    use clap::Parser as _;
+    let mut router = BenchRouterCli::parse_from(["x"]).args;
+    router.out = args.out.clone();
+    router.python = args.python.clone();
+    let router_md = bench_router::run(router)?;
+    let mut overhead = BenchOverheadCli::parse_from(["x"]).args;
+    overhead.out = args.out.clone();
+    let overhead_md = bench_overhead::markdown(&bench_overhead::run(overhead)?);
+    let mut savings = BenchSavingsCli::parse_from(["x"]).args;
+    savings.out = args.out.clone();
+    savings.data = args.data.clone();
+    let savings_md = bench_savings::markdown(&bench_savings::run(savings)?);
+    let report = format!(
+        "# Switchyard routing benchmark\n\n## 1. The router alone\n\n{router_md}\n![router latency](router-latency-cdf.svg)\n\n## 2. Overhead in the request path\n\n{overhead_md}\n![TTFT](overhead-ttft-cdf.svg)\n\n## 3. What routing saves\n\n{savings_md}\n![accuracy](savings-accuracy.svg) ![tokens](savings-tokens.svg)\n"
+    );
+    std::fs::write(args.out.join("report.md"), &report)?;
+    println!("{report}");
+    Ok(())
+}
+
+/// Default arguments of each part, parsed like the command line.
+#[derive(clap::Parser)]
+struct BenchRouterCli {
+    #[command(flatten)]
+    args: bench_router::RouterBenchArgs,
+}
+
+#[derive(clap::Parser)]
+struct BenchOverheadCli {
+    #[command(flatten)]
+    args: bench_overhead::OverheadArgs,
+}
+
+#[derive(clap::Parser)]
+struct BenchSavingsCli {
+    #[command(flatten)]
+    args: bench_savings::SavingsArgs,
 }
 
 /// Candle asks for its thread count on every matrix product and, unless `RAYON_NUM_THREADS` is set,
@@ -68,7 +128,16 @@ fn main() -> Result<()> {
         Commands::Generate(args) => generate::run(args),
         Commands::Serve(args) => switchyard_server::serve::run(args),
         Commands::Bench(BenchCommand::Engine(args)) => bench::run(args),
-        Commands::Bench(BenchCommand::Router(args)) => bench_router::run(args),
+        Commands::Bench(BenchCommand::Router(args)) => {
+            println!("{}", bench_router::run(args)?);
+            Ok(())
+        }
+        Commands::Bench(BenchCommand::Routing(args)) => bench_routing(args),
+        Commands::Bench(BenchCommand::Overhead(args)) => {
+            let report = bench_overhead::run(args)?;
+            println!("{}", bench_overhead::markdown(&report));
+            Ok(())
+        }
         Commands::Bench(BenchCommand::Savings(args)) => {
             let report = bench_savings::run(args)?;
             println!("{}", bench_savings::markdown(&report));

@@ -182,6 +182,9 @@ async fn plan(state: &State, request: &ChatRequest) -> Result<Plan, ApiError> {
         (model, thinking, Some(decision))
     } else if state.engines.contains_key(&request.model) {
         (request.model.clone(), Thinking::Off, None)
+    } else if let Some(served) = state.aliases.get(&request.model) {
+        // A routing target name this server answers for (see `serve` start-up).
+        (served.clone(), Thinking::Off, None)
     } else {
         return Err(ApiError::unknown_model(&request.model, &state.served()));
     };
