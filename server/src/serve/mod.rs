@@ -72,6 +72,9 @@ pub struct ServeArgs {
     /// Sequences decoded together.
     #[arg(long, env = "SWITCHYARD_MAX_NUM_SEQS", default_value_t = 16)]
     pub max_num_seqs: usize,
+    /// KV-cache budget per model, MiB (default: room for every sequence at the full context).
+    #[arg(long, env = "SWITCHYARD_KV_CACHE_MIB")]
+    pub kv_cache_mib: Option<usize>,
     /// Streams open at once before new ones get 429.
     #[arg(long, env = "SWITCHYARD_MAX_STREAMS", default_value_t = 64)]
     pub max_streams: usize,
@@ -100,6 +103,7 @@ impl Default for ServeArgs {
             max_tokens: 1024,
             max_queue: 256,
             max_num_seqs: 16,
+            kv_cache_mib: None,
             max_streams: 64,
             upstream: None,
             shutdown_grace: 10,
@@ -218,6 +222,7 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
         let config = EngineConfig {
             max_num_seqs: args.max_num_seqs,
             max_waiting: args.max_queue,
+            kv_cache_bytes: args.kv_cache_mib.map(|m| m << 20),
             ..EngineConfig::default()
         };
         let (id, engine) = tokio::task::spawn_blocking(move || -> Result<(String, Engine)> {
