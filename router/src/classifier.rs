@@ -11,13 +11,14 @@
 //! budget are kept (the classes of a request usually show in its opening and its closing question).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use switchyard_models::encoder::{HeadTask, MultiHeadClassifier};
 use tokenizers::Tokenizer;
 
 use crate::config::{normalize_label, ClassifierSources};
+use crate::lexical::LexicalModel;
 use crate::signals::{ClassifierOutput, PiiEntity, Signals};
 use crate::RouterError;
 
@@ -67,13 +68,21 @@ pub struct Encoded {
     pub special: Vec<bool>,
 }
 
-/// Every backbone's encoding of one text.
-pub type EncodedText = Vec<Encoded>;
+/// One text ready for [`RouterModel::classify`]: every backbone's encoding, and the lexical model's
+/// scores when the router has one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedText {
+    /// One encoding per backbone.
+    pub backbones: Vec<Encoded>,
+    /// [`LexicalModel::scores`] of the text.
+    pub lexical: Option<Vec<f32>>,
+}
 
 /// The router's classifiers.
 pub struct RouterModel {
     backbones: Vec<Backbone>,
     max_tokens: usize,
+    lexical: Option<LexicalModel>,
 }
 
 impl RouterModel {
@@ -112,7 +121,18 @@ impl RouterModel {
             model,
             roles,
         };
-        Self::new(vec![backbone], max_tokens)
+        let mut router = Self::new(vec![backbone], max_tokens)?;
+        router.lexical = LexicalModel::load(dir)?;
+        if let Some(l) = &router.lexical {
+            if HeadRole::from_head_name(&l.head) != Some(HeadRole::Domain) {
+                return Err(RouterError::Classifier(format!(
+                    "{}: the lexical model fuses with `{}`; only the domain head is supported",
+                    dir.display(),
+                    l.head
+                )));
+            }
+        }
+        Ok(router)
     }
 
     /// Loads what a configuration's `classifier` section names: a multi-head directory, or the classic
@@ -181,7 +201,19 @@ impl RouterModel {
         Ok(RouterModel {
             backbones,
             max_tokens,
+            lexical: None,
         })
+    }
+
+    /// The lexical model fused with the domain head, if the router directory has one.
+    pub fn lexical(&self) -> Option<&LexicalModel> {
+        self.lexical.as_ref()
+    }
+
+    /// Drops the lexical model (the domain head alone; for evaluation).
+    pub fn without_lexical(mut self) -> RouterModel {
+        self.lexical = None;
+        self
     }
 
     /// The token budget per text.
@@ -199,7 +231,8 @@ impl RouterModel {
 
     /// Tokenizes `text` for every backbone (no device work). Never fails on long inputs.
     pub fn encode(&self, text: &str) -> Result<EncodedText, RouterError> {
-        self.backbones
+        let backbones = self
+            .backbones
             .iter()
             .map(|b| {
                 let enc = b
@@ -215,7 +248,11 @@ impl RouterModel {
                         .collect(),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, RouterError>>()?;
+        Ok(EncodedText {
+            backbones,
+            lexical: self.lexical.as_ref().map(|l| l.scores(text)),
+        })
     }
 
     /// Runs every backbone once over the batch and turns its heads' outputs into signals, one per
@@ -230,7 +267,7 @@ impl RouterModel {
                 continue;
             }
             let start = Instant::now();
-            let ids: Vec<Vec<u32>> = batch.iter().map(|e| e[b].ids.clone()).collect();
+            let ids: Vec<Vec<u32>> = batch.iter().map(|e| e.backbones[b].ids.clone()).collect();
             let (input, mask) = backbone.model.batch_inputs(&ids)?;
             let logits = backbone.model.forward(&input, &mask)?;
             // Pull what is needed to the host before timing, so the latency includes the device work.
@@ -245,11 +282,20 @@ impl RouterModel {
                 for (i, signals) in out.iter_mut().enumerate() {
                     match (role, &values) {
                         (HeadRole::Pii, HostLogits::Tokens(rows)) => {
-                            signals.pii = bio_entities(&rows[i], labels, &batch[i][b]);
+                            signals.pii = bio_entities(&rows[i], labels, &batch[i].backbones[b]);
                             signals.pii_latency = Some(latency);
                         }
                         (_, HostLogits::Sequences(rows)) => {
-                            let output = sequence_output(&rows[i], labels, latency);
+                            let mut probs = softmax(&rows[i]);
+                            if let (HeadRole::Domain, Some(lex), Some(scores)) =
+                                (role, &self.lexical, &batch[i].lexical)
+                            {
+                                probs = lex.fuse(labels, &probs, &lex.probabilities(scores));
+                            }
+                            let output = ClassifierOutput::from_probabilities(
+                                labels.iter().cloned().zip(probs).collect(),
+                                latency,
+                            );
                             match role {
                                 HeadRole::Domain => signals.domain = output,
                                 HeadRole::Reasoning => signals.reasoning = output,
@@ -307,19 +353,6 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     let exp: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
     let sum: f32 = exp.iter().sum();
     exp.into_iter().map(|e| e / sum).collect()
-}
-
-fn sequence_output(
-    logits: &[f32],
-    labels: &[String],
-    latency: Duration,
-) -> Option<ClassifierOutput> {
-    let probabilities = labels
-        .iter()
-        .cloned()
-        .zip(softmax(logits))
-        .collect::<Vec<_>>();
-    ClassifierOutput::from_probabilities(probabilities, latency)
 }
 
 /// Entities from per-token BIO logits: `B-X` opens an entity, `I-X` continues an open `X` (or opens one,

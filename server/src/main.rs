@@ -32,6 +32,8 @@ enum Commands {
     Bench(BenchCommand),
     /// Train the default multi-head router (domain, reasoning, jailbreak, PII) from scratch.
     TrainRouter(train::TrainArgs),
+    /// Fit the lexical signal (TF-IDF + linear SVM) and its fusion with the router's domain head.
+    TrainLexical(train::lexical::LexicalArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -144,6 +146,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Commands::TrainRouter(args) => train::run(args),
+        Commands::TrainLexical(args) => train::lexical::run(args),
         Commands::FetchModel => {
             let path = switchyard_server::fetch::DEFAULT_MODEL
                 .ensure(&switchyard_server::fetch::cache_dir())?;

@@ -96,7 +96,7 @@ fn long_inputs_are_truncated_not_refused() {
     let router = default_router();
     let long = "Please summarise this report. ".repeat(3000) + "What is 12 * 12?";
     let encoded = router.model().encode(&long).unwrap();
-    assert_eq!(encoded[0].ids.len(), router.model().max_tokens());
+    assert_eq!(encoded.backbones[0].ids.len(), router.model().max_tokens());
     let d = router.route(&user(&long)).unwrap();
     assert!(d.signals.domain.is_some());
 }
@@ -211,4 +211,51 @@ fn a_missing_classifier_directory_is_a_clear_error() {
         .err()
         .expect("an error");
     assert!(err.to_string().contains("no/such/dir"), "{err}");
+}
+
+#[test]
+fn the_default_router_fuses_its_lexical_signal_into_the_domain_head() {
+    let router = default_router();
+    let lexical = router
+        .model()
+        .lexical()
+        .expect("router/models/default has lexical.json");
+    assert!(lexical.weight > 0.0 && lexical.weight <= 1.0);
+    assert_eq!(lexical.labels.len(), 14);
+    let text = "What is the derivative of x squared?";
+    let encoded = router.model().encode(text).unwrap();
+    assert!(encoded.lexical.is_some());
+    let fused = router
+        .model()
+        .classify(&[&encoded])
+        .unwrap()
+        .remove(0)
+        .domain
+        .unwrap();
+    let alone = switchyard_router::RouterModel::load_dir(
+        std::path::Path::new(switchyard_router::DEFAULT_MODEL_DIR),
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+        switchyard_router::DEFAULT_MAX_INPUT_TOKENS,
+    )
+    .unwrap()
+    .without_lexical();
+    let encoded = alone.encode(text).unwrap();
+    assert!(encoded.lexical.is_none());
+    let head = alone
+        .classify(&[&encoded])
+        .unwrap()
+        .remove(0)
+        .domain
+        .unwrap();
+    // The fused distribution is a proper distribution, and not the head's alone.
+    let total: f32 = fused.probabilities.iter().map(|p| p.1).sum();
+    assert!((total - 1.0).abs() < 1e-4, "{total}");
+    let p = |o: &switchyard_router::ClassifierOutput| {
+        o.probabilities.iter().find(|(l, _)| l == "math").unwrap().1
+    };
+    let lex = lexical.probabilities(&lexical.scores(text));
+    let want = (1.0 - lexical.weight) * p(&head)
+        + lexical.weight * lex[lexical.labels.iter().position(|l| l == "math").unwrap()];
+    assert!((p(&fused) - want).abs() < 1e-5, "{} vs {want}", p(&fused));
 }

@@ -6,78 +6,8 @@
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use std::collections::HashMap;
 
-/// Sparse, L2-normalised feature vector.
-pub type Sparse = Vec<(u32, f32)>;
-
-fn terms(text: &str) -> Vec<String> {
-    let words: Vec<String> = text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect();
-    let mut t: Vec<String> = words.clone();
-    t.extend(words.windows(2).map(|w| format!("{} {}", w[0], w[1])));
-    t
-}
-
-/// A fitted TF-IDF vectoriser.
-pub struct Tfidf {
-    vocab: HashMap<String, u32>,
-    idf: Vec<f32>,
-}
-
-impl Tfidf {
-    pub fn fit<'a>(texts: impl Iterator<Item = &'a str>) -> Self {
-        let mut df: HashMap<String, u32> = HashMap::new();
-        let mut n = 0usize;
-        for t in texts {
-            n += 1;
-            let mut ts = terms(t);
-            ts.sort_unstable();
-            ts.dedup();
-            for term in ts {
-                *df.entry(term).or_insert(0) += 1;
-            }
-        }
-        let mut kept: Vec<(String, u32)> = df.into_iter().filter(|(_, d)| *d >= 2).collect();
-        kept.sort();
-        let idf = kept
-            .iter()
-            .map(|(_, d)| ((1.0 + n as f64) / (1.0 + f64::from(*d))).ln() as f32 + 1.0)
-            .collect();
-        let vocab = kept
-            .into_iter()
-            .enumerate()
-            .map(|(i, (t, _))| (t, i as u32))
-            .collect();
-        Self { vocab, idf }
-    }
-
-    pub fn dim(&self) -> usize {
-        self.idf.len()
-    }
-
-    pub fn transform(&self, text: &str) -> Sparse {
-        let mut tf: HashMap<u32, f32> = HashMap::new();
-        for t in terms(text) {
-            if let Some(&i) = self.vocab.get(&t) {
-                *tf.entry(i).or_insert(0.0) += 1.0;
-            }
-        }
-        let mut v: Sparse = tf
-            .into_iter()
-            .map(|(i, c)| (i, (1.0 + c.ln()) * self.idf[i as usize]))
-            .collect();
-        v.sort_unstable_by_key(|x| x.0);
-        let norm = v.iter().map(|x| x.1 * x.1).sum::<f32>().sqrt();
-        if norm > 0.0 {
-            v.iter_mut().for_each(|x| x.1 /= norm);
-        }
-        v
-    }
-}
+pub use switchyard_router::lexical::{Sparse, Tfidf};
 
 /// One-vs-rest linear SVM; the last weight of each class is its bias (a constant feature of 1).
 pub struct LinearSvm {
@@ -126,6 +56,11 @@ impl LinearSvm {
             })
             .collect();
         Self { w }
+    }
+
+    /// Per class, the weights with the bias last.
+    pub fn into_weights(self) -> Vec<Vec<f32>> {
+        self.w
     }
 
     pub fn predict(&self, v: &Sparse) -> usize {

@@ -7,6 +7,7 @@
 pub mod baseline;
 pub mod data;
 pub mod eval;
+pub mod lexical;
 pub mod model;
 pub mod tokenizer;
 
