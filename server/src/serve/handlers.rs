@@ -145,6 +145,24 @@ fn effort_budget(state: &State, effort: &str) -> Option<usize> {
     Some(budgets.budget(e))
 }
 
+/// Asks the router and records its time.
+async fn route_messages(
+    state: &State,
+    router: &switchyard_router::Router,
+    messages: &[ChatMessage],
+) -> Result<Decision, ApiError> {
+    let decision = router
+        .route_async(messages)
+        .await
+        .map_err(|e| ApiError::internal(format!("routing failed: {e}")))?;
+    state
+        .metrics
+        .route_seconds
+        .with_label_values(&[&decision.category])
+        .observe(decision.route_time.as_secs_f64());
+    Ok(decision)
+}
+
 /// Routes (for the auto model) and applies the explicit reasoning fields.
 async fn plan(state: &State, request: &ChatRequest) -> Result<Plan, ApiError> {
     let mut messages = request.chat_messages()?;
@@ -153,15 +171,7 @@ async fn plan(state: &State, request: &ChatRequest) -> Result<Plan, ApiError> {
             .router
             .as_ref()
             .ok_or_else(|| ApiError::unknown_model(&request.model, &state.served()))?;
-        let decision = router
-            .route_async(&messages)
-            .await
-            .map_err(|e| ApiError::internal(format!("routing failed: {e}")))?;
-        state
-            .metrics
-            .route_seconds
-            .with_label_values(&[&decision.category])
-            .observe(decision.route_time.as_secs_f64());
+        let decision = route_messages(state, router, &messages).await?;
         let model = state
             .aliases
             .get(&decision.model)
@@ -288,15 +298,7 @@ pub async fn route(
             .as_ref()
             .ok_or_else(|| ApiError::bad_request("routing is off on this server"))?;
         let messages = request.chat_messages()?;
-        let decision = router
-            .route_async(&messages)
-            .await
-            .map_err(|e| ApiError::internal(format!("routing failed: {e}")))?;
-        state
-            .metrics
-            .route_seconds
-            .with_label_values(&[&decision.category])
-            .observe(decision.route_time.as_secs_f64());
+        let decision = route_messages(&state, router, &messages).await?;
         state
             .metrics
             .requests

@@ -15,7 +15,8 @@ pub struct Predictions {
     pub tok: HashMap<String, Vec<Vec<usize>>>,
 }
 
-fn argmax(row: &[f32]) -> usize {
+/// Index of the largest value (the first on ties).
+pub fn argmax(row: &[f32]) -> usize {
     row.iter()
         .enumerate()
         .fold(

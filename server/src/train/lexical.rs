@@ -15,6 +15,7 @@ use switchyard_router::{RouterModel, DEFAULT_MAX_INPUT_TOKENS};
 
 use super::baseline::{LinearSvm, Tfidf};
 use super::data;
+use super::eval::argmax;
 
 /// Options of `train-lexical`.
 #[derive(Args, Debug)]
@@ -31,16 +32,6 @@ pub struct LexicalArgs {
     /// Seed of the SVM's coordinate order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0
 }
 
 /// Domain probabilities of the router alone, in `data::DOMAINS` order.
