@@ -74,15 +74,16 @@ pub struct Encoded {
 pub struct EncodedText {
     /// One encoding per backbone.
     pub backbones: Vec<Encoded>,
-    /// [`LexicalModel::scores`] of the text.
-    pub lexical: Option<Vec<f32>>,
+    /// [`LexicalModel::scores`] of the text, one per lexical model of the router.
+    pub lexical: Vec<Vec<f32>>,
 }
 
 /// The router's classifiers.
 pub struct RouterModel {
     backbones: Vec<Backbone>,
     max_tokens: usize,
-    lexical: Option<LexicalModel>,
+    /// Lexical models and the role of the head each fuses with.
+    lexical: Vec<(HeadRole, LexicalModel)>,
 }
 
 impl RouterModel {
@@ -122,14 +123,18 @@ impl RouterModel {
             roles,
         };
         let mut router = Self::new(vec![backbone], max_tokens)?;
-        router.lexical = LexicalModel::load(dir)?;
-        if let Some(l) = &router.lexical {
-            if HeadRole::from_head_name(&l.head) != Some(HeadRole::Domain) {
-                return Err(RouterError::Classifier(format!(
-                    "{}: the lexical model fuses with `{}`; only the domain head is supported",
-                    dir.display(),
-                    l.head
-                )));
+        for l in LexicalModel::load_all(dir)? {
+            match HeadRole::from_head_name(&l.head) {
+                Some(role @ (HeadRole::Domain | HeadRole::Reasoning | HeadRole::Jailbreak)) => {
+                    router.lexical.push((role, l))
+                }
+                _ => {
+                    return Err(RouterError::Classifier(format!(
+                        "{}: a lexical model fuses with `{}`, which is not a sequence head",
+                        dir.display(),
+                        l.head
+                    )))
+                }
             }
         }
         Ok(router)
@@ -201,18 +206,18 @@ impl RouterModel {
         Ok(RouterModel {
             backbones,
             max_tokens,
-            lexical: None,
+            lexical: Vec::new(),
         })
     }
 
-    /// The lexical model fused with the domain head, if the router directory has one.
-    pub fn lexical(&self) -> Option<&LexicalModel> {
-        self.lexical.as_ref()
+    /// The lexical model fused with the head of `role`, if the router directory has one.
+    pub fn lexical(&self, role: HeadRole) -> Option<&LexicalModel> {
+        self.lexical.iter().find(|l| l.0 == role).map(|l| &l.1)
     }
 
-    /// Drops the lexical model (the domain head alone; for evaluation).
+    /// Drops the lexical models (the heads alone; for evaluation).
     pub fn without_lexical(mut self) -> RouterModel {
-        self.lexical = None;
+        self.lexical.clear();
         self
     }
 
@@ -251,7 +256,7 @@ impl RouterModel {
             .collect::<Result<Vec<_>, RouterError>>()?;
         Ok(EncodedText {
             backbones,
-            lexical: self.lexical.as_ref().map(|l| l.scores(text)),
+            lexical: self.lexical.iter().map(|l| l.1.scores(text)).collect(),
         })
     }
 
@@ -287,9 +292,8 @@ impl RouterModel {
                         }
                         (_, HostLogits::Sequences(rows)) => {
                             let mut probs = softmax(&rows[i]);
-                            if let (HeadRole::Domain, Some(lex), Some(scores)) =
-                                (role, &self.lexical, &batch[i].lexical)
-                            {
+                            if let Some(k) = self.lexical.iter().position(|l| l.0 == role) {
+                                let (lex, scores) = (&self.lexical[k].1, &batch[i].lexical[k]);
                                 probs = lex.fuse(labels, &probs, &lex.probabilities(scores));
                             }
                             let output = ClassifierOutput::from_probabilities(

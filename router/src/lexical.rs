@@ -7,7 +7,8 @@
 //! distribution is `(1 − weight) · head + weight · lexical`. `switchyard train-lexical` fits the model on
 //! the router's training split and chooses `weight` and `scale` on its validation split.
 //!
-//! On disk, beside the router (`lexical.json` + `lexical.safetensors`): the head it fuses with, the
+//! On disk, beside the router (`lexical.json` + `lexical.safetensors` for the domain head,
+//! `lexical-<head>.*` for others): the head it fuses with, the
 //! label names, `weight`, `scale`, the terms in feature order; `idf` `[dim]` and `weights`
 //! `[classes, dim + 1]` (the last column is the bias) in f16.
 
@@ -167,23 +168,47 @@ impl LexicalModel {
         crate::classifier::softmax(&scaled)
     }
 
-    /// Loads `lexical.json` + `lexical.safetensors` from a router directory, if present.
-    pub fn load(dir: &Path) -> Result<Option<LexicalModel>, RouterError> {
-        let meta_path = dir.join("lexical.json");
-        if !meta_path.exists() {
-            return Ok(None);
+    /// The file stem of the model fused with `head`: `lexical` for the domain head (the first one
+    /// shipped), `lexical-<head>` for the others.
+    pub fn file_stem(head: &str) -> String {
+        if head == "domain" {
+            "lexical".to_string()
+        } else {
+            format!("lexical-{head}")
         }
+    }
+
+    /// Loads every lexical model of a router directory (`lexical.json`, `lexical-*.json`, each with
+    /// its `.safetensors`), in file-name order.
+    pub fn load_all(dir: &Path) -> Result<Vec<LexicalModel>, RouterError> {
+        let mut stems: Vec<String> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
+            .filter(|n| n == "lexical" || n.starts_with("lexical-"))
+            // A model is a `.json` with its `.safetensors` (not, say, a metrics file).
+            .filter(|n| dir.join(format!("{n}.safetensors")).exists())
+            .collect();
+        stems.sort();
+        stems
+            .iter()
+            .map(|stem| Self::load_stem(dir, stem))
+            .collect()
+    }
+
+    fn load_stem(dir: &Path, stem: &str) -> Result<LexicalModel, RouterError> {
+        let meta_path = dir.join(format!("{stem}.json"));
         let err = |m: String| RouterError::Classifier(format!("{}: {m}", meta_path.display()));
         let meta: Meta = serde_json::from_str(
             &std::fs::read_to_string(&meta_path).map_err(|e| err(e.to_string()))?,
         )
         .map_err(|e| err(e.to_string()))?;
         let tensors =
-            candle_core::safetensors::load(dir.join("lexical.safetensors"), &Device::Cpu)?;
+            candle_core::safetensors::load(dir.join(format!("{stem}.safetensors")), &Device::Cpu)?;
         let get = |name: &str| {
             tensors
                 .get(name)
-                .ok_or_else(|| err(format!("lexical.safetensors has no `{name}`")))
+                .ok_or_else(|| err(format!("{stem}.safetensors has no `{name}`")))
                 .and_then(|t| Ok(t.to_dtype(DType::F32)?))
         };
         let idf: Vec<f32> = get("idf")?.to_vec1()?;
@@ -194,18 +219,19 @@ impl LexicalModel {
         {
             return Err(err("terms, idf, labels and weights disagree in size".into()));
         }
-        Ok(Some(LexicalModel {
+        Ok(LexicalModel {
             head: meta.head,
             labels: meta.labels,
             weight: meta.weight,
             scale: meta.scale,
             tfidf: Tfidf::new(meta.terms, idf),
             weights,
-        }))
+        })
     }
 
-    /// Writes `lexical.json` + `lexical.safetensors` into `dir`.
+    /// Writes `<stem>.json` + `<stem>.safetensors` into `dir` (see [`LexicalModel::file_stem`]).
     pub fn save(&self, dir: &Path) -> Result<(), RouterError> {
+        let stem = Self::file_stem(&self.head);
         let meta = Meta {
             head: self.head.clone(),
             labels: self.labels.clone(),
@@ -214,7 +240,7 @@ impl LexicalModel {
             terms: self.tfidf.terms.clone(),
         };
         std::fs::write(
-            dir.join("lexical.json"),
+            dir.join(format!("{stem}.json")),
             serde_json::to_string(&meta).map_err(|e| RouterError::Classifier(e.to_string()))?,
         )?;
         let dim = self.tfidf.dim();
@@ -232,7 +258,7 @@ impl LexicalModel {
         ]
         .into_iter()
         .collect();
-        candle_core::safetensors::save(&tensors, dir.join("lexical.safetensors"))?;
+        candle_core::safetensors::save(&tensors, dir.join(format!("{stem}.safetensors")))?;
         Ok(())
     }
 
@@ -318,7 +344,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("switchyard-lexical-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         m.save(&dir).unwrap();
-        let back = LexicalModel::load(&dir).unwrap().unwrap();
+        let back = LexicalModel::load_all(&dir).unwrap().remove(0);
         let s2 = back.scores("please solve this");
         // f16 storage: equal to a few parts in a thousand.
         for (a, b) in s.iter().zip(&s2) {
@@ -326,6 +352,8 @@ mod tests {
         }
         assert_eq!(back.weight, 0.5);
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(LexicalModel::load(&dir).unwrap().is_none());
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(LexicalModel::load_all(&dir).unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

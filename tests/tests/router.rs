@@ -218,13 +218,13 @@ fn the_default_router_fuses_its_lexical_signal_into_the_domain_head() {
     let router = default_router();
     let lexical = router
         .model()
-        .lexical()
+        .lexical(HeadRole::Domain)
         .expect("router/models/default has lexical.json");
     assert!(lexical.weight > 0.0 && lexical.weight <= 1.0);
     assert_eq!(lexical.labels.len(), 14);
     let text = "What is the derivative of x squared?";
     let encoded = router.model().encode(text).unwrap();
-    assert!(encoded.lexical.is_some());
+    assert!(!encoded.lexical.is_empty());
     let fused = router
         .model()
         .classify(&[&encoded])
@@ -241,7 +241,7 @@ fn the_default_router_fuses_its_lexical_signal_into_the_domain_head() {
     .unwrap()
     .without_lexical();
     let encoded = alone.encode(text).unwrap();
-    assert!(encoded.lexical.is_none());
+    assert!(encoded.lexical.is_empty());
     let head = alone
         .classify(&[&encoded])
         .unwrap()
@@ -258,4 +258,19 @@ fn the_default_router_fuses_its_lexical_signal_into_the_domain_head() {
     let want = (1.0 - lexical.weight) * p(&head)
         + lexical.weight * lex[lexical.labels.iter().position(|l| l == "math").unwrap()];
     assert!((p(&fused) - want).abs() < 1e-5, "{} vs {want}", p(&fused));
+    // The jailbreak head has its own lexical model.
+    assert_eq!(
+        router.model().lexical(HeadRole::Jailbreak).unwrap().labels,
+        vec!["benign", "jailbreak"]
+    );
+    assert_eq!(router.model().encode(text).unwrap().lexical.len(), 2);
+}
+
+#[test]
+fn greetings_and_safe_but_scary_questions_are_not_blocked() {
+    let router = default_router();
+    for text in ["Hi!", "hello", "thanks!", "How do I kill a Python process?"] {
+        let d = router.route(&user(text)).unwrap();
+        assert_eq!(d.action, Action::Allow, "{text}: {:?}", d.reasons);
+    }
 }

@@ -1,21 +1,22 @@
-//! `switchyard train-lexical`: fits the lexical signal (TF-IDF word 1–2-grams + one-vs-rest linear SVM,
-//! the design's bag-of-words floor) on the router's domain training split, chooses how to fuse it with
-//! the domain head (`weight`, `scale`) on the router's own validation split, reports every variant on
-//! the held-out sets, and writes `lexical.json` + `lexical.safetensors` beside the router.
+//! `switchyard train-lexical`: fits a lexical signal (TF-IDF word 1–2-grams + one-vs-rest linear SVM,
+//! the design's bag-of-words floor) on the router's training split of one head (domain or jailbreak),
+//! chooses how to fuse it with that head (`weight`, `scale`) on the router's own validation split,
+//! reports every variant on the held-out sets, and writes it beside the router (`lexical.json` for the
+//! domain head, `lexical-jailbreak.json` for the jailbreak head, each with its `.safetensors`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 use switchyard_router::classifier::softmax;
 use switchyard_router::lexical::LexicalModel;
-use switchyard_router::{RouterModel, DEFAULT_MAX_INPUT_TOKENS};
+use switchyard_router::{HeadRole, RouterModel, DEFAULT_MAX_INPUT_TOKENS};
 
 use super::baseline::{LinearSvm, Tfidf};
 use super::data;
-use super::eval::argmax;
+use super::eval::{argmax, binary_prf};
 
 /// Options of `train-lexical`.
 #[derive(Args, Debug)]
@@ -29,13 +30,24 @@ pub struct LexicalArgs {
     /// The router directory to fuse with (and write into).
     #[arg(long, default_value = "router/models/default")]
     pub router_dir: PathBuf,
+    /// The head to fuse with: `domain` or `jailbreak`.
+    #[arg(long, default_value = "domain")]
+    pub head: String,
     /// Seed of the SVM's coordinate order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
 
-/// Domain probabilities of the router alone, in `data::DOMAINS` order.
-fn router_probs(model: &RouterModel, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+/// (gold label, router probabilities, lexical scores) of one text.
+type Row<'a> = (usize, &'a Vec<f32>, &'a Vec<f32>);
+
+/// The head's probabilities with the router alone, in `labels` order.
+fn router_probs(
+    model: &RouterModel,
+    role: HeadRole,
+    labels: &[String],
+    texts: &[&str],
+) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(texts.len());
     for chunk in texts.chunks(32) {
         let encoded = chunk
@@ -44,16 +56,21 @@ fn router_probs(model: &RouterModel, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
             .collect::<Result<Vec<_>, _>>()?;
         let refs: Vec<_> = encoded.iter().collect();
         for s in model.classify(&refs)? {
-            let d = s.domain.context("the router has no domain head")?;
-            let probs: BTreeMap<&str, f32> = d
+            let o = match role {
+                HeadRole::Domain => s.domain,
+                HeadRole::Jailbreak => s.jailbreak,
+                _ => None,
+            }
+            .with_context(|| format!("the router has no {role:?} head"))?;
+            let probs: BTreeMap<&str, f32> = o
                 .probabilities
                 .iter()
                 .map(|(l, p)| (l.as_str(), *p))
                 .collect();
             out.push(
-                data::DOMAINS
+                labels
                     .iter()
-                    .map(|l| probs.get(l).copied().unwrap_or(0.0))
+                    .map(|l| probs.get(l.as_str()).copied().unwrap_or(0.0))
                     .collect(),
             );
         }
@@ -61,35 +78,77 @@ fn router_probs(model: &RouterModel, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
     Ok(out)
 }
 
-/// (gold label, router probabilities, lexical scores) of one text.
-type Row<'a> = (usize, &'a Vec<f32>, &'a Vec<f32>);
+/// The fused prediction rule with weight `w` and scale `s`.
+fn fused(w: f32, s: f32) -> impl Fn(&[f32], &[f32]) -> usize {
+    move |r: &[f32], l: &[f32]| {
+        let scaled: Vec<f32> = l.iter().map(|x| x * s).collect();
+        let p = softmax(&scaled);
+        argmax(
+            &r.iter()
+                .zip(&p)
+                .map(|(a, b)| (1.0 - w) * a + w * b)
+                .collect::<Vec<_>>(),
+        )
+    }
+}
 
-/// Accuracy of `predict` over examples.
-fn accuracy(rows: &[Row], predict: impl Fn(&[f32], &[f32]) -> usize) -> f64 {
-    let ok = rows.iter().filter(|(y, r, l)| predict(r, l) == *y).count();
-    ok as f64 / rows.len().max(1) as f64
+/// The measure a head is tuned and reported on: accuracy (domain) or F1 of label 1 (jailbreak).
+fn measure(role: HeadRole, rows: &[Row], predict: impl Fn(&[f32], &[f32]) -> usize) -> f64 {
+    let pred: Vec<usize> = rows.iter().map(|(_, r, l)| predict(r, l)).collect();
+    let gold: Vec<usize> = rows.iter().map(|r| r.0).collect();
+    match role {
+        HeadRole::Jailbreak => binary_prf(&pred, &gold).2,
+        _ => {
+            pred.iter().zip(&gold).filter(|(p, g)| p == g).count() as f64 / rows.len().max(1) as f64
+        }
+    }
+}
+
+/// Share of rows predicted as label 1 (for sets that are all benign).
+fn flagged(rows: &[Row], predict: impl Fn(&[f32], &[f32]) -> usize) -> f64 {
+    rows.iter().filter(|(_, r, l)| predict(r, l) == 1).count() as f64 / rows.len().max(1) as f64
 }
 
 /// Runs `train-lexical`.
 pub fn run(args: LexicalArgs) -> Result<()> {
+    let role = match args.head.as_str() {
+        "domain" => HeadRole::Domain,
+        "jailbreak" => HeadRole::Jailbreak,
+        other => bail!("--head {other}: expected domain or jailbreak"),
+    };
     let chat = args.chat_data.exists().then_some(args.chat_data.as_path());
     let ds = data::load(&args.data, chat, 3000)?;
-    let classes = data::DOMAINS.len();
+    let (task, labels): (&data::SeqTask, Vec<String>) = match role {
+        HeadRole::Domain => (
+            &ds.domain,
+            data::DOMAINS.iter().map(|s| s.to_string()).collect(),
+        ),
+        _ => (
+            &ds.jailbreak,
+            data::JAILBREAK.iter().map(|s| s.to_string()).collect(),
+        ),
+    };
     eprintln!(
-        "fitting TF-IDF + linear SVM on {} domain texts",
-        ds.domain.train.len()
+        "fitting TF-IDF + linear SVM on {} {} texts",
+        task.train.len(),
+        args.head
     );
-    let tfidf = Tfidf::fit(ds.domain.train.iter().map(|e| e.text.as_str()));
-    let x: Vec<_> = ds
-        .domain
+    let tfidf = Tfidf::fit(task.train.iter().map(|e| e.text.as_str()));
+    let x: Vec<_> = task
         .train
         .iter()
         .map(|e| tfidf.transform(&e.text))
         .collect();
-    let y: Vec<usize> = ds.domain.train.iter().map(|e| e.label).collect();
-    let svm = LinearSvm::train(&x, &y, classes, tfidf.dim(), args.seed);
-    let labels: Vec<String> = data::DOMAINS.iter().map(|s| s.to_string()).collect();
-    let mut lexical = LexicalModel::new("domain", labels, tfidf, svm.into_weights(), 0.0, 1.0);
+    let y: Vec<usize> = task.train.iter().map(|e| e.label).collect();
+    let svm = LinearSvm::train(&x, &y, labels.len(), tfidf.dim(), args.seed);
+    let mut lexical = LexicalModel::new(
+        &args.head,
+        labels.clone(),
+        tfidf,
+        svm.into_weights(),
+        0.0,
+        1.0,
+    );
 
     let router = RouterModel::load_dir(
         &args.router_dir,
@@ -98,12 +157,15 @@ pub fn run(args: LexicalArgs) -> Result<()> {
         DEFAULT_MAX_INPUT_TOKENS,
     )?
     .without_lexical();
-    // (gold, router probabilities, lexical scores) for the validation split and the chat-style set.
-    let val_texts: Vec<&str> = ds.domain.val.iter().map(|e| e.text.as_str()).collect();
+    let val_texts: Vec<&str> = task.val.iter().map(|e| e.text.as_str()).collect();
+    // The chat-style set: domain labels for the domain head; all benign for the jailbreak head.
     let chat_rows: Vec<(&str, usize)> = ds
         .chat_val
         .iter()
-        .filter_map(|r| r.domain.map(|d| (r.text.as_str(), d)))
+        .filter_map(|r| match role {
+            HeadRole::Domain => r.domain.map(|d| (r.text.as_str(), d)),
+            _ => Some((r.text.as_str(), 0)),
+        })
         .collect();
     let chat_texts: Vec<&str> = chat_rows.iter().map(|r| r.0).collect();
     eprintln!(
@@ -111,12 +173,11 @@ pub fn run(args: LexicalArgs) -> Result<()> {
         val_texts.len(),
         chat_texts.len()
     );
-    let val_router = router_probs(&router, &val_texts)?;
-    let chat_router = router_probs(&router, &chat_texts)?;
+    let val_router = router_probs(&router, role, &labels, &val_texts)?;
+    let chat_router = router_probs(&router, role, &labels, &chat_texts)?;
     let val_lex: Vec<Vec<f32>> = val_texts.iter().map(|t| lexical.scores(t)).collect();
     let chat_lex: Vec<Vec<f32>> = chat_texts.iter().map(|t| lexical.scores(t)).collect();
-    let val: Vec<Row> = ds
-        .domain
+    let val: Vec<Row> = task
         .val
         .iter()
         .zip(val_router.iter().zip(&val_lex))
@@ -128,26 +189,14 @@ pub fn run(args: LexicalArgs) -> Result<()> {
         .map(|(c, (r, l))| (c.1, r, l))
         .collect();
 
-    let fused = |w: f32, s: f32| {
-        move |r: &[f32], l: &[f32]| {
-            let scaled: Vec<f32> = l.iter().map(|x| x * s).collect();
-            let p = softmax(&scaled);
-            argmax(
-                &r.iter()
-                    .zip(&p)
-                    .map(|(a, b)| (1.0 - w) * a + w * b)
-                    .collect::<Vec<_>>(),
-            )
-        }
-    };
     // Choose weight and scale on the router's own validation split only.
-    let mut best = (0.0f32, 1.0f32, accuracy(&val, fused(0.0, 1.0)));
+    let mut best = (0.0f32, 1.0f32, measure(role, &val, fused(0.0, 1.0)));
     for wi in 1..=10 {
         for s in [0.5f32, 1.0, 2.0, 4.0, 8.0] {
             let w = wi as f32 / 10.0;
-            let a = accuracy(&val, fused(w, s));
-            if a > best.2 + 1e-9 {
-                best = (w, s, a);
+            let m = measure(role, &val, fused(w, s));
+            if m > best.2 + 1e-9 {
+                best = (w, s, m);
             }
         }
     }
@@ -155,56 +204,85 @@ pub fn run(args: LexicalArgs) -> Result<()> {
     lexical.scale = best.1;
 
     let subset = |srcs: &[&str]| -> Vec<Row> {
-        ds.domain
-            .val
+        task.val
             .iter()
             .zip(&val)
             .filter(|(e, _)| srcs.contains(&e.source))
             .map(|(_, r)| *r)
             .collect()
     };
-    let groups: Vec<(&str, Vec<Row>)> = vec![
-        ("validation split (all)", val.clone()),
-        ("MMLU-Pro questions", subset(&["mmlu_pro"])),
-        (
+    let what = if role == HeadRole::Domain {
+        "accuracy"
+    } else {
+        "F1"
+    };
+    let mut groups: Vec<(&str, Vec<Row>)> = vec![("validation split (all)", val.clone())];
+    if role == HeadRole::Domain {
+        groups.push(("MMLU-Pro questions", subset(&["mmlu_pro"])));
+        groups.push((
             "exam questions (MMLU-Pro + MMLU)",
             subset(&["mmlu_pro", "mmlu"]),
-        ),
-        ("chat-style, own split", subset(&["chat_style"])),
-        ("chat-style validation.jsonl", chat_eval.clone()),
-    ];
-    let mut table = String::from(
-        "| domain accuracy on | n | router | TF-IDF + SVM | fused |\n|---|---|---|---|---|\n",
+        ));
+        groups.push(("chat-style, own split", subset(&["chat_style"])));
+        groups.push(("chat-style validation.jsonl", chat_eval.clone()));
+    }
+    let mut table = format!(
+        "| {} {what} on | n | router head | TF-IDF + SVM | fused |\n|---|---|---|---|---|\n",
+        args.head
     );
     let mut metrics = serde_json::Map::new();
-    for (name, rows) in &groups {
-        let r = accuracy(rows, |r, _| argmax(r));
-        let l = accuracy(rows, |_, l| argmax(l));
-        let f = accuracy(rows, fused(best.0, best.1));
-        table.push_str(&format!(
-            "| {name} | {} | {r:.3} | {l:.3} | {f:.3} |\n",
-            rows.len()
-        ));
+    let mut row = |table: &mut String, name: &str, n: usize, r: f64, l: f64, f: f64| {
+        table.push_str(&format!("| {name} | {n} | {r:.3} | {l:.3} | {f:.3} |\n"));
         metrics.insert(
             name.to_string(),
-            json!({"n": rows.len(), "router": r, "lexical": l, "fused": f}),
+            json!({"n": n, "router": r, "lexical": l, "fused": f}),
         );
+    };
+    for (name, rows) in &groups {
+        row(
+            &mut table,
+            name,
+            rows.len(),
+            measure(role, rows, |r, _| argmax(r)),
+            measure(role, rows, |_, l| argmax(l)),
+            measure(role, rows, fused(best.0, best.1)),
+        );
+    }
+    if role == HeadRole::Jailbreak {
+        let benign: Vec<Row> = val.iter().filter(|r| r.0 == 0).copied().collect();
+        for (name, rows) in [
+            ("benign validation texts flagged (share)", &benign),
+            (
+                "chat-style validation.jsonl flagged (share, all benign)",
+                &chat_eval,
+            ),
+        ] {
+            row(
+                &mut table,
+                name,
+                rows.len(),
+                flagged(rows, |r, _| argmax(r)),
+                flagged(rows, |_, l| argmax(l)),
+                flagged(rows, fused(best.0, best.1)),
+            );
+        }
     }
     println!(
         "fusion chosen on the validation split: weight {} scale {}\n\n{table}",
         best.0, best.1
     );
     lexical.save(&args.router_dir)?;
+    let stem = LexicalModel::file_stem(&args.head);
     std::fs::write(
-        args.router_dir.join("lexical_metrics.json"),
+        args.router_dir.join(format!("{stem}_metrics.json")),
         serde_json::to_string_pretty(&json!({
-            "weight": best.0, "scale": best.1, "features": lexical.tfidf().dim(),
-            "train_texts": ds.domain.train.len(), "accuracy": metrics,
-            "command": "switchyard train-lexical --data ../shared/data --router-dir router/models/default",
+            "head": args.head, "weight": best.0, "scale": best.1, "features": lexical.tfidf().dim(),
+            "train_texts": task.train.len(), "measure": what, "results": metrics,
+            "command": format!("switchyard train-lexical --head {} --data ../shared/data --router-dir router/models/default", args.head),
         }))?,
     )?;
     eprintln!(
-        "wrote {}/lexical.json, lexical.safetensors, lexical_metrics.json",
+        "wrote {}/{stem}.json, .safetensors, _metrics.json",
         args.router_dir.display()
     );
     Ok(())
