@@ -25,6 +25,8 @@ enum Commands {
     Generate(generate::GenerateArgs),
     /// Serve the OpenAI-compatible API with in-process routing.
     Serve(switchyard_server::serve::ServeArgs),
+    /// Route one request without generating: print the router's decision as JSON.
+    Route(RouteArgs),
     /// Fetch the default model into the cache and print its path.
     FetchModel,
     /// Benchmarks.
@@ -48,6 +50,58 @@ enum BenchCommand {
     Overhead(bench_overhead::OverheadArgs),
     /// All three routing benchmarks (router, overhead, savings) in one run and one report.
     Routing(RoutingArgs),
+}
+
+/// Options of `route`.
+#[derive(clap::Args, Debug)]
+struct RouteArgs {
+    /// The user message (several: a conversation of user turns, in order).
+    #[arg(required = true)]
+    text: Vec<String>,
+    /// Routing configuration (YAML); default: the shipped one.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<std::path::PathBuf>,
+}
+
+/// `route`: the decision for one request, as `POST /v1/route` would return it.
+fn route(args: RouteArgs) -> Result<()> {
+    println!("{}", route_json(args)?);
+    Ok(())
+}
+
+fn route_json(args: RouteArgs) -> Result<String> {
+    let options = match &args.config {
+        Some(path) => switchyard_router::RouterOptions::from_config_file(path)?,
+        None => switchyard_router::RouterOptions::new(
+            switchyard_router::RouterConfig::shipped_default()?,
+        ),
+    };
+    let router = switchyard_router::Router::load(options)?;
+    let messages: Vec<switchyard_models::text::ChatMessage> = args
+        .text
+        .into_iter()
+        .map(|t| switchyard_models::text::ChatMessage::new("user", t))
+        .collect();
+    let decision = router.route(&messages)?;
+    Ok(serde_json::to_string_pretty(&decision)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_prints_the_decision_of_the_shipped_router() {
+        let json = route_json(RouteArgs {
+            text: vec!["Solve for x: 3x + 7 = 22".into()],
+            config: None,
+        })
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["category"], "math");
+        assert_eq!(v["reasoning"]["mode"], "thinking");
+        assert!(v["signals"]["domain"]["latency"].as_f64().unwrap() > 0.0);
+    }
 }
 
 /// Options of `bench routing`.
@@ -129,6 +183,7 @@ fn main() -> Result<()> {
     match cli.command {
         Commands::Generate(args) => generate::run(args),
         Commands::Serve(args) => switchyard_server::serve::run(args),
+        Commands::Route(args) => route(args),
         Commands::Bench(BenchCommand::Engine(args)) => bench::run(args),
         Commands::Bench(BenchCommand::Router(args)) => {
             println!("{}", bench_router::run(args)?);
