@@ -5,74 +5,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
-use switchyard_server::serve::{start, ServeArgs, Server};
+use server_common::*;
+use switchyard_server::serve::ServeArgs;
 use switchyard_tests::fixtures;
 
-fn args() -> ServeArgs {
-    ServeArgs {
-        port: 0,
-        models: vec![fixtures()
-            .join("hf/tiny-llama")
-            .to_string_lossy()
-            .into_owned()],
-        max_tokens: 256,
-        ..ServeArgs::default()
-    }
-}
-
-async fn server(args: ServeArgs) -> (Server, String) {
-    let s = start(args).await.expect("server starts");
-    let base = format!("http://{}", s.addr);
-    (s, base)
-}
-
-fn chat(model: &str, content: &str, max_tokens: usize) -> Value {
-    json!({"model": model, "messages": [{"role": "user", "content": content}],
-           "max_tokens": max_tokens, "temperature": 0})
-}
-
-async fn post(base: &str, path: &str, body: &Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{base}{path}"))
-        .json(body)
-        .send()
-        .await
-        .expect("request sent")
-}
-
-/// Parses an SSE body into its `data:` payloads.
-fn sse_data(body: &str) -> Vec<String> {
-    body.split("\n\n")
-        .filter_map(|event| {
-            event
-                .lines()
-                .find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
-                .map(str::to_string)
-        })
-        .collect()
-}
-
-/// Content and reasoning text of a streamed completion, its finish reason, and its usage chunk.
-fn assemble(data: &[String]) -> (String, String, Option<String>, Option<Value>) {
-    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
-    let (mut content, mut reasoning, mut finish, mut usage) =
-        (String::new(), String::new(), None, None);
-    for d in &data[..data.len() - 1] {
-        let v: Value = serde_json::from_str(d).unwrap();
-        assert_eq!(v["object"], "chat.completion.chunk");
-        if let Some(u) = v.get("usage") {
-            usage = Some(u.clone());
-        }
-        if let Some(c) = v["choices"].get(0) {
-            content.push_str(c["delta"]["content"].as_str().unwrap_or(""));
-            reasoning.push_str(c["delta"]["reasoning_content"].as_str().unwrap_or(""));
-            if let Some(f) = c["finish_reason"].as_str() {
-                finish = Some(f.to_string());
-            }
-        }
-    }
-    (content, reasoning, finish, usage)
-}
+mod server_common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_streaming_and_streaming_give_the_same_greedy_text() {
@@ -284,14 +221,6 @@ async fn models_health_ready_and_metrics() {
     s.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
-async fn error_of(r: reqwest::Response, status: u16) -> Value {
-    assert_eq!(r.status().as_u16(), status);
-    let v: Value = r.json().await.unwrap();
-    assert!(v["error"]["message"].is_string(), "{v}");
-    assert!(v["error"]["type"].is_string(), "{v}");
-    v["error"].clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_openai_errors_with_the_right_status() {
     let mut a = args();
@@ -398,7 +327,7 @@ async fn full_queues_and_stream_limits_answer_429_with_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_key_is_required_when_configured() {
     let mut a = args();
-    a.api_key = Some("sekrit".into());
+    a.api_keys = vec!["sekrit".into()];
     let (s, base) = server(a).await;
     let e = error_of(
         post(&base, "/v1/chat/completions", &chat("tiny-llama", "hi", 2)).await,

@@ -47,8 +47,7 @@ pub enum Stop {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct StreamOptions {
     /// Send a last chunk with the usage.
-    #[serde(default)]
-    pub include_usage: bool,
+    pub include_usage: Option<bool>,
 }
 
 /// `chat_template_kwargs` (vLLM's extension; `enable_thinking` is what Qwen3 templates read).
@@ -81,9 +80,8 @@ pub struct ChatRequest {
     pub presence_penalty: Option<f32>,
     /// Frequency penalty in [-2, 2].
     pub frequency_penalty: Option<f32>,
-    /// Stream the answer as server-sent events.
-    #[serde(default)]
-    pub stream: bool,
+    /// Stream the answer as server-sent events (`null` means no).
+    pub stream: Option<bool>,
     /// Streaming options.
     pub stream_options: Option<StreamOptions>,
     /// `low` / `medium` / `high`: think with that effort's budget (`none` / `minimal`: do not think).
@@ -92,6 +90,16 @@ pub struct ChatRequest {
     pub chat_template_kwargs: Option<ChatTemplateKwargs>,
     /// Number of choices: only 1 is supported.
     pub n: Option<usize>,
+    /// vLLM's extension: keep the k most likely tokens (0 or -1: off).
+    pub top_k: Option<i64>,
+    /// vLLM's extension: drop tokens below `min_p` times the top probability.
+    pub min_p: Option<f32>,
+    /// vLLM's extension: penalise tokens already in the prompt or output (1: off).
+    pub repetition_penalty: Option<f32>,
+    /// vLLM's extension: keep generating past the end-of-sequence token.
+    pub ignore_eos: Option<bool>,
+    /// vLLM's extension: token ids that end the generation.
+    pub stop_token_ids: Option<Vec<u32>>,
     /// Fields that change the semantics and are not supported: their presence is a 400.
     #[serde(flatten)]
     pub other: serde_json::Map<String, Value>,
@@ -158,6 +166,14 @@ impl ChatRequest {
                 }
             }
         }
+        if let Some(k) = self.top_k {
+            if k < -1 {
+                return Err(ApiError::invalid(
+                    "top_k",
+                    "must be -1, 0 (off) or positive",
+                ));
+            }
+        }
         if let Some(e) = &self.reasoning_effort {
             if !["none", "minimal", "low", "medium", "high"].contains(&e.as_str()) {
                 return Err(ApiError::invalid(
@@ -217,6 +233,23 @@ impl ChatRequest {
                 Ok(message)
             })
             .collect()
+    }
+
+    /// Whether the answer is streamed.
+    pub fn streamed(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    /// Whether a streamed answer ends with a usage chunk.
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage == Some(true))
+    }
+
+    /// `top_k` as the engine takes it (0: off).
+    pub fn top_k(&self) -> usize {
+        self.top_k.map_or(0, |k| usize::try_from(k).unwrap_or(0))
     }
 
     /// `max_completion_tokens`, else `max_tokens`.

@@ -28,22 +28,51 @@ use super::State;
 
 type Shared = AxumState<Arc<State>>;
 
-/// Checks `Authorization: Bearer <key>` on `/v1/*` when a key is configured.
+/// Checks `Authorization: Bearer <key>` on `/v1/*` when keys are configured.
 pub async fn authenticate(AxumState(state): Shared, request: Request, next: Next) -> Response {
-    if let Some(key) = &state.api_key {
-        if request.uri().path().starts_with("/v1/") {
-            let ok = request
-                .headers()
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .is_some_and(|k| k.trim() == key);
-            if !ok {
-                return ApiError::unauthorized().into_response();
-            }
+    if !state.api_keys.is_empty() && request.uri().path().starts_with("/v1/") {
+        let presented = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let ok = presented.is_some_and(|p| {
+            // Every key is compared, each in time independent of where the bytes differ.
+            state
+                .api_keys
+                .iter()
+                .fold(false, |found, key| found | same_secret(p, key))
+        });
+        if !ok {
+            return ApiError::unauthorized().into_response();
         }
     }
     next.run(request).await
+}
+
+/// Equality whose time does not depend on the position of the first differing byte.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Logs every request (method, path, status, time) at `info`, one line each.
+pub async fn log_request(request: Request, next: Next) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let start = Instant::now();
+    let response = next.run(request).await;
+    tracing::info!(
+        %method,
+        path,
+        status = response.status().as_u16(),
+        ms = format_args!("{:.1}", start.elapsed().as_secs_f64() * 1e3),
+        "request"
+    );
+    response
 }
 
 /// 404 for unknown paths, in the same error shape.
@@ -54,6 +83,17 @@ pub async fn not_found(request: Request) -> ApiError {
         request.uri().path()
     ));
     e.status = StatusCode::NOT_FOUND;
+    e
+}
+
+/// 405 for a known path with the wrong method, in the same error shape.
+pub async fn method_not_allowed(request: Request) -> ApiError {
+    let mut e = ApiError::bad_request(format!(
+        "{} is not allowed on {}",
+        request.method(),
+        request.uri().path()
+    ));
+    e.status = StatusCode::METHOD_NOT_ALLOWED;
     e
 }
 
@@ -346,6 +386,20 @@ pub async fn chat_completions(
     }
 }
 
+/// The `max_tokens` a request gets: its own (at most the server's ceiling), else the ceiling.
+fn max_tokens(state: &State, request: &ChatRequest) -> Result<usize, ApiError> {
+    let limit = state.limits.max_tokens;
+    match request.max_new_tokens() {
+        Some(0) => Err(ApiError::invalid("max_tokens", "must be at least 1")),
+        Some(n) if n > limit => Err(ApiError::invalid(
+            "max_tokens",
+            format!("{n} is more than this server's limit of {limit}"),
+        )),
+        Some(n) => Ok(n),
+        None => Ok(limit),
+    }
+}
+
 async fn chat(
     state: Arc<State>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
@@ -358,6 +412,7 @@ async fn chat(
         return super::proxy::forward(state, &upstream, body).await;
     }
     let request = parse_body(&state, body)?;
+    let max_tokens = max_tokens(&state, &request)?;
     let plan = plan(&state, &request).await?;
     let headers = decision_headers(&plan);
     let id = completion_id();
@@ -384,20 +439,7 @@ async fn chat(
         ));
     }
 
-    let engine = &state.engines[&plan.model];
-    let limit = state.limits.max_tokens;
-    let max_tokens = match request.max_new_tokens() {
-        Some(0) => return Err(ApiError::invalid("max_tokens", "must be at least 1")),
-        Some(n) if n > limit => {
-            return Err(ApiError::invalid(
-                "max_tokens",
-                format!("{n} is more than this server's limit of {limit}"),
-            ))
-        }
-        Some(n) => n,
-        None => limit,
-    };
-    let stream_permit = if request.stream {
+    let stream_permit = if request.streamed() {
         Some(state.streams.clone().try_acquire_owned().map_err(|_| {
             ApiError::overloaded(format!(
                 "too many open streams (limit {})",
@@ -413,18 +455,30 @@ async fn chat(
             sampling: SamplingParams {
                 temperature: request.temperature.unwrap_or(1.0),
                 top_p: request.top_p.unwrap_or(1.0),
+                top_k: request.top_k(),
+                min_p: request.min_p.unwrap_or(0.0),
+                repetition_penalty: request.repetition_penalty.unwrap_or(1.0),
                 presence_penalty: request.presence_penalty.unwrap_or(0.0),
                 frequency_penalty: request.frequency_penalty.unwrap_or(0.0),
                 seed: request.seed,
-                ..SamplingParams::default()
             },
             max_tokens: Some(max_tokens),
             stop: request.stop_strings(),
+            stop_token_ids: request.stop_token_ids.clone().unwrap_or_default(),
+            ignore_eos: request.ignore_eos.unwrap_or(false),
             thinking: plan.thinking,
-            ..GenerationParams::default()
         },
     };
-    let stream = engine.submit(generation)?;
+    // Rendering the template and tokenizing a long prompt is CPU work: keep it off the threads
+    // that move other requests' bytes.
+    let stream = {
+        let state = state.clone();
+        let model = plan.model.clone();
+        tokio::task::spawn_blocking(move || state.engines[&model].submit(generation))
+            .await
+            .map_err(|e| ApiError::internal(format!("submitting: {e}")))??
+    };
+    let engine = &state.engines[&plan.model];
     let prompt_limit = state
         .limits
         .prompt_tokens
@@ -443,42 +497,47 @@ async fn chat(
         e.code = Some("context_length_exceeded");
         return Err(e);
     }
-    let category = plan
-        .decision
-        .as_ref()
-        .map_or_else(String::new, |d| d.category.clone());
-    let labels = RequestLabels {
-        model: plan.model.clone(),
-        category,
-        reasoning: reasoning_label(plan.thinking),
+    let outcome = Outcome {
+        state: state.clone(),
+        labels: RequestLabels {
+            model: plan.model.clone(),
+            category: plan
+                .decision
+                .as_ref()
+                .map_or_else(String::new, |d| d.category.clone()),
+            reasoning: reasoning_label(plan.thinking),
+        },
+        recorded: false,
     };
-    if request.stream {
-        let include_usage = request
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage);
-        let events = sse_events(
-            state.clone(),
+    if request.streamed() {
+        let events = sse_events(SseState {
+            stop: state.hard_stop.subscribe(),
             stream,
             id,
             created,
-            labels,
-            include_usage,
-            stream_permit,
-        );
+            include_usage: request.include_usage(),
+            outcome,
+            phase: Phase::Start,
+            last_token: None,
+            _permit: stream_permit,
+        });
         let mut response = Sse::new(events)
             .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
             .into_response();
         response.headers_mut().extend(headers);
         Ok(response)
     } else {
-        let (content, reasoning, finish, usage) = collect(&state, &stream, &labels).await?;
+        // Counted by its outcome already: answer the error as it is.
+        let (content, reasoning, finish, usage) = match collect(&state, &stream, outcome).await {
+            Ok(done) => done,
+            Err(e) => return Ok(e.into_response()),
+        };
         let mut message = json!({"role": "assistant", "content": content});
         if !reasoning.is_empty() {
             message["reasoning_content"] = json!(reasoning);
         }
         let body = json!({
-            "id": id, "object": "chat.completion", "created": created, "model": labels.model,
+            "id": id, "object": "chat.completion", "created": created, "model": plan.model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": null}],
             "usage": usage,
         });
@@ -494,44 +553,75 @@ struct RequestLabels {
     reasoning: &'static str,
 }
 
-fn record_finish(
-    state: &State,
-    labels: &RequestLabels,
-    usage: &switchyard_engine::Usage,
-    status: &str,
-) {
-    let m = &state.metrics;
-    m.requests
-        .with_label_values(&[
-            "chat",
-            &labels.model,
-            &labels.category,
-            labels.reasoning,
-            status,
-        ])
-        .inc();
-    m.ttft_seconds
-        .with_label_values(&[&labels.model])
-        .observe(usage.time_to_first_token);
-    m.tokens
-        .with_label_values(&[&labels.model, "prompt"])
-        .inc_by(usage.prompt_tokens as u64);
-    m.tokens
-        .with_label_values(&[&labels.model, "completion"])
-        .inc_by(usage.completion_tokens as u64);
-    m.tokens
-        .with_label_values(&[&labels.model, "reasoning"])
-        .inc_by(usage.reasoning_tokens as u64);
+/// Counts a generation in `switchyard_requests_total` exactly once: as it ends, or, if it is
+/// dropped first (the client went away), as `cancelled`.
+struct Outcome {
+    state: Arc<State>,
+    labels: RequestLabels,
+    recorded: bool,
+}
+
+impl Outcome {
+    fn record(&mut self, status: &str) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        let l = &self.labels;
+        self.state
+            .metrics
+            .requests
+            .with_label_values(&["chat", &l.model, &l.category, l.reasoning, status])
+            .inc();
+    }
+
+    /// A served generation: its status and its tokens and timings.
+    fn finished(&mut self, usage: &switchyard_engine::Usage) {
+        self.record("200");
+        let (m, model) = (&self.state.metrics, self.labels.model.as_str());
+        m.ttft_seconds
+            .with_label_values(&[model])
+            .observe(usage.time_to_first_token);
+        for (kind, n) in [
+            ("prompt", usage.prompt_tokens),
+            ("completion", usage.completion_tokens),
+            ("reasoning", usage.reasoning_tokens),
+        ] {
+            m.tokens.with_label_values(&[model, kind]).inc_by(n as u64);
+        }
+    }
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        self.record("cancelled");
+    }
+}
+
+/// The error a request gets when the shutdown grace period ends before its generation.
+fn cut_off() -> ApiError {
+    let mut e = ApiError::unavailable(
+        "The server is shutting down and its grace period ended before this generation did.",
+    );
+    e.code = Some("server_shutdown");
+    e
 }
 
 async fn collect(
     state: &State,
     stream: &GenerationStream,
-    labels: &RequestLabels,
+    mut outcome: Outcome,
 ) -> Result<(String, String, &'static str, Usage), ApiError> {
+    let mut stop = state.hard_stop.subscribe();
     let (mut content, mut reasoning) = (String::new(), String::new());
     loop {
-        match stream.recv_async().await {
+        let event = tokio::select! {
+            event = stream.recv_async() => event,
+            Ok(_) = stop.wait_for(|stop| *stop) => {
+                outcome.record("503");
+                return Err(cut_off());
+            }
+        };
+        match event {
             Some(Event::Delta {
                 kind: DeltaKind::Content,
                 text,
@@ -541,7 +631,7 @@ async fn collect(
                 text,
             }) => reasoning.push_str(&text),
             Some(Event::Finished { reason, usage, .. }) => {
-                record_finish(state, labels, &usage, "200");
+                outcome.finished(&usage);
                 return Ok((
                     content,
                     reasoning,
@@ -550,9 +640,13 @@ async fn collect(
                 ));
             }
             Some(Event::Error(e)) => {
-                return Err(ApiError::internal(format!("generation failed: {e}")))
+                outcome.record("500");
+                return Err(ApiError::internal(format!("generation failed: {e}")));
             }
-            None => return Err(ApiError::unavailable("the engine stopped")),
+            None => {
+                outcome.record("503");
+                return Err(ApiError::unavailable("the engine stopped"));
+            }
         }
     }
 }
@@ -567,102 +661,121 @@ fn chunk(id: &str, created: u64, model: &str, delta: Value, finish: Option<&str>
     )
 }
 
-/// The SSE events of a streamed completion. Dropping the stream (client gone) drops the
-/// [`GenerationStream`], which cancels the sequence.
-#[allow(clippy::too_many_arguments)]
-fn sse_events(
-    state: Arc<State>,
+enum Phase {
+    Start,
+    Body,
+    Done,
+}
+
+/// A streamed completion in progress.
+struct SseState {
+    /// Turns true when the shutdown grace period is over.
+    stop: tokio::sync::watch::Receiver<bool>,
     stream: GenerationStream,
     id: String,
     created: u64,
-    labels: RequestLabels,
     include_usage: bool,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
-) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    enum Phase {
-        Start,
-        Body,
-        Done,
-    }
-    struct S {
-        state: Arc<State>,
-        stream: GenerationStream,
-        id: String,
-        created: u64,
-        labels: RequestLabels,
-        include_usage: bool,
-        phase: Phase,
-        last_token: Option<Instant>,
-        _permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    }
-    let s = S {
-        state,
-        stream,
-        id,
-        created,
-        labels,
-        include_usage,
-        phase: Phase::Start,
-        last_token: None,
-        _permit: permit,
-    };
+    outcome: Outcome,
+    phase: Phase,
+    last_token: Option<Instant>,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// The SSE events of a streamed completion: a role chunk, a chunk per text delta (`content` or
+/// `reasoning_content`), a chunk with the finish reason, the usage chunk if asked for, `[DONE]`.
+/// Dropping the stream (the client went away) drops the [`GenerationStream`], which cancels the
+/// sequence. An engine error or the end of the shutdown grace period ends it with an error event
+/// and `[DONE]`, which the OpenAI clients raise as an error.
+fn sse_events(s: SseState) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     stream::unfold(s, |mut s| async move {
+        let model = s.outcome.labels.model.clone();
         let events: Vec<SseEvent> = match s.phase {
             Phase::Start => {
                 s.phase = Phase::Body;
-                vec![chunk(&s.id, s.created, &s.labels.model, json!({"role": "assistant", "content": ""}), None)]
+                vec![chunk(
+                    &s.id,
+                    s.created,
+                    &model,
+                    json!({"role": "assistant", "content": ""}),
+                    None,
+                )]
             }
             Phase::Done => return None,
-            Phase::Body => match s.stream.recv_async().await {
-                Some(Event::Delta { kind, text }) => {
-                    let now = Instant::now();
-                    if let Some(last) = s.last_token {
-                        s.state
-                            .metrics
-                            .inter_token_seconds
-                            .with_label_values(&[&s.labels.model])
-                            .observe((now - last).as_secs_f64());
+            Phase::Body => {
+                let event = tokio::select! {
+                    event = s.stream.recv_async() => Some(event),
+                    Ok(_) = s.stop.wait_for(|stop| *stop) => None,
+                };
+                match event {
+                    Some(Some(Event::Delta { kind, text })) => {
+                        let now = Instant::now();
+                        if let Some(last) = s.last_token {
+                            s.outcome
+                                .state
+                                .metrics
+                                .inter_token_seconds
+                                .with_label_values(&[&model])
+                                .observe((now - last).as_secs_f64());
+                        }
+                        s.last_token = Some(now);
+                        let delta = match kind {
+                            DeltaKind::Content => json!({"content": text}),
+                            DeltaKind::Reasoning => json!({"reasoning_content": text}),
+                        };
+                        vec![chunk(&s.id, s.created, &model, delta, None)]
                     }
-                    s.last_token = Some(now);
-                    let delta = match kind {
-                        DeltaKind::Content => json!({"content": text}),
-                        DeltaKind::Reasoning => json!({"reasoning_content": text}),
-                    };
-                    vec![chunk(&s.id, s.created, &s.labels.model, delta, None)]
-                }
-                Some(Event::Finished { reason, usage, .. }) => {
-                    record_finish(&s.state, &s.labels, &usage, "200");
-                    s.phase = Phase::Done;
-                    let mut out = vec![chunk(&s.id, s.created, &s.labels.model, json!({}), Some(reason.as_str()))];
-                    if s.include_usage {
-                        out.push(SseEvent::default().data(
-                            json!({"id": s.id, "object": "chat.completion.chunk", "created": s.created,
-                                   "model": s.labels.model, "choices": [],
-                                   "usage": Usage::from_engine(&usage)})
-                            .to_string(),
-                        ));
+                    Some(Some(Event::Finished { reason, usage, .. })) => {
+                        s.outcome.finished(&usage);
+                        s.phase = Phase::Done;
+                        let mut out = vec![chunk(
+                            &s.id,
+                            s.created,
+                            &model,
+                            json!({}),
+                            Some(reason.as_str()),
+                        )];
+                        if s.include_usage {
+                            out.push(
+                                SseEvent::default().data(
+                                    json!({"id": s.id, "object": "chat.completion.chunk",
+                                       "created": s.created, "model": model, "choices": [],
+                                       "usage": Usage::from_engine(&usage)})
+                                    .to_string(),
+                                ),
+                            );
+                        }
+                        out.push(SseEvent::default().data("[DONE]"));
+                        out
                     }
-                    out.push(SseEvent::default().data("[DONE]"));
-                    out
+                    Some(Some(Event::Error(e))) => {
+                        s.outcome.record("500");
+                        s.phase = Phase::Done;
+                        error_events(&ApiError::internal(format!("generation failed: {e}")))
+                    }
+                    Some(None) => {
+                        s.outcome.record("503");
+                        s.phase = Phase::Done;
+                        error_events(&ApiError::unavailable("the engine stopped"))
+                    }
+                    None => {
+                        s.outcome.record("503");
+                        s.phase = Phase::Done;
+                        error_events(&cut_off())
+                    }
                 }
-                Some(Event::Error(e)) => {
-                    s.phase = Phase::Done;
-                    vec![
-                        SseEvent::default().data(
-                            ApiError::internal(format!("generation failed: {e}")).body().to_string(),
-                        ),
-                        SseEvent::default().data("[DONE]"),
-                    ]
-                }
-                None => {
-                    s.phase = Phase::Done;
-                    vec![SseEvent::default().data("[DONE]")]
-                }
-            },
+            }
         };
         Some((stream::iter(events.into_iter().map(Ok)), s))
     })
     .flatten()
+}
+
+/// How a stream that cannot go on ends: the error object, then `[DONE]`.
+fn error_events(e: &ApiError) -> Vec<SseEvent> {
+    vec![
+        SseEvent::default().data(e.body().to_string()),
+        SseEvent::default().data("[DONE]"),
+    ]
 }
 
 fn blocked_response(
@@ -673,7 +786,9 @@ fn blocked_response(
     message: &str,
     headers: HeaderMap,
 ) -> Response {
-    let mut response = if request.stream {
+    let usage = json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+                       "completion_tokens_details": {"reasoning_tokens": 0}});
+    let mut response = if request.streamed() {
         let mut events = vec![
             chunk(
                 id,
@@ -684,17 +799,14 @@ fn blocked_response(
             ),
             chunk(id, created, model, json!({}), Some("content_filter")),
         ];
-        if request
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage)
-        {
-            events.push(SseEvent::default().data(
-                json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                       "choices": [], "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
-                       "completion_tokens_details": {"reasoning_tokens": 0}}})
-                .to_string(),
-            ));
+        if request.include_usage() {
+            events.push(
+                SseEvent::default().data(
+                    json!({"id": id, "object": "chat.completion.chunk", "created": created,
+                       "model": model, "choices": [], "usage": usage})
+                    .to_string(),
+                ),
+            );
         }
         events.push(SseEvent::default().data("[DONE]"));
         Sse::new(stream::iter(events.into_iter().map(Ok::<_, Infallible>))).into_response()
@@ -703,8 +815,7 @@ fn blocked_response(
             "id": id, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": message},
                          "finish_reason": "content_filter", "logprobs": null}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
-                      "completion_tokens_details": {"reasoning_tokens": 0}},
+            "usage": usage,
         }))
         .into_response()
     };

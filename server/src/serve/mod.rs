@@ -24,7 +24,7 @@ use clap::Args;
 use switchyard_engine::{Engine, EngineConfig};
 use switchyard_models::device::DeviceSpec;
 use switchyard_router::{Router, RouterConfig, RouterOptions};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 
 pub use error::ApiError;
 use metrics::Metrics;
@@ -54,9 +54,10 @@ pub struct ServeArgs {
     /// Device: `cpu`, `cuda:N` (with the `cuda` feature) or `auto`.
     #[arg(long, env = "SWITCHYARD_DEVICE", default_value = "cpu")]
     pub device: DeviceSpec,
-    /// Require `Authorization: Bearer <key>` on /v1 endpoints.
-    #[arg(long, env = "SWITCHYARD_API_KEY")]
-    pub api_key: Option<String>,
+    /// Require `Authorization: Bearer <key>` on /v1 endpoints (repeatable or comma-separated:
+    /// any of the keys is accepted).
+    #[arg(long = "api-key", env = "SWITCHYARD_API_KEY", value_delimiter = ',')]
+    pub api_keys: Vec<String>,
     /// Largest request body, bytes.
     #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
@@ -97,7 +98,7 @@ impl Default for ServeArgs {
             no_router: false,
             auto_model: "auto".into(),
             device: DeviceSpec::Cpu,
-            api_key: None,
+            api_keys: Vec::new(),
             max_body_bytes: 1 << 20,
             max_prompt_tokens: None,
             max_tokens: 1024,
@@ -138,12 +139,14 @@ pub struct State {
     pub limits: Limits,
     /// Metrics.
     pub metrics: Metrics,
-    /// API key, if required.
-    pub api_key: Option<String>,
+    /// Accepted API keys (none: no key needed).
+    pub api_keys: Vec<String>,
     /// Open-stream permits.
     pub streams: Arc<Semaphore>,
     /// False once shutdown starts.
     pub accepting: AtomicBool,
+    /// True once the shutdown grace period is over: open generations end with an error.
+    pub hard_stop: watch::Sender<bool>,
     /// Start time (`created` of the models).
     pub started: u64,
     /// Proxy mode: the upstream inference server.
@@ -170,22 +173,27 @@ pub struct Server {
 }
 
 impl Server {
-    /// Stops accepting, lets in-flight requests finish within `grace`, and returns.
+    /// Stops accepting and lets in-flight requests finish within `grace`; generations still
+    /// running then end with an error (`server_shutdown`: a last SSE event, or a 503), and their
+    /// sequences are cancelled.
     pub async fn shutdown(mut self, grace: Duration) -> Result<()> {
         self.state.accepting.store(false, Ordering::SeqCst);
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        match tokio::time::timeout(grace, &mut self.task).await {
-            Ok(r) => r.context("server task")?.context("server")?,
+        if let Ok(r) = tokio::time::timeout(grace, &mut self.task).await {
+            return r.context("server task")?.context("server");
+        }
+        tracing::warn!("shutdown grace of {grace:?} passed; ending the requests still running");
+        self.state.hard_stop.send_replace(true);
+        match tokio::time::timeout(Duration::from_secs(2), &mut self.task).await {
+            Ok(r) => r.context("server task")?.context("server"),
             Err(_) => {
-                tracing::warn!(
-                    "shutdown grace of {grace:?} passed; closing the remaining connections"
-                );
+                tracing::warn!("connections still open; closing them");
                 self.task.abort();
+                Ok(())
             }
         }
-        Ok(())
     }
 }
 
@@ -296,9 +304,15 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
             streams: args.max_streams,
         },
         metrics: Metrics::new()?,
-        api_key: args.api_key.clone(),
+        api_keys: args
+            .api_keys
+            .iter()
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .collect(),
         streams: Arc::new(Semaphore::new(args.max_streams)),
         accepting: AtomicBool::new(true),
+        hard_stop: watch::Sender::new(false),
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -316,12 +330,14 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
         .route("/health", get(handlers::health))
         .route("/ready", get(handlers::ready))
         .route("/metrics", get(handlers::metrics))
+        .method_not_allowed_fallback(handlers::method_not_allowed)
         .fallback(handlers::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(args.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             handlers::authenticate,
         ))
+        .layer(axum::middleware::from_fn(handlers::log_request))
         .with_state(state.clone());
 
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
@@ -370,11 +386,37 @@ pub fn run(args: ServeArgs) -> Result<()> {
             ),
             None => println!("  routing off"),
         }
+        if let Some(rss) = resident_bytes() {
+            println!(
+                "  process resident memory: {:.1} MiB",
+                rss as f64 / (1 << 20) as f64
+            );
+        }
         println!("ready");
         shutdown_signal().await;
-        println!("shutting down: finishing in-flight requests (up to {grace:?})");
-        server.shutdown(grace).await
+        println!("shutting down: finishing in-flight requests (up to {grace:?}; a second signal stops now)");
+        tokio::select! {
+            r = server.shutdown(grace) => r,
+            _ = shutdown_signal() => {
+                println!("second signal: stopping now");
+                Ok(())
+            }
+        }
     })
+}
+
+/// The process's resident memory (Linux), bytes.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib << 10)
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,163 @@
+//! The OpenAI surface end to end, beyond the basics in `server.rs`: what lenient clients send (null
+//! fields, wrong methods), vLLM's sampling extensions, several API keys.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use server_common::*;
+use switchyard_engine::{Event, GenerationParams, GenerationRequest, Prompt};
+use switchyard_models::text::ChatMessage;
+
+mod server_common;
+
+async fn completion(base: &str, body: &Value) -> Value {
+    let r = post(base, "/v1/chat/completions", body).await;
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+fn content(v: &Value) -> &str {
+    v["choices"][0]["message"]["content"].as_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_method_gets_405_in_the_openai_shape() {
+    let (s, base) = server(args()).await;
+    let r = reqwest::get(format!("{base}/v1/chat/completions"))
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["allow"], "POST");
+    let e = error_of(r, 405).await;
+    assert!(e["message"].as_str().unwrap().contains("GET"), "{e}");
+    let r = reqwest::get(format!("{base}/v1/nope")).await.unwrap();
+    error_of(r, 404).await;
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_optional_fields_mean_absent() {
+    let (s, base) = server(args()).await;
+    let plain = completion(&base, &chat("tiny-llama", "Hello there", 6)).await;
+    let mut body = chat("tiny-llama", "Hello there", 6);
+    for field in [
+        "stream",
+        "stream_options",
+        "n",
+        "stop",
+        "seed",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "reasoning_effort",
+        "chat_template_kwargs",
+        "max_completion_tokens",
+        "logprobs",
+        "tools",
+        "response_format",
+    ] {
+        body[field] = Value::Null;
+    }
+    let v = completion(&base, &body).await;
+    assert_eq!(content(&v), content(&plain));
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vllm_sampling_extensions_are_honoured() {
+    let (s, base) = server(args()).await;
+    let greedy = completion(&base, &chat("tiny-llama", "Tell me something", 12)).await;
+
+    // top_k = 1 at temperature 1 is greedy whatever the seed.
+    for seed in [1, 2] {
+        let mut body = chat("tiny-llama", "Tell me something", 12);
+        body["temperature"] = json!(1.0);
+        body["top_k"] = json!(1);
+        body["seed"] = json!(seed);
+        assert_eq!(content(&completion(&base, &body).await), content(&greedy));
+    }
+    // min_p = 1 keeps only the most likely token: greedy again.
+    let mut body = chat("tiny-llama", "Tell me something", 12);
+    body["temperature"] = json!(1.0);
+    body["min_p"] = json!(1.0);
+    body["seed"] = json!(3);
+    assert_eq!(content(&completion(&base, &body).await), content(&greedy));
+    // A strong repetition penalty changes the greedy text.
+    let mut body = chat("tiny-llama", "Tell me something", 12);
+    body["repetition_penalty"] = json!(1e6);
+    assert_ne!(content(&completion(&base, &body).await), content(&greedy));
+
+    // stop_token_ids: the engine's own greedy ids for the same chat say which token to stop at.
+    let engine = &s.state.engines["tiny-llama"];
+    let events = engine
+        .submit(GenerationRequest {
+            prompt: Prompt::Chat(vec![ChatMessage::new("user", "Tell me something")]),
+            params: GenerationParams {
+                max_tokens: Some(12),
+                ..GenerationParams::default()
+            },
+        })
+        .unwrap()
+        .collect();
+    let Some(Event::Finished { output_ids, .. }) = events.last() else {
+        panic!("{events:?}")
+    };
+    let stop_id = output_ids[5];
+    let first = output_ids.iter().position(|&t| t == stop_id).unwrap();
+    let mut body = chat("tiny-llama", "Tell me something", 12);
+    body["stop_token_ids"] = json!([stop_id]);
+    let v = completion(&base, &body).await;
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"]["completion_tokens"], first + 1, "{v}");
+    assert!(content(&greedy).starts_with(content(&v)), "{v}");
+
+    // ignore_eos: exactly max_tokens tokens.
+    let mut body = chat("tiny-llama", "Tell me something", 40);
+    body["ignore_eos"] = json!(true);
+    let v = completion(&base, &body).await;
+    assert_eq!(v["usage"]["completion_tokens"], 40);
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+
+    // Out-of-range values are 400s that name the field.
+    for (field, value) in [
+        ("top_k", json!(-5)),
+        ("repetition_penalty", json!(0)),
+        ("min_p", json!(2)),
+    ] {
+        let mut body = chat("tiny-llama", "hi", 4);
+        body[field] = value;
+        let e = error_of(post(&base, "/v1/chat/completions", &body).await, 400).await;
+        assert_eq!(e["param"], field, "{e}");
+    }
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_of_several_api_keys_is_accepted() {
+    let mut a = args();
+    a.api_keys = vec!["first-key".into(), "second-key".into()];
+    let (s, base) = server(a).await;
+    let c = reqwest::Client::new();
+    let with_key = |key: &'static str| c.get(format!("{base}/v1/models")).bearer_auth(key).send();
+    assert_eq!(with_key("first-key").await.unwrap().status(), 200);
+    assert_eq!(with_key("second-key").await.unwrap().status(), 200);
+    for wrong in ["third-key", "first-ke", "first-keyy", ""] {
+        error_of(with_key(wrong).await.unwrap(), 401).await;
+    }
+    error_of(
+        c.get(format!("{base}/v1/models")).send().await.unwrap(),
+        401,
+    )
+    .await;
+    // Probes and scrapes need no key.
+    for path in ["/health", "/ready", "/metrics"] {
+        assert_eq!(
+            c.get(format!("{base}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}

@@ -1,0 +1,166 @@
+//! The server's lifecycle end to end: graceful shutdown (open streams finish; past the grace period
+//! they end with an error and their sequences are cancelled) and clients that go away.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use server_common::*;
+
+mod server_common;
+
+/// A greedy stream that runs long enough to be in flight while the test acts on it.
+fn long_stream(max_tokens: usize) -> Value {
+    let mut body = chat("tiny-llama", "Tell me a long story", max_tokens);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    body["ignore_eos"] = json!(true);
+    body
+}
+
+/// Waits until `check` holds on the engine's counters (10 s at most).
+async fn wait_for_engine(
+    engine: &switchyard_engine::Engine,
+    what: &str,
+    check: impl Fn(&switchyard_engine::StatsSnapshot) -> bool,
+) -> switchyard_engine::StatsSnapshot {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let snap = engine.stats().snapshot();
+        if check(&snap) {
+            return snap;
+        }
+        assert!(Instant::now() < deadline, "{what}: {snap:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_accepting_and_lets_open_streams_finish() {
+    let mut a = args();
+    a.max_tokens = 400;
+    let (s, base) = server(a).await;
+    let state = s.state.clone();
+    let addr = s.addr;
+    let r = post(&base, "/v1/chat/completions", &long_stream(400)).await;
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let mut text = String::from_utf8(body.next().await.unwrap().unwrap().to_vec()).unwrap();
+    // Shut down while the sequence is still being decoded.
+    wait_for_engine(
+        &state.engines["tiny-llama"],
+        "the stream is decoding",
+        |s| s.running == 1,
+    )
+    .await;
+    let shutdown = tokio::spawn(s.shutdown(Duration::from_secs(30)));
+    // New connections are refused once shutdown has begun...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting connections");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // ... and the open stream runs to its end.
+    while let Some(bytes) = body.next().await {
+        text.push_str(std::str::from_utf8(&bytes.unwrap()).unwrap());
+    }
+    let (content, _, finish, usage) = assemble(&sse_data(&text));
+    assert!(!content.is_empty());
+    assert_eq!(finish.as_deref(), Some("length"));
+    assert_eq!(usage.unwrap()["completion_tokens"], 400);
+    shutdown.await.unwrap().unwrap();
+    assert_eq!(state.engines["tiny-llama"].stats().snapshot().cancelled, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_open_when_the_grace_period_ends_get_an_error_and_are_cancelled() {
+    let mut a = args();
+    a.max_tokens = 480;
+    let (s, base) = server(a).await;
+    let state = s.state.clone();
+    let r = post(&base, "/v1/chat/completions", &long_stream(480)).await;
+    let mut body = r.bytes_stream();
+    let mut text = String::from_utf8(body.next().await.unwrap().unwrap().to_vec()).unwrap();
+    wait_for_engine(
+        &state.engines["tiny-llama"],
+        "the stream is decoding",
+        |s| s.running == 1,
+    )
+    .await;
+    let started = Instant::now();
+    s.shutdown(Duration::ZERO).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    while let Some(bytes) = body.next().await {
+        text.push_str(std::str::from_utf8(&bytes.unwrap()).unwrap());
+    }
+    let data = sse_data(&text);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    let last: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(last["error"]["code"], "server_shutdown", "{last}");
+    assert_eq!(last["error"]["type"], "server_error");
+    let engine = &state.engines["tiny-llama"];
+    let snap = wait_for_engine(engine, "the cut-off sequence is freed", |s| {
+        s.running == 0 && s.kv_blocks_used == 0
+    })
+    .await;
+    assert_eq!(snap.cancelled, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_streaming_client_that_goes_away_cancels_its_sequence() {
+    let mut a = args();
+    a.max_tokens = 480;
+    let (s, base) = server(a).await;
+    let engine = &s.state.engines["tiny-llama"];
+    let mut body = chat("tiny-llama", "Tell me a long story", 480);
+    body["ignore_eos"] = json!(true);
+    let request = {
+        let base = base.clone();
+        tokio::spawn(async move { post(&base, "/v1/chat/completions", &body).await })
+    };
+    wait_for_engine(engine, "the request is decoding", |s| s.running == 1).await;
+    request.abort();
+    let snap = wait_for_engine(engine, "the abandoned sequence is freed", |s| {
+        s.running == 0 && s.kv_blocks_used == 0
+    })
+    .await;
+    assert_eq!(snap.cancelled, 1);
+    assert!(snap.generated_tokens < 480, "{snap:?}");
+    // It counts as cancelled, not as served.
+    let text = metrics(&base).await;
+    assert!(
+        text.contains(
+            "switchyard_requests_total{category=\"\",endpoint=\"chat\",model=\"tiny-llama\",reasoning=\"off\",status=\"cancelled\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("status=\"200\""), "{text}");
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_dropped_mid_way_counts_as_cancelled() {
+    let (s, base) = server(args()).await;
+    let mut body = chat("tiny-llama", "Tell me a long story", 250);
+    body["stream"] = json!(true);
+    body["ignore_eos"] = json!(true);
+    let r = post(&base, "/v1/chat/completions", &body).await;
+    let mut chunks = r.bytes_stream();
+    chunks.next().await.unwrap().unwrap();
+    drop(chunks);
+    let engine = &s.state.engines["tiny-llama"];
+    wait_for_engine(engine, "the sequence is cancelled", |s| {
+        s.cancelled == 1 && s.running == 0
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = metrics(&base).await;
+        if text.contains("status=\"cancelled\"} 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}
