@@ -2,8 +2,8 @@
 """Drives a running `switchyard serve` with the official `openai` Python client (as CI does).
 
 Usage: python tests/openai_client/check.py http://127.0.0.1:PORT/v1 MODEL_ID
-Checks: list models, a plain chat, a routed chat, a streamed chat with usage, and that an error maps to
-the client's exception type. Exits non-zero on the first failure.
+Checks: list models, a plain chat, a routed chat, a streamed chat with usage, `reasoning_content` in a
+message and in stream deltas, and that errors map to the client's exception types. Exits non-zero on the first failure.
 """
 
 import sys
@@ -74,6 +74,30 @@ def main():
             text += c.delta.content or ""
     assert usage is not None and usage.completion_tokens > 0, usage
     print("streamed:", repr(text))
+
+    # Thinking: `reasoning_content` reaches the client (an extra field on the message and deltas).
+    r = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Why is the sky blue?"}],
+        max_tokens=16,
+        temperature=0,
+        reasoning_effort="low",
+    )
+    assert r.usage.completion_tokens_details.reasoning_tokens > 0, r.usage
+    assert getattr(r.choices[0].message, "reasoning_content", None), r.choices[0].message
+    thought = ""
+    for chunk in client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Why is the sky blue?"}],
+        max_tokens=16,
+        temperature=0,
+        reasoning_effort="low",
+        stream=True,
+    ):
+        for c in chunk.choices:
+            thought += getattr(c.delta, "reasoning_content", None) or ""
+    assert thought == r.choices[0].message.reasoning_content, (thought, r.choices[0].message)
+    print("reasoning:", r.usage.completion_tokens_details.reasoning_tokens, "tokens")
 
     try:
         client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
