@@ -161,3 +161,20 @@ async fn any_of_several_api_keys_is_accepted() {
     }
     s.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_model_can_be_retrieved_by_id() {
+    let (s, base) = server(args()).await;
+    let get = |id: &str| reqwest::get(format!("{base}/v1/models/{id}"));
+    let v: Value = get("tiny-llama").await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (v["id"].as_str(), v["object"].as_str()),
+        (Some("tiny-llama"), Some("model"))
+    );
+    assert_eq!(v["max_model_len"], 512);
+    let v: Value = get("auto").await.unwrap().json().await.unwrap();
+    assert_eq!(v["routed"], true);
+    let e = error_of(get("nope").await.unwrap(), 404).await;
+    assert_eq!(e["code"], "model_not_found");
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}

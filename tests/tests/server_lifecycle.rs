@@ -53,6 +53,9 @@ async fn shutdown_stops_accepting_and_lets_open_streams_finish() {
         |s| s.running == 1,
     )
     .await;
+    assert!(metrics(&base)
+        .await
+        .contains("\nswitchyard_open_streams 1\n"));
     let shutdown = tokio::spawn(s.shutdown(Duration::from_secs(30)));
     // New connections are refused once shutdown has begun...
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -123,8 +123,8 @@ pub async fn metrics(AxumState(state): Shared) -> Response {
         .into_response()
 }
 
-/// `GET /v1/models`.
-pub async fn models(AxumState(state): Shared) -> Json<Value> {
+/// The model objects `GET /v1/models` lists: the served models, then the auto model.
+fn model_objects(state: &State) -> Vec<Value> {
     let mut data: Vec<Value> = state
         .engines
         .iter()
@@ -139,7 +139,24 @@ pub async fn models(AxumState(state): Shared) -> Json<Value> {
                          "owned_by": "switchyard", "routed": true}),
         );
     }
-    Json(json!({"object": "list", "data": data}))
+    data
+}
+
+/// `GET /v1/models`.
+pub async fn models(AxumState(state): Shared) -> Json<Value> {
+    Json(json!({"object": "list", "data": model_objects(&state)}))
+}
+
+/// `GET /v1/models/{id}`.
+pub async fn model(
+    AxumState(state): Shared,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    model_objects(&state)
+        .into_iter()
+        .find(|m| m["id"] == id.as_str())
+        .map(Json)
+        .ok_or_else(|| ApiError::unknown_model(&id, &state.served()))
 }
 
 fn parse_body(
@@ -292,20 +309,21 @@ fn decision_headers(plan: &Plan) -> HeaderMap {
             format!("{:.3}", d.route_time.as_secs_f64() * 1e3),
         );
         if let Action::Block { reason, .. } = &d.action {
-            put(
-                "x-switchyard-blocked",
-                match reason {
-                    BlockReason::Jailbreak => "jailbreak",
-                    BlockReason::Pii => "pii",
-                }
-                .into(),
-            );
+            put("x-switchyard-blocked", blocked_label(*reason).into());
         }
         if d.jailbreak_flagged {
             put("x-switchyard-flagged", "jailbreak".into());
         }
     }
     h
+}
+
+/// The `x-switchyard-blocked` value.
+pub(super) fn blocked_label(reason: BlockReason) -> &'static str {
+    match reason {
+        BlockReason::Jailbreak => "jailbreak",
+        BlockReason::Pii => "pii",
+    }
 }
 
 fn reasoning_label(thinking: Thinking) -> &'static str {
@@ -316,11 +334,11 @@ fn reasoning_label(thinking: Thinking) -> &'static str {
     }
 }
 
-fn completion_id() -> String {
+pub(super) fn completion_id() -> String {
     format!("chatcmpl-{:032x}", rand::random::<u128>())
 }
 
-fn now() -> u64 {
+pub(super) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -778,7 +796,7 @@ fn error_events(e: &ApiError) -> Vec<SseEvent> {
     ]
 }
 
-fn blocked_response(
+pub(super) fn blocked_response(
     request: &ChatRequest,
     model: &str,
     id: &str,

@@ -1,9 +1,10 @@
 //! Prometheus metrics (`GET /metrics`): requests by route, category and reasoning mode; routing
 //! latency; time to first token; inter-token latency; tokens; and, read at scrape time, the engines'
-//! queue depth, running batch size and KV-cache use.
+//! queue depth, running batch size and KV-cache use, and the open streams.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use super::State;
@@ -25,6 +26,7 @@ pub struct Metrics {
     running: IntGaugeVec,
     kv_blocks_used: IntGaugeVec,
     kv_blocks_total: IntGaugeVec,
+    open_streams: IntGauge,
 }
 
 fn buckets(start: f64, factor: f64, n: usize) -> Vec<f64> {
@@ -72,6 +74,7 @@ impl Metrics {
         )?;
         let kv_blocks_used = gauge("switchyard_kv_cache_blocks_used", "KV-cache blocks in use")?;
         let kv_blocks_total = gauge("switchyard_kv_cache_blocks_total", "KV-cache blocks in all")?;
+        let open_streams = IntGauge::new("switchyard_open_streams", "Streamed responses open")?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(route_seconds.clone()),
@@ -82,6 +85,7 @@ impl Metrics {
             Box::new(running.clone()),
             Box::new(kv_blocks_used.clone()),
             Box::new(kv_blocks_total.clone()),
+            Box::new(open_streams.clone()),
         ] {
             registry.register(c)?;
         }
@@ -96,6 +100,7 @@ impl Metrics {
             running,
             kv_blocks_used,
             kv_blocks_total,
+            open_streams,
         })
     }
 
@@ -116,6 +121,12 @@ impl Metrics {
                 .with_label_values(&[name])
                 .set(s.kv_blocks_total as i64);
         }
+        self.open_streams.set(
+            state
+                .limits
+                .streams
+                .saturating_sub(state.streams.available_permits()) as i64,
+        );
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!("encoding metrics: {e}");

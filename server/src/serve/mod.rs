@@ -327,6 +327,7 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/route", post(handlers::route))
         .route("/v1/models", get(handlers::models))
+        .route("/v1/models/{id}", get(handlers::model))
         .route("/health", get(handlers::health))
         .route("/ready", get(handlers::ready))
         .route("/metrics", get(handlers::metrics))

@@ -7,10 +7,12 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
 use serde_json::{json, Value};
 use switchyard_router::{Action, Reasoning};
+
+use super::handlers::blocked_label;
 
 use super::error::ApiError;
 use super::State;
@@ -38,13 +40,23 @@ pub async fn forward(state: Arc<State>, upstream: &str, body: Bytes) -> Result<R
             "x-switchyard-route-ms",
             format!("{:.3}", decision.route_time.as_secs_f64() * 1e3),
         ));
-        if let Action::Block { message, .. } = &decision.action {
-            return Ok(axum::Json(json!({
-                "id": "chatcmpl-blocked", "object": "chat.completion", "model": decision.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": message},
-                             "finish_reason": "content_filter"}],
-            }))
-            .into_response());
+        if let Action::Block { message, reason } = &decision.action {
+            // Answered here, as the in-process path answers it (streamed if asked for).
+            extra.push(("x-switchyard-blocked", blocked_label(*reason).to_string()));
+            let mut headers = HeaderMap::new();
+            for (name, value) in extra {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    headers.insert(HeaderName::from_static(name), v);
+                }
+            }
+            return Ok(super::handlers::blocked_response(
+                &parsed,
+                &decision.model,
+                &super::handlers::completion_id(),
+                super::handlers::now(),
+                message,
+                headers,
+            ));
         }
         decision.apply(&mut messages);
         request["model"] = json!(decision.model);
