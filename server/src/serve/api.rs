@@ -300,3 +300,106 @@ impl Usage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(extra: Value) -> ChatRequest {
+        let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        serde_json::from_value(body).unwrap()
+    }
+
+    fn rejected_param(extra: Value) -> Option<String> {
+        request(extra).validate().err().and_then(|e| e.param)
+    }
+
+    #[test]
+    fn semantic_fields_it_cannot_honour_are_refused_by_name() {
+        for (field, value) in [
+            ("tools", json!([{"type": "function"}])),
+            ("tool_choice", json!("auto")),
+            ("logprobs", json!(true)),
+            ("top_logprobs", json!(2)),
+            ("logit_bias", json!({"1": 5})),
+            ("response_format", json!({"type": "json_object"})),
+            ("n", json!(3)),
+            ("top_k", json!(-2)),
+            ("temperature", json!(2.5)),
+            ("top_p", json!(0)),
+            ("presence_penalty", json!(3)),
+            ("reasoning_effort", json!("extreme")),
+        ] {
+            assert_eq!(
+                rejected_param(json!({ field: value })).as_deref(),
+                Some(field),
+                "{field}"
+            );
+        }
+    }
+
+    #[test]
+    fn harmless_values_and_unknown_fields_pass() {
+        for extra in [
+            json!({"logprobs": false, "tools": null, "response_format": {"type": "text"}}),
+            json!({"n": 1, "user": "u", "metadata": {"a": "b"}, "store": false}),
+            json!({"top_k": -1, "stream": null, "stream_options": {"include_usage": null}}),
+        ] {
+            assert_eq!(rejected_param(extra.clone()), None, "{extra}");
+        }
+        let r = request(json!({"top_k": -1, "stream": null}));
+        assert_eq!(
+            (r.top_k(), r.streamed(), r.include_usage()),
+            (0, false, false)
+        );
+        let r = request(json!({"stream": true, "stream_options": {"include_usage": true}}));
+        assert!(r.streamed() && r.include_usage());
+    }
+
+    #[test]
+    fn messages_become_chat_messages() {
+        let r: ChatRequest = serde_json::from_value(json!({"model": "m", "messages": [
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"role": "assistant", "content": null, "reasoning_content": "hmm"},
+        ]}))
+        .unwrap();
+        let m = r.chat_messages().unwrap();
+        assert_eq!(
+            m.iter()
+                .map(|m| (m.role.as_str(), m.content.as_str()))
+                .collect::<Vec<_>>(),
+            [("system", "be brief"), ("user", "ab"), ("assistant", "")]
+        );
+        assert_eq!(m[2].reasoning_content.as_deref(), Some("hmm"));
+
+        let bad_role: ChatRequest = serde_json::from_value(
+            json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}),
+        )
+        .unwrap();
+        let e = bad_role.chat_messages().unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].role"));
+        let image: ChatRequest = serde_json::from_value(json!({"model": "m", "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}))
+        .unwrap();
+        let e = image.chat_messages().unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].content[0]"));
+        assert!(e.message.contains("image_url"), "{}", e.message);
+    }
+
+    #[test]
+    fn max_completion_tokens_wins_over_max_tokens_and_stop_takes_both_shapes() {
+        let r = request(json!({"max_tokens": 5, "max_completion_tokens": 7, "stop": "x"}));
+        assert_eq!(
+            (r.max_new_tokens(), r.stop_strings()),
+            (Some(7), vec!["x".to_string()])
+        );
+        let r = request(json!({"max_tokens": 5, "stop": ["a", "b"]}));
+        assert_eq!(r.max_new_tokens(), Some(5));
+        assert_eq!(r.stop_strings(), ["a", "b"]);
+    }
+}

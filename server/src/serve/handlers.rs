@@ -840,3 +840,17 @@ pub(super) fn blocked_response(
     response.headers_mut().extend(headers);
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_match_only_when_equal() {
+        assert!(same_secret("key-1", "key-1"));
+        assert!(!same_secret("key-1", "key-2"));
+        assert!(!same_secret("key-1", "key-10"));
+        assert!(!same_secret("", "k"));
+        assert!(same_secret("", ""));
+    }
+}
