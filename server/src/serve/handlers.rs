@@ -292,13 +292,15 @@ fn decision_headers(plan: &Plan) -> HeaderMap {
             h.insert(HeaderName::from_static(name), v);
         }
     };
+    let blocked = plan.decision.as_ref().is_some_and(Decision::is_blocked);
     put("x-switchyard-model", plan.model.clone());
     put(
         "x-switchyard-reasoning",
-        if matches!(plan.thinking, Thinking::On { .. }) {
-            "on"
-        } else {
+        // A blocked request generates nothing, thinking included.
+        if blocked {
             "off"
+        } else {
+            reasoning_label(plan.thinking)
         }
         .into(),
     );
