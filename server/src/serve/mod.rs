@@ -46,7 +46,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHYARD_CONFIG")]
     pub config: Option<PathBuf>,
     /// Serve without a router (`model: auto` is then refused).
-    #[arg(long, env = "SWITCHYARD_NO_ROUTER")]
+    #[arg(long, env = "SWITCHYARD_NO_ROUTER", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_router: bool,
     /// The model name that asks for routing.
     #[arg(long, env = "SWITCHYARD_AUTO_MODEL", default_value = "auto")]
@@ -441,5 +441,68 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServeArgs;
+    use clap::{Args, Command, FromArgMatches};
+
+    fn command() -> Command {
+        ServeArgs::augment_args(Command::new("serve"))
+    }
+
+    #[test]
+    fn every_flag_has_an_environment_twin() {
+        for arg in command().get_arguments() {
+            let env = arg.get_env().and_then(|e| e.to_str());
+            let long = arg.get_long().expect("a long flag");
+            assert_eq!(
+                env,
+                Some(format!("SWITCHYARD_{}", long.replace('-', "_").to_uppercase()).as_str()),
+                "--{long}"
+            );
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_default_args_and_lists_split_on_commas() {
+        let parsed =
+            ServeArgs::from_arg_matches(&command().get_matches_from(["serve"])).expect("parses");
+        let d = ServeArgs::default();
+        assert_eq!(
+            (
+                &parsed.host,
+                parsed.port,
+                parsed.max_tokens,
+                parsed.max_queue,
+                parsed.max_streams
+            ),
+            (&d.host, d.port, d.max_tokens, d.max_queue, d.max_streams)
+        );
+        assert_eq!(
+            (
+                parsed.max_body_bytes,
+                parsed.shutdown_grace,
+                parsed.no_router
+            ),
+            (d.max_body_bytes, d.shutdown_grace, d.no_router)
+        );
+        assert_eq!(parsed.host, "127.0.0.1");
+        let parsed = ServeArgs::from_arg_matches(&command().get_matches_from([
+            "serve",
+            "--api-key",
+            "a,b",
+            "--api-key",
+            "c",
+            "--model",
+            "x=one.gguf,two",
+            "--no-router",
+        ]))
+        .expect("parses");
+        assert_eq!(parsed.api_keys, ["a", "b", "c"]);
+        assert_eq!(parsed.models, ["x=one.gguf", "two"]);
+        assert!(parsed.no_router);
     }
 }
