@@ -267,6 +267,28 @@ async fn bad_requests_get_openai_errors_with_the_right_status() {
     .await;
     assert_eq!(e["code"], "context_length_exceeded");
     assert!(e["message"].as_str().unwrap().contains("64"), "{e}");
+    // Refused before it was queued: the engine never saw it.
+    assert_eq!(
+        s.state.engines["tiny-llama"].stats().snapshot().cancelled,
+        0
+    );
+    // Past the model's own context (512) the engine's limit answers, with its numbers.
+    let mut a = args();
+    a.max_body_bytes = 1 << 20;
+    let (s2, base2) = server(a).await;
+    let e = error_of(
+        post(
+            &base2,
+            "/v1/chat/completions",
+            &chat("tiny-llama", &"word ".repeat(600), 4),
+        )
+        .await,
+        400,
+    )
+    .await;
+    assert_eq!(e["code"], "context_length_exceeded");
+    assert!(e["message"].as_str().unwrap().contains("511"), "{e}");
+    s2.shutdown(Duration::from_secs(5)).await.unwrap();
     let e = error_of(
         post(
             &base,

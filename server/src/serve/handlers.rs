@@ -494,29 +494,31 @@ async fn chat(
     let stream = {
         let state = state.clone();
         let model = plan.model.clone();
-        tokio::task::spawn_blocking(move || state.engines[&model].submit(generation))
-            .await
-            .map_err(|e| ApiError::internal(format!("submitting: {e}")))??
+        tokio::task::spawn_blocking(move || -> Result<GenerationStream, ApiError> {
+            let engine = &state.engines[&model];
+            // The engine refuses prompts longer than its context itself; a lower limit of this
+            // server's is checked before the request is queued, so it costs no prefill.
+            let context_limit = engine.max_model_len() - 1;
+            if let Some(limit) = state.limits.prompt_tokens.filter(|&l| l < context_limit) {
+                let (tokens, _) =
+                    engine.prompt_tokens(&generation.prompt, generation.params.thinking)?;
+                if tokens.len() > limit {
+                    let mut e = ApiError::invalid(
+                        "messages",
+                        format!(
+                            "The prompt has {} tokens, more than the {limit} this server accepts for `{model}`.",
+                            tokens.len()
+                        ),
+                    );
+                    e.code = Some("context_length_exceeded");
+                    return Err(e);
+                }
+            }
+            Ok(engine.submit(generation)?)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("submitting: {e}")))??
     };
-    let engine = &state.engines[&plan.model];
-    let prompt_limit = state
-        .limits
-        .prompt_tokens
-        .map_or(engine.max_model_len() - 1, |l| {
-            l.min(engine.max_model_len() - 1)
-        });
-    if stream.prompt_tokens() > prompt_limit {
-        let mut e = ApiError::invalid(
-            "messages",
-            format!(
-                "The prompt has {} tokens, more than the {prompt_limit} this server accepts for `{}`.",
-                stream.prompt_tokens(),
-                plan.model
-            ),
-        );
-        e.code = Some("context_length_exceeded");
-        return Err(e);
-    }
     let outcome = Outcome {
         state: state.clone(),
         labels: RequestLabels {
