@@ -146,7 +146,6 @@ pub struct Example {
 pub struct TokenExample {
     pub words: Vec<String>,
     pub tags: Vec<usize>,
-    #[allow(dead_code)] // kept for per-source reporting
     pub source: &'static str,
 }
 
@@ -188,6 +187,61 @@ pub struct Dataset {
     /// Harmful requests (HarmBench, AdvBench, Do-Not-Answer): not trained on; the jailbreak head's
     /// flag rate on them is reported.
     pub harmful: Vec<String>,
+    /// The project's held-out benign set (`router/data/benign_chat/heldout.jsonl`): short chat
+    /// messages (`chat`) and safe-but-scary prompts (`safe_but_scary`), all benign, never trained on.
+    pub benign_heldout: Vec<BenignRow>,
+}
+
+/// A row of `router/data/benign_chat/*.jsonl`: a benign text and its kind (`chat`, `safe_but_scary`).
+#[derive(Clone, Debug)]
+pub struct BenignRow {
+    pub text: String,
+    pub kind: String,
+}
+
+fn benign_rows(path: &Path) -> Result<Vec<BenignRow>> {
+    Ok(read_jsonl(path)?
+        .iter()
+        .filter_map(|v| {
+            let text = str_of(v, "text")?.trim().to_string();
+            (!text.is_empty()).then(|| BenignRow {
+                text,
+                kind: str_of(v, "kind").unwrap_or("chat").to_string(),
+            })
+        })
+        .collect())
+}
+
+/// Words of a text as the PII data sets split them (`\w+|[^\w\s]`).
+pub fn pii_words(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for c in text.chars() {
+        if c.is_alphanumeric() || c == '_' {
+            cur.push(c);
+        } else {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+            if !c.is_whitespace() {
+                out.push(c.to_string());
+            }
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Whether a chat text can serve as a PII-free sentence (every tag `O`) without hand labels: no
+/// capital letter after its first character, no digit, no `@`, at least three words. Names,
+/// places, numbers and addresses all fail this, so what passes is ordinary lower-case chat.
+pub fn pii_free_candidate(text: &str) -> bool {
+    let mut chars = text.trim().chars();
+    chars.next();
+    chars.all(|c| !c.is_uppercase() && !c.is_ascii_digit() && c != '@')
+        && text.split_whitespace().count() >= 3
 }
 
 fn read_lines(path: &Path) -> Result<Vec<String>> {
@@ -299,7 +353,16 @@ fn csv_rows(path: &Path) -> Result<Vec<csv::StringRecord>> {
 }
 
 /// Reads every data set. `chat_dir` may not exist (then no chat-style data is used).
-pub fn load(data: &Path, chat_dir: Option<&Path>, benign_extra: usize) -> Result<Dataset> {
+///
+/// `benign_dir` (`router/data/benign_chat`) may not exist either: its `train.jsonl` is trained on as
+/// benign by the jailbreak head (and as PII-free sentences where [`pii_free_candidate`] allows), its
+/// `heldout.jsonl` only evaluated.
+pub fn load(
+    data: &Path,
+    chat_dir: Option<&Path>,
+    benign_dir: Option<&Path>,
+    benign_extra: usize,
+) -> Result<Dataset> {
     if !data.join("MANIFEST.md").exists() {
         bail!(
             "{} does not look like the shared data folder (no MANIFEST.md)",
@@ -323,8 +386,27 @@ pub fn load(data: &Path, chat_dir: Option<&Path>, benign_extra: usize) -> Result
         }
         _ => (Vec::new(), Vec::new()),
     };
-    let exclude: HashSet<String> = chat_val.iter().map(|r| normalize(&r.text)).collect();
+    let (benign_train, benign_heldout) = match benign_dir {
+        Some(d) => {
+            let read = |f: &str| -> Result<Vec<BenignRow>> {
+                let p = d.join(f);
+                if p.exists() {
+                    benign_rows(&p)
+                } else {
+                    Ok(Vec::new())
+                }
+            };
+            (read("train.jsonl")?, read("heldout.jsonl")?)
+        }
+        None => (Vec::new(), Vec::new()),
+    };
+    let exclude: HashSet<String> = chat_val
+        .iter()
+        .map(|r| normalize(&r.text))
+        .chain(benign_heldout.iter().map(|r| normalize(&r.text)))
+        .collect();
     ds.chat_val = chat_val;
+    ds.benign_heldout = benign_heldout;
 
     // Domain: MMLU-Pro first, then MMLU (its duplicates of MMLU-Pro are dropped by the dedup).
     let mut dom = Vec::new();
@@ -399,6 +481,13 @@ pub fn load(data: &Path, chat_dir: Option<&Path>, benign_extra: usize) -> Result
         .filter(|(q, _)| seen.insert(normalize(q)))
         .map(|(_, t)| t)
         .collect();
+    // The benign chat texts are training text for the tokenizer and masked-LM pretraining too.
+    ds.mlm_extra.extend(
+        benign_train
+            .iter()
+            .filter(|r| !exclude.contains(&normalize(&r.text)))
+            .map(|r| r.text.clone()),
+    );
 
     // Reasoning need.
     let mut rea = Vec::new();
@@ -538,7 +627,35 @@ pub fn load(data: &Path, chat_dir: Option<&Path>, benign_extra: usize) -> Result
             source: "chat_style",
         });
     }
+    // The project's benign chat messages and safe-but-scary prompts: training only (their
+    // held-out file is evaluated separately), so none of them is split off into validation.
+    let mut benign_jb = Vec::new();
+    for r in &benign_train {
+        benign_jb.push(Example {
+            text: r.text.clone(),
+            label: 0,
+            source: if r.kind == "safe_but_scary" {
+                "benign_chat_scary"
+            } else {
+                "benign_chat"
+            },
+        });
+    }
     let (train, val, conflicts) = split_examples(jb, &exclude);
+    let mut train = train;
+    let known: HashSet<String> = train
+        .iter()
+        .chain(val.iter())
+        .map(|e| normalize(&e.text))
+        .collect();
+    let mut added = HashSet::new();
+    for e in benign_jb {
+        let key = normalize(&e.text);
+        if !key.is_empty() && !exclude.contains(&key) && !known.contains(&key) && added.insert(key)
+        {
+            train.push(e);
+        }
+    }
     if conflicts > 0 {
         tracing::info!(conflicts, "jailbreak: texts with two labels dropped");
     }
@@ -625,6 +742,29 @@ pub fn load(data: &Path, chat_dir: Option<&Path>, benign_extra: usize) -> Result
                 pii_train.push(ex);
             }
         }
+    }
+    // PII-free sentences: lower-case benign and chat-style training texts with every tag `O`, so the
+    // head sees ordinary chat (Presidio's sentences nearly all hold an entity). At most one for
+    // every three Presidio training sentences.
+    let cap = pii_train.len() / 3;
+    let mut free: Vec<&str> = benign_train
+        .iter()
+        .map(|r| r.text.as_str())
+        .chain(chat_train.iter().map(|r| r.text.as_str()))
+        .filter(|t| pii_free_candidate(t) && !exclude.contains(&normalize(t)))
+        .collect();
+    free.sort_by_key(|t| fnv1a(format!("pii-free:{t}").as_bytes()));
+    for t in free.into_iter().take(cap) {
+        if !seen.insert(normalize(t)) {
+            continue;
+        }
+        let words = pii_words(t);
+        let tags = vec![0; words.len()];
+        pii_train.push(TokenExample {
+            words,
+            tags,
+            source: "pii_free_chat",
+        });
     }
     ds.pii = TokTask {
         labels: pii_labels(),
@@ -773,6 +913,44 @@ mod tests {
         assert_eq!(labels[pii_tag_id("B-ZIP_CODE")], "B-STREET_ADDRESS");
         assert_eq!(pii_tag_id("B-TITLE"), 0);
         assert_eq!(pii_tag_id("O"), 0);
+    }
+
+    #[test]
+    fn pii_words_split_like_the_bio_files() {
+        assert_eq!(
+            pii_words("Hi, it's me: john_doe@x.io!"),
+            vec!["Hi", ",", "it", "'", "s", "me", ":", "john_doe", "@", "x", ".", "io", "!"]
+        );
+        assert!(pii_free_candidate("Tell me a joke about cats"));
+        assert!(pii_free_candidate("how do i kill a python process?"));
+        assert!(!pii_free_candidate("say hi to my friend Sam"));
+        assert!(!pii_free_candidate("convert 5 km to miles"));
+        assert!(!pii_free_candidate("hi there"));
+    }
+
+    /// The committed benign set: both files parse, every row is `chat` or `safe_but_scary`, and no
+    /// held-out text is a training text once normalised.
+    #[test]
+    fn the_benign_chat_set_keeps_its_held_out_file_apart() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../router/data/benign_chat");
+        let train = benign_rows(&dir.join("train.jsonl")).unwrap();
+        let held = benign_rows(&dir.join("heldout.jsonl")).unwrap();
+        assert!(train.len() >= 400 && held.len() >= 200);
+        for r in train.iter().chain(&held) {
+            assert!(
+                ["chat", "safe_but_scary"].contains(&r.kind.as_str()),
+                "{r:?}"
+            );
+        }
+        let t: HashSet<String> = train.iter().map(|r| normalize(&r.text)).collect();
+        for r in &held {
+            let k = normalize(&r.text);
+            assert!(
+                k.is_empty() || !t.contains(&k),
+                "{} is in train.jsonl",
+                r.text
+            );
+        }
     }
 
     #[test]

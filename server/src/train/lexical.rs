@@ -27,6 +27,9 @@ pub struct LexicalArgs {
     /// Chat-style data (train.jsonl is trained on, validation.jsonl only evaluated).
     #[arg(long, default_value = "router/data/chat_style")]
     pub chat_data: PathBuf,
+    /// Benign chat and safe-but-scary prompts (train.jsonl trained on, heldout.jsonl evaluated).
+    #[arg(long, default_value = "router/data/benign_chat")]
+    pub benign_data: PathBuf,
     /// The router directory to fuse with (and write into).
     #[arg(long, default_value = "router/models/default")]
     pub router_dir: PathBuf,
@@ -117,7 +120,11 @@ pub fn run(args: LexicalArgs) -> Result<()> {
         other => bail!("--head {other}: expected domain or jailbreak"),
     };
     let chat = args.chat_data.exists().then_some(args.chat_data.as_path());
-    let ds = data::load(&args.data, chat, 3000)?;
+    let benign = args
+        .benign_data
+        .exists()
+        .then_some(args.benign_data.as_path());
+    let ds = data::load(&args.data, chat, benign, 3000)?;
     let (task, labels): (&data::SeqTask, Vec<String>) = match role {
         HeadRole::Domain => (
             &ds.domain,
@@ -250,12 +257,38 @@ pub fn run(args: LexicalArgs) -> Result<()> {
     }
     if role == HeadRole::Jailbreak {
         let benign: Vec<Row> = val.iter().filter(|r| r.0 == 0).copied().collect();
+        // The held-out benign set (benign_chat/heldout.jsonl), by kind.
+        let kind_texts = |kind: &str| -> Vec<&str> {
+            ds.benign_heldout
+                .iter()
+                .filter(|r| r.kind == kind)
+                .map(|r| r.text.as_str())
+                .collect()
+        };
+        let held_chat = kind_texts("chat");
+        let held_scary = kind_texts("safe_but_scary");
+        let hc_router = router_probs(&router, role, &labels, &held_chat)?;
+        let hs_router = router_probs(&router, role, &labels, &held_scary)?;
+        let hc_lex: Vec<Vec<f32>> = held_chat.iter().map(|t| lexical.scores(t)).collect();
+        let hs_lex: Vec<Vec<f32>> = held_scary.iter().map(|t| lexical.scores(t)).collect();
+        let hc: Vec<Row> = hc_router
+            .iter()
+            .zip(&hc_lex)
+            .map(|(r, l)| (0, r, l))
+            .collect();
+        let hs: Vec<Row> = hs_router
+            .iter()
+            .zip(&hs_lex)
+            .map(|(r, l)| (0, r, l))
+            .collect();
         for (name, rows) in [
             ("benign validation texts flagged (share)", &benign),
             (
                 "chat-style validation.jsonl flagged (share, all benign)",
                 &chat_eval,
             ),
+            ("held-out short chat messages flagged (share)", &hc),
+            ("held-out safe-but-scary prompts flagged (share)", &hs),
         ] {
             row(
                 &mut table,

