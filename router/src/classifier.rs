@@ -66,6 +66,10 @@ pub struct Encoded {
     pub offsets: Vec<(usize, usize)>,
     /// Whether each token is a special token.
     pub special: Vec<bool>,
+    /// Whether each token begins a word (`false` for a word's later pieces, e.g. `##yy` in `heyy`).
+    /// The token head's tags are read per word from its first piece, as the trainer labels and
+    /// scores them.
+    pub word_start: Vec<bool>,
 }
 
 /// One text ready for [`RouterModel::classify`]: every backbone's encoding, and the lexical model's
@@ -245,11 +249,16 @@ impl RouterModel {
                     .encode_char_offsets(text, true)
                     .map_err(|e| RouterError::Tokenizer(e.to_string()))?;
                 let keep = head_tail(enc.get_ids().len(), self.max_tokens);
+                let words = enc.get_word_ids();
                 Ok(Encoded {
                     ids: keep.clone().map(|i| enc.get_ids()[i]).collect(),
                     offsets: keep.clone().map(|i| enc.get_offsets()[i]).collect(),
                     special: keep
+                        .clone()
                         .map(|i| enc.get_special_tokens_mask()[i] == 1)
+                        .collect(),
+                    word_start: keep
+                        .map(|i| i == 0 || words[i].is_none() || words[i] != words[i - 1])
                         .collect(),
                 })
             })
@@ -360,8 +369,10 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 }
 
 /// Entities from per-token BIO logits: `B-X` opens an entity, `I-X` continues an open `X` (or opens one,
-/// leniently), anything else closes it. Spans run from the first token's start to the last token's end,
-/// in characters; the score is the mean probability of the tokens' tags.
+/// leniently), anything else closes it. A word's tag is its first piece's: later pieces only extend an
+/// entity that the word's first piece is in, so an entity never starts or ends inside a word. Spans
+/// run from the first token's start to the last token's end, in characters; the score is the mean
+/// probability of the word-initial tokens' tags.
 fn bio_entities(logits: &[Vec<f32>], labels: &[String], encoded: &Encoded) -> Vec<PiiEntity> {
     let mut out: Vec<PiiEntity> = Vec::new();
     let mut open: Option<(PiiEntity, f32, usize)> = None; // (entity, score sum, tokens)
@@ -376,6 +387,16 @@ fn bio_entities(logits: &[Vec<f32>], labels: &[String], encoded: &Encoded) -> Ve
             close(&mut open, &mut out);
             continue;
         }
+        let (start, end) = encoded.offsets[t];
+        if !encoded.word_start.get(t).copied().unwrap_or(true) {
+            // A later piece of a word: part of the entity its first piece opened or continued.
+            if let Some((e, _, _)) = &mut open {
+                if e.end == start {
+                    e.end = end;
+                }
+            }
+            continue;
+        }
         let probs = softmax(row);
         let (best, p) =
             probs.iter().enumerate().fold(
@@ -383,7 +404,6 @@ fn bio_entities(logits: &[Vec<f32>], labels: &[String], encoded: &Encoded) -> Ve
                 |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc },
             );
         let tag = labels.get(best).map_or("O", String::as_str);
-        let (start, end) = encoded.offsets[t];
         let (prefix, ty) = match tag.split_once('-') {
             Some((pfx, ty)) if pfx == "B" || pfx == "I" => (pfx, ty),
             _ => {
@@ -485,6 +505,7 @@ mod tests {
             special: vec![
                 true, false, false, false, false, false, false, false, false, true,
             ],
+            word_start: vec![true; 10],
         };
         let tags = [0, 0, 0, 1, 2, 0, 3, 3, 4, 2];
         let logits: Vec<Vec<f32>> = tags.iter().map(|&t| one_hot(t, 5)).collect();
@@ -511,6 +532,7 @@ mod tests {
             ids: vec![0; 3],
             offsets: vec![(0, 1), (2, 3), (4, 5)],
             special: vec![false; 3],
+            word_start: vec![true; 3],
         };
         let logits: Vec<Vec<f32>> = [2, 4, 4].iter().map(|&t| one_hot(t, 5)).collect();
         let e = bio_entities(&logits, &labels, &encoded);
@@ -528,10 +550,32 @@ mod tests {
             ids: vec![0; 3],
             offsets: vec![(0, 2), (2, 3), (4, 5)],
             special: vec![false; 3],
+            word_start: vec![true; 3],
         };
         let logits: Vec<Vec<f32>> = [1, 1, 1].iter().map(|&t| one_hot(t, 5)).collect();
         let e = bio_entities(&logits, &labels, &encoded);
         assert_eq!(e.len(), 2, "{e:?}");
         assert_eq!((e[0].start, e[0].end, e[1].start, e[1].end), (0, 3, 4, 5));
+    }
+
+    #[test]
+    fn a_word_takes_its_first_pieces_tag() {
+        let labels: Vec<String> = ["O", "B-PERSON", "I-PERSON"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        // "heyy Zoëx": he ##yy Zoë ##x.
+        let encoded = Encoded {
+            ids: vec![0; 4],
+            offsets: vec![(0, 2), (2, 4), (5, 8), (8, 9)],
+            special: vec![false; 4],
+            word_start: vec![true, false, true, false],
+        };
+        // A later piece tagged as a name does not make a fragment entity ("yy"); a name's later
+        // piece tagged O still belongs to it.
+        let logits: Vec<Vec<f32>> = [0, 1, 1, 0].iter().map(|&t| one_hot(t, 3)).collect();
+        let e = bio_entities(&logits, &labels, &encoded);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!((e[0].start, e[0].end), (5, 9));
     }
 }

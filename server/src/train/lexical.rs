@@ -95,6 +95,19 @@ fn fused(w: f32, s: f32) -> impl Fn(&[f32], &[f32]) -> usize {
     }
 }
 
+/// The fused rule as a block decision: label 1 iff the fused probability of label 1 is at least
+/// `threshold` (what the routing config's `jailbreak.threshold` does). `w = 0` is the head alone,
+/// `w = 1` the lexical model alone.
+fn fused_at(w: f32, s: f32, threshold: f32) -> impl Fn(&[f32], &[f32]) -> usize {
+    move |r: &[f32], l: &[f32]| {
+        let scaled: Vec<f32> = l.iter().map(|x| x * s).collect();
+        let p = softmax(&scaled);
+        let p1 =
+            (1.0 - w) * r.get(1).copied().unwrap_or(0.0) + w * p.get(1).copied().unwrap_or(0.0);
+        usize::from(p1 >= threshold)
+    }
+}
+
 /// The measure a head is tuned and reported on: accuracy (domain) or F1 of label 1 (jailbreak).
 fn measure(role: HeadRole, rows: &[Row], predict: impl Fn(&[f32], &[f32]) -> usize) -> f64 {
     let pred: Vec<usize> = rows.iter().map(|(_, r, l)| predict(r, l)).collect();
@@ -297,6 +310,31 @@ pub fn run(args: LexicalArgs) -> Result<()> {
                 flagged(rows, |r, _| argmax(r)),
                 flagged(rows, |_, l| argmax(l)),
                 flagged(rows, fused(best.0, best.1)),
+            );
+        }
+        // The same at the shipped config's block threshold (router/config/default.yaml).
+        let t = 0.7f32;
+        row(
+            &mut table,
+            &format!("F1 at p(jailbreak) >= {t}, validation split"),
+            val.len(),
+            measure(role, &val, fused_at(0.0, best.1, t)),
+            measure(role, &val, fused_at(1.0, best.1, t)),
+            measure(role, &val, fused_at(best.0, best.1, t)),
+        );
+        for (name, rows) in [
+            ("benign validation texts", &benign),
+            ("chat-style validation.jsonl", &chat_eval),
+            ("held-out short chat messages", &hc),
+            ("held-out safe-but-scary prompts", &hs),
+        ] {
+            row(
+                &mut table,
+                &format!("{name} blocked at p >= {t} (share)"),
+                rows.len(),
+                flagged(rows, fused_at(0.0, best.1, t)),
+                flagged(rows, fused_at(1.0, best.1, t)),
+                flagged(rows, fused_at(best.0, best.1, t)),
             );
         }
     }
