@@ -13,7 +13,9 @@
 //!    budget of the effort (rule, route, then `default_reasoning_effort`).
 //! 3. **Jailbreak.** A non-benign label scoring at least the threshold (the route's override, else the
 //!    policy's) blocks the request with the refusal message, or only flags it (`action: flag`).
-//! 4. **PII.** Entities scoring at least the threshold are looked up in the target model's policy:
+//! 4. **PII.** Entities scoring at least the threshold (and, for the types with a fixed form, having
+//!    it: an e-mail address holds `@`; a phone, card, SSN, IBAN, IP address or licence number holds a
+//!    digit) are looked up in the target model's policy:
 //!    `mask` entities are replaced by `[TYPE]` before generation; a `block` entity refuses the request,
 //!    unless `pii.reroute` finds another model of the route (then the default model) whose policy
 //!    blocks none of the entities found.
@@ -279,7 +281,7 @@ pub fn decide(config: &RouterConfig, text: &str, signals: &Signals) -> Decision 
         let found: Vec<&PiiEntity> = signals
             .pii
             .iter()
-            .filter(|e| e.score >= threshold)
+            .filter(|e| e.score >= threshold && has_its_form(e, text))
             .collect();
         let blocked_types = |m: &str| -> Vec<String> {
             let policy = config.pii_policy_for(m);
@@ -533,6 +535,27 @@ fn top2_vote(config: &RouterConfig, probabilities: &[(String, f32)]) -> Option<f
     Some(yes / total)
 }
 
+/// Whether an entity's text has the form its type requires, for the types that have one: an e-mail
+/// address holds `@`; a phone, card, social-security, IBAN, IP address or driving-licence number holds
+/// a digit. Other types (names, places, dates) always pass. A token head trained on synthetic
+/// sentences sometimes tags an ordinary word as one of these types ("nutcracker" as an e-mail address);
+/// masking it would corrupt the request.
+pub fn has_its_form(entity: &PiiEntity, text: &str) -> bool {
+    let span: String = text
+        .chars()
+        .skip(entity.start)
+        .take(entity.end.saturating_sub(entity.start))
+        .collect();
+    match normalize_entity_type(&entity.entity_type).as_str() {
+        "EMAIL_ADDRESS" | "EMAIL" => span.contains('@'),
+        "PHONE_NUMBER" | "PHONE" | "CREDIT_CARD" | "US_SSN" | "SSN" | "IBAN_CODE" | "IBAN"
+        | "IP_ADDRESS" | "US_DRIVER_LICENSE" | "DRIVER_LICENSE" => {
+            span.chars().any(|c| c.is_ascii_digit())
+        }
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -754,23 +777,44 @@ categories:
             entity("PERSON", 0.9),
             entity("EMAIL_ADDRESS", 0.2),
         ];
-        let d = decide(&config(), "x", &s);
+        let d = decide(&config(), "a@b", &s);
         assert_eq!(d.action, Action::Allow);
         assert_eq!(d.masked, vec![entity("EMAIL_ADDRESS", 0.9)]);
         assert_eq!(d.signals.pii.len(), 3);
     }
 
     #[test]
+    fn pii_of_a_fixed_form_without_that_form_is_not_masked() {
+        let mut s = signals(domain("other", 0.95));
+        let at = |t: &str, start: usize, end: usize| PiiEntity {
+            entity_type: t.into(),
+            start,
+            end,
+            score: 0.9,
+        };
+        // A word tagged as an e-mail address is left alone; the address is masked (offsets are in
+        // characters).
+        let text = "crack a nutcracker é a@b.co";
+        s.pii = vec![at("EMAIL_ADDRESS", 8, 18), at("EMAIL_ADDRESS", 21, 27)];
+        let d = decide(&config(), text, &s);
+        assert_eq!(d.masked, vec![at("EMAIL_ADDRESS", 21, 27)]);
+        assert!(!has_its_form(&at("PHONE_NUMBER", 0, 5), text));
+        assert!(has_its_form(&at("US_SSN", 0, 3), "123"));
+        assert!(has_its_form(&at("B-EMAIL", 0, 3), "a@b"));
+        assert!(has_its_form(&at("PERSON", 0, 5), "hello"));
+    }
+
+    #[test]
     fn pii_block_reroutes_to_an_allowed_model_or_refuses() {
         let mut s = signals(domain("law", 0.95));
         s.pii = vec![entity("US_SSN", 0.9)];
-        let d = decide(&config(), "x", &s);
+        let d = decide(&config(), "123", &s);
         assert_eq!(d.action, Action::Allow);
         assert_eq!(d.model, "big");
 
         let yaml = CONFIG.replace("reroute: true", "reroute: false");
         let c = RouterConfig::from_yaml_str(&yaml).unwrap();
-        let d = decide(&c, "x", &s);
+        let d = decide(&c, "123", &s);
         assert!(matches!(
             d.action,
             Action::Block {
