@@ -14,8 +14,8 @@
 //! 3. **Jailbreak.** A non-benign label scoring at least the threshold (the route's override, else the
 //!    policy's) blocks the request with the refusal message, or only flags it (`action: flag`).
 //! 4. **PII.** Entities scoring at least the threshold (and, for the types with a fixed form, having
-//!    it: an e-mail address holds `@`; a phone, card, SSN, IBAN, IP address or licence number holds a
-//!    digit) are looked up in the target model's policy:
+//!    it: an e-mail address holds `@`, a domain name an inner `.`; a phone, card, SSN, IBAN, IP address
+//!    or licence number holds a digit) are looked up in the target model's policy:
 //!    `mask` entities are replaced by `[TYPE]` before generation; a `block` entity refuses the request,
 //!    unless `pii.reroute` finds another model of the route (then the default model) whose policy
 //!    blocks none of the entities found.
@@ -536,8 +536,8 @@ fn top2_vote(config: &RouterConfig, probabilities: &[(String, f32)]) -> Option<f
 }
 
 /// Whether an entity's text has the form its type requires, for the types that have one: an e-mail
-/// address holds `@`; a phone, card, social-security, IBAN, IP address or driving-licence number holds
-/// a digit. Other types (names, places, dates) always pass. A token head trained on synthetic
+/// address holds `@`; a domain name or URL holds an inner `.`; a phone, card, social-security, IBAN,
+/// IP address or driving-licence number holds a digit. Other types (names, places, dates) always pass. A token head trained on synthetic
 /// sentences sometimes tags an ordinary word as one of these types ("nutcracker" as an e-mail address);
 /// masking it would corrupt the request.
 pub fn has_its_form(entity: &PiiEntity, text: &str) -> bool {
@@ -548,6 +548,7 @@ pub fn has_its_form(entity: &PiiEntity, text: &str) -> bool {
         .collect();
     match normalize_entity_type(&entity.entity_type).as_str() {
         "EMAIL_ADDRESS" | "EMAIL" => span.contains('@'),
+        "DOMAIN_NAME" | "URL" => span.trim_end_matches('.').contains('.'),
         "PHONE_NUMBER" | "PHONE" | "CREDIT_CARD" | "US_SSN" | "SSN" | "IBAN_CODE" | "IBAN"
         | "IP_ADDRESS" | "US_DRIVER_LICENSE" | "DRIVER_LICENSE" => {
             span.chars().any(|c| c.is_ascii_digit())
@@ -800,6 +801,8 @@ categories:
         assert_eq!(d.masked, vec![at("EMAIL_ADDRESS", 21, 27)]);
         assert!(!has_its_form(&at("PHONE_NUMBER", 0, 5), text));
         assert!(has_its_form(&at("US_SSN", 0, 3), "123"));
+        assert!(!has_its_form(&at("DOMAIN_NAME", 0, 5), "make."));
+        assert!(has_its_form(&at("DOMAIN_NAME", 0, 5), "a.com"));
         assert!(has_its_form(&at("B-EMAIL", 0, 3), "a@b"));
         assert!(has_its_form(&at("PERSON", 0, 5), "hello"));
     }
