@@ -177,22 +177,8 @@ async fn models_health_ready_and_metrics() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec!["tiny-llama", "auto"]);
-    assert_eq!(
-        c.get(format!("{base}/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        c.get(format!("{base}/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(get_status(&base, "/health").await, 200);
+    assert_eq!(get_status(&base, "/ready").await, 200);
     post(
         &base,
         "/v1/chat/completions",
@@ -366,13 +352,7 @@ async fn an_api_key_is_required_when_configured() {
         .unwrap();
     assert_eq!(r.status(), 200);
     // Health stays open for probes.
-    assert_eq!(
-        reqwest::get(format!("{base}/health"))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(get_status(&base, "/health").await, 200);
     s.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 

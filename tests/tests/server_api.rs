@@ -150,14 +150,7 @@ async fn any_of_several_api_keys_is_accepted() {
     .await;
     // Probes and scrapes need no key.
     for path in ["/health", "/ready", "/metrics"] {
-        assert_eq!(
-            c.get(format!("{base}{path}"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(get_status(&base, path).await, 200);
     }
     s.shutdown(Duration::from_secs(5)).await.unwrap();
 }

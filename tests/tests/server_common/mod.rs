@@ -94,3 +94,12 @@ pub async fn metrics(base: &str) -> String {
         .await
         .unwrap()
 }
+
+/// The status of an unauthenticated `GET` of `path`.
+pub async fn get_status(base: &str, path: &str) -> u16 {
+    reqwest::get(format!("{base}{path}"))
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
