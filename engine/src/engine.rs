@@ -15,7 +15,7 @@ use crate::worker::{Command, Worker};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
-use switchyard_models::decoder::{BlockTable, KvCache};
+use switchyard_models::decoder::{BlockTable, Decoder, KvCache, SequenceInput};
 use switchyard_models::text::{ChatMessage, ChatTemplate, TextTokenizer};
 use switchyard_models::GenerationModel;
 
@@ -100,7 +100,23 @@ impl Engine {
                 ),
             ));
         }
-        let cache = KvCache::new_on(&mc, config.block_size, num_blocks, &decoder.device())?;
+        let capacity = num_blocks * config.block_size;
+        if capacity < max_model_len {
+            tracing::warn!(
+                model = %name,
+                "the KV cache holds {capacity} positions: context shortened from {max_model_len}"
+            );
+        }
+        // No sequence may outgrow the whole cache, so every admitted request can finish.
+        let max_model_len = max_model_len.min(capacity);
+        let mut cache = KvCache::new_on(&mc, config.block_size, num_blocks, &decoder.device())?;
+        if !decoder.device().is_cpu() {
+            warm_up(
+                &decoder,
+                &mut cache,
+                max_model_len.min(config.max_batch_tokens),
+            )?;
+        }
         let tokenizer = Arc::new(tokenizer);
         let style = ThinkingStyle::detect(chat_template.as_ref().map(|t| t.source()));
         let forced_end = tokenizer.encode("\n</think>\n\n")?;
@@ -328,6 +344,32 @@ impl Engine {
             let _ = h.join();
         }
     }
+}
+
+/// Runs one forward step of `tokens` positions on a GPU before serving: it loads the kernels and
+/// proves the memory plan's activation reserve holds the largest step (an out-of-memory here is a
+/// start-up error naming the remedies, not a crash under load).
+fn warm_up(decoder: &Decoder, cache: &mut KvCache, tokens: usize) -> Result<()> {
+    let mut blocks = BlockTable::default();
+    if !cache.reserve(&mut blocks, tokens) {
+        return Ok(());
+    }
+    let ids = vec![0u32; tokens];
+    let input = SequenceInput {
+        tokens: &ids,
+        start_position: 0,
+        blocks: &blocks,
+        want_logits: true,
+    };
+    let result = decoder.forward(&[input], cache);
+    cache.release(&mut blocks);
+    result.map(drop).map_err(|e| EngineError::InvalidParameter {
+        param: "kv_cache_bytes",
+        message: format!(
+            "a warm-up step of {tokens} tokens failed ({e}); leave more device memory for \
+             activations: lower --gpu-memory-fraction / --kv-cache-mib or --max-batch-tokens"
+        ),
+    })
 }
 
 /// Runs device jobs on an engine's worker thread (see [`Engine::executor`]).

@@ -10,6 +10,7 @@ mod config;
 mod detokenize;
 mod engine;
 mod error;
+pub mod memory;
 mod request;
 pub mod sampling;
 mod sequence;
@@ -22,6 +23,7 @@ pub use config::EngineConfig;
 pub use detokenize::Detokenizer;
 pub use engine::{Engine, EngineExecutor, GenerationStream};
 pub use error::{EngineError, Result};
+pub use memory::{KvBudget, MemoryPlan, ModelFootprint};
 pub use request::{
     DeltaKind, Event, FinishReason, GenerationParams, GenerationRequest, Prompt, Thinking, Usage,
 };

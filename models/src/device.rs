@@ -10,6 +10,8 @@ use candle_core::{DType, Device};
 use std::fmt;
 use std::str::FromStr;
 
+pub use switchyard_kernels::device::{memory, DeviceMemory};
+
 /// A device as named on a command line or in a config file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum DeviceSpec {

@@ -40,9 +40,55 @@ impl DeviceExecutor for ThreadExecutor {
     }
 }
 
+/// An executor whose device owner is named after it is handed out: the server loads the router
+/// before it starts the engines (so the memory plan sees the router's weights on the device), then
+/// binds the router to the engine that owns the device. Jobs sent before [`bind`](Self::bind) are
+/// refused (returned), never run elsewhere.
+#[derive(Default)]
+pub struct LateExecutor {
+    target: std::sync::OnceLock<std::sync::Arc<dyn DeviceExecutor>>,
+}
+
+impl LateExecutor {
+    /// An executor with no owner yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Names the device owner; returns `false` (and changes nothing) if one was already bound.
+    pub fn bind(&self, owner: std::sync::Arc<dyn DeviceExecutor>) -> bool {
+        self.target.set(owner).is_ok()
+    }
+}
+
+impl DeviceExecutor for LateExecutor {
+    fn execute(&self, job: DeviceJob) -> std::result::Result<(), DeviceJob> {
+        match self.target.get() {
+            Some(owner) => owner.execute(job),
+            None => Err(job),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_late_executor_refuses_jobs_until_bound_then_forwards_them() {
+        let late = LateExecutor::new();
+        assert!(late.execute(Box::new(|| {})).is_err());
+        let owner = std::sync::Arc::new(ThreadExecutor::start("late-owner").unwrap());
+        assert!(late.bind(owner.clone()));
+        assert!(!late.bind(owner));
+        let (tx, rx) = flume::bounded(1);
+        late.execute(Box::new(move || {
+            tx.send(std::thread::current().name().map(str::to_string))
+                .unwrap();
+        }))
+        .unwrap_or_else(|_| panic!("bound executor refused a job"));
+        assert_eq!(rx.recv().unwrap().as_deref(), Some("late-owner"));
+    }
 
     #[test]
     fn jobs_run_in_order_on_the_executor_thread() {

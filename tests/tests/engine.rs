@@ -377,6 +377,36 @@ fn a_short_cache_preempts_and_still_produces_identical_output() {
 }
 
 #[test]
+fn a_cache_smaller_than_the_context_shortens_it_so_every_admitted_request_fits() {
+    let model = load_generation_model(&fixtures().join("hf/tiny-llama")).unwrap();
+    let per_position =
+        switchyard_models::decoder::KvCache::bytes_per_position(model.decoder.config());
+    let engine = Engine::start(
+        model,
+        EngineConfig {
+            kv_cache_bytes: Some(per_position * 64),
+            block_size: 16,
+            max_batch_tokens: 32,
+            max_model_len: Some(512),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(engine.max_model_len(), 64);
+    // A prompt the cache could never hold is refused up front, naming the shortened context ...
+    match engine.submit(greedy(vec![5; 80], 4)) {
+        Err(EngineError::PromptTooLong {
+            max_model_len: 64, ..
+        }) => {}
+        other => panic!("expected PromptTooLong, got {:?}", other.err()),
+    }
+    // ... and one that fits runs to the end of the cache, not into a failure.
+    let out = drain(engine.submit(greedy(vec![5; 50], 100)).unwrap());
+    assert_eq!(out.reason, Some(FinishReason::Length));
+    assert_eq!(out.usage.completion_tokens, 14);
+}
+
+#[test]
 fn executor_jobs_run_on_the_worker_between_steps_of_a_running_generation() {
     use switchyard_models::executor::DeviceExecutor;
     let engine = engine("tiny-llama", EngineConfig::default());

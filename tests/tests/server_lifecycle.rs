@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use server_common::*;
+use switchyard_server::serve::start;
 
 mod server_common;
 
@@ -166,4 +167,54 @@ async fn a_stream_dropped_mid_way_counts_as_cancelled() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     s.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_plan_sizes_each_models_cache_and_refuses_what_cannot_fit() {
+    // Default: a fraction of the device, capped at what the model wants; the engine gets the plan's size.
+    let (first, _) = server(args()).await;
+    let plan = first.state.memory_plan.clone().expect("a plan");
+    let planned = plan.kv_bytes("tiny-llama").expect("planned") as usize;
+    let engine = &first.state.engines["tiny-llama"];
+    let model = &plan.models[0];
+    assert_eq!(
+        model.kv_positions(),
+        model.footprint.wanted_positions,
+        "a tiny model gets all it wants"
+    );
+    assert!(engine.kv_cache_bytes() <= planned && planned - engine.kv_cache_bytes() < 1 << 20);
+    assert!(plan.to_string().contains("tiny-llama: weights"));
+    first.shutdown(Duration::from_secs(1)).await.unwrap();
+
+    // Two models share an explicit budget in proportion to what they want (here: equally).
+    let path = fixtures_model();
+    let mut two = args();
+    two.models = vec![format!("a={path}"), format!("b={path}")];
+    two.no_router = true;
+    two.kv_cache_mib = Some(2);
+    let (shared, _) = server(two).await;
+    let (a, b) = (
+        shared.state.engines["a"].kv_cache_bytes(),
+        shared.state.engines["b"].kv_cache_bytes(),
+    );
+    assert_eq!(a, b);
+    assert!(a + b <= 2 << 20 && a + b > (2 << 20) * 9 / 10, "{a} + {b}");
+    shared.shutdown(Duration::from_secs(1)).await.unwrap();
+
+    // More than the device has, or a fraction out of range: a start-up error that says why.
+    let mut huge = args();
+    huge.kv_cache_mib = Some(1 << 30);
+    let err = format!("{:#}", start(huge).await.err().expect("refused"));
+    assert!(err.contains("kv_cache_bytes") && err.contains("left after the weights"), "{err}");
+    let mut bad = args();
+    bad.gpu_memory_fraction = 1.5;
+    let err = format!("{:#}", start(bad).await.err().expect("refused"));
+    assert!(err.contains("gpu_memory_fraction"), "{err}");
+}
+
+fn fixtures_model() -> String {
+    switchyard_tests::fixtures()
+        .join("hf/tiny-llama")
+        .to_string_lossy()
+        .into_owned()
 }

@@ -21,8 +21,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use axum::routing::{get, post};
 use clap::Args;
-use switchyard_engine::{Engine, EngineConfig};
+use switchyard_engine::memory::GPU_HEADROOM_BYTES;
+use switchyard_engine::{Engine, EngineConfig, KvBudget, MemoryPlan, ModelFootprint};
 use switchyard_models::device::DeviceSpec;
+use switchyard_models::executor::LateExecutor;
 use switchyard_router::{Router, RouterConfig, RouterOptions};
 use tokio::sync::{oneshot, watch, Semaphore};
 
@@ -73,9 +75,23 @@ pub struct ServeArgs {
     /// Sequences decoded together.
     #[arg(long, env = "SWITCHYARD_MAX_NUM_SEQS", default_value_t = 16)]
     pub max_num_seqs: usize,
-    /// KV-cache budget per model, MiB (default: room for every sequence at the full context).
+    /// Most tokens in one forward step (prefill chunks + decode tokens).
+    #[arg(long, env = "SWITCHYARD_MAX_BATCH_TOKENS", default_value_t = 512)]
+    pub max_batch_tokens: usize,
+    /// KV-cache budget of all models together, MiB (replaces --gpu-memory-fraction; shared in
+    /// proportion to what each model wants).
     #[arg(long, env = "SWITCHYARD_KV_CACHE_MIB")]
     pub kv_cache_mib: Option<usize>,
+    /// Fraction of the device's memory the process may use: weights, activations and the KV caches,
+    /// which get what is left (capped at every sequence at the full context). On the CPU, of the
+    /// host's memory.
+    #[arg(
+        long,
+        alias = "memory-fraction",
+        env = "SWITCHYARD_GPU_MEMORY_FRACTION",
+        default_value_t = 0.9
+    )]
+    pub gpu_memory_fraction: f64,
     /// Streams open at once before new ones get 429.
     #[arg(long, env = "SWITCHYARD_MAX_STREAMS", default_value_t = 64)]
     pub max_streams: usize,
@@ -104,7 +120,9 @@ impl Default for ServeArgs {
             max_tokens: 1024,
             max_queue: 256,
             max_num_seqs: 16,
+            max_batch_tokens: 512,
             kv_cache_mib: None,
+            gpu_memory_fraction: 0.9,
             max_streams: 64,
             upstream: None,
             shutdown_grace: 10,
@@ -129,6 +147,8 @@ pub struct Limits {
 pub struct State {
     /// Served models by id.
     pub engines: BTreeMap<String, Engine>,
+    /// How the device's memory was shared out at start-up (`None` in proxy mode).
+    pub memory_plan: Option<MemoryPlan>,
     /// The router, if routing is on.
     pub router: Option<Router>,
     /// The model id that asks for routing.
@@ -224,40 +244,37 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
         .await??;
         specs.push((None, path));
     }
-    let mut engines = BTreeMap::new();
+    let engine_config = EngineConfig {
+        max_num_seqs: args.max_num_seqs,
+        max_batch_tokens: args.max_batch_tokens,
+        max_waiting: args.max_queue,
+        ..EngineConfig::default()
+    };
+    let mut models = BTreeMap::new();
     for (name, path) in specs {
         let device = device.clone();
-        let config = EngineConfig {
-            max_num_seqs: args.max_num_seqs,
-            max_waiting: args.max_queue,
-            kv_cache_bytes: args.kv_cache_mib.map(|m| m << 20),
-            ..EngineConfig::default()
-        };
-        let (id, engine) = tokio::task::spawn_blocking(move || -> Result<(String, Engine)> {
+        let (id, model) = tokio::task::spawn_blocking(move || -> Result<_> {
             let mut model = switchyard_models::load_generation_model(&path)
                 .with_context(|| format!("loading {}", path.display()))?;
             model.decoder = model.decoder.to_device(&device)?;
             let id = name.unwrap_or_else(|| model_id(&path, &model.name));
-            Ok((id, Engine::start(model, config)?))
+            Ok((id, model))
         })
         .await??;
-        tracing::info!(
-            model = %id,
-            weights_mib = engine.weight_bytes() >> 20,
-            kv_cache_mib = engine.kv_cache_bytes() >> 20,
-            "model loaded"
-        );
-        if engines.insert(id.clone(), engine).is_some() {
+        if models.insert(id.clone(), model).is_some() {
             bail!("two models are served as `{id}`; name them with --model name=path");
         }
     }
-    if engines.contains_key(&args.auto_model) {
+    if models.contains_key(&args.auto_model) {
         bail!(
             "a served model is named `{}`, the auto model's name",
             args.auto_model
         );
     }
 
+    // The router goes on the device before the memory plan is made, so the plan sees its weights;
+    // it is bound to the device owner (the first engine) once the engines run.
+    let router_executor = Arc::new(LateExecutor::new());
     let (router, aliases) = if args.no_router {
         (None, BTreeMap::new())
     } else {
@@ -265,19 +282,19 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
             Some(path) => RouterOptions::from_config_file(path)?,
             None => RouterOptions::new(RouterConfig::shipped_default()?),
         };
-        if let Some(first) = engines.values().next() {
-            options.executor = Some(Arc::new(first.executor()));
+        if !models.is_empty() {
+            options.executor = Some(router_executor.clone());
         }
         options.device = device.clone();
         options.dtype = switchyard_models::device::encoder_dtype(&device);
         let router = tokio::task::spawn_blocking(move || Router::load(options)).await??;
         let mut aliases = BTreeMap::new();
         for target in router.config().referenced_models() {
-            if engines.contains_key(&target) || args.upstream.is_some() {
+            if models.contains_key(&target) || args.upstream.is_some() {
                 continue;
             }
-            if engines.len() == 1 {
-                let only = engines.keys().next().expect("one model").clone();
+            if models.len() == 1 {
+                let only = models.keys().next().expect("one model").clone();
                 tracing::warn!(
                     "router target `{target}` is not served; routing it to `{only}`, the one model served"
                 );
@@ -285,15 +302,43 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
             } else {
                 bail!(
                     "the routing config sends requests to `{target}`, which is not served (serving: {})",
-                    engines.keys().cloned().collect::<Vec<_>>().join(", ")
+                    models.keys().cloned().collect::<Vec<_>>().join(", ")
                 );
             }
         }
         (Some(router), aliases)
     };
 
+    let memory_plan = if models.is_empty() {
+        None
+    } else {
+        Some(plan_memory(&args, &device, &models, &engine_config)?)
+    };
+    let mut engines = BTreeMap::new();
+    for (id, model) in models {
+        let config = EngineConfig {
+            kv_cache_bytes: memory_plan
+                .as_ref()
+                .and_then(|p| p.kv_bytes(&id))
+                .map(|b| b as usize),
+            ..engine_config.clone()
+        };
+        let engine = tokio::task::spawn_blocking(move || Engine::start(model, config)).await??;
+        tracing::info!(
+            model = %id,
+            weights_mib = engine.weight_bytes() >> 20,
+            kv_cache_mib = engine.kv_cache_bytes() >> 20,
+            "model loaded"
+        );
+        engines.insert(id, engine);
+    }
+    if let Some(first) = engines.values().next() {
+        router_executor.bind(Arc::new(first.executor()));
+    }
+
     let state = Arc::new(State {
         engines,
+        memory_plan,
         router,
         auto_model: args.auto_model.clone(),
         aliases,
@@ -361,6 +406,33 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
     })
 }
 
+/// The memory plan of the loaded models (weights and router already on `device`).
+fn plan_memory(
+    args: &ServeArgs,
+    device: &candle_core::Device,
+    models: &BTreeMap<String, switchyard_models::GenerationModel>,
+    engine: &EngineConfig,
+) -> Result<MemoryPlan> {
+    let memory = switchyard_models::device::memory(device)
+        .map_err(|e| anyhow::anyhow!("cannot plan the KV cache: {e}"))?;
+    let budget = match args.kv_cache_mib {
+        Some(mib) => KvBudget::Bytes((mib as u64) << 20),
+        None => KvBudget::Fraction(args.gpu_memory_fraction),
+    };
+    let headroom = if device.is_cpu() {
+        0
+    } else {
+        GPU_HEADROOM_BYTES
+    };
+    let footprints = models
+        .iter()
+        .map(|(id, m)| {
+            ModelFootprint::new(id, m.decoder.config(), m.decoder.weight_bytes(), engine)
+        })
+        .collect();
+    Ok(MemoryPlan::new(memory, budget, headroom, footprints)?)
+}
+
 /// Runs `serve` until SIGTERM or Ctrl-C.
 pub fn run(args: ServeArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -370,12 +442,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let grace = Duration::from_secs(args.shutdown_grace);
         let server = start(args).await?;
         println!("Switchyard listening on http://{}", server.addr);
+        if let Some(plan) = &server.state.memory_plan {
+            print!("{plan}");
+        }
         for (id, engine) in &server.state.engines {
             println!(
-                "  model {id}: weights {:.1} MiB, KV cache {:.1} MiB, context {} tokens",
-                engine.weight_bytes() as f64 / (1 << 20) as f64,
-                engine.kv_cache_bytes() as f64 / (1 << 20) as f64,
-                engine.max_model_len()
+                "  model {id}: context {} tokens, up to {} sequences at once",
+                engine.max_model_len(),
+                engine.config().max_num_seqs
             );
         }
         match &server.state.router {
