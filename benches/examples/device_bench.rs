@@ -15,6 +15,13 @@
 //! - Router: each `--router` directory (ModernBERT, Hugging Face layout) is loaded in bf16 on the device
 //!   (f32 on the CPU) and timed at batch 1 and 32 on 64-token inputs (median of 30 after 5 warm-ups,
 //!   logits copied back to the host as the router does).
+//! - Router while the generator is busy (`--busy-router DIR`, with `--busy-conc N`, default 16): one
+//!   engine owns the device and decodes N long sequences of the random model; the router runs its
+//!   batches on the engine's worker between decode steps (as `serve` does). Reported: `route()` latency
+//!   idle and while the N sequences decode (median / p90 of 40 calls 20 ms apart), and the mean decode
+//!   step time meanwhile: the wait a routed request pays is at most about one step.
+//!   `--router-own-thread` runs the router on a thread of its own instead (a CPU-only alternative:
+//!   no wait for the step, but the two share the cores).
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -26,6 +33,7 @@ use switchyard_models::decoder::{BlockTable, Decoder, KvCache, SequenceInput};
 use switchyard_models::encoder::MultiHeadClassifier;
 use switchyard_models::weights::GgufFile;
 use switchyard_models::DeviceSpec;
+use switchyard_models::GenerationModel;
 
 type Res<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -321,6 +329,128 @@ fn router_bench(dir: &Path, device: &Device) -> Res<()> {
     Ok(())
 }
 
+/// A word-level tokenizer with one made-up word per id of the random model's vocabulary.
+fn numbered_tokenizer(vocab: usize) -> Res<switchyard_models::text::TextTokenizer> {
+    use tokenizers::models::wordlevel::WordLevel;
+    let words = (0..vocab).map(|i| (format!("t{i}"), i as u32)).collect();
+    let model = WordLevel::builder()
+        .vocab(words)
+        .unk_token("t0".into())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let inner = tokenizers::Tokenizer::new(model);
+    Ok(switchyard_models::text::TextTokenizer::new(
+        inner,
+        None,
+        Vec::new(),
+    ))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// `route()` latency idle and while one engine on the same device decodes `conc` sequences.
+fn busy_router_bench(
+    gguf: &Path,
+    router_dir: &Path,
+    device: &Device,
+    conc: usize,
+    own_thread: bool,
+) -> Res<()> {
+    use switchyard_engine::{
+        Engine, EngineConfig, GenerationParams, GenerationRequest, Prompt, SamplingParams, Thinking,
+    };
+    use switchyard_models::text::ChatMessage;
+    let decoder = load_decoder(gguf, device)?;
+    let vocab = decoder.config().vocab_size;
+    let model = GenerationModel {
+        name: "random".into(),
+        decoder,
+        tokenizer: numbered_tokenizer(vocab)?,
+        chat_template: None,
+    };
+    let engine = Engine::start(
+        model,
+        EngineConfig {
+            max_num_seqs: conc.max(1),
+            ..EngineConfig::default()
+        },
+    )?;
+    let mut options =
+        switchyard_router::RouterOptions::new(switchyard_router::RouterConfig::shipped_default()?);
+    options.model_dir = Some(router_dir.to_path_buf());
+    options.device = device.clone();
+    options.dtype = switchyard_models::device::encoder_dtype(device);
+    if !own_thread {
+        options.executor = Some(std::sync::Arc::new(engine.executor()));
+    }
+    let router = switchyard_router::Router::load(options)?;
+    let question = [ChatMessage::new(
+        "user",
+        "A train leaves at 3 pm at 80 km/h and another at 4 pm at 100 km/h; when does the second catch up?",
+    )];
+    let time_routes = |n: usize| -> Res<Vec<f64>> {
+        let mut t = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t0 = Instant::now();
+            router.route(&question)?;
+            t.push(t0.elapsed().as_secs_f64() * 1e3);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        t.sort_by(f64::total_cmp);
+        Ok(t)
+    };
+    time_routes(5)?;
+    let idle = time_routes(40)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let streams: Vec<_> = (0..conc)
+        .map(|_| {
+            let tokens = (0..128)
+                .map(|_| rng.random_range(5..vocab as u32))
+                .collect();
+            engine.submit(GenerationRequest {
+                prompt: Prompt::Tokens(tokens),
+                params: GenerationParams {
+                    sampling: SamplingParams::default(),
+                    max_tokens: Some(100_000),
+                    stop: Vec::new(),
+                    stop_token_ids: Vec::new(),
+                    ignore_eos: true,
+                    thinking: Thinking::Off,
+                },
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    while engine.stats().snapshot().generated_tokens < 2 * conc as u64 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let before = engine.stats().snapshot();
+    let t0 = Instant::now();
+    let busy = time_routes(40)?;
+    let after = engine.stats().snapshot();
+    let steps = after.steps.saturating_sub(before.steps).max(1);
+    let step_ms = t0.elapsed().as_secs_f64() * 1e3 / steps as f64;
+    drop(streams);
+    println!(
+        "router {} on {}: idle median {:.2} ms, p90 {:.2} ms; while decoding {conc} \
+         sequences: median {:.2} ms, p90 {:.2} ms (decode step {:.2} ms, {} steps meanwhile)",
+        router_dir.display(),
+        if own_thread {
+            "a thread of its own"
+        } else {
+            "the engine's worker"
+        },
+        percentile(&idle, 0.5),
+        percentile(&idle, 0.9),
+        percentile(&busy, 0.5),
+        percentile(&busy, 0.9),
+        step_ms,
+        steps
+    );
+    Ok(())
+}
+
 fn main() -> Res<()> {
     let mut args = std::env::args().skip(1);
     let mut device = DeviceSpec::Cpu;
@@ -328,6 +458,9 @@ fn main() -> Res<()> {
     let mut steps = 64;
     let mut concs = vec![1, 16, 64];
     let mut gguf: Option<PathBuf> = None;
+    let mut busy_router: Option<PathBuf> = None;
+    let mut busy_conc = 16;
+    let mut router_thread = false;
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
@@ -341,6 +474,9 @@ fn main() -> Res<()> {
                     .collect::<Result<_, _>>()?
             }
             "--gguf" => gguf = Some(PathBuf::from(val()?)),
+            "--busy-router" => busy_router = Some(PathBuf::from(val()?)),
+            "--busy-conc" => busy_conc = val()?.parse()?,
+            "--router-own-thread" => router_thread = true,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -349,7 +485,7 @@ fn main() -> Res<()> {
     for dir in &routers {
         router_bench(dir, &device)?;
     }
-    if steps == 0 {
+    if steps == 0 && busy_router.is_none() {
         return Ok(());
     }
     let path = match gguf {
@@ -365,6 +501,12 @@ fn main() -> Res<()> {
             p
         }
     };
+    if let Some(dir) = &busy_router {
+        busy_router_bench(&path, dir, &device, busy_conc, router_thread)?;
+    }
+    if steps == 0 {
+        return Ok(());
+    }
     let decoder = load_decoder(&path, &device)?;
     check_against_cpu(&path, &decoder, &device)?;
     let bw = if device.is_cpu() {

@@ -1,7 +1,10 @@
 //! `switchyard serve`: the OpenAI-compatible HTTP server with in-process routing.
 //!
-//! One process: the generation engine(s) own the device thread; the router's batches run on the same
-//! thread between decode steps (through the engine's executor), so routing costs no network hop.
+//! One process: the generation engine(s) own the device thread; on a GPU the router's batches run on
+//! the same thread between decode steps (through the engine's executor), so routing costs no network
+//! hop and never races the generator for the device. On the CPU they run on a thread of the router's
+//! own by default (`--router-executor`): waiting for a CPU decode step (tens of ms under load) costs
+//! a routed request far more than sharing the cores does (measured by `device_bench --busy-router`).
 //! Endpoints: `POST /v1/chat/completions`, `POST /v1/route`, `GET /v1/models`, `GET /health`,
 //! `GET /ready`, `GET /metrics`.
 
@@ -99,9 +102,37 @@ pub struct ServeArgs {
     /// vLLM Semantic Router's deployment; the baseline of `bench overhead`). No model is loaded.
     #[arg(long, env = "SWITCHYARD_UPSTREAM")]
     pub upstream: Option<String>,
+    /// Where the router's batches run: `engine` (on the engine's worker, between decode steps: one
+    /// owner of the device), `thread` (a thread of its own, beside the engine), or `auto` (`engine` on
+    /// a GPU, `thread` on the CPU, where waiting for a decode step costs far more than sharing the cores).
+    #[arg(long, env = "SWITCHYARD_ROUTER_EXECUTOR", value_enum, default_value_t = RouterExecutor::Auto)]
+    pub router_executor: RouterExecutor,
     /// Seconds in-flight requests get to finish after SIGTERM / Ctrl-C.
     #[arg(long, env = "SWITCHYARD_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
+}
+
+/// Where the router's classification batches run (see `ServeArgs::router_executor`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RouterExecutor {
+    /// The engine's worker on a GPU, a thread of its own on the CPU.
+    #[default]
+    Auto,
+    /// The engine's worker thread, between decode steps.
+    Engine,
+    /// A thread of the router's own.
+    Thread,
+}
+
+impl RouterExecutor {
+    /// Whether batches go to the engine's worker on `device`.
+    pub fn on_engine(self, device: &candle_core::Device) -> bool {
+        match self {
+            Self::Auto => !device.is_cpu(),
+            Self::Engine => true,
+            Self::Thread => false,
+        }
+    }
 }
 
 impl Default for ServeArgs {
@@ -125,6 +156,7 @@ impl Default for ServeArgs {
             gpu_memory_fraction: 0.9,
             max_streams: 64,
             upstream: None,
+            router_executor: RouterExecutor::Auto,
             shutdown_grace: 10,
         }
     }
@@ -282,7 +314,7 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
             Some(path) => RouterOptions::from_config_file(path)?,
             None => RouterOptions::new(RouterConfig::shipped_default()?),
         };
-        if !models.is_empty() {
+        if !models.is_empty() && args.router_executor.on_engine(&device) {
             options.executor = Some(router_executor.clone());
         }
         options.device = device.clone();
@@ -528,6 +560,25 @@ mod tests {
     }
 
     #[test]
+    fn the_router_runs_on_the_engine_on_a_gpu_and_beside_it_on_the_cpu() {
+        use super::RouterExecutor;
+        let cpu = candle_core::Device::Cpu;
+        assert!(!RouterExecutor::Auto.on_engine(&cpu));
+        assert!(RouterExecutor::Engine.on_engine(&cpu));
+        assert!(!RouterExecutor::Thread.on_engine(&cpu));
+        let parsed = ServeArgs::from_arg_matches(&command().get_matches_from([
+            "serve",
+            "--router-executor",
+            "engine",
+            "--memory-fraction",
+            "0.5",
+        ]))
+        .expect("parses");
+        assert_eq!(parsed.router_executor, RouterExecutor::Engine);
+        assert_eq!(parsed.gpu_memory_fraction, 0.5);
+    }
+
+    #[test]
     fn every_flag_has_an_environment_twin() {
         for arg in command().get_arguments() {
             let env = arg.get_env().and_then(|e| e.to_str());
@@ -562,6 +613,20 @@ mod tests {
                 parsed.no_router
             ),
             (d.max_body_bytes, d.shutdown_grace, d.no_router)
+        );
+        assert_eq!(
+            (
+                parsed.max_batch_tokens,
+                parsed.gpu_memory_fraction,
+                parsed.kv_cache_mib,
+                parsed.router_executor
+            ),
+            (
+                d.max_batch_tokens,
+                d.gpu_memory_fraction,
+                d.kv_cache_mib,
+                d.router_executor
+            )
         );
         assert_eq!(parsed.host, "127.0.0.1");
         let parsed = ServeArgs::from_arg_matches(&command().get_matches_from([
