@@ -205,7 +205,10 @@ async fn the_memory_plan_sizes_each_models_cache_and_refuses_what_cannot_fit() {
     let mut huge = args();
     huge.kv_cache_mib = Some(1 << 30);
     let err = format!("{:#}", start(huge).await.err().expect("refused"));
-    assert!(err.contains("kv_cache_bytes") && err.contains("left after the weights"), "{err}");
+    assert!(
+        err.contains("kv_cache_bytes") && err.contains("left after the weights"),
+        "{err}"
+    );
     let mut bad = args();
     bad.gpu_memory_fraction = 1.5;
     let err = format!("{:#}", start(bad).await.err().expect("refused"));
