@@ -86,3 +86,26 @@ pub fn smollm2_gguf() -> Option<PathBuf> {
     }
     found
 }
+
+/// The all-MiniLM-L6-v2 encoder directory of the router's embedding signal, if it is available:
+/// `$SWITCHYARD_CACHE/models/all-MiniLM-L6-v2`, else the default cache. When
+/// `$SWITCHYARD_REQUIRE_MODEL` is set (CI), a missing encoder is a failure.
+pub fn minilm_dir() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("SWITCHYARD_CACHE")
+            .map(|d| PathBuf::from(d).join("models/all-MiniLM-L6-v2")),
+        std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".cache/switchyard/models/all-MiniLM-L6-v2")),
+    ];
+    let found = candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.join("model.safetensors").exists());
+    if found.is_none() {
+        if std::env::var_os("SWITCHYARD_REQUIRE_MODEL").is_some() {
+            panic!("SWITCHYARD_REQUIRE_MODEL is set but the all-MiniLM-L6-v2 encoder was not found; run `cargo run --release -- fetch-model`");
+        }
+        eprintln!("skipping: the all-MiniLM-L6-v2 encoder was not found (run `cargo run --release -- fetch-model`)");
+    }
+    found
+}

@@ -13,7 +13,7 @@ use switchyard_kernels::qmatmul::{matmul, WeightFormat, WeightMatrix};
 
 use super::config::{Activation, AttentionKind, ModernBertConfig};
 
-fn kernel_err(e: switchyard_kernels::KernelError) -> candle_core::Error {
+pub(super) fn kernel_err(e: switchyard_kernels::KernelError) -> candle_core::Error {
     candle_core::Error::Msg(format!("encoder kernel: {e}"))
 }
 
@@ -22,35 +22,76 @@ fn host(t: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// `f32` values as the bytes the kernels read.
-fn bytes(v: &[f32]) -> &[u8] {
+pub(super) fn bytes(v: &[f32]) -> &[u8] {
     // SAFETY: f32 has no padding or invalid bit patterns, and u8 has alignment 1.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
+/// A weight matrix as the kernels read it.
+enum Weight {
+    F32(Vec<f32>),
+    /// GGML Q8_0 blocks (32 weights, one f16 scale), as raw bytes.
+    Q8_0(Vec<u8>),
+}
+
 /// A linear layer `y = x Wᵀ + b`, `W` `[out, in]`.
-struct Dense {
-    weight: Vec<f32>,
+pub(super) struct Dense {
+    weight: Weight,
     bias: Option<Vec<f32>>,
     rows: usize,
     cols: usize,
 }
 
 impl Dense {
-    fn from(l: &candle_nn::Linear) -> Result<Dense> {
-        let (rows, cols) = l.weight().dims2()?;
-        Ok(Dense {
-            weight: host(l.weight())?,
-            bias: l.bias().map(host).transpose()?,
+    /// From a row-major `[rows, cols]` weight and an optional bias of `rows` values.
+    pub(super) fn new(weight: Vec<f32>, bias: Option<Vec<f32>>, rows: usize, cols: usize) -> Dense {
+        Dense {
+            weight: Weight::F32(weight),
+            bias,
             rows,
             cols,
-        })
+        }
+    }
+
+    fn from(l: &candle_nn::Linear) -> Result<Dense> {
+        let (rows, cols) = l.weight().dims2()?;
+        Ok(Dense::new(
+            host(l.weight())?,
+            l.bias().map(host).transpose()?,
+            rows,
+            cols,
+        ))
+    }
+
+    /// Stores the weight as Q8_0 (8-bit, one scale per 32 weights; the products then run on the
+    /// integer kernels, with the activations rounded to 8 bits too). A no-op if `cols` is not a
+    /// multiple of 32 or the weight is already quantized.
+    pub(super) fn quantize_q8_0(&mut self) {
+        use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
+        let Weight::F32(w) = &self.weight else { return };
+        if !self.cols.is_multiple_of(32) {
+            return;
+        }
+        let mut blocks = vec![BlockQ8_0::zeros(); w.len() / 32];
+        BlockQ8_0::from_float(w, &mut blocks);
+        // SAFETY: BlockQ8_0 is `repr(C)` plain data (an f16 and 32 i8, 34 bytes, no padding).
+        let raw = unsafe {
+            std::slice::from_raw_parts(
+                blocks.as_ptr().cast::<u8>(),
+                std::mem::size_of_val(blocks.as_slice()),
+            )
+        };
+        self.weight = Weight::Q8_0(raw.to_vec());
     }
 
     /// `out` (resized to `[m, rows]`) = `x` `[m, cols]` · Wᵀ + b.
-    fn forward(&self, x: &[f32], m: usize, out: &mut Vec<f32>) -> Result<()> {
+    pub(super) fn forward(&self, x: &[f32], m: usize, out: &mut Vec<f32>) -> Result<()> {
         out.resize(m * self.rows, 0.0);
-        let w = WeightMatrix::new(WeightFormat::F32, self.rows, self.cols, bytes(&self.weight))
-            .map_err(kernel_err)?;
+        let (format, data) = match &self.weight {
+            Weight::F32(w) => (WeightFormat::F32, bytes(w)),
+            Weight::Q8_0(b) => (WeightFormat::Q8_0, b.as_slice()),
+        };
+        let w = WeightMatrix::new(format, self.rows, self.cols, data).map_err(kernel_err)?;
         matmul(x, m, &w, out).map_err(kernel_err)?;
         if let Some(b) = &self.bias {
             for row in out.chunks_exact_mut(self.rows) {
@@ -62,13 +103,18 @@ impl Dense {
 }
 
 /// LayerNorm over the last dimension.
-struct Norm {
+pub(super) struct Norm {
     weight: Vec<f32>,
     bias: Option<Vec<f32>>,
     eps: f32,
 }
 
 impl Norm {
+    /// From its scale, optional shift and epsilon.
+    pub(super) fn new(weight: Vec<f32>, bias: Option<Vec<f32>>, eps: f32) -> Norm {
+        Norm { weight, bias, eps }
+    }
+
     fn from(n: &candle_nn::LayerNorm, eps: f64) -> Result<Norm> {
         Ok(Norm {
             weight: host(n.weight())?,
@@ -77,7 +123,8 @@ impl Norm {
         })
     }
 
-    fn forward(&self, x: &[f32], out: &mut Vec<f32>) {
+    /// `out` (resized to `x`'s length) = the norm of each row of `x`.
+    pub(super) fn forward(&self, x: &[f32], out: &mut Vec<f32>) {
         let h = self.weight.len();
         out.resize(x.len(), 0.0);
         for (row, o) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
@@ -112,7 +159,8 @@ fn erf(x: f32) -> f32 {
     y.copysign(x)
 }
 
-fn activate(x: f32, act: Activation) -> f32 {
+/// One activation value.
+pub(super) fn activate(x: f32, act: Activation) -> f32 {
     match act {
         Activation::Gelu => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
         Activation::GeluTanh => {

@@ -1,4 +1,5 @@
-//! ModernBERT encoders with one or several classification heads sharing one backbone pass.
+//! ModernBERT encoders with one or several classification heads sharing one backbone pass, and a BERT
+//! sentence-embedding encoder ([`BertEncoder`], e.g. all-MiniLM-L6-v2) for the router's embedding signal.
 //!
 //! A model directory is either a plain Hugging Face checkpoint
 //! (`ModernBertForSequenceClassification` or `ModernBertForTokenClassification`: `config.json` with
@@ -8,11 +9,13 @@
 //! vLLM Semantic Router's side files (`category_mapping.json`, `pii_type_mapping.json`,
 //! `jailbreak_type_mapping.json`) when present.
 
+mod bert;
 mod config;
 mod cpu;
 mod heads;
 mod modernbert;
 
+pub use bert::{BertConfig, BertEncoder};
 pub use config::{parse_labels, Activation, AttentionKind, ModernBertConfig, Pooling};
 pub use heads::{ClassifierHead, HeadTask};
 pub use modernbert::ModernBert;
