@@ -36,6 +36,9 @@ enum Commands {
     TrainRouter(train::TrainArgs),
     /// Fit the lexical signal (TF-IDF + linear SVM) and its fusion with the router's domain head.
     TrainLexical(train::lexical::LexicalArgs),
+    /// Evaluate the router's PII head through its inference path (held-out PII sentences and benign
+    /// texts) and write `pii_metrics.json`.
+    EvalPii(train::pii_eval::EvalPiiArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -202,6 +205,7 @@ fn main() -> Result<()> {
         }
         Commands::TrainRouter(args) => train::run(args),
         Commands::TrainLexical(args) => train::lexical::run(args),
+        Commands::EvalPii(args) => train::pii_eval::run(args),
         Commands::FetchModel => {
             let path = switchyard_server::fetch::DEFAULT_MODEL
                 .ensure(&switchyard_server::fetch::cache_dir())?;

@@ -144,6 +144,8 @@ pub struct Example {
 /// One sentence for the token head: words and one BIO tag id per word.
 #[derive(Clone, Debug)]
 pub struct TokenExample {
+    /// The original sentence the words were split from (for evaluating character spans).
+    pub text: String,
     pub words: Vec<String>,
     pub tags: Vec<usize>,
     pub source: &'static str,
@@ -732,6 +734,7 @@ pub fn load(
                 continue;
             }
             let ex = TokenExample {
+                text: text.clone(),
                 words,
                 tags: fix_bio(&tags),
                 source,
@@ -761,6 +764,7 @@ pub fn load(
         let words = pii_words(t);
         let tags = vec![0; words.len()];
         pii_train.push(TokenExample {
+            text: t.to_string(),
             words,
             tags,
             source: "pii_free_chat",

@@ -9,6 +9,7 @@ pub mod data;
 pub mod eval;
 pub mod lexical;
 pub mod model;
+pub mod pii_eval;
 pub mod tokenizer;
 
 use anyhow::{bail, Context, Result};
