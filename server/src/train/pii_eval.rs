@@ -205,12 +205,14 @@ pub fn classify_errors(
 
 /// The shipped (or given) configuration, changed so the decision's `masked` list is every entity the
 /// policy acts on: PII on for every route, every type masked, jailbreak detection off (a blocked
-/// request is never checked for PII). The threshold and the form check stay as configured.
-fn eval_config(args: &EvalPiiArgs) -> Result<RouterConfig> {
+/// request is never checked for PII). The threshold and the form check stay as configured. Also
+/// returns the configuration's own default PII policy.
+fn eval_config(args: &EvalPiiArgs) -> Result<(RouterConfig, PiiPolicy)> {
     let mut config = match &args.config {
         Some(path) => RouterOptions::from_config_file(path)?.config,
         None => RouterConfig::shipped_default()?,
     };
+    let policy = config.pii.default_policy.clone();
     config.jailbreak.enabled = false;
     config.pii.enabled = true;
     config.pii.default_policy = PiiPolicy {
@@ -226,7 +228,7 @@ fn eval_config(args: &EvalPiiArgs) -> Result<RouterConfig> {
         c.route.pii_enabled = None;
         c.route.pii_threshold = None;
     }
-    Ok(config)
+    Ok((config, policy))
 }
 
 /// The entities the router acts on for `text`, and every entity its PII head found (before the
@@ -319,7 +321,7 @@ pub fn run(args: EvalPiiArgs) -> Result<()> {
         .exists()
         .then_some(args.benign_data.as_path());
     let ds = data::load(&args.data, chat, benign, 3000)?;
-    let config = eval_config(&args)?;
+    let (config, policy) = eval_config(&args)?;
     let threshold = config.pii.threshold;
     let mut options = RouterOptions::new(config);
     options.model_dir = Some(args.router_dir.clone());
@@ -436,6 +438,7 @@ pub fn run(args: EvalPiiArgs) -> Result<()> {
             continue;
         }
         let mut with_entity = 0;
+        let mut acted_on = 0;
         let mut by_type: BTreeMap<String, usize> = BTreeMap::new();
         let mut sample = Vec::new();
         for t in &rows {
@@ -445,6 +448,11 @@ pub fn run(args: EvalPiiArgs) -> Result<()> {
             types.dedup();
             for ty in types {
                 *by_type.entry(ty.to_string()).or_default() += 1;
+            }
+            if p.iter()
+                .any(|s| policy.action_for(&s.ty) != PiiAction::Allow)
+            {
+                acted_on += 1;
             }
             if !p.is_empty() {
                 with_entity += 1;
@@ -460,14 +468,17 @@ pub fn run(args: EvalPiiArgs) -> Result<()> {
         }
         let rate = with_entity as f64 / rows.len() as f64;
         eprintln!(
-            "{name}: {with_entity}/{} texts with an entity ({:.1} %): {sample:?}",
+            "{name}: {with_entity}/{} texts with an entity ({:.1} %), {acted_on} masked or blocked \
+             by the default policy: {sample:?}",
             rows.len(),
             100.0 * rate
         );
         benign_rates.insert(
             name.into(),
             json!({"n": rows.len(), "texts_with_entity": with_entity, "rate": rate,
-                   "texts_with_entity_of_type": by_type}),
+                   "texts_with_entity_of_type": by_type,
+                   "texts_masked_or_blocked_by_default_policy": acted_on,
+                   "rate_masked_or_blocked_by_default_policy": acted_on as f64 / rows.len() as f64}),
         );
     }
 
