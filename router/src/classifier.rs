@@ -19,7 +19,7 @@ use tokenizers::Tokenizer;
 
 use crate::config::{normalize_label, ClassifierSources};
 use crate::lexical::LexicalModel;
-use crate::signals::{ClassifierOutput, PiiEntity, Signals};
+use crate::signals::{ClassifierOutput, Signals};
 use crate::RouterError;
 
 /// What a head's output means to the policy.
@@ -67,8 +67,7 @@ pub struct Encoded {
     /// Whether each token is a special token.
     pub special: Vec<bool>,
     /// Whether each token begins a word (`false` for a word's later pieces, e.g. `##yy` in `heyy`).
-    /// The token head's tags are read per word from its first piece, as the trainer labels and
-    /// scores them.
+    /// The token head's tags are read per word (see [`crate::pii`]).
     pub word_start: Vec<bool>,
 }
 
@@ -296,7 +295,8 @@ impl RouterModel {
                 for (i, signals) in out.iter_mut().enumerate() {
                     match (role, &values) {
                         (HeadRole::Pii, HostLogits::Tokens(rows)) => {
-                            signals.pii = bio_entities(&rows[i], labels, &batch[i].backbones[b]);
+                            signals.pii =
+                                crate::pii::bio_entities(&rows[i], labels, &batch[i].backbones[b]);
                             signals.pii_latency = Some(latency);
                         }
                         (_, HostLogits::Sequences(rows)) => {
@@ -368,76 +368,6 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     exp.into_iter().map(|e| e / sum).collect()
 }
 
-/// Entities from per-token BIO logits: `B-X` opens an entity, `I-X` continues an open `X` (or opens one,
-/// leniently), anything else closes it. A word's tag is its first piece's: later pieces only extend an
-/// entity that the word's first piece is in, so an entity never starts or ends inside a word. Spans
-/// run from the first token's start to the last token's end, in characters; the score is the mean
-/// probability of the word-initial tokens' tags.
-fn bio_entities(logits: &[Vec<f32>], labels: &[String], encoded: &Encoded) -> Vec<PiiEntity> {
-    let mut out: Vec<PiiEntity> = Vec::new();
-    let mut open: Option<(PiiEntity, f32, usize)> = None; // (entity, score sum, tokens)
-    let close = |open: &mut Option<(PiiEntity, f32, usize)>, out: &mut Vec<PiiEntity>| {
-        if let Some((mut e, sum, n)) = open.take() {
-            e.score = sum / n as f32;
-            out.push(e);
-        }
-    };
-    for (t, row) in logits.iter().enumerate().take(encoded.ids.len()) {
-        if encoded.special[t] {
-            close(&mut open, &mut out);
-            continue;
-        }
-        let (start, end) = encoded.offsets[t];
-        if !encoded.word_start.get(t).copied().unwrap_or(true) {
-            // A later piece of a word: part of the entity its first piece opened or continued.
-            if let Some((e, _, _)) = &mut open {
-                if e.end == start {
-                    e.end = end;
-                }
-            }
-            continue;
-        }
-        let probs = softmax(row);
-        let (best, p) =
-            probs.iter().enumerate().fold(
-                (0, f32::MIN),
-                |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc },
-            );
-        let tag = labels.get(best).map_or("O", String::as_str);
-        let (prefix, ty) = match tag.split_once('-') {
-            Some((pfx, ty)) if pfx == "B" || pfx == "I" => (pfx, ty),
-            _ => {
-                close(&mut open, &mut out);
-                continue;
-            }
-        };
-        // `I-X` continues an open `X`; so does `B-X` glued to it with no character between (an entity
-        // never directly follows one of its own type, but the head sometimes restarts mid-word).
-        match &mut open {
-            Some((e, sum, n)) if e.entity_type == ty && (prefix == "I" || e.end == start) => {
-                e.end = end;
-                *sum += p;
-                *n += 1;
-            }
-            _ => {
-                close(&mut open, &mut out);
-                open = Some((
-                    PiiEntity {
-                        entity_type: ty.to_string(),
-                        start,
-                        end,
-                        score: 0.0,
-                    },
-                    p,
-                    1,
-                ));
-            }
-        }
-    }
-    close(&mut open, &mut out);
-    out
-}
-
 fn load_tokenizer(dir: &Path) -> Result<Tokenizer, RouterError> {
     let path = dir.join("tokenizer.json");
     let mut tokenizer = Tokenizer::from_file(&path)
@@ -469,113 +399,5 @@ mod tests {
         assert!(p[2] > p[1] && p[1] > p[0]);
         // Large logits do not overflow.
         assert!(softmax(&[1000.0, 0.0])[0] > 0.999);
-    }
-
-    fn one_hot(i: usize, n: usize) -> Vec<f32> {
-        (0..n).map(|j| if i == j { 10.0 } else { 0.0 }).collect()
-    }
-
-    #[test]
-    fn bio_tags_become_character_spans() {
-        let labels: Vec<String> = [
-            "O",
-            "B-PERSON",
-            "I-PERSON",
-            "B-EMAIL_ADDRESS",
-            "I-EMAIL_ADDRESS",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        // "[CLS] I am Zoë Hart , bo @ x [SEP]"
-        let encoded = Encoded {
-            ids: vec![0; 10],
-            offsets: vec![
-                (0, 0),
-                (0, 1),
-                (2, 4),
-                (5, 8),
-                (9, 13),
-                (13, 14),
-                (15, 17),
-                (17, 18),
-                (18, 19),
-                (0, 0),
-            ],
-            special: vec![
-                true, false, false, false, false, false, false, false, false, true,
-            ],
-            word_start: vec![true; 10],
-        };
-        let tags = [0, 0, 0, 1, 2, 0, 3, 3, 4, 2];
-        let logits: Vec<Vec<f32>> = tags.iter().map(|&t| one_hot(t, 5)).collect();
-        let e = bio_entities(&logits, &labels, &encoded);
-        assert_eq!(e.len(), 2, "{e:?}");
-        assert_eq!(
-            (e[0].entity_type.as_str(), e[0].start, e[0].end),
-            ("PERSON", 5, 13)
-        );
-        assert_eq!(
-            (e[1].entity_type.as_str(), e[1].start, e[1].end),
-            ("EMAIL_ADDRESS", 15, 19)
-        );
-        assert!(e[0].score > 0.99);
-    }
-
-    #[test]
-    fn a_stray_inside_tag_opens_an_entity() {
-        let labels: Vec<String> = ["O", "B-X", "I-X", "B-Y", "I-Y"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let encoded = Encoded {
-            ids: vec![0; 3],
-            offsets: vec![(0, 1), (2, 3), (4, 5)],
-            special: vec![false; 3],
-            word_start: vec![true; 3],
-        };
-        let logits: Vec<Vec<f32>> = [2, 4, 4].iter().map(|&t| one_hot(t, 5)).collect();
-        let e = bio_entities(&logits, &labels, &encoded);
-        assert_eq!(e.len(), 2);
-        assert_eq!(
-            (e[0].entity_type.as_str(), e[0].start, e[0].end),
-            ("X", 0, 1)
-        );
-        assert_eq!(
-            (e[1].entity_type.as_str(), e[1].start, e[1].end),
-            ("Y", 2, 5)
-        );
-        // A `B-` glued to an open entity of its type continues it; one after a gap starts a new one.
-        let encoded = Encoded {
-            ids: vec![0; 3],
-            offsets: vec![(0, 2), (2, 3), (4, 5)],
-            special: vec![false; 3],
-            word_start: vec![true; 3],
-        };
-        let logits: Vec<Vec<f32>> = [1, 1, 1].iter().map(|&t| one_hot(t, 5)).collect();
-        let e = bio_entities(&logits, &labels, &encoded);
-        assert_eq!(e.len(), 2, "{e:?}");
-        assert_eq!((e[0].start, e[0].end, e[1].start, e[1].end), (0, 3, 4, 5));
-    }
-
-    #[test]
-    fn a_word_takes_its_first_pieces_tag() {
-        let labels: Vec<String> = ["O", "B-PERSON", "I-PERSON"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        // "heyy Zoëx": he ##yy Zoë ##x.
-        let encoded = Encoded {
-            ids: vec![0; 4],
-            offsets: vec![(0, 2), (2, 4), (5, 8), (8, 9)],
-            special: vec![false; 4],
-            word_start: vec![true, false, true, false],
-        };
-        // A later piece tagged as a name does not make a fragment entity ("yy"); a name's later
-        // piece tagged O still belongs to it.
-        let logits: Vec<Vec<f32>> = [0, 1, 1, 0].iter().map(|&t| one_hot(t, 3)).collect();
-        let e = bio_entities(&logits, &labels, &encoded);
-        assert_eq!(e.len(), 1, "{e:?}");
-        assert_eq!((e[0].start, e[0].end), (5, 9));
     }
 }

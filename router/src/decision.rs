@@ -536,25 +536,45 @@ fn top2_vote(config: &RouterConfig, probabilities: &[(String, f32)]) -> Option<f
 }
 
 /// Whether an entity's text has the form its type requires, for the types that have one: an e-mail
-/// address holds `@`; a domain name or URL holds an inner `.`; a phone, card, social-security, IBAN,
-/// IP address or driving-licence number holds a digit. Other types (names, places, dates) always pass. A token head trained on synthetic
-/// sentences sometimes tags an ordinary word as one of these types ("nutcracker" as an e-mail address);
-/// masking it would corrupt the request.
+/// address holds `@`; a domain name or URL holds an inner `.`; a number holds as many digits as the
+/// shortest of its kind (phone 6, US social security 9, payment card 12; an IBAN 15 letters and
+/// digits, a driving licence 5, both with a digit; an IP address is a dotted quad or has two `:`, with
+/// a digit); the name of a person, organisation or place holds a capital letter when the text
+/// capitalizes words at all (see [`writes_capitals`]; in an all-lower-case text case says nothing).
+/// Other types (dates, ...) always pass. A token head trained
+/// on synthetic sentences sometimes tags an ordinary word as one of these types ("nutcracker" as an
+/// e-mail address, "hope" in "Hi, hope you're well" as a person); masking it would corrupt the request.
 pub fn has_its_form(entity: &PiiEntity, text: &str) -> bool {
     let span: String = text
         .chars()
         .skip(entity.start)
         .take(entity.end.saturating_sub(entity.start))
         .collect();
+    let digits = span.chars().filter(char::is_ascii_digit).count();
+    let alphanumerics = span.chars().filter(|c| c.is_alphanumeric()).count();
     match normalize_entity_type(&entity.entity_type).as_str() {
         "EMAIL_ADDRESS" | "EMAIL" => span.contains('@'),
         "DOMAIN_NAME" | "URL" => span.trim_end_matches('.').contains('.'),
-        "PHONE_NUMBER" | "PHONE" | "CREDIT_CARD" | "US_SSN" | "SSN" | "IBAN_CODE" | "IBAN"
-        | "IP_ADDRESS" | "US_DRIVER_LICENSE" | "DRIVER_LICENSE" => {
-            span.chars().any(|c| c.is_ascii_digit())
+        "PHONE_NUMBER" | "PHONE" => digits >= 6,
+        "US_SSN" | "SSN" => digits >= 9,
+        "CREDIT_CARD" => digits >= 12,
+        "IBAN_CODE" | "IBAN" => digits > 0 && alphanumerics >= 15,
+        "US_DRIVER_LICENSE" | "DRIVER_LICENSE" => digits > 0 && alphanumerics >= 5,
+        "IP_ADDRESS" => {
+            digits > 0 && (span.matches('.').count() >= 3 || span.matches(':').count() >= 2)
+        }
+        "PERSON" | "PER" | "ORGANIZATION" | "ORG" | "LOCATION" | "LOC" | "GPE" => {
+            span.chars().any(char::is_uppercase) || !writes_capitals(text)
         }
         _ => true,
     }
+}
+
+/// Whether a text capitalizes any word besides the pronoun "I" (`I`, `I'm`, ...): where it does,
+/// its writer capitalizes names too.
+pub fn writes_capitals(text: &str) -> bool {
+    text.split(|c: char| !c.is_alphanumeric())
+        .any(|w| w != "I" && w.chars().any(char::is_uppercase))
 }
 
 #[cfg(test)]
@@ -800,24 +820,57 @@ categories:
         let d = decide(&config(), text, &s);
         assert_eq!(d.masked, vec![at("EMAIL_ADDRESS", 21, 27)]);
         assert!(!has_its_form(&at("PHONE_NUMBER", 0, 5), text));
-        assert!(has_its_form(&at("US_SSN", 0, 3), "123"));
+        // Numbers need the digits of the shortest of their kind: "5 liters" is no phone number.
+        assert!(!has_its_form(&at("PHONE_NUMBER", 0, 8), "5 liters"));
+        assert!(has_its_form(&at("PHONE_NUMBER", 0, 8), "555-0199"));
+        assert!(!has_its_form(&at("US_SSN", 0, 3), "123"));
+        assert!(has_its_form(&at("US_SSN", 0, 11), "123-45-6789"));
+        assert!(!has_its_form(&at("CREDIT_CARD", 0, 9), "4111 1111"));
+        assert!(has_its_form(
+            &at("CREDIT_CARD", 0, 19),
+            "4111 1111 1111 1111"
+        ));
+        assert!(has_its_form(
+            &at("IBAN_CODE", 0, 22),
+            "GB13PLUO53932440748460"
+        ));
+        assert!(!has_its_form(&at("IBAN_CODE", 0, 6), "GB13PL"));
+        assert!(has_its_form(&at("US_DRIVER_LICENSE", 0, 9), "341308170"));
+        assert!(has_its_form(&at("IP_ADDRESS", 0, 11), "192.168.0.1"));
+        assert!(has_its_form(&at("IP_ADDRESS", 0, 11), "2001:db8::1"));
+        assert!(!has_its_form(&at("IP_ADDRESS", 0, 4), "35 ."));
         assert!(!has_its_form(&at("DOMAIN_NAME", 0, 5), "make."));
         assert!(has_its_form(&at("DOMAIN_NAME", 0, 5), "a.com"));
         assert!(has_its_form(&at("B-EMAIL", 0, 3), "a@b"));
         assert!(has_its_form(&at("PERSON", 0, 5), "hello"));
+        // Names in a text that capitalizes need a capital; in an all-lower-case text they do not.
+        let text = "Hi, hope you met Ann";
+        assert!(!has_its_form(&at("PERSON", 4, 8), text));
+        assert!(has_its_form(&at("PERSON", 17, 20), text));
+        assert!(has_its_form(
+            &at("B-LOCATION", 0, 4),
+            "hope you met ann, I'm sure"
+        ));
+        assert!(!has_its_form(&at("ORGANIZATION", 0, 4), "hope you met Ann"));
+        assert!(has_its_form(&at("DATE_TIME", 0, 4), "next Monday"));
+        assert!(writes_capitals("ok Ann") && writes_capitals("São paulo"));
+        assert!(!writes_capitals("i think I'm ok, I'll go") && !writes_capitals(""));
     }
 
     #[test]
     fn pii_block_reroutes_to_an_allowed_model_or_refuses() {
         let mut s = signals(domain("law", 0.95));
-        s.pii = vec![entity("US_SSN", 0.9)];
-        let d = decide(&config(), "123", &s);
+        s.pii = vec![PiiEntity {
+            end: 11,
+            ..entity("US_SSN", 0.9)
+        }];
+        let d = decide(&config(), "123-45-6789", &s);
         assert_eq!(d.action, Action::Allow);
         assert_eq!(d.model, "big");
 
         let yaml = CONFIG.replace("reroute: true", "reroute: false");
         let c = RouterConfig::from_yaml_str(&yaml).unwrap();
-        let d = decide(&c, "123", &s);
+        let d = decide(&c, "123-45-6789", &s);
         assert!(matches!(
             d.action,
             Action::Block {

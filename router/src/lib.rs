@@ -4,6 +4,7 @@
 //! * [`config`]: the routing YAML, validated at load.
 //! * [`input`]: the text the classifiers read (last user turns) and how decisions are applied back.
 //! * [`classifier`]: ModernBERT backbones and heads -> [`Signals`].
+//! * [`pii`]: the PII token head's BIO logits -> entities with character spans.
 //! * [`lexical`]: a TF-IDF + linear signal fused with the domain head.
 //! * [`decision`]: the policy that turns signals into a [`Decision`].
 //! * [`Router`]: all of it behind `route()`, with micro-batching of concurrent calls.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod decision;
 pub mod input;
 pub mod lexical;
+pub mod pii;
 pub mod signals;
 
 use std::path::{Path, PathBuf};
