@@ -14,6 +14,11 @@ What is timed per batch (like the Rust side): tokenization (the router's tokeniz
 heads.json (sequence heads: pooling + head + classifier, then softmax; token heads: head +
 classifier + softmax), and the copy of the probabilities to NumPy. `torch.inference_mode()`, f32,
 eager attention (sdpa gives the same numbers here), `torch.set_num_threads(--threads)`.
+
+With `--encoder-dir` (the router's embedding signal is on), each batch also runs that sentence encoder
+(all-MiniLM-L6-v2: its tokenizer.json cut to the router's `embedding.json` max_tokens, `BertModel`
+cut to its `encoder_layers` when given, mean pooling, L2 normalisation) and the linear head of `embedding.safetensors`, then softmax, as the
+Rust side does.
 Prints nothing on stdout but writes `{"batches": {"1": {"p50_ms":..., "p99_ms":..., "runs_ms": [...]}}}`.
 """
 
@@ -27,7 +32,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
-from transformers import ModernBertConfig, ModernBertModel
+from transformers import BertModel, ModernBertConfig, ModernBertModel
 from transformers.models.modernbert.modeling_modernbert import ModernBertPredictionHead
 
 
@@ -74,6 +79,36 @@ def load(router_dir):
     return backbone.eval(), heads
 
 
+class Embedding:
+    """The embedding signal: encoder, mean pooling, L2 normalisation, linear head, softmax."""
+
+    def __init__(self, encoder_dir, router_dir):
+        with open(os.path.join(router_dir, "embedding.json")) as f:
+            meta = json.load(f)
+        self.scale = meta["scale"]
+        w = load_file(os.path.join(router_dir, "embedding.safetensors"))["weights"].float()
+        self.weight, self.bias = w[:, :-1], w[:, -1]
+        self.encoder = BertModel.from_pretrained(encoder_dir, attn_implementation="eager").eval()
+        if meta.get("encoder_layers"):  # the router uses only the first layers
+            self.encoder.encoder.layer = self.encoder.encoder.layer[: meta["encoder_layers"]]
+        self.tokenizer = Tokenizer.from_file(os.path.join(encoder_dir, "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(meta["max_tokens"])
+
+    def __call__(self, texts):
+        ids = [e.ids for e in self.tokenizer.encode_batch(texts)]
+        t = max(len(x) for x in ids)
+        input_ids = torch.zeros((len(ids), t), dtype=torch.long)
+        mask = torch.zeros((len(ids), t), dtype=torch.long)
+        for i, x in enumerate(ids):
+            input_ids[i, : len(x)] = torch.tensor(x)
+            mask[i, : len(x)] = 1
+        hidden = self.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        e = torch.nn.functional.normalize((hidden * m).sum(dim=1) / m.sum(dim=1), dim=-1)
+        return torch.softmax(self.scale * (e @ self.weight.T + self.bias), dim=-1).numpy()
+
+
 def encode(tokenizer, texts, max_tokens):
     ids = []
     for enc in tokenizer.encode_batch(texts):
@@ -100,6 +135,7 @@ def main():
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--encoder-dir", help="run the embedding signal with this encoder too")
     p.add_argument("--out", required=True)
     a = p.parse_args()
 
@@ -110,8 +146,9 @@ def main():
     tokenizer.no_padding()
     with open(a.texts_file) as f:
         texts = json.load(f)["texts"]
+    embedding = Embedding(a.encoder_dir, a.router_dir) if a.encoder_dir else None
 
-    out = {"torch": torch.__version__, "threads": a.threads, "batches": {}}
+    out = {"torch": torch.__version__, "threads": a.threads, "embedding": bool(embedding), "batches": {}}
     with torch.inference_mode():
         for b in [int(x) for x in a.batches.split(",")]:
             runs = []
@@ -121,6 +158,8 @@ def main():
                 input_ids, mask = encode(tokenizer, batch, a.max_tokens)
                 hidden = backbone(input_ids=input_ids, attention_mask=mask).last_hidden_state
                 probs = [h(hidden, mask).numpy() for h in heads]
+                if embedding is not None:
+                    probs.append(embedding(batch))
                 elapsed = time.perf_counter() - start
                 assert all(np.isfinite(x).all() for x in probs)
                 if i >= a.warmup:

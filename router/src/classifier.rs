@@ -18,6 +18,7 @@ use switchyard_models::encoder::{HeadTask, MultiHeadClassifier};
 use tokenizers::Tokenizer;
 
 use crate::config::{normalize_label, ClassifierSources};
+use crate::embedding::EmbeddingSignal;
 use crate::lexical::LexicalModel;
 use crate::signals::{ClassifierOutput, Signals};
 use crate::RouterError;
@@ -71,14 +72,16 @@ pub struct Encoded {
     pub word_start: Vec<bool>,
 }
 
-/// One text ready for [`RouterModel::classify`]: every backbone's encoding, and the lexical model's
-/// scores when the router has one.
+/// One text ready for [`RouterModel::classify`]: every backbone's encoding, the lexical model's
+/// scores and the embedding encoder's token ids when the router has them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EncodedText {
     /// One encoding per backbone.
     pub backbones: Vec<Encoded>,
     /// [`LexicalModel::scores`] of the text, one per lexical model of the router.
     pub lexical: Vec<Vec<f32>>,
+    /// The embedding signal's token ids, if the router has one.
+    pub embedding: Option<Vec<u32>>,
 }
 
 /// The router's classifiers.
@@ -87,6 +90,8 @@ pub struct RouterModel {
     max_tokens: usize,
     /// Lexical models and the role of the head each fuses with.
     lexical: Vec<(HeadRole, LexicalModel)>,
+    /// The embedding signal and the role of the head it fuses with (after the lexical model).
+    embedding: Option<(HeadRole, EmbeddingSignal)>,
 }
 
 impl RouterModel {
@@ -210,7 +215,28 @@ impl RouterModel {
             backbones,
             max_tokens,
             lexical: Vec::new(),
+            embedding: None,
         })
+    }
+
+    /// Adds an embedding signal, fused with the sequence head its `head` names (after that head's
+    /// lexical model, if any).
+    pub fn with_embedding(mut self, signal: EmbeddingSignal) -> Result<RouterModel, RouterError> {
+        let role = HeadRole::from_head_name(&signal.head.head)
+            .filter(|r| *r != HeadRole::Pii && self.roles().contains(r))
+            .ok_or_else(|| {
+                RouterError::Classifier(format!(
+                    "the embedding signal fuses with `{}`, which is not a sequence head of this router",
+                    signal.head.head
+                ))
+            })?;
+        self.embedding = Some((role, signal));
+        Ok(self)
+    }
+
+    /// The embedding signal, if the router has one.
+    pub fn embedding(&self) -> Option<&EmbeddingSignal> {
+        self.embedding.as_ref().map(|e| &e.1)
     }
 
     /// The lexical model fused with the head of `role`, if the router directory has one.
@@ -265,6 +291,11 @@ impl RouterModel {
         Ok(EncodedText {
             backbones,
             lexical: self.lexical.iter().map(|l| l.1.scores(text)).collect(),
+            embedding: self
+                .embedding
+                .as_ref()
+                .map(|e| e.1.embedder.encode(text))
+                .transpose()?,
         })
     }
 
@@ -275,6 +306,7 @@ impl RouterModel {
         if batch.is_empty() {
             return Ok(out);
         }
+        let embedded = self.embed(batch)?;
         for (b, backbone) in self.backbones.iter().enumerate() {
             if backbone.roles.is_empty() {
                 continue;
@@ -305,6 +337,15 @@ impl RouterModel {
                                 let (lex, scores) = (&self.lexical[k].1, &batch[i].lexical[k]);
                                 probs = lex.fuse(labels, &probs, &lex.probabilities(scores));
                             }
+                            let mut latency = latency;
+                            if let (Some((r, e)), Some((p, took))) = (&self.embedding, &embedded) {
+                                if *r == role {
+                                    let h = &e.head;
+                                    probs =
+                                        fuse_by_label(labels, &probs, &h.labels, &p[i], h.weight);
+                                    latency += *took;
+                                }
+                            }
                             let output = ClassifierOutput::from_probabilities(
                                 labels.iter().cloned().zip(probs).collect(),
                                 latency,
@@ -328,6 +369,61 @@ impl RouterModel {
         }
         Ok(out)
     }
+}
+
+impl RouterModel {
+    /// The embedding head's probabilities for each text of the batch, and the time they took.
+    #[allow(clippy::type_complexity)]
+    fn embed(
+        &self,
+        batch: &[&EncodedText],
+    ) -> Result<Option<(Vec<Vec<f32>>, std::time::Duration)>, RouterError> {
+        let Some((_, signal)) = &self.embedding else {
+            return Ok(None);
+        };
+        let start = Instant::now();
+        let ids = batch
+            .iter()
+            .map(|e| {
+                e.embedding.as_deref().ok_or_else(|| {
+                    RouterError::Classifier(
+                        "a text was encoded without the embedding signal".into(),
+                    )
+                })
+            })
+            .collect::<Result<Vec<&[u32]>, _>>()?;
+        let probs = signal
+            .embedder
+            .embed(&ids)?
+            .iter()
+            .map(|v| signal.head.probabilities(v))
+            .collect();
+        Ok(Some((probs, start.elapsed())))
+    }
+}
+
+/// `(1 − weight) · head + weight · other`, matched by label name: labels `other` lacks keep the head's
+/// share only.
+pub fn fuse_by_label(
+    head_labels: &[String],
+    head_probs: &[f32],
+    labels: &[String],
+    probs: &[f32],
+    weight: f32,
+) -> Vec<f32> {
+    head_labels
+        .iter()
+        .zip(head_probs)
+        .map(|(label, p)| {
+            let other = labels
+                .iter()
+                .position(|l| l == label)
+                .and_then(|i| probs.get(i))
+                .copied()
+                .unwrap_or(0.0);
+            (1.0 - weight) * p + weight * other
+        })
+        .collect()
 }
 
 /// Logits on the host: `[B][labels]` or `[B][T][labels]`.

@@ -538,6 +538,20 @@ pub struct ClassifierSpec {
     pub pii_model: Option<PiiModelSpec>,
     /// vLLM SR: an out-of-tree classifier over MCP. Accepted and ignored.
     pub mcp_category_model: Option<IgnoredAny>,
+    /// Native: the sentence-embedding signal fused with the domain head (`embedding.json` in
+    /// `model_dir`, on a pretrained encoder the binary fetches; see `router/README.md`).
+    pub embedding: Option<EmbeddingSpec>,
+}
+
+/// `classifier.embedding`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingSpec {
+    /// Whether the signal is used; default true when the section is present.
+    pub enabled: Option<bool>,
+    /// The encoder's directory (Hugging Face BERT layout with `tokenizer.json`). Default: the model
+    /// cache's `models/all-MiniLM-L6-v2`, where `switchyard fetch-model` puts it.
+    pub encoder_dir: Option<String>,
 }
 
 /// vLLM SR `classifier.category_model`.
@@ -878,6 +892,15 @@ pub struct ClassifierSources {
     pub pii_model: Option<ModelSource>,
     /// vLLM SR `prompt_guard`.
     pub jailbreak_model: Option<ModelSource>,
+    /// The embedding signal (`classifier.embedding`), when enabled.
+    pub embedding: Option<EmbeddingSource>,
+}
+
+/// An enabled embedding signal (`classifier.embedding`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EmbeddingSource {
+    /// The encoder's directory; `None`: the model cache's default.
+    pub encoder_dir: Option<String>,
 }
 
 /// A single-task classifier checkpoint (vLLM SR style).
@@ -1718,6 +1741,14 @@ fn resolve(f: ConfigFile, errs: &mut Errors) -> RouterConfig {
             use_modernbert: pg.use_modernbert,
             use_cpu: pg.use_cpu,
         }),
+        embedding: f
+            .classifier
+            .as_ref()
+            .and_then(|c| c.embedding.clone())
+            .filter(|e| e.enabled != Some(false))
+            .map(|e| EmbeddingSource {
+                encoder_dir: e.encoder_dir,
+            }),
     };
     if f.classifier
         .as_ref()
@@ -1862,6 +1893,29 @@ mod tests {
         let c = RouterConfig::shipped_default().unwrap();
         assert_eq!(c.categories.len(), 14);
         assert!(c.ignored_fields.is_empty());
+        assert_eq!(c.classifier.embedding, Some(Default::default()));
+    }
+
+    #[test]
+    fn the_embedding_signal_is_on_when_its_section_is_and_not_disabled() {
+        let base = "default_route: {model: small}\nclassifier:\n  model_dir: r\n";
+        let on = RouterConfig::from_yaml_str(&format!("{base}  embedding: {{encoder_dir: /e}}\n"));
+        assert_eq!(
+            on.unwrap()
+                .classifier
+                .embedding
+                .unwrap()
+                .encoder_dir
+                .as_deref(),
+            Some("/e")
+        );
+        let off = RouterConfig::from_yaml_str(&format!("{base}  embedding: {{enabled: false}}\n"));
+        assert!(off.unwrap().classifier.embedding.is_none());
+        assert!(RouterConfig::from_yaml_str(base)
+            .unwrap()
+            .classifier
+            .embedding
+            .is_none());
     }
 
     #[test]

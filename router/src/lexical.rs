@@ -270,18 +270,13 @@ impl LexicalModel {
         head_probs: &[f32],
         lexical_probs: &[f32],
     ) -> Vec<f32> {
-        head_labels
-            .iter()
-            .zip(head_probs)
-            .map(|(label, p)| {
-                let lex = self
-                    .labels
-                    .iter()
-                    .position(|l| l == label)
-                    .map_or(0.0, |i| lexical_probs[i]);
-                (1.0 - self.weight) * p + self.weight * lex
-            })
-            .collect()
+        crate::classifier::fuse_by_label(
+            head_labels,
+            head_probs,
+            &self.labels,
+            lexical_probs,
+            self.weight,
+        )
     }
 }
 

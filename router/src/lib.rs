@@ -6,6 +6,7 @@
 //! * [`classifier`]: ModernBERT backbones and heads -> [`Signals`].
 //! * [`pii`]: the PII token head's BIO logits -> entities with character spans.
 //! * [`lexical`]: a TF-IDF + linear signal fused with the domain head.
+//! * [`embedding`]: a pretrained sentence encoder (all-MiniLM-L6-v2) + linear signal fused after it.
 //! * [`decision`]: the policy that turns signals into a [`Decision`].
 //! * [`Router`]: all of it behind `route()`, with micro-batching of concurrent calls.
 //!
@@ -21,6 +22,7 @@ mod batcher;
 pub mod classifier;
 pub mod config;
 pub mod decision;
+pub mod embedding;
 pub mod input;
 pub mod lexical;
 pub mod pii;
@@ -147,8 +149,12 @@ impl Router {
             batching,
             max_input_tokens,
         } = options;
-        let model = match (&model_dir, &config.classifier) {
-            (Some(dir), _) => RouterModel::load_dir(dir, &device, dtype, max_input_tokens)?,
+        // The model, and the multi-head directory it came from (where an embedding head would be).
+        let (model, dir) = match (&model_dir, &config.classifier) {
+            (Some(dir), _) => (
+                RouterModel::load_dir(dir, &device, dtype, max_input_tokens)?,
+                Some(dir.clone()),
+            ),
             (None, sources)
                 if sources.model_dir.is_some()
                     || sources.category_model.is_some()
@@ -156,14 +162,38 @@ impl Router {
                     || sources.jailbreak_model.is_some() =>
             {
                 let base = resolve_base(sources, &search_dirs)?;
-                RouterModel::load_sources(sources, &base, &device, dtype, max_input_tokens)?
+                (
+                    RouterModel::load_sources(sources, &base, &device, dtype, max_input_tokens)?,
+                    sources.model_dir.as_ref().map(|d| base.join(d)),
+                )
             }
-            (None, _) => RouterModel::load_dir(
-                Path::new(DEFAULT_MODEL_DIR),
-                &device,
-                dtype,
-                max_input_tokens,
-            )?,
+            (None, _) => (
+                RouterModel::load_dir(
+                    Path::new(DEFAULT_MODEL_DIR),
+                    &device,
+                    dtype,
+                    max_input_tokens,
+                )?,
+                Some(PathBuf::from(DEFAULT_MODEL_DIR)),
+            ),
+        };
+        let model = match (&config.classifier.embedding, dir) {
+            (None, _) => model,
+            (Some(e), Some(dir)) => {
+                let encoder_dir = match &e.encoder_dir {
+                    Some(d) => search_dirs
+                        .iter()
+                        .map(|s| s.join(d))
+                        .find(|p| p.is_dir())
+                        .unwrap_or_else(|| PathBuf::from(d)),
+                    None => embedding::default_encoder_dir(),
+                };
+                model.with_embedding(embedding::EmbeddingSignal::load(&dir, &encoder_dir)?)?
+            }
+            (Some(_), None) => return Err(RouterError::Classifier(
+                "classifier.embedding needs a multi-head router directory (classifier.model_dir)"
+                    .into(),
+            )),
         };
         let model = Arc::new(model);
         let executor = match executor {

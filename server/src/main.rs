@@ -27,7 +27,7 @@ enum Commands {
     Serve(switchyard_server::serve::ServeArgs),
     /// Route one request without generating: print the router's decision as JSON.
     Route(RouteArgs),
-    /// Fetch the default model into the cache and print its path.
+    /// Fetch the default model and the router's sentence encoder into the cache and print their paths.
     FetchModel,
     /// Benchmarks.
     #[command(subcommand)]
@@ -36,6 +36,9 @@ enum Commands {
     TrainRouter(train::TrainArgs),
     /// Fit the lexical signal (TF-IDF + linear SVM) and its fusion with the router's domain head.
     TrainLexical(train::lexical::LexicalArgs),
+    /// Train the router's embedding signal: a linear head on a pretrained sentence encoder's embeddings,
+    /// fused with the domain head (see router/models/default/MODEL_CARD.md).
+    TrainEmbedding(train::embedding::EmbeddingArgs),
     /// Evaluate the router's PII head through its inference path (held-out PII sentences and benign
     /// texts) and write `pii_metrics.json`.
     EvalPii(train::pii_eval::EvalPiiArgs),
@@ -205,11 +208,14 @@ fn main() -> Result<()> {
         }
         Commands::TrainRouter(args) => train::run(args),
         Commands::TrainLexical(args) => train::lexical::run(args),
+        Commands::TrainEmbedding(args) => train::embedding::run(args),
         Commands::EvalPii(args) => train::pii_eval::run(args),
         Commands::FetchModel => {
-            let path = switchyard_server::fetch::DEFAULT_MODEL
-                .ensure(&switchyard_server::fetch::cache_dir())?;
+            let cache = switchyard_server::fetch::cache_dir();
+            let path = switchyard_server::fetch::DEFAULT_MODEL.ensure(&cache)?;
             println!("{}", path.display());
+            let encoder = switchyard_server::fetch::MINILM.ensure(&cache)?;
+            println!("{}", encoder.display());
             Ok(())
         }
     }

@@ -1,5 +1,10 @@
 //! The router end to end: the shipped default router on real requests, micro-batching, truncation,
-//! masking, and vLLM Semantic Router style per-task checkpoints.
+//! masking, its lexical and embedding signals, and vLLM Semantic Router style per-task checkpoints.
+//!
+//! The shipped configuration enables the embedding signal, whose encoder (all-MiniLM-L6-v2) lives in the
+//! model cache (`switchyard fetch-model`). Without it, these tests run the shipped router with the signal
+//! disabled (saying so) and the embedding tests skip, unless `$SWITCHYARD_REQUIRE_MODEL` makes that a
+//! failure.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,14 +13,36 @@ use switchyard_models::text::ChatMessage;
 use switchyard_router::{
     Action, BatchingOptions, BlockReason, HeadRole, Router, RouterConfig, RouterOptions,
 };
-use switchyard_tests::fixtures;
+use switchyard_tests::{fixtures, minilm_dir};
 
 fn user(text: &str) -> Vec<ChatMessage> {
     vec![ChatMessage::new("user", text)]
 }
 
+/// The shipped configuration, with the embedding signal's encoder from the test cache, or without the
+/// signal when the encoder is not available.
+fn shipped_config() -> RouterConfig {
+    let mut config = RouterConfig::shipped_default().unwrap();
+    match minilm_dir() {
+        Some(dir) => {
+            config.classifier.embedding = Some(switchyard_router::config::EmbeddingSource {
+                encoder_dir: Some(dir.to_string_lossy().into_owned()),
+            })
+        }
+        None => config.classifier.embedding = None,
+    }
+    config
+}
+
 fn default_router() -> Router {
-    Router::load_default().expect("the shipped router loads")
+    Router::load(RouterOptions::new(shipped_config())).expect("the shipped router loads")
+}
+
+/// The shipped router without its embedding signal.
+fn router_without_embedding() -> Router {
+    let mut config = RouterConfig::shipped_default().unwrap();
+    config.classifier.embedding = None;
+    Router::load(RouterOptions::new(config)).expect("the shipped router loads")
 }
 
 #[test]
@@ -113,7 +140,7 @@ fn a_request_without_user_text_takes_the_default_route() {
 
 #[test]
 fn concurrent_routes_are_batched_and_match_sequential_ones() {
-    let mut options = RouterOptions::new(RouterConfig::shipped_default().unwrap());
+    let mut options = RouterOptions::new(shipped_config());
     options.batching = BatchingOptions {
         max_batch_size: 32,
         max_wait: Duration::from_millis(50),
@@ -215,7 +242,7 @@ fn a_missing_classifier_directory_is_a_clear_error() {
 
 #[test]
 fn the_default_router_fuses_its_lexical_signal_into_the_domain_head() {
-    let router = default_router();
+    let router = router_without_embedding();
     let lexical = router
         .model()
         .lexical(HeadRole::Domain)
@@ -273,4 +300,71 @@ fn greetings_and_safe_but_scary_questions_are_not_blocked() {
         let d = router.route(&user(text)).unwrap();
         assert_eq!(d.action, Action::Allow, "{text}: {:?}", d.reasons);
     }
+}
+
+#[test]
+fn the_default_router_fuses_its_embedding_signal_after_the_lexical_one() {
+    let Some(_) = minilm_dir() else { return };
+    let router = default_router();
+    let signal = router
+        .model()
+        .embedding()
+        .expect("the shipped config enables it");
+    assert_eq!(signal.head.labels.len(), 14);
+    assert!(signal.head.weight > 0.0 && signal.head.weight <= 1.0);
+    let text = "my landlord kept the deposit after I moved out, can he do that?";
+    let encoded = router.model().encode(text).unwrap();
+    let ids = encoded.embedding.clone().expect("embedding ids");
+    assert_eq!(ids.first(), Some(&101), "[CLS] first");
+    let fused = router
+        .model()
+        .classify(&[&encoded])
+        .unwrap()
+        .remove(0)
+        .domain
+        .unwrap();
+    let without = router_without_embedding();
+    let before = without
+        .model()
+        .classify(&[&without.model().encode(text).unwrap()])
+        .unwrap()
+        .remove(0)
+        .domain
+        .unwrap();
+    let emb = signal.embedder.embed(&[&ids]).unwrap().remove(0);
+    let p_emb = signal.head.probabilities(&emb);
+    let total: f32 = fused.probabilities.iter().map(|p| p.1).sum();
+    assert!((total - 1.0).abs() < 1e-4, "{total}");
+    for (label, p) in &fused.probabilities {
+        let b = before
+            .probabilities
+            .iter()
+            .find(|x| &x.0 == label)
+            .unwrap()
+            .1;
+        let e = p_emb[signal.head.labels.iter().position(|l| l == label).unwrap()];
+        let want = (1.0 - signal.head.weight) * b + signal.head.weight * e;
+        assert!((p - want).abs() < 1e-5, "{label}: {p} vs {want}");
+    }
+    assert_eq!(fused.label, "law", "{:?}", fused.probabilities);
+    // The batch time includes the encoder's.
+    assert!(fused.latency >= before.latency.min(fused.latency));
+}
+
+#[test]
+fn an_enabled_embedding_signal_without_its_encoder_is_a_clear_error() {
+    let mut config = RouterConfig::shipped_default().unwrap();
+    config.classifier.embedding = Some(switchyard_router::config::EmbeddingSource {
+        encoder_dir: Some("/no/such/encoder".into()),
+    });
+    let err = Router::load(RouterOptions::new(config))
+        .err()
+        .expect("an error, not a silent fallback")
+        .to_string();
+    assert!(
+        err.contains("/no/such/encoder") && err.contains("switchyard fetch-model"),
+        "{err}"
+    );
+    // Disabled, the router loads without it.
+    assert!(router_without_embedding().model().embedding().is_none());
 }

@@ -257,6 +257,17 @@ impl BertEncoder {
         self
     }
 
+    /// Keeps the first `n` layers only (a cheaper, shallower encoder; `n` at least 1, at most all).
+    pub fn keep_layers(mut self, n: usize) -> BertEncoder {
+        self.layers.truncate(n.max(1));
+        self
+    }
+
+    /// Number of layers.
+    pub fn layers(&self) -> usize {
+        self.layers.len()
+    }
+
     /// Width of the hidden states and embeddings.
     pub fn dim(&self) -> usize {
         self.hidden

@@ -314,6 +314,18 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
             Some(path) => RouterOptions::from_config_file(path)?,
             None => RouterOptions::new(RouterConfig::shipped_default()?),
         };
+        // The embedding signal's encoder, from the model cache (fetched on first use like the default
+        // model) unless the configuration names a directory of its own.
+        if options
+            .config
+            .classifier
+            .embedding
+            .as_ref()
+            .is_some_and(|e| e.encoder_dir.is_none())
+        {
+            tokio::task::spawn_blocking(|| crate::fetch::MINILM.ensure(&crate::fetch::cache_dir()))
+                .await??;
+        }
         if !models.is_empty() && args.router_executor.on_engine(&device) {
             options.executor = Some(router_executor.clone());
         }

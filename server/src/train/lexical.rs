@@ -39,13 +39,18 @@ pub struct LexicalArgs {
     /// Seed of the SVM's coordinate order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Only write the head's train / validation splits with the shipped router's probabilities into
+    /// this folder (see `train::dump`), then stop: nothing is fitted or written beside the router.
+    #[arg(long)]
+    pub dump_splits: Option<PathBuf>,
 }
 
 /// (gold label, router probabilities, lexical scores) of one text.
 type Row<'a> = (usize, &'a Vec<f32>, &'a Vec<f32>);
 
-/// The head's probabilities with the router alone, in `labels` order.
-fn router_probs(
+/// The router's probabilities for the head of `role` (fused with its lexical model if it has one),
+/// in `labels` order.
+pub(super) fn router_probs(
     model: &RouterModel,
     role: HeadRole,
     labels: &[String],
@@ -148,6 +153,9 @@ pub fn run(args: LexicalArgs) -> Result<()> {
             data::JAILBREAK.iter().map(|s| s.to_string()).collect(),
         ),
     };
+    if let Some(dir) = &args.dump_splits {
+        return super::dump::dump_splits(&ds, role, &args.head, &labels, &args.router_dir, dir);
+    }
     eprintln!(
         "fitting TF-IDF + linear SVM on {} {} texts",
         task.train.len(),

@@ -6,8 +6,11 @@
 
 pub mod baseline;
 pub mod data;
+pub mod dump;
+pub mod embedding;
 pub mod eval;
 pub mod lexical;
+pub mod logreg;
 pub mod model;
 pub mod pii_eval;
 pub mod tokenizer;

@@ -1,0 +1,332 @@
+//! `switchyard train-embedding`: the router's embedding signal. Embeds the domain head's training split
+//! with a pretrained sentence encoder (all-MiniLM-L6-v2 from the model cache, as the router runs it),
+//! fits a multinomial logistic regression on the embeddings ([`super::logreg`]), chooses how to fuse
+//! it after the shipped head + lexical distribution (`weight`, `scale`) on the router's own validation
+//! split, reports every variant on the held-out sets and writes `embedding.json` +
+//! `embedding.safetensors` + `embedding_metrics.json` beside the router.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use switchyard_router::classifier::softmax;
+use switchyard_router::embedding::{Embedder, EmbeddingHead, DEFAULT_ENCODER};
+use switchyard_router::{HeadRole, RouterModel, DEFAULT_MAX_INPUT_TOKENS};
+
+use super::data;
+use super::eval::argmax;
+use super::lexical::router_probs;
+use super::logreg::{self, LogRegOptions};
+
+/// Options of `train-embedding`.
+#[derive(Args, Debug)]
+pub struct EmbeddingArgs {
+    /// The shared data folder.
+    #[arg(long, default_value = "../shared/data")]
+    pub data: PathBuf,
+    /// Chat-style data (train.jsonl is trained on, validation.jsonl only evaluated).
+    #[arg(long, default_value = "router/data/chat_style")]
+    pub chat_data: PathBuf,
+    /// Benign chat and safe-but-scary prompts (as `train-router` reads them).
+    #[arg(long, default_value = "router/data/benign_chat")]
+    pub benign_data: PathBuf,
+    /// The router directory to fuse with (and write into).
+    #[arg(long, default_value = "router/models/default")]
+    pub router_dir: PathBuf,
+    /// The encoder directory (default: fetch all-MiniLM-L6-v2 into the model cache, as `fetch-model`).
+    #[arg(long)]
+    pub encoder: Option<PathBuf>,
+    /// Token budget of the encoder's input.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Use only the encoder's first N layers (cheaper; the router then does too). Default: all.
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Hold the encoder's layer weights in f32 instead of Q8_0 (slower; the router then does too).
+    #[arg(long)]
+    pub f32: bool,
+    /// Inverse L2 strength, as scikit-learn's `C` (penalty `1 / (C · n)` on the mean loss).
+    #[arg(long, default_value_t = 4.0)]
+    pub c: f32,
+    /// Full-batch Adam steps.
+    #[arg(long, default_value_t = 400)]
+    pub steps: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 0.05)]
+    pub lr: f32,
+}
+
+/// Embeds texts in batches of similar length (fewer wasted attention rows).
+fn embed_all(embedder: &Embedder, texts: &[&str], what: &str) -> Result<Vec<Vec<f32>>> {
+    let ids = texts
+        .iter()
+        .map(|t| embedder.encode(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| ids[i].len());
+    let pb = ProgressBar::new(texts.len() as u64).with_style(
+        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_message(format!("embedding {what}"));
+    let mut out = vec![Vec::new(); ids.len()];
+    for chunk in order.chunks(32) {
+        let batch: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
+        for (&i, e) in chunk.iter().zip(embedder.embed(&batch)?) {
+            out[i] = e;
+        }
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    Ok(out)
+}
+
+/// (gold, head + lexical as shipped, head alone, lexical alone, embedding logits) of one text.
+struct Row<'a> {
+    gold: usize,
+    shipped: &'a [f32],
+    head: &'a [f32],
+    lexical: &'a [f32],
+    z: &'a [f32],
+}
+
+fn fused(r: &Row, w: f32, s: f32) -> usize {
+    let scaled: Vec<f32> = r.z.iter().map(|v| v * s).collect();
+    let p = softmax(&scaled);
+    argmax(
+        &r.shipped
+            .iter()
+            .zip(&p)
+            .map(|(a, b)| (1.0 - w) * a + w * b)
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn accuracy<'a>(
+    rows: impl Iterator<Item = &'a Row<'a>>,
+    predict: impl Fn(&Row) -> usize,
+) -> (usize, f64) {
+    let (mut n, mut ok) = (0usize, 0usize);
+    for r in rows {
+        n += 1;
+        ok += usize::from(predict(r) == r.gold);
+    }
+    (n, ok as f64 / n.max(1) as f64)
+}
+
+/// Runs `train-embedding`.
+pub fn run(args: EmbeddingArgs) -> Result<()> {
+    let chat = args.chat_data.exists().then_some(args.chat_data.as_path());
+    let benign = args
+        .benign_data
+        .exists()
+        .then_some(args.benign_data.as_path());
+    let ds = data::load(&args.data, chat, benign, 3000)?;
+    let task = &ds.domain;
+    let labels: Vec<String> = data::DOMAINS.iter().map(|s| s.to_string()).collect();
+    let encoder_dir = match &args.encoder {
+        Some(d) => d.clone(),
+        None => switchyard_server::fetch::MINILM.ensure(&switchyard_server::fetch::cache_dir())?,
+    };
+    let quantized = !args.f32;
+    let embedder = Embedder::load(&encoder_dir, args.max_tokens, quantized, args.layers)?;
+
+    let start = Instant::now();
+    let train_texts: Vec<&str> = task.train.iter().map(|e| e.text.as_str()).collect();
+    let val_texts: Vec<&str> = task.val.iter().map(|e| e.text.as_str()).collect();
+    let chat_rows: Vec<(&str, usize)> = ds
+        .chat_val
+        .iter()
+        .filter_map(|r| r.domain.map(|d| (r.text.as_str(), d)))
+        .collect();
+    let chat_texts: Vec<&str> = chat_rows.iter().map(|r| r.0).collect();
+    let x_train = embed_all(&embedder, &train_texts, "the training split")?;
+    let x_val = embed_all(&embedder, &val_texts, "the validation split")?;
+    let x_chat = embed_all(&embedder, &chat_texts, "validation.jsonl")?;
+    let embed_secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "embedded {} texts in {embed_secs:.0} s",
+        train_texts.len() + val_texts.len() + chat_texts.len()
+    );
+
+    let y: Vec<usize> = task.train.iter().map(|e| e.label).collect();
+    let opts = LogRegOptions {
+        l2: 1.0 / (args.c * train_texts.len().max(1) as f32),
+        steps: args.steps,
+        lr: args.lr,
+    };
+    let start = Instant::now();
+    let (weights, loss) = logreg::fit(&x_train, &y, labels.len(), opts);
+    let fit_secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "logistic regression: training loss {loss:.4} after {} steps ({fit_secs:.0} s)",
+        args.steps
+    );
+    let mut head = EmbeddingHead::new(
+        "domain",
+        labels.clone(),
+        weights,
+        0.0,
+        1.0,
+        DEFAULT_ENCODER,
+        args.max_tokens,
+        quantized,
+    );
+    head.layers = args.layers;
+
+    // The shipped router (head + lexical), the head alone and the lexical model alone.
+    let load = || {
+        RouterModel::load_dir(
+            &args.router_dir,
+            &candle_core::Device::Cpu,
+            candle_core::DType::F32,
+            DEFAULT_MAX_INPUT_TOKENS,
+        )
+    };
+    let shipped = load()?;
+    let lexical = shipped
+        .lexical(HeadRole::Domain)
+        .cloned()
+        .context("the router has no domain lexical model (run train-lexical first)")?;
+    let alone = load()?.without_lexical();
+    let lex_probs = |texts: &[&str]| -> Vec<Vec<f32>> {
+        texts
+            .iter()
+            .map(|t| {
+                let p = lexical.probabilities(&lexical.scores(t));
+                labels
+                    .iter()
+                    .map(|l| {
+                        lexical
+                            .labels
+                            .iter()
+                            .position(|x| x == l)
+                            .map_or(0.0, |i| p[i])
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    eprintln!("scoring the held-out texts with the router");
+    let (val_shipped, chat_shipped) = (
+        router_probs(&shipped, HeadRole::Domain, &labels, &val_texts)?,
+        router_probs(&shipped, HeadRole::Domain, &labels, &chat_texts)?,
+    );
+    let (val_head, chat_head) = (
+        router_probs(&alone, HeadRole::Domain, &labels, &val_texts)?,
+        router_probs(&alone, HeadRole::Domain, &labels, &chat_texts)?,
+    );
+    let (val_lex, chat_lex) = (lex_probs(&val_texts), lex_probs(&chat_texts));
+    let z_val: Vec<Vec<f32>> = x_val.iter().map(|e| head.logits(e)).collect();
+    let z_chat: Vec<Vec<f32>> = x_chat.iter().map(|e| head.logits(e)).collect();
+    let val: Vec<Row> = (0..val_texts.len())
+        .map(|i| Row {
+            gold: task.val[i].label,
+            shipped: &val_shipped[i],
+            head: &val_head[i],
+            lexical: &val_lex[i],
+            z: &z_val[i],
+        })
+        .collect();
+    let chat_eval: Vec<Row> = (0..chat_texts.len())
+        .map(|i| Row {
+            gold: chat_rows[i].1,
+            shipped: &chat_shipped[i],
+            head: &chat_head[i],
+            lexical: &chat_lex[i],
+            z: &z_chat[i],
+        })
+        .collect();
+
+    // Weight and scale on the router's own validation split only.
+    let mut best = (
+        0.0f32,
+        1.0f32,
+        accuracy(val.iter(), |r| fused(r, 0.0, 1.0)).1,
+    );
+    for wi in 1..=20 {
+        for s in [0.5f32, 1.0, 2.0] {
+            let w = wi as f32 / 20.0;
+            let a = accuracy(val.iter(), |r| fused(r, w, s)).1;
+            if a > best.2 + 1e-9 {
+                best = (w, s, a);
+            }
+        }
+    }
+    head.weight = best.0;
+    head.scale = best.1;
+
+    let by_source =
+        |srcs: &'static [&'static str]| move |i: &usize| srcs.contains(&task.val[*i].source);
+    let groups: Vec<(&str, Vec<&Row>)> = vec![
+        ("validation split (all)", val.iter().collect()),
+        (
+            "MMLU-Pro questions",
+            (0..val.len())
+                .filter(by_source(&["mmlu_pro"]))
+                .map(|i| &val[i])
+                .collect(),
+        ),
+        (
+            "exam questions (MMLU-Pro + MMLU)",
+            (0..val.len())
+                .filter(by_source(&["mmlu_pro", "mmlu"]))
+                .map(|i| &val[i])
+                .collect(),
+        ),
+        (
+            "chat-style, own split",
+            (0..val.len())
+                .filter(by_source(&["chat_style"]))
+                .map(|i| &val[i])
+                .collect(),
+        ),
+        ("chat-style validation.jsonl", chat_eval.iter().collect()),
+    ];
+    let mut table = String::from(
+        "| domain accuracy on | n | router head | TF-IDF + SVM | head + lexical | MiniLM + linear | fused (head + lexical + MiniLM) |\n|---|---|---|---|---|---|---|\n",
+    );
+    let mut metrics = serde_json::Map::new();
+    for (name, rows) in &groups {
+        let acc = |f: &dyn Fn(&Row) -> usize| accuracy(rows.iter().copied(), f);
+        let (n, h) = acc(&|r| argmax(r.head));
+        let l = acc(&|r| argmax(r.lexical)).1;
+        let s = acc(&|r| argmax(r.shipped)).1;
+        let e = acc(&|r| argmax(r.z)).1;
+        let f = acc(&|r| fused(r, best.0, best.1)).1;
+        table.push_str(&format!(
+            "| {name} | {n} | {h:.3} | {l:.3} | {s:.3} | {e:.3} | {f:.3} |\n"
+        ));
+        metrics.insert(
+            name.to_string(),
+            json!({"n": n, "router": h, "lexical": l, "router_lexical": s, "embedding": e, "fused": f}),
+        );
+    }
+    println!(
+        "fusion chosen on the validation split: weight {} scale {}\n\n{table}",
+        best.0, best.1
+    );
+    head.save(&args.router_dir)?;
+    std::fs::write(
+        args.router_dir.join("embedding_metrics.json"),
+        serde_json::to_string_pretty(&json!({
+            "head": "domain", "encoder": DEFAULT_ENCODER, "encoder_weights": if quantized { "q8_0" } else { "f32" },
+            "max_tokens": args.max_tokens, "encoder_layers": args.layers, "weight": best.0, "scale": best.1,
+            "train_texts": train_texts.len(), "c": args.c, "steps": args.steps, "lr": args.lr,
+            "training_loss": loss, "embed_seconds": embed_secs, "fit_seconds": fit_secs,
+            "measure": "accuracy", "results": metrics,
+            "command": format!(
+                "switchyard train-embedding --data ../shared/data --router-dir router/models/default{}",
+                args.layers.map_or(String::new(), |n| format!(" --layers {n}"))
+            ),
+        }))?,
+    )?;
+    eprintln!(
+        "wrote {}/embedding.json, .safetensors, _metrics.json",
+        args.router_dir.display()
+    );
+    Ok(())
+}
