@@ -1,6 +1,7 @@
 //! Multinomial logistic regression on dense features: full-batch gradient descent with Adam on the mean
-//! cross-entropy plus an L2 penalty on the weights (not the biases), as scikit-learn's
-//! `LogisticRegression(C)` with `l2 = 1 / (C · n)`. Deterministic (no sampling); rows run in parallel.
+//! (optionally per-row weighted) cross-entropy plus an L2 penalty on the weights (not the biases), as
+//! scikit-learn's `LogisticRegression(C)` with `l2 = 1 / (C · n)` and `sample_weight`. Deterministic
+//! (no sampling); rows run in parallel.
 
 use rayon::prelude::*;
 
@@ -40,14 +41,18 @@ pub fn logits(w: &[Vec<f32>], x: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// Fits `[classes][dim + 1]` weights (bias last) to rows `x` with labels `y` (< `classes`). Returns the
-/// weights and the final mean cross-entropy.
+/// Fits `[classes][dim + 1]` weights (bias last) to rows `x` with labels `y` (< `classes`), each row's
+/// loss scaled by its weight in `row_weights` (all 1 if `None`). Returns the weights and the final mean
+/// weighted cross-entropy.
 pub fn fit(
     x: &[Vec<f32>],
     y: &[usize],
+    row_weights: Option<&[f32]>,
     classes: usize,
     opts: LogRegOptions,
 ) -> (Vec<Vec<f32>>, f32) {
+    let ones = vec![1.0f32; x.len()];
+    let rw = row_weights.unwrap_or(&ones);
     let n = x.len().max(1);
     let dim = x.first().map_or(0, Vec::len);
     let mut w = vec![vec![0.0f32; dim + 1]; classes];
@@ -59,14 +64,15 @@ pub fn fit(
         let (grad, total) = x
             .par_chunks(256)
             .zip(y.par_chunks(256))
-            .map(|(xs, ys)| {
+            .zip(rw.par_chunks(256))
+            .map(|((xs, ys), ws)| {
                 let mut g = vec![vec![0.0f32; dim + 1]; classes];
                 let mut l = 0.0f32;
-                for (row, &label) in xs.iter().zip(ys) {
+                for ((row, &label), &weight) in xs.iter().zip(ys).zip(ws) {
                     let p = switchyard_router::classifier::softmax(&logits(&w, row));
-                    l -= p[label].max(1e-12).ln();
+                    l -= weight * p[label].max(1e-12).ln();
                     for (c, gc) in g.iter_mut().enumerate() {
-                        let r = p[c] - f32::from(u8::from(c == label));
+                        let r = weight * (p[c] - f32::from(u8::from(c == label)));
                         gc[..dim].iter_mut().zip(row).for_each(|(g, x)| *g += r * x);
                         gc[dim] += r;
                     }
@@ -120,8 +126,14 @@ mod tests {
             steps: 200,
             lr: 0.1,
         };
-        let (w, loss) = fit(&x, &y, 3, opts);
+        let (w, loss) = fit(&x, &y, None, 3, opts);
         assert!(loss < 0.1, "loss {loss}");
+        // Weighting class 0's rows up moves the boundary towards the other classes.
+        let weights: Vec<f32> = y.iter().map(|&c| if c == 0 { 10.0 } else { 1.0 }).collect();
+        let (w2, _) = fit(&x, &y, Some(&weights), 3, opts);
+        let mid = [0.5, 0.5, 0.0];
+        let (z, z2) = (logits(&w, &mid), logits(&w2, &mid));
+        assert!(z2[0] - z2[1] > z[0] - z[1], "{z:?} {z2:?}");
         for (row, &label) in x.iter().zip(&y) {
             let z = logits(&w, row);
             let best = (0..3).max_by(|a, b| z[*a].total_cmp(&z[*b])).unwrap();
