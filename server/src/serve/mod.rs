@@ -316,16 +316,8 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
         };
         // The embedding signal's encoder, from the model cache (fetched on first use like the default
         // model) unless the configuration names a directory of its own.
-        if options
-            .config
-            .classifier
-            .embedding
-            .as_ref()
-            .is_some_and(|e| e.encoder_dir.is_none())
-        {
-            tokio::task::spawn_blocking(|| crate::fetch::MINILM.ensure(&crate::fetch::cache_dir()))
-                .await??;
-        }
+        let config = options.config.clone();
+        tokio::task::spawn_blocking(move || crate::fetch::ensure_router_encoder(&config)).await??;
         if !models.is_empty() && args.router_executor.on_engine(&device) {
             options.executor = Some(router_executor.clone());
         }
