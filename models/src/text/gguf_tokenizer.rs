@@ -1,16 +1,20 @@
 //! Builds a Hugging Face `tokenizers` tokenizer from a GGUF file's `tokenizer.ggml.*` metadata.
 //!
-//! Only byte-level BPE vocabularies (`tokenizer.ggml.model = gpt2`: SmolLM2, Qwen2/3, Llama 3) are
-//! supported. The pre-tokenizer is chosen from `tokenizer.ggml.pre` the way llama.cpp does, so ids
-//! match llama.cpp's (Candle's GGUF tokenizer does not know `smollm` and splits digits differently).
+//! Two vocabulary kinds are supported, with ids matching llama.cpp's:
+//! - byte-level BPE (`tokenizer.ggml.model = gpt2`: SmolLM2, Qwen2/3, Llama 3), the pre-tokenizer
+//!   chosen from `tokenizer.ggml.pre` the way llama.cpp does (Candle's GGUF tokenizer does not know
+//!   `smollm` and splits digits differently);
+//! - SentencePiece BPE (`tokenizer.ggml.model = llama`: Llama 1/2, TinyLlama, Mistral), see
+//!   [`super::gguf_spm`].
 
+use super::gguf_spm::{
+    spm_tokenizer, SpmDecoder, SpmVocab, TOKEN_TYPE_CONTROL, TOKEN_TYPE_NORMAL,
+    TOKEN_TYPE_USER_DEFINED,
+};
 use crate::error::{ModelError, Result};
 use crate::weights::GgufFile;
+use candle_core::quantized::gguf_file::Value as GgufValue;
 use serde_json::{json, Value};
-
-/// llama.cpp token types (`tokenizer.ggml.token_type`).
-const TOKEN_TYPE_CONTROL: i64 = 3;
-const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
 const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -44,28 +48,82 @@ fn pre_tokenizer(pre: &str) -> Result<Value> {
     })
 }
 
+/// Whether a tokenizer model (`tokenizer.ggml.model`) is one this module builds.
+fn check_model(model: &str) -> Result<()> {
+    match model {
+        "gpt2" | "llama" => Ok(()),
+        other => Err(ModelError::Tokenizer(format!(
+            "GGUF tokenizer model `{other}` is not supported (only `gpt2`, byte-level BPE, and \
+             `llama`, SentencePiece BPE); pass a tokenizer.json instead"
+        ))),
+    }
+}
+
+/// A numeric array (`tokenizer.ggml.token_type` / `scores`) read with `read`, or `default` for
+/// every token when absent or malformed.
+fn per_token<T: Clone>(
+    gguf: &GgufFile,
+    key: &str,
+    n: usize,
+    default: T,
+    read: impl Fn(&GgufValue) -> Option<T>,
+) -> Result<Vec<T>> {
+    match gguf.value(key) {
+        Some(GgufValue::Array(items)) if items.len() == n => Ok(items
+            .iter()
+            .map(|v| read(v).unwrap_or_else(|| default.clone()))
+            .collect()),
+        Some(GgufValue::Array(items)) => Err(ModelError::Tokenizer(format!(
+            "GGUF {key} has {} entries for {n} tokens",
+            items.len()
+        ))),
+        _ => Ok(vec![default; n]),
+    }
+}
+
 /// Builds the tokenizer described by `gguf`'s metadata.
 pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
+    gguf_tokenizer_parts(gguf).map(|(t, _)| t)
+}
+
+/// The tokenizer of `gguf`, and for SentencePiece vocabularies the llama.cpp-style decoder.
+pub(super) fn gguf_tokenizer_parts(
+    gguf: &GgufFile,
+) -> Result<(tokenizers::Tokenizer, Option<SpmDecoder>)> {
     let model = gguf.string("tokenizer.ggml.model").unwrap_or("missing");
-    if model != "gpt2" {
-        return Err(ModelError::Tokenizer(format!(
-            "GGUF tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`); \
-             pass a tokenizer.json instead"
-        )));
-    }
+    check_model(model)?;
     let tokens = gguf
         .strings("tokenizer.ggml.tokens")
         .ok_or_else(|| ModelError::Tokenizer("GGUF has no tokenizer.ggml.tokens".into()))?;
+    let types = per_token(
+        gguf,
+        "tokenizer.ggml.token_type",
+        tokens.len(),
+        TOKEN_TYPE_NORMAL,
+        |v| v.to_i32().ok().map(i64::from),
+    )?;
+    if model == "llama" {
+        let scores = per_token(gguf, "tokenizer.ggml.scores", tokens.len(), 0.0, |v| {
+            v.to_f32().ok()
+        })?;
+        let unk = gguf
+            .integer("tokenizer.ggml.unknown_token_id")
+            .map(|v| v as u32)
+            .or_else(|| tokens.iter().position(|t| *t == "<unk>").map(|i| i as u32));
+        let vocab = SpmVocab {
+            tokens,
+            scores,
+            types,
+            unk,
+            add_space_prefix: gguf
+                .boolean("tokenizer.ggml.add_space_prefix")
+                .unwrap_or(true),
+        };
+        return Ok((spm_tokenizer(&vocab)?, Some(SpmDecoder::new(&vocab))));
+    }
     let merges = gguf
         .strings("tokenizer.ggml.merges")
         .ok_or_else(|| ModelError::Tokenizer("GGUF has no tokenizer.ggml.merges".into()))?;
-    let types: Vec<i64> = match gguf.value("tokenizer.ggml.token_type") {
-        Some(candle_core::quantized::gguf_file::Value::Array(items)) => items
-            .iter()
-            .map(|v| v.to_i32().map(i64::from).unwrap_or(1))
-            .collect(),
-        _ => vec![1; tokens.len()],
-    };
     let pre = gguf.string("tokenizer.ggml.pre").unwrap_or("default");
 
     let vocab: serde_json::Map<String, Value> = tokens
@@ -99,7 +157,29 @@ pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
             "vocab": vocab, "merges": merges,
         },
     });
-    spec.to_string()
+    let tokenizer = spec
+        .to_string()
         .parse::<tokenizers::Tokenizer>()
-        .map_err(|e| ModelError::Tokenizer(format!("building the GGUF tokenizer: {e}")))
+        .map_err(|e| ModelError::Tokenizer(format!("building the GGUF tokenizer: {e}")))?;
+    Ok((tokenizer, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsupported_vocabulary_kinds_are_named() {
+        for kind in ["bert", "t5", "rwkv", "missing"] {
+            let err = check_model(kind).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{kind}`")), "{err}");
+        }
+        assert!(check_model("gpt2").is_ok() && check_model("llama").is_ok());
+    }
+
+    #[test]
+    fn unknown_pre_tokenizers_are_named() {
+        let err = pre_tokenizer("falcon").unwrap_err().to_string();
+        assert!(err.contains("`falcon`"), "{err}");
+    }
 }

@@ -2,6 +2,7 @@
 //! templates.
 
 mod chat_template;
+mod gguf_spm;
 mod gguf_tokenizer;
 mod tokenizer;
 

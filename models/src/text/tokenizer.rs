@@ -1,8 +1,10 @@
 //! The tokenizer of a generation model, with the special ids generation needs.
 
+use super::gguf_spm::SpmDecoder;
 use crate::error::{ModelError, Result};
 use crate::weights::GgufFile;
 use std::path::Path;
+use std::sync::Arc;
 
 /// A tokenizer plus the model's begin/end-of-sequence tokens.
 #[derive(Clone, Debug)]
@@ -10,6 +12,9 @@ pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
     bos: Option<u32>,
     eos: Vec<u32>,
+    add_bos: bool,
+    /// llama.cpp-style decoding for SentencePiece GGUF vocabularies.
+    spm: Option<Arc<SpmDecoder>>,
 }
 
 fn tok_err(e: impl std::fmt::Display) -> ModelError {
@@ -21,18 +26,30 @@ impl TextTokenizer {
     pub fn new(inner: tokenizers::Tokenizer, bos: Option<u32>, mut eos: Vec<u32>) -> Self {
         eos.sort_unstable();
         eos.dedup();
-        Self { inner, bos, eos }
+        Self {
+            inner,
+            bos,
+            eos,
+            add_bos: false,
+            spm: None,
+        }
     }
 
     /// Builds the tokenizer from GGUF metadata, with its bos/eos/eot ids.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
-        let inner = super::gguf_tokenizer::tokenizer_from_gguf(gguf)?;
+        let (inner, spm) = super::gguf_tokenizer::gguf_tokenizer_parts(gguf)?;
         let id = |k: &str| gguf.integer(k).map(|v| v as u32);
         let eos = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]
             .iter()
             .filter_map(|k| id(k))
             .collect();
-        Ok(Self::new(inner, id("tokenizer.ggml.bos_token_id"), eos))
+        let mut tokenizer = Self::new(inner, id("tokenizer.ggml.bos_token_id"), eos);
+        // llama.cpp's default: SentencePiece vocabularies start sequences with BOS.
+        tokenizer.add_bos = gguf
+            .boolean("tokenizer.ggml.add_bos_token")
+            .unwrap_or(spm.is_some());
+        tokenizer.spm = spm.map(Arc::new);
+        Ok(tokenizer)
     }
 
     /// Loads `tokenizer.json` from a file, taking bos/eos from the named tokens.
@@ -57,8 +74,27 @@ impl TextTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Token ids of `text` preceded by BOS when the model asks for one (GGUF
+    /// `tokenizer.ggml.add_bos_token`), as llama.cpp's `llama_tokenize(add_special, parse_special)`.
+    pub fn encode_with_bos(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if self.add_bos {
+            ids.extend(self.bos);
+        }
+        ids.extend(self.encode(text)?);
+        Ok(ids)
+    }
+
+    /// Whether the model wants BOS before a sequence (GGUF `tokenizer.ggml.add_bos_token`).
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+
     /// Text of `ids`, special tokens included as written.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        if let Some(spm) = &self.spm {
+            return Ok(spm.decode(ids));
+        }
         self.inner.decode(ids, false).map_err(tok_err)
     }
 
