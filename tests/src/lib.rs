@@ -109,3 +109,27 @@ pub fn minilm_dir() -> Option<PathBuf> {
     }
     found
 }
+
+/// Logits at every position of `tokens`, in one prefill pass.
+pub fn teacher_forced(model: &switchyard_models::GenerationModel, tokens: &[u32]) -> Vec<f32> {
+    let mut cache = switchyard_models::decoder::KvCache::new(
+        model.decoder.config(),
+        16,
+        tokens.len().div_ceil(16),
+    )
+    .unwrap();
+    let mut table = switchyard_models::decoder::BlockTable::default();
+    assert!(cache.reserve(&mut table, tokens.len()));
+    model
+        .decoder
+        .forward_all(
+            &[switchyard_models::decoder::SequenceInput {
+                tokens,
+                start_position: 0,
+                blocks: &table,
+                want_logits: true,
+            }],
+            &mut cache,
+        )
+        .unwrap()
+}

@@ -8,7 +8,7 @@
 use switchyard_models::decoder::{BlockTable, KvCache, SequenceInput};
 use switchyard_models::text::ChatMessage;
 use switchyard_models::{load_generation_model, GenerationModel};
-use switchyard_tests::{fixtures, ids, read_json, read_tensor, smollm2_gguf};
+use switchyard_tests::{fixtures, ids, read_json, read_tensor, smollm2_gguf, teacher_forced};
 
 fn reference() -> serde_json::Value {
     read_json(&fixtures().join("smollm2-llamacpp/reference.json"))
@@ -16,25 +16,6 @@ fn reference() -> serde_json::Value {
 
 fn model() -> Option<GenerationModel> {
     smollm2_gguf().map(|p| load_generation_model(&p).expect("the GGUF loads"))
-}
-
-/// Logits for every position of `tokens`, in one prefill pass.
-fn teacher_forced(model: &GenerationModel, tokens: &[u32]) -> Vec<f32> {
-    let mut cache = KvCache::new(model.decoder.config(), 16, tokens.len().div_ceil(16)).unwrap();
-    let mut table = BlockTable::default();
-    assert!(cache.reserve(&mut table, tokens.len()));
-    model
-        .decoder
-        .forward_all(
-            &[SequenceInput {
-                tokens,
-                start_position: 0,
-                blocks: &table,
-                want_logits: true,
-            }],
-            &mut cache,
-        )
-        .unwrap()
 }
 
 fn pearson(a: &[f32], b: &[f32]) -> f64 {

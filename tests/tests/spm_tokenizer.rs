@@ -5,10 +5,9 @@
 use switchyard_engine::{
     Detokenizer, Engine, EngineConfig, Event, GenerationParams, GenerationRequest, Prompt,
 };
-use switchyard_models::decoder::{BlockTable, KvCache, SequenceInput};
 use switchyard_models::text::ChatMessage;
 use switchyard_models::{load_generation_model, GenerationModel};
-use switchyard_tests::{fixtures, ids, read_json};
+use switchyard_tests::{fixtures, ids, read_json, teacher_forced};
 
 fn dir() -> std::path::PathBuf {
     fixtures().join("spm-llama")
@@ -123,25 +122,6 @@ fn chat_template_renders_one_bos_that_tokenizes_as_bos() {
     let ids = model.tokenizer.encode(&rendered).unwrap();
     assert_eq!(ids[0], 1);
     assert_eq!(ids.iter().filter(|&&i| i == 1).count(), 1);
-}
-
-/// Logits at every position of `tokens`, in one prefill pass.
-fn teacher_forced(model: &GenerationModel, tokens: &[u32]) -> Vec<f32> {
-    let mut cache = KvCache::new(model.decoder.config(), 16, tokens.len().div_ceil(16)).unwrap();
-    let mut table = BlockTable::default();
-    assert!(cache.reserve(&mut table, tokens.len()));
-    model
-        .decoder
-        .forward_all(
-            &[SequenceInput {
-                tokens,
-                start_position: 0,
-                blocks: &table,
-                want_logits: true,
-            }],
-            &mut cache,
-        )
-        .unwrap()
 }
 
 #[test]
