@@ -397,6 +397,10 @@ pub struct ReasoningClassifierSpec {
     pub positive_label: Option<String>,
     /// `override` (default: a confident prediction switches thinking on or off) or `upgrade` (only on).
     pub mode: Option<ReasoningClassifierMode>,
+    /// The routes (category names, or `default`) on which the classifier has a say; absent: every route.
+    /// `[default, other]` lets categories whose `use_reasoning` is deliberate keep it, and the classifier
+    /// decide only for requests no specific category claims.
+    pub routes: Option<Vec<String>>,
 }
 
 /// A keyword / regex rule. Rules are tried in order, before the classifier; the first match wins. A rule
@@ -710,6 +714,15 @@ pub struct ReasoningClassifierRule {
     pub positive_label: String,
     /// Override or upgrade.
     pub mode: ReasoningClassifierMode,
+    /// The routes the classifier applies to; `None`: every route.
+    pub routes: Option<Vec<RouteRef>>,
+}
+
+impl ReasoningClassifierRule {
+    /// Whether the classifier has a say on `route`.
+    pub fn applies_to(&self, route: RouteRef) -> bool {
+        self.routes.as_ref().is_none_or(|r| r.contains(&route))
+    }
 }
 
 /// A compiled keyword rule.
@@ -1520,6 +1533,17 @@ fn resolve(f: ConfigFile, errs: &mut Errors) -> RouterConfig {
         threshold: rc.threshold.unwrap_or(0.8),
         positive_label: normalize_label(rc.positive_label.as_deref().unwrap_or("reasoning")),
         mode: rc.mode.unwrap_or_default(),
+        routes: rc.routes.as_ref().map(|names| {
+            names
+                .iter()
+                .enumerate()
+                .filter_map(|(k, name)| {
+                    route_ref_by_name(&categories, name)
+                        .map_err(|e| errs.push(format!("reasoning_classifier.routes[{k}]"), e))
+                        .ok()
+                })
+                .collect()
+        }),
     };
     errs.unit(
         "reasoning_classifier.threshold",
@@ -1656,28 +1680,9 @@ fn resolve(f: ConfigFile, errs: &mut Errors) -> RouterConfig {
             }
         }
         let route = r.route.as_ref().and_then(|name| {
-            let n = normalize_label(name);
-            if n == DEFAULT_ROUTE_NAME {
-                return Some(RouteRef::Default);
-            }
-            match categories
-                .iter()
-                .position(|c| normalize_label(&c.route.name) == n)
-            {
-                Some(ci) => Some(RouteRef::Category(ci)),
-                None => {
-                    let names: Vec<&str> =
-                        categories.iter().map(|c| c.route.name.as_str()).collect();
-                    errs.push(
-                        format!("{p}.route"),
-                        format!(
-                            "unknown route \"{name}\" (categories: {}; or \"default\")",
-                            names.join(", ")
-                        ),
-                    );
-                    None
-                }
-            }
+            route_ref_by_name(&categories, name)
+                .map_err(|e| errs.push(format!("{p}.route"), e))
+                .ok()
         });
         errs.budget(format!("{p}.thinking_budget"), r.thinking_budget);
         let reasoning = if r.use_reasoning.is_some()
@@ -2062,6 +2067,23 @@ categories:
     }
 
     #[test]
+    fn reasoning_classifier_routes_name_existing_routes() {
+        let yaml = "default_route: {model: small}\ncategories:\n  - {name: math, model: small}\n\
+                    reasoning_classifier: {routes: [default, Math]}\n";
+        let c = RouterConfig::from_yaml_str(yaml).unwrap();
+        assert!(c.reasoning_classifier.applies_to(RouteRef::Default));
+        assert!(c.reasoning_classifier.applies_to(RouteRef::Category(0)));
+        let all = RouterConfig::from_yaml_str("default_route: {model: small}\n").unwrap();
+        assert_eq!(all.reasoning_classifier.routes, None);
+        assert!(all.reasoning_classifier.applies_to(RouteRef::Default));
+        assert_error(
+            "default_route: {model: small}\nreasoning_classifier: {routes: [mathz]}\n",
+            "reasoning_classifier.routes[0]",
+            "unknown route \"mathz\"",
+        );
+    }
+
+    #[test]
     fn default_route_is_required() {
         assert_error("categories: []\n", "default_route.model", "required");
         assert_error(
@@ -2379,6 +2401,25 @@ keyword_rules:
         let e = RouterConfig::from_yaml_str("default_route: {model: [\n").unwrap_err();
         assert!(matches!(e, ConfigError::Parse(_)), "{e}");
     }
+}
+
+/// The route a name in the config refers to: a category (matched like labels) or `default`.
+fn route_ref_by_name(categories: &[Category], name: &str) -> Result<RouteRef, String> {
+    let n = normalize_label(name);
+    if n == DEFAULT_ROUTE_NAME {
+        return Ok(RouteRef::Default);
+    }
+    categories
+        .iter()
+        .position(|c| normalize_label(&c.route.name) == n)
+        .map(RouteRef::Category)
+        .ok_or_else(|| {
+            let names: Vec<&str> = categories.iter().map(|c| c.route.name.as_str()).collect();
+            format!(
+                "unknown route \"{name}\" (categories: {}; or \"default\")",
+                names.join(", ")
+            )
+        })
 }
 
 #[cfg(test)]

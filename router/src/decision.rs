@@ -9,7 +9,7 @@
 //!    `use_reasoning`; then the entropy rule on the domain distribution (normalised entropy `H`:
 //!    `H >= high` switches thinking on, `medium <= H < high` takes the probability-weighted vote of the
 //!    top-2 labels' categories); then a confident reasoning-need prediction (`override`: on or off,
-//!    `upgrade`: only on). The budget is the rule's, else the route's `thinking_budget`, else the
+//!    `upgrade`: only on), on the routes `reasoning_classifier.routes` lists (all if absent). The budget is the rule's, else the route's `thinking_budget`, else the
 //!    budget of the effort (rule, route, then `default_reasoning_effort`).
 //! 3. **Jailbreak.** A non-benign label scoring at least the threshold (the route's override, else the
 //!    policy's) blocks the request with the refusal message, or only flags it (`action: flag`).
@@ -228,7 +228,7 @@ pub fn decide(config: &RouterConfig, text: &str, signals: &Signals) -> Decision 
             thinking(config, route, o.thinking_budget, o.reasoning_effort)
         }
         None => {
-            let on = reasoning_from_signals(config, route, signals, &mut reasons);
+            let on = reasoning_from_signals(config, route_ref, signals, &mut reasons);
             if on {
                 thinking(config, route, None, None)
             } else {
@@ -401,10 +401,11 @@ fn category_index(config: &RouterConfig, label: &str) -> Option<usize> {
 /// Whether to think, from the route, the entropy rule and the reasoning head.
 fn reasoning_from_signals(
     config: &RouterConfig,
-    route: &Route,
+    route_ref: RouteRef,
     signals: &Signals,
     reasons: &mut Vec<String>,
 ) -> bool {
+    let route = config.route(route_ref);
     let mut on = route.use_reasoning;
     reasons.push(format!(
         "reasoning {}: route {} default",
@@ -439,7 +440,12 @@ fn reasoning_from_signals(
 
     let rule = &config.reasoning_classifier;
     if let Some(r) = signals.reasoning.as_ref().filter(|_| rule.enabled) {
-        if r.score >= rule.threshold {
+        if !rule.applies_to(route_ref) {
+            reasons.push(format!(
+                "reasoning head ({} {:.3}) not consulted on route {}",
+                r.label, r.score, route.name
+            ));
+        } else if r.score >= rule.threshold {
             let positive = normalize_label(&r.label) == rule.positive_label;
             let new = match rule.mode {
                 ReasoningClassifierMode::Override => positive,
@@ -749,6 +755,37 @@ categories:
         // Not confident: no change.
         s.reasoning = Some(dist(&[("reasoning", 0.3), ("no_reasoning", 0.7)]));
         assert!(decide(&config(), "x", &s).reasoning.is_thinking());
+    }
+
+    #[test]
+    fn reasoning_head_is_consulted_only_on_its_routes() {
+        let yaml = CONFIG.replace(
+            "mode: override}",
+            "mode: override, routes: [default, History]}",
+        );
+        let c = RouterConfig::from_yaml_str(&yaml).unwrap();
+        let head = |label| dist(&[(label, 0.95), ("x", 0.05)]);
+        // math is not listed: its use_reasoning stands against a confident "no_reasoning".
+        let mut s = signals(domain("math", 0.95));
+        s.reasoning = Some(head("no_reasoning"));
+        let d = decide(&c, "x", &s);
+        assert!(d.reasoning.is_thinking());
+        assert!(
+            d.reasons
+                .iter()
+                .any(|r| r.contains("not consulted on route math")),
+            "{:?}",
+            d.reasons
+        );
+        // history and the default route are listed: the head switches thinking on there.
+        let mut s = signals(domain("history", 0.95));
+        s.reasoning = Some(head("reasoning"));
+        assert!(decide(&c, "x", &s).reasoning.is_thinking());
+        let mut s = signals(domain("math", 0.40));
+        s.reasoning = Some(head("reasoning"));
+        let d = decide(&c, "x", &s);
+        assert_eq!(d.category, "default");
+        assert!(d.reasoning.is_thinking());
     }
 
     #[test]

