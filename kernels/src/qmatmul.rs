@@ -47,6 +47,8 @@ mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
+mod avx2_packed;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 mod float;
 mod layout;
@@ -395,7 +397,7 @@ fn plan(isa: Isa, format: WeightFormat) -> Plan {
         }
         if isa >= Isa::Avx2 {
             if let Some((tile, grain)) = avx2::tile_fn(f) {
-                return Plan::Int(kind, tile, grain, None);
+                return Plan::Int(kind, tile, grain, avx2::prepare_fn(f));
             }
         }
     }

@@ -12,7 +12,7 @@
 
 use super::act::{scales, Acts};
 use super::layout::*;
-use super::{OutPtr, Prefetcher, TileFn, WeightMatrix};
+use super::{OutPtr, Prefetcher, PrepareFn, TileFn, WeightMatrix};
 use core::arch::x86_64::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -288,6 +288,8 @@ pub(super) use by_mr;
 const MR32: usize = 2;
 /// Weight rows per register tile.
 const NR32: usize = 2;
+// Packed tiles hold whole register tiles of this kernel (see `tile_fn`'s grain).
+const _: () = assert!(super::avx2_packed::NRP.is_multiple_of(NR32));
 
 /// Tile kernel (rows `r0..r1`, all activation rows) for a 32-value block format.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -296,6 +298,9 @@ unsafe fn tile32<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Act
     let nb = w.cols() / 32;
     let base = w.data().as_ptr();
     let m = acts.m;
+    // Enough activation rows: the packed kernel takes whole tiles, this one the rest.
+    // SAFETY: the caller's contract.
+    let r0 = unsafe { super::avx2_packed::tile::<F>(w, r0, r1, acts, out) };
     let mut pf = Prefetcher::new(base, r0 * rb, r1 * rb);
     let mut r = r0;
     while r < r1 {
@@ -569,7 +574,29 @@ pub(super) fn tile_fn(f: u8) -> Option<(TileFn, usize)> {
         F_Q6K => tile_k::<F_Q6K>,
         _ => return None,
     };
-    Some((t, if f >= F_Q4K { NRK } else { NR32 }))
+    // Tasks start on whole packed tiles, so every row is computed by the same kernel (and gives
+    // the same bits) however the rows are split.
+    Some((
+        t,
+        if f >= F_Q4K {
+            NRK
+        } else {
+            super::avx2_packed::NRP
+        },
+    ))
+}
+
+/// The activation layout the AVX2 kernel of format `f` wants prepared (see `avx2_packed.rs`).
+pub(super) fn prepare_fn(f: u8) -> Option<PrepareFn> {
+    let p: PrepareFn = match f {
+        F_Q4_0 => super::avx2_packed::prepare::<F_Q4_0>,
+        F_Q4_1 => super::avx2_packed::prepare::<F_Q4_1>,
+        F_Q5_0 => super::avx2_packed::prepare::<F_Q5_0>,
+        F_Q5_1 => super::avx2_packed::prepare::<F_Q5_1>,
+        F_Q8_0 => super::avx2_packed::prepare::<F_Q8_0>,
+        _ => return None,
+    };
+    Some(p)
 }
 
 // ---------------------------------------------------------------------------------------------
