@@ -7,7 +7,6 @@
 //! chunks alike) are served by one call.
 
 use crate::error::{KernelError, Result};
-use rayon::prelude::*;
 
 /// Shape of the attention problem shared by every sequence in a call.
 #[derive(Clone, Copy, Debug)]
@@ -107,6 +106,22 @@ pub fn paged_attention(
     scale: f32,
     out: &mut [f32],
 ) -> Result<()> {
+    let simd = crate::qmatmul::Isa::best() >= crate::qmatmul::Isa::Avx2;
+    attention_on(q, k_cache, v_cache, spans, shape, scale, out, simd)
+}
+
+/// [`paged_attention`] with the AVX2 + FMA code (`simd`, when the CPU has it) or the portable one.
+#[allow(clippy::too_many_arguments)]
+fn attention_on(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    spans: &[SequenceSpan],
+    shape: AttentionShape,
+    scale: f32,
+    out: &mut [f32],
+    simd: bool,
+) -> Result<()> {
     let width = shape.heads * shape.head_dim;
     let total_rows: usize = spans.iter().map(|s| s.rows).sum();
     let check = |what, expected, actual| {
@@ -163,41 +178,216 @@ pub fn paged_attention(
         row_owner.extend((0..span.rows).map(|i| (s, span.start_position + i)));
     }
 
-    let group = shape.heads / shape.kv_heads;
     let d = shape.head_dim;
-    out.par_chunks_mut(width)
-        .zip(q.par_chunks(width))
-        .zip(row_owner.par_iter())
-        .for_each_init(Vec::new, |scores, ((out_row, q_row), &(s, pos))| {
-            let blocks = spans[s].blocks;
-            scores.resize(pos + 1, 0f32);
-            for h in 0..shape.heads {
-                let kvh = h / group;
-                let qh = &q_row[h * d..(h + 1) * d];
-                let mut max = f32::NEG_INFINITY;
-                for (p, sc) in scores.iter_mut().enumerate() {
-                    let o = cache_offset(&shape, blocks, p, kvh);
-                    *sc = dot(qh, &k_cache[o..o + d]) * scale;
-                    max = max.max(*sc);
+    let heads = shape.heads;
+    let group = heads / shape.kv_heads;
+    // One task per (query row, head): a single decoding sequence still spreads over every thread.
+    let positions: usize = row_owner.iter().map(|&(_, p)| p + 1).sum();
+    let per_item = 2 * d * positions.div_ceil(total_rows.max(1));
+    let simd = simd && crate::qmatmul::Isa::Avx2.is_available();
+    let dst = SharedOut(out.as_mut_ptr());
+    crate::pool::parallel_rows(total_rows * heads, 1, per_item, &|a, b| {
+        let dst = &dst;
+        let run = |scores: &mut Vec<f32>| {
+            for item in a..b {
+                let (row, h) = (item / heads, item % heads);
+                let (s, pos) = row_owner[row];
+                let at = row * width + h * d;
+                // SAFETY: item `(row, h)` owns `out[at..at + d]`; no other task writes there.
+                let out_h = unsafe { std::slice::from_raw_parts_mut(dst.0.add(at), d) };
+                let head = Head {
+                    q: &q[at..at + d],
+                    k_cache,
+                    v_cache,
+                    blocks: spans[s].blocks,
+                    len: pos + 1,
+                    kv_head: h / group,
+                    shape,
+                    scale,
+                };
+                #[cfg(target_arch = "x86_64")]
+                if simd {
+                    // SAFETY: `Isa::best() >= Avx2` means AVX2 and FMA are available.
+                    unsafe { attend_avx2(&head, scores, out_h) };
+                    continue;
                 }
-                let mut sum = 0f32;
-                for sc in scores.iter_mut() {
-                    *sc = (*sc - max).exp();
-                    sum += *sc;
-                }
-                let inv = 1.0 / sum;
-                let oh = &mut out_row[h * d..(h + 1) * d];
-                oh.fill(0.0);
-                for (p, sc) in scores.iter().enumerate() {
-                    let o = cache_offset(&shape, blocks, p, kvh);
-                    let w = sc * inv;
-                    for (acc, v) in oh.iter_mut().zip(&v_cache[o..o + d]) {
-                        *acc += w * v;
-                    }
-                }
+                let _ = simd;
+                attend::<Portable>(&head, scores, out_h);
             }
+        };
+        SCORES.with(|s| match s.try_borrow_mut() {
+            Ok(mut s) => run(&mut s),
+            Err(_) => run(&mut Vec::new()),
         });
+    });
     Ok(())
+}
+
+/// The output buffer, shared by tasks that write disjoint heads of it.
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint elements of one live buffer (see `paged_attention`).
+unsafe impl Sync for SharedOut {}
+
+thread_local! {
+    /// Per-thread attention scores, reused between calls.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One query head of one row, attending to positions `0..len` of its sequence.
+struct Head<'a> {
+    q: &'a [f32],
+    k_cache: &'a [f32],
+    v_cache: &'a [f32],
+    blocks: &'a [u32],
+    len: usize,
+    kv_head: usize,
+    shape: AttentionShape,
+    scale: f32,
+}
+
+/// The vector primitives of the attention loop.
+trait VecOps {
+    /// `Σ a·b`.
+    fn dot(a: &[f32], b: &[f32]) -> f32;
+    /// `y += w·x`.
+    fn axpy(w: f32, x: &[f32], y: &mut [f32]);
+}
+
+/// Portable code (what the compiler vectorises for the baseline target).
+struct Portable;
+
+impl VecOps for Portable {
+    #[inline(always)]
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        dot(a, b)
+    }
+    #[inline(always)]
+    fn axpy(w: f32, x: &[f32], y: &mut [f32]) {
+        y.iter_mut().zip(x).for_each(|(y, x)| *y += w * x);
+    }
+}
+
+/// `softmax(q kᵀ · scale) v` for one head, walking the sequence's cache block by block.
+#[inline(always)]
+fn attend<O: VecOps>(head: &Head, scores: &mut Vec<f32>, out: &mut [f32]) {
+    let Head { shape, len, .. } = *head;
+    let (d, bs) = (shape.head_dim, shape.block_size);
+    let stride = shape.kv_heads * d;
+    // Offset of position `p0`'s block's first slot, for each block the sequence uses.
+    let block_base =
+        |p0: usize| ((head.blocks[p0 / bs] as usize * bs) * shape.kv_heads + head.kv_head) * d;
+    scores.resize(len, 0.0);
+    let mut max = f32::NEG_INFINITY;
+    for p0 in (0..len).step_by(bs) {
+        let base = block_base(p0);
+        for (slot, sc) in scores[p0..(p0 + bs).min(len)].iter_mut().enumerate() {
+            let o = base + slot * stride;
+            *sc = O::dot(head.q, &head.k_cache[o..o + d]) * head.scale;
+            max = max.max(*sc);
+        }
+    }
+    let mut sum = 0f32;
+    for sc in scores.iter_mut() {
+        *sc = (*sc - max).exp();
+        sum += *sc;
+    }
+    let inv = 1.0 / sum;
+    out.fill(0.0);
+    for p0 in (0..len).step_by(bs) {
+        let base = block_base(p0);
+        for (slot, sc) in scores[p0..(p0 + bs).min(len)].iter().enumerate() {
+            let o = base + slot * stride;
+            O::axpy(sc * inv, &head.v_cache[o..o + d], out);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use core::arch::x86_64::*;
+
+    /// 256-bit FMA code; callers make sure AVX2 and FMA are available.
+    pub(super) struct Avx2;
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        // SAFETY: every load reads 8 floats below `n` of both slices.
+        unsafe {
+            while i + 16 <= n {
+                acc0 =
+                    _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+                acc1 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(i + 8)),
+                    _mm256_loadu_ps(pb.add(i + 8)),
+                    acc1,
+                );
+                i += 16;
+            }
+            if i + 8 <= n {
+                acc0 =
+                    _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+                i += 8;
+            }
+        }
+        let v = _mm256_add_ps(acc0, acc1);
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        let mut sum = _mm_cvtss_f32(s);
+        for k in i..n {
+            sum += a[k] * b[k];
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn axpy(w: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        let wv = _mm256_set1_ps(w);
+        let mut i = 0;
+        // SAFETY: every access is 8 floats below `n` of both slices.
+        unsafe {
+            while i + 8 <= n {
+                let py = y.as_mut_ptr().add(i);
+                let v =
+                    _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(py));
+                _mm256_storeu_ps(py, v);
+                i += 8;
+            }
+        }
+        for k in i..n {
+            y[k] += w * x[k];
+        }
+    }
+
+    impl super::VecOps for Avx2 {
+        #[inline(always)]
+        fn dot(a: &[f32], b: &[f32]) -> f32 {
+            // SAFETY: only instantiated inside `attend_avx2` (AVX2 + FMA checked by its caller).
+            unsafe { dot(a, b) }
+        }
+        #[inline(always)]
+        fn axpy(w: f32, x: &[f32], y: &mut [f32]) {
+            // SAFETY: as above.
+            unsafe { axpy(w, x, y) }
+        }
+    }
+}
+
+/// [`attend`] compiled for AVX2 + FMA.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(head: &Head, scores: &mut Vec<f32>, out: &mut [f32]) {
+    attend::<avx2::Avx2>(head, scores, out)
 }
 
 #[cfg(test)]
@@ -236,10 +426,19 @@ mod tests {
 
     #[test]
     fn paged_matches_dense_for_a_ragged_batch() {
+        // Head widths: a multiple of 16, of 8 only, and none (the SIMD code's tails).
+        for head_dim in [16, 64, 24, 12] {
+            for simd in [false, true] {
+                ragged_batch_matches_dense(head_dim, simd);
+            }
+        }
+    }
+
+    fn ragged_batch_matches_dense(head_dim: usize, simd: bool) {
         let shape = AttentionShape {
             heads: 4,
             kv_heads: 2,
-            head_dim: 16,
+            head_dim,
             block_size: 4,
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -287,11 +486,11 @@ mod tests {
             },
         ];
         let mut out = vec![0f32; q.len()];
-        paged_attention(&q, &k_cache, &v_cache, &spans, shape, 0.25, &mut out).unwrap();
+        attention_on(&q, &k_cache, &v_cache, &spans, shape, 0.25, &mut out, simd).unwrap();
         let want0 = dense(&q[..width], &dense_kv[0].0, &dense_kv[0].1, 9, shape);
         let want1 = dense(&q[width..], &dense_kv[1].0, &dense_kv[1].1, 3, shape);
         for (a, b) in out.iter().zip(want0.iter().chain(&want1)) {
-            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+            assert!((a - b).abs() < 1e-5, "d={head_dim} simd={simd}: {a} vs {b}");
         }
     }
 
