@@ -78,14 +78,14 @@ impl Sequence {
                 }
             } else if self.stop_ids.contains(&token) {
                 self.tokens.push(token);
-                self.finish(FinishReason::Stop);
+                self.finish(tokenizer, FinishReason::Stop);
                 return;
             } else {
                 self.push_token(tokenizer, token, true);
             }
         }
         if self.finished.is_none() && self.generated() >= self.max_new {
-            self.finish(FinishReason::Length);
+            self.finish(tokenizer, FinishReason::Length);
         }
     }
 
@@ -135,9 +135,21 @@ impl Sequence {
     }
 
     /// Ends the sequence: flushes held-back text and sends the final event.
-    pub(crate) fn finish(&mut self, reason: FinishReason) {
+    pub(crate) fn finish(&mut self, tokenizer: &TextTokenizer, reason: FinishReason) {
         if self.finished.is_some() {
             return;
+        }
+        // The last tokens' text may have been waiting for the rest of a character.
+        let tail = match self.detok.flush(tokenizer) {
+            Ok(t) => t,
+            Err(e) => return self.fail(format!("detokenizing: {e}")),
+        };
+        for (kind, delta) in self.splitter.push(&tail) {
+            self.emit(kind, delta);
+            if self.finished.is_some() {
+                // A stop string in the tail ended the sequence.
+                return;
+            }
         }
         self.finished = Some(reason);
         for (kind, text) in self.splitter.finish() {

@@ -102,7 +102,8 @@ farther and faster than ever before, towns grew around stations, and time itself
 so that timetables could work. Switchyards, where cars are sorted onto different tracks to form \
 new trains, became the nerve centres of freight networks. ";
 
-/// The machine, in words: CPU model and core count.
+/// The machine, in words: CPU model, core count and the instruction set the CPU kernels use
+/// (the same CPU model name covers AVX2-only and AVX-512 machines).
 pub fn machine_name() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -114,7 +115,8 @@ pub fn machine_name() -> String {
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!("{cpu}, {cores} cores")
+    let isa = switchyard_kernels::Isa::best().name();
+    format!("{cpu}, {cores} cores, {isa} kernels")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
