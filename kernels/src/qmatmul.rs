@@ -26,8 +26,9 @@
 //! kernels decode each tile of weight rows once per call into scratch, block-interleaved (16
 //! blocks side by side, one block per register lane), so integer dot products of 16 blocks
 //! accumulate in one register and the float scaling is paid once per 16 blocks: prefill is bound
-//! by `vpdpbusd` throughput, not by memory or by float work. (Details and measurements:
-//! `kernels/README.md`.)
+//! by `vpdpbusd` throughput, not by memory or by float work. On AVX2 the 32-value formats get the
+//! same scheme with 8 blocks per register for `m >= 4` (`avx2_packed.rs`). (Details and
+//! measurements: `kernels/README.md`.)
 //!
 //! F32 / F16 / BF16 and the formats without an integer kernel here (Q2K, Q3K, and Q8_1 / Q8K as
 //! weights) take the float path: a panel of weight rows is dequantized to f32 in thread-local
