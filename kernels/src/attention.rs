@@ -207,7 +207,7 @@ fn attention_on(
                 };
                 #[cfg(target_arch = "x86_64")]
                 if simd {
-                    // SAFETY: `Isa::best() >= Avx2` means AVX2 and FMA are available.
+                    // SAFETY: `simd` is true only where `Isa::Avx2` (AVX2 + FMA) is available.
                     unsafe { attend_avx2(&head, scores, out_h) };
                     continue;
                 }
