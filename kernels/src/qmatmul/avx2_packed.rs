@@ -21,7 +21,7 @@
 //! exact. Accuracy is the same as the per-block kernel's: identical integers, float sums in
 //! another order.
 
-// Register tiles are indexed `acc[i][j]` on purpose: the loops mirror the tile layout.
+// Register tiles are indexed `acc[j]` on purpose: the loops mirror the tile layout.
 #![allow(clippy::needless_range_loop)]
 
 use super::act::Acts;
@@ -33,12 +33,11 @@ use std::cell::RefCell;
 
 /// Fewest activation rows for which packing pays (fewer take the per-block kernel).
 pub(super) const MIN_M: usize = 4;
-/// Weight rows per packed tile (and register tile).
+/// Weight rows per packed tile; the register tile is 1 activation row x `NRP` weight rows.
+/// Measured on a Zen 3 (2 threads, SmolLM2 Q4_1 shapes, `m` 16 and 64): 1 x 6 beat 1 x 4, 1 x 8,
+/// 2 x 2, 2 x 3, 2 x 4, 3 x 2 and 4 x 2 (activation x weight rows) by 10-40 %; the i16 and f32
+/// accumulators of wider tiles no longer fit the 16 vector registers.
 pub(super) const NRP: usize = 6;
-/// Activation rows per register tile. Measured on a Zen 3 (2 threads, SmolLM2 Q4_1 shapes, `m`
-/// 16 and 64): 1 x 6 beat 1 x 4, 1 x 8, 2 x 2, 2 x 3, 2 x 4, 3 x 2 and 4 x 2 by 10-40 %; the
-/// i16 and f32 accumulators of wider tiles no longer fit the 16 vector registers.
-const MRP: usize = 1;
 /// 32-byte units per (group, weight row) in the packed tile: 8 steps, then for Q8_0 8 steps of
 /// signed quants, then the 8 scales and the 8 offsets.
 const fn weight_units(f: u8) -> usize {
@@ -114,7 +113,8 @@ pub(super) unsafe fn prepare<const F: u8>(acts: &mut Acts) {
     let (m, nb) = (acts.m, acts.cols / 32);
     let ng = groups(acts.cols);
     let dst = acts.grouped_mut(act_lines(ng)).cast::<Y>();
-    let row_units = act_lines(ng) * 16;
+    // Rows are `act_lines(ng)` units of 512 bytes apart (see `Acts::grouped_ptr`).
+    let row_units = act_lines(ng) * 512 / size_of::<Y>();
     for i in 0..m {
         let (q, d, s) = (acts.qs_ptr(i), acts.d(i), acts.s(i));
         for g in 0..ng {
@@ -183,86 +183,68 @@ unsafe fn pack<const F: u8>(w: *const u8, rb: usize, nb: usize, ng: usize, pk: *
     }
 }
 
-/// Register tile over a packed tile: `MR` activation rows from `i0` x `NRP` weight rows from `r`.
+/// Register tile over a packed tile: activation row `i` x `NRP` weight rows from `r`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn micro<const F: u8, const MR: usize>(
+unsafe fn micro<const F: u8>(
     pk: *const Y,
     ng: usize,
     acts: &Acts,
-    i0: usize,
+    i: usize,
     r: usize,
     out: OutPtr,
 ) {
-    const NR: usize = NRP;
     let wu = weight_units(F);
-    let row_units = act_lines(ng) * 16;
     let ones = _mm256_set1_epi16(1);
-    let base = acts.grouped_ptr(i0, 0).cast::<Y>();
-    let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+    let x = acts.grouped_ptr(i, 0).cast::<Y>();
+    let mut acc = [_mm256_setzero_ps(); NRP];
     // Steps of i16 sums before they must be widened (see the module docs).
     let flush_every = match F {
         F_Q4_0 | F_Q4_1 => 8,
         F_Q5_0 | F_Q5_1 => 4,
         _ => 1,
     };
-    // SAFETY: `pk` holds the packed tile (`pack`), the activations their grouped layout
-    // (`prepare`): `MR` rows of `row_units` units from `i0`.
+    // SAFETY: `pk` holds the packed tile (`pack`), row `i` of the activations its grouped layout
+    // (`prepare`).
     unsafe {
         for g in 0..ng {
-            let xg: [*const Y; MR] =
-                std::array::from_fn(|i| base.add(i * row_units + g * ACT_UNITS));
-            let wg: [*const Y; NR] = std::array::from_fn(|j| pk.add((g * NR + j) * wu));
-            let mut i16acc = [[_mm256_setzero_si256(); NR]; MR];
-            let mut i32acc = [[_mm256_setzero_si256(); NR]; MR];
+            let xg = x.add(g * ACT_UNITS);
+            let wg: [*const Y; NRP] = std::array::from_fn(|j| pk.add((g * NRP + j) * wu));
+            let mut i16acc = [_mm256_setzero_si256(); NRP];
+            let mut i32acc = [_mm256_setzero_si256(); NRP];
             for t in 0..8 {
-                let wv: [__m256i; NR] =
-                    std::array::from_fn(|j| _mm256_load_si256(wg[j].add(t).cast()));
-                let ws: [__m256i; NR] = if F == F_Q8_0 {
-                    std::array::from_fn(|j| _mm256_load_si256(wg[j].add(8 + t).cast()))
-                } else {
-                    wv
-                };
-                for i in 0..MR {
-                    let xv = _mm256_load_si256(xg[i].add(t).cast());
-                    for j in 0..NR {
-                        let xs = if F == F_Q8_0 {
-                            _mm256_sign_epi8(xv, ws[j])
-                        } else {
-                            xv
-                        };
-                        let p = _mm256_maddubs_epi16(wv[j], xs);
-                        i16acc[i][j] = _mm256_add_epi16(i16acc[i][j], p);
-                    }
+                let xv = _mm256_load_si256(xg.add(t).cast());
+                for j in 0..NRP {
+                    let wv = _mm256_load_si256(wg[j].add(t).cast());
+                    let xs = if F == F_Q8_0 {
+                        _mm256_sign_epi8(xv, _mm256_load_si256(wg[j].add(8 + t).cast()))
+                    } else {
+                        xv
+                    };
+                    i16acc[j] = _mm256_add_epi16(i16acc[j], _mm256_maddubs_epi16(wv, xs));
                 }
                 if (t + 1) % flush_every == 0 {
-                    for i in 0..MR {
-                        for j in 0..NR {
-                            let wide = _mm256_madd_epi16(i16acc[i][j], ones);
-                            i32acc[i][j] = _mm256_add_epi32(i32acc[i][j], wide);
-                            i16acc[i][j] = _mm256_setzero_si256();
-                        }
+                    for j in 0..NRP {
+                        let wide = _mm256_madd_epi16(i16acc[j], ones);
+                        i32acc[j] = _mm256_add_epi32(i32acc[j], wide);
+                        i16acc[j] = _mm256_setzero_si256();
                     }
                 }
             }
-            let dx: [__m256; MR] = std::array::from_fn(|i| _mm256_load_ps(xg[i].add(8).cast()));
-            let sx: [__m256; MR] = std::array::from_fn(|i| _mm256_load_ps(xg[i].add(9).cast()));
-            for j in 0..NR {
+            let dx = _mm256_load_ps(xg.add(8).cast());
+            let sx = _mm256_load_ps(xg.add(9).cast());
+            for j in 0..NRP {
                 let dw = _mm256_load_ps(wg[j].add(wu - 2).cast());
-                let cw = _mm256_load_ps(wg[j].add(wu - 1).cast());
-                for i in 0..MR {
-                    let dot = _mm256_cvtepi32_ps(i32acc[i][j]);
-                    acc[i][j] = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw, dx[i]), acc[i][j]);
-                    if F != F_Q8_0 {
-                        acc[i][j] = _mm256_fmadd_ps(cw, sx[i], acc[i][j]);
-                    }
+                let dot = _mm256_cvtepi32_ps(i32acc[j]);
+                acc[j] = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw, dx), acc[j]);
+                if F != F_Q8_0 {
+                    let cw = _mm256_load_ps(wg[j].add(wu - 1).cast());
+                    acc[j] = _mm256_fmadd_ps(cw, sx, acc[j]);
                 }
             }
         }
-        for i in 0..MR {
-            for j in 0..NR {
-                out.write(i0 + i, r + j, hsum(acc[i][j]));
-            }
+        for j in 0..NRP {
+            out.write(i, r + j, hsum(acc[j]));
         }
     }
 }
@@ -299,16 +281,8 @@ pub(super) unsafe fn tile<const F: u8>(
         // SAFETY: rows `r..r + NRP` are in bounds; `scratch` holds the packed tile.
         unsafe {
             pack::<F>(base.add(r * rb), rb, nb, ng, scratch.as_mut_ptr());
-            let pk = scratch.as_ptr();
-            let mut i = 0;
-            while i < m {
-                if m - i >= MRP {
-                    micro::<F, MRP>(pk, ng, acts, i, r, out);
-                    i += MRP;
-                } else {
-                    micro::<F, 1>(pk, ng, acts, i, r, out);
-                    i += 1;
-                }
+            for i in 0..m {
+                micro::<F>(scratch.as_ptr(), ng, acts, i, r, out);
             }
         }
         r += NRP;
