@@ -240,10 +240,10 @@ impl Engine {
     ) -> Result<(Vec<u32>, Section)> {
         let (tokens, text) = match prompt {
             Prompt::Tokens(t) => (t.clone(), self.tokenizer.decode(t)?),
-            Prompt::Text(t) => (self.tokenizer.encode(t)?, t.clone()),
+            Prompt::Text(t) => (self.tokenizer.encode_prompt(t)?, t.clone()),
             Prompt::Chat(m) => {
                 let text = self.render_chat(m, thinking)?;
-                (self.tokenizer.encode(&text)?, text)
+                (self.tokenizer.encode_prompt(&text)?, text)
             }
         };
         let section = if text.trim_end().ends_with(THINK_START) {

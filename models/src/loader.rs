@@ -126,6 +126,8 @@ fn load_hf_dir(dir: &Path) -> Result<GenerationModel> {
     let eos = token_string(tok_config.get("eos_token"));
     let mut tokenizer =
         TextTokenizer::from_file(&dir.join("tokenizer.json"), bos.as_deref(), eos.as_slice())?;
+    let add_bos = tok_config.get("add_bos_token").and_then(Value::as_bool);
+    tokenizer.set_add_bos(add_bos.unwrap_or(false));
     if let Some(gen) = read_json(&dir.join("generation_config.json"))? {
         let ids: Vec<u32> = match gen.get("eos_token_id") {
             Some(Value::Number(n)) => n.as_u64().map(|v| v as u32).into_iter().collect(),

@@ -177,7 +177,7 @@ pub fn run(args: EngineBenchArgs) -> Result<()> {
                 &[ChatMessage::new("user", QUESTIONS[i % QUESTIONS.len()])],
                 switchyard_engine::Thinking::Off,
             )?;
-            Ok(tok.encode(&text)?)
+            Ok(tok.encode_prompt(&text)?)
         })
         .collect::<Result<_>>()?;
 

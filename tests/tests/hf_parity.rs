@@ -149,3 +149,26 @@ fn decode_path_logits_and_greedy_tokens_match_transformers() {
         }
     }
 }
+
+#[test]
+fn tokenizer_config_add_bos_token_starts_prompts_with_bos() {
+    let src = fixtures().join("hf").join("tiny-llama");
+    let dir = std::env::temp_dir().join(format!("switchyard-add-bos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(src.join(file), dir.join(file)).unwrap();
+    }
+    let mut config = read_json(&src.join("tokenizer_config.json"));
+    config["add_bos_token"] = true.into();
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let with_bos = load_generation_model(&dir).unwrap().tokenizer;
+    let without = load_generation_model(&src).unwrap().tokenizer;
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let text = "Hello there, how are you?";
+    let plain = without.encode(text).unwrap();
+    assert_eq!(without.encode_prompt(text).unwrap(), plain);
+    let bos = with_bos.bos().expect("the fixture names a bos_token");
+    assert_eq!(with_bos.encode_prompt(text).unwrap()[0], bos);
+    assert_eq!(with_bos.encode_prompt(text).unwrap()[1..], plain[..]);
+}

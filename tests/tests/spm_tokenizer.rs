@@ -122,6 +122,20 @@ fn chat_template_renders_one_bos_that_tokenizes_as_bos() {
     let ids = model.tokenizer.encode(&rendered).unwrap();
     assert_eq!(ids[0], 1);
     assert_eq!(ids.iter().filter(|&&i| i == 1).count(), 1);
+    // The GGUF asks for BOS (add_bos_token), but the template wrote it already: no second one.
+    assert!(model.tokenizer.add_bos());
+    assert_eq!(model.tokenizer.encode_prompt(&rendered).unwrap(), ids);
+}
+
+#[test]
+fn plain_text_prompts_get_the_bos_the_gguf_asks_for() {
+    let model = model();
+    let tok = &model.tokenizer;
+    let text = "How many apples are left?";
+    let mut want = vec![1];
+    want.extend(tok.encode(text).unwrap());
+    assert_eq!(tok.encode_prompt(text).unwrap(), want);
+    assert_eq!(tok.encode_prompt(&format!("<s>{text}")).unwrap(), want);
 }
 
 #[test]
@@ -135,9 +149,12 @@ fn greedy_continuations_match_llama_cpp() {
         assert_eq!(
             model
                 .tokenizer
-                .encode(p["prompt"].as_str().unwrap())
+                .encode_prompt(p["prompt"].as_str().unwrap())
                 .unwrap(),
-            prompt
+            prompt,
+            "{:?} (llama.cpp add_bos {})",
+            p["prompt"],
+            p["add_bos"]
         );
         let continuation = ids(&p["continuation_ids"]);
         let mut tokens = prompt.clone();

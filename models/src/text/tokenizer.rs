@@ -85,9 +85,27 @@ impl TextTokenizer {
         Ok(ids)
     }
 
+    /// Token ids of a prompt: BOS first when the model asks for one, unless the text already
+    /// begins with it (a chat template's `{{ bos_token }}`), so a sequence never starts with two;
+    /// llama.cpp's server strips a rendered template's BOS for the same reason.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let ids = self.encode(text)?;
+        match self.bos {
+            Some(bos) if self.add_bos && ids.first() != Some(&bos) => {
+                Ok(std::iter::once(bos).chain(ids).collect())
+            }
+            _ => Ok(ids),
+        }
+    }
+
     /// Whether the model wants BOS before a sequence (GGUF `tokenizer.ggml.add_bos_token`).
     pub fn add_bos(&self) -> bool {
         self.add_bos
+    }
+
+    /// Sets whether prompts start with BOS (Hugging Face `tokenizer_config.json` `add_bos_token`).
+    pub fn set_add_bos(&mut self, add_bos: bool) {
+        self.add_bos = add_bos;
     }
 
     /// Text of `ids`, special tokens included as written.
