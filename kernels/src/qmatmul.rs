@@ -48,6 +48,8 @@ mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
+mod avx2_float;
+#[cfg(target_arch = "x86_64")]
 mod avx2_packed;
 #[cfg(target_arch = "x86_64")]
 mod avx512;

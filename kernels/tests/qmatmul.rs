@@ -174,7 +174,7 @@ fn every_format_every_isa_matches_reference() {
             for rows in [1usize, 3, 7, 37] {
                 let bytes = random_weights(format, rows, cols, &mut rng);
                 let w = WeightMatrix::new(format, rows, cols, &bytes).unwrap();
-                for m in [1usize, 3, 4, 8, 17] {
+                for m in [1usize, 3, 4, 8, 12, 17] {
                     let x = random_x(m, cols, &mut rng);
                     let mut want = vec![0f32; m * rows];
                     matmul_reference(&x, m, &w, &mut want).unwrap();

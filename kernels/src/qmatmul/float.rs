@@ -6,6 +6,8 @@
 //! FMA micro-kernel multiplies the panel with up to 4 activation rows at a time. The result is
 //! the reference computation up to the order of f32 additions.
 
+#[cfg(target_arch = "x86_64")]
+use super::avx2_float;
 use super::{dequantize, Isa, OutPtr, WeightFormat, WeightMatrix};
 use std::cell::RefCell;
 
@@ -17,6 +19,17 @@ thread_local! {
 }
 
 pub(super) fn matmul(isa: Isa, x: &[f32], m: usize, w: &WeightMatrix, out: OutPtr) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && m >= avx2_float::MIN_ROWS {
+        let packed = avx2_float::Packed::new(x, m, w.cols());
+        crate::pool::parallel_rows(w.rows(), avx2_float::NR, m * w.cols(), &|r0, r1| {
+            PANEL.with(|p| match p.try_borrow_mut() {
+                Ok(mut p) => avx2_rows(&packed, w, r0, r1, out, &mut p),
+                Err(_) => avx2_rows(&packed, w, r0, r1, out, &mut Vec::new()),
+            })
+        });
+        return;
+    }
     crate::pool::parallel_rows(w.rows(), NR, m * w.cols(), &|r0, r1| {
         PANEL.with(|p| match p.try_borrow_mut() {
             Ok(mut p) => tile(isa, x, m, w, r0, r1, out, &mut p),
@@ -51,6 +64,39 @@ fn row_f32(isa: Isa, w: &WeightMatrix, r: usize, buf: &mut [f32]) -> *const f32 
     }
     let _ = isa;
     buf.as_ptr()
+}
+
+/// Weight rows `r0..r1` through the AVX2 packed kernel, [`avx2_float::NR`] at a time.
+#[cfg(target_arch = "x86_64")]
+fn avx2_rows(
+    packed: &avx2_float::Packed,
+    w: &WeightMatrix,
+    r0: usize,
+    r1: usize,
+    out: OutPtr,
+    panel: &mut Vec<f32>,
+) {
+    const TILE: usize = avx2_float::NR;
+    let n = w.cols();
+    if panel.len() < TILE * n {
+        panel.resize(TILE * n, 0.0);
+    }
+    let mut r = r0;
+    while r < r1 {
+        let nr = (r1 - r).min(TILE);
+        let mut ptrs = [std::ptr::null::<f32>(); TILE];
+        for (j, chunk) in panel.chunks_exact_mut(n).take(nr).enumerate() {
+            ptrs[j] = row_f32(Isa::Avx2, w, r + j, chunk);
+        }
+        for j in nr..TILE {
+            ptrs[j] = ptrs[0];
+        }
+        // SAFETY: AVX2 and FMA were checked by `matmul_with_isa`; every pointer addresses `n`
+        // floats (a weight row or a panel row) alive for this call; rows `r..r + nr` are this
+        // task's.
+        unsafe { packed.rows_times(ptrs, r, nr, out) };
+        r += nr;
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
