@@ -26,7 +26,7 @@ pub(super) const MIN_ROWS: usize = 12;
 const BLOCK: usize = 16;
 
 /// One packed activation block: `rows` real rows starting at `first`, `width` (8 or 16) floats per
-/// `k` at `offset` in the packed buffer.
+/// `k` at `offset` in the packed buffer. Every block but the last is 16 rows wide.
 #[derive(Clone, Copy)]
 struct Block {
     first: usize,
@@ -35,34 +35,18 @@ struct Block {
     offset: usize,
 }
 
-/// `x` (`m` rows of `n`) packed k-major per block; returns the blocks.
-fn pack(x: &[f32], m: usize, n: usize, xp: &mut Vec<f32>) -> Vec<Block> {
-    let mut blocks = Vec::with_capacity(m.div_ceil(BLOCK));
-    let mut offset = 0;
-    let mut first = 0;
-    while first < m {
+/// The blocks of `m` activation rows of `n` values.
+fn blocks(m: usize, n: usize) -> impl Iterator<Item = Block> {
+    (0..m.div_ceil(BLOCK)).map(move |b| {
+        let first = b * BLOCK;
         let rows = (m - first).min(BLOCK);
-        let width = if rows > 8 { 16 } else { 8 };
-        blocks.push(Block {
+        Block {
             first,
             rows,
-            width,
-            offset,
-        });
-        offset += width * n;
-        first += rows;
-    }
-    xp.clear();
-    xp.resize(offset, 0.0);
-    for b in &blocks {
-        for i in 0..b.rows {
-            let row = &x[(b.first + i) * n..(b.first + i + 1) * n];
-            for (k, &v) in row.iter().enumerate() {
-                xp[b.offset + k * b.width + i] = v;
-            }
+            width: if rows > 8 { 16 } else { 8 },
+            offset: first * n,
         }
-    }
-    blocks
+    })
 }
 
 /// `acc[j][h] = Σ_k xp[k][8h..8h + 8] · w[j][k]` for a block of `H` registers.
@@ -119,16 +103,30 @@ unsafe fn store<const H: usize>(
 /// A call's activations, packed for [`Packed::rows_times`].
 pub(super) struct Packed {
     xp: Vec<f32>,
-    blocks: Vec<Block>,
+    m: usize,
     n: usize,
 }
 
 impl Packed {
-    /// Packs `m` activation rows of `n` values.
-    pub(super) fn new(x: &[f32], m: usize, n: usize) -> Packed {
-        let mut xp = Vec::new();
-        let blocks = pack(x, m, n, &mut xp);
-        Packed { xp, blocks, n }
+    /// Packs `m` activation rows of `n` values (k-major per block, zero-padded) into `xp`, a buffer
+    /// reused across calls ([`Packed::into_buffer`] gives it back).
+    pub(super) fn new(x: &[f32], m: usize, n: usize, mut xp: Vec<f32>) -> Packed {
+        xp.clear();
+        xp.resize(blocks(m, n).map(|b| b.width * n).sum(), 0.0);
+        for b in blocks(m, n) {
+            for i in 0..b.rows {
+                let row = &x[(b.first + i) * n..(b.first + i + 1) * n];
+                for (k, &v) in row.iter().enumerate() {
+                    xp[b.offset + k * b.width + i] = v;
+                }
+            }
+        }
+        Packed { xp, m, n }
+    }
+
+    /// The packing buffer, for the next call.
+    pub(super) fn into_buffer(self) -> Vec<f32> {
+        self.xp
     }
 
     /// `out[i][r + j] = x[i] · w[j]` for every activation row and `j < nr`; `w[nr..]` may repeat
@@ -139,7 +137,7 @@ impl Packed {
     /// are in bounds and this task's own.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn rows_times(&self, w: [*const f32; NR], r: usize, nr: usize, out: OutPtr) {
-        for &b in &self.blocks {
+        for b in blocks(self.m, self.n) {
             // SAFETY: the block holds `n * width` packed floats; the rest is the caller's contract.
             unsafe {
                 let xp = self.xp.as_ptr().add(b.offset);

@@ -3,8 +3,9 @@
 //!
 //! Each task walks its rows in panels of [`NR`]: F32 rows that are suitably aligned are used in
 //! place, everything else is dequantized into a thread-local f32 panel, and a register-tiled f32
-//! FMA micro-kernel multiplies the panel with up to 4 activation rows at a time. The result is
-//! the reference computation up to the order of f32 additions.
+//! FMA micro-kernel multiplies the panel with up to 4 activation rows at a time; on AVX2 with at
+//! least [`avx2_float::MIN_ROWS`] activation rows, [`avx2_float`]'s packed kernel runs instead. The
+//! result is the reference computation up to the order of f32 additions.
 
 #[cfg(target_arch = "x86_64")]
 use super::avx2_float;
@@ -16,18 +17,21 @@ const NR: usize = 4;
 
 thread_local! {
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's buffer for packed activations (AVX2 kernel).
+    static PACKED_X: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 pub(super) fn matmul(isa: Isa, x: &[f32], m: usize, w: &WeightMatrix, out: OutPtr) {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 && m >= avx2_float::MIN_ROWS {
-        let packed = avx2_float::Packed::new(x, m, w.cols());
+        let packed = avx2_float::Packed::new(x, m, w.cols(), PACKED_X.take());
         crate::pool::parallel_rows(w.rows(), avx2_float::NR, m * w.cols(), &|r0, r1| {
             PANEL.with(|p| match p.try_borrow_mut() {
                 Ok(mut p) => avx2_rows(&packed, w, r0, r1, out, &mut p),
                 Err(_) => avx2_rows(&packed, w, r0, r1, out, &mut Vec::new()),
             })
         });
+        PACKED_X.set(packed.into_buffer());
         return;
     }
     crate::pool::parallel_rows(w.rows(), NR, m * w.cols(), &|r0, r1| {
