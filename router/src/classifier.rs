@@ -78,7 +78,8 @@ pub struct Encoded {
 pub struct EncodedText {
     /// One encoding per backbone.
     pub backbones: Vec<Encoded>,
-    /// [`LexicalModel::scores`] of the text, one per lexical model of the router.
+    /// [`LexicalModel::text_scores`] of the text, one per lexical model the router uses (a joint
+    /// model's embedding share is added by [`RouterModel::classify`]).
     pub lexical: Vec<Vec<f32>>,
     /// The embedding signal's token ids, if the router has one.
     pub embedding: Option<Vec<u32>>,
@@ -230,8 +231,61 @@ impl RouterModel {
                     signal.head.head
                 ))
             })?;
+        for (_, lexical) in &self.lexical {
+            if let Some(e) = lexical.embedding_features() {
+                let h = &signal.head;
+                let runs = (signal.embedder.dim(), h.max_tokens, h.quantized, h.layers);
+                if (e.dim, e.max_tokens, e.quantized, e.layers) != runs {
+                    return Err(RouterError::Classifier(format!(
+                        "the `{}` lexical model reads {}-wide embeddings of {} tokens (Q8_0 {}, layers {:?}) \
+                         but the embedding signal's encoder gives {}-wide ones of {} tokens (Q8_0 {}, layers {:?}): \
+                         retrain one of them (`switchyard train-lexical`, `switchyard train-embedding`)",
+                        lexical.head, e.dim, e.max_tokens, e.quantized, e.layers,
+                        runs.0, runs.1, runs.2, runs.3
+                    )));
+                }
+            }
+        }
         self.embedding = Some((role, signal));
         Ok(self)
+    }
+
+    /// Whether a lexical model in use reads sentence embeddings that this router does not compute (no
+    /// embedding signal, and no text-only model for its head): it then scores on its text features
+    /// alone.
+    pub fn lexical_lacks_embedding(&self) -> bool {
+        self.embedding.is_none()
+            && self
+                .active_lexical()
+                .iter()
+                .any(|&k| self.lexical[k].1.embedding_features().is_some())
+    }
+
+    /// The lexical models in use, as indices into `self.lexical`, one per head: a head may have a
+    /// text-only model and a joint one (text + sentence embedding); the joint one serves when the
+    /// router has the embedding signal, the text-only one otherwise.
+    fn active_lexical(&self) -> Vec<usize> {
+        let mut active: Vec<usize> = Vec::new();
+        for (k, (role, _)) in self.lexical.iter().enumerate() {
+            if active.iter().any(|&a| self.lexical[a].0 == *role) {
+                continue;
+            }
+            let pick = self
+                .lexical_index(*role, self.embedding.is_some())
+                .unwrap_or(k);
+            active.push(pick);
+        }
+        active
+    }
+
+    /// The lexical model of `role` to use with (`joint`) or without the embedding signal: the
+    /// preferred kind when there is one, else the other.
+    fn lexical_index(&self, role: HeadRole, joint: bool) -> Option<usize> {
+        let of_role = || self.lexical.iter().enumerate().filter(|l| l.1 .0 == role);
+        of_role()
+            .find(|l| l.1 .1.embedding_features().is_some() == joint)
+            .or_else(|| of_role().next())
+            .map(|l| l.0)
     }
 
     /// The embedding signal, if the router has one.
@@ -239,9 +293,17 @@ impl RouterModel {
         self.embedding.as_ref().map(|e| &e.1)
     }
 
-    /// The lexical model fused with the head of `role`, if the router directory has one.
+    /// The lexical model fused with the head of `role` as this router runs it (the joint one when it
+    /// has the embedding signal), if the router directory has one.
     pub fn lexical(&self, role: HeadRole) -> Option<&LexicalModel> {
-        self.lexical.iter().find(|l| l.0 == role).map(|l| &l.1)
+        self.lexical_for(role, self.embedding.is_some())
+    }
+
+    /// The lexical model of `role` a router with (`with_embedding`) or without the embedding signal
+    /// runs, if the router directory has one.
+    pub fn lexical_for(&self, role: HeadRole, with_embedding: bool) -> Option<&LexicalModel> {
+        self.lexical_index(role, with_embedding)
+            .map(|k| &self.lexical[k].1)
     }
 
     /// Drops the lexical models (the heads alone; for evaluation).
@@ -290,7 +352,11 @@ impl RouterModel {
             .collect::<Result<Vec<_>, RouterError>>()?;
         Ok(EncodedText {
             backbones,
-            lexical: self.lexical.iter().map(|l| l.1.scores(text)).collect(),
+            lexical: self
+                .active_lexical()
+                .iter()
+                .map(|&k| self.lexical[k].1.text_scores(text))
+                .collect(),
             embedding: self
                 .embedding
                 .as_ref()
@@ -307,6 +373,7 @@ impl RouterModel {
             return Ok(out);
         }
         let embedded = self.embed(batch)?;
+        let active = self.active_lexical();
         for (b, backbone) in self.backbones.iter().enumerate() {
             if backbone.roles.is_empty() {
                 continue;
@@ -333,12 +400,18 @@ impl RouterModel {
                         }
                         (_, HostLogits::Sequences(rows)) => {
                             let mut probs = softmax(&rows[i]);
-                            if let Some(k) = self.lexical.iter().position(|l| l.0 == role) {
-                                let (lex, scores) = (&self.lexical[k].1, &batch[i].lexical[k]);
-                                probs = lex.fuse(labels, &probs, &lex.probabilities(scores));
+                            if let Some(a) = active.iter().position(|&k| self.lexical[k].0 == role)
+                            {
+                                let lex = &self.lexical[active[a]].1;
+                                let mut scores = batch[i].lexical[a].clone();
+                                if let Some((e, _, _)) = &embedded {
+                                    lex.add_embedding(&mut scores, &e[i]);
+                                }
+                                probs = lex.fuse(labels, &probs, &lex.probabilities(&scores));
                             }
                             let mut latency = latency;
-                            if let (Some((r, e)), Some((p, took))) = (&self.embedding, &embedded) {
+                            if let (Some((r, e)), Some((_, p, took))) = (&self.embedding, &embedded)
+                            {
                                 if *r == role {
                                     let h = &e.head;
                                     probs =
@@ -372,12 +445,13 @@ impl RouterModel {
 }
 
 impl RouterModel {
-    /// The embedding head's probabilities for each text of the batch, and the time they took.
+    /// The sentence embedding and the embedding head's probabilities for each text of the batch, and
+    /// the time they took.
     #[allow(clippy::type_complexity)]
     fn embed(
         &self,
         batch: &[&EncodedText],
-    ) -> Result<Option<(Vec<Vec<f32>>, std::time::Duration)>, RouterError> {
+    ) -> Result<Option<(Vec<Vec<f32>>, Vec<Vec<f32>>, std::time::Duration)>, RouterError> {
         let Some((_, signal)) = &self.embedding else {
             return Ok(None);
         };
@@ -392,13 +466,12 @@ impl RouterModel {
                 })
             })
             .collect::<Result<Vec<&[u32]>, _>>()?;
-        let probs = signal
-            .embedder
-            .embed(&ids)?
+        let embeddings = signal.embedder.embed(&ids)?;
+        let probs = embeddings
             .iter()
             .map(|v| signal.head.probabilities(v))
             .collect();
-        Ok(Some((probs, start.elapsed())))
+        Ok(Some((embeddings, probs, start.elapsed())))
     }
 }
 

@@ -1,16 +1,25 @@
-//! A lexical signal: TF-IDF over word 1–2-grams and a linear model per class, fused with a sequence
+//! A lexical signal: TF-IDF features of the text and a linear model per class, fused with a sequence
 //! head's probabilities (the vLLM Semantic Router has keyword signals of its kind too).
 //!
-//! Features: lowercased alphanumeric words and their bigrams, sublinear tf (`1 + ln tf`) times a smooth
-//! idf, L2-normalised (scikit-learn's `TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)`). Scores
-//! are the linear model's decision values; probabilities are `softmax(scale · scores)`, and the fused
-//! distribution is `(1 − weight) · head + weight · lexical`. `switchyard train-lexical` fits the model on
-//! the router's training split and chooses `weight` and `scale` on its validation split.
+//! Features, each block L2-normalised on its own and the blocks side by side (scikit-learn's
+//! `TfidfVectorizer(sublinear_tf=True, min_df=2)` per block, `hstack`ed):
+//! * words: lowercased alphanumeric words and their bigrams (`ngram_range=(1, 2)`);
+//! * optionally characters: n-grams of each whitespace-separated word padded with a space on both sides
+//!   (`analyzer="char_wb"`, e.g. 2–5);
+//! * optionally the embedding signal's sentence embedding times a fixed scale, so one linear model reads
+//!   the text's words and its meaning together (a "joint" model, see [`EmbeddingFeatures`]).
+//!
+//! tf is sublinear (`1 + ln tf`) times a smooth idf. Scores are the linear model's decision values;
+//! probabilities are `softmax(scale · scores)`, and the fused distribution is
+//! `(1 − weight) · head + weight · lexical`. `switchyard train-lexical` fits the model on the router's
+//! training split and chooses `weight` and `scale` on its validation split.
 //!
 //! On disk, beside the router (`lexical.json` + `lexical.safetensors` for the domain head,
-//! `lexical-<head>.*` for others): the head it fuses with, the
-//! label names, `weight`, `scale`, the terms in feature order; `idf` `[dim]` and `weights`
-//! `[classes, dim + 1]` (the last column is the bias) in f16.
+//! `lexical-<head>.*` for others, `…-joint.*` for a joint model; a head may have a text-only model and
+//! a joint one, and the router uses the joint one when it runs the embedding signal): the head it fuses with, the label names, `weight`, `scale`, the word
+//! terms in feature order, the character block (`char_wb`: n-gram range and terms) and the embedding
+//! features (`embedding`) when present; `idf` `[words]`, `char_idf` `[chars]` and `weights`
+//! `[classes, words + chars + embedding + 1]` (the last column is the bias) in f16.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -32,28 +41,94 @@ pub fn terms(text: &str) -> Vec<String> {
     t
 }
 
+/// Calls `f` with every character n-gram (`min_n..=max_n` characters) of each whitespace-separated,
+/// lowercased word of `text` padded with one space on both sides; a padded word shorter than `n`
+/// counts once, whole, and ends its word's n-grams (scikit-learn's `char_wb` analyzer).
+pub fn for_each_char_ngram(text: &str, min_n: usize, max_n: usize, mut f: impl FnMut(&str)) {
+    let lower = text.to_lowercase();
+    let mut padded = String::new();
+    // Byte offset of every character boundary of the padded word.
+    let mut bounds: Vec<usize> = Vec::new();
+    for word in lower.split_whitespace() {
+        padded.clear();
+        padded.push(' ');
+        padded.push_str(word);
+        padded.push(' ');
+        bounds.clear();
+        bounds.extend(padded.char_indices().map(|(i, _)| i));
+        bounds.push(padded.len());
+        let chars = bounds.len() - 1;
+        for n in min_n..=max_n {
+            if chars <= n {
+                f(&padded);
+                break;
+            }
+            for start in 0..=chars - n {
+                f(&padded[bounds[start]..bounds[start + n]]);
+            }
+        }
+    }
+}
+
+/// Character n-grams of a text, as [`for_each_char_ngram`] yields them.
+pub fn char_ngrams(text: &str, min_n: usize, max_n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for_each_char_ngram(text, min_n, max_n, |g| out.push(g.to_string()));
+    out
+}
+
 /// Sparse, L2-normalised feature vector: (feature index, value), sorted by index.
 pub type Sparse = Vec<(u32, f32)>;
+
+/// How a [`Tfidf`] cuts a text into terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Analyzer {
+    /// Words and word bigrams ([`terms`]).
+    Words,
+    /// Character n-grams within padded words ([`for_each_char_ngram`]).
+    CharWb {
+        /// Shortest n-gram, in characters.
+        min_n: usize,
+        /// Longest n-gram, in characters.
+        max_n: usize,
+    },
+}
+
+impl Analyzer {
+    fn for_each(self, text: &str, mut f: impl FnMut(&str)) {
+        match self {
+            Analyzer::Words => terms(text).iter().for_each(|t| f(t)),
+            Analyzer::CharWb { min_n, max_n } => for_each_char_ngram(text, min_n, max_n, f),
+        }
+    }
+}
 
 /// A fitted TF-IDF vectoriser.
 #[derive(Debug, Clone)]
 pub struct Tfidf {
+    analyzer: Analyzer,
     terms: Vec<String>,
     index: HashMap<String, u32>,
     idf: Vec<f32>,
 }
 
 impl Tfidf {
-    /// Fits on texts: terms in at least 2 of them, smooth idf `ln((1 + n) / (1 + df)) + 1`.
+    /// Fits word features on texts: terms in at least 2 of them, smooth idf `ln((1 + n) / (1 + df)) + 1`.
     pub fn fit<'a>(texts: impl Iterator<Item = &'a str>) -> Tfidf {
+        Self::fit_with(Analyzer::Words, texts)
+    }
+
+    /// Fits features of the given kind on texts, as [`Tfidf::fit`].
+    pub fn fit_with<'a>(analyzer: Analyzer, texts: impl Iterator<Item = &'a str>) -> Tfidf {
         let mut df: HashMap<String, u32> = HashMap::new();
         let mut n = 0usize;
         for t in texts {
             n += 1;
-            let mut ts = terms(t);
-            ts.sort_unstable();
-            ts.dedup();
-            for term in ts {
+            let mut doc: Vec<String> = Vec::new();
+            analyzer.for_each(t, |term| doc.push(term.to_string()));
+            doc.sort_unstable();
+            doc.dedup();
+            for term in doc {
                 *df.entry(term).or_insert(0) += 1;
             }
         }
@@ -63,16 +138,21 @@ impl Tfidf {
             .iter()
             .map(|(_, d)| ((1.0 + n as f64) / (1.0 + f64::from(*d))).ln() as f32 + 1.0)
             .collect();
-        Tfidf::new(kept.into_iter().map(|(t, _)| t).collect(), idf)
+        Tfidf::new(analyzer, kept.into_iter().map(|(t, _)| t).collect(), idf)
     }
 
-    fn new(terms: Vec<String>, idf: Vec<f32>) -> Tfidf {
+    fn new(analyzer: Analyzer, terms: Vec<String>, idf: Vec<f32>) -> Tfidf {
         let index = terms
             .iter()
             .enumerate()
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
-        Tfidf { terms, index, idf }
+        Tfidf {
+            analyzer,
+            terms,
+            index,
+            idf,
+        }
     }
 
     /// Number of features.
@@ -80,14 +160,19 @@ impl Tfidf {
         self.idf.len()
     }
 
+    /// How it cuts texts into terms.
+    pub fn analyzer(&self) -> Analyzer {
+        self.analyzer
+    }
+
     /// The feature vector of a text.
     pub fn transform(&self, text: &str) -> Sparse {
         let mut tf: HashMap<u32, f32> = HashMap::new();
-        for t in terms(text) {
-            if let Some(&i) = self.index.get(&t) {
+        self.analyzer.for_each(text, |t| {
+            if let Some(&i) = self.index.get(t) {
                 *tf.entry(i).or_insert(0.0) += 1.0;
             }
-        }
+        });
         let mut v: Sparse = tf
             .into_iter()
             .map(|(i, c)| (i, (1.0 + c.ln()) * self.idf[i as usize]))
@@ -101,6 +186,76 @@ impl Tfidf {
     }
 }
 
+/// The text features of a lexical model: word TF-IDF, optionally character TF-IDF beside it.
+#[derive(Debug, Clone)]
+pub struct TextFeatures {
+    /// Word 1–2-grams.
+    pub words: Tfidf,
+    /// Character n-grams, if the model reads them (feature indices after the words').
+    pub chars: Option<Tfidf>,
+}
+
+impl TextFeatures {
+    /// Fits word features and, with `char_range`, character n-gram features on texts.
+    pub fn fit(texts: &[&str], char_range: Option<(usize, usize)>) -> TextFeatures {
+        TextFeatures {
+            words: Tfidf::fit(texts.iter().copied()),
+            chars: char_range.map(|(min_n, max_n)| {
+                Tfidf::fit_with(Analyzer::CharWb { min_n, max_n }, texts.iter().copied())
+            }),
+        }
+    }
+
+    /// Number of features.
+    pub fn dim(&self) -> usize {
+        self.words.dim() + self.chars.as_ref().map_or(0, Tfidf::dim)
+    }
+
+    /// The feature vector of a text: each block L2-normalised, the character block after the words.
+    pub fn transform(&self, text: &str) -> Sparse {
+        let mut v = self.words.transform(text);
+        if let Some(chars) = &self.chars {
+            let offset = self.words.dim() as u32;
+            v.extend(
+                chars
+                    .transform(text)
+                    .into_iter()
+                    .map(|(i, x)| (i + offset, x)),
+            );
+        }
+        v
+    }
+}
+
+/// Sentence-embedding features of a joint lexical model: the embedding signal's encoder output, times
+/// `scale`, after the text features. The router computes them with the embedding signal's encoder,
+/// which must be set up as recorded here (a mismatch is an error at load); without the embedding
+/// signal the model scores on its text features alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingFeatures {
+    /// Factor on the (L2-normalised) embedding.
+    pub scale: f32,
+    /// Width of the embedding.
+    pub dim: usize,
+    /// The encoder's name.
+    pub encoder: String,
+    /// Token budget of the encoder's input.
+    pub max_tokens: usize,
+    /// Whether the encoder's layer weights are held as Q8_0.
+    pub quantized: bool,
+    /// The encoder's first layers it reads (`None`: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<usize>,
+}
+
+/// The character block of `lexical.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CharMeta {
+    min_n: usize,
+    max_n: usize,
+    terms: Vec<String>,
+}
+
 /// `lexical.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Meta {
@@ -109,6 +264,10 @@ struct Meta {
     weight: f32,
     scale: f32,
     terms: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    char_wb: Option<CharMeta>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    embedding: Option<EmbeddingFeatures>,
 }
 
 /// A lexical model fused with one sequence head.
@@ -122,17 +281,36 @@ pub struct LexicalModel {
     pub weight: f32,
     /// Softmax temperature of the scores.
     pub scale: f32,
-    tfidf: Tfidf,
-    /// `[classes][dim + 1]`, bias last.
+    features: TextFeatures,
+    embedding: Option<EmbeddingFeatures>,
+    /// `[classes][text features + embedding + 1]`, bias last.
     weights: Vec<Vec<f32>>,
 }
 
 impl LexicalModel {
-    /// Builds a model from its parts.
+    /// Builds a model on word features from its parts (`weights`: `[classes][dim + 1]`, bias last).
     pub fn new(
         head: &str,
         labels: Vec<String>,
         tfidf: Tfidf,
+        weights: Vec<Vec<f32>>,
+        weight: f32,
+        scale: f32,
+    ) -> LexicalModel {
+        let features = TextFeatures {
+            words: tfidf,
+            chars: None,
+        };
+        Self::joint(head, labels, features, None, weights, weight, scale)
+    }
+
+    /// Builds a model on text features and, optionally, embedding features (`weights`:
+    /// `[classes][features.dim() + embedding.dim + 1]`, bias last).
+    pub fn joint(
+        head: &str,
+        labels: Vec<String>,
+        features: TextFeatures,
+        embedding: Option<EmbeddingFeatures>,
         weights: Vec<Vec<f32>>,
         weight: f32,
         scale: f32,
@@ -142,24 +320,58 @@ impl LexicalModel {
             labels,
             weight,
             scale,
-            tfidf,
+            features,
+            embedding,
             weights,
         }
     }
 
-    /// The vectoriser.
+    /// The word vectoriser.
     pub fn tfidf(&self) -> &Tfidf {
-        &self.tfidf
+        &self.features.words
     }
 
-    /// Decision values per class.
-    pub fn scores(&self, text: &str) -> Vec<f32> {
-        let v = self.tfidf.transform(text);
-        let dim = self.tfidf.dim();
+    /// The text features.
+    pub fn features(&self) -> &TextFeatures {
+        &self.features
+    }
+
+    /// The embedding features, if the model reads the sentence embedding.
+    pub fn embedding_features(&self) -> Option<&EmbeddingFeatures> {
+        self.embedding.as_ref()
+    }
+
+    /// Decision values per class from the text features alone (the bias included): the whole score
+    /// of a model without embedding features.
+    pub fn text_scores(&self, text: &str) -> Vec<f32> {
+        let v = self.features.transform(text);
+        let bias = self.weights.first().map_or(0, |w| w.len() - 1);
         self.weights
             .iter()
-            .map(|w| v.iter().map(|(j, x)| w[*j as usize] * x).sum::<f32>() + w[dim])
+            .map(|w| v.iter().map(|(j, x)| w[*j as usize] * x).sum::<f32>() + w[bias])
             .collect()
+    }
+
+    /// Adds the embedding features' share to [`LexicalModel::text_scores`]; nothing for a model
+    /// without them.
+    pub fn add_embedding(&self, scores: &mut [f32], embedding: &[f32]) {
+        let Some(e) = &self.embedding else {
+            return;
+        };
+        let offset = self.features.dim();
+        for (s, w) in scores.iter_mut().zip(&self.weights) {
+            let dense = &w[offset..offset + e.dim];
+            *s += e.scale * dense.iter().zip(embedding).map(|(a, x)| a * x).sum::<f32>();
+        }
+    }
+
+    /// Decision values per class: text features, plus the embedding's share when given.
+    pub fn scores(&self, text: &str, embedding: Option<&[f32]>) -> Vec<f32> {
+        let mut s = self.text_scores(text);
+        if let Some(e) = embedding {
+            self.add_embedding(&mut s, e);
+        }
+        s
     }
 
     /// `softmax(scale · scores)`.
@@ -168,14 +380,25 @@ impl LexicalModel {
         crate::classifier::softmax(&scaled)
     }
 
-    /// The file stem of the model fused with `head`: `lexical` for the domain head (the first one
-    /// shipped), `lexical-<head>` for the others.
-    pub fn file_stem(head: &str) -> String {
-        if head == "domain" {
+    /// The file stem of a model fused with `head`: `lexical` for the domain head (the first one
+    /// shipped), `lexical-<head>` for the others; a joint model's (with embedding features) ends in
+    /// `-joint`. A head may have one of each kind.
+    pub fn file_stem(head: &str, joint: bool) -> String {
+        let base = if head == "domain" {
             "lexical".to_string()
         } else {
             format!("lexical-{head}")
+        };
+        if joint {
+            format!("{base}-joint")
+        } else {
+            base
         }
+    }
+
+    /// This model's file stem ([`LexicalModel::file_stem`]).
+    pub fn stem(&self) -> String {
+        Self::file_stem(&self.head, self.embedding.is_some())
     }
 
     /// Loads every lexical model of a router directory (`lexical.json`, `lexical-*.json`, each with
@@ -213,51 +436,90 @@ impl LexicalModel {
         };
         let idf: Vec<f32> = get("idf")?.to_vec1()?;
         let weights: Vec<Vec<f32>> = get("weights")?.to_vec2()?;
-        if idf.len() != meta.terms.len()
-            || weights.len() != meta.labels.len()
-            || weights.iter().any(|w| w.len() != idf.len() + 1)
-        {
-            return Err(err("terms, idf, labels and weights disagree in size".into()));
+        if idf.len() != meta.terms.len() {
+            return Err(err("terms and idf disagree in size".into()));
+        }
+        let chars = match meta.char_wb {
+            Some(c) => {
+                let char_idf: Vec<f32> = get("char_idf")?.to_vec1()?;
+                if char_idf.len() != c.terms.len() || c.min_n == 0 || c.min_n > c.max_n {
+                    return Err(err(
+                        "char_wb: terms and char_idf disagree in size, or a bad n-gram range"
+                            .into(),
+                    ));
+                }
+                let analyzer = Analyzer::CharWb {
+                    min_n: c.min_n,
+                    max_n: c.max_n,
+                };
+                Some(Tfidf::new(analyzer, c.terms, char_idf))
+            }
+            None => None,
+        };
+        let features = TextFeatures {
+            words: Tfidf::new(Analyzer::Words, meta.terms, idf),
+            chars,
+        };
+        let width = features.dim() + meta.embedding.as_ref().map_or(0, |e| e.dim) + 1;
+        if weights.len() != meta.labels.len() || weights.iter().any(|w| w.len() != width) {
+            return Err(err(format!(
+                "weights should be [{} labels, {width}] (features, embedding, bias)",
+                meta.labels.len()
+            )));
         }
         Ok(LexicalModel {
             head: meta.head,
             labels: meta.labels,
             weight: meta.weight,
             scale: meta.scale,
-            tfidf: Tfidf::new(meta.terms, idf),
+            features,
+            embedding: meta.embedding,
             weights,
         })
     }
 
     /// Writes `<stem>.json` + `<stem>.safetensors` into `dir` (see [`LexicalModel::file_stem`]).
     pub fn save(&self, dir: &Path) -> Result<(), RouterError> {
-        let stem = Self::file_stem(&self.head);
+        let stem = self.stem();
+        let char_wb = self.features.chars.as_ref().map(|c| {
+            let (min_n, max_n) = match c.analyzer {
+                Analyzer::CharWb { min_n, max_n } => (min_n, max_n),
+                Analyzer::Words => (1, 1),
+            };
+            CharMeta {
+                min_n,
+                max_n,
+                terms: c.terms.clone(),
+            }
+        });
         let meta = Meta {
             head: self.head.clone(),
             labels: self.labels.clone(),
             weight: self.weight,
             scale: self.scale,
-            terms: self.tfidf.terms.clone(),
+            terms: self.features.words.terms.clone(),
+            char_wb,
+            embedding: self.embedding.clone(),
         };
         std::fs::write(
             dir.join(format!("{stem}.json")),
             serde_json::to_string(&meta).map_err(|e| RouterError::Classifier(e.to_string()))?,
         )?;
-        let dim = self.tfidf.dim();
+        let width = self.weights.first().map_or(1, Vec::len);
         let flat: Vec<f32> = self.weights.iter().flatten().copied().collect();
-        let tensors: HashMap<String, Tensor> = [
-            (
-                "idf".to_string(),
-                Tensor::new(self.tfidf.idf.clone(), &Device::Cpu)?.to_dtype(DType::F16)?,
-            ),
-            (
-                "weights".to_string(),
-                Tensor::from_vec(flat, (self.weights.len(), dim + 1), &Device::Cpu)?
-                    .to_dtype(DType::F16)?,
-            ),
-        ]
-        .into_iter()
-        .collect();
+        let f16 = |v: &[f32]| -> Result<Tensor, RouterError> {
+            Ok(Tensor::new(v, &Device::Cpu)?.to_dtype(DType::F16)?)
+        };
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        tensors.insert("idf".into(), f16(&self.features.words.idf)?);
+        if let Some(c) = &self.features.chars {
+            tensors.insert("char_idf".into(), f16(&c.idf)?);
+        }
+        tensors.insert(
+            "weights".into(),
+            Tensor::from_vec(flat, (self.weights.len(), width), &Device::Cpu)?
+                .to_dtype(DType::F16)?,
+        );
         candle_core::safetensors::save(&tensors, dir.join(format!("{stem}.safetensors")))?;
         Ok(())
     }
@@ -322,9 +584,96 @@ mod tests {
     }
 
     #[test]
+    fn char_ngrams_are_scikit_learns_char_wb() {
+        // scikit-learn 1.x: TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5)).build_analyzer()
+        let want = [
+            " a", "ab", "b ", " ab", "ab ", " ab ", " ü", "ün", "nï", "ï ", " ün", "ünï", "nï ",
+            " ünï", "ünï ", " ünï ", " x", "x ", " x ",
+        ];
+        assert_eq!(char_ngrams("Ab  Ünï\tx", 2, 5), want);
+    }
+
+    #[test]
+    fn a_joint_model_reads_chars_and_the_embedding_and_round_trips() {
+        let texts = [
+            "solve the equation",
+            "solve for x",
+            "the court ruled",
+            "the court case",
+        ];
+        let features = TextFeatures::fit(&texts, Some((2, 4)));
+        assert!(features.chars.as_ref().unwrap().dim() > 0);
+        let text_dim = features.dim();
+        let v = features.transform("solve the court");
+        // Two blocks, each of unit length.
+        let (words, chars): (Vec<_>, Vec<_>) = v
+            .iter()
+            .partition(|(i, _)| (*i as usize) < features.words.dim());
+        for block in [words, chars] {
+            let norm: f32 = block.iter().map(|(_, x)| x * x).sum();
+            assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+        }
+        // Class 0 reads "sol" and embedding value 0; class 1 embedding value 1.
+        let sol = text_dim - features.chars.as_ref().unwrap().dim()
+            + features
+                .chars
+                .as_ref()
+                .unwrap()
+                .terms
+                .iter()
+                .position(|t| t == "sol")
+                .unwrap();
+        let mut w0 = vec![0.0; text_dim + 3];
+        let mut w1 = vec![0.0; text_dim + 3];
+        w0[sol] = 1.0;
+        w0[text_dim] = 2.0;
+        w1[text_dim + 1] = 3.0;
+        w1[text_dim + 2] = 0.25; // bias
+        let embedding = EmbeddingFeatures {
+            scale: 2.0,
+            dim: 2,
+            encoder: "enc".into(),
+            max_tokens: 64,
+            quantized: true,
+            layers: Some(4),
+        };
+        let m = LexicalModel::joint(
+            "domain",
+            vec!["math".into(), "law".into()],
+            features,
+            Some(embedding.clone()),
+            vec![w0, w1],
+            0.5,
+            1.0,
+        );
+        let text = m.text_scores("solve");
+        assert!(text[0] > 0.0 && (text[1] - 0.25).abs() < 1e-6, "{text:?}");
+        let full = m.scores("solve", Some(&[0.5, 1.0]));
+        assert!(
+            (full[0] - (text[0] + 2.0 * 2.0 * 0.5)).abs() < 1e-5,
+            "{full:?}"
+        );
+        assert!((full[1] - (0.25 + 2.0 * 3.0)).abs() < 1e-5, "{full:?}");
+
+        let dir = std::env::temp_dir().join(format!("switchyard-joint-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        m.save(&dir).unwrap();
+        let back = LexicalModel::load_all(&dir).unwrap().remove(0);
+        assert_eq!(back.embedding_features(), Some(&embedding));
+        let again = back.scores("solve", Some(&[0.5, 1.0]));
+        for (a, b) in full.iter().zip(&again) {
+            assert!(
+                (a - b).abs() < 1e-2 * a.abs().max(1.0),
+                "{full:?} vs {again:?}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn scores_fuse_and_round_trip_through_files() {
         let m = model();
-        let s = m.scores("please solve this");
+        let s = m.scores("please solve this", None);
         assert!(s[0] > s[1], "{s:?}");
         let p = m.probabilities(&s);
         assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5);
@@ -340,7 +689,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         m.save(&dir).unwrap();
         let back = LexicalModel::load_all(&dir).unwrap().remove(0);
-        let s2 = back.scores("please solve this");
+        let s2 = back.scores("please solve this", None);
         // f16 storage: equal to a few parts in a thousand.
         for (a, b) in s.iter().zip(&s2) {
             assert!((a - b).abs() < 1e-2 * a.abs().max(1.0), "{s:?} vs {s2:?}");

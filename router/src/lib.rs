@@ -195,6 +195,13 @@ impl Router {
                     .into(),
             )),
         };
+        if model.lexical_lacks_embedding() {
+            tracing::warn!(
+                "a lexical model of the router was trained with sentence-embedding features, but the \
+                 embedding signal is disabled (classifier.embedding): it scores on its text features \
+                 alone, which is less accurate (see the model card)"
+            );
+        }
         let model = Arc::new(model);
         let executor = match executor {
             Some(e) => e,

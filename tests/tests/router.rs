@@ -281,7 +281,7 @@ fn the_default_router_fuses_its_lexical_signal_into_the_domain_head() {
     let p = |o: &switchyard_router::ClassifierOutput| {
         o.probabilities.iter().find(|(l, _)| l == "math").unwrap().1
     };
-    let lex = lexical.probabilities(&lexical.scores(text));
+    let lex = lexical.probabilities(&lexical.scores(text, None));
     let want = (1.0 - lexical.weight) * p(&head)
         + lexical.weight * lex[lexical.labels.iter().position(|l| l == "math").unwrap()];
     assert!((p(&fused) - want).abs() < 1e-5, "{} vs {want}", p(&fused));
@@ -323,32 +323,38 @@ fn the_default_router_fuses_its_embedding_signal_after_the_lexical_one() {
         .remove(0)
         .domain
         .unwrap();
-    let without = router_without_embedding();
-    let before = without
-        .model()
-        .classify(&[&without.model().encode(text).unwrap()])
+    // The head alone, then its lexical model (a joint one reads the embedding too), then the
+    // embedding signal.
+    let head = switchyard_router::RouterModel::load_dir(
+        std::path::Path::new(switchyard_router::DEFAULT_MODEL_DIR),
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+        switchyard_router::DEFAULT_MAX_INPUT_TOKENS,
+    )
+    .unwrap()
+    .without_lexical();
+    let head = head
+        .classify(&[&head.encode(text).unwrap()])
         .unwrap()
         .remove(0)
         .domain
         .unwrap();
+    let head_labels: Vec<String> = head.probabilities.iter().map(|p| p.0.clone()).collect();
+    let head_p: Vec<f32> = head.probabilities.iter().map(|p| p.1).collect();
     let emb = signal.embedder.embed(&[&ids]).unwrap().remove(0);
+    let lexical = router.model().lexical(HeadRole::Domain).unwrap();
+    let lex_p = lexical.probabilities(&lexical.scores(text, Some(&emb)));
+    let before = lexical.fuse(&head_labels, &head_p, &lex_p);
     let p_emb = signal.head.probabilities(&emb);
     let total: f32 = fused.probabilities.iter().map(|p| p.1).sum();
     assert!((total - 1.0).abs() < 1e-4, "{total}");
     for (label, p) in &fused.probabilities {
-        let b = before
-            .probabilities
-            .iter()
-            .find(|x| &x.0 == label)
-            .unwrap()
-            .1;
+        let b = before[head_labels.iter().position(|l| l == label).unwrap()];
         let e = p_emb[signal.head.labels.iter().position(|l| l == label).unwrap()];
         let want = (1.0 - signal.head.weight) * b + signal.head.weight * e;
         assert!((p - want).abs() < 1e-5, "{label}: {p} vs {want}");
     }
     assert_eq!(fused.label, "law", "{:?}", fused.probabilities);
-    // The batch time includes the encoder's.
-    assert!(fused.latency >= before.latency.min(fused.latency));
 }
 
 #[test]
@@ -367,4 +373,79 @@ fn an_enabled_embedding_signal_without_its_encoder_is_a_clear_error() {
     );
     // Disabled, the router loads without it.
     assert!(router_without_embedding().model().embedding().is_none());
+}
+
+#[test]
+fn the_joint_lexical_model_serves_with_the_embedding_signal_and_the_text_only_one_without() {
+    let without = router_without_embedding();
+    let text_only = without.model().lexical(HeadRole::Domain).unwrap();
+    assert!(text_only.embedding_features().is_none());
+    assert!(!without.model().lexical_lacks_embedding());
+    let joint = without
+        .model()
+        .lexical_for(HeadRole::Domain, true)
+        .expect("router/models/default has a joint domain model");
+    let features = joint.embedding_features().expect("it reads the embedding");
+    assert!(
+        joint.features().chars.is_some(),
+        "word and character n-grams"
+    );
+    let Some(_) = minilm_dir() else { return };
+    let router = default_router();
+    let served = router.model().lexical(HeadRole::Domain).unwrap();
+    assert_eq!(served.embedding_features(), Some(features));
+    let signal = router.model().embedding().unwrap();
+    assert_eq!(features.dim, signal.embedder.dim());
+    assert_eq!(features.layers, signal.head.layers);
+    // One lexical score vector per head in use (domain: the joint model; jailbreak: text-only).
+    assert_eq!(router.model().encode("hello").unwrap().lexical.len(), 2);
+}
+
+#[test]
+fn a_joint_lexical_model_for_another_encoder_set_up_is_a_clear_error() {
+    let Some(encoder) = minilm_dir() else { return };
+    let dir =
+        std::env::temp_dir().join(format!("switchyard-joint-mismatch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shipped = std::path::Path::new(switchyard_router::DEFAULT_MODEL_DIR);
+    for entry in std::fs::read_dir(shipped).unwrap() {
+        let name = entry.unwrap().file_name();
+        let name = name.to_str().unwrap();
+        // The backbone, its heads and the embedding signal; a joint model of our own below.
+        if !name.starts_with("lexical") {
+            std::fs::copy(shipped.join(name), dir.join(name)).unwrap();
+        }
+    }
+    let words = switchyard_router::lexical::Tfidf::fit(["solve it", "solve this", "x"].into_iter());
+    let features = switchyard_router::lexical::TextFeatures { words, chars: None };
+    let width = features.dim() + 384 + 1;
+    let lexical = switchyard_router::lexical::LexicalModel::joint(
+        "domain",
+        vec!["math".into(), "law".into()],
+        features,
+        Some(switchyard_router::lexical::EmbeddingFeatures {
+            scale: 2.0,
+            dim: 384,
+            encoder: "all-MiniLM-L6-v2".into(),
+            max_tokens: 128,
+            quantized: true,
+            layers: Some(2), // the shipped embedding signal runs four layers
+        }),
+        vec![vec![0.0; width]; 2],
+        0.5,
+        1.0,
+    );
+    lexical.save(&dir).unwrap();
+    let mut config = RouterConfig::shipped_default().unwrap();
+    config.classifier.embedding = Some(switchyard_router::config::EmbeddingSource {
+        encoder_dir: Some(encoder.to_string_lossy().into_owned()),
+    });
+    let mut options = RouterOptions::new(config);
+    options.model_dir = Some(dir.clone());
+    let err = Router::load(options).err().expect("an error").to_string();
+    assert!(
+        err.contains("lexical model") && err.contains("retrain"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -6,8 +6,9 @@
 //! `DIR/<head>.jsonl`, one object per text: `text`, `label` (index into `labels.json`), `source`, `split`
 //! (`train`, `val`, `chat_validation` for the chat-style `validation.jsonl`, or `benign_heldout_<kind>`
 //! for the jailbreak head), and for every split but `train`: `head` (the router head alone), `lexical`
-//! (the lexical model's probabilities at its shipped scale, when the router has one) and `fused` (what
-//! the shipped router outputs), each in label order.
+//! (the lexical model's probabilities at its shipped scale, when the router has one; a joint model's
+//! embedding share included) and `fused` (the head fused with the lexical model, as the shipped router
+//! fuses them before the separate embedding signal), each in label order.
 
 use std::io::Write;
 use std::path::Path;
@@ -17,7 +18,7 @@ use serde_json::json;
 use switchyard_router::{HeadRole, RouterModel, DEFAULT_MAX_INPUT_TOKENS};
 
 use super::data::Dataset;
-use super::lexical::router_probs;
+use super::lexical::{router_probs, score_texts, FeatureEncoder};
 
 /// One text to write.
 struct Row<'a> {
@@ -83,7 +84,7 @@ pub fn dump_splits(
         )
     };
     let shipped = load()?;
-    let lexical = shipped.lexical(role).cloned();
+    let lexical = shipped.lexical_for(role, true).cloned();
     let alone = load()?.without_lexical();
     let scored: Vec<&str> = rows
         .iter()
@@ -92,7 +93,18 @@ pub fn dump_splits(
         .collect();
     eprintln!("scoring {} held-out texts with the router", scored.len());
     let head_p = router_probs(&alone, role, labels, &scored)?;
-    let fused_p = router_probs(&shipped, role, labels, &scored)?;
+    // The lexical model's probabilities (its label order), with a joint model's embedding share.
+    let lexical_p: Option<Vec<Vec<f32>>> = match &lexical {
+        Some(lex) => {
+            let encoder = lex
+                .embedding_features()
+                .map(|e| FeatureEncoder::load(router_dir, e.scale))
+                .transpose()?;
+            let scores = score_texts(lex, encoder.as_ref(), &scored, "the held-out texts")?.0;
+            Some(scores.iter().map(|s| lex.probabilities(s)).collect())
+        }
+        None => None,
+    };
 
     let path = dir.join(format!("{head}.jsonl"));
     let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
@@ -102,14 +114,19 @@ pub fn dump_splits(
             json!({"text": r.text, "label": r.label, "source": r.source, "split": r.split});
         if r.split != "train" {
             obj["head"] = json!(head_p[k]);
-            obj["fused"] = json!(fused_p[k]);
-            if let Some(lex) = &lexical {
-                let p = lex.probabilities(&lex.scores(r.text));
-                let by_label: Vec<f32> = labels
-                    .iter()
-                    .map(|l| lex.labels.iter().position(|x| x == l).map_or(0.0, |i| p[i]))
-                    .collect();
-                obj["lexical"] = json!(by_label);
+            match (&lexical, &lexical_p) {
+                (Some(lex), Some(p)) => {
+                    let by_label: Vec<f32> = labels
+                        .iter()
+                        .map(|l| {
+                            let i = lex.labels.iter().position(|x| x == l);
+                            i.map_or(0.0, |i| p[k][i])
+                        })
+                        .collect();
+                    obj["lexical"] = json!(by_label);
+                    obj["fused"] = json!(lex.fuse(labels, &head_p[k], &p[k]));
+                }
+                _ => obj["fused"] = json!(head_p[k]),
             }
             k += 1;
         }

@@ -1,5 +1,7 @@
 //! `switchyard train-lexical`: fits a lexical signal (TF-IDF word 1–2-grams + one-vs-rest linear SVM,
-//! the design's bag-of-words floor) on the router's training split of one head (domain or jailbreak),
+//! the design's bag-of-words floor; optionally character n-grams beside the words and the embedding
+//! signal's sentence embedding as more features of the same SVM) on the router's training split of one
+//! head (domain or jailbreak),
 //! chooses how to fuse it with that head (`weight`, `scale`) on the router's own validation split,
 //! reports every variant on the held-out sets, and writes it beside the router (`lexical.json` for the
 //! domain head, `lexical-jailbreak.json` for the jailbreak head, each with its `.safetensors`).
@@ -11,10 +13,11 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 use switchyard_router::classifier::softmax;
-use switchyard_router::lexical::LexicalModel;
+use switchyard_router::embedding::{Embedder, EmbeddingHead};
+use switchyard_router::lexical::{EmbeddingFeatures, LexicalModel, Sparse, TextFeatures};
 use switchyard_router::{HeadRole, RouterModel, DEFAULT_MAX_INPUT_TOKENS};
 
-use super::baseline::{LinearSvm, Tfidf};
+use super::baseline::LinearSvm;
 use super::data;
 use super::eval::{argmax, binary_prf};
 
@@ -39,10 +42,129 @@ pub struct LexicalArgs {
     /// Seed of the SVM's coordinate order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Character n-grams within words (scikit-learn's `char_wb`) beside the word features, as
+    /// `MIN-MAX` characters, e.g. `2-5`.
+    #[arg(long, value_parser = parse_range)]
+    pub char_ngrams: Option<(usize, usize)>,
+    /// Also read the embedding signal's sentence embedding (the encoder as the router directory's
+    /// `embedding.json` sets it up, from the model cache), times this factor, as features of the same
+    /// SVM: a joint lexical + embedding model. The router then computes the embedding before the
+    /// lexical score.
+    #[arg(long)]
+    pub embedding_features: Option<f32>,
+    /// Keep the embeddings `--embedding-features` computes in this folder and reuse them when the
+    /// texts and the encoder set-up are the same (for trying recipes; a few minutes saved per run).
+    #[arg(long)]
+    pub embedding_cache: Option<PathBuf>,
     /// Only write the head's train / validation splits with the shipped router's probabilities into
     /// this folder (see `train::dump`), then stop: nothing is fitted or written beside the router.
     #[arg(long)]
     pub dump_splits: Option<PathBuf>,
+}
+
+/// `MIN-MAX` with `1 <= MIN <= MAX`.
+fn parse_range(s: &str) -> Result<(usize, usize), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("`{s}`: expected MIN-MAX, e.g. 2-5"))?;
+    let parse = |x: &str| x.trim().parse::<usize>().map_err(|e| format!("`{s}`: {e}"));
+    let (a, b) = (parse(a)?, parse(b)?);
+    if a == 0 || a > b {
+        return Err(format!("`{s}`: expected 1 <= MIN <= MAX"));
+    }
+    Ok((a, b))
+}
+
+/// The embedding features' encoder, as the router directory's embedding signal runs it.
+pub(super) struct FeatureEncoder {
+    embedder: Embedder,
+    features: EmbeddingFeatures,
+    cache: Option<PathBuf>,
+}
+
+impl FeatureEncoder {
+    pub(super) fn load(router_dir: &std::path::Path, scale: f32) -> Result<FeatureEncoder> {
+        let head = EmbeddingHead::load(router_dir).with_context(|| {
+            format!(
+                "--embedding-features reads the encoder set-up of {}/embedding.json (train-embedding)",
+                router_dir.display()
+            )
+        })?;
+        let dir = switchyard_server::fetch::MINILM.ensure(&switchyard_server::fetch::cache_dir())?;
+        let embedder = Embedder::load(&dir, head.max_tokens, head.quantized, head.layers)?;
+        let features = EmbeddingFeatures {
+            scale,
+            dim: embedder.dim(),
+            encoder: head.encoder.clone(),
+            max_tokens: head.max_tokens,
+            quantized: head.quantized,
+            layers: head.layers,
+        };
+        Ok(FeatureEncoder {
+            embedder,
+            features,
+            cache: None,
+        })
+    }
+
+    /// Embeddings of texts, from the cache folder when it has them.
+    fn embed(&self, texts: &[&str], what: &str) -> Result<Vec<Vec<f32>>> {
+        use std::hash::{Hash, Hasher};
+        let Some(dir) = &self.cache else {
+            return super::embedding::embed_all(&self.embedder, texts, what);
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let f = &self.features;
+        (
+            &f.encoder,
+            f.dim,
+            f.max_tokens,
+            f.quantized,
+            f.layers,
+            texts,
+        )
+            .hash(&mut h);
+        let path = dir.join(format!("embeddings-{:016x}.safetensors", h.finish()));
+        if path.exists() {
+            let t = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)?;
+            let e = t
+                .get("embeddings")
+                .context("a cached file without `embeddings`")?;
+            eprintln!("{what}: embeddings from {}", path.display());
+            return Ok(e.to_vec2()?);
+        }
+        let out = super::embedding::embed_all(&self.embedder, texts, what)?;
+        std::fs::create_dir_all(dir)?;
+        let flat: Vec<f32> = out.iter().flatten().copied().collect();
+        let t = candle_core::Tensor::from_vec(flat, (out.len(), f.dim), &candle_core::Device::Cpu)?;
+        candle_core::safetensors::save(&[("embeddings", t)].into_iter().collect(), &path)?;
+        Ok(out)
+    }
+}
+
+/// Lexical scores of texts: with their embeddings when the model reads them (`full`), and from the
+/// text features alone (what a router without the embedding signal computes).
+pub(super) fn score_texts(
+    lexical: &LexicalModel,
+    encoder: Option<&FeatureEncoder>,
+    texts: &[&str],
+    what: &str,
+) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    let text_only: Vec<Vec<f32>> = texts.iter().map(|t| lexical.text_scores(t)).collect();
+    let full = match encoder {
+        Some(enc) => enc
+            .embed(texts, what)?
+            .iter()
+            .zip(&text_only)
+            .map(|(e, s)| {
+                let mut s = s.clone();
+                lexical.add_embedding(&mut s, e);
+                s
+            })
+            .collect(),
+        None => text_only.clone(),
+    };
+    Ok((full, text_only))
 }
 
 /// (gold label, router probabilities, lexical scores) of one text.
@@ -156,23 +278,48 @@ pub fn run(args: LexicalArgs) -> Result<()> {
     if let Some(dir) = &args.dump_splits {
         return super::dump::dump_splits(&ds, role, &args.head, &labels, &args.router_dir, dir);
     }
+    let encoder = args
+        .embedding_features
+        .map(|scale| FeatureEncoder::load(&args.router_dir, scale))
+        .transpose()?
+        .map(|e| FeatureEncoder {
+            cache: args.embedding_cache.clone(),
+            ..e
+        });
+    let train_texts: Vec<&str> = task.train.iter().map(|e| e.text.as_str()).collect();
+    let features = TextFeatures::fit(&train_texts, args.char_ngrams);
+    let text_dim = features.dim();
+    let mut x: Vec<Sparse> = train_texts.iter().map(|t| features.transform(t)).collect();
+    let mut dim = text_dim;
+    if let Some(enc) = &encoder {
+        let scale = enc.features.scale;
+        for (v, e) in x
+            .iter_mut()
+            .zip(enc.embed(&train_texts, "the training split")?)
+        {
+            v.extend(
+                e.iter()
+                    .enumerate()
+                    .map(|(j, value)| ((text_dim + j) as u32, scale * value)),
+            );
+        }
+        dim += enc.features.dim;
+    }
     eprintln!(
-        "fitting TF-IDF + linear SVM on {} {} texts",
+        "fitting a linear SVM on {} {} texts, {dim} features",
         task.train.len(),
         args.head
     );
-    let tfidf = Tfidf::fit(task.train.iter().map(|e| e.text.as_str()));
-    let x: Vec<_> = task
-        .train
-        .iter()
-        .map(|e| tfidf.transform(&e.text))
-        .collect();
+    let fit_start = std::time::Instant::now();
     let y: Vec<usize> = task.train.iter().map(|e| e.label).collect();
-    let svm = LinearSvm::train(&x, &y, labels.len(), tfidf.dim(), args.seed);
-    let mut lexical = LexicalModel::new(
+    let svm = LinearSvm::train(&x, &y, labels.len(), dim, args.seed);
+    let fit_secs = fit_start.elapsed().as_secs_f64();
+    drop(x);
+    let mut lexical = LexicalModel::joint(
         &args.head,
         labels.clone(),
-        tfidf,
+        features,
+        encoder.as_ref().map(|e| e.features.clone()),
         svm.into_weights(),
         0.0,
         1.0,
@@ -203,8 +350,9 @@ pub fn run(args: LexicalArgs) -> Result<()> {
     );
     let val_router = router_probs(&router, role, &labels, &val_texts)?;
     let chat_router = router_probs(&router, role, &labels, &chat_texts)?;
-    let val_lex: Vec<Vec<f32>> = val_texts.iter().map(|t| lexical.scores(t)).collect();
-    let chat_lex: Vec<Vec<f32>> = chat_texts.iter().map(|t| lexical.scores(t)).collect();
+    let enc = encoder.as_ref();
+    let (val_lex, val_text_lex) = score_texts(&lexical, enc, &val_texts, "the validation split")?;
+    let (chat_lex, chat_text_lex) = score_texts(&lexical, enc, &chat_texts, "validation.jsonl")?;
     let val: Vec<Row> = task
         .val
         .iter()
@@ -215,6 +363,17 @@ pub fn run(args: LexicalArgs) -> Result<()> {
         .iter()
         .zip(chat_router.iter().zip(&chat_lex))
         .map(|(c, (r, l))| (c.1, r, l))
+        .collect();
+    // The same rows scored as a router without the embedding signal scores them.
+    let val_text: Vec<Row> = val
+        .iter()
+        .zip(&val_text_lex)
+        .map(|(r, l)| (r.0, r.1, l))
+        .collect();
+    let chat_text: Vec<Row> = chat_eval
+        .iter()
+        .zip(&chat_text_lex)
+        .map(|(r, l)| (r.0, r.1, l))
         .collect();
 
     // Choose weight and scale on the router's own validation split only.
@@ -231,42 +390,70 @@ pub fn run(args: LexicalArgs) -> Result<()> {
     lexical.weight = best.0;
     lexical.scale = best.1;
 
-    let subset = |srcs: &[&str]| -> Vec<Row> {
-        task.val
-            .iter()
-            .zip(&val)
-            .filter(|(e, _)| srcs.contains(&e.source))
-            .map(|(_, r)| *r)
+    let sources: Vec<&str> = task.val.iter().map(|e| e.source).collect();
+    fn subset<'a>(rows: &[Row<'a>], sources: &[&str], srcs: &[&str]) -> Vec<Row<'a>> {
+        rows.iter()
+            .zip(sources)
+            .filter(|(_, s)| srcs.contains(s))
+            .map(|(r, _)| *r)
             .collect()
-    };
+    }
     let what = if role == HeadRole::Domain {
         "accuracy"
     } else {
         "F1"
     };
-    let mut groups: Vec<(&str, Vec<Row>)> = vec![("validation split (all)", val.clone())];
+    // (name, rows, the same rows without the embedding's share).
+    let mut groups: Vec<(&str, Vec<Row>, Vec<Row>)> =
+        vec![("validation split (all)", val.clone(), val_text.clone())];
     if role == HeadRole::Domain {
-        groups.push(("MMLU-Pro questions", subset(&["mmlu_pro"])));
+        for (name, srcs) in [
+            ("MMLU-Pro questions", &["mmlu_pro"][..]),
+            ("exam questions (MMLU-Pro + MMLU)", &["mmlu_pro", "mmlu"]),
+            ("chat-style, own split", &["chat_style"]),
+        ] {
+            groups.push((
+                name,
+                subset(&val, &sources, srcs),
+                subset(&val_text, &sources, srcs),
+            ));
+        }
         groups.push((
-            "exam questions (MMLU-Pro + MMLU)",
-            subset(&["mmlu_pro", "mmlu"]),
+            "chat-style validation.jsonl",
+            chat_eval.clone(),
+            chat_text.clone(),
         ));
-        groups.push(("chat-style, own split", subset(&["chat_style"])));
-        groups.push(("chat-style validation.jsonl", chat_eval.clone()));
     }
+    let joint = lexical.embedding_features().is_some();
     let mut table = format!(
-        "| {} {what} on | n | router head | TF-IDF + SVM | fused |\n|---|---|---|---|---|\n",
-        args.head
+        "| {} {what} on | n | router head | {} | fused |{}\n|---|---|---|---|---|{}\n",
+        args.head,
+        if joint {
+            "joint SVM (text + embedding)"
+        } else {
+            "TF-IDF + SVM"
+        },
+        if joint {
+            " fused, without the embedding share (text features only) |"
+        } else {
+            ""
+        },
+        if joint { "---|" } else { "" },
     );
     let mut metrics = serde_json::Map::new();
-    let mut row = |table: &mut String, name: &str, n: usize, r: f64, l: f64, f: f64| {
-        table.push_str(&format!("| {name} | {n} | {r:.3} | {l:.3} | {f:.3} |\n"));
-        metrics.insert(
-            name.to_string(),
-            json!({"n": n, "router": r, "lexical": l, "fused": f}),
-        );
-    };
-    for (name, rows) in &groups {
+    let mut row =
+        |table: &mut String, name: &str, n: usize, r: f64, l: f64, f: f64, t: Option<f64>| {
+            let extra = t.map_or(String::new(), |t| format!(" {t:.3} |"));
+            table.push_str(&format!(
+                "| {name} | {n} | {r:.3} | {l:.3} | {f:.3} |{extra}\n"
+            ));
+            let mut m = json!({"n": n, "router": r, "lexical": l, "fused": f});
+            if let Some(t) = t {
+                m["fused_text_features_only"] = json!(t);
+            }
+            metrics.insert(name.to_string(), m);
+        };
+    for (name, rows, text_rows) in &groups {
         row(
             &mut table,
             name,
@@ -274,6 +461,7 @@ pub fn run(args: LexicalArgs) -> Result<()> {
             measure(role, rows, |r, _| argmax(r)),
             measure(role, rows, |_, l| argmax(l)),
             measure(role, rows, fused(best.0, best.1)),
+            joint.then(|| measure(role, text_rows, fused(best.0, best.1))),
         );
     }
     if role == HeadRole::Jailbreak {
@@ -290,8 +478,8 @@ pub fn run(args: LexicalArgs) -> Result<()> {
         let held_scary = kind_texts("safe_but_scary");
         let hc_router = router_probs(&router, role, &labels, &held_chat)?;
         let hs_router = router_probs(&router, role, &labels, &held_scary)?;
-        let hc_lex: Vec<Vec<f32>> = held_chat.iter().map(|t| lexical.scores(t)).collect();
-        let hs_lex: Vec<Vec<f32>> = held_scary.iter().map(|t| lexical.scores(t)).collect();
+        let hc_lex = score_texts(&lexical, enc, &held_chat, "held-out chat")?.0;
+        let hs_lex = score_texts(&lexical, enc, &held_scary, "safe-but-scary")?.0;
         let hc: Vec<Row> = hc_router
             .iter()
             .zip(&hc_lex)
@@ -318,6 +506,7 @@ pub fn run(args: LexicalArgs) -> Result<()> {
                 flagged(rows, |r, _| argmax(r)),
                 flagged(rows, |_, l| argmax(l)),
                 flagged(rows, fused(best.0, best.1)),
+                None,
             );
         }
         // The same at the shipped config's block threshold (router/config/default.yaml).
@@ -329,6 +518,7 @@ pub fn run(args: LexicalArgs) -> Result<()> {
             measure(role, &val, fused_at(0.0, best.1, t)),
             measure(role, &val, fused_at(1.0, best.1, t)),
             measure(role, &val, fused_at(best.0, best.1, t)),
+            None,
         );
         for (name, rows) in [
             ("benign validation texts", &benign),
@@ -343,6 +533,7 @@ pub fn run(args: LexicalArgs) -> Result<()> {
                 flagged(rows, fused_at(0.0, best.1, t)),
                 flagged(rows, fused_at(1.0, best.1, t)),
                 flagged(rows, fused_at(best.0, best.1, t)),
+                None,
             );
         }
     }
@@ -351,13 +542,20 @@ pub fn run(args: LexicalArgs) -> Result<()> {
         best.0, best.1
     );
     lexical.save(&args.router_dir)?;
-    let stem = LexicalModel::file_stem(&args.head);
+    let stem = lexical.stem();
     std::fs::write(
         args.router_dir.join(format!("{stem}_metrics.json")),
         serde_json::to_string_pretty(&json!({
-            "head": args.head, "weight": best.0, "scale": best.1, "features": lexical.tfidf().dim(),
+            "head": args.head, "weight": best.0, "scale": best.1, "features": lexical.features().dim(),
+            "char_ngrams": args.char_ngrams, "embedding_features": lexical.embedding_features(),
+            "fit_seconds": fit_secs,
             "train_texts": task.train.len(), "measure": what, "results": metrics,
-            "command": format!("switchyard train-lexical --head {} --data ../shared/data --router-dir router/models/default", args.head),
+            "command": format!(
+                "switchyard train-lexical --head {} --data ../shared/data --router-dir router/models/default{}{}",
+                args.head,
+                args.char_ngrams.map_or(String::new(), |(a, b)| format!(" --char-ngrams {a}-{b}")),
+                args.embedding_features.map_or(String::new(), |a| format!(" --embedding-features {a}")),
+            ),
         }))?,
     )?;
     eprintln!(
