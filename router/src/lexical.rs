@@ -24,6 +24,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use foldhash::fast::FixedState;
+
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -108,7 +110,7 @@ impl Analyzer {
 pub struct Tfidf {
     analyzer: Analyzer,
     terms: Vec<String>,
-    index: HashMap<String, u32>,
+    index: HashMap<String, u32, FixedState>,
     idf: Vec<f32>,
 }
 
@@ -167,7 +169,7 @@ impl Tfidf {
 
     /// The feature vector of a text.
     pub fn transform(&self, text: &str) -> Sparse {
-        let mut tf: HashMap<u32, f32> = HashMap::new();
+        let mut tf: HashMap<u32, f32, FixedState> = HashMap::default();
         self.analyzer.for_each(text, |t| {
             if let Some(&i) = self.index.get(t) {
                 *tf.entry(i).or_insert(0.0) += 1.0;
@@ -283,8 +285,48 @@ pub struct LexicalModel {
     pub scale: f32,
     features: TextFeatures,
     embedding: Option<EmbeddingFeatures>,
-    /// `[classes][text features + embedding + 1]`, bias last.
-    weights: Vec<Vec<f32>>,
+    /// Per feature (text features, embedding, then the bias), its weight for every class.
+    weights: FeatureMajor,
+}
+
+/// A linear model's weights stored feature by feature (`[features][classes]`), so that scoring a
+/// sparse vector reads one contiguous run per non-zero feature instead of one per class.
+#[derive(Debug, Clone)]
+struct FeatureMajor {
+    classes: usize,
+    values: Vec<f32>,
+}
+
+impl FeatureMajor {
+    /// From `[classes][width]` rows (all of one width).
+    fn from_rows(rows: &[Vec<f32>]) -> FeatureMajor {
+        let classes = rows.len();
+        let width = rows.first().map_or(0, Vec::len);
+        let mut values = vec![0f32; width * classes];
+        for (c, row) in rows.iter().enumerate() {
+            for (j, w) in row.iter().enumerate() {
+                values[j * classes + c] = *w;
+            }
+        }
+        FeatureMajor { classes, values }
+    }
+
+    /// Features (with the bias).
+    fn width(&self) -> usize {
+        self.values.len() / self.classes.max(1)
+    }
+
+    /// The weights of feature `j`, one per class.
+    fn feature(&self, j: usize) -> &[f32] {
+        &self.values[j * self.classes..(j + 1) * self.classes]
+    }
+
+    /// Back to `[classes][width]` rows.
+    fn rows(&self) -> Vec<Vec<f32>> {
+        (0..self.classes)
+            .map(|c| (0..self.width()).map(|j| self.feature(j)[c]).collect())
+            .collect()
+    }
 }
 
 impl LexicalModel {
@@ -322,7 +364,7 @@ impl LexicalModel {
             scale,
             features,
             embedding,
-            weights,
+            weights: FeatureMajor::from_rows(&weights),
         }
     }
 
@@ -345,11 +387,13 @@ impl LexicalModel {
     /// of a model without embedding features.
     pub fn text_scores(&self, text: &str) -> Vec<f32> {
         let v = self.features.transform(text);
-        let bias = self.weights.first().map_or(0, |w| w.len() - 1);
-        self.weights
-            .iter()
-            .map(|w| v.iter().map(|(j, x)| w[*j as usize] * x).sum::<f32>() + w[bias])
-            .collect()
+        let mut scores = self.weights.feature(self.weights.width() - 1).to_vec();
+        for (j, x) in v {
+            for (s, w) in scores.iter_mut().zip(self.weights.feature(j as usize)) {
+                *s += w * x;
+            }
+        }
+        scores
     }
 
     /// Adds the embedding features' share to [`LexicalModel::text_scores`]; nothing for a model
@@ -359,9 +403,11 @@ impl LexicalModel {
             return;
         };
         let offset = self.features.dim();
-        for (s, w) in scores.iter_mut().zip(&self.weights) {
-            let dense = &w[offset..offset + e.dim];
-            *s += e.scale * dense.iter().zip(embedding).map(|(a, x)| a * x).sum::<f32>();
+        for (j, x) in embedding.iter().take(e.dim).enumerate() {
+            let x = e.scale * x;
+            for (s, w) in scores.iter_mut().zip(self.weights.feature(offset + j)) {
+                *s += w * x;
+            }
         }
     }
 
@@ -474,7 +520,7 @@ impl LexicalModel {
             scale: meta.scale,
             features,
             embedding: meta.embedding,
-            weights,
+            weights: FeatureMajor::from_rows(&weights),
         })
     }
 
@@ -505,8 +551,8 @@ impl LexicalModel {
             dir.join(format!("{stem}.json")),
             serde_json::to_string(&meta).map_err(|e| RouterError::Classifier(e.to_string()))?,
         )?;
-        let width = self.weights.first().map_or(1, Vec::len);
-        let flat: Vec<f32> = self.weights.iter().flatten().copied().collect();
+        let width = self.weights.width();
+        let flat: Vec<f32> = self.weights.rows().into_iter().flatten().collect();
         let f16 = |v: &[f32]| -> Result<Tensor, RouterError> {
             Ok(Tensor::new(v, &Device::Cpu)?.to_dtype(DType::F16)?)
         };
@@ -517,7 +563,7 @@ impl LexicalModel {
         }
         tensors.insert(
             "weights".into(),
-            Tensor::from_vec(flat, (self.weights.len(), width), &Device::Cpu)?
+            Tensor::from_vec(flat, (self.weights.classes, width), &Device::Cpu)?
                 .to_dtype(DType::F16)?,
         );
         candle_core::safetensors::save(&tensors, dir.join(format!("{stem}.safetensors")))?;

@@ -142,6 +142,9 @@ impl FeatureEncoder {
     }
 }
 
+/// Per text, the scores of every class.
+type Scores = Vec<Vec<f32>>;
+
 /// Lexical scores of texts: with their embeddings when the model reads them (`full`), and from the
 /// text features alone (what a router without the embedding signal computes).
 pub(super) fn score_texts(
@@ -149,7 +152,7 @@ pub(super) fn score_texts(
     encoder: Option<&FeatureEncoder>,
     texts: &[&str],
     what: &str,
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+) -> Result<(Scores, Scores)> {
     let text_only: Vec<Vec<f32>> = texts.iter().map(|t| lexical.text_scores(t)).collect();
     let full = match encoder {
         Some(enc) => enc
