@@ -18,8 +18,10 @@
 //! `lexical-<head>.*` for others, `…-joint.*` for a joint model; a head may have a text-only model and
 //! a joint one, and the router uses the joint one when it runs the embedding signal): the head it fuses with, the label names, `weight`, `scale`, the word
 //! terms in feature order, the character block (`char_wb`: n-gram range and terms) and the embedding
-//! features (`embedding`) when present; `idf` `[words]`, `char_idf` `[chars]` and `weights`
-//! `[classes, words + chars + embedding + 1]` (the last column is the bias) in f16.
+//! features (`embedding`) when present; `idf` `[words]` and `char_idf` `[chars]` in f16; the weights
+//! over `words + chars + embedding + 1` features (the last is the bias) in 8 bits, feature-major:
+//! `weights_u8` `[features, classes]` and a per-feature f16 `weights_scale` (models written before
+//! that: `weights` `[classes, features]` in f16, still read).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -322,10 +324,43 @@ impl FeatureMajor {
     }
 
     /// Back to `[classes][width]` rows.
+    #[cfg(test)]
     fn rows(&self) -> Vec<Vec<f32>> {
         (0..self.classes)
             .map(|c| (0..self.width()).map(|j| self.feature(j)[c]).collect())
             .collect()
+    }
+
+    /// 8-bit storage: per feature, an f16 scale (its largest absolute weight / 127) and one byte per
+    /// class, `round(w / scale) + 128`.
+    fn quantize(&self) -> (Vec<u8>, Vec<half::f16>) {
+        let mut bytes = Vec::with_capacity(self.values.len());
+        let mut scales = Vec::with_capacity(self.width());
+        for j in 0..self.width() {
+            let ws = self.feature(j);
+            let max = ws.iter().fold(0f32, |m, w| m.max(w.abs()));
+            let scale = half::f16::from_f32(max / 127.0);
+            let s = scale.to_f32();
+            scales.push(scale);
+            bytes.extend(ws.iter().map(|w| {
+                let q = if s > 0.0 { (w / s).round() } else { 0.0 };
+                (q.clamp(-127.0, 127.0) + 128.0) as u8
+            }));
+        }
+        (bytes, scales)
+    }
+
+    /// The inverse of [`FeatureMajor::quantize`].
+    fn dequantize(classes: usize, bytes: &[u8], scales: &[half::f16]) -> FeatureMajor {
+        let values = bytes
+            .chunks(classes.max(1))
+            .zip(scales)
+            .flat_map(|(qs, s)| {
+                let s = s.to_f32();
+                qs.iter().map(move |q| (f32::from(*q) - 128.0) * s)
+            })
+            .collect();
+        FeatureMajor { classes, values }
     }
 }
 
@@ -481,7 +516,34 @@ impl LexicalModel {
                 .and_then(|t| Ok(t.to_dtype(DType::F32)?))
         };
         let idf: Vec<f32> = get("idf")?.to_vec1()?;
-        let weights: Vec<Vec<f32>> = get("weights")?.to_vec2()?;
+        let classes = meta.labels.len();
+        // 8-bit (`weights_u8` `[features, classes]` + `weights_scale` `[features]`) or, as first
+        // shipped, f16 rows (`weights` `[classes, features]`).
+        let weights = match tensors.get("weights_u8") {
+            Some(q) => {
+                let bytes: Vec<u8> = q.flatten_all()?.to_vec1()?;
+                let scales: Vec<half::f16> = tensors
+                    .get("weights_scale")
+                    .ok_or_else(|| err(format!("{stem}.safetensors has no `weights_scale`")))?
+                    .to_dtype(DType::F16)?
+                    .to_vec1()?;
+                if q.dims() != [scales.len(), classes] {
+                    return Err(err(format!(
+                        "weights_u8 is {:?}, expected [{}, {classes}]",
+                        q.dims(),
+                        scales.len()
+                    )));
+                }
+                FeatureMajor::dequantize(classes, &bytes, &scales)
+            }
+            None => {
+                let rows: Vec<Vec<f32>> = get("weights")?.to_vec2()?;
+                if rows.len() != classes {
+                    return Err(err(format!("weights should have {classes} rows")));
+                }
+                FeatureMajor::from_rows(&rows)
+            }
+        };
         if idf.len() != meta.terms.len() {
             return Err(err("terms and idf disagree in size".into()));
         }
@@ -507,10 +569,10 @@ impl LexicalModel {
             chars,
         };
         let width = features.dim() + meta.embedding.as_ref().map_or(0, |e| e.dim) + 1;
-        if weights.len() != meta.labels.len() || weights.iter().any(|w| w.len() != width) {
+        if weights.width() != width {
             return Err(err(format!(
-                "weights should be [{} labels, {width}] (features, embedding, bias)",
-                meta.labels.len()
+                "weights cover {} features, expected {width} (features, embedding, bias)",
+                weights.width()
             )));
         }
         Ok(LexicalModel {
@@ -520,8 +582,26 @@ impl LexicalModel {
             scale: meta.scale,
             features,
             embedding: meta.embedding,
-            weights: FeatureMajor::from_rows(&weights),
+            weights,
         })
+    }
+
+    /// The model as [`LexicalModel::save`] stores it (f16 idf, 8-bit weights): what a router loading
+    /// the files computes, for measuring before saving.
+    pub fn as_stored(&self) -> LexicalModel {
+        let round = |t: &mut Tfidf| {
+            t.idf
+                .iter_mut()
+                .for_each(|x| *x = half::f16::from_f32(*x).to_f32())
+        };
+        let mut m = self.clone();
+        round(&mut m.features.words);
+        if let Some(c) = m.features.chars.as_mut() {
+            round(c);
+        }
+        let (bytes, scales) = self.weights.quantize();
+        m.weights = FeatureMajor::dequantize(self.weights.classes, &bytes, &scales);
+        m
     }
 
     /// Writes `<stem>.json` + `<stem>.safetensors` into `dir` (see [`LexicalModel::file_stem`]).
@@ -551,8 +631,6 @@ impl LexicalModel {
             dir.join(format!("{stem}.json")),
             serde_json::to_string(&meta).map_err(|e| RouterError::Classifier(e.to_string()))?,
         )?;
-        let width = self.weights.width();
-        let flat: Vec<f32> = self.weights.rows().into_iter().flatten().collect();
         let f16 = |v: &[f32]| -> Result<Tensor, RouterError> {
             Ok(Tensor::new(v, &Device::Cpu)?.to_dtype(DType::F16)?)
         };
@@ -561,10 +639,15 @@ impl LexicalModel {
         if let Some(c) = &self.features.chars {
             tensors.insert("char_idf".into(), f16(&c.idf)?);
         }
+        let (bytes, scales) = self.weights.quantize();
+        let width = scales.len();
         tensors.insert(
-            "weights".into(),
-            Tensor::from_vec(flat, (self.weights.classes, width), &Device::Cpu)?
-                .to_dtype(DType::F16)?,
+            "weights_u8".into(),
+            Tensor::from_vec(bytes, (width, self.weights.classes), &Device::Cpu)?,
+        );
+        tensors.insert(
+            "weights_scale".into(),
+            Tensor::from_vec(scales, width, &Device::Cpu)?,
         );
         candle_core::safetensors::save(&tensors, dir.join(format!("{stem}.safetensors")))?;
         Ok(())
@@ -627,6 +710,25 @@ mod tests {
             terms("Solve x+1!"),
             vec!["solve", "x", "1", "solve x", "x 1"]
         );
+    }
+
+    #[test]
+    fn eight_bit_weights_are_within_half_a_step_of_each_features_largest() {
+        let rows = vec![vec![1.0, -0.5, 0.0, 1e-3], vec![-2.0, 0.25, 0.0, 3e-3]];
+        let w = FeatureMajor::from_rows(&rows);
+        let (bytes, scales) = w.quantize();
+        let back = FeatureMajor::dequantize(2, &bytes, &scales);
+        for (j, max) in [2.0f32, 0.5, 0.0, 3e-3].into_iter().enumerate() {
+            for (c, row) in rows.iter().enumerate() {
+                let err = (back.feature(j)[c] - row[j]).abs();
+                // Half a step, plus the f16 rounding of the scale.
+                assert!(
+                    err <= max / 254.0 * 1.01 + 1e-9,
+                    "feature {j} class {c}: {err}"
+                );
+            }
+        }
+        assert_eq!(back.rows().len(), 2);
     }
 
     #[test]
@@ -706,6 +808,12 @@ mod tests {
         m.save(&dir).unwrap();
         let back = LexicalModel::load_all(&dir).unwrap().remove(0);
         assert_eq!(back.embedding_features(), Some(&embedding));
+        // What `as_stored` predicts is exactly what loading the files gives.
+        let stored = m.as_stored();
+        for text in ["solve", "the court ruled on x"] {
+            let e = Some(&[0.5f32, -1.0][..]);
+            assert_eq!(stored.scores(text, e), back.scores(text, e));
+        }
         let again = back.scores("solve", Some(&[0.5, 1.0]));
         for (a, b) in full.iter().zip(&again) {
             assert!(
