@@ -38,6 +38,18 @@ fn default_router() -> Router {
     Router::load(RouterOptions::new(shipped_config())).expect("the shipped router loads")
 }
 
+/// The shipped router's heads alone (no lexical or embedding signal).
+fn head_alone() -> switchyard_router::RouterModel {
+    switchyard_router::RouterModel::load_dir(
+        std::path::Path::new(switchyard_router::DEFAULT_MODEL_DIR),
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+        switchyard_router::DEFAULT_MAX_INPUT_TOKENS,
+    )
+    .unwrap()
+    .without_lexical()
+}
+
 /// The shipped router without its embedding signal.
 fn router_without_embedding() -> Router {
     let mut config = RouterConfig::shipped_default().unwrap();
@@ -259,14 +271,7 @@ fn the_default_router_fuses_its_lexical_signal_into_the_domain_head() {
         .remove(0)
         .domain
         .unwrap();
-    let alone = switchyard_router::RouterModel::load_dir(
-        std::path::Path::new(switchyard_router::DEFAULT_MODEL_DIR),
-        &candle_core::Device::Cpu,
-        candle_core::DType::F32,
-        switchyard_router::DEFAULT_MAX_INPUT_TOKENS,
-    )
-    .unwrap()
-    .without_lexical();
+    let alone = head_alone();
     let encoded = alone.encode(text).unwrap();
     assert!(encoded.lexical.is_empty());
     let head = alone
@@ -325,14 +330,7 @@ fn the_default_router_fuses_its_embedding_signal_after_the_lexical_one() {
         .unwrap();
     // The head alone, then its lexical model (a joint one reads the embedding too), then the
     // embedding signal.
-    let head = switchyard_router::RouterModel::load_dir(
-        std::path::Path::new(switchyard_router::DEFAULT_MODEL_DIR),
-        &candle_core::Device::Cpu,
-        candle_core::DType::F32,
-        switchyard_router::DEFAULT_MAX_INPUT_TOKENS,
-    )
-    .unwrap()
-    .without_lexical();
+    let head = head_alone();
     let head = head
         .classify(&[&head.encode(text).unwrap()])
         .unwrap()
