@@ -60,6 +60,11 @@ pub struct LexicalArgs {
     /// this folder (see `train::dump`), then stop: nothing is fitted or written beside the router.
     #[arg(long)]
     pub dump_splits: Option<PathBuf>,
+    /// The jailbreak head's block threshold (the routing config's `jailbreak.threshold`; 0.7 in
+    /// router/config/default.yaml): the fusion weight and scale are chosen for F1 at this threshold,
+    /// the decision the server makes. The domain head ignores it.
+    #[arg(long, default_value_t = 0.7)]
+    pub block_threshold: f64,
 }
 
 /// `MIN-MAX` with `1 <= MIN <= MAX`.
@@ -262,6 +267,12 @@ pub fn run(args: LexicalArgs) -> Result<()> {
         "jailbreak" => HeadRole::Jailbreak,
         other => bail!("--head {other}: expected domain or jailbreak"),
     };
+    if !(args.block_threshold > 0.0 && args.block_threshold < 1.0) {
+        bail!(
+            "--block-threshold {}: expected a probability strictly between 0 and 1",
+            args.block_threshold
+        );
+    }
     let chat = args.chat_data.exists().then_some(args.chat_data.as_path());
     let benign = args
         .benign_data
@@ -381,12 +392,18 @@ pub fn run(args: LexicalArgs) -> Result<()> {
         .map(|(r, l)| (r.0, r.1, l))
         .collect();
 
-    // Choose weight and scale on the router's own validation split only.
-    let mut best = (0.0f32, 1.0f32, measure(role, &val, fused(0.0, 1.0)));
+    // Choose weight and scale on the router's own validation split only: for the domain head by
+    // accuracy of the fused argmax, for the jailbreak head by F1 at the block threshold.
+    let t = args.block_threshold as f32;
+    let tuned = |w: f32, s: f32| match role {
+        HeadRole::Jailbreak => measure(role, &val, fused_at(w, s, t)),
+        _ => measure(role, &val, fused(w, s)),
+    };
+    let mut best = (0.0f32, 1.0f32, tuned(0.0, 1.0));
     for wi in 1..=10 {
         for s in [0.5f32, 1.0, 2.0, 4.0, 8.0] {
             let w = wi as f32 / 10.0;
-            let m = measure(role, &val, fused(w, s));
+            let m = tuned(w, s);
             if m > best.2 + 1e-9 {
                 best = (w, s, m);
             }
@@ -514,8 +531,7 @@ pub fn run(args: LexicalArgs) -> Result<()> {
                 None,
             );
         }
-        // The same at the shipped config's block threshold (router/config/default.yaml).
-        let t = 0.7f32;
+        // The same at the block threshold the fusion was chosen for.
         row(
             &mut table,
             &format!("F1 at p(jailbreak) >= {t}, validation split"),
@@ -554,13 +570,14 @@ pub fn run(args: LexicalArgs) -> Result<()> {
             "head": args.head, "weight": best.0, "scale": best.1, "features": lexical.features().dim(),
             "char_ngrams": args.char_ngrams, "embedding_features": lexical.embedding_features(),
             "fit_seconds": fit_secs,
+            "block_threshold": (role == HeadRole::Jailbreak).then_some(args.block_threshold),
             "train_texts": task.train.len(), "measure": what, "results": metrics,
             "command": format!(
                 "switchyard train-lexical --head {} --data ../shared/data --router-dir router/models/default{}{}",
                 args.head,
                 args.char_ngrams.map_or(String::new(), |(a, b)| format!(" --char-ngrams {a}-{b}")),
                 args.embedding_features.map_or(String::new(), |a| format!(" --embedding-features {a}")),
-            ),
+            ) + &if role == HeadRole::Jailbreak { format!(" --block-threshold {}", args.block_threshold) } else { String::new() },
         }))?,
     )?;
     eprintln!(
