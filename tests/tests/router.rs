@@ -308,6 +308,22 @@ fn greetings_and_safe_but_scary_questions_are_not_blocked() {
 }
 
 #[test]
+fn bare_greetings_take_the_default_route_and_greetings_with_a_question_do_not() {
+    let router = default_router();
+    for text in ["Hi!", "hello", "Thanks so much!", "good morning :)", "hey there"] {
+        let d = router.route(&user(text)).unwrap();
+        assert_eq!(d.keyword_rule.as_deref(), Some("small-talk"), "{text}");
+        assert_eq!(d.category, "default", "{text}: {:?}", d.reasons);
+        assert!(!d.reasoning.is_thinking(), "{text}: {:?}", d.reasons);
+    }
+    let d = router
+        .route(&user("hi, can you solve 3x + 7 = 22 for x?"))
+        .unwrap();
+    assert_eq!(d.keyword_rule, None, "{:?}", d.reasons);
+    assert_eq!(d.category, "math", "{:?}", d.reasons);
+}
+
+#[test]
 fn the_default_router_fuses_its_embedding_signal_after_the_lexical_one() {
     let Some(_) = minilm_dir() else { return };
     let router = default_router();
