@@ -310,7 +310,13 @@ fn greetings_and_safe_but_scary_questions_are_not_blocked() {
 #[test]
 fn bare_greetings_take_the_default_route_and_greetings_with_a_question_do_not() {
     let router = default_router();
-    for text in ["Hi!", "hello", "Thanks so much!", "good morning :)", "hey there"] {
+    for text in [
+        "Hi!",
+        "hello",
+        "Thanks so much!",
+        "good morning :)",
+        "hey there",
+    ] {
         let d = router.route(&user(text)).unwrap();
         assert_eq!(d.keyword_rule.as_deref(), Some("small-talk"), "{text}");
         assert_eq!(d.category, "default", "{text}: {:?}", d.reasons);

@@ -255,6 +255,27 @@ fn measure(role: HeadRole, rows: &[Row], predict: impl Fn(&[f32], &[f32]) -> usi
     }
 }
 
+/// The fusion `(weight, scale, measure)` with the best measure on `val`: for the domain head by
+/// accuracy of the fused argmax, for the jailbreak head by F1 of blocking at `block_threshold`.
+/// Weights 0.1..1 and scales 0.5..8 are tried; the head alone (`w = 0`) stands unless one is better.
+fn choose_fusion(role: HeadRole, val: &[Row], block_threshold: f32) -> (f32, f32, f64) {
+    let tuned = |w: f32, s: f32| match role {
+        HeadRole::Jailbreak => measure(role, val, fused_at(w, s, block_threshold)),
+        _ => measure(role, val, fused(w, s)),
+    };
+    let mut best = (0.0f32, 1.0f32, tuned(0.0, 1.0));
+    for wi in 1..=10 {
+        for s in [0.5f32, 1.0, 2.0, 4.0, 8.0] {
+            let w = wi as f32 / 10.0;
+            let m = tuned(w, s);
+            if m > best.2 + 1e-9 {
+                best = (w, s, m);
+            }
+        }
+    }
+    best
+}
+
 /// Share of rows predicted as label 1 (for sets that are all benign).
 fn flagged(rows: &[Row], predict: impl Fn(&[f32], &[f32]) -> usize) -> f64 {
     rows.iter().filter(|(_, r, l)| predict(r, l) == 1).count() as f64 / rows.len().max(1) as f64
@@ -392,23 +413,9 @@ pub fn run(args: LexicalArgs) -> Result<()> {
         .map(|(r, l)| (r.0, r.1, l))
         .collect();
 
-    // Choose weight and scale on the router's own validation split only: for the domain head by
-    // accuracy of the fused argmax, for the jailbreak head by F1 at the block threshold.
+    // Choose weight and scale on the router's own validation split only.
     let t = args.block_threshold as f32;
-    let tuned = |w: f32, s: f32| match role {
-        HeadRole::Jailbreak => measure(role, &val, fused_at(w, s, t)),
-        _ => measure(role, &val, fused(w, s)),
-    };
-    let mut best = (0.0f32, 1.0f32, tuned(0.0, 1.0));
-    for wi in 1..=10 {
-        for s in [0.5f32, 1.0, 2.0, 4.0, 8.0] {
-            let w = wi as f32 / 10.0;
-            let m = tuned(w, s);
-            if m > best.2 + 1e-9 {
-                best = (w, s, m);
-            }
-        }
-    }
+    let best = choose_fusion(role, &val, t);
     lexical.weight = best.0;
     lexical.scale = best.1;
 
@@ -585,4 +592,69 @@ pub fn run(args: LexicalArgs) -> Result<()> {
         args.router_dir.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Jailbreak rows whose head puts p(jailbreak) at 0.6 for attacks and 0.4 for benign texts (right
+    /// at 0.5, blocking nothing at 0.7), while the lexical scores separate them strongly.
+    fn rows() -> Vec<(usize, Vec<f32>, Vec<f32>)> {
+        (0..20)
+            .map(|i| {
+                let attack = i % 2 == 0;
+                let p = if attack { 0.6 } else { 0.4 };
+                let z = if attack { 2.0 } else { -2.0 };
+                (usize::from(attack), vec![1.0 - p, p], vec![0.0, z])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fused_at_blends_head_and_lexical_probabilities_against_the_threshold() {
+        let (head, lex) = (vec![0.4f32, 0.6], vec![0.0f32, 2.0]);
+        assert_eq!(fused_at(0.0, 1.0, 0.5)(&head, &lex), 1);
+        assert_eq!(fused_at(0.0, 1.0, 0.7)(&head, &lex), 0);
+        // softmax([0, 2]) puts 0.88 on label 1.
+        assert_eq!(fused_at(1.0, 1.0, 0.7)(&head, &lex), 1);
+        assert_eq!(fused_at(1.0, 1.0, 0.9)(&head, &lex), 0);
+    }
+
+    #[test]
+    fn the_jailbreak_fusion_is_chosen_for_f1_at_the_block_threshold() {
+        let owned = rows();
+        let val: Vec<Row> = owned.iter().map(|(g, r, l)| (*g, r, l)).collect();
+        // At 0.5 the head alone is already perfect: it stands.
+        let (w, _, f1) = choose_fusion(HeadRole::Jailbreak, &val, 0.5);
+        assert_eq!((w, f1), (0.0, 1.0));
+        // At 0.7 the head blocks nothing (F1 0); the lexical share makes it perfect again.
+        assert_eq!(
+            measure(HeadRole::Jailbreak, &val, fused_at(0.0, 1.0, 0.7)),
+            0.0
+        );
+        let (w, s, f1) = choose_fusion(HeadRole::Jailbreak, &val, 0.7);
+        assert!(w > 0.0, "w {w} s {s}");
+        assert_eq!(f1, 1.0);
+        assert_eq!(measure(HeadRole::Jailbreak, &val, fused_at(w, s, 0.7)), 1.0);
+    }
+
+    #[test]
+    fn the_domain_fusion_is_chosen_for_accuracy_of_the_argmax() {
+        // The head gets every row wrong, the lexical model every row right.
+        let owned: Vec<(usize, Vec<f32>, Vec<f32>)> = (0..10)
+            .map(|i| {
+                let gold = i % 3;
+                let mut head = vec![0.2f32; 3];
+                head[(gold + 1) % 3] = 0.6;
+                let mut lex = vec![-1.0f32; 3];
+                lex[gold] = 1.0;
+                (gold, head, lex)
+            })
+            .collect();
+        let val: Vec<Row> = owned.iter().map(|(g, r, l)| (*g, r, l)).collect();
+        let (w, _, acc) = choose_fusion(HeadRole::Domain, &val, 0.7);
+        assert!(w > 0.0);
+        assert_eq!(acc, 1.0);
+    }
 }
