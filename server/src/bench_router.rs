@@ -8,6 +8,8 @@
 //!
 //! Texts are the project's chat-style validation requests (router/data/chat_style/validation.jsonl),
 //! taken cyclically: batch `i` of size `b` is texts `[i*b, i*b + b)` modulo their number, on both sides.
+//! Last, each text is routed once and what the router decided is summarised against the texts'
+//! labels where they have them (`bench_decisions`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use switchyard_router::{
 };
 
 use crate::bench::machine_name;
+use crate::bench_decisions::{self, read_labelled, summarise, DecisionSummary, Outcome};
 
 /// Options of `bench router`.
 #[derive(Args, Debug, Clone)]
@@ -34,7 +37,8 @@ pub struct RouterBenchArgs {
     /// Leave the embedding signal out (as if the configuration disabled it).
     #[arg(long)]
     pub no_embedding: bool,
-    /// Texts to classify: a JSONL file with a `text` field.
+    /// Texts to classify: a JSONL file with a `text` field (and optionally `domain` and `reasoning`
+    /// labels, which the summary of decisions is scored against).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../router/data/chat_style/validation.jsonl"))]
     pub texts: PathBuf,
     /// Batch sizes.
@@ -99,6 +103,8 @@ struct Report {
     route_without_embedding_p50_ms: Option<f64>,
     route_without_embedding_p99_ms: Option<f64>,
     concurrency: Vec<Concurrency>,
+    /// What the router decided on the texts (shipped configuration, each text once).
+    decisions: DecisionSummary,
 }
 
 /// `q`-quantile (nearest rank) of samples in ms.
@@ -111,26 +117,6 @@ fn quantile(v: &[f64], q: f64) -> f64 {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-fn read_texts(path: &PathBuf) -> Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let texts: Vec<String> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l)?;
-            v["text"]
-                .as_str()
-                .map(str::to_string)
-                .context("a line without a `text` field")
-        })
-        .collect::<Result<_>>()?;
-    if texts.is_empty() {
-        bail!("{}: no texts", path.display());
-    }
-    Ok(texts)
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
@@ -146,7 +132,8 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 
 /// Runs the benchmark and writes `router.json` and `router.md` under `--out`; returns the Markdown.
 pub fn run(args: RouterBenchArgs) -> Result<String> {
-    let texts = read_texts(&args.texts)?;
+    let labelled = read_labelled(&args.texts)?;
+    let texts: Vec<String> = labelled.iter().map(|t| t.text.clone()).collect();
     // The classifiers as the configuration loads them (with the embedding signal when it is on).
     let loaded = Router::load(options(&args, false, args.no_embedding)?)?;
     let model: &RouterModel = loaded.model();
@@ -318,6 +305,18 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
         });
     }
 
+    // 5. What the router decides, each text once.
+    let router = Router::load(options(&args, false, args.no_embedding)?)?;
+    let pb = bar(labelled.len() as u64, "decisions");
+    let mut outcomes = Vec::with_capacity(labelled.len());
+    for t in &labelled {
+        let d = router.route(&[ChatMessage::new("user", t.text.clone())])?;
+        outcomes.push((Outcome::from(&d), t));
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let decisions = summarise(&outcomes);
+
     let report = Report {
         machine: machine_name(),
         router_dir: args.router_dir.display().to_string(),
@@ -332,6 +331,7 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
         route_without_embedding_p50_ms: without.as_ref().map(|r| quantile(r, 0.5)),
         route_without_embedding_p99_ms: without.as_ref().map(|r| quantile(r, 0.99)),
         concurrency,
+        decisions,
     };
     std::fs::write(
         args.out.join("router.json"),
@@ -440,5 +440,7 @@ fn markdown(r: &Report) -> String {
             c.mean_batch
         ));
     }
+    s.push('\n');
+    s.push_str(&bench_decisions::markdown(&r.decisions));
     s
 }

@@ -1,6 +1,7 @@
 //! The `switchyard` binary.
 
 mod bench;
+mod bench_decisions;
 mod bench_overhead;
 mod bench_router;
 mod bench_savings;
