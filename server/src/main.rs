@@ -43,6 +43,9 @@ enum Commands {
     /// Evaluate the router's PII head through its inference path (held-out PII sentences and benign
     /// texts) and write `pii_metrics.json`.
     EvalPii(train::pii_eval::EvalPiiArgs),
+    /// Refit the PII head's last linear layer on the frozen router (with the entity-free chat
+    /// sentences the trainer now adds) and write it back into the router's `model.safetensors`.
+    RefitPiiHead(train::pii_refit::PiiRefitArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -221,6 +224,7 @@ fn main() -> Result<()> {
         Commands::TrainLexical(args) => train::lexical::run(args),
         Commands::TrainEmbedding(args) => train::embedding::run(args),
         Commands::EvalPii(args) => train::pii_eval::run(args),
+        Commands::RefitPiiHead(args) => train::pii_refit::run(args),
         Commands::FetchModel(args) => {
             let cache = switchyard_server::fetch::cache_dir();
             let path = switchyard_server::fetch::DEFAULT_MODEL.ensure(&cache)?;

@@ -63,8 +63,20 @@ impl ClassifierHead {
         &self.labels
     }
 
+    /// The last linear layer (`classifier`), which maps [`Self::features`] to logits.
+    pub fn classifier(&self) -> &Linear {
+        &self.classifier
+    }
+
     /// Logits: `[B, labels]` for a sequence head, `[B, T, labels]` for a token head.
     pub fn forward(&self, states: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        self.classifier
+            .forward(&self.features(states, attention_mask)?)
+    }
+
+    /// What the classifier reads: the pooled (sequence) or per-token (token) backbone states after
+    /// `head.dense` → activation → `head.norm`; `[B, H]` or `[B, T, H]`.
+    pub fn features(&self, states: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let x = match self.task {
             // Contiguous: CUDA matmuls (unlike the CPU's) refuse the strided [CLS] view.
             HeadTask::Sequence(Pooling::Cls) => states.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?,
@@ -77,9 +89,7 @@ impl ClassifierHead {
             }
             HeadTask::Token => states.clone(),
         };
-        let x = self
-            .norm
-            .forward(&activate(&self.dense.forward(&x)?, self.act)?)?;
-        self.classifier.forward(&x)
+        self.norm
+            .forward(&activate(&self.dense.forward(&x)?, self.act)?)
     }
 }

@@ -13,6 +13,7 @@ pub mod lexical;
 pub mod logreg;
 pub mod model;
 pub mod pii_eval;
+pub mod pii_refit;
 pub mod tokenizer;
 
 use anyhow::{bail, Context, Result};
