@@ -354,6 +354,35 @@ fn csv_rows(path: &Path) -> Result<Vec<csv::StringRecord>> {
         .collect()
 }
 
+/// The data folders the training and evaluation commands read (`--data`, `--chat-data`,
+/// `--benign-data`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct DataArgs {
+    /// The shared data folder (with MANIFEST.md).
+    #[arg(long, default_value = "../shared/data")]
+    pub data: std::path::PathBuf,
+    /// Chat-style data: `train.jsonl` is trained on, `validation.jsonl` only evaluated (not used if
+    /// the folder does not exist).
+    #[arg(long, default_value = "router/data/chat_style")]
+    pub chat_data: std::path::PathBuf,
+    /// Benign chat and safe-but-scary prompts: `train.jsonl` is trained on as benign, `heldout.jsonl`
+    /// only evaluated (not used if the folder does not exist).
+    #[arg(long, default_value = "router/data/benign_chat")]
+    pub benign_data: std::path::PathBuf,
+}
+
+impl DataArgs {
+    /// Reads every data set from these folders ([`load`], 3000 extra benign texts).
+    pub fn load(&self) -> Result<Dataset> {
+        let chat = self.chat_data.exists().then_some(self.chat_data.as_path());
+        let benign = self
+            .benign_data
+            .exists()
+            .then_some(self.benign_data.as_path());
+        load(&self.data, chat, benign, 3000)
+    }
+}
+
 /// Reads every data set. `chat_dir` may not exist (then no chat-style data is used).
 ///
 /// `benign_dir` (`router/data/benign_chat`) may not exist either: its `train.jsonl` is trained on as

@@ -25,15 +25,9 @@ use super::logreg::{self, LogRegOptions};
 /// Options of `train-embedding`.
 #[derive(Args, Debug)]
 pub struct EmbeddingArgs {
-    /// The shared data folder.
-    #[arg(long, default_value = "../shared/data")]
-    pub data: PathBuf,
-    /// Chat-style data (train.jsonl is trained on, validation.jsonl only evaluated).
-    #[arg(long, default_value = "router/data/chat_style")]
-    pub chat_data: PathBuf,
-    /// Benign chat and safe-but-scary prompts (as `train-router` reads them).
-    #[arg(long, default_value = "router/data/benign_chat")]
-    pub benign_data: PathBuf,
+    /// The data folders.
+    #[command(flatten)]
+    pub sets: data::DataArgs,
     /// The router directory to fuse with (and write into).
     #[arg(long, default_value = "router/models/default")]
     pub router_dir: PathBuf,
@@ -157,12 +151,7 @@ fn accuracy<'a>(
 
 /// Runs `train-embedding`.
 pub fn run(args: EmbeddingArgs) -> Result<()> {
-    let chat = args.chat_data.exists().then_some(args.chat_data.as_path());
-    let benign = args
-        .benign_data
-        .exists()
-        .then_some(args.benign_data.as_path());
-    let ds = data::load(&args.data, chat, benign, 3000)?;
+    let ds = args.sets.load()?;
     let task = &ds.domain;
     let labels: Vec<String> = data::DOMAINS.iter().map(|s| s.to_string()).collect();
     let encoder_dir = match &args.encoder {

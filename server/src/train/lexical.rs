@@ -24,15 +24,9 @@ use super::eval::{argmax, binary_prf};
 /// Options of `train-lexical`.
 #[derive(Args, Debug)]
 pub struct LexicalArgs {
-    /// The shared data folder.
-    #[arg(long, default_value = "../shared/data")]
-    pub data: PathBuf,
-    /// Chat-style data (train.jsonl is trained on, validation.jsonl only evaluated).
-    #[arg(long, default_value = "router/data/chat_style")]
-    pub chat_data: PathBuf,
-    /// Benign chat and safe-but-scary prompts (train.jsonl trained on, heldout.jsonl evaluated).
-    #[arg(long, default_value = "router/data/benign_chat")]
-    pub benign_data: PathBuf,
+    /// The data folders.
+    #[command(flatten)]
+    pub sets: data::DataArgs,
     /// The router directory to fuse with (and write into).
     #[arg(long, default_value = "router/models/default")]
     pub router_dir: PathBuf,
@@ -294,12 +288,7 @@ pub fn run(args: LexicalArgs) -> Result<()> {
             args.block_threshold
         );
     }
-    let chat = args.chat_data.exists().then_some(args.chat_data.as_path());
-    let benign = args
-        .benign_data
-        .exists()
-        .then_some(args.benign_data.as_path());
-    let ds = data::load(&args.data, chat, benign, 3000)?;
+    let ds = args.sets.load()?;
     let (task, labels): (&data::SeqTask, Vec<String>) = match role {
         HeadRole::Domain => (
             &ds.domain,

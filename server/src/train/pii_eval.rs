@@ -24,15 +24,9 @@ use super::data::{self, TokenExample};
 /// Options of `eval-pii`.
 #[derive(Args, Debug)]
 pub struct EvalPiiArgs {
-    /// The shared data folder.
-    #[arg(long, default_value = "../shared/data")]
-    pub data: PathBuf,
-    /// Chat-style data (only `validation.jsonl` is used here: benign texts).
-    #[arg(long, default_value = "router/data/chat_style")]
-    pub chat_data: PathBuf,
-    /// Benign chat and safe-but-scary prompts (`heldout.jsonl` is used here).
-    #[arg(long, default_value = "router/data/benign_chat")]
-    pub benign_data: PathBuf,
+    /// The data folders.
+    #[command(flatten)]
+    pub sets: data::DataArgs,
     /// The router directory to evaluate.
     #[arg(long, default_value = "router/models/default")]
     pub router_dir: PathBuf,
@@ -315,12 +309,7 @@ fn snippet(text: &str, s: &Span) -> String {
 
 /// Runs `eval-pii`.
 pub fn run(args: EvalPiiArgs) -> Result<()> {
-    let chat = args.chat_data.exists().then_some(args.chat_data.as_path());
-    let benign = args
-        .benign_data
-        .exists()
-        .then_some(args.benign_data.as_path());
-    let ds = data::load(&args.data, chat, benign, 3000)?;
+    let ds = args.sets.load()?;
     let (config, policy) = eval_config(&args)?;
     let threshold = config.pii.threshold;
     let mut options = RouterOptions::new(config);
@@ -496,8 +485,8 @@ pub fn run(args: EvalPiiArgs) -> Result<()> {
         // Training-side benign texts (the router's PII head was not trained on them): where a rule
         // against false positives may be checked without touching the held-out sets.
         let train_side = [
-            ("benign_train", args.benign_data.join("train.jsonl")),
-            ("chat_train", args.chat_data.join("train.jsonl")),
+            ("benign_train", args.sets.benign_data.join("train.jsonl")),
+            ("chat_train", args.sets.chat_data.join("train.jsonl")),
         ]
         .into_iter()
         .map(|(set, path)| Ok((set, texts_of(&path)?)))

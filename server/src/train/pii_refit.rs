@@ -24,15 +24,9 @@ use super::{data, tokenizer};
 /// Options of `refit-pii-head`.
 #[derive(Args, Debug, Clone)]
 pub struct PiiRefitArgs {
-    /// The shared data folder.
-    #[arg(long, default_value = "../shared/data")]
-    pub data: PathBuf,
-    /// Chat-style data (its training texts are the source of the entity-free chat sentences).
-    #[arg(long, default_value = "router/data/chat_style")]
-    pub chat_data: PathBuf,
-    /// Benign chat and safe-but-scary prompts (train.jsonl).
-    #[arg(long, default_value = "router/data/benign_chat")]
-    pub benign_data: PathBuf,
+    /// The data folders.
+    #[command(flatten)]
+    pub sets: data::DataArgs,
     /// The router directory whose PII head is refitted (its `model.safetensors` is rewritten).
     #[arg(long, default_value = "router/models/default")]
     pub router_dir: PathBuf,
@@ -157,12 +151,7 @@ fn write_classifier(dir: &Path, prefix: &str, w: &Tensor, b: &Tensor) -> Result<
 
 /// Runs `refit-pii-head`.
 pub fn run(args: PiiRefitArgs) -> Result<()> {
-    let chat = args.chat_data.exists().then_some(args.chat_data.as_path());
-    let benign = args
-        .benign_data
-        .exists()
-        .then_some(args.benign_data.as_path());
-    let ds = data::load(&args.data, chat, benign, 3000)?;
+    let ds = args.sets.load()?;
     let dir = &args.router_dir;
     let model = MultiHeadClassifier::load(dir, &Device::Cpu, DType::F32)?;
     let head = model
