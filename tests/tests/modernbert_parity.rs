@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use switchyard_models::encoder::MultiHeadClassifier;
 use switchyard_tests::{fixtures, ids, max_abs_diff, read_json, read_tensor};
 
@@ -123,6 +123,8 @@ fn check(name: &str) {
 
     // Heads: logits, and label names (from id2label or the vLLM SR side file).
     let heads = model.forward(&input, &mask).unwrap();
+    let checkpoint =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
     let multi = heads.len() > 1;
     for (head, out) in model.heads().iter().zip(&heads) {
         let key = if multi {
@@ -155,6 +157,19 @@ fn check(name: &str) {
                 "{name}: label {i}"
             );
         }
+
+        // The head's tensors by their checkpoint names, and its logits as classifier(features).
+        let weight = head.tensor_name("classifier.weight");
+        assert!(checkpoint.contains_key(&weight), "{name}: no {weight}");
+        let from_features = head
+            .classifier()
+            .forward(&head.features(&hidden, &mask).unwrap())
+            .unwrap();
+        let again: Vec<f32> = from_features.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(
+            again, got,
+            "{name}/{key}: classifier(features) is not the logits"
+        );
     }
 }
 

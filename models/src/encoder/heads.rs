@@ -25,6 +25,8 @@ pub struct ClassifierHead {
     act: Activation,
     norm: LayerNorm,
     classifier: Linear,
+    /// Where its tensors sit in the checkpoint (`heads.pii`, or empty at the root).
+    tensor_prefix: String,
 }
 
 impl ClassifierHead {
@@ -45,6 +47,7 @@ impl ClassifierHead {
             norm: layer_norm(h, config.norm_eps, config.norm_bias, vb.pp("head.norm"))?,
             classifier: linear(h, labels.len(), true, vb.pp("classifier"))?,
             labels,
+            tensor_prefix: vb.prefix(),
         })
     }
 
@@ -66,6 +69,15 @@ impl ClassifierHead {
     /// The last linear layer (`classifier`), which maps [`Self::features`] to logits.
     pub fn classifier(&self) -> &Linear {
         &self.classifier
+    }
+
+    /// The checkpoint name of one of its tensors, e.g. `classifier.weight` -> `heads.pii.classifier.weight`.
+    pub fn tensor_name(&self, name: &str) -> String {
+        if self.tensor_prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.tensor_prefix)
+        }
     }
 
     /// Logits: `[B, labels]` for a sequence head, `[B, T, labels]` for a token head.

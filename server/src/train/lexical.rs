@@ -569,11 +569,12 @@ pub fn run(args: LexicalArgs) -> Result<()> {
             "block_threshold": (role == HeadRole::Jailbreak).then_some(args.block_threshold),
             "train_texts": task.train.len(), "measure": what, "results": metrics,
             "command": format!(
-                "switchyard train-lexical --head {} --data ../shared/data --router-dir router/models/default{}{}",
+                "switchyard train-lexical --head {} --data ../shared/data --router-dir router/models/default{}{}{}",
                 args.head,
                 args.char_ngrams.map_or(String::new(), |(a, b)| format!(" --char-ngrams {a}-{b}")),
                 args.embedding_features.map_or(String::new(), |a| format!(" --embedding-features {a}")),
-            ) + &if role == HeadRole::Jailbreak { format!(" --block-threshold {}", args.block_threshold) } else { String::new() },
+                if role == HeadRole::Jailbreak { format!(" --block-threshold {t}") } else { String::new() },
+            ),
         }))?,
     )?;
     eprintln!(

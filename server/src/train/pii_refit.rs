@@ -121,7 +121,7 @@ fn fit_softmax(
 
 /// Rewrites `model.safetensors` with the two classifier tensors replaced (stored in the dtype they
 /// had); the file's metadata (e.g. transformers' `format: pt`) is kept.
-fn write_classifier(dir: &Path, prefix: &str, w: &Tensor, b: &Tensor) -> Result<()> {
+fn write_classifier(dir: &Path, names: &[String; 2], w: &Tensor, b: &Tensor) -> Result<()> {
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let metadata = safetensors::SafeTensors::read_metadata(&bytes)
@@ -131,16 +131,15 @@ fn write_classifier(dir: &Path, prefix: &str, w: &Tensor, b: &Tensor) -> Result<
         .clone();
     let mut tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
         .with_context(|| format!("reading {}", path.display()))?;
-    for (name, new) in [("classifier.weight", w), ("classifier.bias", b)] {
-        let key = format!("{prefix}{name}");
+    for (key, new) in names.iter().zip([w, b]) {
         let old = tensors
-            .get(&key)
+            .get(key)
             .with_context(|| format!("{key} is not in {}", path.display()))?;
         if old.dims() != new.dims() {
             bail!("{key}: shape {:?} vs {:?}", old.dims(), new.dims());
         }
         let stored = new.to_dtype(old.dtype())?;
-        tensors.insert(key, stored);
+        tensors.insert(key.clone(), stored);
     }
     let mut named: Vec<(&String, &Tensor)> = tensors.iter().collect();
     named.sort_by(|a, b| a.0.cmp(b.0));
@@ -166,14 +165,6 @@ pub fn run(args: PiiRefitArgs) -> Result<()> {
             data::pii_labels()
         );
     }
-    let heads_json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("heads.json"))?)?;
-    let prefix = heads_json["heads"]
-        .as_array()
-        .and_then(|hs| hs.iter().find(|h| h["name"] == "pii"))
-        .and_then(|h| h["prefix"].as_str())
-        .context("heads.json has no prefix for the pii head")?
-        .to_string();
     let tok = Tokenizer::from_file(dir.join("tokenizer.json"))
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("tokenizer.json").display()))?;
 
@@ -204,10 +195,16 @@ pub fn run(args: PiiRefitArgs) -> Result<()> {
         "token cross-entropy on the training split: {before:.4} -> {after:.4} ({} steps, lr {})",
         args.steps, args.lr
     );
-    write_classifier(dir, &prefix, &w, &b)?;
+    let names = [
+        model.heads()[head].tensor_name("classifier.weight"),
+        model.heads()[head].tensor_name("classifier.bias"),
+    ];
+    write_classifier(dir, &names, &w, &b)?;
     eprintln!(
-        "wrote {}/model.safetensors ({prefix}classifier.*); measure it with `switchyard eval-pii`",
-        dir.display()
+        "wrote {}/model.safetensors ({}, {}); measure it with `switchyard eval-pii`",
+        dir.display(),
+        names[0],
+        names[1]
     );
     Ok(())
 }
@@ -265,9 +262,13 @@ mod tests {
         );
         safetensors::serialize_to_file(&tensors, metadata.clone(), &dir.join("model.safetensors"))
             .unwrap();
+        let names = [
+            "heads.pii.classifier.weight".to_string(),
+            "heads.pii.classifier.bias".to_string(),
+        ];
         let new_w = Tensor::ones((3, 2), DType::F32, &cpu).unwrap();
         let new_b = Tensor::full(2f32, 3, &cpu).unwrap();
-        write_classifier(&dir, "heads.pii.", &new_w, &new_b).unwrap();
+        write_classifier(&dir, &names, &new_w, &new_b).unwrap();
         let back = candle_core::safetensors::load(dir.join("model.safetensors"), &cpu).unwrap();
         let w = &back["heads.pii.classifier.weight"];
         assert_eq!(w.dtype(), DType::F16);
@@ -291,7 +292,7 @@ mod tests {
         assert_eq!(header.metadata(), &metadata);
         // A wrong shape is refused.
         let bad = Tensor::ones((2, 2), DType::F32, &cpu).unwrap();
-        assert!(write_classifier(&dir, "heads.pii.", &bad, &new_b).is_err());
+        assert!(write_classifier(&dir, &names, &bad, &new_b).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
