@@ -6,6 +6,7 @@
 //! [`ops`], whose CPU forward is the slice kernel (the *CPU twin*) and whose CUDA forward (feature
 //! `cuda`) is a kernel of `src/cuda/ops.cu`.
 
+pub mod activation;
 pub mod attention;
 pub mod device;
 pub mod error;

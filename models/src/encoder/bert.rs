@@ -15,7 +15,7 @@ use serde::Deserialize;
 use switchyard_kernels::qmatmul::{matmul, WeightFormat, WeightMatrix};
 
 use super::config::Activation;
-use super::cpu::{activate, bytes, kernel_err, Dense, Norm};
+use super::cpu::{activate_in_place, bytes, kernel_err, Dense, Norm};
 use crate::error::{ModelError, Result};
 
 /// The `config.json` fields a BERT encoder needs.
@@ -321,7 +321,7 @@ impl BertEncoder {
             s.proj.iter_mut().zip(&x).for_each(|(p, x)| *p += x);
             layer.attn_norm.forward(&s.proj, &mut x);
             layer.inter.forward(&x, n, &mut s.inter)?;
-            s.inter.iter_mut().for_each(|v| *v = activate(*v, self.act));
+            activate_in_place(&mut s.inter, self.act);
             layer.output.forward(&s.inter, n, &mut s.proj)?;
             s.proj.iter_mut().zip(&x).for_each(|(p, x)| *p += x);
             layer.out_norm.forward(&s.proj, &mut x);
@@ -383,11 +383,9 @@ impl BertEncoder {
                 matmul(&s.q, t, &kw, &mut s.scores).map_err(kernel_err)?;
                 for row in s.scores.chunks_exact_mut(t) {
                     let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)) * scale;
-                    let mut sum = 0.0;
-                    for v in row.iter_mut() {
-                        *v = (*v * scale - max).exp();
-                        sum += *v;
-                    }
+                    row.iter_mut().for_each(|v| *v = *v * scale - max);
+                    switchyard_kernels::activation::exp_in_place(row);
+                    let sum: f32 = row.iter().sum();
                     row.iter_mut().for_each(|v| *v /= sum);
                 }
                 s.head_out.resize(t * dh, 0.0);

@@ -141,34 +141,18 @@ impl Norm {
     }
 }
 
-/// erf in f32, Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7 in exact arithmetic; a few f32 ulps more
-/// here), far cheaper than a libm call per MLP activation.
-fn erf(x: f32) -> f32 {
-    const P: f32 = 0.327_591_1;
-    const A: [f32; 5] = [
-        0.254_829_6,
-        -0.284_496_74,
-        1.421_413_7,
-        -1.453_152_1,
-        1.061_405_4,
-    ];
-    let z = x.abs();
-    let t = 1.0 / (1.0 + P * z);
-    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    let y = 1.0 - poly * (-z * z).exp();
-    y.copysign(x)
-}
-
-/// One activation value.
-pub(super) fn activate(x: f32, act: Activation) -> f32 {
+/// The activation applied to every value of `v` (GELU on the kernels' 8-lane path).
+pub(super) fn activate_in_place(v: &mut [f32], act: Activation) {
     match act {
-        Activation::Gelu => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
-        Activation::GeluTanh => {
-            let x3 = x * x * x;
-            0.5 * x * (1.0 + ((2.0 / std::f32::consts::PI).sqrt() * (x + 0.044_715 * x3)).tanh())
-        }
-        Activation::Silu => x / (1.0 + (-x).exp()),
-        Activation::Relu => x.max(0.0),
+        Activation::Gelu => switchyard_kernels::activation::gelu_in_place(v),
+        Activation::GeluTanh => v.iter_mut().for_each(|x| {
+            let x3 = *x * *x * *x;
+            *x = 0.5
+                * *x
+                * (1.0 + ((2.0 / std::f32::consts::PI).sqrt() * (*x + 0.044_715 * x3)).tanh());
+        }),
+        Activation::Silu => v.iter_mut().for_each(|x| *x /= 1.0 + (-*x).exp()),
+        Activation::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
     }
 }
 
@@ -373,9 +357,9 @@ impl CpuBackbone {
                 .zip(s.gated.chunks_exact_mut(inter))
             {
                 let (a, b) = row.split_at(inter);
-                for i in 0..inter {
-                    g[i] = activate(a[i], self.act) * b[i];
-                }
+                g.copy_from_slice(a);
+                activate_in_place(g, self.act);
+                g.iter_mut().zip(b).for_each(|(g, b)| *g *= b);
             }
             layer.wo.forward(&s.gated, n, &mut s.proj)?;
             x.iter_mut().zip(&s.proj).for_each(|(x, y)| *x += y);
@@ -445,11 +429,9 @@ impl CpuBackbone {
                         };
                         max = max.max(*v);
                     }
-                    let mut sum = 0.0;
-                    for v in row.iter_mut() {
-                        *v = (*v - max).exp();
-                        sum += *v;
-                    }
+                    row.iter_mut().for_each(|v| *v -= max);
+                    switchyard_kernels::activation::exp_in_place(row);
+                    let sum: f32 = row.iter().sum();
                     row.iter_mut().for_each(|v| *v /= sum);
                 }
                 // ctx = P V.
@@ -463,22 +445,5 @@ impl CpuBackbone {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn erf_matches_known_values() {
-        for (x, want) in [
-            (0.0, 0.0),
-            (0.5, 0.520_499_9),
-            (1.0, 0.842_700_8),
-            (-2.0, -0.995_322_3),
-        ] {
-            assert!((erf(x) - want).abs() < 5e-7, "erf({x}) = {}", erf(x));
-        }
     }
 }
