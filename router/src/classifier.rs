@@ -11,7 +11,7 @@
 //! budget are kept (the classes of a request usually show in its opening and its closing question).
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use switchyard_models::encoder::{HeadTask, MultiHeadClassifier};
@@ -20,7 +20,7 @@ use tokenizers::Tokenizer;
 use crate::config::{normalize_label, ClassifierSources};
 use crate::embedding::EmbeddingSignal;
 use crate::lexical::LexicalModel;
-use crate::signals::{ClassifierOutput, Signals};
+use crate::signals::{ClassifierOutput, EmbeddingUse, Signals};
 use crate::RouterError;
 
 /// What a head's output means to the policy.
@@ -83,6 +83,10 @@ pub struct EncodedText {
     pub lexical: Vec<Vec<f32>>,
     /// The embedding signal's token ids, if the router has one.
     pub embedding: Option<Vec<u32>>,
+    /// The text-only lexical model's [`LexicalModel::text_scores`] for the head the embedding signal
+    /// fuses with, when the router may skip the encoder (see
+    /// [`RouterModel::skip_embedding_when_confident`]) and that model is not already in `lexical`.
+    pub fast_lexical: Option<Vec<f32>>,
 }
 
 /// The router's classifiers.
@@ -93,6 +97,9 @@ pub struct RouterModel {
     lexical: Vec<(HeadRole, LexicalModel)>,
     /// The embedding signal and the role of the head it fuses with (after the lexical model).
     embedding: Option<(HeadRole, EmbeddingSignal)>,
+    /// Top probability of the fast signals (head + text-only lexical model) at or above which a
+    /// text's embedding is not computed.
+    skip_embedding_above: Option<f32>,
 }
 
 impl RouterModel {
@@ -217,6 +224,7 @@ impl RouterModel {
             max_tokens,
             lexical: Vec::new(),
             embedding: None,
+            skip_embedding_above: None,
         })
     }
 
@@ -248,6 +256,30 @@ impl RouterModel {
         }
         self.embedding = Some((role, signal));
         Ok(self)
+    }
+
+    /// Skips the embedding signal for a text when the fast signals of its head (the head fused with
+    /// the text-only lexical model, as a router without the signal runs) already give the top label a
+    /// probability of at least `threshold`: that text's signal is the fast one, and the sentence
+    /// encoder runs only on the texts the fast signals are unsure of. `None` runs it on every text.
+    pub fn skip_embedding_when_confident(mut self, threshold: Option<f32>) -> RouterModel {
+        self.skip_embedding_above = threshold;
+        self
+    }
+
+    /// The threshold set by [`RouterModel::skip_embedding_when_confident`].
+    pub fn embedding_skip_threshold(&self) -> Option<f32> {
+        self.skip_embedding_above
+            .filter(|_| self.embedding.is_some())
+    }
+
+    /// The lexical model of the embedding's head a text skipping the embedding is scored with
+    /// (index into `self.lexical`) and, when it is not an active model, that it needs its own scores.
+    fn fast_lexical(&self) -> Option<(usize, bool)> {
+        self.embedding_skip_threshold()?;
+        let (role, _) = self.embedding.as_ref()?;
+        let k = self.lexical_index(*role, false)?;
+        Some((k, !self.active_lexical().contains(&k)))
     }
 
     /// Whether a lexical model in use reads sentence embeddings that this router does not compute (no
@@ -362,61 +394,85 @@ impl RouterModel {
                 .as_ref()
                 .map(|e| e.1.embedder.encode(text))
                 .transpose()?,
+            fast_lexical: self
+                .fast_lexical()
+                .filter(|&(_, own)| own)
+                .map(|(k, _)| self.lexical[k].1.text_scores(text)),
         })
     }
 
     /// Runs every backbone once over the batch and turns its heads' outputs into signals, one per
-    /// text. `latency` of each signal is its backbone's batch time.
+    /// text. `latency` of each signal is its backbone's batch time (the domain signal adds the
+    /// embedding encoder's time for the texts it ran on).
     pub fn classify(&self, batch: &[&EncodedText]) -> Result<Vec<Signals>, RouterError> {
         let mut out = vec![Signals::default(); batch.len()];
         if batch.is_empty() {
             return Ok(out);
         }
-        let embedded = self.embed(batch)?;
         let active = self.active_lexical();
+        let mut passes = Vec::with_capacity(self.backbones.len());
         for (b, backbone) in self.backbones.iter().enumerate() {
-            if backbone.roles.is_empty() {
-                continue;
+            if !backbone.roles.is_empty() {
+                passes.push(self.run_backbone(b, batch)?);
             }
-            let start = Instant::now();
-            let ids: Vec<Vec<u32>> = batch.iter().map(|e| e.backbones[b].ids.clone()).collect();
-            let (input, mask) = backbone.model.batch_inputs(&ids)?;
-            let logits = backbone.model.forward(&input, &mask)?;
-            // Pull what is needed to the host before timing, so the latency includes the device work.
-            let mut host: Vec<(HeadRole, usize, HostLogits)> = Vec::new();
-            for &(h, role) in &backbone.roles {
-                host.push((role, h, HostLogits::from_tensor(&logits[h].logits)?));
-            }
-            let latency = start.elapsed();
-            let heads = backbone.model.heads();
-            for (role, h, values) in host {
-                let labels = heads[h].labels();
+        }
+        let embedded = self.embed(batch, &passes)?;
+        for pass in &passes {
+            let b = pass.backbone;
+            let heads = self.backbones[b].model.heads();
+            for (role, h, values) in &pass.logits {
+                let labels = heads[*h].labels();
                 for (i, signals) in out.iter_mut().enumerate() {
-                    match (role, &values) {
+                    match (role, values) {
                         (HeadRole::Pii, HostLogits::Tokens(rows)) => {
                             signals.pii =
                                 crate::pii::bio_entities(&rows[i], labels, &batch[i].backbones[b]);
-                            signals.pii_latency = Some(latency);
+                            signals.pii_latency = Some(pass.latency);
                         }
                         (_, HostLogits::Sequences(rows)) => {
                             let mut probs = softmax(&rows[i]);
-                            if let Some(a) = active.iter().position(|&k| self.lexical[k].0 == role)
-                            {
-                                let lex = &self.lexical[active[a]].1;
-                                let mut scores = batch[i].lexical[a].clone();
-                                if let Some((e, _, _)) = &embedded {
-                                    lex.add_embedding(&mut scores, &e[i]);
+                            let mut latency = pass.latency;
+                            let text_embedding = embedded
+                                .as_ref()
+                                .filter(|e| e.role == *role)
+                                .map(|e| &e.texts[i]);
+                            match text_embedding {
+                                Some(Some((embedding, embedding_probs))) => {
+                                    if let Some(a) =
+                                        active.iter().position(|&k| self.lexical[k].0 == *role)
+                                    {
+                                        let lex = &self.lexical[active[a]].1;
+                                        let mut scores = batch[i].lexical[a].clone();
+                                        lex.add_embedding(&mut scores, embedding);
+                                        probs =
+                                            lex.fuse(labels, &probs, &lex.probabilities(&scores));
+                                    }
+                                    if let Some((_, signal)) = &self.embedding {
+                                        let h = &signal.head;
+                                        probs = fuse_by_label(
+                                            labels,
+                                            &probs,
+                                            &h.labels,
+                                            embedding_probs,
+                                            h.weight,
+                                        );
+                                    }
+                                    latency += embedded.as_ref().map_or(Duration::ZERO, |e| e.took);
+                                    signals.embedding = EmbeddingUse::Fused;
                                 }
-                                probs = lex.fuse(labels, &probs, &lex.probabilities(&scores));
-                            }
-                            let mut latency = latency;
-                            if let (Some((r, e)), Some((_, p, took))) = (&self.embedding, &embedded)
-                            {
-                                if *r == role {
-                                    let h = &e.head;
-                                    probs =
-                                        fuse_by_label(labels, &probs, &h.labels, &p[i], h.weight);
-                                    latency += *took;
+                                Some(None) => {
+                                    probs = self.fast_probs(labels, &probs, batch[i], &active);
+                                    signals.embedding = EmbeddingUse::Skipped;
+                                }
+                                None => {
+                                    if let Some(a) =
+                                        active.iter().position(|&k| self.lexical[k].0 == *role)
+                                    {
+                                        let lex = &self.lexical[active[a]].1;
+                                        let scores = &batch[i].lexical[a];
+                                        probs =
+                                            lex.fuse(labels, &probs, &lex.probabilities(scores));
+                                    }
                                 }
                             }
                             let output = ClassifierOutput::from_probabilities(
@@ -433,7 +489,7 @@ impl RouterModel {
                         _ => {
                             return Err(RouterError::Classifier(format!(
                                 "head {} has the wrong kind for the {role:?} signal",
-                                heads[h].name()
+                                heads[*h].name()
                             )))
                         }
                     }
@@ -442,23 +498,118 @@ impl RouterModel {
         }
         Ok(out)
     }
+
+    /// One backbone's forward over the batch, its heads' logits pulled to the host (so the latency
+    /// includes the device work).
+    fn run_backbone(&self, b: usize, batch: &[&EncodedText]) -> Result<BackbonePass, RouterError> {
+        let backbone = &self.backbones[b];
+        let start = Instant::now();
+        let ids: Vec<Vec<u32>> = batch.iter().map(|e| e.backbones[b].ids.clone()).collect();
+        let (input, mask) = backbone.model.batch_inputs(&ids)?;
+        let logits = backbone.model.forward(&input, &mask)?;
+        let mut host = Vec::with_capacity(backbone.roles.len());
+        for &(h, role) in &backbone.roles {
+            host.push((role, h, HostLogits::from_tensor(&logits[h].logits)?));
+        }
+        Ok(BackbonePass {
+            backbone: b,
+            latency: start.elapsed(),
+            logits: host,
+        })
+    }
+
+    /// The fast signals of a sequence head for one text: its probabilities fused with the text-only
+    /// lexical model of the embedding's head (the head alone if there is none).
+    fn fast_probs(
+        &self,
+        labels: &[String],
+        head_probs: &[f32],
+        text: &EncodedText,
+        active: &[usize],
+    ) -> Vec<f32> {
+        let Some((k, own)) = self.fast_lexical() else {
+            return head_probs.to_vec();
+        };
+        let scores = if own {
+            text.fast_lexical.as_ref()
+        } else {
+            active
+                .iter()
+                .position(|&a| a == k)
+                .and_then(|a| text.lexical.get(a))
+        };
+        match scores {
+            Some(scores) => {
+                let lex = &self.lexical[k].1;
+                lex.fuse(labels, head_probs, &lex.probabilities(scores))
+            }
+            None => head_probs.to_vec(),
+        }
+    }
+}
+
+/// One backbone's pass over a batch: which backbone, its time, and each used head's logits.
+struct BackbonePass {
+    backbone: usize,
+    latency: Duration,
+    /// (role, head index, logits).
+    logits: Vec<(HeadRole, usize, HostLogits)>,
+}
+
+/// The embedding signal's results for a batch.
+struct Embedded {
+    /// The head it fuses with.
+    role: HeadRole,
+    /// Per text: the sentence embedding and the embedding head's probabilities, or `None` where
+    /// the fast signals were confident enough to skip it.
+    texts: Vec<Option<(Vec<f32>, Vec<f32>)>>,
+    /// The encoder's time for the batch (zero if every text skipped it).
+    took: Duration,
 }
 
 impl RouterModel {
-    /// The sentence embedding and the embedding head's probabilities for each text of the batch, and
-    /// the time they took.
-    #[allow(clippy::type_complexity)]
+    /// The sentence embeddings and the embedding head's probabilities of the texts that need them
+    /// (all of them unless [`RouterModel::skip_embedding_when_confident`] is set), in one encoder
+    /// batch.
     fn embed(
         &self,
         batch: &[&EncodedText],
-    ) -> Result<Option<(Vec<Vec<f32>>, Vec<Vec<f32>>, std::time::Duration)>, RouterError> {
-        let Some((_, signal)) = &self.embedding else {
+        passes: &[BackbonePass],
+    ) -> Result<Option<Embedded>, RouterError> {
+        let Some((role, signal)) = &self.embedding else {
             return Ok(None);
+        };
+        let needed: Vec<bool> = match self.embedding_skip_threshold() {
+            None => vec![true; batch.len()],
+            Some(threshold) => {
+                let active = self.active_lexical();
+                let head = passes.iter().find_map(|p| {
+                    p.logits
+                        .iter()
+                        .find(|l| l.0 == *role)
+                        .map(|l| (p.backbone, l.1, &l.2))
+                });
+                match head {
+                    Some((b, h, HostLogits::Sequences(rows))) => {
+                        let labels = self.backbones[b].model.heads()[h].labels();
+                        rows.iter()
+                            .zip(batch)
+                            .map(|(row, text)| {
+                                let fast = self.fast_probs(labels, &softmax(row), text, &active);
+                                fast.iter().copied().fold(0.0, f32::max) < threshold
+                            })
+                            .collect()
+                    }
+                    _ => vec![true; batch.len()],
+                }
+            }
         };
         let start = Instant::now();
         let ids = batch
             .iter()
-            .map(|e| {
+            .zip(&needed)
+            .filter(|(_, &n)| n)
+            .map(|(e, _)| {
                 e.embedding.as_deref().ok_or_else(|| {
                     RouterError::Classifier(
                         "a text was encoded without the embedding signal".into(),
@@ -466,12 +617,30 @@ impl RouterModel {
                 })
             })
             .collect::<Result<Vec<&[u32]>, _>>()?;
-        let embeddings = signal.embedder.embed(&ids)?;
-        let probs = embeddings
+        let mut embeddings = if ids.is_empty() {
+            Vec::new()
+        } else {
+            signal.embedder.embed(&ids)?
+        }
+        .into_iter();
+        let texts = needed
             .iter()
-            .map(|v| signal.head.probabilities(v))
+            .map(|&n| {
+                n.then(|| embeddings.next()).flatten().map(|e| {
+                    let p = signal.head.probabilities(&e);
+                    (e, p)
+                })
+            })
             .collect();
-        Ok(Some((embeddings, probs, start.elapsed())))
+        Ok(Some(Embedded {
+            role: *role,
+            texts,
+            took: if ids.is_empty() {
+                Duration::ZERO
+            } else {
+                start.elapsed()
+            },
+        }))
     }
 }
 

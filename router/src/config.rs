@@ -556,6 +556,10 @@ pub struct EmbeddingSpec {
     /// The encoder's directory (Hugging Face BERT layout with `tokenizer.json`). Default: the model
     /// cache's `models/all-MiniLM-L6-v2`, where `switchyard fetch-model` puts it.
     pub encoder_dir: Option<String>,
+    /// Skip the sentence encoder for a request when the fast signals (the domain head fused with the
+    /// text-only lexical model) already give the top domain this probability or more; in [0, 1].
+    /// Absent: the encoder runs on every request.
+    pub skip_when_confident: Option<f32>,
 }
 
 /// vLLM SR `classifier.category_model`.
@@ -914,6 +918,9 @@ pub struct ClassifierSources {
 pub struct EmbeddingSource {
     /// The encoder's directory; `None`: the model cache's default.
     pub encoder_dir: Option<String>,
+    /// `classifier.embedding.skip_when_confident`: the fast signals' top domain probability from
+    /// which the encoder is skipped; `None`: it always runs.
+    pub skip_when_confident: Option<f32>,
 }
 
 /// A single-task classifier checkpoint (vLLM SR style).
@@ -1753,8 +1760,16 @@ fn resolve(f: ConfigFile, errs: &mut Errors) -> RouterConfig {
             .filter(|e| e.enabled != Some(false))
             .map(|e| EmbeddingSource {
                 encoder_dir: e.encoder_dir,
+                skip_when_confident: e.skip_when_confident,
             }),
     };
+    if let Some(t) = classifier
+        .embedding
+        .as_ref()
+        .and_then(|e| e.skip_when_confident)
+    {
+        errs.unit("classifier.embedding.skip_when_confident", t);
+    }
     if f.classifier
         .as_ref()
         .is_some_and(|c| c.mcp_category_model.is_some())
@@ -1898,7 +1913,13 @@ mod tests {
         let c = RouterConfig::shipped_default().unwrap();
         assert_eq!(c.categories.len(), 14);
         assert!(c.ignored_fields.is_empty());
-        assert_eq!(c.classifier.embedding, Some(Default::default()));
+        assert_eq!(
+            c.classifier.embedding,
+            Some(EmbeddingSource {
+                encoder_dir: None,
+                skip_when_confident: Some(0.9),
+            })
+        );
     }
 
     #[test]
@@ -1913,6 +1934,24 @@ mod tests {
                 .encoder_dir
                 .as_deref(),
             Some("/e")
+        );
+        let skip = RouterConfig::from_yaml_str(&format!(
+            "{base}  embedding: {{skip_when_confident: 0.9}}\n"
+        ));
+        assert_eq!(
+            skip.unwrap()
+                .classifier
+                .embedding
+                .unwrap()
+                .skip_when_confident,
+            Some(0.9)
+        );
+        let e = errors_of(&format!(
+            "{base}  embedding: {{skip_when_confident: 1.5}}\n"
+        ));
+        assert_eq!(
+            e,
+            vec!["classifier.embedding.skip_when_confident: must be in [0, 1], got 1.5"]
         );
         let off = RouterConfig::from_yaml_str(&format!("{base}  embedding: {{enabled: false}}\n"));
         assert!(off.unwrap().classifier.embedding.is_none());

@@ -32,7 +32,7 @@ use crate::config::{
     ReasoningEffort, Route, RouteRef, RouterConfig, SystemPrompt,
 };
 use crate::input::{apply_system_prompt, RouteInput};
-use crate::signals::{ClassifierOutput, PiiEntity, Signals};
+use crate::signals::{ClassifierOutput, EmbeddingUse, PiiEntity, Signals};
 
 /// Fast answer or thinking first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -125,6 +125,9 @@ pub struct SignalsReport {
     /// Time the PII head took, in milliseconds.
     #[serde(serialize_with = "opt_millis")]
     pub pii_latency: Option<Duration>,
+    /// Whether the sentence-embedding signal took part (`off`, `fused`, or `skipped` when the fast
+    /// signals were confident enough).
+    pub embedding: EmbeddingUse,
 }
 
 /// The router's decision about one request.
@@ -356,6 +359,7 @@ pub fn decide(config: &RouterConfig, text: &str, signals: &Signals) -> Decision 
             jailbreak: signals.jailbreak.as_ref().map(SignalReport::from_output),
             pii: signals.pii.clone(),
             pii_latency: signals.pii_latency,
+            embedding: signals.embedding,
         },
         route_time: Duration::ZERO,
         input: RouteInput::from_text(text),
@@ -368,6 +372,19 @@ fn classify_route(config: &RouterConfig, signals: &Signals, reasons: &mut Vec<St
         reasons.push("default route: no domain head".into());
         return RouteRef::Default;
     };
+    if signals.embedding == EmbeddingUse::Skipped {
+        reasons.push(format!(
+            "domain without the sentence encoder: head + lexical give {} {:.3} (classifier.embedding.skip_when_confident: {})",
+            domain.label,
+            domain.score,
+            config
+                .classifier
+                .embedding
+                .as_ref()
+                .and_then(|e| e.skip_when_confident)
+                .map_or("-".to_string(), |t| t.to_string())
+        ));
+    }
     if domain.score < config.confidence_threshold {
         reasons.push(format!(
             "default route: domain {} at {:.3} is below the confidence threshold {}",

@@ -42,7 +42,7 @@ pub use classifier::{HeadRole, RouterModel};
 pub use config::{ConfigError, RouterConfig};
 pub use decision::{decide, Action, BlockReason, Decision, Reasoning};
 pub use input::RouteInput;
-pub use signals::{ClassifierOutput, PiiEntity, Signals};
+pub use signals::{ClassifierOutput, EmbeddingUse, PiiEntity, Signals};
 
 use batcher::Batcher;
 
@@ -188,7 +188,9 @@ impl Router {
                         .unwrap_or_else(|| PathBuf::from(d)),
                     None => embedding::default_encoder_dir(),
                 };
-                model.with_embedding(embedding::EmbeddingSignal::load(&dir, &encoder_dir)?)?
+                model
+                    .with_embedding(embedding::EmbeddingSignal::load(&dir, &encoder_dir)?)?
+                    .skip_embedding_when_confident(e.skip_when_confident)
             }
             (Some(_), None) => return Err(RouterError::Classifier(
                 "classifier.embedding needs a multi-head router directory (classifier.model_dir)"

@@ -83,6 +83,21 @@ pub struct Signals {
     pub pii: Vec<PiiEntity>,
     /// Time the PII head took, if it ran.
     pub pii_latency: Option<Duration>,
+    /// Whether the embedding signal took part in its head's signal.
+    pub embedding: EmbeddingUse,
+}
+
+/// Whether the sentence-embedding signal took part in a request's signals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbeddingUse {
+    /// The router has no embedding signal.
+    #[default]
+    Off,
+    /// The sentence encoder ran and its head was fused in.
+    Fused,
+    /// The fast signals were confident enough that the encoder did not run for this text.
+    Skipped,
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use switchyard_router::{Action, Decision};
+use switchyard_router::{Action, Decision, EmbeddingUse};
 
 /// One request of the texts file, with its labels when the file has them.
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +54,8 @@ pub struct Outcome {
     pub thinking: bool,
     /// The request is refused.
     pub blocked: bool,
+    /// The sentence encoder was skipped (the fast signals were confident).
+    pub embedding_skipped: bool,
 }
 
 impl From<&Decision> for Outcome {
@@ -68,6 +70,7 @@ impl From<&Decision> for Outcome {
             keyword_rule: d.keyword_rule.is_some(),
             thinking: d.reasoning.is_thinking(),
             blocked: matches!(d.action, Action::Block { .. }),
+            embedding_skipped: d.signals.embedding == EmbeddingUse::Skipped,
         }
     }
 }
@@ -87,6 +90,8 @@ pub struct DecisionSummary {
     pub thinking: usize,
     /// Requests refused (jailbreak or PII).
     pub blocked: usize,
+    /// Requests whose sentence encoder was skipped (`classifier.embedding.skip_when_confident`).
+    pub embedding_skipped: usize,
     /// Share of labelled requests whose domain signal names their domain.
     pub domain_accuracy: Option<f64>,
     /// Share of the labelled requests routed to a category whose category is their domain.
@@ -136,6 +141,7 @@ pub fn summarise(rows: &[(Outcome, &LabelledText)]) -> DecisionSummary {
         keyword_rule_routes: rows.iter().filter(|(o, _)| o.keyword_rule).count(),
         thinking: rows.iter().filter(|(o, _)| o.thinking).count(),
         blocked: rows.iter().filter(|(o, _)| o.blocked).count(),
+        embedding_skipped: rows.iter().filter(|(o, _)| o.embedding_skipped).count(),
         domain_accuracy: share(domain_hits, with_domain.len()),
         routed_category_precision: share(routed_hits, routed.len()),
         thinking_agreement: share(agree, with_reasoning.len()),
@@ -166,6 +172,10 @@ pub fn markdown(s: &DecisionSummary) -> String {
         ),
     );
     row("blocked", s.blocked.to_string());
+    row(
+        "sentence encoder skipped (fast signals confident)",
+        s.embedding_skipped.to_string(),
+    );
     row("domain signal accuracy", rate(s.domain_accuracy));
     row(
         "requests routed to a category: right category",
@@ -189,6 +199,7 @@ mod tests {
             keyword_rule: false,
             thinking,
             blocked: false,
+            embedding_skipped: false,
         }
     }
 
@@ -217,6 +228,7 @@ mod tests {
                 Outcome {
                     keyword_rule: true,
                     blocked: true,
+                    embedding_skipped: true,
                     ..outcome("other", 0.2, "default", false)
                 },
                 &texts[3],
@@ -226,7 +238,7 @@ mod tests {
         assert_eq!(s.requests, 4);
         assert!((s.mean_top_probability.unwrap() - 0.5).abs() < 1e-6);
         assert_eq!((s.default_routes, s.keyword_rule_routes), (2, 1));
-        assert_eq!((s.thinking, s.blocked), (1, 1));
+        assert_eq!((s.thinking, s.blocked, s.embedding_skipped), (1, 1, 1));
         // math right, law right (the signal, not the route), history wrong.
         assert!((s.domain_accuracy.unwrap() - 2.0 / 3.0).abs() < 1e-9);
         // Routed to a category: math (right) and history (wrong).

@@ -37,6 +37,10 @@ pub struct RouterBenchArgs {
     /// Leave the embedding signal out (as if the configuration disabled it).
     #[arg(long)]
     pub no_embedding: bool,
+    /// Override `classifier.embedding.skip_when_confident`: a probability in [0, 1], or `off` to run
+    /// the sentence encoder on every request.
+    #[arg(long, value_parser = parse_skip)]
+    pub skip_when_confident: Option<Skip>,
     /// Texts to classify: a JSONL file with a `text` field (and optionally `domain` and `reasoning`
     /// labels, which the summary of decisions is scored against).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../router/data/chat_style/validation.jsonl"))]
@@ -72,8 +76,56 @@ struct Latency {
     batch: usize,
     p50_ms: f64,
     p99_ms: f64,
+    /// Where the time goes (p50 of each stage over the same batches).
+    stages: Stages,
     torch_p50_ms: Option<f64>,
     torch_p99_ms: Option<f64>,
+}
+
+/// p50 of each stage of classification, in ms: tokenization and the lexical models' text features
+/// (`RouterModel::encode`), the backbone pass with its heads, and the embedding signal's encoder and
+/// head (when it is on). The rest of a batch's time is fusion and softmax.
+#[derive(Serialize, Default)]
+struct Stages {
+    encode_p50_ms: f64,
+    backbone_p50_ms: f64,
+    embedding_p50_ms: Option<f64>,
+}
+
+/// One batch's stage times in ms: (encode, backbone, embedding if it ran).
+type StageSample = (f64, f64, Option<f64>);
+
+impl Stages {
+    /// From per-batch samples.
+    fn from_samples(samples: &[StageSample]) -> Stages {
+        let column = |f: fn(&StageSample) -> Option<f64>| -> Option<f64> {
+            let v: Vec<f64> = samples.iter().filter_map(f).collect();
+            (!v.is_empty()).then(|| quantile(&v, 0.5))
+        };
+        Stages {
+            encode_p50_ms: column(|s| Some(s.0)).unwrap_or(0.0),
+            backbone_p50_ms: column(|s| Some(s.1)).unwrap_or(0.0),
+            embedding_p50_ms: column(|s| s.2),
+        }
+    }
+}
+
+/// The backbone's time and the embedding signal's time in one text's signals: every backbone head
+/// reports the shared pass; the domain signal adds the embedding encoder's time when it fuses it.
+fn stage_times(s: &switchyard_router::Signals, embedding: bool) -> (f64, Option<f64>) {
+    let backbone = s
+        .pii_latency
+        .or(s.reasoning.as_ref().map(|r| r.latency))
+        .or(s.jailbreak.as_ref().map(|r| r.latency))
+        .map_or(0.0, ms);
+    let embedding = embedding
+        .then(|| {
+            s.domain
+                .as_ref()
+                .map(|d| (ms(d.latency) - backbone).max(0.0))
+        })
+        .flatten();
+    (backbone, embedding)
 }
 
 #[derive(Serialize)]
@@ -102,9 +154,46 @@ struct Report {
     /// `route()` at batch 1 without the embedding signal (when it is on).
     route_without_embedding_p50_ms: Option<f64>,
     route_without_embedding_p99_ms: Option<f64>,
+    /// The fast-signal confidence from which the sentence encoder is skipped, if it is.
+    skip_when_confident: Option<f32>,
+    /// `route()` at batch 1 with the encoder on every request (when it is skipped for confident ones).
+    route_always_embedding_p50_ms: Option<f64>,
+    route_always_embedding_p99_ms: Option<f64>,
     concurrency: Vec<Concurrency>,
     /// What the router decided on the texts (shipped configuration, each text once).
     decisions: DecisionSummary,
+}
+
+/// A `--skip-when-confident` value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Skip {
+    /// Run the encoder on every request.
+    Off,
+    /// Skip it from this fast-signal confidence.
+    From(f32),
+}
+
+fn parse_skip(s: &str) -> Result<Skip, String> {
+    if s == "off" {
+        return Ok(Skip::Off);
+    }
+    match s.parse::<f32>() {
+        Ok(t) if (0.0..=1.0).contains(&t) => Ok(Skip::From(t)),
+        _ => Err(format!(
+            "expected a probability in [0, 1] or `off`, got `{s}`"
+        )),
+    }
+}
+
+/// How `route()` is timed with respect to the embedding signal.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum EmbeddingMode {
+    /// As the configuration (and `--skip-when-confident`) say.
+    Configured,
+    /// The encoder on every request.
+    Always,
+    /// No embedding signal.
+    Never,
 }
 
 /// `q`-quantile (nearest rank) of samples in ms.
@@ -135,7 +224,13 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
     let labelled = read_labelled(&args.texts)?;
     let texts: Vec<String> = labelled.iter().map(|t| t.text.clone()).collect();
     // The classifiers as the configuration loads them (with the embedding signal when it is on).
-    let loaded = Router::load(options(&args, false, args.no_embedding)?)?;
+    let mode = if args.no_embedding {
+        EmbeddingMode::Never
+    } else {
+        EmbeddingMode::Configured
+    };
+    let loaded = Router::load(options(&args, false, mode)?)?;
+    let skip = loaded.model().embedding_skip_threshold();
     let model: &RouterModel = loaded.model();
     let embedding = model.embedding().map(|e| {
         format!(
@@ -160,6 +255,7 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
             &format!("classify, batch {b}"),
         );
         let mut runs = Vec::with_capacity(args.iterations);
+        let mut stages = Vec::with_capacity(args.iterations);
         for i in 0..args.warmup + args.iterations {
             let batch: Vec<&str> = (0..b)
                 .map(|j| texts[(i * b + j) % texts.len()].as_str())
@@ -169,6 +265,7 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
                 .iter()
                 .map(|t| model.encode(t))
                 .collect::<Result<Vec<_>, _>>()?;
+            let encode_ms = ms(start.elapsed());
             let refs: Vec<_> = encoded.iter().collect();
             let signals = model.classify(&refs)?;
             let elapsed = start.elapsed();
@@ -179,6 +276,8 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
             );
             if i >= args.warmup {
                 runs.push(ms(elapsed));
+                let (backbone, embedding) = stage_times(&signals[0], model.embedding().is_some());
+                stages.push((encode_ms, backbone, embedding));
             }
             pb.inc(1);
         }
@@ -187,6 +286,7 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
             batch: b,
             p50_ms: quantile(&runs, 0.5),
             p99_ms: quantile(&runs, 0.99),
+            stages: Stages::from_samples(&stages),
             torch_p50_ms: None,
             torch_p99_ms: None,
         });
@@ -242,9 +342,13 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
 
     // 3. route() at batch 1, policy included (and without the embedding signal, when it is on).
     drop(loaded);
-    let route_runs = route_batch_1(&args, &texts, args.no_embedding)?;
+    let route_runs = route_batch_1(&args, &texts, mode)?;
     let without = match embedding {
-        Some(_) => Some(route_batch_1(&args, &texts, true)?),
+        Some(_) => Some(route_batch_1(&args, &texts, EmbeddingMode::Never)?),
+        None => None,
+    };
+    let always = match skip {
+        Some(_) => Some(route_batch_1(&args, &texts, EmbeddingMode::Always)?),
         None => None,
     };
 
@@ -252,7 +356,7 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
     let mut concurrency = Vec::new();
     let mut cdfs = Vec::new();
     for batching in [true, false] {
-        let router = Arc::new(Router::load(options(&args, batching, args.no_embedding)?)?);
+        let router = Arc::new(Router::load(options(&args, batching, mode)?)?);
         let before = router.stats();
         let pb = bar(
             (args.callers * args.calls_per_caller) as u64,
@@ -306,7 +410,7 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
     }
 
     // 5. What the router decides, each text once.
-    let router = Router::load(options(&args, false, args.no_embedding)?)?;
+    let router = Router::load(options(&args, false, mode)?)?;
     let pb = bar(labelled.len() as u64, "decisions");
     let mut outcomes = Vec::with_capacity(labelled.len());
     for t in &labelled {
@@ -330,6 +434,9 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
         route_p99_ms: quantile(&route_runs, 0.99),
         route_without_embedding_p50_ms: without.as_ref().map(|r| quantile(r, 0.5)),
         route_without_embedding_p99_ms: without.as_ref().map(|r| quantile(r, 0.99)),
+        skip_when_confident: skip,
+        route_always_embedding_p50_ms: always.as_ref().map(|r| quantile(r, 0.5)),
+        route_always_embedding_p99_ms: always.as_ref().map(|r| quantile(r, 0.99)),
         concurrency,
         decisions,
     };
@@ -349,8 +456,12 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
 }
 
 /// `route()` latencies (ms) at batch 1, one caller, after the warm-up.
-fn route_batch_1(args: &RouterBenchArgs, texts: &[String], no_embedding: bool) -> Result<Vec<f64>> {
-    let router = Router::load(options(args, true, no_embedding)?)?;
+fn route_batch_1(
+    args: &RouterBenchArgs,
+    texts: &[String],
+    mode: EmbeddingMode,
+) -> Result<Vec<f64>> {
+    let router = Router::load(options(args, true, mode)?)?;
     let mut runs = Vec::new();
     for (i, t) in texts
         .iter()
@@ -367,10 +478,20 @@ fn route_batch_1(args: &RouterBenchArgs, texts: &[String], no_embedding: bool) -
     Ok(runs)
 }
 
-fn options(args: &RouterBenchArgs, batching: bool, no_embedding: bool) -> Result<RouterOptions> {
+fn options(args: &RouterBenchArgs, batching: bool, mode: EmbeddingMode) -> Result<RouterOptions> {
     let mut o = RouterOptions::new(RouterConfig::shipped_default()?);
     o.model_dir = Some(args.router_dir.clone());
-    if no_embedding {
+    if let Some(e) = o.config.classifier.embedding.as_mut() {
+        match args.skip_when_confident {
+            Some(Skip::Off) => e.skip_when_confident = None,
+            Some(Skip::From(t)) => e.skip_when_confident = Some(t),
+            None => {}
+        }
+        if mode == EmbeddingMode::Always {
+            e.skip_when_confident = None;
+        }
+    }
+    if mode == EmbeddingMode::Never {
         o.config.classifier.embedding = None;
     }
     o.batching = if batching {
@@ -409,6 +530,22 @@ fn markdown(r: &Report) -> String {
             "\nPyTorch {t}, f32, eager attention, `torch.inference_mode()`.\n"
         ));
     }
+    s.push_str(
+        "\nWhere Switchyard's time goes (p50 of each stage, ms): tokenization with the lexical models' \
+         text features, the backbone pass with its heads, the embedding signal's encoder with its head.\n\n\
+         | batch | encode | backbone | embedding |\n|---|---|---|---|\n",
+    );
+    for l in &r.classify {
+        let st = &l.stages;
+        s.push_str(&format!(
+            "| {} | {:.2} | {:.2} | {} |\n",
+            l.batch,
+            st.encode_p50_ms,
+            st.backbone_p50_ms,
+            st.embedding_p50_ms
+                .map_or("-".to_string(), |e| format!("{e:.2}"))
+        ));
+    }
     if let Some(e) = &r.embedding {
         s.push_str(&format!(
             "\nBoth sides run the router (ModernBERT, four heads) and the embedding signal's encoder, {e} \
@@ -427,6 +564,15 @@ fn markdown(r: &Report) -> String {
             "; without the embedding signal: p50 {p50:.2} ms, p99 {p99:.2} ms"
         ));
     }
+    if let (Some(t), Some(p50), Some(p99)) = (
+        r.skip_when_confident,
+        r.route_always_embedding_p50_ms,
+        r.route_always_embedding_p99_ms,
+    ) {
+        s.push_str(&format!(
+            "; the sentence encoder is skipped when head + lexical reach {t} (with it on every request: p50 {p50:.2} ms, p99 {p99:.2} ms)"
+        ));
+    }
     s.push_str(".\n\n");
     s.push_str("| callers | micro-batching | routes/s | p50 ms | p99 ms | mean batch |\n|---|---|---|---|---|---|\n");
     for c in &r.concurrency {
@@ -443,4 +589,54 @@ fn markdown(r: &Report) -> String {
     s.push('\n');
     s.push_str(&bench_decisions::markdown(&r.decisions));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_router::{ClassifierOutput, Signals};
+
+    fn output(ms: u64) -> Option<ClassifierOutput> {
+        Some(ClassifierOutput::top("x", 0.9, Duration::from_millis(ms)))
+    }
+
+    #[test]
+    fn stage_times_split_the_backbone_from_the_embedding() {
+        let s = Signals {
+            domain: output(7),
+            reasoning: output(3),
+            jailbreak: output(3),
+            pii_latency: Some(Duration::from_millis(3)),
+            ..Signals::default()
+        };
+        assert_eq!(stage_times(&s, true), (3.0, Some(4.0)));
+        assert_eq!(stage_times(&s, false), (3.0, None));
+        let only_domain = Signals {
+            domain: output(5),
+            ..Signals::default()
+        };
+        assert_eq!(stage_times(&only_domain, true), (0.0, Some(5.0)));
+    }
+
+    #[test]
+    fn skip_values_parse() {
+        assert_eq!(parse_skip("off"), Ok(Skip::Off));
+        assert_eq!(parse_skip("0.8"), Ok(Skip::From(0.8)));
+        assert!(parse_skip("1.5").is_err());
+        assert!(parse_skip("high").is_err());
+    }
+
+    #[test]
+    fn stages_take_the_median_of_each_column() {
+        let st = Stages::from_samples(&[
+            (1.0, 10.0, Some(5.0)),
+            (3.0, 30.0, None),
+            (2.0, 20.0, Some(7.0)),
+        ]);
+        assert_eq!(st.encode_p50_ms, 2.0);
+        assert_eq!(st.backbone_p50_ms, 20.0);
+        // Nearest rank over the samples that have the stage: [5, 7] -> index round(0.5) = 1.
+        assert_eq!(st.embedding_p50_ms, Some(7.0));
+        assert_eq!(Stages::from_samples(&[]).embedding_p50_ms, None);
+    }
 }

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use switchyard_models::text::ChatMessage;
 use switchyard_router::{
-    Action, BatchingOptions, BlockReason, HeadRole, Router, RouterConfig, RouterOptions,
+    Action, BatchingOptions, BlockReason, EmbeddingUse, HeadRole, Router, RouterConfig,
+    RouterOptions,
 };
 use switchyard_tests::{fixtures, minilm_dir};
 
@@ -25,9 +26,12 @@ fn shipped_config() -> RouterConfig {
     let mut config = RouterConfig::shipped_default().unwrap();
     match minilm_dir() {
         Some(dir) => {
-            config.classifier.embedding = Some(switchyard_router::config::EmbeddingSource {
-                encoder_dir: Some(dir.to_string_lossy().into_owned()),
-            })
+            // The shipped section (with its skip_when_confident), reading the test cache's encoder.
+            config
+                .classifier
+                .embedding
+                .get_or_insert_with(Default::default)
+                .encoder_dir = Some(dir.to_string_lossy().into_owned());
         }
         None => config.classifier.embedding = None,
     }
@@ -378,10 +382,83 @@ fn the_default_router_fuses_its_embedding_signal_after_the_lexical_one() {
 }
 
 #[test]
+fn the_encoder_is_skipped_exactly_when_the_fast_signals_are_confident() {
+    let Some(_) = minilm_dir() else { return };
+    let with_threshold = |t: Option<f32>| {
+        let mut config = shipped_config();
+        config
+            .classifier
+            .embedding
+            .as_mut()
+            .unwrap()
+            .skip_when_confident = t;
+        Router::load(RouterOptions::new(config)).unwrap()
+    };
+    let domain = |router: &Router, text: &str| {
+        let encoded = router.model().encode(text).unwrap();
+        router.model().classify(&[&encoded]).unwrap().remove(0)
+    };
+    // An exam-style question the fast signals are sure of, and a vague chat request they are not.
+    let (sure, unsure) = (
+        "A 0.1 M solution of acetic acid has a pH of about 2.9. What is the Ka of acetic acid?",
+        "can you help me with this",
+    );
+    let fast = router_without_embedding();
+    let fast_score = |t: &str| domain(&fast, t).domain.unwrap().score;
+    let threshold = (fast_score(sure) + fast_score(unsure)) / 2.0;
+    assert!(
+        fast_score(sure) > threshold + 0.2,
+        "{} vs {}",
+        fast_score(sure),
+        fast_score(unsure)
+    );
+    let always = with_threshold(None);
+    let cascade = with_threshold(Some(threshold));
+    assert_eq!(cascade.model().embedding_skip_threshold(), Some(threshold));
+    // Confident: the fast signals' distribution, exactly as a router without the signal gives it.
+    let skipped = domain(&cascade, sure);
+    assert_eq!(skipped.embedding, EmbeddingUse::Skipped);
+    assert_eq!(
+        skipped.domain.as_ref().unwrap().probabilities,
+        domain(&fast, sure).domain.unwrap().probabilities
+    );
+    // Unsure: the encoder runs and the full fusion decides, as without the threshold.
+    let fused = domain(&cascade, unsure);
+    assert_eq!(fused.embedding, EmbeddingUse::Fused);
+    assert_eq!(
+        fused.domain.unwrap().probabilities,
+        domain(&always, unsure).domain.unwrap().probabilities
+    );
+    assert_eq!(domain(&always, sure).embedding, EmbeddingUse::Fused);
+    // In one batch, each text is treated on its own.
+    let (a, b) = (
+        cascade.model().encode(sure).unwrap(),
+        cascade.model().encode(unsure).unwrap(),
+    );
+    let both = cascade.model().classify(&[&a, &b]).unwrap();
+    assert_eq!(
+        (both[0].embedding, both[1].embedding),
+        (EmbeddingUse::Skipped, EmbeddingUse::Fused)
+    );
+    // The decision says so.
+    let decision = cascade.route(&user(sure)).unwrap();
+    assert_eq!(decision.signals.embedding, EmbeddingUse::Skipped);
+    assert!(
+        decision
+            .reasons
+            .iter()
+            .any(|r| r.contains("without the sentence encoder")),
+        "{:?}",
+        decision.reasons
+    );
+}
+
+#[test]
 fn an_enabled_embedding_signal_without_its_encoder_is_a_clear_error() {
     let mut config = RouterConfig::shipped_default().unwrap();
     config.classifier.embedding = Some(switchyard_router::config::EmbeddingSource {
         encoder_dir: Some("/no/such/encoder".into()),
+        ..Default::default()
     });
     let err = Router::load(RouterOptions::new(config))
         .err()
@@ -459,6 +536,7 @@ fn a_joint_lexical_model_for_another_encoder_set_up_is_a_clear_error() {
     let mut config = RouterConfig::shipped_default().unwrap();
     config.classifier.embedding = Some(switchyard_router::config::EmbeddingSource {
         encoder_dir: Some(encoder.to_string_lossy().into_owned()),
+        ..Default::default()
     });
     let mut options = RouterOptions::new(config);
     options.model_dir = Some(dir.clone());
