@@ -228,6 +228,20 @@ impl RouterModel {
         })
     }
 
+    /// Runs every backbone's linear layers in Q8_0 on the CPU (`classifier.cpu_weights: q8_0`; see
+    /// `MultiHeadClassifier::quantize_q8_0`). A backbone on another device or dtype runs as loaded,
+    /// which is logged.
+    pub fn quantize_backbones_q8_0(mut self) -> RouterModel {
+        for b in &mut self.backbones {
+            if !b.model.quantize_q8_0() {
+                tracing::info!(
+                    "classifier.cpu_weights: q8_0 applies to the CPU's f32 path only; this backbone runs as loaded"
+                );
+            }
+        }
+        self
+    }
+
     /// Adds an embedding signal, fused with the sequence head its `head` names (after that head's
     /// lexical model, if any).
     pub fn with_embedding(mut self, signal: EmbeddingSignal) -> Result<RouterModel, RouterError> {

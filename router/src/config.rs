@@ -545,6 +545,22 @@ pub struct ClassifierSpec {
     /// Native: the sentence-embedding signal fused with the domain head (`embedding.json` in
     /// `model_dir`, on a pretrained encoder the binary fetches; see `router/README.md`).
     pub embedding: Option<EmbeddingSpec>,
+    /// Native: how the ModernBERT backbones' linear layers run on the CPU (`f32` or `q8_0`;
+    /// default `f32`). Ignored on other devices.
+    pub cpu_weights: Option<CpuWeights>,
+}
+
+/// How the router's backbones keep their linear weights on the CPU (`classifier.cpu_weights`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum CpuWeights {
+    /// As the checkpoint stores them, in f32 (matches `transformers` to 1e-4).
+    #[default]
+    #[serde(rename = "f32")]
+    F32,
+    /// 8-bit weights and activations, one scale per 32 values (GGML Q8_0), on the integer kernels:
+    /// about 1.5x faster products at router sizes, outputs within 8-bit rounding of f32.
+    #[serde(rename = "q8_0")]
+    Q8_0,
 }
 
 /// `classifier.embedding`.
@@ -911,6 +927,8 @@ pub struct ClassifierSources {
     pub jailbreak_model: Option<ModelSource>,
     /// The embedding signal (`classifier.embedding`), when enabled.
     pub embedding: Option<EmbeddingSource>,
+    /// How the backbones' linear layers run on the CPU (`classifier.cpu_weights`).
+    pub cpu_weights: CpuWeights,
 }
 
 /// An enabled embedding signal (`classifier.embedding`).
@@ -1762,6 +1780,11 @@ fn resolve(f: ConfigFile, errs: &mut Errors) -> RouterConfig {
                 encoder_dir: e.encoder_dir,
                 skip_when_confident: e.skip_when_confident,
             }),
+        cpu_weights: f
+            .classifier
+            .as_ref()
+            .and_then(|c| c.cpu_weights)
+            .unwrap_or_default(),
     };
     if let Some(t) = classifier
         .embedding
@@ -1919,6 +1942,21 @@ mod tests {
                 encoder_dir: None,
                 skip_when_confident: Some(0.9),
             })
+        );
+        assert_eq!(c.classifier.cpu_weights, CpuWeights::Q8_0);
+    }
+
+    #[test]
+    fn cpu_weights_default_to_f32_and_name_the_field_when_wrong() {
+        let base = "default_route: {model: small}\nclassifier:\n  model_dir: r\n";
+        let plain = RouterConfig::from_yaml_str(base).unwrap();
+        assert_eq!(plain.classifier.cpu_weights, CpuWeights::F32);
+        let q8 = RouterConfig::from_yaml_str(&format!("{base}  cpu_weights: q8_0\n")).unwrap();
+        assert_eq!(q8.classifier.cpu_weights, CpuWeights::Q8_0);
+        assert_error(
+            &format!("{base}  cpu_weights: int4\n"),
+            "classifier.cpu_weights",
+            "int4",
         );
     }
 

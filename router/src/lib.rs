@@ -177,6 +177,10 @@ impl Router {
                 Some(PathBuf::from(DEFAULT_MODEL_DIR)),
             ),
         };
+        let model = match config.classifier.cpu_weights {
+            config::CpuWeights::F32 => model,
+            config::CpuWeights::Q8_0 => model.quantize_backbones_q8_0(),
+        };
         let model = match (&config.classifier.embedding, dir) {
             (None, _) => model,
             (Some(e), Some(dir)) => {

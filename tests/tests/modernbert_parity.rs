@@ -88,6 +88,7 @@ fn check(name: &str) {
     // Backbone hidden states, compared where the mask is 1.
     let hidden = model.backbone().forward(&input, &mask).unwrap();
     let (shape, expected) = read_tensor(&refs, "last_hidden_state");
+    let expected_hidden = expected.clone();
     assert_eq!(hidden.dims(), shape.as_slice(), "{name}: hidden shape");
     let width = shape[2];
     let got: Vec<f32> = hidden.flatten_all().unwrap().to_vec1().unwrap();
@@ -107,6 +108,32 @@ fn check(name: &str) {
         diff < TOLERANCE,
         "{name}: Candle-path hidden states differ by {diff}"
     );
+
+    // Q8_0 linear layers (`classifier.cpu_weights: q8_0`): the same states to within 8-bit rounding.
+    let mut quantized = MultiHeadClassifier::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    assert!(
+        quantized.quantize_q8_0(),
+        "{name}: the CPU f32 path quantizes"
+    );
+    let q = quantized.backbone().forward(&input, &mask).unwrap();
+    let q: Vec<f32> = q.flatten_all().unwrap().to_vec1().unwrap();
+    let (q, want) = (
+        masked(&q, &r.mask, width),
+        masked(&expected_hidden, &r.mask, width),
+    );
+    // Something was quantized (these random tiny models move by up to ~0.3 per value) ...
+    let diff = max_abs_diff(&q, &want);
+    assert!(
+        diff > TOLERANCE,
+        "{name}: Q8_0 hidden states differ by only {diff}"
+    );
+    // ... and every token's state keeps its direction.
+    for (row, (a, b)) in q.chunks(width).zip(want.chunks(width)).enumerate() {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let cos = dot / (norm(a) * norm(b));
+        assert!(cos > 0.99, "{name}: Q8_0 token {row}: cosine {cos}");
+    }
 
     // The long input alone (no padding) gives the same hidden states as transformers on it alone.
     let n = r.mask[r.long_index].iter().filter(|&&m| m == 1).count();

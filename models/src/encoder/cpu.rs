@@ -28,6 +28,7 @@ pub(super) fn bytes(v: &[f32]) -> &[u8] {
 }
 
 /// A weight matrix as the kernels read it.
+#[derive(Clone)]
 enum Weight {
     F32(Vec<f32>),
     /// GGML Q8_0 blocks (32 weights, one f16 scale), as raw bytes.
@@ -35,6 +36,7 @@ enum Weight {
 }
 
 /// A linear layer `y = x Wᵀ + b`, `W` `[out, in]`.
+#[derive(Clone)]
 pub(super) struct Dense {
     weight: Weight,
     bias: Option<Vec<f32>>,
@@ -103,6 +105,7 @@ impl Dense {
 }
 
 /// LayerNorm over the last dimension.
+#[derive(Clone)]
 pub(super) struct Norm {
     weight: Vec<f32>,
     bias: Option<Vec<f32>>,
@@ -157,6 +160,7 @@ pub(super) fn activate_in_place(v: &mut [f32], act: Activation) {
 }
 
 /// cos / sin tables `[positions, head_dim / 2]` for one rope theta.
+#[derive(Clone)]
 struct Rope {
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -195,6 +199,7 @@ impl Rope {
     }
 }
 
+#[derive(Clone)]
 struct Layer {
     attn_norm: Option<Norm>,
     qkv: Dense,
@@ -206,6 +211,7 @@ struct Layer {
 }
 
 /// The backbone's weights on the host, in f32.
+#[derive(Clone)]
 pub(crate) struct CpuBackbone {
     embeddings: Vec<f32>,
     embed_norm: Norm,
@@ -291,6 +297,16 @@ impl CpuBackbone {
             reach: config.local_attention / 2,
             act: config.hidden_activation,
         })
+    }
+
+    /// Stores every layer's linear weights as Q8_0 (see [`Dense::quantize_q8_0`]): the products run
+    /// on the integer kernels, ~1.5x faster than f32 at router sizes on AVX2.
+    pub(crate) fn quantize_q8_0(&mut self) {
+        for l in &mut self.layers {
+            for d in [&mut l.qkv, &mut l.out, &mut l.wi, &mut l.wo] {
+                d.quantize_q8_0();
+            }
+        }
     }
 
     /// States `[B * T, hidden]` (zeros at padding) for ids `[B, T]` and a mask `[B, T]` (non-zero =

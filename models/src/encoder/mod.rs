@@ -194,6 +194,12 @@ impl MultiHeadClassifier {
         &self.backbone
     }
 
+    /// Runs the backbone's linear layers in Q8_0 on the CPU (see [`ModernBert::quantize_q8_0`]);
+    /// `false` if there is no CPU fast path to quantize. The heads stay in f32.
+    pub fn quantize_q8_0(&mut self) -> bool {
+        self.backbone.quantize_q8_0()
+    }
+
     /// The heads, in order.
     pub fn heads(&self) -> &[ClassifierHead] {
         &self.heads
