@@ -53,6 +53,18 @@ type Reply = flume::Sender<Result<Signals, RouterError>>;
 struct Job {
     input: EncodedText,
     reply: Reply,
+    /// Its caller's arrival mark, released by the batcher when it takes the job (released by the
+    /// caller before sending, a job could reach a batch in formation with nobody counted; released
+    /// after, the batcher could see the job's own caller as still arriving and wait for it).
+    arrival: Option<Arrival>,
+}
+
+impl Job {
+    /// The job as the batcher takes it: its caller no longer counts as arriving.
+    fn taken(mut self) -> Job {
+        self.arrival = None;
+        self
+    }
 }
 
 /// The queue in front of the device.
@@ -117,9 +129,13 @@ impl Batcher {
         arrival: Arrival,
     ) -> Result<flume::Receiver<Result<Signals, RouterError>>, RouterError> {
         let (reply, rx) = flume::bounded(1);
-        let sent = self.tx.send(Job { input, reply });
-        drop(arrival);
-        sent.map_err(|_| RouterError::Stopped)?;
+        self.tx
+            .send(Job {
+                input,
+                reply,
+                arrival: Some(arrival),
+            })
+            .map_err(|_| RouterError::Stopped)?;
         Ok(rx)
     }
 }
@@ -134,18 +150,18 @@ fn run(
 ) {
     let max = options.max_batch_size.max(1);
     while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
+        let mut batch = vec![first.taken()];
         let deadline = Instant::now() + options.max_wait;
         while batch.len() < max {
             if let Ok(job) = rx.try_recv() {
-                batch.push(job);
+                batch.push(job.taken());
                 continue;
             }
             if arriving.load(Ordering::SeqCst) == 0 {
                 break;
             }
             match rx.recv_deadline(deadline) {
-                Ok(job) => batch.push(job),
+                Ok(job) => batch.push(job.taken()),
                 Err(_) => break,
             }
         }

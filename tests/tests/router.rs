@@ -163,6 +163,26 @@ fn a_request_without_user_text_takes_the_default_route() {
 }
 
 #[test]
+fn a_lone_route_is_not_held_back_for_the_batch_window() {
+    // A batch window far longer than any route: a lone caller must not wait for it (the batcher
+    // once counted the caller of the job it had just taken as still arriving, and waited).
+    let window = Duration::from_secs(120);
+    let mut options = RouterOptions::new(shipped_config());
+    options.batching = BatchingOptions {
+        max_batch_size: 32,
+        max_wait: window,
+    };
+    let router = Router::load(options).unwrap();
+    for text in ["What is 7 times 8?", "Is it legal to break a lease early?"] {
+        let start = std::time::Instant::now();
+        router.route(&user(text)).unwrap();
+        let took = start.elapsed();
+        assert!(took < window / 2, "a lone route took {took:?}");
+    }
+    assert_eq!(router.stats().batches, 2);
+}
+
+#[test]
 fn concurrent_routes_are_batched_and_match_sequential_ones() {
     let mut options = RouterOptions::new(shipped_config());
     options.batching = BatchingOptions {
