@@ -444,50 +444,21 @@ impl RouterModel {
                             signals.pii_latency = Some(pass.latency);
                         }
                         (_, HostLogits::Sequences(rows)) => {
-                            let mut probs = softmax(&rows[i]);
+                            let text_embedding = embedded.as_ref().map(|e| &e.texts[i]);
+                            let (probs, used) = self.fuse_signals(
+                                *role,
+                                labels,
+                                softmax(&rows[i]),
+                                batch[i],
+                                text_embedding,
+                                &active,
+                            );
                             let mut latency = pass.latency;
-                            let text_embedding = embedded
-                                .as_ref()
-                                .filter(|e| e.role == *role)
-                                .map(|e| &e.texts[i]);
-                            match text_embedding {
-                                Some(Some((embedding, embedding_probs))) => {
-                                    if let Some(a) =
-                                        active.iter().position(|&k| self.lexical[k].0 == *role)
-                                    {
-                                        let lex = &self.lexical[active[a]].1;
-                                        let mut scores = batch[i].lexical[a].clone();
-                                        lex.add_embedding(&mut scores, embedding);
-                                        probs =
-                                            lex.fuse(labels, &probs, &lex.probabilities(&scores));
-                                    }
-                                    if let Some((_, signal)) = &self.embedding {
-                                        let h = &signal.head;
-                                        probs = fuse_by_label(
-                                            labels,
-                                            &probs,
-                                            &h.labels,
-                                            embedding_probs,
-                                            h.weight,
-                                        );
-                                    }
-                                    latency += embedded.as_ref().map_or(Duration::ZERO, |e| e.took);
-                                    signals.embedding = EmbeddingUse::Fused;
-                                }
-                                Some(None) => {
-                                    probs = self.fast_probs(labels, &probs, batch[i], &active);
-                                    signals.embedding = EmbeddingUse::Skipped;
-                                }
-                                None => {
-                                    if let Some(a) =
-                                        active.iter().position(|&k| self.lexical[k].0 == *role)
-                                    {
-                                        let lex = &self.lexical[active[a]].1;
-                                        let scores = &batch[i].lexical[a];
-                                        probs =
-                                            lex.fuse(labels, &probs, &lex.probabilities(scores));
-                                    }
-                                }
+                            if used == EmbeddingUse::Fused {
+                                latency += embedded.as_ref().map_or(Duration::ZERO, |e| e.took);
+                            }
+                            if used != EmbeddingUse::Off {
+                                signals.embedding = used;
                             }
                             let output = ClassifierOutput::from_probabilities(
                                 labels.iter().cloned().zip(probs).collect(),
@@ -511,6 +482,48 @@ impl RouterModel {
             }
         }
         Ok(out)
+    }
+
+    /// A sequence head's probabilities for one text fused with the signals that follow it: its
+    /// lexical model (reading the text's sentence embedding, when one was computed) and, for the
+    /// embedding signal's head, the embedding head; the fast signals instead when the text skipped
+    /// the encoder. Also says whether the embedding signal took part in this head.
+    fn fuse_signals(
+        &self,
+        role: HeadRole,
+        labels: &[String],
+        head_probs: Vec<f32>,
+        text: &EncodedText,
+        text_embedding: Option<&Option<(Vec<f32>, Vec<f32>)>>,
+        active: &[usize],
+    ) -> (Vec<f32>, EmbeddingUse) {
+        let signal = self
+            .embedding
+            .as_ref()
+            .filter(|e| e.0 == role)
+            .map(|e| &e.1);
+        if signal.is_some() && matches!(text_embedding, Some(None)) {
+            let fast = self.fast_probs(labels, &head_probs, text, active);
+            return (fast, EmbeddingUse::Skipped);
+        }
+        let computed = text_embedding.and_then(Option::as_ref);
+        let mut probs = head_probs;
+        if let Some(a) = active.iter().position(|&k| self.lexical[k].0 == role) {
+            let lex = &self.lexical[active[a]].1;
+            let mut scores = text.lexical[a].clone();
+            if let Some((embedding, _)) = computed {
+                lex.add_embedding(&mut scores, embedding);
+            }
+            probs = lex.fuse(labels, &probs, &lex.probabilities(&scores));
+        }
+        match (signal, computed) {
+            (Some(signal), Some((_, embedding_probs))) => {
+                let h = &signal.head;
+                let fused = fuse_by_label(labels, &probs, &h.labels, embedding_probs, h.weight);
+                (fused, EmbeddingUse::Fused)
+            }
+            _ => (probs, EmbeddingUse::Off),
+        }
     }
 
     /// One backbone's forward over the batch, its heads' logits pulled to the host (so the latency
@@ -572,8 +585,6 @@ struct BackbonePass {
 
 /// The embedding signal's results for a batch.
 struct Embedded {
-    /// The head it fuses with.
-    role: HeadRole,
     /// Per text: the sentence embedding and the embedding head's probabilities, or `None` where
     /// the fast signals were confident enough to skip it.
     texts: Vec<Option<(Vec<f32>, Vec<f32>)>>,
@@ -647,7 +658,6 @@ impl RouterModel {
             })
             .collect();
         Ok(Some(Embedded {
-            role: *role,
             texts,
             took: if ids.is_empty() {
                 Duration::ZERO
