@@ -532,7 +532,7 @@ fn markdown(r: &Report) -> String {
     }
     s.push_str(
         "\nWhere Switchyard's time goes (p50 of each stage, ms): tokenization with the lexical models' \
-         text features, the backbone pass with its heads, the embedding signal's encoder with its head.\n\n\
+         text features, the backbone pass with its heads, the embedding signal's encoder with its head (0 for a batch whose texts all skipped it).\n\n\
          | batch | encode | backbone | embedding |\n|---|---|---|---|\n",
     );
     for l in &r.classify {
