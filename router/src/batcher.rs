@@ -198,3 +198,33 @@ fn run(
         let _ = done_rx.recv();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_counts_as_arriving_until_the_batcher_takes_its_job() {
+        let arriving = Arc::new(AtomicUsize::new(1));
+        let (reply, _rx) = flume::bounded(1);
+        let job = Job {
+            input: EncodedText {
+                backbones: Vec::new(),
+                lexical: Vec::new(),
+                embedding: None,
+                fast_lexical: None,
+            },
+            reply,
+            arrival: Some(Arrival {
+                arriving: arriving.clone(),
+            }),
+        };
+        // Queued but not taken: still counted, so a batch in formation waits for it.
+        assert_eq!(arriving.load(Ordering::SeqCst), 1);
+        // Taken: no longer counted, so the batcher does not wait for the caller it already has.
+        let job = job.taken();
+        assert_eq!(arriving.load(Ordering::SeqCst), 0);
+        drop(job);
+        assert_eq!(arriving.load(Ordering::SeqCst), 0);
+    }
+}

@@ -288,12 +288,13 @@ impl RouterModel {
     }
 
     /// The lexical model of the embedding's head a text skipping the embedding is scored with
-    /// (index into `self.lexical`) and, when it is not an active model, that it needs its own scores.
-    fn fast_lexical(&self) -> Option<(usize, bool)> {
+    /// (index into `self.lexical`) and, when it is not one of the `active` models, that it needs its
+    /// own scores.
+    fn fast_lexical(&self, active: &[usize]) -> Option<(usize, bool)> {
         self.embedding_skip_threshold()?;
         let (role, _) = self.embedding.as_ref()?;
         let k = self.lexical_index(*role, false)?;
-        Some((k, !self.active_lexical().contains(&k)))
+        Some((k, !active.contains(&k)))
     }
 
     /// Whether a lexical model in use reads sentence embeddings that this router does not compute (no
@@ -396,10 +397,10 @@ impl RouterModel {
                 })
             })
             .collect::<Result<Vec<_>, RouterError>>()?;
+        let active = self.active_lexical();
         Ok(EncodedText {
             backbones,
-            lexical: self
-                .active_lexical()
+            lexical: active
                 .iter()
                 .map(|&k| self.lexical[k].1.text_scores(text))
                 .collect(),
@@ -409,7 +410,7 @@ impl RouterModel {
                 .map(|e| e.1.embedder.encode(text))
                 .transpose()?,
             fast_lexical: self
-                .fast_lexical()
+                .fast_lexical(&active)
                 .filter(|&(_, own)| own)
                 .map(|(k, _)| self.lexical[k].1.text_scores(text)),
         })
@@ -430,7 +431,7 @@ impl RouterModel {
                 passes.push(self.run_backbone(b, batch)?);
             }
         }
-        let embedded = self.embed(batch, &passes)?;
+        let embedded = self.embed(batch, &passes, &active)?;
         for pass in &passes {
             let b = pass.backbone;
             let heads = self.backbones[b].model.heads();
@@ -494,7 +495,7 @@ impl RouterModel {
         labels: &[String],
         head_probs: Vec<f32>,
         text: &EncodedText,
-        text_embedding: Option<&Option<(Vec<f32>, Vec<f32>)>>,
+        text_embedding: Option<&TextEmbedding>,
         active: &[usize],
     ) -> (Vec<f32>, EmbeddingUse) {
         let signal = self
@@ -502,11 +503,13 @@ impl RouterModel {
             .as_ref()
             .filter(|e| e.0 == role)
             .map(|e| &e.1);
-        if signal.is_some() && matches!(text_embedding, Some(None)) {
-            let fast = self.fast_probs(labels, &head_probs, text, active);
-            return (fast, EmbeddingUse::Skipped);
-        }
-        let computed = text_embedding.and_then(Option::as_ref);
+        let computed = match text_embedding {
+            Some(TextEmbedding::Skipped { fast }) if signal.is_some() => {
+                return (fast.clone(), EmbeddingUse::Skipped)
+            }
+            Some(TextEmbedding::Computed { embedding, probs }) => Some((embedding, probs)),
+            _ => None,
+        };
         let mut probs = head_probs;
         if let Some(a) = active.iter().position(|&k| self.lexical[k].0 == role) {
             let lex = &self.lexical[active[a]].1;
@@ -554,7 +557,7 @@ impl RouterModel {
         text: &EncodedText,
         active: &[usize],
     ) -> Vec<f32> {
-        let Some((k, own)) = self.fast_lexical() else {
+        let Some((k, own)) = self.fast_lexical(active) else {
             return head_probs.to_vec();
         };
         let scores = if own {
@@ -583,11 +586,21 @@ struct BackbonePass {
     logits: Vec<(HeadRole, usize, HostLogits)>,
 }
 
+/// The embedding signal's result for one text.
+enum TextEmbedding {
+    /// The sentence embedding and the embedding head's probabilities.
+    Computed {
+        embedding: Vec<f32>,
+        probs: Vec<f32>,
+    },
+    /// The fast signals were confident enough: their distribution, which the head keeps.
+    Skipped { fast: Vec<f32> },
+}
+
 /// The embedding signal's results for a batch.
 struct Embedded {
-    /// Per text: the sentence embedding and the embedding head's probabilities, or `None` where
-    /// the fast signals were confident enough to skip it.
-    texts: Vec<Option<(Vec<f32>, Vec<f32>)>>,
+    /// One per text.
+    texts: Vec<TextEmbedding>,
     /// The encoder's time for the batch (zero if every text skipped it).
     took: Duration,
 }
@@ -600,40 +613,35 @@ impl RouterModel {
         &self,
         batch: &[&EncodedText],
         passes: &[BackbonePass],
+        active: &[usize],
     ) -> Result<Option<Embedded>, RouterError> {
         let Some((role, signal)) = &self.embedding else {
             return Ok(None);
         };
-        let needed: Vec<bool> = match self.embedding_skip_threshold() {
-            None => vec![true; batch.len()],
-            Some(threshold) => {
-                let active = self.active_lexical();
-                let head = passes.iter().find_map(|p| {
-                    p.logits
-                        .iter()
-                        .find(|l| l.0 == *role)
-                        .map(|l| (p.backbone, l.1, &l.2))
-                });
-                match head {
-                    Some((b, h, HostLogits::Sequences(rows))) => {
-                        let labels = self.backbones[b].model.heads()[h].labels();
-                        rows.iter()
-                            .zip(batch)
-                            .map(|(row, text)| {
-                                let fast = self.fast_probs(labels, &softmax(row), text, &active);
-                                fast.iter().copied().fold(0.0, f32::max) < threshold
-                            })
-                            .collect()
-                    }
-                    _ => vec![true; batch.len()],
+        // Per text, the fast signals' distribution when they are confident enough to skip it.
+        let mut confident: Vec<Option<Vec<f32>>> = vec![None; batch.len()];
+        let head = passes.iter().find_map(|p| {
+            p.logits
+                .iter()
+                .find(|l| l.0 == *role)
+                .map(|l| (p.backbone, l.1, &l.2))
+        });
+        if let (Some(threshold), Some((b, h, HostLogits::Sequences(rows)))) =
+            (self.embedding_skip_threshold(), head)
+        {
+            let labels = self.backbones[b].model.heads()[h].labels();
+            for ((slot, row), text) in confident.iter_mut().zip(rows).zip(batch) {
+                let fast = self.fast_probs(labels, &softmax(row), text, active);
+                if fast.iter().copied().fold(0.0, f32::max) >= threshold {
+                    *slot = Some(fast);
                 }
             }
-        };
+        }
         let start = Instant::now();
         let ids = batch
             .iter()
-            .zip(&needed)
-            .filter(|(_, &n)| n)
+            .zip(&confident)
+            .filter(|(_, fast)| fast.is_none())
             .map(|(e, _)| {
                 e.embedding.as_deref().ok_or_else(|| {
                     RouterError::Classifier(
@@ -642,29 +650,37 @@ impl RouterModel {
                 })
             })
             .collect::<Result<Vec<&[u32]>, _>>()?;
-        let mut embeddings = if ids.is_empty() {
+        let embeddings = if ids.is_empty() {
             Vec::new()
         } else {
             signal.embedder.embed(&ids)?
+        };
+        let took = if ids.is_empty() {
+            Duration::ZERO
+        } else {
+            start.elapsed()
+        };
+        let (got, wanted) = (embeddings.len(), ids.len());
+        let shortage = || {
+            RouterError::Classifier(format!(
+                "the sentence encoder gave {got} embeddings for {wanted} texts"
+            ))
+        };
+        let mut computed = embeddings.into_iter();
+        let mut texts = Vec::with_capacity(batch.len());
+        for fast in confident {
+            texts.push(match fast {
+                Some(fast) => TextEmbedding::Skipped { fast },
+                None => {
+                    let embedding = computed.next().ok_or_else(shortage)?;
+                    TextEmbedding::Computed {
+                        probs: signal.head.probabilities(&embedding),
+                        embedding,
+                    }
+                }
+            });
         }
-        .into_iter();
-        let texts = needed
-            .iter()
-            .map(|&n| {
-                n.then(|| embeddings.next()).flatten().map(|e| {
-                    let p = signal.head.probabilities(&e);
-                    (e, p)
-                })
-            })
-            .collect();
-        Ok(Some(Embedded {
-            texts,
-            took: if ids.is_empty() {
-                Duration::ZERO
-            } else {
-                start.elapsed()
-            },
-        }))
+        Ok(Some(Embedded { texts, took }))
     }
 }
 
