@@ -11,18 +11,22 @@ use crate::stop::StopMatcher;
 use crate::thinking::{
     Section, ThinkingSplitter, ThinkingStyle, REASONING_INSTRUCTION, THINK_START,
 };
-use crate::worker::{Command, Worker};
+use crate::worker::{Command, ModelSlot, Worker};
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use switchyard_models::decoder::{BlockTable, Decoder, KvCache, SequenceInput};
 use switchyard_models::text::{ChatMessage, ChatTemplate, TextTokenizer};
 use switchyard_models::GenerationModel;
 
-/// A running engine: one worker thread that owns one model.
+/// A running engine: the handle of one model on a device worker thread.
+///
+/// Engines started together ([`Engine::start_shared`]) share one worker: one thread owns the device
+/// and steps the models in turn, and device jobs ([`Engine::executor`]) run between their steps.
 pub struct Engine {
-    tx: flume::Sender<Command>,
-    worker: Option<std::thread::JoinHandle<()>>,
+    worker: Arc<WorkerThread>,
+    /// This model's index among the worker's models.
+    slot: usize,
     tokenizer: Arc<TextTokenizer>,
     template: Option<ChatTemplate>,
     style: ThinkingStyle,
@@ -33,6 +37,29 @@ pub struct Engine {
     weight_bytes: usize,
     kv_cache_bytes: usize,
     stats: Arc<EngineStats>,
+}
+
+/// The worker thread behind one or more engines; stopped when the last of them is dropped.
+struct WorkerThread {
+    tx: flume::Sender<Command>,
+    handle: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl WorkerThread {
+    /// Asks the worker to stop and waits for it (a no-op once stopped).
+    fn stop(&self) {
+        let _ = self.tx.send(Command::Shutdown);
+        let handle = self.handle.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for WorkerThread {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// The events of one request. Dropping it cancels the request.
@@ -64,100 +91,64 @@ impl GenerationStream {
 }
 
 impl Engine {
-    /// Starts a worker thread for `model`.
+    /// Starts a worker thread for `model` alone.
     pub fn start(model: GenerationModel, config: EngineConfig) -> Result<Self> {
-        let GenerationModel {
-            name,
-            decoder,
-            tokenizer,
-            chat_template,
-        } = model;
-        let mc = decoder.config().clone();
-        let max_model_len = config
-            .max_model_len
-            .map_or(mc.max_position_embeddings, |l| {
-                l.min(mc.max_position_embeddings)
+        let mut engines = Self::start_shared(vec![(model, config)])?;
+        Ok(engines.pop().expect("one engine per model"))
+    }
+
+    /// Starts one worker thread for several models on the same device, one engine handle per
+    /// model in the given order. The worker owns every model and its KV cache and steps the models
+    /// with work in turn (one batched step each), so they share the device instead of racing for it.
+    pub fn start_shared(models: Vec<(GenerationModel, EngineConfig)>) -> Result<Vec<Self>> {
+        if models.is_empty() {
+            return Err(EngineError::InvalidParameter {
+                param: "models",
+                message: "an engine needs at least one model".into(),
             });
-        let invalid = |param, message: String| EngineError::InvalidParameter { param, message };
-        if config.max_num_seqs == 0 {
-            return Err(invalid("max_num_seqs", "must be at least 1".into()));
         }
-        if config.block_size == 0 {
-            return Err(invalid("block_size", "must be at least 1".into()));
-        }
-        let per_position = KvCache::bytes_per_position(&mc);
-        let per_block = per_position * config.block_size;
-        let bytes = config
-            .kv_cache_bytes
-            .unwrap_or_else(|| (max_model_len * config.max_num_seqs * per_position).min(2 << 30));
-        let num_blocks = bytes / per_block;
-        if num_blocks * config.block_size < max_model_len.min(config.max_batch_tokens) {
-            return Err(invalid(
-                "kv_cache_bytes",
-                format!(
-                    "{bytes} bytes hold only {num_blocks} blocks of {} positions",
-                    config.block_size
-                ),
-            ));
-        }
-        let capacity = num_blocks * config.block_size;
-        if capacity < max_model_len {
-            tracing::warn!(
-                model = %name,
-                "the KV cache holds {capacity} positions: context shortened from {max_model_len}"
-            );
-        }
-        // No sequence may outgrow the whole cache, so every admitted request can finish.
-        let max_model_len = max_model_len.min(capacity);
-        let mut cache = KvCache::new_on(&mc, config.block_size, num_blocks, &decoder.device())?;
-        if !decoder.device().is_cpu() {
-            warm_up(
-                &decoder,
-                &mut cache,
-                max_model_len.min(config.max_batch_tokens),
-            )?;
-        }
-        let tokenizer = Arc::new(tokenizer);
-        let style = ThinkingStyle::detect(chat_template.as_ref().map(|t| t.source()));
-        let forced_end = tokenizer.encode("\n</think>\n\n")?;
-        let stats = Arc::new(EngineStats::default());
+        let prepared = models
+            .into_iter()
+            .map(|(model, config)| prepare(model, config))
+            .collect::<Result<Vec<_>>>()?;
+        let (slots, handles): (Vec<ModelSlot>, Vec<Handle>) = prepared.into_iter().unzip();
         let (tx, rx) = flume::unbounded();
-        let weight_bytes = decoder.weight_bytes();
         let worker = Worker {
-            decoder,
-            tokenizer: Arc::clone(&tokenizer),
-            cache,
-            config: config.clone(),
+            models: slots,
             rx,
-            stats: Arc::clone(&stats),
-            waiting: VecDeque::new(),
-            running: Vec::new(),
+            turn: 0,
         };
-        let handle = std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("switchyard-engine".into())
             .spawn(move || worker.run())
             .map_err(|_| EngineError::Stopped)?;
-        tracing::info!(
-            model = %name,
-            weights_mib = weight_bytes >> 20,
-            kv_cache_mib = (num_blocks * per_block) >> 20,
-            max_model_len,
-            "engine started"
-        );
-        Ok(Self {
+        let worker = Arc::new(WorkerThread {
             tx,
-            worker: Some(handle),
-            tokenizer,
-            template: chat_template,
-            style,
-            forced_end,
-            name,
-            config,
-            max_model_len,
-            weight_bytes,
-            kv_cache_bytes: num_blocks * per_block,
-            stats,
-        })
+            handle: Mutex::new(Some(thread)),
+        });
+        Ok(handles
+            .into_iter()
+            .enumerate()
+            .map(|(slot, h)| Engine {
+                worker: Arc::clone(&worker),
+                slot,
+                tokenizer: h.tokenizer,
+                template: h.template,
+                style: h.style,
+                forced_end: h.forced_end,
+                name: h.name,
+                config: h.config,
+                max_model_len: h.max_model_len,
+                weight_bytes: h.weight_bytes,
+                kv_cache_bytes: h.kv_cache_bytes,
+                stats: h.stats,
+            })
+            .collect())
+    }
+
+    /// Whether this engine and `other` run on the same worker thread.
+    pub fn shares_worker_with(&self, other: &Engine) -> bool {
+        Arc::ptr_eq(&self.worker, &other.worker)
     }
 
     /// The model's name.
@@ -319,7 +310,12 @@ impl Engine {
             finished: None,
         };
         self.stats.enter_queue();
-        if self.tx.send(Command::Submit(Box::new(seq))).is_err() {
+        if self
+            .worker
+            .tx
+            .send(Command::Submit(self.slot, Box::new(seq)))
+            .is_err()
+        {
             self.stats.leave_queue();
             return Err(EngineError::Stopped);
         }
@@ -333,17 +329,121 @@ impl Engine {
     /// router's classification batches go through it, so one thread owns the device).
     pub fn executor(&self) -> EngineExecutor {
         EngineExecutor {
-            tx: self.tx.clone(),
+            tx: self.worker.tx.clone(),
         }
     }
 
-    /// Stops the worker: in-flight requests end with an error event.
+    /// Stops the worker, and so every engine that shares it: in-flight requests end with an error
+    /// event. Dropping the last engine of a worker does the same.
     pub fn shutdown(&mut self) {
-        let _ = self.tx.send(Command::Shutdown);
-        if let Some(h) = self.worker.take() {
-            let _ = h.join();
-        }
+        self.worker.stop();
     }
+}
+
+/// An engine handle's parts, before the worker runs.
+struct Handle {
+    tokenizer: Arc<TextTokenizer>,
+    template: Option<ChatTemplate>,
+    style: ThinkingStyle,
+    forced_end: Vec<u32>,
+    name: String,
+    config: EngineConfig,
+    max_model_len: usize,
+    weight_bytes: usize,
+    kv_cache_bytes: usize,
+    stats: Arc<EngineStats>,
+}
+
+/// Checks `config` against `model`, sizes and allocates the KV cache (warming a GPU up), and splits
+/// the model into what the worker owns and what the caller's handle keeps.
+fn prepare(model: GenerationModel, config: EngineConfig) -> Result<(ModelSlot, Handle)> {
+    let GenerationModel {
+        name,
+        decoder,
+        tokenizer,
+        chat_template,
+    } = model;
+    let mc = decoder.config().clone();
+    let max_model_len = config
+        .max_model_len
+        .map_or(mc.max_position_embeddings, |l| {
+            l.min(mc.max_position_embeddings)
+        });
+    let invalid = |param, message: String| EngineError::InvalidParameter { param, message };
+    if config.max_num_seqs == 0 {
+        return Err(invalid("max_num_seqs", "must be at least 1".into()));
+    }
+    if config.block_size == 0 {
+        return Err(invalid("block_size", "must be at least 1".into()));
+    }
+    let per_position = KvCache::bytes_per_position(&mc);
+    let per_block = per_position * config.block_size;
+    let bytes = config
+        .kv_cache_bytes
+        .unwrap_or_else(|| (max_model_len * config.max_num_seqs * per_position).min(2 << 30));
+    let num_blocks = bytes / per_block;
+    if num_blocks * config.block_size < max_model_len.min(config.max_batch_tokens) {
+        return Err(invalid(
+            "kv_cache_bytes",
+            format!(
+                "{bytes} bytes hold only {num_blocks} blocks of {} positions",
+                config.block_size
+            ),
+        ));
+    }
+    let capacity = num_blocks * config.block_size;
+    if capacity < max_model_len {
+        tracing::warn!(
+            model = %name,
+            "the KV cache holds {capacity} positions: context shortened from {max_model_len}"
+        );
+    }
+    // No sequence may outgrow the whole cache, so every admitted request can finish.
+    let max_model_len = max_model_len.min(capacity);
+    let mut cache = KvCache::new_on(&mc, config.block_size, num_blocks, &decoder.device())?;
+    if !decoder.device().is_cpu() {
+        warm_up(
+            &decoder,
+            &mut cache,
+            max_model_len.min(config.max_batch_tokens),
+        )?;
+    }
+    let tokenizer = Arc::new(tokenizer);
+    let style = ThinkingStyle::detect(chat_template.as_ref().map(|t| t.source()));
+    let forced_end = tokenizer.encode("\n</think>\n\n")?;
+    let stats = Arc::new(EngineStats::default());
+    let weight_bytes = decoder.weight_bytes();
+    tracing::info!(
+        model = %name,
+        weights_mib = weight_bytes >> 20,
+        kv_cache_mib = (num_blocks * per_block) >> 20,
+        max_model_len,
+        "engine started"
+    );
+    let slot = ModelSlot {
+        decoder,
+        tokenizer: Arc::clone(&tokenizer),
+        cache,
+        config: config.clone(),
+        stats: Arc::clone(&stats),
+        waiting: VecDeque::new(),
+        running: Vec::new(),
+    };
+    Ok((
+        slot,
+        Handle {
+            tokenizer,
+            template: chat_template,
+            style,
+            forced_end,
+            name,
+            config,
+            max_model_len,
+            weight_bytes,
+            kv_cache_bytes: num_blocks * per_block,
+            stats,
+        },
+    ))
 }
 
 /// Runs one forward step of `tokens` positions on a GPU before serving: it loads the kernels and
@@ -389,11 +489,5 @@ impl switchyard_models::executor::DeviceExecutor for EngineExecutor {
                 Command::Run(job) => job,
                 _ => unreachable!("sent a Run command"),
             })
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        self.shutdown();
     }
 }

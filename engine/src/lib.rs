@@ -1,7 +1,8 @@
 //! Switchyard's generation engine.
 //!
-//! One device worker thread owns a model and its paged KV cache; callers submit requests through an
-//! [`Engine`] handle (prompt rendering and tokenization happen on the caller's thread) and read
+//! One device worker thread owns the device's models and their paged KV caches (one model, or
+//! several started together with [`Engine::start_shared`], stepped in turn); callers submit requests
+//! through an [`Engine`] handle per model (prompt rendering and tokenization happen on the caller's thread) and read
 //! [`Event`]s from a per-request [`GenerationStream`]. The worker runs continuous batching: new
 //! sequences join between steps, long prompts are prefilled in chunks under a token budget, and
 //! finished or cancelled sequences leave and free their cache blocks at once.

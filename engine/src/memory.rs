@@ -4,11 +4,13 @@
 //! from the memory the device reports free at that moment:
 //!
 //! ```text
-//! room for KV = fraction × total − (total − free) − activation reserves − headroom
+//! room for KV = fraction × total − (total − free) − activation reserve − headroom
 //! ```
 //!
 //! that is, the process (weights, router, runtime) and everyone else already using the device count
-//! against `fraction × total`, as vLLM's `--gpu-memory-fraction` does. An explicit byte budget
+//! against `fraction × total`, as vLLM's `--gpu-memory-fraction` does. The activation reserve is the
+//! largest model's, not the sum: the models share one device worker ([`crate::Engine::start_shared`]),
+//! which runs one model's step at a time. An explicit byte budget
 //! replaces the fraction (and is refused if it exceeds that room). Each model wants enough cache for
 //! `max_num_seqs` sequences at its full context; when the room is smaller, the room is shared in
 //! proportion to what each model wants. A model whose share cannot hold one long prefill step is an
@@ -163,7 +165,12 @@ impl MemoryPlan {
             KvBudget::Bytes(_) => 1.0,
         };
         let used = device.total.saturating_sub(device.free);
-        let activations: u64 = models.iter().map(|m| m.activation_bytes).sum();
+        // One worker steps one model at a time: only the largest step's activations are live at once.
+        let activations: u64 = models
+            .iter()
+            .map(|m| m.activation_bytes)
+            .max()
+            .unwrap_or(0);
         let allowed = (fraction * device.total as f64) as u64;
         let room = allowed.saturating_sub(used + activations + headroom);
         let wanted: u64 = models.iter().map(ModelFootprint::wanted_bytes).sum();
@@ -318,7 +325,8 @@ mod tests {
 
     #[test]
     fn the_room_is_the_fraction_less_what_is_used_reserved_and_kept() {
-        // 0.5 × 80 GiB = 40 GiB allowed; 10 GiB already used; 2 × 100 MiB activations; 256 MiB kept.
+        // 0.5 × 80 GiB = 40 GiB allowed; 10 GiB already used; 100 MiB activations (one model's step
+        // at a time, each needs 100 MiB); 256 MiB kept.
         let want = 64 * GIB / 2048;
         let plan = MemoryPlan::new(
             device(80 * GIB, 70 * GIB),
@@ -327,7 +335,7 @@ mod tests {
             vec![model("a", 1024, want), model("b", 2048, want)],
         )
         .unwrap();
-        let room = 40 * GIB - 10 * GIB - 200 * MIB - 256 * MIB;
+        let room = 40 * GIB - 10 * GIB - 100 * MIB - 256 * MIB;
         assert_eq!(plan.room, room);
         // Shared in proportion to what each wants (b wants twice as much as a).
         let (a, b) = (plan.kv_bytes("a").unwrap(), plan.kv_bytes("b").unwrap());

@@ -1,11 +1,13 @@
-//! The device worker: the one thread that owns the model and its KV cache, and runs the
-//! continuous-batching loop.
+//! The device worker: the one thread that owns the device's models and their KV caches, and runs
+//! the continuous-batching loop for all of them.
 //!
-//! Each iteration: take new requests, drop cancelled ones, admit waiting sequences while the
-//! sequence limit and free cache blocks allow, give every running sequence its cache for the next
-//! step (preempting the newest sequence, to be recomputed later, when blocks run out), then build one
-//! batch under the token budget (decode tokens first, then prefill chunks), run it, and feed each
-//! sequence's logits to its output pipeline.
+//! Each iteration: take new requests (and run queued device jobs such as router batches), then,
+//! for every model, drop cancelled sequences, admit waiting ones while the sequence limit and free
+//! cache blocks allow, and give every running sequence its cache for the next step (preempting the
+//! newest sequence, to be recomputed later, when blocks run out). Then *one* model takes a step:
+//! one batch under its token budget (decode tokens first, then prefill chunks), run, and each
+//! sequence's logits fed to its output pipeline. Models with work take turns step by step, so two
+//! models share the device fairly and a device job waits for at most one step of one model.
 
 use crate::config::EngineConfig;
 use crate::sequence::Sequence;
@@ -17,21 +19,29 @@ use switchyard_models::text::TextTokenizer;
 
 /// Messages to the worker.
 pub(crate) enum Command {
-    Submit(Box<Sequence>),
+    /// A new sequence for the model at this index of the worker's models.
+    Submit(usize, Box<Sequence>),
     /// Device work from another component (router classification batches), run between steps.
     Run(switchyard_models::executor::DeviceJob),
     Shutdown,
 }
 
-pub(crate) struct Worker {
+/// One model the worker serves, with its cache and its sequences.
+pub(crate) struct ModelSlot {
     pub(crate) decoder: Decoder,
     pub(crate) tokenizer: Arc<TextTokenizer>,
     pub(crate) cache: KvCache,
     pub(crate) config: EngineConfig,
-    pub(crate) rx: flume::Receiver<Command>,
     pub(crate) stats: Arc<EngineStats>,
     pub(crate) waiting: VecDeque<Sequence>,
     pub(crate) running: Vec<Sequence>,
+}
+
+pub(crate) struct Worker {
+    pub(crate) models: Vec<ModelSlot>,
+    pub(crate) rx: flume::Receiver<Command>,
+    /// The model whose turn it is to step next (round robin among those with work).
+    pub(crate) turn: usize,
 }
 
 impl Worker {
@@ -40,22 +50,43 @@ impl Worker {
             if !self.intake() {
                 break;
             }
-            self.drop_cancelled();
-            self.admit();
-            self.ensure_cache();
-            self.step();
-            self.publish_stats();
+            for model in &mut self.models {
+                model.drop_cancelled();
+                model.admit();
+                model.ensure_cache();
+            }
+            if let Some(i) = self.next_turn() {
+                self.models[i].step();
+            }
+            for model in &self.models {
+                model.publish_stats();
+            }
         }
-        for seq in self.running.iter_mut().chain(self.waiting.iter_mut()) {
-            seq.fail("the engine shut down".into());
+        for model in &mut self.models {
+            for seq in model.running.iter_mut().chain(model.waiting.iter_mut()) {
+                seq.fail("the engine shut down".into());
+            }
         }
         tracing::debug!("engine worker stopped");
     }
 
+    fn idle(&self) -> bool {
+        self.models.iter().all(ModelSlot::idle)
+    }
+
+    /// The next model with running sequences, starting from the one whose turn it is.
+    fn next_turn(&mut self) -> Option<usize> {
+        let n = self.models.len();
+        let i = (0..n)
+            .map(|k| (self.turn + k) % n)
+            .find(|&i| !self.models[i].running.is_empty())?;
+        self.turn = (i + 1) % n;
+        Some(i)
+    }
+
     /// Receives commands; blocks when there is nothing to do. Returns false on shutdown.
     fn intake(&mut self) -> bool {
-        let idle = self.running.is_empty() && self.waiting.is_empty();
-        if idle {
+        if self.idle() {
             match self.rx.recv() {
                 Ok(cmd) => {
                     if !self.handle(cmd) {
@@ -75,7 +106,7 @@ impl Worker {
                 Err(flume::TryRecvError::Empty) => return true,
                 Err(flume::TryRecvError::Disconnected) => {
                     // Every handle is gone: finish what is in flight, then stop.
-                    return !(self.running.is_empty() && self.waiting.is_empty());
+                    return !self.idle();
                 }
             }
         }
@@ -83,8 +114,8 @@ impl Worker {
 
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Submit(seq) => {
-                self.waiting.push_back(*seq);
+            Command::Submit(model, seq) => {
+                self.models[model].waiting.push_back(*seq);
                 true
             }
             Command::Run(job) => {
@@ -93,6 +124,12 @@ impl Worker {
             }
             Command::Shutdown => false,
         }
+    }
+}
+
+impl ModelSlot {
+    fn idle(&self) -> bool {
+        self.running.is_empty() && self.waiting.is_empty()
     }
 
     fn drop_cancelled(&mut self) {

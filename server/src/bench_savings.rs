@@ -326,7 +326,6 @@ pub fn run(args: SavingsArgs) -> Result<SavingsReport> {
         max_waiting: questions.len() + 16,
         ..EngineConfig::default()
     };
-    let engine = Engine::start(model, engine_config.clone())?;
     let thinking_path = match &args.thinking_model {
         Some(p) if p.as_os_str() == "packaged" => Some(
             switchyard_server::fetch::THINKING_MODEL
@@ -334,14 +333,16 @@ pub fn run(args: SavingsArgs) -> Result<SavingsReport> {
         ),
         other => other.clone(),
     };
-    let thinking_engine = match &thinking_path {
-        Some(p) => {
-            let model = switchyard_models::load_generation_model(p)
-                .with_context(|| format!("loading {}", p.display()))?;
-            Some(Engine::start(model, engine_config)?)
-        }
-        None => None,
-    };
+    // Both models on one device worker, as the server runs them.
+    let mut models = vec![(model, engine_config.clone())];
+    if let Some(p) = &thinking_path {
+        let model = switchyard_models::load_generation_model(p)
+            .with_context(|| format!("loading {}", p.display()))?;
+        models.push((model, engine_config));
+    }
+    let mut engines = Engine::start_shared(models)?.into_iter();
+    let engine = engines.next().expect("the answer model's engine");
+    let thinking_engine = engines.next();
     let router = Router::load_default()?;
 
     let mut outcomes: BTreeMap<String, Vec<Outcome>> = BTreeMap::new();

@@ -431,3 +431,82 @@ fn executor_jobs_run_on_the_worker_between_steps_of_a_running_generation() {
         "the job ran before the generation finished"
     );
 }
+
+/// One engine per fixture model, all on one worker.
+fn shared(names: &[&str]) -> Vec<Engine> {
+    let models = names
+        .iter()
+        .map(|name| {
+            let model = load_generation_model(&fixtures().join("hf").join(name)).unwrap();
+            (model, EngineConfig::default())
+        })
+        .collect();
+    Engine::start_shared(models).unwrap()
+}
+
+#[test]
+fn models_started_together_share_one_worker_and_each_still_matches_transformers() {
+    let names = ["tiny-llama", "tiny-qwen2", "tiny-qwen3"];
+    let engines = shared(&names);
+    assert_eq!(engines.len(), names.len());
+    for e in &engines {
+        assert!(e.shares_worker_with(&engines[0]));
+    }
+    // Every prompt of every model in flight at once: the worker interleaves the three models' steps.
+    let streams: Vec<(&str, Vec<u32>, GenerationStream)> = engines
+        .iter()
+        .zip(names)
+        .flat_map(|(engine, name)| {
+            prompts(name).into_iter().map(move |(prompt, want)| {
+                let stream = engine.submit(greedy(prompt, want.len())).unwrap();
+                (name, want, stream)
+            })
+        })
+        .collect();
+    for (name, want, stream) in streams {
+        assert_eq!(drain(stream).ids, want, "{name}");
+    }
+    // Engines started apart do not share a worker.
+    let alone = engine("tiny-llama", EngineConfig::default());
+    assert!(!alone.shares_worker_with(&engines[0]));
+}
+
+#[test]
+fn a_model_sharing_the_worker_is_served_while_another_generates_at_length() {
+    let engines = shared(&["tiny-llama", "tiny-qwen3"]);
+    let submitted = Instant::now();
+    let long = engines[0].submit(greedy(vec![5, 6, 7], 480)).unwrap();
+    assert!(matches!(long.recv(), Some(Event::Delta { .. })));
+    let (prompt, want) = prompts("tiny-qwen3").remove(0);
+    let short = drain(engines[1].submit(greedy(prompt, want.len())).unwrap());
+    let short_done = Instant::now();
+    assert_eq!(short.ids, want);
+    let long = drain(long);
+    assert_eq!(long.usage.completion_tokens, 480);
+    // The models took turns: the short request did not wait for the long generation to end.
+    let long_done = submitted + Duration::from_secs_f64(long.usage.total_time);
+    assert!(short_done < long_done, "the short request finished first");
+}
+
+#[test]
+fn dropping_one_engine_of_a_shared_worker_leaves_the_others_serving() {
+    let mut engines = shared(&["tiny-llama", "tiny-qwen3"]);
+    let qwen = engines.pop().unwrap();
+    drop(engines);
+    let (prompt, want) = prompts("tiny-qwen3").remove(0);
+    assert_eq!(
+        drain(qwen.submit(greedy(prompt, want.len())).unwrap()).ids,
+        want
+    );
+}
+
+#[test]
+fn a_shared_worker_needs_at_least_one_model() {
+    assert!(matches!(
+        Engine::start_shared(Vec::new()),
+        Err(EngineError::InvalidParameter {
+            param: "models",
+            ..
+        })
+    ));
+}

@@ -7,6 +7,8 @@ use serde_json::{json, Value};
 use server_common::*;
 use switchyard_engine::{Event, GenerationParams, GenerationRequest, Prompt, Thinking};
 use switchyard_models::text::ChatMessage;
+use switchyard_server::serve::ServeArgs;
+use switchyard_tests::fixtures;
 
 mod server_common;
 
@@ -246,5 +248,33 @@ async fn a_blocked_request_generates_nothing() {
     assert!(metrics(&base)
         .await
         .contains("model=\"tiny-llama\",reasoning=\"off\",status=\"blocked\"} 2"));
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_models_are_served_by_one_device_worker() {
+    let models = ["tiny-llama", "tiny-qwen3"]
+        .iter()
+        .map(|m| fixtures().join("hf").join(m).to_string_lossy().into_owned())
+        .collect();
+    let (s, base) = server(ServeArgs {
+        models,
+        no_router: true,
+        ..args()
+    })
+    .await;
+    let engines: Vec<_> = s.state.engines.values().collect();
+    assert_eq!(engines.len(), 2);
+    assert!(engines[0].shares_worker_with(engines[1]));
+    // Both answer, concurrently, each under its own name.
+    let (llama, qwen) = (
+        chat("tiny-llama", "Hello", 8),
+        chat("tiny-qwen3", "Hello", 8),
+    );
+    let (a, b) = tokio::join!(completion(&base, &llama), completion(&base, &qwen));
+    for (v, name) in [(&a, "tiny-llama"), (&b, "tiny-qwen3")] {
+        assert_eq!(v["model"], name);
+        assert_eq!(v["usage"]["completion_tokens"], 8);
+    }
     s.shutdown(Duration::from_secs(5)).await.unwrap();
 }

@@ -308,7 +308,7 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
     }
 
     // The router goes on the device before the memory plan is made, so the plan sees its weights;
-    // it is bound to the device owner (the first engine) once the engines run.
+    // it is bound to the device owner (the engines' one worker) once the engines run.
     let router_executor = Arc::new(LateExecutor::new());
     let (router, aliases) = if args.no_router {
         (None, BTreeMap::new())
@@ -353,7 +353,9 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
     } else {
         Some(plan_memory(&args, &device, &models, &engine_config)?)
     };
-    let mut engines = BTreeMap::new();
+    // One worker owns the device and every model on it (the router's batches too, when bound to it).
+    let mut ids = Vec::with_capacity(models.len());
+    let mut shared = Vec::with_capacity(models.len());
     for (id, model) in models {
         let config = EngineConfig {
             kv_cache_bytes: memory_plan
@@ -362,14 +364,21 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
                 .map(|b| b as usize),
             ..engine_config.clone()
         };
-        let engine = tokio::task::spawn_blocking(move || Engine::start(model, config)).await??;
-        tracing::info!(
-            model = %id,
-            weights_mib = engine.weight_bytes() >> 20,
-            kv_cache_mib = engine.kv_cache_bytes() >> 20,
-            "model loaded"
-        );
-        engines.insert(id, engine);
+        ids.push(id);
+        shared.push((model, config));
+    }
+    let mut engines = BTreeMap::new();
+    if !shared.is_empty() {
+        let started = tokio::task::spawn_blocking(move || Engine::start_shared(shared)).await??;
+        for (id, engine) in ids.into_iter().zip(started) {
+            tracing::info!(
+                model = %id,
+                weights_mib = engine.weight_bytes() >> 20,
+                kv_cache_mib = engine.kv_cache_bytes() >> 20,
+                "model loaded"
+            );
+            engines.insert(id, engine);
+        }
     }
     if let Some(first) = engines.values().next() {
         router_executor.bind(Arc::new(first.executor()));
