@@ -11,6 +11,7 @@ use crate::stop::StopMatcher;
 use crate::thinking::{
     Section, ThinkingSplitter, ThinkingStyle, REASONING_INSTRUCTION, THINK_START,
 };
+use crate::turns::Turns;
 use crate::worker::{Command, ModelSlot, Worker};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -99,7 +100,8 @@ impl Engine {
 
     /// Starts one worker thread for several models on the same device, one engine handle per
     /// model in the given order. The worker owns every model and its KV cache and steps the models
-    /// with work in turn (one batched step each), so they share the device instead of racing for it.
+    /// with work one batched step at a time, giving each an equal share of device time, so they
+    /// share the device instead of racing for it.
     pub fn start_shared(models: Vec<(GenerationModel, EngineConfig)>) -> Result<Vec<Self>> {
         if models.is_empty() {
             return Err(EngineError::InvalidParameter {
@@ -114,9 +116,9 @@ impl Engine {
         let (slots, handles): (Vec<ModelSlot>, Vec<Handle>) = prepared.into_iter().unzip();
         let (tx, rx) = flume::unbounded();
         let worker = Worker {
+            turns: Turns::new(slots.len()),
             models: slots,
             rx,
-            turn: 0,
         };
         let thread = std::thread::Builder::new()
             .name("switchyard-engine".into())

@@ -1,7 +1,7 @@
 //! Switchyard's generation engine.
 //!
 //! One device worker thread owns the device's models and their paged KV caches (one model, or
-//! several started together with [`Engine::start_shared`], stepped in turn); callers submit requests
+//! several started together with [`Engine::start_shared`], sharing device time evenly); callers submit requests
 //! through an [`Engine`] handle per model (prompt rendering and tokenization happen on the caller's thread) and read
 //! [`Event`]s from a per-request [`GenerationStream`]. The worker runs continuous batching: new
 //! sequences join between steps, long prompts are prefilled in chunks under a token budget, and
@@ -18,6 +18,7 @@ mod sequence;
 mod stats;
 pub mod stop;
 pub mod thinking;
+mod turns;
 mod worker;
 
 pub use config::EngineConfig;

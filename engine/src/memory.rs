@@ -166,11 +166,7 @@ impl MemoryPlan {
         };
         let used = device.total.saturating_sub(device.free);
         // One worker steps one model at a time: only the largest step's activations are live at once.
-        let activations: u64 = models
-            .iter()
-            .map(|m| m.activation_bytes)
-            .max()
-            .unwrap_or(0);
+        let activations: u64 = models.iter().map(|m| m.activation_bytes).max().unwrap_or(0);
         let allowed = (fraction * device.total as f64) as u64;
         let room = allowed.saturating_sub(used + activations + headroom);
         let wanted: u64 = models.iter().map(ModelFootprint::wanted_bytes).sum();

@@ -6,14 +6,17 @@
 //! cache blocks allow, and give every running sequence its cache for the next step (preempting the
 //! newest sequence, to be recomputed later, when blocks run out). Then *one* model takes a step:
 //! one batch under its token budget (decode tokens first, then prefill chunks), run, and each
-//! sequence's logits fed to its output pipeline. Models with work take turns step by step, so two
-//! models share the device fairly and a device job waits for at most one step of one model.
+//! sequence's logits fed to its output pipeline. The model with work that has had the least device
+//! time goes next ([`crate::turns`]), so models share the device evenly, and a device job waits for
+//! at most one step of one model.
 
 use crate::config::EngineConfig;
 use crate::sequence::Sequence;
 use crate::stats::EngineStats;
+use crate::turns::Turns;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 use switchyard_models::decoder::{Decoder, KvCache, SequenceInput};
 use switchyard_models::text::TextTokenizer;
 
@@ -40,8 +43,8 @@ pub(crate) struct ModelSlot {
 pub(crate) struct Worker {
     pub(crate) models: Vec<ModelSlot>,
     pub(crate) rx: flume::Receiver<Command>,
-    /// The model whose turn it is to step next (round robin among those with work).
-    pub(crate) turn: usize,
+    /// Which model steps next.
+    pub(crate) turns: Turns,
 }
 
 impl Worker {
@@ -55,8 +58,10 @@ impl Worker {
                 model.admit();
                 model.ensure_cache();
             }
-            if let Some(i) = self.next_turn() {
-                self.models[i].step();
+            let has_work: Vec<bool> = self.models.iter().map(|m| !m.running.is_empty()).collect();
+            if let Some(i) = self.turns.next(&has_work) {
+                let took = self.models[i].step();
+                self.turns.charge(i, took);
             }
             for model in &self.models {
                 model.publish_stats();
@@ -72,16 +77,6 @@ impl Worker {
 
     fn idle(&self) -> bool {
         self.models.iter().all(ModelSlot::idle)
-    }
-
-    /// The next model with running sequences, starting from the one whose turn it is.
-    fn next_turn(&mut self) -> Option<usize> {
-        let n = self.models.len();
-        let i = (0..n)
-            .map(|k| (self.turn + k) % n)
-            .find(|&i| !self.models[i].running.is_empty())?;
-        self.turn = (i + 1) % n;
-        Some(i)
     }
 
     /// Receives commands; blocks when there is nothing to do. Returns false on shutdown.
@@ -206,9 +201,10 @@ impl ModelSlot {
         }
     }
 
-    fn step(&mut self) {
+    /// Runs one batched step; returns the time it took.
+    fn step(&mut self) -> Duration {
         if self.running.is_empty() {
-            return;
+            return Duration::ZERO;
         }
         // Plan: (index, start, len) per sequence, decode tokens before prefill chunks.
         let mut budget = self.config.max_batch_tokens.max(1);
@@ -242,8 +238,9 @@ impl ModelSlot {
         let started = std::time::Instant::now();
         let result = self.decoder.forward(&inputs, &mut self.cache);
         drop(inputs);
+        let took = started.elapsed();
         self.stats
-            .record_step(batch_tokens, plan.len(), started.elapsed().as_secs_f64());
+            .record_step(batch_tokens, plan.len(), took.as_secs_f64());
         let mut logits = match result {
             Ok(l) => l,
             Err(e) => {
@@ -252,7 +249,7 @@ impl ModelSlot {
                     self.running[i].fail(format!("forward pass failed: {e}"));
                 }
                 self.retire();
-                return;
+                return took;
             }
         };
         let vocab = self.decoder.config().vocab_size;
@@ -268,6 +265,7 @@ impl ModelSlot {
             }
         }
         self.retire();
+        took
     }
 
     /// Removes finished sequences and frees their blocks.

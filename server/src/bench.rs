@@ -75,7 +75,7 @@ struct Report {
     llama_cpp: Option<serde_json::Value>,
 }
 
-const QUESTIONS: [&str; 16] = [
+pub(crate) const QUESTIONS: [&str; 16] = [
     "What is the capital of France?",
     "Write a haiku about autumn leaves.",
     "Explain photosynthesis in simple words.",
@@ -119,12 +119,12 @@ pub fn machine_name() -> String {
     format!("{cpu}, {cores} cores, {isa} kernels")
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-fn request(tokens: Vec<u32>, max_tokens: usize) -> GenerationRequest {
+pub(crate) fn request(tokens: Vec<u32>, max_tokens: usize) -> GenerationRequest {
     GenerationRequest {
         prompt: Prompt::Tokens(tokens),
         params: GenerationParams {
@@ -137,7 +137,7 @@ fn request(tokens: Vec<u32>, max_tokens: usize) -> GenerationRequest {
 
 /// Waits for a stream's end; returns its (first-token, end) instants, taken from the engine's own
 /// timings so that reading several streams one after another does not skew them.
-fn finish(submitted: Instant, stream: GenerationStream) -> Result<(Instant, Instant)> {
+pub(crate) fn finish(submitted: Instant, stream: GenerationStream) -> Result<(Instant, Instant)> {
     loop {
         match stream.recv() {
             Some(Event::Delta { .. }) => {}

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_decisions;
+mod bench_models;
 mod bench_overhead;
 mod bench_router;
 mod bench_savings;
@@ -60,6 +61,9 @@ enum BenchCommand {
     Overhead(bench_overhead::OverheadArgs),
     /// All three routing benchmarks (router, overhead, savings) in one run and one report.
     Routing(RoutingArgs),
+    /// Two generation models busy at once: one device worker for both (as `serve` runs them)
+    /// against a worker per model.
+    Models(bench_models::ModelsBenchArgs),
 }
 
 /// Options of `fetch-model`.
@@ -205,6 +209,7 @@ fn main() -> Result<()> {
         Commands::Serve(args) => switchyard_server::serve::run(args),
         Commands::Route(args) => route(args),
         Commands::Bench(BenchCommand::Engine(args)) => bench::run(args),
+        Commands::Bench(BenchCommand::Models(args)) => bench_models::run(args),
         Commands::Bench(BenchCommand::Router(args)) => {
             println!("{}", bench_router::run(args)?);
             Ok(())
