@@ -528,6 +528,8 @@ unsafe fn mk_q6k<const F: u8, const MR: usize, const NR: usize>(
 
 const MRK: usize = 2;
 const NRK: usize = 2;
+// Packed tiles hold whole register tiles of this kernel too.
+const _: () = assert!(super::avx2_packed::NRP.is_multiple_of(NRK));
 
 /// Tile kernel for the k-quants.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -536,6 +538,9 @@ unsafe fn tile_k<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Act
     let nsb = w.cols() / 256;
     let base = w.data().as_ptr();
     let m = acts.m;
+    // Enough activation rows: the packed kernel takes whole tiles, this one the rest.
+    // SAFETY: the caller's contract.
+    let r0 = unsafe { super::avx2_packed::tile::<F>(w, r0, r1, acts, out) };
     let mut pf = Prefetcher::new(base, r0 * rb, r1 * rb);
     let mut r = r0;
     while r < r1 {
@@ -576,14 +581,7 @@ pub(super) fn tile_fn(f: u8) -> Option<(TileFn, usize)> {
     };
     // Tasks start on whole packed tiles, so every row is computed by the same kernel (and gives
     // the same bits) however the rows are split.
-    Some((
-        t,
-        if f >= F_Q4K {
-            NRK
-        } else {
-            super::avx2_packed::NRP
-        },
-    ))
+    Some((t, super::avx2_packed::NRP))
 }
 
 /// The activation layout the AVX2 kernel of format `f` wants prepared (see `avx2_packed.rs`).
@@ -594,6 +592,9 @@ pub(super) fn prepare_fn(f: u8) -> Option<PrepareFn> {
         F_Q5_0 => super::avx2_packed::prepare::<F_Q5_0>,
         F_Q5_1 => super::avx2_packed::prepare::<F_Q5_1>,
         F_Q8_0 => super::avx2_packed::prepare::<F_Q8_0>,
+        F_Q4K => super::avx2_packed::prepare::<F_Q4K>,
+        F_Q5K => super::avx2_packed::prepare::<F_Q5K>,
+        F_Q6K => super::avx2_packed::prepare::<F_Q6K>,
         _ => return None,
     };
     Some(p)

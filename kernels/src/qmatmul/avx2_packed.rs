@@ -20,6 +20,14 @@
 //! A last group shorter than 8 blocks is zero-padded (zero quants, scales and offsets), which is
 //! exact. Accuracy is the same as the per-block kernel's: identical integers, float sums in
 //! another order.
+//!
+//! The k-quants fit the same layout, one 256-value super-block per group (their activations are
+//! quantized per super-block, so `d` is the same in all 8 lanes and `s` comes from the 16-value sums):
+//! - Q4K / Q5K sub-blocks of 32 are Q4_1 / Q5_1 blocks with scale `d·scale` and offset
+//!   `-dmin·min`, decoded once per tile like them;
+//! - Q6K has a scale per 16 values, i.e. per half of a lane's 8 steps; its quants `q - 32` are
+//!   signed and take the sign trick, `|q - 32| <= 32` lets four steps accumulate in i16
+//!   (`4 · 2 · 32 · 127 < 2^15`), and each half is scaled on its own.
 
 // Register tiles are indexed `acc[j]` on purpose: the loops mirror the tile layout.
 #![allow(clippy::needless_range_loop)]
@@ -38,13 +46,28 @@ pub(super) const MIN_M: usize = 4;
 /// 2 x 2, 2 x 3, 2 x 4, 3 x 2 and 4 x 2 (activation x weight rows) by 10-40 %; the i16 and f32
 /// accumulators of wider tiles no longer fit the 16 vector registers.
 pub(super) const NRP: usize = 6;
-/// 32-byte units per (group, weight row) in the packed tile: 8 steps, then for Q8_0 8 steps of
-/// signed quants, then the 8 scales and the 8 offsets.
+/// 32-byte units per (group, weight row) in the packed tile: 8 steps, then for the signed formats
+/// (Q8_0, Q6K) 8 steps of signed quants, then the 8 scales and the 8 offsets (Q6K: the 8 scales of
+/// the first and of the second 16 values of each block).
 const fn weight_units(f: u8) -> usize {
-    if f == F_Q8_0 {
+    if signed(f) {
         18
     } else {
         10
+    }
+}
+
+/// Formats whose quants are signed (they take the sign trick).
+const fn signed(f: u8) -> bool {
+    f == F_Q8_0 || f == F_Q6K
+}
+
+/// Steps of i16 sums a lane accumulates before they are widened (see the module docs).
+const fn flush_every(f: u8) -> usize {
+    match f {
+        F_Q4_0 | F_Q4_1 | F_Q4K => 8,
+        F_Q5_0 | F_Q5_1 | F_Q5K | F_Q6K => 4,
+        _ => 1,
     }
 }
 /// 32-byte units per (activation row, group): 8 steps, the 8 scales `d`, the 8 sums `s = d·Σq`.
@@ -115,9 +138,24 @@ pub(super) unsafe fn prepare<const F: u8>(acts: &mut Acts) {
     let dst = acts.grouped_mut(act_lines(ng)).cast::<Y>();
     // Rows are `act_lines(ng)` units of 512 bytes apart (see `Acts::grouped_ptr`).
     let row_units = act_lines(ng) * 512 / size_of::<Y>();
+    let k_quant = F >= F_Q4K;
     for i in 0..m {
-        let (q, d, s) = (acts.qs_ptr(i), acts.d(i), acts.s(i));
+        let q = acts.qs_ptr(i);
         for g in 0..ng {
+            // Scale and sum of each block (lane) of the group.
+            let mut lanes = [[0f32; 8]; 2];
+            for k in 0..8 {
+                let b = 8 * g + k;
+                if k_quant {
+                    // One scale per super-block (= group); sums of the two 16-value halves.
+                    let (d, bs) = (acts.d(i)[g], acts.bsums(i));
+                    lanes[0][k] = d;
+                    lanes[1][k] = d * f32::from(bs[2 * b] + bs[2 * b + 1]);
+                } else if b < nb {
+                    lanes[0][k] = acts.d(i)[b];
+                    lanes[1][k] = acts.s(i)[b];
+                }
+            }
             // SAFETY: blocks below `nb` are in bounds of row `i`; `dst` holds `m` rows of
             // `row_units` units, each group's `ACT_UNITS` inside them.
             unsafe {
@@ -133,12 +171,8 @@ pub(super) unsafe fn prepare<const F: u8>(acts: &mut Acts) {
                 for (t, v) in transpose8(blocks).into_iter().enumerate() {
                     _mm256_store_si256(u.add(t).cast(), v);
                 }
-                let (dv, sv) = (u.add(8).cast::<f32>(), u.add(9).cast::<f32>());
-                for k in 0..8 {
-                    let b = 8 * g + k;
-                    *dv.add(k) = if b < nb { d[b] } else { 0.0 };
-                    *sv.add(k) = if b < nb { s[b] } else { 0.0 };
-                }
+                _mm256_store_ps(u.add(8).cast(), _mm256_loadu_ps(lanes[0].as_ptr()));
+                _mm256_store_ps(u.add(9).cast(), _mm256_loadu_ps(lanes[1].as_ptr()));
             }
         }
     }
@@ -147,6 +181,10 @@ pub(super) unsafe fn prepare<const F: u8>(acts: &mut Acts) {
 /// Decodes `NRP` weight rows at `w` (row stride `rb`, `nb` blocks) into the packed layout at `pk`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn pack<const F: u8>(w: *const u8, rb: usize, nb: usize, ng: usize, pk: *mut Y) {
+    if F >= F_Q4K {
+        // SAFETY: the caller's contract.
+        return unsafe { pack_k::<F>(w, rb, ng, pk) };
+    }
     let bb = block_bytes(F);
     let wu = weight_units(F);
     for j in 0..NRP {
@@ -183,6 +221,97 @@ unsafe fn pack<const F: u8>(w: *const u8, rb: usize, nb: usize, ng: usize, pk: *
     }
 }
 
+/// [`pack`] for the k-quants: group `g` of a row is its super-block `g`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pack_k<const F: u8>(w: *const u8, rb: usize, ng: usize, pk: *mut Y) {
+    let bb = block_bytes(F);
+    let wu = weight_units(F);
+    for j in 0..NRP {
+        for g in 0..ng {
+            // SAFETY: super-block `g` of row `j` is in bounds; `pk` holds `ng · NRP · wu` units.
+            unsafe {
+                let (q, lanes) = decode_k::<F>(w.add(j * rb + g * bb));
+                let u = pk.add((g * NRP + j) * wu);
+                for (t, v) in transpose8(q).into_iter().enumerate() {
+                    if signed(F) {
+                        _mm256_store_si256(u.add(t).cast(), _mm256_abs_epi8(v));
+                        _mm256_store_si256(u.add(8 + t).cast(), v);
+                    } else {
+                        _mm256_store_si256(u.add(t).cast(), v);
+                    }
+                }
+                _mm256_store_ps(u.add(wu - 2).cast(), _mm256_loadu_ps(lanes[0].as_ptr()));
+                _mm256_store_ps(u.add(wu - 1).cast(), _mm256_loadu_ps(lanes[1].as_ptr()));
+            }
+        }
+    }
+}
+
+/// The 8 blocks of 32 quants of a k-quant super-block at `p`, in value order, with their scales
+/// and offsets per block (Q4K / Q5K: `d·scale`, `-dmin·min`; Q6K: `d·scale` of the first and of
+/// the second 16 values; its quants are returned as `q - 32`).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn decode_k<const F: u8>(p: *const u8) -> ([__m256i; 8], [[f32; 8]; 2]) {
+    // SAFETY: the caller guarantees a whole super-block at `p`.
+    let b = unsafe { std::slice::from_raw_parts(p, block_bytes(F)) };
+    let low4 = _mm256_set1_epi8(0x0F);
+    let load = |at: usize| unsafe { _mm256_loadu_si256(p.add(at).cast()) };
+    let mut q = [_mm256_setzero_si256(); 8];
+    let mut lanes = [[0f32; 8]; 2];
+    if F == F_Q6K {
+        let d = f16_at(b, 208);
+        let three = _mm256_set1_epi8(3);
+        for k in 0..8 {
+            let (h, quarter) = (k / 4, k % 4);
+            let ql = load(64 * h + 32 * (quarter & 1));
+            let lo = if quarter < 2 {
+                _mm256_and_si256(ql, low4)
+            } else {
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql), low4)
+            };
+            let qh = load(128 + 32 * h);
+            let hb = match quarter {
+                0 => qh,
+                1 => _mm256_srli_epi16::<2>(qh),
+                2 => _mm256_srli_epi16::<4>(qh),
+                _ => _mm256_srli_epi16::<6>(qh),
+            };
+            let hb = _mm256_slli_epi16::<4>(_mm256_and_si256(hb, three));
+            q[k] = _mm256_sub_epi8(_mm256_or_si256(lo, hb), _mm256_set1_epi8(32));
+            lanes[0][k] = d * f32::from(b[192 + 2 * k] as i8);
+            lanes[1][k] = d * f32::from(b[192 + 2 * k + 1] as i8);
+        }
+        return (q, lanes);
+    }
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    let (sc, mn) = k4_scales(&b[4..16]);
+    let qs_at = if F == F_Q5K { 48 } else { 16 };
+    let one = _mm256_set1_epi8(1);
+    for pair in 0..4 {
+        let bytes = load(qs_at + 32 * pair);
+        let mut lo = _mm256_and_si256(bytes, low4);
+        let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low4);
+        if F == F_Q5K {
+            // Bit `2·pair` of `qh[l]` is bit 4 of value `l` of the low block, the next bit the
+            // high block's.
+            let qh = load(16);
+            let bit = |s: i32| {
+                let v = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(s));
+                _mm256_slli_epi16::<4>(_mm256_and_si256(v, one))
+            };
+            lo = _mm256_or_si256(lo, bit(2 * pair as i32));
+            hi = _mm256_or_si256(hi, bit(2 * pair as i32 + 1));
+        }
+        q[2 * pair] = lo;
+        q[2 * pair + 1] = hi;
+    }
+    for k in 0..8 {
+        lanes[0][k] = d * f32::from(sc[k]);
+        lanes[1][k] = -dmin * f32::from(mn[k]);
+    }
+    (q, lanes)
+}
+
 /// Register tile over a packed tile: activation row `i` x `NRP` weight rows from `r`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -198,17 +327,13 @@ unsafe fn micro<const F: u8>(
     let ones = _mm256_set1_epi16(1);
     let x = acts.grouped_ptr(i, 0).cast::<Y>();
     let mut acc = [_mm256_setzero_ps(); NRP];
-    // Steps of i16 sums before they must be widened (see the module docs).
-    let flush_every = match F {
-        F_Q4_0 | F_Q4_1 => 8,
-        F_Q5_0 | F_Q5_1 => 4,
-        _ => 1,
-    };
+    let flush = flush_every(F);
     // SAFETY: `pk` holds the packed tile (`pack`), row `i` of the activations its grouped layout
     // (`prepare`).
     unsafe {
         for g in 0..ng {
             let xg = x.add(g * ACT_UNITS);
+            let dx = _mm256_load_ps(xg.add(8).cast());
             let wg: [*const Y; NRP] = std::array::from_fn(|j| pk.add((g * NRP + j) * wu));
             let mut i16acc = [_mm256_setzero_si256(); NRP];
             let mut i32acc = [_mm256_setzero_si256(); NRP];
@@ -216,22 +341,31 @@ unsafe fn micro<const F: u8>(
                 let xv = _mm256_load_si256(xg.add(t).cast());
                 for j in 0..NRP {
                     let wv = _mm256_load_si256(wg[j].add(t).cast());
-                    let xs = if F == F_Q8_0 {
+                    let xs = if signed(F) {
                         _mm256_sign_epi8(xv, _mm256_load_si256(wg[j].add(8 + t).cast()))
                     } else {
                         xv
                     };
                     i16acc[j] = _mm256_add_epi16(i16acc[j], _mm256_maddubs_epi16(wv, xs));
                 }
-                if (t + 1) % flush_every == 0 {
+                if (t + 1) % flush == 0 {
                     for j in 0..NRP {
                         let wide = _mm256_madd_epi16(i16acc[j], ones);
-                        i32acc[j] = _mm256_add_epi32(i32acc[j], wide);
                         i16acc[j] = _mm256_setzero_si256();
+                        if F == F_Q6K {
+                            // Each half of the block has its own scale.
+                            let dw = _mm256_load_ps(wg[j].add(wu - 2 + t / 4).cast());
+                            let dot = _mm256_cvtepi32_ps(wide);
+                            acc[j] = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw, dx), acc[j]);
+                        } else {
+                            i32acc[j] = _mm256_add_epi32(i32acc[j], wide);
+                        }
                     }
                 }
             }
-            let dx = _mm256_load_ps(xg.add(8).cast());
+            if F == F_Q6K {
+                continue;
+            }
             let sx = _mm256_load_ps(xg.add(9).cast());
             for j in 0..NRP {
                 let dw = _mm256_load_ps(wg[j].add(wu - 2).cast());
