@@ -28,16 +28,7 @@ pub struct Engine {
     worker: Arc<WorkerThread>,
     /// This model's index among the worker's models.
     slot: usize,
-    tokenizer: Arc<TextTokenizer>,
-    template: Option<ChatTemplate>,
-    style: ThinkingStyle,
-    forced_end: Vec<u32>,
-    name: String,
-    config: EngineConfig,
-    max_model_len: usize,
-    weight_bytes: usize,
-    kv_cache_bytes: usize,
-    stats: Arc<EngineStats>,
+    info: ModelInfo,
 }
 
 /// The worker thread behind one or more engines; stopped when the last of them is dropped.
@@ -113,7 +104,7 @@ impl Engine {
             .into_iter()
             .map(|(model, config)| prepare(model, config))
             .collect::<Result<Vec<_>>>()?;
-        let (slots, handles): (Vec<ModelSlot>, Vec<Handle>) = prepared.into_iter().unzip();
+        let (slots, infos): (Vec<ModelSlot>, Vec<ModelInfo>) = prepared.into_iter().unzip();
         let (tx, rx) = flume::unbounded();
         let worker = Worker {
             turns: Turns::new(slots.len()),
@@ -128,22 +119,13 @@ impl Engine {
             tx,
             handle: Mutex::new(Some(thread)),
         });
-        Ok(handles
+        Ok(infos
             .into_iter()
             .enumerate()
-            .map(|(slot, h)| Engine {
+            .map(|(slot, info)| Engine {
                 worker: Arc::clone(&worker),
                 slot,
-                tokenizer: h.tokenizer,
-                template: h.template,
-                style: h.style,
-                forced_end: h.forced_end,
-                name: h.name,
-                config: h.config,
-                max_model_len: h.max_model_len,
-                weight_bytes: h.weight_bytes,
-                kv_cache_bytes: h.kv_cache_bytes,
-                stats: h.stats,
+                info,
             })
             .collect())
     }
@@ -155,58 +137,59 @@ impl Engine {
 
     /// The model's name.
     pub fn model_name(&self) -> &str {
-        &self.name
+        &self.info.name
     }
 
     /// Longest sequence (prompt + output) served.
     pub fn max_model_len(&self) -> usize {
-        self.max_model_len
+        self.info.max_model_len
     }
 
     /// Bytes of model weights (memory-mapped).
     pub fn weight_bytes(&self) -> usize {
-        self.weight_bytes
+        self.info.weight_bytes
     }
 
     /// Bytes reserved for the KV cache.
     pub fn kv_cache_bytes(&self) -> usize {
-        self.kv_cache_bytes
+        self.info.kv_cache_bytes
     }
 
     /// The limits this engine runs with.
     pub fn config(&self) -> &EngineConfig {
-        &self.config
+        &self.info.config
     }
 
     /// The model's tokenizer.
     pub fn tokenizer(&self) -> &TextTokenizer {
-        &self.tokenizer
+        &self.info.tokenizer
     }
 
     /// How this model is put into thinking mode.
     pub fn thinking_style(&self) -> ThinkingStyle {
-        self.style
+        self.info.style
     }
 
     /// Live counters.
     pub fn stats(&self) -> &EngineStats {
-        &self.stats
+        &self.info.stats
     }
 
     /// Renders a conversation for `thinking` the way this model family wants it.
     pub fn render_chat(&self, messages: &[ChatMessage], thinking: Thinking) -> Result<String> {
-        let template = self
-            .template
-            .as_ref()
-            .ok_or_else(|| EngineError::InvalidParameter {
-                param: "messages",
-                message: format!(
-                    "model `{}` has no chat template; send a text prompt",
-                    self.name
-                ),
-            })?;
+        let template =
+            self.info
+                .template
+                .as_ref()
+                .ok_or_else(|| EngineError::InvalidParameter {
+                    param: "messages",
+                    message: format!(
+                        "model `{}` has no chat template; send a text prompt",
+                        self.info.name
+                    ),
+                })?;
         let on = matches!(thinking, Thinking::On { .. });
-        match self.style {
+        match self.info.style {
             ThinkingStyle::TemplateFlag => Ok(template.render(messages, true, Some(on))?),
             ThinkingStyle::Prompted if on => {
                 let mut msgs = messages.to_vec();
@@ -232,11 +215,11 @@ impl Engine {
         thinking: Thinking,
     ) -> Result<(Vec<u32>, Section)> {
         let (tokens, text) = match prompt {
-            Prompt::Tokens(t) => (t.clone(), self.tokenizer.decode(t)?),
-            Prompt::Text(t) => (self.tokenizer.encode_prompt(t)?, t.clone()),
+            Prompt::Tokens(t) => (t.clone(), self.info.tokenizer.decode(t)?),
+            Prompt::Text(t) => (self.info.tokenizer.encode_prompt(t)?, t.clone()),
             Prompt::Chat(m) => {
                 let text = self.render_chat(m, thinking)?;
-                (self.tokenizer.encode_prompt(&text)?, text)
+                (self.info.tokenizer.encode_prompt(&text)?, text)
             }
         };
         let section = if text.trim_end().ends_with(THINK_START) {
@@ -262,29 +245,29 @@ impl Engine {
         if tokens.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
-        let vocab = self.tokenizer.vocab_size();
+        let vocab = self.info.tokenizer.vocab_size();
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(EngineError::InvalidParameter {
                 param: "prompt",
                 message: format!("token id {bad} is outside the vocabulary of {vocab}"),
             });
         }
-        let limit = self.max_model_len - 1;
+        let limit = self.info.max_model_len - 1;
         if tokens.len() > limit {
             return Err(EngineError::PromptTooLong {
                 prompt_tokens: tokens.len(),
                 limit,
-                max_model_len: self.max_model_len,
+                max_model_len: self.info.max_model_len,
             });
         }
-        if self.stats.waiting() >= self.config.max_waiting {
-            return Err(EngineError::QueueFull(self.config.max_waiting));
+        if self.info.stats.waiting() >= self.info.config.max_waiting {
+            return Err(EngineError::QueueFull(self.info.config.max_waiting));
         }
-        let room = self.max_model_len - tokens.len();
+        let room = self.info.max_model_len - tokens.len();
         let max_new = params.max_tokens.map_or(room, |m| m.min(room));
         let mut stop_ids = params.stop_token_ids.clone();
         if !params.ignore_eos {
-            stop_ids.extend_from_slice(self.tokenizer.eos());
+            stop_ids.extend_from_slice(self.info.tokenizer.eos());
         }
         let budget = match params.thinking {
             Thinking::On { budget } => budget,
@@ -305,20 +288,20 @@ impl Engine {
             max_new,
             stop_ids,
             budget,
-            forced_end: self.forced_end.clone(),
+            forced_end: self.info.forced_end.clone(),
             reasoning_tokens: 0,
             submitted,
             first_token: None,
             finished: None,
         };
-        self.stats.enter_queue();
+        self.info.stats.enter_queue();
         if self
             .worker
             .tx
             .send(Command::Submit(self.slot, Box::new(seq)))
             .is_err()
         {
-            self.stats.leave_queue();
+            self.info.stats.leave_queue();
             return Err(EngineError::Stopped);
         }
         Ok(GenerationStream {
@@ -342,8 +325,9 @@ impl Engine {
     }
 }
 
-/// An engine handle's parts, before the worker runs.
-struct Handle {
+/// What an engine handle keeps of its model (the worker owns the rest): tokenizer, template, thinking
+/// style, limits and counters.
+struct ModelInfo {
     tokenizer: Arc<TextTokenizer>,
     template: Option<ChatTemplate>,
     style: ThinkingStyle,
@@ -358,7 +342,7 @@ struct Handle {
 
 /// Checks `config` against `model`, sizes and allocates the KV cache (warming a GPU up), and splits
 /// the model into what the worker owns and what the caller's handle keeps.
-fn prepare(model: GenerationModel, config: EngineConfig) -> Result<(ModelSlot, Handle)> {
+fn prepare(model: GenerationModel, config: EngineConfig) -> Result<(ModelSlot, ModelInfo)> {
     let GenerationModel {
         name,
         decoder,
@@ -433,7 +417,7 @@ fn prepare(model: GenerationModel, config: EngineConfig) -> Result<(ModelSlot, H
     };
     Ok((
         slot,
-        Handle {
+        ModelInfo {
             tokenizer,
             template: chat_template,
             style,

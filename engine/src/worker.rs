@@ -40,6 +40,7 @@ pub(crate) struct ModelSlot {
     pub(crate) running: Vec<Sequence>,
 }
 
+/// The worker thread's state: the models it owns, its command queue, and whose step is next.
 pub(crate) struct Worker {
     pub(crate) models: Vec<ModelSlot>,
     pub(crate) rx: flume::Receiver<Command>,

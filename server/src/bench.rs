@@ -296,14 +296,24 @@ pub fn run(args: EngineBenchArgs) -> Result<()> {
         switchyard: ours,
         llama_cpp,
     };
-    let table = markdown(&report);
+    write_results(&args.out, "engine", &report, &markdown(&report))
+}
+
+/// Prints `table` and writes `{stem}.json` (every number) and `{stem}.md` (the table) into `out`.
+pub(crate) fn write_results(
+    out: &std::path::Path,
+    stem: &str,
+    report: &impl Serialize,
+    table: &str,
+) -> Result<()> {
     println!("{table}");
+    std::fs::create_dir_all(out)?;
     std::fs::write(
-        args.out.join("engine.json"),
-        serde_json::to_string_pretty(&report)?,
+        out.join(format!("{stem}.json")),
+        serde_json::to_string_pretty(report)?,
     )?;
-    std::fs::write(args.out.join("engine.md"), table)?;
-    eprintln!("results written to {}", args.out.display());
+    std::fs::write(out.join(format!("{stem}.md")), table)?;
+    eprintln!("results written to {}", out.display());
     Ok(())
 }
 

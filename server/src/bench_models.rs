@@ -5,7 +5,7 @@
 //! Each round gives each model `concurrency` chat requests of `new_tokens` tokens at the same
 //! moment; the two arrangements alternate round by round, so the host's drift hits both alike.
 
-use crate::bench::{finish, machine_name, median, request, QUESTIONS};
+use crate::bench::{finish, machine_name, median, request, write_results, QUESTIONS};
 use crate::generate::resolve_model;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -191,16 +191,7 @@ pub fn run(args: ModelsBenchArgs) -> Result<()> {
         one_worker: summarise(0),
         worker_per_model: summarise(1),
     };
-    std::fs::create_dir_all(&args.out)?;
-    let table = markdown(&report);
-    println!("{table}");
-    std::fs::write(
-        args.out.join("models.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
-    std::fs::write(args.out.join("models.md"), table)?;
-    eprintln!("results written to {}", args.out.display());
-    Ok(())
+    write_results(&args.out, "models", &report, &markdown(&report))
 }
 
 fn markdown(r: &Report) -> String {

@@ -427,6 +427,38 @@ unsafe fn mk_q45k<const F: u8, const MR: usize, const NR: usize>(
     }
 }
 
+/// The 32 six-bit quants (0..64) of values `32·b .. 32·b + 32` of the Q6K super-block at `p`: low
+/// nibbles from `ql` (bytes 0..128), top two bits from `qh` (bytes 128..192).
+///
+/// # Safety
+/// AVX2 must be available and a whole super-block readable at `p`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) unsafe fn q6k_quants(p: *const u8, b: usize) -> __m256i {
+    let (h, k) = (b / 4, b % 4);
+    let low4 = _mm256_set1_epi8(0x0F);
+    // SAFETY: the caller guarantees the super-block.
+    let (ql, qh) = unsafe {
+        (
+            _mm256_loadu_si256(p.add(64 * h + 32 * (k & 1)).cast()),
+            _mm256_loadu_si256(p.add(128 + 32 * h).cast()),
+        )
+    };
+    let lo = if k < 2 {
+        _mm256_and_si256(ql, low4)
+    } else {
+        _mm256_and_si256(_mm256_srli_epi16::<4>(ql), low4)
+    };
+    let hb = match k {
+        0 => qh,
+        1 => _mm256_srli_epi16::<2>(qh),
+        2 => _mm256_srli_epi16::<4>(qh),
+        _ => _mm256_srli_epi16::<6>(qh),
+    };
+    let hb = _mm256_slli_epi16::<4>(_mm256_and_si256(hb, _mm256_set1_epi8(3)));
+    _mm256_or_si256(lo, hb)
+}
+
 /// Register tile of Q6K.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -440,8 +472,6 @@ unsafe fn mk_q6k<const F: u8, const MR: usize, const NR: usize>(
     out: OutPtr,
 ) {
     let bb = block_bytes(F_Q6K);
-    let low4 = _mm256_set1_epi8(0x0F);
-    let three = _mm256_set1_epi8(3);
     let xs: [*const i8; MR] = std::array::from_fn(|i| acts.qs_ptr(i0 + i));
     let dx: [&[f32]; MR] = std::array::from_fn(|i| acts.d(i0 + i));
     let bs: [&[i16]; MR] = std::array::from_fn(|i| acts.bsums(i0 + i));
@@ -473,25 +503,8 @@ unsafe fn mk_q6k<const F: u8, const MR: usize, const NR: usize>(
                         _mm_set1_epi16(sc[j][8 * h + 2 * k + 1]),
                         _mm_set1_epi16(sc[j][8 * h + 2 * k]),
                     );
-                    // SAFETY: `ql` at 0..128, `qh` at 128..192 of the block.
-                    unsafe {
-                        let p = w.add(j * rb + sb * bb);
-                        let ql = _mm256_loadu_si256(p.add(64 * h + 32 * (k & 1)).cast());
-                        let qh = _mm256_loadu_si256(p.add(128 + 32 * h).cast());
-                        let lo = if k < 2 {
-                            _mm256_and_si256(ql, low4)
-                        } else {
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(ql), low4)
-                        };
-                        let hb = match k {
-                            0 => qh,
-                            1 => _mm256_srli_epi16::<2>(qh),
-                            2 => _mm256_srli_epi16::<4>(qh),
-                            _ => _mm256_srli_epi16::<6>(qh),
-                        };
-                        let hb = _mm256_slli_epi16::<4>(_mm256_and_si256(hb, three));
-                        q[j] = _mm256_or_si256(lo, hb);
-                    }
+                    // SAFETY: super-block `sb` of row `r + j` is in bounds.
+                    q[j] = unsafe { q6k_quants(w.add(j * rb + sb * bb), 4 * h + k) };
                 }
                 for i in 0..MR {
                     // SAFETY: activation rows hold `nsb * 256` values.

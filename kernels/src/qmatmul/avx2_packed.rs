@@ -33,7 +33,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::act::Acts;
-use super::avx2::{decode32, hsum};
+use super::avx2::{decode32, hsum, q6k_quants};
 use super::layout::*;
 use super::{OutPtr, Prefetcher, WeightMatrix};
 use core::arch::x86_64::*;
@@ -260,24 +260,10 @@ unsafe fn decode_k<const F: u8>(p: *const u8) -> ([__m256i; 8], [[f32; 8]; 2]) {
     let mut lanes = [[0f32; 8]; 2];
     if F == F_Q6K {
         let d = f16_at(b, 208);
-        let three = _mm256_set1_epi8(3);
         for k in 0..8 {
-            let (h, quarter) = (k / 4, k % 4);
-            let ql = load(64 * h + 32 * (quarter & 1));
-            let lo = if quarter < 2 {
-                _mm256_and_si256(ql, low4)
-            } else {
-                _mm256_and_si256(_mm256_srli_epi16::<4>(ql), low4)
-            };
-            let qh = load(128 + 32 * h);
-            let hb = match quarter {
-                0 => qh,
-                1 => _mm256_srli_epi16::<2>(qh),
-                2 => _mm256_srli_epi16::<4>(qh),
-                _ => _mm256_srli_epi16::<6>(qh),
-            };
-            let hb = _mm256_slli_epi16::<4>(_mm256_and_si256(hb, three));
-            q[k] = _mm256_sub_epi8(_mm256_or_si256(lo, hb), _mm256_set1_epi8(32));
+            // SAFETY: the whole super-block is at `p`.
+            let q6 = unsafe { q6k_quants(p, k) };
+            q[k] = _mm256_sub_epi8(q6, _mm256_set1_epi8(32));
             lanes[0][k] = d * f32::from(b[192 + 2 * k] as i8);
             lanes[1][k] = d * f32::from(b[192 + 2 * k + 1] as i8);
         }
