@@ -1,6 +1,7 @@
 //! The `switchyard` binary.
 
 mod bench;
+mod bench_busy;
 mod bench_decisions;
 mod bench_models;
 mod bench_overhead;
@@ -64,6 +65,9 @@ enum BenchCommand {
     /// Two generation models busy at once: one device worker for both (as `serve` runs them)
     /// against a worker per model.
     Models(bench_models::ModelsBenchArgs),
+    /// The router's latency while the generator is busy, its batches on a thread of their own and
+    /// on the engine's worker, and what routing costs the generation.
+    Busy(bench_busy::BusyBenchArgs),
 }
 
 /// Options of `fetch-model`.
@@ -210,6 +214,7 @@ fn main() -> Result<()> {
         Commands::Route(args) => route(args),
         Commands::Bench(BenchCommand::Engine(args)) => bench::run(args),
         Commands::Bench(BenchCommand::Models(args)) => bench_models::run(args),
+        Commands::Bench(BenchCommand::Busy(args)) => bench_busy::run(args),
         Commands::Bench(BenchCommand::Router(args)) => {
             println!("{}", bench_router::run(args)?);
             Ok(())
