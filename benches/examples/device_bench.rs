@@ -418,6 +418,7 @@ fn busy_router_bench(
                     stop_token_ids: Vec::new(),
                     ignore_eos: true,
                     thinking: Thinking::Off,
+                    logprobs: None,
                 },
             })
         })

@@ -3,7 +3,7 @@
 use crate::config::EngineConfig;
 use crate::detokenize::Detokenizer;
 use crate::error::{EngineError, Result};
-use crate::request::{Event, GenerationRequest, Prompt, Thinking};
+use crate::request::{Event, GenerationRequest, Prompt, Thinking, MAX_TOP_LOGPROBS};
 use crate::sampling::Sampler;
 use crate::sequence::Sequence;
 use crate::stats::EngineStats;
@@ -235,6 +235,12 @@ impl Engine {
         let submitted = Instant::now();
         let params = request.params;
         params.sampling.validate()?;
+        if params.logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+            return Err(EngineError::InvalidParameter {
+                param: "top_logprobs",
+                message: format!("at most {MAX_TOP_LOGPROBS} alternatives"),
+            });
+        }
         if params.max_tokens == Some(0) {
             return Err(EngineError::InvalidParameter {
                 param: "max_tokens",
@@ -290,6 +296,7 @@ impl Engine {
             budget,
             forced_end: self.info.forced_end.clone(),
             reasoning_tokens: 0,
+            logprobs: params.logprobs,
             submitted,
             first_token: None,
             finished: None,

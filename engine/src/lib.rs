@@ -27,7 +27,8 @@ pub use engine::{Engine, EngineExecutor, GenerationStream};
 pub use error::{EngineError, Result};
 pub use memory::{KvBudget, MemoryPlan, ModelFootprint};
 pub use request::{
-    DeltaKind, Event, FinishReason, GenerationParams, GenerationRequest, Prompt, Thinking, Usage,
+    DeltaKind, Event, FinishReason, GenerationParams, GenerationRequest, Prompt, Thinking,
+    TokenLogprob, Usage, MAX_TOP_LOGPROBS,
 };
 pub use sampling::SamplingParams;
 pub use stats::{EngineStats, StatsSnapshot};

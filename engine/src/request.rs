@@ -39,7 +39,13 @@ pub struct GenerationParams {
     pub ignore_eos: bool,
     /// Thinking mode and budget.
     pub thinking: Thinking,
+    /// Send each sampled token's log-probability ([`Event::Logprob`]) with this many most likely
+    /// alternatives (at most [`MAX_TOP_LOGPROBS`]); `None`: no log-probabilities.
+    pub logprobs: Option<usize>,
 }
+
+/// The most alternatives [`GenerationParams::logprobs`] may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 impl Default for GenerationParams {
     fn default() -> Self {
@@ -50,6 +56,7 @@ impl Default for GenerationParams {
             stop_token_ids: Vec::new(),
             ignore_eos: false,
             thinking: Thinking::Off,
+            logprobs: None,
         }
     }
 }
@@ -103,11 +110,27 @@ pub struct Usage {
     pub total_time: f64,
 }
 
+/// A sampled token's log-probability under the model: the log-softmax of its raw logits (before
+/// temperature, penalties and truncation), as vLLM reports by default.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    /// The token.
+    pub id: u32,
+    /// Its log-probability.
+    pub logprob: f32,
+    /// The most likely tokens and their log-probabilities, best first.
+    pub top: Vec<(u32, f32)>,
+}
+
 /// What a request's stream carries.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// New text.
     Delta { kind: DeltaKind, text: String },
+    /// A sampled token's log-probability (when the request asked for them), sent before the text
+    /// the token adds. Tokens forced by a thinking budget and a final end-of-sequence token have
+    /// none.
+    Logprob(TokenLogprob),
     /// The end, with the reason, the usage and every generated token id (forced end-of-thinking
     /// markers and a final end-of-sequence token included). Always the last event of a served request.
     Finished {

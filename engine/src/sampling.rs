@@ -193,6 +193,32 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// The log-softmax of `logits` at `token`, and the `top` most likely tokens with theirs, best first.
+pub fn log_probs(logits: &[f32], token: u32, top: usize) -> (f32, Vec<(u32, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
+    let lse = max + sum.ln() as f32;
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+        let k = top.min(idx.len());
+        let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
+        if k < idx.len() {
+            idx.select_nth_unstable_by(k - 1, by_logit);
+        }
+        idx.truncate(k);
+        idx.sort_by(by_logit);
+        best = idx
+            .into_iter()
+            .map(|i| (i, logits[i as usize] - lse))
+            .collect();
+    }
+    let own = logits
+        .get(token as usize)
+        .map_or(f32::NEG_INFINITY, |l| l - lse);
+    (own, best)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

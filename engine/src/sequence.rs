@@ -2,7 +2,7 @@
 //! (sampling → detokenizing → thinking split → stop strings → events).
 
 use crate::detokenize::Detokenizer;
-use crate::request::{DeltaKind, Event, FinishReason, Usage};
+use crate::request::{DeltaKind, Event, FinishReason, TokenLogprob, Usage};
 use crate::sampling::Sampler;
 use crate::stop::{StopMatcher, StopOutcome};
 use crate::thinking::ThinkingSplitter;
@@ -32,6 +32,8 @@ pub(crate) struct Sequence {
     /// Tokens of the end-of-thinking marker, forced when the budget runs out.
     pub(crate) forced_end: Vec<u32>,
     pub(crate) reasoning_tokens: usize,
+    /// Alternatives per [`Event::Logprob`]; `None`: no log-probabilities.
+    pub(crate) logprobs: Option<usize>,
     pub(crate) submitted: Instant,
     pub(crate) first_token: Option<Instant>,
     pub(crate) finished: Option<FinishReason>,
@@ -63,7 +65,19 @@ impl Sequence {
                 }
             }
         } else {
+            // Log-probabilities are of the raw logits, which sampling may change in place.
+            let raw = self.logprobs.map(|top| (top, logits.to_vec()));
             let token = self.sampler.sample(logits);
+            if let Some((top, raw)) = raw {
+                if !self.stop_ids.contains(&token) {
+                    let (logprob, top) = crate::sampling::log_probs(&raw, token, top);
+                    self.send(Event::Logprob(TokenLogprob {
+                        id: token,
+                        logprob,
+                        top,
+                    }));
+                }
+            }
             if self.stop_ids.contains(&token)
                 && self.splitter.in_thinking()
                 && !self.forced_end.is_empty()

@@ -140,7 +140,7 @@ pub(crate) fn request(tokens: Vec<u32>, max_tokens: usize) -> GenerationRequest 
 pub(crate) fn finish(submitted: Instant, stream: GenerationStream) -> Result<(Instant, Instant)> {
     loop {
         match stream.recv() {
-            Some(Event::Delta { .. }) => {}
+            Some(Event::Delta { .. } | Event::Logprob(_)) => {}
             Some(Event::Finished { usage, .. }) => {
                 let at = |s: f64| submitted + std::time::Duration::from_secs_f64(s);
                 return Ok((at(usage.time_to_first_token), at(usage.total_time)));

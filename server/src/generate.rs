@@ -160,6 +160,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                     rate
                 )?;
             }
+            Event::Logprob(_) => {} // `generate` does not ask for them
             Event::Error(e) => anyhow::bail!("generation failed: {e}"),
         }
     }

@@ -99,6 +99,20 @@ def main():
     assert thought == r.choices[0].message.reasoning_content, (thought, r.choices[0].message)
     print("reasoning:", r.usage.completion_tokens_details.reasoning_tokens, "tokens")
 
+    # Log-probabilities, parsed into the client's own types.
+    r = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    entries = r.choices[0].logprobs.content
+    assert len(entries) >= 1 and all(e.logprob <= 0 and len(e.top_logprobs) == 2 for e in entries), entries
+    assert entries[0].top_logprobs[0].token == entries[0].token, entries[0]
+    print("logprobs:", [(e.token, round(e.logprob, 3)) for e in entries])
+
     try:
         client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
     except openai.NotFoundError as e:

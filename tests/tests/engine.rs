@@ -5,11 +5,12 @@
 use std::time::{Duration, Instant};
 use switchyard_engine::{
     DeltaKind, Engine, EngineConfig, EngineError, Event, FinishReason, GenerationParams,
-    GenerationRequest, GenerationStream, Prompt, SamplingParams, Thinking, ThinkingStyle, Usage,
+    GenerationRequest, GenerationStream, Prompt, SamplingParams, Thinking, ThinkingStyle,
+    TokenLogprob, Usage,
 };
 use switchyard_models::load_generation_model;
 use switchyard_models::text::ChatMessage;
-use switchyard_tests::{fixtures, ids, read_json};
+use switchyard_tests::{fixtures, ids, read_json, read_tensor};
 
 fn engine(name: &str, config: EngineConfig) -> Engine {
     let model = load_generation_model(&fixtures().join("hf").join(name)).unwrap();
@@ -45,6 +46,7 @@ struct Outcome {
     reason: Option<FinishReason>,
     usage: Usage,
     ids: Vec<u32>,
+    logprobs: Vec<TokenLogprob>,
 }
 
 fn drain(stream: GenerationStream) -> Outcome {
@@ -65,6 +67,7 @@ fn drain(stream: GenerationStream) -> Outcome {
                 out.usage = usage;
                 out.ids = output_ids;
             }
+            Event::Logprob(lp) => out.logprobs.push(lp),
             Event::Error(e) => panic!("engine error: {e}"),
         }
     }
@@ -509,4 +512,68 @@ fn a_shared_worker_needs_at_least_one_model() {
             ..
         })
     ));
+}
+
+#[test]
+fn log_probabilities_are_the_log_softmax_of_the_models_logits() {
+    let dir = fixtures().join("hf").join("tiny-llama");
+    let engine = engine("tiny-llama", EngineConfig::default());
+    let (prompt, want) = prompts("tiny-llama").remove(0);
+    // transformers' logits at the prompt's last position give the first new token's distribution.
+    let (shape, logits) = read_tensor(&dir.join("reference.safetensors"), "logits.0");
+    let vocab = *shape.last().unwrap();
+    let last = &logits[(prompt.len() - 1) * vocab..prompt.len() * vocab];
+    let max = last.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + last.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+    let mut request = greedy(prompt, want.len());
+    request.params.logprobs = Some(3);
+    let out = drain(engine.submit(request).unwrap());
+    assert_eq!(out.ids, want);
+    // One per generated token, for the token generated, its best alternatives sorted.
+    assert_eq!(out.logprobs.len(), want.len());
+    for (lp, &id) in out.logprobs.iter().zip(&want) {
+        assert_eq!(lp.id, id);
+        assert_eq!(lp.top.len(), 3);
+        assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1), "{lp:?}");
+        // Greedy: the token taken is the most likely one.
+        assert_eq!(lp.top[0], (id, lp.logprob));
+        assert!(lp.logprob <= 0.0);
+    }
+    let first = &out.logprobs[0];
+    assert!(
+        (first.logprob - (last[want[0] as usize] - lse)).abs() < 1e-4,
+        "{first:?}"
+    );
+    for &(id, l) in &first.top {
+        assert!((l - (last[id as usize] - lse)).abs() < 1e-4, "{id}: {l}");
+    }
+    // Raw logits: a temperature does not change them.
+    let (prompt, _) = prompts("tiny-llama").remove(0);
+    let mut hot = greedy(prompt, 1);
+    hot.params.sampling.temperature = 1.5;
+    hot.params.sampling.seed = Some(3);
+    hot.params.logprobs = Some(0);
+    let out = drain(engine.submit(hot).unwrap());
+    let lp = &out.logprobs[0];
+    assert!(lp.top.is_empty());
+    assert!(
+        (lp.logprob - (last[lp.id as usize] - lse)).abs() < 1e-4,
+        "{lp:?}"
+    );
+}
+
+#[test]
+fn more_than_twenty_alternatives_are_refused_and_none_are_sent_unasked() {
+    let engine = engine("tiny-llama", EngineConfig::default());
+    let mut request = greedy(vec![5, 6, 7], 4);
+    request.params.logprobs = Some(21);
+    assert!(matches!(
+        engine.submit(request),
+        Err(EngineError::InvalidParameter {
+            param: "top_logprobs",
+            ..
+        })
+    ));
+    let out = drain(engine.submit(greedy(vec![5, 6, 7], 4)).unwrap());
+    assert!(out.logprobs.is_empty());
 }

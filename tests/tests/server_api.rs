@@ -278,3 +278,60 @@ async fn several_models_are_served_by_one_device_worker() {
     }
     s.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_probabilities_come_in_the_openai_shape_streamed_or_not() {
+    let (s, base) = server(ServeArgs {
+        no_router: true,
+        ..args()
+    })
+    .await;
+    let mut body = chat("tiny-llama", "Hello", 6);
+    body["ignore_eos"] = json!(true);
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(2);
+    let v = completion(&base, &body).await;
+    let entries = v["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(entries.len(), 6, "{v}");
+    let mut text = String::new();
+    for e in &entries {
+        let lp = e["logprob"].as_f64().unwrap();
+        assert!(lp <= 0.0);
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        // Greedy: the token taken is the best alternative.
+        assert_eq!(
+            (&top[0]["token"], top[0]["logprob"].as_f64()),
+            (&e["token"], Some(lp))
+        );
+        let token = e["token"].as_str().unwrap();
+        assert_eq!(e["bytes"], json!(token.as_bytes()));
+        text.push_str(token);
+    }
+    assert_eq!(text, content(&v));
+
+    // Streamed: the same entries, spread over the chunks of the text they add.
+    body["stream"] = json!(true);
+    let r = post(&base, "/v1/chat/completions", &body).await;
+    let data = sse_data(&r.text().await.unwrap());
+    let streamed: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array().cloned())
+        .flatten()
+        .collect();
+    assert_eq!(streamed, entries);
+
+    // Not asked for: null, as before.
+    let v = completion(&base, &chat("tiny-llama", "Hello", 3)).await;
+    assert_eq!(v["choices"][0]["logprobs"], Value::Null);
+    // `top_logprobs` alone is a 400 that names it.
+    let mut bad = chat("tiny-llama", "Hello", 3);
+    bad["top_logprobs"] = json!(2);
+    let e = error_of(post(&base, "/v1/chat/completions", &bad).await, 400).await;
+    assert_eq!(e["param"], "top_logprobs");
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}

@@ -100,19 +100,21 @@ pub struct ChatRequest {
     pub ignore_eos: Option<bool>,
     /// vLLM's extension: token ids that end the generation.
     pub stop_token_ids: Option<Vec<u32>>,
+    /// Return each output token's log-probability.
+    pub logprobs: Option<bool>,
+    /// With `logprobs`: also this many most likely tokens at each position (0-20).
+    pub top_logprobs: Option<usize>,
     /// Fields that change the semantics and are not supported: their presence is a 400.
     #[serde(flatten)]
     pub other: serde_json::Map<String, Value>,
 }
 
 /// Fields whose meaning this server does not implement (a request using them gets a 400).
-const UNSUPPORTED: [&str; 10] = [
+const UNSUPPORTED: [&str; 8] = [
     "tools",
     "tool_choice",
     "functions",
     "function_call",
-    "logprobs",
-    "top_logprobs",
     "logit_bias",
     "response_format",
     "audio",
@@ -120,6 +122,11 @@ const UNSUPPORTED: [&str; 10] = [
 ];
 
 impl ChatRequest {
+    /// Alternatives per token when log-probabilities were asked for (`None`: not asked).
+    pub fn logprobs_wanted(&self) -> Option<usize> {
+        (self.logprobs == Some(true)).then(|| self.top_logprobs.unwrap_or(0))
+    }
+
     /// Checks what the types cannot: unsupported fields, `n`, ranges.
     pub fn validate(&self) -> Result<(), ApiError> {
         for field in UNSUPPORTED {
@@ -133,6 +140,20 @@ impl ChatRequest {
                         format!("`{field}` is not supported by this server"),
                     ));
                 }
+            }
+        }
+        if let Some(k) = self.top_logprobs {
+            if self.logprobs != Some(true) {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    "`top_logprobs` needs `logprobs: true`",
+                ));
+            }
+            if k > switchyard_engine::MAX_TOP_LOGPROBS {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    format!("must be in [0, {}]", switchyard_engine::MAX_TOP_LOGPROBS),
+                ));
             }
         }
         if let Some(n) = self.n {
@@ -323,7 +344,6 @@ mod tests {
         for (field, value) in [
             ("tools", json!([{"type": "function"}])),
             ("tool_choice", json!("auto")),
-            ("logprobs", json!(true)),
             ("top_logprobs", json!(2)),
             ("logit_bias", json!({"1": 5})),
             ("response_format", json!({"type": "json_object"})),
@@ -343,9 +363,32 @@ mod tests {
     }
 
     #[test]
+    fn top_logprobs_needs_logprobs_and_stays_within_twenty() {
+        for extra in [
+            json!({"top_logprobs": 2}),
+            json!({"logprobs": false, "top_logprobs": 2}),
+            json!({"logprobs": true, "top_logprobs": 21}),
+        ] {
+            assert_eq!(
+                rejected_param(extra.clone()).as_deref(),
+                Some("top_logprobs"),
+                "{extra}"
+            );
+        }
+        let r = request(json!({"logprobs": true, "top_logprobs": 3}));
+        assert_eq!(r.logprobs_wanted(), Some(3));
+        assert_eq!(
+            request(json!({"logprobs": true})).logprobs_wanted(),
+            Some(0)
+        );
+        assert_eq!(request(json!({})).logprobs_wanted(), None);
+    }
+
+    #[test]
     fn harmless_values_and_unknown_fields_pass() {
         for extra in [
             json!({"logprobs": false, "tools": null, "response_format": {"type": "text"}}),
+            json!({"logprobs": true, "top_logprobs": 20}),
             json!({"n": 1, "user": "u", "metadata": {"a": "b"}, "store": false}),
             json!({"top_k": -1, "stream": null, "stream_options": {"include_usage": null}}),
         ] {

@@ -487,6 +487,7 @@ async fn chat(
             stop_token_ids: request.stop_token_ids.clone().unwrap_or_default(),
             ignore_eos: request.ignore_eos.unwrap_or(false),
             thinking: plan.thinking,
+            logprobs: request.logprobs_wanted(),
         },
     };
     // Rendering the template and tokenizing a long prompt is CPU work: keep it off the threads
@@ -541,6 +542,7 @@ async fn chat(
             outcome,
             phase: Phase::Start,
             last_token: None,
+            logprobs: request.logprobs_wanted().map(|_| Vec::new()),
             _permit: stream_permit,
         });
         let mut response = Sse::new(events)
@@ -550,17 +552,20 @@ async fn chat(
         Ok(response)
     } else {
         // Counted by its outcome already: answer the error as it is.
-        let (content, reasoning, finish, usage) = match collect(&state, &stream, outcome).await {
-            Ok(done) => done,
-            Err(e) => return Ok(e.into_response()),
-        };
+        let wants_logprobs = request.logprobs_wanted().is_some();
+        let (content, reasoning, finish, usage, logprobs) =
+            match collect(&state, &stream, outcome, wants_logprobs).await {
+                Ok(done) => done,
+                Err(e) => return Ok(e.into_response()),
+            };
         let mut message = json!({"role": "assistant", "content": content});
         if !reasoning.is_empty() {
             message["reasoning_content"] = json!(reasoning);
         }
         let body = json!({
             "id": id, "object": "chat.completion", "created": created, "model": plan.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": null}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish,
+                         "logprobs": super::logprobs::field(logprobs)}],
             "usage": usage,
         });
         let mut response = Json(body).into_response();
@@ -628,13 +633,17 @@ fn cut_off() -> ApiError {
     e
 }
 
+/// The whole generation: content, reasoning, finish reason, usage, and the token log-probabilities
+/// when `wants_logprobs`.
 async fn collect(
     state: &State,
     stream: &GenerationStream,
     mut outcome: Outcome,
-) -> Result<(String, String, &'static str, Usage), ApiError> {
+    wants_logprobs: bool,
+) -> Result<(String, String, &'static str, Usage, Option<Vec<Value>>), ApiError> {
     let mut stop = state.hard_stop.subscribe();
     let (mut content, mut reasoning) = (String::new(), String::new());
+    let mut logprobs = wants_logprobs.then(Vec::new);
     loop {
         let event = tokio::select! {
             event = stream.recv_async() => event,
@@ -652,6 +661,12 @@ async fn collect(
                 kind: DeltaKind::Reasoning,
                 text,
             }) => reasoning.push_str(&text),
+            Some(Event::Logprob(lp)) => {
+                if let Some(entries) = logprobs.as_mut() {
+                    let tokenizer = state.engines[&outcome.labels.model].tokenizer();
+                    entries.push(super::logprobs::entry(tokenizer, &lp));
+                }
+            }
             Some(Event::Finished { reason, usage, .. }) => {
                 outcome.finished(&usage);
                 return Ok((
@@ -659,6 +674,7 @@ async fn collect(
                     reasoning,
                     reason.as_str(),
                     Usage::from_engine(&usage),
+                    logprobs,
                 ));
             }
             Some(Event::Error(e)) => {
@@ -673,11 +689,18 @@ async fn collect(
     }
 }
 
-fn chunk(id: &str, created: u64, model: &str, delta: Value, finish: Option<&str>) -> SseEvent {
+fn chunk(
+    id: &str,
+    created: u64,
+    model: &str,
+    delta: Value,
+    finish: Option<&str>,
+    logprobs: Value,
+) -> SseEvent {
     SseEvent::default().data(
         json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
         })
         .to_string(),
     )
@@ -700,7 +723,16 @@ struct SseState {
     outcome: Outcome,
     phase: Phase,
     last_token: Option<Instant>,
+    /// Log-probabilities of the tokens whose text has not been sent yet (`None`: not asked for).
+    logprobs: Option<Vec<Value>>,
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl SseState {
+    /// The `logprobs` of the next chunk: what has gathered since the last one.
+    fn take_logprobs(&mut self) -> Value {
+        super::logprobs::field(self.logprobs.as_mut().map(std::mem::take))
+    }
 }
 
 /// The SSE events of a streamed completion: a role chunk, a chunk per text delta (`content` or
@@ -720,6 +752,7 @@ fn sse_events(s: SseState) -> impl Stream<Item = Result<SseEvent, Infallible>> {
                     &model,
                     json!({"role": "assistant", "content": ""}),
                     None,
+                    Value::Null,
                 )]
             }
             Phase::Done => return None,
@@ -744,17 +777,28 @@ fn sse_events(s: SseState) -> impl Stream<Item = Result<SseEvent, Infallible>> {
                             DeltaKind::Content => json!({"content": text}),
                             DeltaKind::Reasoning => json!({"reasoning_content": text}),
                         };
-                        vec![chunk(&s.id, s.created, &model, delta, None)]
+                        let logprobs = s.take_logprobs();
+                        vec![chunk(&s.id, s.created, &model, delta, None, logprobs)]
+                    }
+                    Some(Some(Event::Logprob(lp))) => {
+                        // Sent with the chunk of the text the token adds.
+                        if let Some(entries) = s.logprobs.as_mut() {
+                            let tokenizer = s.outcome.state.engines[&model].tokenizer();
+                            entries.push(super::logprobs::entry(tokenizer, &lp));
+                        }
+                        Vec::new()
                     }
                     Some(Some(Event::Finished { reason, usage, .. })) => {
                         s.outcome.finished(&usage);
                         s.phase = Phase::Done;
+                        let logprobs = s.take_logprobs();
                         let mut out = vec![chunk(
                             &s.id,
                             s.created,
                             &model,
                             json!({}),
                             Some(reason.as_str()),
+                            logprobs,
                         )];
                         if s.include_usage {
                             out.push(
@@ -818,8 +862,16 @@ pub(super) fn blocked_response(
                 model,
                 json!({"role": "assistant", "content": message}),
                 None,
+                Value::Null,
             ),
-            chunk(id, created, model, json!({}), Some("content_filter")),
+            chunk(
+                id,
+                created,
+                model,
+                json!({}),
+                Some("content_filter"),
+                Value::Null,
+            ),
         ];
         if request.include_usage() {
             events.push(

@@ -11,6 +11,7 @@
 mod api;
 mod error;
 mod handlers;
+mod logprobs;
 mod metrics;
 mod proxy;
 
