@@ -23,7 +23,8 @@ use switchyard_models::GenerationModel;
 /// A running engine: the handle of one model on a device worker thread.
 ///
 /// Engines started together ([`Engine::start_shared`]) share one worker: one thread owns the device
-/// and steps the models in turn, and device jobs ([`Engine::executor`]) run between their steps.
+/// and runs one model's step at a time, sharing device time evenly between the models with work;
+/// device jobs ([`Engine::executor`]) run between steps.
 pub struct Engine {
     worker: Arc<WorkerThread>,
     /// This model's index among the worker's models.

@@ -198,8 +198,9 @@ pub fn log_probs(logits: &[f32], token: u32, top: usize) -> (f32, Vec<(u32, f32)
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
     let lse = max + sum.ln() as f32;
-    let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
-    if top > 0 {
+    let best = if top == 0 {
+        Vec::new()
+    } else {
         let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
         let k = top.min(idx.len());
         let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
@@ -208,11 +209,10 @@ pub fn log_probs(logits: &[f32], token: u32, top: usize) -> (f32, Vec<(u32, f32)
         }
         idx.truncate(k);
         idx.sort_by(by_logit);
-        best = idx
-            .into_iter()
+        idx.into_iter()
             .map(|i| (i, logits[i as usize] - lse))
-            .collect();
-    }
+            .collect()
+    };
     let own = logits
         .get(token as usize)
         .map_or(f32::NEG_INFINITY, |l| l - lse);
@@ -389,5 +389,21 @@ mod tests {
             assert!(p.validate().is_err(), "{p:?}");
         }
         assert!(SamplingParams::default().validate().is_ok());
+    }
+
+    #[test]
+    fn log_probs_are_a_log_softmax_with_the_best_alternatives_first() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0f32.ln()];
+        let lse = logits.iter().map(|l| l.exp()).sum::<f32>().ln();
+        let (own, top) = log_probs(&logits, 2, 2);
+        assert!((own - (2.0 - lse)).abs() < 1e-6);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert!((top[0].1 - (3.0 - lse)).abs() < 1e-6);
+        // The probabilities sum to one; no alternatives when none are asked for; more than the
+        // vocabulary gives all of it.
+        let all: f32 = (0..4).map(|t| log_probs(&logits, t, 0).0.exp()).sum();
+        assert!((all - 1.0).abs() < 1e-6);
+        assert!(log_probs(&logits, 0, 0).1.is_empty());
+        assert_eq!(log_probs(&logits, 0, 9).1.len(), 4);
     }
 }
