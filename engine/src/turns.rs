@@ -25,13 +25,14 @@ impl Turns {
         }
     }
 
-    /// The model to step next among those with work (`has_work[i]`), or `None` when none has.
-    pub(crate) fn next(&mut self, has_work: &[bool]) -> Option<usize> {
+    /// The model to step next among those with work (`has_work(i)`), or `None` when none has.
+    pub(crate) fn next(&mut self, has_work: impl Fn(usize) -> bool) -> Option<usize> {
         let floor = (0..self.charged.len())
-            .filter(|&i| self.active[i] && has_work[i])
+            .filter(|&i| self.active[i] && has_work(i))
             .map(|i| self.charged[i])
             .min();
-        for (i, &work) in has_work.iter().enumerate() {
+        for i in 0..self.charged.len() {
+            let work = has_work(i);
             if work && !self.active[i] {
                 if let Some(floor) = floor {
                     self.charged[i] = self.charged[i].max(floor);
@@ -40,7 +41,7 @@ impl Turns {
             self.active[i] = work;
         }
         (0..self.charged.len())
-            .filter(|&i| has_work[i])
+            .filter(|&i| has_work(i))
             .min_by_key(|&i| self.charged[i])
     }
 
@@ -60,7 +61,7 @@ mod tests {
     fn share(turns: &mut Turns, has_work: &[bool], cost: &[Duration], steps: usize) -> Vec<usize> {
         let mut taken = vec![0; cost.len()];
         for _ in 0..steps {
-            let i = turns.next(has_work).unwrap();
+            let i = turns.next(|k| has_work[k]).unwrap();
             turns.charge(i, cost[i]);
             taken[i] += 1;
         }
@@ -82,7 +83,7 @@ mod tests {
             share(&mut turns, &[false, true, false], &[MS; 3], 5),
             vec![0, 5, 0]
         );
-        assert_eq!(turns.next(&[false, false, false]), None);
+        assert_eq!(turns.next(|_| false), None);
     }
 
     #[test]

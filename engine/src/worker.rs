@@ -59,8 +59,8 @@ impl Worker {
                 model.admit();
                 model.ensure_cache();
             }
-            let has_work: Vec<bool> = self.models.iter().map(|m| !m.running.is_empty()).collect();
-            if let Some(i) = self.turns.next(&has_work) {
+            let models = &self.models;
+            if let Some(i) = self.turns.next(|i| !models[i].running.is_empty()) {
                 let took = self.models[i].step();
                 self.turns.charge(i, took);
             }

@@ -644,6 +644,7 @@ async fn collect(
     let mut stop = state.hard_stop.subscribe();
     let (mut content, mut reasoning) = (String::new(), String::new());
     let mut logprobs = wants_logprobs.then(Vec::new);
+    let tokenizer = state.engines[&outcome.labels.model].tokenizer();
     loop {
         let event = tokio::select! {
             event = stream.recv_async() => event,
@@ -663,7 +664,6 @@ async fn collect(
             }) => reasoning.push_str(&text),
             Some(Event::Logprob(lp)) => {
                 if let Some(entries) = logprobs.as_mut() {
-                    let tokenizer = state.engines[&outcome.labels.model].tokenizer();
                     entries.push(super::logprobs::entry(tokenizer, &lp));
                 }
             }
