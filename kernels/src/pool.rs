@@ -301,3 +301,59 @@ impl Pool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// The `(start, end, thread)` of every chunk `parallel_rows` runs.
+    fn chunks(
+        rows: usize,
+        grain: usize,
+        work_per_row: usize,
+    ) -> Vec<(usize, usize, std::thread::ThreadId)> {
+        let seen = Mutex::new(Vec::new());
+        parallel_rows(rows, grain, work_per_row, &|r0, r1| {
+            seen.lock()
+                .unwrap()
+                .push((r0, r1, std::thread::current().id()));
+        });
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort_by_key(|c| c.0);
+        seen
+    }
+
+    #[test]
+    fn parallel_rows_covers_every_row_once_in_grain_multiples() {
+        for (rows, grain) in [(1, 1), (7, 4), (96, 6), (1000, 8), (4864, 6)] {
+            let seen = chunks(rows, grain, 1 << 12);
+            let mut next = 0;
+            for &(r0, r1, _) in &seen {
+                assert_eq!(r0, next, "rows {rows}: chunks must tile 0..rows");
+                assert!(r1 > r0);
+                next = r1;
+            }
+            assert_eq!(next, rows);
+            for &(r0, _, _) in &seen {
+                assert_eq!(
+                    r0 % grain,
+                    0,
+                    "rows {rows}: chunk starts are grain multiples"
+                );
+            }
+        }
+        // Enough work is split into one chunk per thread; too little is not split.
+        assert_eq!(chunks(4864, 6, 1 << 12).len(), threads());
+        assert_eq!(chunks(4864, 6, 1).len(), 1);
+    }
+
+    #[test]
+    fn run_runs_every_task_once() {
+        let counts: Vec<AtomicUsize> = (0..100).map(|_| AtomicUsize::new(0)).collect();
+        run(counts.len(), &|t| {
+            counts[t].fetch_add(1, Ordering::Relaxed);
+        });
+        assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+    }
+}
