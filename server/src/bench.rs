@@ -10,6 +10,7 @@
 //! Every number is the median of `--repeats` runs.
 
 use crate::generate::resolve_model;
+use crate::stats::median;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -117,11 +118,6 @@ pub fn machine_name() -> String {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let isa = switchyard_kernels::Isa::best().name();
     format!("{cpu}, {cores} cores, {isa} kernels")
-}
-
-pub(crate) fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 pub(crate) fn request(tokens: Vec<u32>, max_tokens: usize) -> GenerationRequest {

@@ -6,9 +6,10 @@
 //! while `route()` is called back to back at batch 1, one caller. The generation's decode rate is
 //! read from the engine's counters over each phase, and once more with no routing at all.
 
-use crate::bench::{machine_name, median, write_results, QUESTIONS};
+use crate::bench::{machine_name, write_results, QUESTIONS};
 use crate::bench_decisions::read_labelled;
 use crate::generate::resolve_model;
+use crate::stats::{median, quantile};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -135,12 +136,6 @@ fn route_times(router: &Router, texts: &[String], n: usize, bar: &ProgressBar) -
             Ok(start.elapsed().as_secs_f64() * 1e3)
         })
         .collect()
-}
-
-fn quantile(v: &[f64], q: f64) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[((s.len() as f64 - 1.0) * q).round() as usize]
 }
 
 /// Runs `bench busy`.

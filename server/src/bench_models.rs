@@ -5,8 +5,9 @@
 //! Each round gives each model `concurrency` chat requests of `new_tokens` tokens at the same
 //! moment; the two arrangements alternate round by round, so the host's drift hits both alike.
 
-use crate::bench::{finish, machine_name, median, request, write_results, QUESTIONS};
+use crate::bench::{finish, machine_name, request, write_results, QUESTIONS};
 use crate::generate::resolve_model;
+use crate::stats::median;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;

@@ -27,6 +27,7 @@ use switchyard_router::{
 
 use crate::bench::machine_name;
 use crate::bench_decisions::{self, read_labelled, summarise, DecisionSummary, Outcome};
+use crate::stats::quantile;
 
 /// Options of `bench router`.
 #[derive(Args, Debug, Clone)]
@@ -194,14 +195,6 @@ enum EmbeddingMode {
     Always,
     /// No embedding signal.
     Never,
-}
-
-/// `q`-quantile (nearest rank) of samples in ms.
-fn quantile(v: &[f64], q: f64) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let i = ((s.len() as f64 - 1.0) * q).round() as usize;
-    s[i]
 }
 
 fn ms(d: Duration) -> f64 {

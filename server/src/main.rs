@@ -9,6 +9,7 @@ mod bench_router;
 mod bench_savings;
 mod generate;
 mod plots;
+mod stats;
 mod train;
 
 use anyhow::Result;
