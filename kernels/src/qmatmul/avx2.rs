@@ -157,35 +157,57 @@ pub(super) unsafe fn quantize_scaled(x: &[f32], q: &mut [i8], id: f32) {
 pub(super) unsafe fn decode32<const F: u8>(p: *const u8) -> (__m256i, __m128) {
     // SAFETY: the caller guarantees a whole block at `p`.
     unsafe {
+        let d_only = || {
+            let d = _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<u16>().read_unaligned() as i32));
+            // [d, c·d, 0, 0]
+            _mm_mul_ps(
+                _mm_shuffle_ps::<0b00_00_00_00>(d, d),
+                _mm_setr_ps(1.0, offset_units(F), 0.0, 0.0),
+            )
+        };
+        let d_and_m = || _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()));
+        let scales = match F {
+            F_Q4_1 | F_Q5_1 => d_and_m(),
+            _ => d_only(),
+        };
+        (quants32::<F>(p), scales)
+    }
+}
+
+/// The constant offset of a format's quants in units of `d` (Q4_0: `q - 8`, Q5_0: `q - 16`), 0 for
+/// the others.
+const fn offset_units(f: u8) -> f32 {
+    match f {
+        F_Q4_0 => -8.0,
+        F_Q5_0 => -16.0,
+        _ => 0.0,
+    }
+}
+
+/// The 32 quants of a block at `p` as bytes, in value order: unsigned and offset not removed for
+/// the 4- and 5-bit formats, signed for Q8_0.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; a whole block of format `F` is at `p`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn quants32<const F: u8>(p: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees a whole block at `p`.
+    unsafe {
         let low4 = _mm256_set1_epi8(0x0F);
         let nibbles = |at: usize| {
             let q = _mm_loadu_si128(p.add(at).cast());
             _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), low4)
         };
-        let d_only = || {
-            let d = _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<u16>().read_unaligned() as i32));
-            let c = match F {
-                F_Q4_0 => -8.0,
-                F_Q5_0 => -16.0,
-                _ => 0.0,
-            };
-            // [d, c·d, 0, 0]
-            _mm_mul_ps(
-                _mm_shuffle_ps::<0b00_00_00_00>(d, d),
-                _mm_setr_ps(1.0, c, 0.0, 0.0),
-            )
-        };
-        let d_and_m = || _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()));
         match F {
-            F_Q4_0 => (nibbles(2), d_only()),
-            F_Q4_1 => (nibbles(4), d_and_m()),
+            F_Q4_0 => nibbles(2),
+            F_Q4_1 => nibbles(4),
             F_Q5_0 | F_Q5_1 => {
                 let (qh_at, qs_at) = if F == F_Q5_0 { (2, 6) } else { (4, 8) };
                 let qh = p.add(qh_at).cast::<i32>().read_unaligned();
-                let q = _mm256_or_si256(nibbles(qs_at), high_bits(qh));
-                (q, if F == F_Q5_0 { d_only() } else { d_and_m() })
+                _mm256_or_si256(nibbles(qs_at), high_bits(qh))
             }
-            _ => (_mm256_loadu_si256(p.add(2).cast()), d_only()),
+            _ => _mm256_loadu_si256(p.add(2).cast()),
         }
     }
 }
@@ -211,7 +233,19 @@ fn high_bits(qh: i32) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
-/// Register tile of the 32-value formats: `MR` activation rows x `NR` weight rows, over all blocks.
+/// Blocks a step of [`mk32`] takes at once.
+const CHUNK: usize = 4;
+
+/// Register tile of the 32-value formats: `MR` activation rows x `NR` weight rows, over all blocks,
+/// for the calls the packed kernel leaves (fewer than its `MIN_M` activation rows, as in decoding,
+/// and the last rows of a matrix).
+///
+/// Blocks go [`CHUNK`] at a time: the integer dot products of 4 blocks (8 lanes each) are reduced
+/// together into one vector of 4 by three `vphaddd`, so converting and scaling them costs one
+/// conversion and two FMAs per 4 blocks instead of per block, and a row's 4 weight scales (and
+/// offsets) are converted with one `vcvtph2ps`. The blocks past the last whole chunk take the
+/// per-block step [`block32`]. The integers are the same as the per-block kernel's; only the order
+/// of the float sums differs.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn mk32<const F: u8, const MR: usize, const NR: usize>(
@@ -228,45 +262,156 @@ unsafe fn mk32<const F: u8, const MR: usize, const NR: usize>(
     let xs: [*const i8; MR] = std::array::from_fn(|i| acts.qs_ptr(i0 + i));
     let dx: [&[f32]; MR] = std::array::from_fn(|i| acts.d(i0 + i));
     let sx: [&[f32]; MR] = std::array::from_fn(|i| acts.s(i0 + i));
-    let mut acc = [[_mm256_setzero_ps(); NR]; MR];
-    for b in 0..nb {
-        let mut wq = [_mm256_setzero_si256(); NR];
-        let mut wd = [_mm256_setzero_ps(); NR];
-        let mut wc = [_mm256_setzero_ps(); NR];
+    let mut acc = [[_mm_setzero_ps(); NR]; MR];
+    let chunks = nb / CHUNK;
+    for c in 0..chunks {
+        let b0 = CHUNK * c;
+        // SAFETY: activation rows hold `nb * 32` values (64-byte aligned) and `nb` scales and sums.
+        let (xv, dxv, sxv): ([[__m256i; CHUNK]; MR], [__m128; MR], [__m128; MR]) = unsafe {
+            (
+                std::array::from_fn(|i| {
+                    std::array::from_fn(|k| _mm256_load_si256(xs[i].add(32 * (b0 + k)).cast()))
+                }),
+                std::array::from_fn(|i| _mm_loadu_ps(dx[i].as_ptr().add(b0))),
+                std::array::from_fn(|i| {
+                    if F == F_Q8_0 {
+                        _mm_setzero_ps()
+                    } else {
+                        _mm_loadu_ps(sx[i].as_ptr().add(b0))
+                    }
+                }),
+            )
+        };
         for j in 0..NR {
-            // SAFETY: row `r + j` and block `b` are in bounds (checked by `tile32`).
-            let (q, dc) = unsafe { decode32::<F>(w.add(j * rb + b * bb)) };
-            wq[j] = q;
-            wd[j] = _mm256_broadcastss_ps(dc);
-            // [c, 0, 0, 0, 0, 0, 0, 0]: the block's offset, added once into lane 0.
-            wc[j] = _mm256_zextps128_ps256(_mm_insert_ps::<0b0100_1110>(dc, dc));
-        }
-        for i in 0..MR {
-            // SAFETY: activation rows hold `nb * 32` values, 64-byte aligned rows.
-            let xv = unsafe { _mm256_load_si256(xs[i].add(32 * b).cast()) };
-            let dxv = _mm256_set1_ps(dx[i][b]);
-            let sxv = _mm256_zextps128_ps256(_mm_set_ss(sx[i][b]));
-            for j in 0..NR {
-                let prod = if F == F_Q8_0 {
-                    _mm256_maddubs_epi16(
-                        _mm256_sign_epi8(wq[j], wq[j]),
-                        _mm256_sign_epi8(xv, wq[j]),
-                    )
-                } else {
-                    _mm256_maddubs_epi16(wq[j], xv)
-                };
-                let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
-                acc[i][j] = _mm256_fmadd_ps(dot, _mm256_mul_ps(wd[j], dxv), acc[i][j]);
+            // SAFETY: row `r + j` and blocks `b0 .. b0 + CHUNK` are in bounds (checked by `tile32`).
+            let (wq, (wd, wc)) = unsafe {
+                let row = w.add(j * rb + b0 * bb);
+                (
+                    std::array::from_fn::<__m256i, CHUNK, _>(|k| quants32::<F>(row.add(k * bb))),
+                    scales4::<F>(row),
+                )
+            };
+            for i in 0..MR {
+                let dots: [__m256i; CHUNK] = std::array::from_fn(|k| {
+                    let prod = if F == F_Q8_0 {
+                        _mm256_maddubs_epi16(
+                            _mm256_sign_epi8(wq[k], wq[k]),
+                            _mm256_sign_epi8(xv[i][k], wq[k]),
+                        )
+                    } else {
+                        _mm256_maddubs_epi16(wq[k], xv[i][k])
+                    };
+                    _mm256_madd_epi16(prod, ones)
+                });
+                let dot = _mm_cvtepi32_ps(sum_lanes4(dots));
+                acc[i][j] = _mm_fmadd_ps(dot, _mm_mul_ps(wd, dxv[i]), acc[i][j]);
                 if F != F_Q8_0 {
-                    acc[i][j] = _mm256_fmadd_ps(wc[j], sxv, acc[i][j]);
+                    acc[i][j] = _mm_fmadd_ps(wc, sxv[i], acc[i][j]);
                 }
             }
         }
     }
+    let mut tail = [[_mm256_setzero_ps(); NR]; MR];
+    for b in chunks * CHUNK..nb {
+        // SAFETY: as above, for block `b`.
+        unsafe { block32::<F, MR, NR>(w, rb, b, &xs, &dx, &sx, &mut tail) };
+    }
     for i in 0..MR {
         for j in 0..NR {
+            let total = hsum4(acc[i][j]) + hsum(tail[i][j]);
             // SAFETY: in bounds, owned by this task.
-            unsafe { out.write(i0 + i, r + j, hsum(acc[i][j])) };
+            unsafe { out.write(i0 + i, r + j, total) };
+        }
+    }
+}
+
+/// The scales `d` of the [`CHUNK`] blocks from `row` and their offsets (`c·d` for Q4_0 / Q5_0, the
+/// stored `m` for Q4_1 / Q5_1, zero for Q8_0).
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; [`CHUNK`] whole blocks of format `F` are at `row`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn scales4<const F: u8>(row: *const u8) -> (__m128, __m128) {
+    let bb = block_bytes(F);
+    // SAFETY: the caller guarantees the blocks.
+    unsafe {
+        if F == F_Q4_1 || F == F_Q5_1 {
+            // (d, m) pairs, then d in the low half and m in the high one.
+            let dm = |k: usize| row.add(k * bb).cast::<i32>().read_unaligned();
+            let v = _mm256_cvtph_ps(_mm_setr_epi32(dm(0), dm(1), dm(2), dm(3)));
+            let v = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+            (_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v))
+        } else {
+            let d = |k: usize| row.add(k * bb).cast::<i16>().read_unaligned();
+            let v = _mm_cvtph_ps(_mm_setr_epi16(d(0), d(1), d(2), d(3), 0, 0, 0, 0));
+            (v, _mm_mul_ps(v, _mm_set1_ps(offset_units(F))))
+        }
+    }
+}
+
+/// `[Σ v[0], Σ v[1], Σ v[2], Σ v[3]]` (each over its 8 lanes).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn sum_lanes4(v: [__m256i; CHUNK]) -> __m128i {
+    // Per 128-bit half: [v0 0+1, v0 2+3, v1 0+1, v1 2+3], then [Σ v0, Σ v1, Σ v2, Σ v3] of the half.
+    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
+}
+
+/// The sum of the 4 lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hsum4(v: __m128) -> f32 {
+    let s = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// One block `b` of [`mk32`]'s tile, accumulated per lane into `acc`.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; block `b` of rows `0..NR` at `w` (stride `rb`) and of the
+/// activation rows are in bounds.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn block32<const F: u8, const MR: usize, const NR: usize>(
+    w: *const u8,
+    rb: usize,
+    b: usize,
+    xs: &[*const i8; MR],
+    dx: &[&[f32]; MR],
+    sx: &[&[f32]; MR],
+    acc: &mut [[__m256; NR]; MR],
+) {
+    let bb = block_bytes(F);
+    let ones = _mm256_set1_epi16(1);
+    let mut wq = [_mm256_setzero_si256(); NR];
+    let mut wd = [_mm256_setzero_ps(); NR];
+    let mut wc = [_mm256_setzero_ps(); NR];
+    for j in 0..NR {
+        // SAFETY: the caller's contract.
+        let (q, dc) = unsafe { decode32::<F>(w.add(j * rb + b * bb)) };
+        wq[j] = q;
+        wd[j] = _mm256_broadcastss_ps(dc);
+        // [c, 0, 0, 0, 0, 0, 0, 0]: the block's offset, added once into lane 0.
+        wc[j] = _mm256_zextps128_ps256(_mm_insert_ps::<0b0100_1110>(dc, dc));
+    }
+    for i in 0..MR {
+        // SAFETY: the caller's contract (64-byte aligned rows).
+        let xv = unsafe { _mm256_load_si256(xs[i].add(32 * b).cast()) };
+        let dxv = _mm256_set1_ps(dx[i][b]);
+        let sxv = _mm256_zextps128_ps256(_mm_set_ss(sx[i][b]));
+        for j in 0..NR {
+            let prod = if F == F_Q8_0 {
+                _mm256_maddubs_epi16(_mm256_sign_epi8(wq[j], wq[j]), _mm256_sign_epi8(xv, wq[j]))
+            } else {
+                _mm256_maddubs_epi16(wq[j], xv)
+            };
+            let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
+            acc[i][j] = _mm256_fmadd_ps(dot, _mm256_mul_ps(wd[j], dxv), acc[i][j]);
+            if F != F_Q8_0 {
+                acc[i][j] = _mm256_fmadd_ps(wc[j], sxv, acc[i][j]);
+            }
         }
     }
 }
