@@ -621,8 +621,34 @@ unsafe fn mk_q6k<const F: u8, const MR: usize, const NR: usize>(
     let dx: [&[f32]; MR] = std::array::from_fn(|i| acts.d(i0 + i));
     let bs: [&[i16]; MR] = std::array::from_fn(|i| acts.bsums(i0 + i));
     let mut facc = [[_mm256_setzero_ps(); NR]; MR];
+    // Per quarter `k` of a half: i16 scale `2k` of the half in every lane of the low 128 bits and
+    // scale `2k + 1` in the high ones, picked by `vpshufb` from the half's 8 scales in both lanes.
+    let pick: [__m256i; 4] = std::array::from_fn(|k| {
+        let (a, b) = (4 * k as i8, 4 * k as i8 + 2);
+        let lane = |e: i8| {
+            _mm_set_epi8(
+                e + 1,
+                e,
+                e + 1,
+                e,
+                e + 1,
+                e,
+                e + 1,
+                e,
+                e + 1,
+                e,
+                e + 1,
+                e,
+                e + 1,
+                e,
+                e + 1,
+                e,
+            )
+        };
+        _mm256_set_m128i(lane(b), lane(a))
+    });
     for sb in 0..nsb {
-        let mut sc = [[0i16; 16]; NR];
+        let mut scales = [_mm256_setzero_si256(); NR];
         let mut off = [_mm256_setzero_si256(); NR];
         let mut d = [0f32; NR];
         let mut iacc = [[_mm256_setzero_si256(); NR]; MR];
@@ -630,24 +656,28 @@ unsafe fn mk_q6k<const F: u8, const MR: usize, const NR: usize>(
             // SAFETY: super-block `sb` of row `r + j` is in bounds.
             let p = unsafe { std::slice::from_raw_parts(w.add(j * rb + sb * bb), bb) };
             d[j] = f16_at(p, 208);
-            for k in 0..16 {
-                sc[j][k] = p[192 + k] as i8 as i16;
-            }
-            // The `-32` offset of every quant, as `-32 · scale` against the 16-value sums.
+            // The 16 scales as i16: 0..8 in the low 128 bits, 8..16 in the high ones.
             // SAFETY: 16 scale bytes at 192.
-            let s16 = unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(p.as_ptr().add(192).cast())) };
-            off[j] = _mm256_mullo_epi16(s16, _mm256_set1_epi16(-32));
+            scales[j] =
+                unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(p.as_ptr().add(192).cast())) };
+            // The `-32` offset of every quant, as `-32 · scale` against the 16-value sums.
+            off[j] = _mm256_mullo_epi16(scales[j], _mm256_set1_epi16(-32));
         }
         for h in 0..2 {
+            // This half's 8 scales in both 128-bit lanes.
+            let half: [__m256i; NR] = std::array::from_fn(|j| {
+                if h == 0 {
+                    _mm256_permute4x64_epi64::<0b01_00_01_00>(scales[j])
+                } else {
+                    _mm256_permute4x64_epi64::<0b11_10_11_10>(scales[j])
+                }
+            });
             // Quarter `k` of this half: values 128h + 32k .. +32, scales 8h + 2k, 8h + 2k + 1.
             for k in 0..4 {
                 let mut q = [_mm256_setzero_si256(); NR];
                 let mut s = [_mm256_setzero_si256(); NR];
                 for j in 0..NR {
-                    s[j] = _mm256_set_m128i(
-                        _mm_set1_epi16(sc[j][8 * h + 2 * k + 1]),
-                        _mm_set1_epi16(sc[j][8 * h + 2 * k]),
-                    );
+                    s[j] = _mm256_shuffle_epi8(half[j], pick[k]);
                     // SAFETY: super-block `sb` of row `r + j` is in bounds.
                     q[j] = unsafe { q6k_quants(w.add(j * rb + sb * bb), 4 * h + k) };
                 }
