@@ -65,7 +65,7 @@ impl SamplingParams {
             return bad("min_p", "must be in [0, 1]");
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return bad("repetition_penalty", "must be > 0");
+            return bad("repetition_penalty", "must be a finite number > 0");
         }
         if !(-2.0..=2.0).contains(&self.frequency_penalty) {
             return bad("frequency_penalty", "must be in [-2, 2]");

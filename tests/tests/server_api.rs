@@ -37,6 +37,51 @@ async fn a_wrong_method_gets_405_in_the_openai_shape() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_of_the_wrong_type_is_named_in_the_error() {
+    let (s, base) = server(args()).await;
+    let mut body = chat("tiny-llama", "hi", 4);
+    body["messages"][0]["content"] = json!(5);
+    let e = error_of(post(&base, "/v1/chat/completions", &body).await, 400).await;
+    assert_eq!(e["code"], "invalid_json");
+    assert_eq!(e["param"], "messages[0].content", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("`messages[0].content`"),
+        "{e}"
+    );
+    let mut body = chat("tiny-llama", "hi", 4);
+    body["temperature"] = json!("hot");
+    let e = error_of(post(&base, "/v1/route", &body).await, 400).await;
+    assert_eq!(e["param"], "temperature", "{e}");
+    // Trailing garbage after a valid body: not a field's fault.
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(format!("{} x", chat("tiny-llama", "hi", 4)))
+        .send()
+        .await
+        .unwrap();
+    let e = error_of(r, 400).await;
+    assert_eq!(e["code"], "invalid_json");
+    assert!(e["param"].is_null(), "{e}");
+    // Range errors name the field the client used.
+    let mut body = chat("tiny-llama", "hi", 4);
+    body["max_completion_tokens"] = json!(0);
+    let e = error_of(post(&base, "/v1/chat/completions", &body).await, 400).await;
+    assert_eq!(e["param"], "max_completion_tokens", "{e}");
+    let mut body = chat("tiny-llama", "hi", 4);
+    body["messages"][0]["content"] = json!([{"type": "text"}]);
+    let e = error_of(post(&base, "/v1/chat/completions", &body).await, 400).await;
+    assert_eq!(e["param"], "messages[0].content[0].text", "{e}");
+    // A model id that is not UTF-8 once percent-decoded.
+    let r = reqwest::get(format!("{base}/v1/models/%ff")).await.unwrap();
+    error_of(r, 400).await;
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn null_optional_fields_mean_absent() {
     let (s, base) = server(args()).await;
     let plain = completion(&base, &chat("tiny-llama", "Hello there", 6)).await;

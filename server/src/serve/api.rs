@@ -235,6 +235,12 @@ impl ChatRequest {
                                 p.get("text").and_then(Value::as_str),
                             ) {
                                 (Some("text"), Some(t)) => text.push_str(t),
+                                (Some("text"), None) => {
+                                    return Err(ApiError::invalid(
+                                        &format!("messages[{i}].content[{j}].text"),
+                                        "a text part needs a string `text`",
+                                    ))
+                                }
                                 (kind, _) => {
                                     return Err(ApiError::invalid(
                                         &format!("messages[{i}].content[{j}]"),

@@ -150,8 +150,10 @@ pub async fn models(AxumState(state): Shared) -> Json<Value> {
 /// `GET /v1/models/{id}`.
 pub async fn model(
     AxumState(state): Shared,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    id: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    // An id that is not UTF-8 once percent-decoded gets the JSON error shape too.
+    let axum::extract::Path(id) = id.map_err(|r| ApiError::bad_request(r.body_text()))?;
     model_objects(&state)
         .into_iter()
         .find(|m| m["id"] == id.as_str())
@@ -170,13 +172,29 @@ fn parse_body(
             ApiError::bad_request(r.body_text())
         }
     })?;
-    let request: ChatRequest = serde_json::from_slice(&body).map_err(|e| {
-        let mut a = ApiError::bad_request(format!("Invalid JSON body: {e}"));
-        a.code = Some("invalid_json");
-        a
-    })?;
+    let request: ChatRequest = parse_json(&body)?;
     request.validate()?;
     Ok(request)
+}
+
+/// A JSON body as `T`; a malformed body or a field of the wrong type is a 400 `invalid_json` whose
+/// message and `param` name the field (`messages[0].content`), as far as the parser got.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let invalid = |path: String, e: serde_json::Error| {
+        let at = (path != ".").then_some(path);
+        let mut a = ApiError::bad_request(match &at {
+            Some(p) => format!("Invalid JSON body at `{p}`: {e}"),
+            None => format!("Invalid JSON body: {e}"),
+        });
+        a.code = Some("invalid_json");
+        a.param = at;
+        a
+    };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| invalid(e.path().to_string(), e.into_inner()))?;
+    de.end().map_err(|e| invalid(".".into(), e))?;
+    Ok(value)
 }
 
 /// What the request will be generated as.
@@ -409,10 +427,16 @@ pub async fn chat_completions(
 /// The `max_tokens` a request gets: its own (at most the server's ceiling), else the ceiling.
 fn max_tokens(state: &State, request: &ChatRequest) -> Result<usize, ApiError> {
     let limit = state.limits.max_tokens;
+    // Name the field the client sent (`max_completion_tokens` wins when both are).
+    let field = if request.max_completion_tokens.is_some() {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
     match request.max_new_tokens() {
-        Some(0) => Err(ApiError::invalid("max_tokens", "must be at least 1")),
+        Some(0) => Err(ApiError::invalid(field, "must be at least 1")),
         Some(n) if n > limit => Err(ApiError::invalid(
-            "max_tokens",
+            field,
             format!("{n} is more than this server's limit of {limit}"),
         )),
         Some(n) => Ok(n),
