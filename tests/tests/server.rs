@@ -245,6 +245,26 @@ async fn bad_requests_get_openai_errors_with_the_right_status() {
         .await
         .unwrap();
     error_of(r, 413).await;
+    // A declared length over the limit is refused before the body is sent (raw socket: the client
+    // sends headers and one byte, then waits).
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = base.trim_start_matches("http://");
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: 99999999999\r\nExpect: 100-continue\r\n\r\n{{"
+        );
+        sock.write_all(head.as_bytes()).await.unwrap();
+        let mut reply = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut reply))
+            .await
+            .expect("a 413 before the body, not a wait for it")
+            .unwrap();
+        let reply = String::from_utf8_lossy(&reply[..n]);
+        assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+        assert!(reply.contains("byte limit"), "{reply}");
+    }
     let long = "word ".repeat(80);
     let e = error_of(
         post(&base, "/v1/chat/completions", &chat("tiny-llama", &long, 4)).await,

@@ -28,6 +28,22 @@ use super::State;
 
 type Shared = AxumState<Arc<State>>;
 
+/// Answers 413 before reading a byte of a body whose `Content-Length` is over the limit (the body
+/// limit alone would first read up to the limit, and accept `Expect: 100-continue`).
+pub async fn reject_oversized(AxumState(state): Shared, request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > state.limits.body_bytes as u64 => {
+            ApiError::too_large(state.limits.body_bytes).into_response()
+        }
+        _ => next.run(request).await,
+    }
+}
+
 /// Checks `Authorization: Bearer <key>` on `/v1/*` when keys are configured.
 pub async fn authenticate(AxumState(state): Shared, request: Request, next: Next) -> Response {
     if !state.api_keys.is_empty() && request.uri().path().starts_with("/v1/") {

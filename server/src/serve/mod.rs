@@ -432,6 +432,10 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
             state.clone(),
             handlers::authenticate,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            handlers::reject_oversized,
+        ))
         .layer(axum::middleware::from_fn(handlers::log_request))
         .with_state(state.clone());
 
