@@ -311,11 +311,14 @@ async fn run_async(args: OverheadArgs) -> Result<OverheadReport> {
             .map(|s| s.iter().map(|x| x.0).collect())
             .collect();
         let direct_total_p50 = quantile(&samples[0].iter().map(|x| x.1).collect::<Vec<_>>(), 0.5);
+        // Each path's paired TTFT overhead over direct (0 for direct itself).
+        let mut overhead_ms = [0.0; 3];
         for (p, (name, _, _)) in paths.iter().enumerate() {
             let totals: Vec<f64> = samples[p].iter().map(|s| s.1).collect();
             let routes: Vec<f64> = samples[p].iter().filter_map(|s| s.2).collect();
             let overhead = (p > 0).then(|| differences(&ttfts[p], &ttfts[0]));
             let overhead_ttft_ms = overhead.clone().map_or(0.0, median);
+            overhead_ms[p] = overhead_ttft_ms;
             results.push(PathResult {
                 path: name.to_string(),
                 concurrency: c,
@@ -330,8 +333,7 @@ async fn run_async(args: OverheadArgs) -> Result<OverheadReport> {
                 ttfts: ttfts[p].clone(),
             });
         }
-        let in_process = median(differences(&ttfts[1], &ttfts[0]));
-        let proxy = median(differences(&ttfts[2], &ttfts[0]));
+        let [_, in_process, proxy] = overhead_ms;
         proxy_vs_in_process.push(ProxyVsInProcess {
             concurrency: c,
             ttft_difference_ms: median_ci(&differences(&ttfts[2], &ttfts[1])),
