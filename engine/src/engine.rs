@@ -288,6 +288,7 @@ impl Engine {
             tokens,
             prompt_len,
             computed: 0,
+            passed_over: 0,
             blocks: BlockTable::default(),
             detok: Detokenizer::default(),
             splitter: ThinkingSplitter::new(section),
@@ -415,6 +416,7 @@ fn prepare(model: GenerationModel, config: EngineConfig) -> Result<(ModelSlot, M
         "engine started"
     );
     let slot = ModelSlot {
+        attention_span: crate::schedule::attention_span(decoder.config()),
         decoder,
         tokenizer: Arc::clone(&tokenizer),
         cache,

@@ -14,6 +14,7 @@ mod error;
 pub mod memory;
 mod request;
 pub mod sampling;
+mod schedule;
 mod sequence;
 mod stats;
 pub mod stop;

@@ -18,6 +18,8 @@ pub(crate) struct Sequence {
     pub(crate) prompt_len: usize,
     /// Positions already written to the KV cache.
     pub(crate) computed: usize,
+    /// Steps in a row that left this prefilling sequence out ([`crate::schedule`]).
+    pub(crate) passed_over: u32,
     pub(crate) blocks: BlockTable,
     pub(crate) sampler: Sampler,
     pub(crate) detok: Detokenizer,

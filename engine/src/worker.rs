@@ -5,12 +5,13 @@
 //! for every model, drop cancelled sequences, admit waiting ones while the sequence limit and free
 //! cache blocks allow, and give every running sequence its cache for the next step (preempting the
 //! newest sequence, to be recomputed later, when blocks run out). Then *one* model takes a step:
-//! one batch under its token budget (decode tokens first, then prefill chunks), run, and each
+//! one batch under its token budget ([`crate::schedule`]: decode tokens first, then prefill chunks), run, and each
 //! sequence's logits fed to its output pipeline. The model with work that has had the least device
 //! time goes next ([`crate::turns`]), so models share the device evenly, and a device job waits for
 //! at most one step of one model.
 
 use crate::config::EngineConfig;
+use crate::schedule::{self, Pending};
 use crate::sequence::Sequence;
 use crate::stats::EngineStats;
 use crate::turns::Turns;
@@ -38,6 +39,8 @@ pub(crate) struct ModelSlot {
     pub(crate) stats: Arc<EngineStats>,
     pub(crate) waiting: VecDeque<Sequence>,
     pub(crate) running: Vec<Sequence>,
+    /// The model's [`schedule::attention_span`].
+    pub(crate) attention_span: f64,
 }
 
 /// The worker thread's state: the models it owns, its command queue, and whose step is next.
@@ -192,6 +195,7 @@ impl ModelSlot {
             let mut v = self.running.remove(victim);
             self.cache.release(&mut v.blocks);
             v.computed = 0;
+            v.passed_over = 0;
             self.stats.enter_queue();
             self.stats.record_preempted();
             tracing::debug!("preempted a sequence of {} tokens", v.tokens.len());
@@ -207,22 +211,28 @@ impl ModelSlot {
         if self.running.is_empty() {
             return Duration::ZERO;
         }
-        // Plan: (index, start, len) per sequence, decode tokens before prefill chunks.
-        let mut budget = self.config.max_batch_tokens.max(1);
-        let mut plan: Vec<(usize, usize, usize)> = Vec::new();
-        let mut order: Vec<usize> = (0..self.running.len()).collect();
-        order.sort_by_key(|&i| self.running[i].tokens.len() - self.running[i].computed > 1);
-        for i in order {
-            if budget == 0 {
-                break;
+        let pending: Vec<Pending> = self
+            .running
+            .iter()
+            .map(|s| Pending {
+                computed: s.computed,
+                len: s.tokens.len(),
+                passed_over: s.passed_over,
+            })
+            .collect();
+        let plan: Vec<(usize, usize, usize)> =
+            schedule::plan(&pending, self.config.max_batch_tokens, self.attention_span)
+                .into_iter()
+                .map(|s| (s.index, s.start, s.len))
+                .collect();
+        let mut planned = plan.iter().map(|p| p.0).peekable();
+        for (i, seq) in self.running.iter_mut().enumerate() {
+            if planned.next_if_eq(&i).is_some() {
+                seq.passed_over = 0;
+            } else if seq.tokens.len() - seq.computed > 1 {
+                seq.passed_over += 1;
             }
-            let s = &self.running[i];
-            let todo = s.tokens.len() - s.computed;
-            let take = todo.min(budget);
-            budget -= take;
-            plan.push((i, s.computed, take));
         }
-        plan.sort_by_key(|p| p.0);
         let inputs: Vec<SequenceInput> = plan
             .iter()
             .map(|&(i, start, len)| {

@@ -147,8 +147,8 @@ fn attention_on(
     }
     let cache_positions = k_cache.len() / (shape.kv_heads * shape.head_dim);
     // Validate every block table up front so the parallel loop cannot index out of bounds.
-    let mut row_owner = Vec::with_capacity(total_rows);
-    for (s, span) in spans.iter().enumerate() {
+    let mut rows_so_far = 0;
+    for span in spans {
         let last = span.start_position + span.rows;
         let needed = last.div_ceil(shape.block_size);
         if span.blocks.len() < needed {
@@ -168,214 +168,448 @@ fn attention_on(
                 actual: b as usize,
             });
         }
-        if span.first_row != row_owner.len() {
+        if span.first_row != rows_so_far {
             return Err(KernelError::Length {
                 what: "first row of span (spans must be contiguous and in order)",
-                expected: row_owner.len(),
+                expected: rows_so_far,
                 actual: span.first_row,
             });
         }
-        row_owner.extend((0..span.rows).map(|i| (s, span.start_position + i)));
+        rows_so_far += span.rows;
     }
 
+    let group = shape.heads / shape.kv_heads;
     let d = shape.head_dim;
-    let heads = shape.heads;
-    let group = heads / shape.kv_heads;
-    // One task per (query row, head): a single decoding sequence still spreads over every thread.
-    let positions: usize = row_owner.iter().map(|&(_, p)| p + 1).sum();
-    let per_item = 2 * d * positions.div_ceil(total_rows.max(1));
-    let simd = simd && crate::qmatmul::Isa::Avx2.is_available();
+    // Work items: tiles of up to `TILE` query vectors (row, head) of one sequence that share a
+    // key/value head, so each key and value read from the cache serves the whole tile.
+    let mut tiles = Vec::new();
+    let mut work = 0usize;
+    for (s, span) in spans.iter().enumerate() {
+        let vectors = span.rows * group;
+        for kv_head in 0..shape.kv_heads {
+            for first in (0..vectors).step_by(TILE) {
+                let count = TILE.min(vectors - first);
+                let last_row = (first + count - 1) / group;
+                work += count * (span.start_position + last_row + 1) * 2 * d;
+                tiles.push(Tile {
+                    span: s,
+                    kv_head,
+                    first,
+                    count,
+                });
+            }
+        }
+    }
+    let simd = simd && crate::qmatmul::Isa::Avx2.is_available() && d.is_multiple_of(16);
+    let threads = crate::pool::threads();
+    // A few tasks per thread: threads claim them one by one, so uneven tiles balance out.
+    let per_task = tiles.len().div_ceil(4 * threads).max(1);
     let dst = SharedOut(out.as_mut_ptr());
-    crate::pool::parallel_rows(total_rows * heads, 1, per_item, &|a, b| {
+    let ctx = Context {
+        q,
+        k_cache,
+        v_cache,
+        spans,
+        shape,
+        scale,
+    };
+    crate::pool::parallel_tasks(tiles.len().div_ceil(per_task), work, &|t| {
         let dst = &dst;
-        let run = |scores: &mut Vec<f32>| {
-            for item in a..b {
-                let (row, h) = (item / heads, item % heads);
-                let (s, pos) = row_owner[row];
-                let at = row * width + h * d;
-                // SAFETY: item `(row, h)` owns `out[at..at + d]`; no other task writes there.
-                let out_h = unsafe { std::slice::from_raw_parts_mut(dst.0.add(at), d) };
-                let head = Head {
-                    q: &q[at..at + d],
-                    k_cache,
-                    v_cache,
-                    blocks: spans[s].blocks,
-                    len: pos + 1,
-                    kv_head: h / group,
-                    shape,
-                    scale,
-                };
+        let run = |scratch: &mut Scratch| {
+            for tile in &tiles[t * per_task..((t + 1) * per_task).min(tiles.len())] {
                 #[cfg(target_arch = "x86_64")]
                 if simd {
-                    // SAFETY: `simd` is true only where `Isa::Avx2` (AVX2 + FMA) is available.
-                    unsafe { attend_avx2(&head, scores, out_h) };
+                    // SAFETY: `simd` is true only where `Isa::Avx2` (AVX2 + FMA) is available
+                    // and the head width is a multiple of 16; the tile owns its output vectors.
+                    unsafe { attend_avx2(&ctx, tile, scratch, dst) };
                     continue;
                 }
-                let _ = simd;
-                attend::<Portable>(&head, scores, out_h);
+                // SAFETY: the tile owns its output vectors (no other task writes them).
+                unsafe { attend::<Portable>(&ctx, tile, scratch, dst) };
             }
         };
-        SCORES.with(|s| match s.try_borrow_mut() {
+        SCRATCH.with(|s| match s.try_borrow_mut() {
             Ok(mut s) => run(&mut s),
-            Err(_) => run(&mut Vec::new()),
+            Err(_) => run(&mut Scratch::default()),
         });
     });
     Ok(())
 }
 
-/// The output buffer, shared by tasks that write disjoint heads of it.
+/// Query vectors per tile (a multiple of the micro-kernels' 4).
+const TILE: usize = 8;
+/// Keys scored per step of the online softmax.
+const CHUNK: usize = 64;
+
+/// The output buffer, shared by tasks that write disjoint vectors of it.
 struct SharedOut(*mut f32);
 // SAFETY: tasks write disjoint elements of one live buffer (see `paged_attention`).
 unsafe impl Sync for SharedOut {}
 
-thread_local! {
-    /// Per-thread attention scores, reused between calls.
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// One query head of one row, attending to positions `0..len` of its sequence.
-struct Head<'a> {
+/// What every tile of one call reads.
+struct Context<'a> {
     q: &'a [f32],
     k_cache: &'a [f32],
     v_cache: &'a [f32],
-    blocks: &'a [u32],
-    len: usize,
-    kv_head: usize,
+    spans: &'a [SequenceSpan<'a>],
     shape: AttentionShape,
     scale: f32,
 }
 
-/// The vector primitives of the attention loop.
-trait VecOps {
-    /// `Σ a·b`.
-    fn dot(a: &[f32], b: &[f32]) -> f32;
-    /// `y += w·x`.
-    fn axpy(w: f32, x: &[f32], y: &mut [f32]);
+/// Query vectors `first..first + count` of a sequence's vectors that use key/value head
+/// `kv_head`; vector `i` is row `i / group`, head `kv_head * group + i % group`.
+struct Tile {
+    span: usize,
+    kv_head: usize,
+    first: usize,
+    count: usize,
+}
+
+/// Per-thread buffers of one tile, reused between tiles and calls.
+#[derive(Default)]
+struct Scratch {
+    /// Scaled queries, `[TILE, head_dim]`, zero past the tile's vectors.
+    q: Vec<f32>,
+    /// Unnormalised outputs, `[TILE, head_dim]`.
+    acc: Vec<f32>,
+    /// Scores, then probabilities, of the current chunk: `[TILE, CHUNK]`.
+    p: Vec<f32>,
+    /// Cache offset of each key of the current chunk.
+    offsets: Vec<usize>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// The vector primitives of the attention loop, for `nq` (a multiple of 4) query vectors.
+trait TileOps {
+    /// `p[i * CHUNK + j] = q[i] · k[offsets[j]]` (may also write column `offsets.len()` when odd).
+    fn scores(q: &[f32], nq: usize, d: usize, k: &[f32], offsets: &[usize], p: &mut [f32]);
+    /// `acc[i] = alpha[i] · acc[i] + Σ_j p[i * CHUNK + j] · v[offsets[j]]`.
+    fn accumulate(
+        acc: &mut [f32],
+        nq: usize,
+        d: usize,
+        alpha: &[f32],
+        p: &[f32],
+        v: &[f32],
+        offsets: &[usize],
+    );
+    /// `x[j] = exp(x[j] - max)` in place; returns the sum.
+    fn exp_sum(x: &mut [f32], max: f32) -> f32;
+}
+
+/// `softmax(q kᵀ · scale) v` for one tile, streaming the keys in chunks (online softmax).
+///
+/// # Safety
+/// No other thread may write the tile's output vectors of `out` during the call.
+#[inline(always)]
+unsafe fn attend<O: TileOps>(ctx: &Context, tile: &Tile, s: &mut Scratch, out: &SharedOut) {
+    let shape = ctx.shape;
+    let (d, group) = (shape.head_dim, shape.heads / shape.kv_heads);
+    let span = &ctx.spans[tile.span];
+    let width = shape.heads * d;
+    let nq = tile.count.next_multiple_of(4);
+    // Row and output offset of each vector of the tile.
+    let vector = |i: usize| {
+        let v = tile.first + i;
+        let row = v / group;
+        let head = tile.kv_head * group + v % group;
+        (row, (span.first_row + row) * width + head * d)
+    };
+    s.q.clear();
+    s.q.resize(nq * d, 0.0);
+    for i in 0..tile.count {
+        let (_, at) = vector(i);
+        for (dst, &x) in s.q[i * d..(i + 1) * d].iter_mut().zip(&ctx.q[at..at + d]) {
+            *dst = x * ctx.scale;
+        }
+    }
+    s.acc.clear();
+    s.acc.resize(nq * d, 0.0);
+    s.p.resize(nq * CHUNK, 0.0);
+    let mut max = [f32::NEG_INFINITY; TILE];
+    let mut sum = [0f32; TILE];
+    let mut alpha = [1f32; TILE];
+    // Vector i attends to positions 0..limit(i); the last vector has the furthest row.
+    let limit = |i: usize| span.start_position + vector(i).0 + 1;
+    let len = limit(tile.count - 1);
+    for c0 in (0..len).step_by(CHUNK) {
+        let keys = CHUNK.min(len - c0);
+        s.offsets.clear();
+        s.offsets
+            .extend((c0..c0 + keys).map(|p| cache_offset(&shape, span.blocks, p, tile.kv_head)));
+        O::scores(&s.q, nq, d, ctx.k_cache, &s.offsets, &mut s.p);
+        for i in 0..nq {
+            let row = &mut s.p[i * CHUNK..][..keys];
+            let valid = if i < tile.count {
+                limit(i).saturating_sub(c0).min(keys)
+            } else {
+                0
+            };
+            if valid == 0 {
+                alpha[i] = 1.0;
+                row.fill(0.0);
+                continue;
+            }
+            let chunk_max = row[..valid]
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let new_max = max[i].max(chunk_max);
+            alpha[i] = (max[i] - new_max).exp();
+            sum[i] = sum[i] * alpha[i] + O::exp_sum(&mut row[..valid], new_max);
+            row[valid..].fill(0.0);
+            max[i] = new_max;
+        }
+        O::accumulate(
+            &mut s.acc,
+            nq,
+            d,
+            &alpha[..nq],
+            &s.p,
+            ctx.v_cache,
+            &s.offsets,
+        );
+    }
+    for (i, total) in sum.iter().enumerate().take(tile.count) {
+        let (_, at) = vector(i);
+        let inv = 1.0 / total;
+        // SAFETY: the tile owns `out[at..at + d]` (caller's contract); the buffer is live.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(at), d) };
+        for (o, &a) in dst.iter_mut().zip(&s.acc[i * d..(i + 1) * d]) {
+            *o = a * inv;
+        }
+    }
 }
 
 /// Portable code (what the compiler vectorises for the baseline target).
 struct Portable;
 
-impl VecOps for Portable {
+impl TileOps for Portable {
     #[inline(always)]
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
-        dot(a, b)
-    }
-    #[inline(always)]
-    fn axpy(w: f32, x: &[f32], y: &mut [f32]) {
-        y.iter_mut().zip(x).for_each(|(y, x)| *y += w * x);
-    }
-}
-
-/// `softmax(q kᵀ · scale) v` for one head, walking the sequence's cache block by block.
-#[inline(always)]
-fn attend<O: VecOps>(head: &Head, scores: &mut Vec<f32>, out: &mut [f32]) {
-    let Head { shape, len, .. } = *head;
-    let (d, bs) = (shape.head_dim, shape.block_size);
-    let stride = shape.kv_heads * d;
-    // Offset of position `p0`'s block's first slot, for each block the sequence uses.
-    let block_base =
-        |p0: usize| ((head.blocks[p0 / bs] as usize * bs) * shape.kv_heads + head.kv_head) * d;
-    scores.resize(len, 0.0);
-    let mut max = f32::NEG_INFINITY;
-    for p0 in (0..len).step_by(bs) {
-        let base = block_base(p0);
-        for (slot, sc) in scores[p0..(p0 + bs).min(len)].iter_mut().enumerate() {
-            let o = base + slot * stride;
-            *sc = O::dot(head.q, &head.k_cache[o..o + d]) * head.scale;
-            max = max.max(*sc);
+    fn scores(q: &[f32], nq: usize, d: usize, k: &[f32], offsets: &[usize], p: &mut [f32]) {
+        for i in 0..nq {
+            let qi = &q[i * d..(i + 1) * d];
+            for (j, &o) in offsets.iter().enumerate() {
+                p[i * CHUNK + j] = dot(qi, &k[o..o + d]);
+            }
         }
     }
-    let mut sum = 0f32;
-    for sc in scores.iter_mut() {
-        *sc = (*sc - max).exp();
-        sum += *sc;
-    }
-    let inv = 1.0 / sum;
-    out.fill(0.0);
-    for p0 in (0..len).step_by(bs) {
-        let base = block_base(p0);
-        for (slot, sc) in scores[p0..(p0 + bs).min(len)].iter().enumerate() {
-            let o = base + slot * stride;
-            O::axpy(sc * inv, &head.v_cache[o..o + d], out);
+    #[inline(always)]
+    fn accumulate(
+        acc: &mut [f32],
+        nq: usize,
+        d: usize,
+        alpha: &[f32],
+        p: &[f32],
+        v: &[f32],
+        offsets: &[usize],
+    ) {
+        for i in 0..nq {
+            let a = &mut acc[i * d..(i + 1) * d];
+            a.iter_mut().for_each(|x| *x *= alpha[i]);
+            for (j, &o) in offsets.iter().enumerate() {
+                let w = p[i * CHUNK + j];
+                a.iter_mut()
+                    .zip(&v[o..o + d])
+                    .for_each(|(y, x)| *y += w * x);
+            }
         }
+    }
+    #[inline(always)]
+    fn exp_sum(x: &mut [f32], max: f32) -> f32 {
+        x.iter_mut().fold(0.0, |s, v| {
+            *v = (*v - max).exp();
+            s + *v
+        })
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::CHUNK;
     use core::arch::x86_64::*;
 
-    /// 256-bit FMA code; callers make sure AVX2 and FMA are available.
+    /// 256-bit FMA code; callers make sure AVX2 and FMA are available and `d % 16 == 0`.
     pub(super) struct Avx2;
 
+    /// Scores of 4 query vectors against 2 keys at a time: 8 accumulators, each key and query
+    /// load shared by 4 and 2 multiply-adds.
     #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut i = 0;
-        // SAFETY: every load reads 8 floats below `n` of both slices.
-        unsafe {
-            while i + 16 <= n {
-                acc0 =
-                    _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-                acc1 = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(pa.add(i + 8)),
-                    _mm256_loadu_ps(pb.add(i + 8)),
-                    acc1,
-                );
-                i += 16;
+    unsafe fn scores(q: &[f32], nq: usize, d: usize, k: &[f32], offsets: &[usize], p: &mut [f32]) {
+        let keys = offsets.len();
+        assert!(q.len() >= nq * d && p.len() >= nq * CHUNK && keys <= CHUNK);
+        assert!(offsets.iter().all(|&o| o + d <= k.len()));
+        for i in (0..nq).step_by(4) {
+            let qp = q[i * d..].as_ptr();
+            for j in (0..keys).step_by(2) {
+                // An odd last key is paired with itself; its twin score lands in column `keys`.
+                let (k0, k1) = (offsets[j], offsets[(j + 1).min(keys - 1)]);
+                // SAFETY: the asserts above bound every load (query rows `i..i + 4` of `q`,
+                // `d` floats at each key offset) and every store (columns `j, j + 1 < CHUNK + 1`
+                // of rows `i..i + 4`; `j + 1 <= keys` and `keys` is even when it equals CHUNK).
+                unsafe {
+                    let (kp0, kp1) = (k.as_ptr().add(k0), k.as_ptr().add(k1));
+                    let mut a = [_mm256_setzero_ps(); 8];
+                    for dd in (0..d).step_by(8) {
+                        let x0 = _mm256_loadu_ps(kp0.add(dd));
+                        let x1 = _mm256_loadu_ps(kp1.add(dd));
+                        for r in 0..4 {
+                            let qv = _mm256_loadu_ps(qp.add(r * d + dd));
+                            a[2 * r] = _mm256_fmadd_ps(qv, x0, a[2 * r]);
+                            a[2 * r + 1] = _mm256_fmadd_ps(qv, x1, a[2 * r + 1]);
+                        }
+                    }
+                    // [q0k0, q0k1, q1k0, q1k1] and [q2k0, q2k1, q3k0, q3k1].
+                    let lo = hsum4(a[0], a[1], a[2], a[3]);
+                    let hi = hsum4(a[4], a[5], a[6], a[7]);
+                    let pp = p.as_mut_ptr().add(i * CHUNK + j);
+                    let mut t = [0f32; 8];
+                    _mm_storeu_ps(t.as_mut_ptr(), lo);
+                    _mm_storeu_ps(t.as_mut_ptr().add(4), hi);
+                    for r in 0..4 {
+                        pp.add(r * CHUNK)
+                            .cast::<[f32; 2]>()
+                            .write_unaligned([t[2 * r], t[2 * r + 1]]);
+                    }
+                }
             }
-            if i + 8 <= n {
-                acc0 =
-                    _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-                i += 8;
-            }
-        }
-        let v = _mm256_add_ps(acc0, acc1);
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        let mut sum = _mm_cvtss_f32(s);
-        for k in i..n {
-            sum += a[k] * b[k];
-        }
-        sum
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn axpy(w: f32, x: &[f32], y: &mut [f32]) {
-        let n = x.len().min(y.len());
-        let wv = _mm256_set1_ps(w);
-        let mut i = 0;
-        // SAFETY: every access is 8 floats below `n` of both slices.
-        unsafe {
-            while i + 8 <= n {
-                let py = y.as_mut_ptr().add(i);
-                let v =
-                    _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(py));
-                _mm256_storeu_ps(py, v);
-                i += 8;
-            }
-        }
-        for k in i..n {
-            y[k] += w * x[k];
         }
     }
 
-    impl super::VecOps for Avx2 {
+    /// The full sums of four vectors, in order.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
+        let u = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+        _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps::<1>(u))
+    }
+
+    /// 4 query vectors × 16 output values per pass: 8 accumulators, each value load shared by 4
+    /// multiply-adds.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn accumulate(
+        acc: &mut [f32],
+        nq: usize,
+        d: usize,
+        alpha: &[f32],
+        p: &[f32],
+        v: &[f32],
+        offsets: &[usize],
+    ) {
+        assert!(acc.len() >= nq * d && alpha.len() >= nq && p.len() >= nq * CHUNK);
+        assert!(offsets.len() <= CHUNK && offsets.iter().all(|&o| o + d <= v.len()));
+        for i in (0..nq).step_by(4) {
+            for dd in (0..d).step_by(16) {
+                // SAFETY: the asserts above bound every access: rows `i..i + 4` of `acc`
+                // (`dd + 16 <= d`), of `alpha` and of `p`, and `d` floats at each value offset.
+                unsafe {
+                    let ap = acc.as_mut_ptr().add(i * d + dd);
+                    let mut a = [_mm256_setzero_ps(); 8];
+                    for r in 0..4 {
+                        let w = _mm256_set1_ps(alpha[i + r]);
+                        a[2 * r] = _mm256_mul_ps(w, _mm256_loadu_ps(ap.add(r * d)));
+                        a[2 * r + 1] = _mm256_mul_ps(w, _mm256_loadu_ps(ap.add(r * d + 8)));
+                    }
+                    let pp = p.as_ptr().add(i * CHUNK);
+                    for (j, &o) in offsets.iter().enumerate() {
+                        let vp = v.as_ptr().add(o + dd);
+                        let (x0, x1) = (_mm256_loadu_ps(vp), _mm256_loadu_ps(vp.add(8)));
+                        for r in 0..4 {
+                            let w = _mm256_broadcast_ss(&*pp.add(r * CHUNK + j));
+                            a[2 * r] = _mm256_fmadd_ps(w, x0, a[2 * r]);
+                            a[2 * r + 1] = _mm256_fmadd_ps(w, x1, a[2 * r + 1]);
+                        }
+                    }
+                    for r in 0..4 {
+                        _mm256_storeu_ps(ap.add(r * d), a[2 * r]);
+                        _mm256_storeu_ps(ap.add(r * d + 8), a[2 * r + 1]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `exp` of 8 lanes (Cephes' polynomial after a base-2 range reduction; within 2 ulp for
+    /// inputs in `[-87, 0]`, and 0 below).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn exp8(x: __m256) -> __m256 {
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut y = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            0.166_666_66,
+            0.5,
+        ] {
+            y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
+        }
+        let y = _mm256_fmadd_ps(
+            _mm256_mul_ps(y, r),
+            r,
+            _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+        );
+        let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
+        _mm256_mul_ps(y, _mm256_castsi256_ps(scale))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn exp_sum(x: &mut [f32], max: f32) -> f32 {
+        let m = _mm256_set1_ps(max);
+        let mut total = _mm256_setzero_ps();
+        let mut chunks = x.chunks_exact_mut(8);
+        for c in &mut chunks {
+            // SAFETY: `c` is exactly 8 floats.
+            unsafe {
+                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), m));
+                _mm256_storeu_ps(c.as_mut_ptr(), e);
+                total = _mm256_add_ps(total, e);
+            }
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), total) };
+        let tail = chunks.into_remainder().iter_mut().fold(0.0, |s, v| {
+            *v = (*v - max).exp();
+            s + *v
+        });
+        lanes.iter().sum::<f32>() + tail
+    }
+
+    impl super::TileOps for Avx2 {
         #[inline(always)]
-        fn dot(a: &[f32], b: &[f32]) -> f32 {
+        fn scores(q: &[f32], nq: usize, d: usize, k: &[f32], offsets: &[usize], p: &mut [f32]) {
             // SAFETY: only instantiated inside `attend_avx2` (AVX2 + FMA checked by its caller).
-            unsafe { dot(a, b) }
+            unsafe { scores(q, nq, d, k, offsets, p) }
         }
         #[inline(always)]
-        fn axpy(w: f32, x: &[f32], y: &mut [f32]) {
+        fn accumulate(
+            acc: &mut [f32],
+            nq: usize,
+            d: usize,
+            alpha: &[f32],
+            p: &[f32],
+            v: &[f32],
+            offsets: &[usize],
+        ) {
             // SAFETY: as above.
-            unsafe { axpy(w, x, y) }
+            unsafe { accumulate(acc, nq, d, alpha, p, v, offsets) }
+        }
+        #[inline(always)]
+        fn exp_sum(x: &mut [f32], max: f32) -> f32 {
+            // SAFETY: as above.
+            unsafe { exp_sum(x, max) }
         }
     }
 }
@@ -383,11 +617,13 @@ mod avx2 {
 /// [`attend`] compiled for AVX2 + FMA.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA.
+/// The CPU must have AVX2 and FMA, the head width must be a multiple of 16, and no other thread
+/// may write the tile's output vectors.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2(head: &Head, scores: &mut Vec<f32>, out: &mut [f32]) {
-    attend::<avx2::Avx2>(head, scores, out)
+unsafe fn attend_avx2(ctx: &Context, tile: &Tile, s: &mut Scratch, out: &SharedOut) {
+    // SAFETY: forwarded from the caller.
+    unsafe { attend::<avx2::Avx2>(ctx, tile, s, out) }
 }
 
 #[cfg(test)]
@@ -429,26 +665,49 @@ mod tests {
         // Head widths: a multiple of 16, of 8 only, and none (the SIMD code's tails).
         for head_dim in [16, 64, 24, 12] {
             for simd in [false, true] {
-                ragged_batch_matches_dense(head_dim, simd);
+                ragged_batch_matches_dense(4, 2, head_dim, 0, simd);
             }
         }
     }
 
-    fn ragged_batch_matches_dense(head_dim: usize, simd: bool) {
+    #[test]
+    fn long_sequences_with_grouped_heads_match_dense() {
+        // Several key chunks, tiles that cross rows (groups of 3 and 7 heads), a tile that
+        // spans the diagonal, and the SIMD kernels' full width.
+        for (heads, kv_heads, head_dim) in [(9, 3, 64), (14, 2, 64), (4, 1, 32), (6, 2, 24)] {
+            for simd in [false, true] {
+                ragged_batch_matches_dense(heads, kv_heads, head_dim, 150, simd);
+            }
+        }
+    }
+
+    /// Two sequences, `offset` positions further on than the base case: one decoding, one
+    /// prefilling 5 tokens.
+    fn ragged_batch_matches_dense(
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        offset: usize,
+        simd: bool,
+    ) {
         let shape = AttentionShape {
-            heads: 4,
-            kv_heads: 2,
+            heads,
+            kv_heads,
             head_dim,
             block_size: 4,
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let num_blocks = 16;
+        let lens = [10 + offset, 8 + offset];
+        let per_seq = lens[0].div_ceil(shape.block_size);
+        let num_blocks = 2 * per_seq;
         let per_pos = shape.kv_heads * shape.head_dim;
         let mut k_cache = vec![0f32; num_blocks * shape.block_size * per_pos];
         let mut v_cache = k_cache.clone();
-        // Two sequences: one decoding at position 9, one prefilling 5 tokens from position 3.
-        let tables: [Vec<u32>; 2] = [vec![5, 2, 9], vec![0, 7]];
-        let lens = [10usize, 8];
+        // Block tables that interleave and run backwards through the cache.
+        let tables: [Vec<u32>; 2] = [
+            (0..per_seq).map(|b| (2 * b + 1) as u32).rev().collect(),
+            (0..per_seq).map(|b| (2 * b) as u32).collect(),
+        ];
         let mut dense_kv = Vec::new();
         for (t, &len) in tables.iter().zip(&lens) {
             let k: Vec<f32> = (0..len * per_pos)
@@ -475,22 +734,37 @@ mod tests {
             SequenceSpan {
                 first_row: 0,
                 rows: 1,
-                start_position: 9,
+                start_position: 9 + offset,
                 blocks: &tables[0],
             },
             SequenceSpan {
                 first_row: 1,
                 rows: 5,
-                start_position: 3,
+                start_position: 3 + offset,
                 blocks: &tables[1],
             },
         ];
         let mut out = vec![0f32; q.len()];
         attention_on(&q, &k_cache, &v_cache, &spans, shape, 0.25, &mut out, simd).unwrap();
-        let want0 = dense(&q[..width], &dense_kv[0].0, &dense_kv[0].1, 9, shape);
-        let want1 = dense(&q[width..], &dense_kv[1].0, &dense_kv[1].1, 3, shape);
+        let want0 = dense(
+            &q[..width],
+            &dense_kv[0].0,
+            &dense_kv[0].1,
+            9 + offset,
+            shape,
+        );
+        let want1 = dense(
+            &q[width..],
+            &dense_kv[1].0,
+            &dense_kv[1].1,
+            3 + offset,
+            shape,
+        );
         for (a, b) in out.iter().zip(want0.iter().chain(&want1)) {
-            assert!((a - b).abs() < 1e-5, "d={head_dim} simd={simd}: {a} vs {b}");
+            assert!(
+                (a - b).abs() < 1e-5,
+                "{heads}/{kv_heads} heads, d={head_dim}, offset {offset}, simd={simd}: {a} vs {b}"
+            );
         }
     }
 

@@ -70,6 +70,9 @@ pub fn threads() -> usize {
     pool().map_or(1, |p| p.workers + 1)
 }
 
+/// Below this many multiply-adds a call is not worth splitting (a few microseconds).
+const MIN_PARALLEL_WORK: usize = 1 << 16;
+
 /// Runs `f(r0, r1)` over chunks covering `0..rows`, in parallel when the work is big enough.
 ///
 /// `grain` is the row multiple the kernel prefers per chunk (its register tile height);
@@ -80,8 +83,6 @@ pub fn parallel_rows(
     work_per_row: usize,
     f: &(dyn Fn(usize, usize) + Sync),
 ) {
-    /// Below this many multiply-adds a call is not worth splitting (a few microseconds).
-    const MIN_PARALLEL_WORK: usize = 1 << 16;
     /// Smallest chunk worth a task.
     const MIN_TASK_WORK: usize = 1 << 15;
 
@@ -111,6 +112,24 @@ pub fn parallel_rows(
             (0..ntasks).into_par_iter().for_each(task);
         }
         _ => run(ntasks, &task),
+    }
+}
+
+/// Runs `f(0)`, ..., `f(tasks - 1)`, in parallel when `total_work` (multiply-adds, all tasks
+/// together) is worth it. Threads claim tasks one at a time, so tasks of uneven cost balance out:
+/// give a few times more tasks than threads.
+pub fn parallel_tasks(tasks: usize, total_work: usize, f: &(dyn Fn(usize) + Sync)) {
+    if tasks <= 1 || total_work < MIN_PARALLEL_WORK {
+        (0..tasks).for_each(f);
+        return;
+    }
+    match backend() {
+        Backend::Single => (0..tasks).for_each(f),
+        Backend::Rayon => {
+            use rayon::prelude::*;
+            (0..tasks).into_par_iter().for_each(f);
+        }
+        Backend::Pool => run(tasks, f),
     }
 }
 

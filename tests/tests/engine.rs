@@ -435,6 +435,44 @@ fn executor_jobs_run_on_the_worker_between_steps_of_a_running_generation() {
     );
 }
 
+#[test]
+fn a_short_prompt_behind_a_long_one_is_answered_before_the_long_prefill_ends() {
+    use switchyard_models::executor::DeviceExecutor;
+    // 8 tokens per step: the 400-token prompt needs 50 steps of prefill.
+    let engine = engine(
+        "tiny-llama",
+        EngineConfig {
+            max_batch_tokens: 8,
+            ..EngineConfig::default()
+        },
+    );
+    // Hold the worker so that both requests are waiting when it next plans a step.
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    engine
+        .executor()
+        .execute(Box::new(move || {
+            let _ = hold.recv();
+        }))
+        .unwrap_or_else(|_| panic!("engine stopped"));
+    let long_at = Instant::now();
+    let long = engine
+        .submit(greedy((0..400).map(|i| i % 50 + 3).collect(), 1))
+        .unwrap();
+    let short_at = Instant::now();
+    let short = engine.submit(greedy(vec![5, 6, 7], 2)).unwrap();
+    release.send(()).unwrap();
+    let short = drain(short);
+    let long = drain(long);
+    let short_first = short_at + Duration::from_secs_f64(short.usage.time_to_first_token);
+    let long_first = long_at + Duration::from_secs_f64(long.usage.time_to_first_token);
+    assert!(
+        short_first < long_first,
+        "the short prompt waited for the long prefill ({:?} after it)",
+        short_first - long_first
+    );
+    assert_eq!(long.usage.prompt_tokens, 400);
+}
+
 /// One engine per fixture model, all on one worker.
 fn shared(names: &[&str]) -> Vec<Engine> {
     let models = names
