@@ -380,3 +380,59 @@ async fn log_probabilities_come_in_the_openai_shape_streamed_or_not() {
     assert_eq!(e["param"], "top_logprobs");
     s.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_everyone_else_is_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (s, base) = server(ServeArgs {
+        read_timeout: 1,
+        ..args()
+    })
+    .await;
+    let addr = base.trim_start_matches("http://").to_string();
+    // Headers sent a piece at a time, never finished: the connection is closed.
+    let mut head_only = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    head_only
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // A body that stops short of its Content-Length: 408 in the OpenAI shape.
+    let mut body_short = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    body_short
+        .write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"model\": ",
+        )
+        .await
+        .unwrap();
+    // Meanwhile the server answers others.
+    let r = post(&base, "/v1/chat/completions", &chat("tiny-llama", "hi", 4)).await;
+    assert_eq!(r.status(), 200);
+
+    let mut reply = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), body_short.read_to_end(&mut reply))
+        .await
+        .expect("answered after the read timeout")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply[..n]);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("\"code\":\"request_timeout\""), "{reply}");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), head_only.read_to_end(&mut rest))
+        .await
+        .expect("the connection is closed after the read timeout");
+    assert!(closed.is_err() || !String::from_utf8_lossy(&rest).contains("200 OK"));
+
+    // A chunked body (no Content-Length) over the limit is refused while it is read.
+    let chunks =
+        futures::stream::iter((0..64).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1 << 15])));
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    error_of(r, 413).await;
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}

@@ -81,6 +81,17 @@ impl ApiError {
         )
     }
 
+    /// 408: the body did not arrive in time.
+    pub fn body_timeout(seconds: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!("The request body did not arrive within {seconds} s."),
+        );
+        e.code = Some("request_timeout");
+        e
+    }
+
     /// 429 with `Retry-After`.
     pub fn overloaded(message: impl Into<String>) -> Self {
         let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message);

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State as AxumState};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -42,6 +42,38 @@ pub async fn reject_oversized(AxumState(state): Shared, request: Request, next: 
         }
         _ => next.run(request).await,
     }
+}
+
+/// Reads the whole request body within the read timeout (408 when it does not arrive in time,
+/// 413 past the body limit), so that a client sending its body slowly cannot hold a request open;
+/// the handlers then get the buffered body.
+pub async fn read_body(AxumState(state): Shared, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let limit = state.limits.body_bytes;
+    let read = tokio::time::timeout(state.limits.read_timeout, axum::body::to_bytes(body, limit));
+    match read.await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) if is_length_limit(&e) => ApiError::too_large(limit).into_response(),
+        Ok(Err(e)) => {
+            ApiError::bad_request(format!("could not read the request body: {e}")).into_response()
+        }
+        Err(_) => ApiError::body_timeout(state.limits.read_timeout.as_secs()).into_response(),
+    }
+}
+
+/// Whether a body error is the length limit of [`axum::body::to_bytes`].
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Checks `Authorization: Bearer <key>` on `/v1/*` when keys are configured.

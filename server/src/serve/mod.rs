@@ -11,6 +11,7 @@
 mod api;
 mod error;
 mod handlers;
+mod listen;
 mod logprobs;
 mod metrics;
 mod proxy;
@@ -111,6 +112,10 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM / Ctrl-C.
     #[arg(long, env = "SWITCHYARD_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
+    /// Seconds a client gets to send a request's head, and again its body; a slower client's
+    /// connection is closed (head) or answered 408 (body).
+    #[arg(long, env = "SWITCHYARD_READ_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub read_timeout: u64,
 }
 
 /// Where the router's classification batches run (see `ServeArgs::router_executor`).
@@ -159,6 +164,7 @@ impl Default for ServeArgs {
             upstream: None,
             router_executor: RouterExecutor::Auto,
             shutdown_grace: 10,
+            read_timeout: 30,
         }
     }
 }
@@ -174,6 +180,8 @@ pub struct Limits {
     pub max_tokens: usize,
     /// Open streams.
     pub streams: usize,
+    /// Time to receive a request body.
+    pub read_timeout: Duration,
 }
 
 /// Everything the handlers share.
@@ -222,7 +230,7 @@ pub struct Server {
     /// Shared state (for tests and metrics).
     pub state: Arc<State>,
     shutdown: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -235,12 +243,12 @@ impl Server {
             let _ = tx.send(());
         }
         if let Ok(r) = tokio::time::timeout(grace, &mut self.task).await {
-            return r.context("server task")?.context("server");
+            return r.context("server task");
         }
         tracing::warn!("shutdown grace of {grace:?} passed; ending the requests still running");
         self.state.hard_stop.send_replace(true);
         match tokio::time::timeout(Duration::from_secs(2), &mut self.task).await {
-            Ok(r) => r.context("server task")?.context("server"),
+            Ok(r) => r.context("server task"),
             Err(_) => {
                 tracing::warn!("connections still open; closing them");
                 self.task.abort();
@@ -396,6 +404,7 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
             prompt_tokens: args.max_prompt_tokens,
             max_tokens: args.max_tokens,
             streams: args.max_streams,
+            read_timeout: Duration::from_secs(args.read_timeout),
         },
         metrics: Metrics::new()?,
         api_keys: args
@@ -430,6 +439,10 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
         .layer(axum::extract::DefaultBodyLimit::max(args.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            handlers::read_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             handlers::authenticate,
         ))
         .layer(axum::middleware::from_fn_with_state(
@@ -444,13 +457,10 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
         .with_context(|| format!("binding {}:{}", args.host, args.port))?;
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await
-    });
+    let read_timeout = Duration::from_secs(args.read_timeout);
+    let task = tokio::spawn(listen::serve(listener, app, read_timeout, async move {
+        let _ = rx.await;
+    }));
     Ok(Server {
         addr,
         state,
@@ -631,9 +641,15 @@ mod tests {
             (
                 parsed.max_body_bytes,
                 parsed.shutdown_grace,
-                parsed.no_router
+                parsed.no_router,
+                parsed.read_timeout
             ),
-            (d.max_body_bytes, d.shutdown_grace, d.no_router)
+            (
+                d.max_body_bytes,
+                d.shutdown_grace,
+                d.no_router,
+                d.read_timeout
+            )
         );
         assert_eq!(
             (
