@@ -272,7 +272,8 @@ fn decode_bench(decoder: &Decoder, device: &Device, conc: usize, steps: usize, b
     // Bytes a step must read: every weight once, plus the cached keys and values of every sequence at
     // its mean position during the run.
     let mean_ctx = prompt_len + steps / 2;
-    let kv_bytes = conc * mean_ctx * KvCache::bytes_per_position(&c);
+    let kv_bytes =
+        conc * mean_ctx * KvCache::bytes_per_position(&c, switchyard_models::decoder::KvDtype::F32);
     let bytes = decoder.weight_bytes() + kv_bytes;
     let achieved = bytes as f64 / median;
     println!(

@@ -1,5 +1,7 @@
 //! Limits and sizes of one engine.
 
+use switchyard_models::decoder::KvDtype;
+
 /// How much work the engine takes on at once.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EngineConfig {
@@ -16,6 +18,8 @@ pub struct EngineConfig {
     pub kv_cache_bytes: Option<usize>,
     /// Most requests waiting to be admitted; more are refused with `QueueFull`.
     pub max_waiting: usize,
+    /// Element type of the KV cache (f16: host caches only).
+    pub kv_cache_dtype: KvDtype,
 }
 
 impl Default for EngineConfig {
@@ -27,6 +31,7 @@ impl Default for EngineConfig {
             block_size: 16,
             kv_cache_bytes: None,
             max_waiting: 256,
+            kv_cache_dtype: KvDtype::F32,
         }
     }
 }

@@ -371,7 +371,7 @@ fn prepare(model: GenerationModel, config: EngineConfig) -> Result<(ModelSlot, M
     if config.block_size == 0 {
         return Err(invalid("block_size", "must be at least 1".into()));
     }
-    let per_position = KvCache::bytes_per_position(&mc);
+    let per_position = KvCache::bytes_per_position(&mc, config.kv_cache_dtype);
     let per_block = per_position * config.block_size;
     let bytes = config
         .kv_cache_bytes
@@ -395,7 +395,13 @@ fn prepare(model: GenerationModel, config: EngineConfig) -> Result<(ModelSlot, M
     }
     // No sequence may outgrow the whole cache, so every admitted request can finish.
     let max_model_len = max_model_len.min(capacity);
-    let mut cache = KvCache::new_on(&mc, config.block_size, num_blocks, &decoder.device())?;
+    let mut cache = KvCache::with_dtype(
+        &mc,
+        config.block_size,
+        num_blocks,
+        &decoder.device(),
+        config.kv_cache_dtype,
+    )?;
     if !decoder.device().is_cpu() {
         warm_up(
             &decoder,

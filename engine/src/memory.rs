@@ -77,7 +77,8 @@ impl ModelFootprint {
         ModelFootprint {
             name: name.into(),
             weight_bytes: weight_bytes as u64,
-            kv_bytes_per_position: KvCache::bytes_per_position(config) as u64,
+            kv_bytes_per_position: KvCache::bytes_per_position(config, engine.kv_cache_dtype)
+                as u64,
             context,
             wanted_positions: engine.max_num_seqs as u64 * context,
             min_positions: (engine.max_batch_tokens as u64).min(context),

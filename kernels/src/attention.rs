@@ -5,8 +5,73 @@
 //! `blocks[p / block_size]`, slot `p % block_size`. Queries of all sequences are flattened into one
 //! `[tokens, heads, head_dim]` buffer, so sequences at different positions (decode steps and prefill
 //! chunks alike) are served by one call.
+//!
+//! The cache holds f32 or f16 ([`CacheElement`]): f16 halves its memory and the bytes a decode step
+//! reads at long contexts (the queries, scores and sums stay f32).
 
 use crate::error::{KernelError, Result};
+use half::f16;
+
+/// An element type of the KV cache.
+pub trait CacheElement: Copy + Default + Send + Sync + 'static {
+    /// Writes `src` into `dst` (same length), rounding when the type is narrower.
+    fn store(dst: &mut [Self], src: &[f32]);
+    /// The value as f32.
+    fn to_f32(self) -> f32;
+    /// Whether this CPU can run the AVX2 kernels on this type.
+    #[doc(hidden)]
+    fn simd_available() -> bool;
+    /// Eight values from `p` as f32 lanes.
+    ///
+    /// # Safety
+    /// AVX2 (and F16C for f16) must be available, and 8 elements readable at `p`.
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    unsafe fn load8(p: *const Self) -> core::arch::x86_64::__m256;
+}
+
+impl CacheElement for f32 {
+    fn store(dst: &mut [Self], src: &[f32]) {
+        dst.copy_from_slice(src);
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn simd_available() -> bool {
+        crate::qmatmul::Isa::Avx2.is_available()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> core::arch::x86_64::__m256 {
+        // SAFETY: the caller's contract.
+        unsafe { core::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+}
+
+impl CacheElement for f16 {
+    fn store(dst: &mut [Self], src: &[f32]) {
+        use half::slice::HalfFloatSliceExt;
+        dst.convert_from_f32_slice(src);
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    fn simd_available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return crate::qmatmul::Isa::Avx2.is_available() && is_x86_feature_detected!("f16c");
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> core::arch::x86_64::__m256 {
+        use core::arch::x86_64::*;
+        // SAFETY: the caller's contract (F16C available, 16 bytes readable).
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+}
 
 /// Shape of the attention problem shared by every sequence in a call.
 #[derive(Clone, Copy, Debug)]
@@ -56,7 +121,12 @@ pub fn cache_slot(block_size: usize, blocks: &[u32], position: usize) -> u32 {
 
 /// Writes one layer's new keys (or values) into their cache slots: row `r` of `src = [rows, width]`
 /// goes to `cache[slots[r] * width..][..width]` (CPU twin of the CUDA kernel `write_kv_f32`).
-pub fn write_kv(src: &[f32], cache: &mut [f32], slots: &[u32], width: usize) -> Result<()> {
+pub fn write_kv<T: CacheElement>(
+    src: &[f32],
+    cache: &mut [T],
+    slots: &[u32],
+    width: usize,
+) -> Result<()> {
     if src.len() != slots.len() * width {
         return Err(KernelError::Length {
             what: "new keys/values (one row per slot)",
@@ -73,7 +143,7 @@ pub fn write_kv(src: &[f32], cache: &mut [f32], slots: &[u32], width: usize) -> 
         });
     }
     for (row, &s) in src.chunks_exact(width).zip(slots) {
-        cache[s as usize * width..][..width].copy_from_slice(row);
+        T::store(&mut cache[s as usize * width..][..width], row);
     }
     Ok(())
 }
@@ -97,10 +167,10 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 ///
 /// `q` is `[rows, heads * head_dim]`; `k_cache`/`v_cache` hold one layer of the paged cache and must
 /// already contain the keys and values of every position a query attends to (including its own).
-pub fn paged_attention(
+pub fn paged_attention<T: CacheElement>(
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[T],
+    v_cache: &[T],
     spans: &[SequenceSpan],
     shape: AttentionShape,
     scale: f32,
@@ -112,10 +182,10 @@ pub fn paged_attention(
 
 /// [`paged_attention`] with the AVX2 + FMA code (`simd`, when the CPU has it) or the portable one.
 #[allow(clippy::too_many_arguments)]
-fn attention_on(
+fn attention_on<T: CacheElement>(
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[T],
+    v_cache: &[T],
     spans: &[SequenceSpan],
     shape: AttentionShape,
     scale: f32,
@@ -200,7 +270,7 @@ fn attention_on(
             }
         }
     }
-    let simd = simd && crate::qmatmul::Isa::Avx2.is_available() && d.is_multiple_of(16);
+    let simd = simd && T::simd_available() && d.is_multiple_of(16);
     let threads = crate::pool::threads();
     // A few tasks per thread: threads claim them one by one, so uneven tiles balance out.
     let per_task = tiles.len().div_ceil(4 * threads).max(1);
@@ -225,7 +295,7 @@ fn attention_on(
                     continue;
                 }
                 // SAFETY: the tile owns its output vectors (no other task writes them).
-                unsafe { attend::<Portable>(&ctx, tile, scratch, dst) };
+                unsafe { attend::<Portable, T>(&ctx, tile, scratch, dst) };
             }
         };
         SCRATCH.with(|s| match s.try_borrow_mut() {
@@ -247,10 +317,10 @@ struct SharedOut(*mut f32);
 unsafe impl Sync for SharedOut {}
 
 /// What every tile of one call reads.
-struct Context<'a> {
+struct Context<'a, T> {
     q: &'a [f32],
-    k_cache: &'a [f32],
-    v_cache: &'a [f32],
+    k_cache: &'a [T],
+    v_cache: &'a [T],
     spans: &'a [SequenceSpan<'a>],
     shape: AttentionShape,
     scale: f32,
@@ -285,15 +355,22 @@ thread_local! {
 /// The vector primitives of the attention loop, for `nq` (a multiple of 4) query vectors.
 trait TileOps {
     /// `p[i * CHUNK + j] = q[i] · k[offsets[j]]` (may also write column `offsets.len()` when odd).
-    fn scores(q: &[f32], nq: usize, d: usize, k: &[f32], offsets: &[usize], p: &mut [f32]);
+    fn scores<T: CacheElement>(
+        q: &[f32],
+        nq: usize,
+        d: usize,
+        k: &[T],
+        offsets: &[usize],
+        p: &mut [f32],
+    );
     /// `acc[i] = alpha[i] · acc[i] + Σ_j p[i * CHUNK + j] · v[offsets[j]]`.
-    fn accumulate(
+    fn accumulate<T: CacheElement>(
         acc: &mut [f32],
         nq: usize,
         d: usize,
         alpha: &[f32],
         p: &[f32],
-        v: &[f32],
+        v: &[T],
         offsets: &[usize],
     );
     /// `x[j] = exp(x[j] - max)` in place; returns the sum.
@@ -305,7 +382,12 @@ trait TileOps {
 /// # Safety
 /// No other thread may write the tile's output vectors of `out` during the call.
 #[inline(always)]
-unsafe fn attend<O: TileOps>(ctx: &Context, tile: &Tile, s: &mut Scratch, out: &SharedOut) {
+unsafe fn attend<O: TileOps, T: CacheElement>(
+    ctx: &Context<T>,
+    tile: &Tile,
+    s: &mut Scratch,
+    out: &SharedOut,
+) {
     let shape = ctx.shape;
     let (d, group) = (shape.head_dim, shape.heads / shape.kv_heads);
     let span = &ctx.spans[tile.span];
@@ -388,31 +470,50 @@ struct Portable;
 
 impl TileOps for Portable {
     #[inline(always)]
-    fn scores(q: &[f32], nq: usize, d: usize, k: &[f32], offsets: &[usize], p: &mut [f32]) {
-        for i in 0..nq {
-            let qi = &q[i * d..(i + 1) * d];
-            for (j, &o) in offsets.iter().enumerate() {
-                p[i * CHUNK + j] = dot(qi, &k[o..o + d]);
+    fn scores<T: CacheElement>(
+        q: &[f32],
+        nq: usize,
+        d: usize,
+        k: &[T],
+        offsets: &[usize],
+        p: &mut [f32],
+    ) {
+        let mut key = vec![0f32; d];
+        for (j, &o) in offsets.iter().enumerate() {
+            key.iter_mut()
+                .zip(&k[o..o + d])
+                .for_each(|(x, y)| *x = y.to_f32());
+            for i in 0..nq {
+                p[i * CHUNK + j] = dot(&q[i * d..(i + 1) * d], &key);
             }
         }
     }
     #[inline(always)]
-    fn accumulate(
+    fn accumulate<T: CacheElement>(
         acc: &mut [f32],
         nq: usize,
         d: usize,
         alpha: &[f32],
         p: &[f32],
-        v: &[f32],
+        v: &[T],
         offsets: &[usize],
     ) {
         for i in 0..nq {
-            let a = &mut acc[i * d..(i + 1) * d];
-            a.iter_mut().for_each(|x| *x *= alpha[i]);
-            for (j, &o) in offsets.iter().enumerate() {
+            acc[i * d..(i + 1) * d]
+                .iter_mut()
+                .for_each(|x| *x *= alpha[i]);
+        }
+        let mut value = vec![0f32; d];
+        for (j, &o) in offsets.iter().enumerate() {
+            value
+                .iter_mut()
+                .zip(&v[o..o + d])
+                .for_each(|(x, y)| *x = y.to_f32());
+            for i in 0..nq {
                 let w = p[i * CHUNK + j];
-                a.iter_mut()
-                    .zip(&v[o..o + d])
+                acc[i * d..(i + 1) * d]
+                    .iter_mut()
+                    .zip(&value)
                     .for_each(|(y, x)| *y += w * x);
             }
         }
@@ -428,7 +529,7 @@ impl TileOps for Portable {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::CHUNK;
+    use super::{CacheElement, CHUNK};
     use core::arch::x86_64::*;
 
     /// 256-bit FMA code; callers make sure AVX2 and FMA are available and `d % 16 == 0`.
@@ -436,8 +537,15 @@ mod avx2 {
 
     /// Scores of 4 query vectors against 2 keys at a time: 8 accumulators, each key and query
     /// load shared by 4 and 2 multiply-adds.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn scores(q: &[f32], nq: usize, d: usize, k: &[f32], offsets: &[usize], p: &mut [f32]) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scores<T: CacheElement>(
+        q: &[f32],
+        nq: usize,
+        d: usize,
+        k: &[T],
+        offsets: &[usize],
+        p: &mut [f32],
+    ) {
         let keys = offsets.len();
         assert!(q.len() >= nq * d && p.len() >= nq * CHUNK && keys <= CHUNK);
         assert!(offsets.iter().all(|&o| o + d <= k.len()));
@@ -453,8 +561,8 @@ mod avx2 {
                     let (kp0, kp1) = (k.as_ptr().add(k0), k.as_ptr().add(k1));
                     let mut a = [_mm256_setzero_ps(); 8];
                     for dd in (0..d).step_by(8) {
-                        let x0 = _mm256_loadu_ps(kp0.add(dd));
-                        let x1 = _mm256_loadu_ps(kp1.add(dd));
+                        let x0 = T::load8(kp0.add(dd));
+                        let x1 = T::load8(kp1.add(dd));
                         for r in 0..4 {
                             let qv = _mm256_loadu_ps(qp.add(r * d + dd));
                             a[2 * r] = _mm256_fmadd_ps(qv, x0, a[2 * r]);
@@ -488,14 +596,14 @@ mod avx2 {
 
     /// 4 query vectors × 16 output values per pass: 8 accumulators, each value load shared by 4
     /// multiply-adds.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn accumulate(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn accumulate<T: CacheElement>(
         acc: &mut [f32],
         nq: usize,
         d: usize,
         alpha: &[f32],
         p: &[f32],
-        v: &[f32],
+        v: &[T],
         offsets: &[usize],
     ) {
         assert!(acc.len() >= nq * d && alpha.len() >= nq && p.len() >= nq * CHUNK);
@@ -515,7 +623,7 @@ mod avx2 {
                     let pp = p.as_ptr().add(i * CHUNK);
                     for (j, &o) in offsets.iter().enumerate() {
                         let vp = v.as_ptr().add(o + dd);
-                        let (x0, x1) = (_mm256_loadu_ps(vp), _mm256_loadu_ps(vp.add(8)));
+                        let (x0, x1) = (T::load8(vp), T::load8(vp.add(8)));
                         for r in 0..4 {
                             let w = _mm256_broadcast_ss(&*pp.add(r * CHUNK + j));
                             a[2 * r] = _mm256_fmadd_ps(w, x0, a[2 * r]);
@@ -589,18 +697,26 @@ mod avx2 {
 
     impl super::TileOps for Avx2 {
         #[inline(always)]
-        fn scores(q: &[f32], nq: usize, d: usize, k: &[f32], offsets: &[usize], p: &mut [f32]) {
-            // SAFETY: only instantiated inside `attend_avx2` (AVX2 + FMA checked by its caller).
+        fn scores<T: CacheElement>(
+            q: &[f32],
+            nq: usize,
+            d: usize,
+            k: &[T],
+            offsets: &[usize],
+            p: &mut [f32],
+        ) {
+            // SAFETY: only instantiated inside `attend_avx2` (AVX2, FMA and F16C checked by its
+            // caller).
             unsafe { scores(q, nq, d, k, offsets, p) }
         }
         #[inline(always)]
-        fn accumulate(
+        fn accumulate<T: CacheElement>(
             acc: &mut [f32],
             nq: usize,
             d: usize,
             alpha: &[f32],
             p: &[f32],
-            v: &[f32],
+            v: &[T],
             offsets: &[usize],
         ) {
             // SAFETY: as above.
@@ -614,16 +730,21 @@ mod avx2 {
     }
 }
 
-/// [`attend`] compiled for AVX2 + FMA.
+/// [`attend`] compiled for AVX2 + FMA (+ F16C).
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA, the head width must be a multiple of 16, and no other thread
-/// may write the tile's output vectors.
+/// The CPU must have AVX2, FMA and F16C, the head width must be a multiple of 16, and no other
+/// thread may write the tile's output vectors.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2(ctx: &Context, tile: &Tile, s: &mut Scratch, out: &SharedOut) {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn attend_avx2<T: CacheElement>(
+    ctx: &Context<T>,
+    tile: &Tile,
+    s: &mut Scratch,
+    out: &SharedOut,
+) {
     // SAFETY: forwarded from the caller.
-    unsafe { attend::<avx2::Avx2>(ctx, tile, s, out) }
+    unsafe { attend::<avx2::Avx2, T>(ctx, tile, s, out) }
 }
 
 #[cfg(test)]
@@ -665,7 +786,8 @@ mod tests {
         // Head widths: a multiple of 16, of 8 only, and none (the SIMD code's tails).
         for head_dim in [16, 64, 24, 12] {
             for simd in [false, true] {
-                ragged_batch_matches_dense(4, 2, head_dim, 0, simd);
+                ragged_batch_matches_dense::<f32>(4, 2, head_dim, 0, simd);
+                ragged_batch_matches_dense::<f16>(4, 2, head_dim, 0, simd);
             }
         }
     }
@@ -676,14 +798,17 @@ mod tests {
         // spans the diagonal, and the SIMD kernels' full width.
         for (heads, kv_heads, head_dim) in [(9, 3, 64), (14, 2, 64), (4, 1, 32), (6, 2, 24)] {
             for simd in [false, true] {
-                ragged_batch_matches_dense(heads, kv_heads, head_dim, 150, simd);
+                ragged_batch_matches_dense::<f32>(heads, kv_heads, head_dim, 150, simd);
+                ragged_batch_matches_dense::<f16>(heads, kv_heads, head_dim, 150, simd);
             }
         }
     }
 
     /// Two sequences, `offset` positions further on than the base case: one decoding, one
     /// prefilling 5 tokens.
-    fn ragged_batch_matches_dense(
+    /// With an f16 cache the reference gets the same rounded keys and values, so both must agree
+    /// as closely as with f32.
+    fn ragged_batch_matches_dense<T: CacheElement>(
         heads: usize,
         kv_heads: usize,
         head_dim: usize,
@@ -701,7 +826,7 @@ mod tests {
         let per_seq = lens[0].div_ceil(shape.block_size);
         let num_blocks = 2 * per_seq;
         let per_pos = shape.kv_heads * shape.head_dim;
-        let mut k_cache = vec![0f32; num_blocks * shape.block_size * per_pos];
+        let mut k_cache = vec![T::default(); num_blocks * shape.block_size * per_pos];
         let mut v_cache = k_cache.clone();
         // Block tables that interleave and run backwards through the cache.
         let tables: [Vec<u32>; 2] = [
@@ -710,18 +835,22 @@ mod tests {
         ];
         let mut dense_kv = Vec::new();
         for (t, &len) in tables.iter().zip(&lens) {
-            let k: Vec<f32> = (0..len * per_pos)
-                .map(|_| rng.random_range(-1.0..1.0))
-                .collect();
-            let v: Vec<f32> = (0..len * per_pos)
-                .map(|_| rng.random_range(-1.0..1.0))
-                .collect();
+            let mut random = || -> Vec<f32> {
+                let x: Vec<f32> = (0..len * per_pos)
+                    .map(|_| rng.random_range(-1.0..1.0))
+                    .collect();
+                let mut rounded = vec![T::default(); x.len()];
+                T::store(&mut rounded, &x);
+                rounded.iter().map(|r| r.to_f32()).collect()
+            };
+            let (k, v) = (random(), random());
             for p in 0..len {
                 for g in 0..shape.kv_heads {
                     let o = cache_offset(&shape, t, p, g);
                     let src = (p * shape.kv_heads + g) * shape.head_dim;
-                    k_cache[o..o + shape.head_dim].copy_from_slice(&k[src..src + shape.head_dim]);
-                    v_cache[o..o + shape.head_dim].copy_from_slice(&v[src..src + shape.head_dim]);
+                    let d = shape.head_dim;
+                    T::store(&mut k_cache[o..o + d], &k[src..src + d]);
+                    T::store(&mut v_cache[o..o + d], &v[src..src + d]);
                 }
             }
             dense_kv.push((k, v));
@@ -763,7 +892,8 @@ mod tests {
         for (a, b) in out.iter().zip(want0.iter().chain(&want1)) {
             assert!(
                 (a - b).abs() < 1e-5,
-                "{heads}/{kv_heads} heads, d={head_dim}, offset {offset}, simd={simd}: {a} vs {b}"
+                "{heads}/{kv_heads} heads, d={head_dim}, offset {offset}, simd={simd}, {}: {a} vs {b}",
+                std::any::type_name::<T>()
             );
         }
     }

@@ -16,7 +16,7 @@ pub mod pool;
 pub mod qmatmul;
 pub mod rotary;
 
-pub use attention::{paged_attention, write_kv, AttentionShape, SequenceSpan};
+pub use attention::{paged_attention, write_kv, AttentionShape, CacheElement, SequenceSpan};
 pub use error::{KernelError, Result};
 pub use qmatmul::{matmul, matmul_reference, matmul_with_isa, Isa, WeightFormat, WeightMatrix};
 pub use rotary::RotaryStyle;

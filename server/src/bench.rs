@@ -48,6 +48,9 @@ pub struct EngineBenchArgs {
     /// Folder for results (`engine.json`, `engine.md`).
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
+    /// Element type of the KV cache (`auto`: f16, as `serve` uses on the CPU).
+    #[arg(long, value_enum, default_value_t = switchyard_server::serve::KvCacheDtype::Auto)]
+    kv_cache_dtype: switchyard_server::serve::KvCacheDtype,
 }
 
 #[derive(Serialize, Debug, Clone, Default)]
@@ -158,6 +161,7 @@ pub fn run(args: EngineBenchArgs) -> Result<()> {
         EngineConfig {
             max_num_seqs: max_c.max(1),
             max_batch_tokens: 512.max(args.prefill_tokens),
+            kv_cache_dtype: args.kv_cache_dtype.resolve(&candle_core::Device::Cpu),
             ..Default::default()
         },
     )?;

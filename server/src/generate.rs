@@ -10,6 +10,7 @@ use switchyard_engine::{
 use switchyard_models::device::DeviceSpec;
 use switchyard_models::text::ChatMessage;
 use switchyard_server::fetch;
+use switchyard_server::serve::KvCacheDtype;
 
 /// Options of `generate`.
 #[derive(clap::Args, Debug)]
@@ -69,6 +70,9 @@ pub struct GenerateArgs {
     /// if one opens, else the CPU, saying why).
     #[arg(long, default_value = "cpu", env = "SWITCHYARD_DEVICE")]
     device: DeviceSpec,
+    /// Element type of the KV cache: `auto` (f16 on the CPU, f32 on a GPU), `f32` or `f16`.
+    #[arg(long, env = "SWITCHYARD_KV_CACHE_DTYPE", value_enum, default_value_t = KvCacheDtype::Auto)]
+    kv_cache_dtype: KvCacheDtype,
 }
 
 /// The model to load: the given path, or the default model (fetched if needed).
@@ -86,7 +90,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         .with_context(|| format!("loading {}", path.display()))?;
     let device = args.device.open()?;
     model.decoder = model.decoder.to_device(&device)?;
-    let engine = Engine::start(model, EngineConfig::default())?;
+    let engine = Engine::start(
+        model,
+        EngineConfig {
+            kv_cache_dtype: args.kv_cache_dtype.resolve(&device),
+            ..EngineConfig::default()
+        },
+    )?;
     let thinking = if args.think || args.thinking_budget.is_some() {
         Thinking::On {
             budget: args.thinking_budget,

@@ -110,12 +110,19 @@ pub fn minilm_dir() -> Option<PathBuf> {
     found
 }
 
-/// Logits at every position of `tokens`, in one prefill pass.
-pub fn teacher_forced(model: &switchyard_models::GenerationModel, tokens: &[u32]) -> Vec<f32> {
-    let mut cache = switchyard_models::decoder::KvCache::new(
+/// Logits at every position of `tokens`, in one prefill pass, over a KV cache of `dtype` (to
+/// compare with llama.cpp, use the cache type its reference was made with).
+pub fn teacher_forced(
+    model: &switchyard_models::GenerationModel,
+    tokens: &[u32],
+    dtype: switchyard_models::decoder::KvDtype,
+) -> Vec<f32> {
+    let mut cache = switchyard_models::decoder::KvCache::with_dtype(
         model.decoder.config(),
         16,
         tokens.len().div_ceil(16),
+        &candle_core::Device::Cpu,
+        dtype,
     )
     .unwrap();
     let mut table = switchyard_models::decoder::BlockTable::default();

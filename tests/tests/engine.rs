@@ -329,8 +329,10 @@ fn a_full_queue_refuses_new_requests() {
 #[test]
 fn a_short_cache_preempts_and_still_produces_identical_output() {
     let model = load_generation_model(&fixtures().join("hf/tiny-llama")).unwrap();
-    let per_position =
-        switchyard_models::decoder::KvCache::bytes_per_position(model.decoder.config());
+    let per_position = switchyard_models::decoder::KvCache::bytes_per_position(
+        model.decoder.config(),
+        switchyard_models::decoder::KvDtype::F32,
+    );
     // Room for 96 positions: four sequences of ~60 positions each cannot all stay resident.
     let engine = Engine::start(
         model,
@@ -382,8 +384,10 @@ fn a_short_cache_preempts_and_still_produces_identical_output() {
 #[test]
 fn a_cache_smaller_than_the_context_shortens_it_so_every_admitted_request_fits() {
     let model = load_generation_model(&fixtures().join("hf/tiny-llama")).unwrap();
-    let per_position =
-        switchyard_models::decoder::KvCache::bytes_per_position(model.decoder.config());
+    let per_position = switchyard_models::decoder::KvCache::bytes_per_position(
+        model.decoder.config(),
+        switchyard_models::decoder::KvDtype::F32,
+    );
     let engine = Engine::start(
         model,
         EngineConfig {
@@ -614,4 +618,28 @@ fn more_than_twenty_alternatives_are_refused_and_none_are_sent_unasked() {
     ));
     let out = drain(engine.submit(greedy(vec![5, 6, 7], 4)).unwrap());
     assert!(out.logprobs.is_empty());
+}
+
+#[test]
+fn an_f16_cache_stays_close_to_the_f32_logits() {
+    use switchyard_models::decoder::KvDtype;
+    let model = load_generation_model(&fixtures().join("hf").join("tiny-llama")).unwrap();
+    let tokens: Vec<u32> = (0..200).map(|i| (i * 7 % 250 + 3) as u32).collect();
+    let exact = switchyard_tests::teacher_forced(&model, &tokens, KvDtype::F32);
+    let half = switchyard_tests::teacher_forced(&model, &tokens, KvDtype::F16);
+    let worst = exact
+        .iter()
+        .zip(&half)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let scale = exact.iter().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(worst > 0.0, "the f16 cache was not used");
+    // f16 keeps 11 significant bits: ~5e-4 relative per value, a few times that through the layers.
+    assert!(worst < 5e-3 * scale, "{worst} against logits up to {scale}");
+    // And it halves the cache's size.
+    let c = model.decoder.config();
+    assert_eq!(
+        2 * switchyard_models::decoder::KvCache::bytes_per_position(c, KvDtype::F16),
+        switchyard_models::decoder::KvCache::bytes_per_position(c, KvDtype::F32)
+    );
 }

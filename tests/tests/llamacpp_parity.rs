@@ -5,7 +5,7 @@
 //! Needs the GGUF (`cargo run --release -- fetch-model`); CI sets `SWITCHYARD_REQUIRE_MODEL` so a
 //! missing model fails there instead of skipping.
 
-use switchyard_models::decoder::{BlockTable, KvCache, SequenceInput};
+use switchyard_models::decoder::{BlockTable, KvCache, KvDtype, SequenceInput};
 use switchyard_models::text::ChatMessage;
 use switchyard_models::{load_generation_model, GenerationModel};
 use switchyard_tests::{fixtures, ids, read_json, read_tensor, smollm2_gguf, teacher_forced};
@@ -80,7 +80,8 @@ fn teacher_forced_logits_agree_with_llama_cpp() {
     {
         let mut tokens = ids(&conv["prompt_ids"]);
         tokens.extend(ids(&conv["continuation_ids"]));
-        let ours = teacher_forced(&model, &tokens);
+        // The reference ran with llama.cpp's default f16 KV cache; ours stores the same.
+        let ours = teacher_forced(&model, &tokens, KvDtype::F16);
         for tf in conv["teacher_forced"].as_array().unwrap() {
             let pos = tf["pos"].as_u64().unwrap() as usize;
             let row = &ours[pos * vocab..(pos + 1) * vocab];
@@ -143,7 +144,14 @@ fn free_running_greedy_agrees_up_to_the_first_near_tie() {
             .iter()
             .map(|g| g.as_f64().unwrap())
             .collect();
-        let mut cache = KvCache::new(model.decoder.config(), 16, 16).unwrap();
+        let mut cache = KvCache::with_dtype(
+            model.decoder.config(),
+            16,
+            16,
+            &candle_core::Device::Cpu,
+            KvDtype::F16,
+        )
+        .unwrap();
         let mut table = BlockTable::default();
         let mut feed = prompt.clone();
         let mut pos = 0;

@@ -5,6 +5,7 @@
 use switchyard_engine::{
     Detokenizer, Engine, EngineConfig, Event, GenerationParams, GenerationRequest, Prompt,
 };
+use switchyard_models::decoder::KvDtype;
 use switchyard_models::text::ChatMessage;
 use switchyard_models::{load_generation_model, GenerationModel};
 use switchyard_tests::{fixtures, ids, read_json, teacher_forced};
@@ -159,7 +160,8 @@ fn greedy_continuations_match_llama_cpp() {
         let continuation = ids(&p["continuation_ids"]);
         let mut tokens = prompt.clone();
         tokens.extend(&continuation);
-        let logits = teacher_forced(&model, &tokens);
+        // The reference ran with an f32 KV cache (see make_spm_gguf.py).
+        let logits = teacher_forced(&model, &tokens, KvDtype::F32);
         for (k, (&next, top)) in continuation
             .iter()
             .zip(p["top"].as_array().unwrap())

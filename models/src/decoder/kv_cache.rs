@@ -8,12 +8,82 @@
 use crate::decoder::DecoderConfig;
 use crate::error::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
+use half::f16;
+use switchyard_kernels::attention::{paged_attention, AttentionShape, CacheElement, SequenceSpan};
+
+/// The element type of a KV cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvDtype {
+    /// Exact: what the reference implementations compute (the default).
+    #[default]
+    F32,
+    /// Half the memory, and half the bytes a decode step reads at long contexts; keys and values
+    /// rounded to f16 as llama.cpp stores them by default. Host caches only.
+    F16,
+}
+
+impl KvDtype {
+    /// Bytes of one element.
+    pub fn size(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
+}
 
 /// One layer's keys and values: `[num_blocks, block_size, kv_heads, head_dim]` each.
 #[derive(Debug)]
-pub(crate) struct LayerCache {
-    pub(crate) k: Vec<f32>,
-    pub(crate) v: Vec<f32>,
+pub(crate) enum LayerCache {
+    F32 { k: Vec<f32>, v: Vec<f32> },
+    F16 { k: Vec<f16>, v: Vec<f16> },
+}
+
+impl LayerCache {
+    fn new(dtype: KvDtype, len: usize) -> Self {
+        match dtype {
+            KvDtype::F32 => LayerCache::F32 {
+                k: vec![0.0; len],
+                v: vec![0.0; len],
+            },
+            KvDtype::F16 => LayerCache::F16 {
+                k: vec![f16::ZERO; len],
+                v: vec![f16::ZERO; len],
+            },
+        }
+    }
+
+    /// Stores one position's keys and values (`kv_dim` each) at element offset `at`.
+    pub(crate) fn write(&mut self, at: usize, k: &[f32], v: &[f32]) {
+        fn put<T: CacheElement>(cache: &mut [T], at: usize, row: &[f32]) {
+            T::store(&mut cache[at..at + row.len()], row);
+        }
+        match self {
+            LayerCache::F32 { k: kc, v: vc } => {
+                put(kc, at, k);
+                put(vc, at, v);
+            }
+            LayerCache::F16 { k: kc, v: vc } => {
+                put(kc, at, k);
+                put(vc, at, v);
+            }
+        }
+    }
+
+    /// Attention of `q` over this layer ([`paged_attention`]).
+    pub(crate) fn attend(
+        &self,
+        q: &[f32],
+        spans: &[SequenceSpan],
+        shape: AttentionShape,
+        scale: f32,
+        out: &mut [f32],
+    ) -> switchyard_kernels::error::Result<()> {
+        match self {
+            LayerCache::F32 { k, v } => paged_attention(q, k, v, spans, shape, scale, out),
+            LayerCache::F16 { k, v } => paged_attention(q, k, v, spans, shape, scale, out),
+        }
+    }
 }
 
 /// A pool of fixed-size KV blocks shared by all sequences of one model.
@@ -45,6 +115,16 @@ impl BlockTable {
 impl KvCache {
     /// A cache of `num_blocks` blocks of `block_size` positions for `config`'s layers.
     pub fn new(config: &DecoderConfig, block_size: usize, num_blocks: usize) -> Result<Self> {
+        Self::host(config, block_size, num_blocks, KvDtype::F32)
+    }
+
+    /// A host cache of `dtype` elements.
+    fn host(
+        config: &DecoderConfig,
+        block_size: usize,
+        num_blocks: usize,
+        dtype: KvDtype,
+    ) -> Result<Self> {
         if block_size == 0 || num_blocks == 0 {
             return Err(ModelError::Config(
                 "KV cache needs a non-zero block size and block count".into(),
@@ -53,10 +133,7 @@ impl KvCache {
         let kv_dim = config.kv_dim();
         let len = num_blocks * block_size * kv_dim;
         let layers = (0..config.num_layers)
-            .map(|_| LayerCache {
-                k: vec![0f32; len],
-                v: vec![0f32; len],
-            })
+            .map(|_| LayerCache::new(dtype, len))
             .collect();
         Ok(Self {
             block_size,
@@ -76,8 +153,24 @@ impl KvCache {
         num_blocks: usize,
         device: &Device,
     ) -> Result<Self> {
+        Self::with_dtype(config, block_size, num_blocks, device, KvDtype::F32)
+    }
+
+    /// [`KvCache::new_on`] with `dtype` elements (f16 on the host only).
+    pub fn with_dtype(
+        config: &DecoderConfig,
+        block_size: usize,
+        num_blocks: usize,
+        device: &Device,
+        dtype: KvDtype,
+    ) -> Result<Self> {
         if device.is_cpu() {
-            return Self::new(config, block_size, num_blocks);
+            return Self::host(config, block_size, num_blocks, dtype);
+        }
+        if dtype != KvDtype::F32 {
+            return Err(ModelError::Config(format!(
+                "a {dtype:?} KV cache is host-only for now; use f32 on {device:?}"
+            )));
         }
         if block_size == 0 || num_blocks == 0 {
             return Err(ModelError::Config(
@@ -109,9 +202,9 @@ impl KvCache {
         self.layers.len().max(self.device_layers.len())
     }
 
-    /// Bytes one cached position takes across all layers (keys and values).
-    pub fn bytes_per_position(config: &DecoderConfig) -> usize {
-        2 * config.num_layers * config.kv_dim() * std::mem::size_of::<f32>()
+    /// Bytes one cached position takes across all layers (keys and values) in `dtype`.
+    pub fn bytes_per_position(config: &DecoderConfig, dtype: KvDtype) -> usize {
+        2 * config.num_layers * config.kv_dim() * dtype.size()
     }
 
     /// Positions per block.

@@ -7,6 +7,6 @@ mod model;
 mod rope;
 
 pub use config::{DecoderConfig, Family, RopeScaling, RopeStyle};
-pub use kv_cache::{BlockTable, KvCache};
+pub use kv_cache::{BlockTable, KvCache, KvDtype};
 pub use model::{Decoder, SequenceInput};
 pub use rope::Rope;

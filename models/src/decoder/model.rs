@@ -14,7 +14,7 @@ use crate::weights::{GgufFile, MappedTensor, SafetensorsFiles, TensorSource};
 use candle_core::Device;
 use rayon::prelude::*;
 use std::path::Path;
-use switchyard_kernels::{matmul, paged_attention, AttentionShape, SequenceSpan};
+use switchyard_kernels::{matmul, AttentionShape, SequenceSpan};
 
 /// A linear layer: a (possibly quantized) `[out, in]` weight and an optional bias.
 #[derive(Debug)]
@@ -488,10 +488,13 @@ impl Decoder {
                 let (cr, sr) = (&cos[r * half..][..half], &sin[r * half..][..half]);
                 self.rope.apply(&mut q[r * qd..(r + 1) * qd], hd, cr, sr);
                 self.rope.apply(&mut k[r * kvd..(r + 1) * kvd], hd, cr, sr);
-                lc.k[slots[r]..slots[r] + kvd].copy_from_slice(&k[r * kvd..(r + 1) * kvd]);
-                lc.v[slots[r]..slots[r] + kvd].copy_from_slice(&v[r * kvd..(r + 1) * kvd]);
+                lc.write(
+                    slots[r],
+                    &k[r * kvd..(r + 1) * kvd],
+                    &v[r * kvd..(r + 1) * kvd],
+                );
             }
-            paged_attention(&q, &lc.k, &lc.v, &spans, shape, scale, &mut attn)?;
+            lc.attend(&q, &spans, shape, scale, &mut attn)?;
             layer.o.forward(&attn, n, &mut proj)?;
             add_in_place(&mut x, &proj);
 

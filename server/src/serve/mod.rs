@@ -116,6 +116,34 @@ pub struct ServeArgs {
     /// connection is closed (head) or answered 408 (body).
     #[arg(long, env = "SWITCHYARD_READ_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub read_timeout: u64,
+    /// Element type of the KV caches: `f16` (half the memory, and faster decoding at long
+    /// contexts; the CPU only), `f32` (exact), or `auto` (`f16` on the CPU, `f32` on a GPU).
+    #[arg(long, env = "SWITCHYARD_KV_CACHE_DTYPE", value_enum, default_value_t = KvCacheDtype::Auto)]
+    pub kv_cache_dtype: KvCacheDtype,
+}
+
+/// The KV caches' element type as chosen on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KvCacheDtype {
+    /// f16 on the CPU, f32 on a GPU.
+    #[default]
+    Auto,
+    /// 32-bit floats.
+    F32,
+    /// 16-bit floats (host caches only).
+    F16,
+}
+
+impl KvCacheDtype {
+    /// The element type on `device`.
+    pub fn resolve(self, device: &candle_core::Device) -> switchyard_models::decoder::KvDtype {
+        use switchyard_models::decoder::KvDtype;
+        match self {
+            Self::Auto if device.is_cpu() => KvDtype::F16,
+            Self::Auto | Self::F32 => KvDtype::F32,
+            Self::F16 => KvDtype::F16,
+        }
+    }
 }
 
 /// Where the router's classification batches run (see `ServeArgs::router_executor`).
@@ -165,6 +193,7 @@ impl Default for ServeArgs {
             router_executor: RouterExecutor::Auto,
             shutdown_grace: 10,
             read_timeout: 30,
+            kv_cache_dtype: KvCacheDtype::Auto,
         }
     }
 }
@@ -292,6 +321,7 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
         max_num_seqs: args.max_num_seqs,
         max_batch_tokens: args.max_batch_tokens,
         max_waiting: args.max_queue,
+        kv_cache_dtype: args.kv_cache_dtype.resolve(&device),
         ..EngineConfig::default()
     };
     let mut models = BTreeMap::new();
