@@ -177,10 +177,12 @@ pub fn paged_attention<T: CacheElement>(
     out: &mut [f32],
 ) -> Result<()> {
     let simd = crate::qmatmul::Isa::best() >= crate::qmatmul::Isa::Avx2;
-    attention_on(q, k_cache, v_cache, spans, shape, scale, out, simd)
+    let threads = crate::pool::threads();
+    attention_on(q, k_cache, v_cache, spans, shape, scale, out, simd, threads)
 }
 
-/// [`paged_attention`] with the AVX2 + FMA code (`simd`, when the CPU has it) or the portable one.
+/// [`paged_attention`] with the AVX2 + FMA code (`simd`, when the CPU has it) or the portable one,
+/// its work split for `threads` threads.
 #[allow(clippy::too_many_arguments)]
 fn attention_on<T: CacheElement>(
     q: &[f32],
@@ -191,6 +193,7 @@ fn attention_on<T: CacheElement>(
     scale: f32,
     out: &mut [f32],
     simd: bool,
+    threads: usize,
 ) -> Result<()> {
     let width = shape.heads * shape.head_dim;
     let total_rows: usize = spans.iter().map(|s| s.rows).sum();
@@ -266,15 +269,19 @@ fn attention_on<T: CacheElement>(
                     kv_head,
                     first,
                     count,
+                    keys: 0..span.start_position + last_row + 1,
+                    partial: None,
                 });
             }
         }
     }
     let simd = simd && T::simd_available() && d.is_multiple_of(16);
-    let threads = crate::pool::threads();
+    let (tiles, splits) = split_keys(tiles, threads);
+    let mut partials = Partials::new(splits.iter().map(|s| s.segments).sum(), d);
     // A few tasks per thread: threads claim them one by one, so uneven tiles balance out.
     let per_task = tiles.len().div_ceil(4 * threads).max(1);
     let dst = SharedOut(out.as_mut_ptr());
+    let partial_out = partials.shared();
     let ctx = Context {
         q,
         k_cache,
@@ -284,18 +291,25 @@ fn attention_on<T: CacheElement>(
         scale,
     };
     crate::pool::parallel_tasks(tiles.len().div_ceil(per_task), work, &|t| {
-        let dst = &dst;
         let run = |scratch: &mut Scratch| {
             for tile in &tiles[t * per_task..((t + 1) * per_task).min(tiles.len())] {
-                #[cfg(target_arch = "x86_64")]
-                if simd {
-                    // SAFETY: `simd` is true only where `Isa::Avx2` (AVX2 + FMA) is available
-                    // and the head width is a multiple of 16; the tile owns its output vectors.
-                    unsafe { attend_avx2(&ctx, tile, scratch, dst) };
-                    continue;
+                let (max, sum) = 'state: {
+                    #[cfg(target_arch = "x86_64")]
+                    if simd {
+                        // SAFETY: `simd` is true only where `Isa::Avx2` (AVX2 + FMA) is available
+                        // and the head width is a multiple of 16.
+                        break 'state unsafe { attend_avx2(&ctx, tile, scratch) };
+                    }
+                    attend::<Portable, T>(&ctx, tile, scratch)
+                };
+                // SAFETY: the tile owns its output vectors, or its partial slot: no other task
+                // writes them.
+                unsafe {
+                    match tile.partial {
+                        None => finish(&ctx, tile, &sum, &scratch.acc, &dst),
+                        Some(slot) => partial_out.store(slot, &max, &sum, &scratch.acc),
+                    }
                 }
-                // SAFETY: the tile owns its output vectors (no other task writes them).
-                unsafe { attend::<Portable, T>(&ctx, tile, scratch, dst) };
             }
         };
         SCRATCH.with(|s| match s.try_borrow_mut() {
@@ -303,7 +317,167 @@ fn attention_on<T: CacheElement>(
             Err(_) => run(&mut Scratch::default()),
         });
     });
+    for split in &splits {
+        partials.merge(&ctx, split, out);
+    }
     Ok(())
+}
+
+/// Keys per segment below which a tile is not split.
+const MIN_SEGMENT_KEYS: usize = 256;
+
+/// A tile whose keys were split into `segments` consecutive tiles, partial slots
+/// `first_slot..first_slot + segments`.
+struct Split {
+    tile: Tile,
+    first_slot: usize,
+    segments: usize,
+}
+
+/// With fewer tiles than two per thread (a few sequences decoding), splits each long tile's keys
+/// into segments that threads take separately (flash-decoding); [`Partials::merge`] combines
+/// their softmax states afterwards.
+fn split_keys(tiles: Vec<Tile>, threads: usize) -> (Vec<Tile>, Vec<Split>) {
+    if threads <= 1 || tiles.len() >= 2 * threads {
+        return (tiles, Vec::new());
+    }
+    let want = (2 * threads).div_ceil(tiles.len());
+    let mut out = Vec::new();
+    let mut splits = Vec::new();
+    let mut slot = 0;
+    for tile in tiles {
+        let len = tile.keys.len();
+        let segments = want.min(len / MIN_SEGMENT_KEYS);
+        if segments < 2 {
+            out.push(tile);
+            continue;
+        }
+        let step = len.div_ceil(segments).next_multiple_of(CHUNK);
+        let starts: Vec<usize> = (0..len).step_by(step).collect();
+        for (k, &k0) in starts.iter().enumerate() {
+            out.push(Tile {
+                keys: k0..(k0 + step).min(len),
+                partial: Some(slot + k),
+                ..tile
+            });
+        }
+        splits.push(Split {
+            tile,
+            first_slot: slot,
+            segments: starts.len(),
+        });
+        slot += starts.len();
+    }
+    (out, splits)
+}
+
+/// Softmax states of split tiles' segments: per slot `TILE` maxima, `TILE` sums and
+/// `TILE × head_dim` unnormalised outputs.
+struct Partials {
+    d: usize,
+    state: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+/// [`Partials`]' buffers, written by tasks that own disjoint slots.
+struct SharedPartials {
+    d: usize,
+    state: *mut f32,
+    acc: *mut f32,
+}
+// SAFETY: tasks write disjoint slots of live buffers (see `paged_attention`).
+unsafe impl Sync for SharedPartials {}
+
+impl SharedPartials {
+    /// # Safety
+    /// `slot` is below the slots the buffers were made for, and no other task writes it.
+    unsafe fn store(&self, slot: usize, max: &[f32; TILE], sum: &[f32; TILE], acc: &[f32]) {
+        // SAFETY: the caller's contract; `acc` holds at least TILE × d values (`attend`).
+        unsafe {
+            let state = std::slice::from_raw_parts_mut(self.state.add(slot * 2 * TILE), 2 * TILE);
+            state[..TILE].copy_from_slice(max);
+            state[TILE..].copy_from_slice(sum);
+            std::slice::from_raw_parts_mut(self.acc.add(slot * TILE * self.d), TILE * self.d)
+                .copy_from_slice(&acc[..TILE * self.d]);
+        }
+    }
+}
+
+impl Partials {
+    fn new(slots: usize, d: usize) -> Self {
+        Partials {
+            d,
+            state: vec![0.0; slots * 2 * TILE],
+            acc: vec![0.0; slots * TILE * d],
+        }
+    }
+
+    fn shared(&mut self) -> SharedPartials {
+        SharedPartials {
+            d: self.d,
+            state: self.state.as_mut_ptr(),
+            acc: self.acc.as_mut_ptr(),
+        }
+    }
+
+    /// Combines a split tile's segments into its output vectors.
+    fn merge<T>(&self, ctx: &Context<T>, split: &Split, out: &mut [f32]) {
+        let d = self.d;
+        let slots = split.first_slot..split.first_slot + split.segments;
+        let state = |slot: usize| &self.state[slot * 2 * TILE..(slot + 1) * 2 * TILE];
+        for i in 0..split.tile.count {
+            let max = slots
+                .clone()
+                .map(|s| state(s)[i])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let at = output_offset(ctx, &split.tile, i);
+            let dst = &mut out[at..at + d];
+            dst.fill(0.0);
+            let mut total = 0f32;
+            for s in slots.clone() {
+                // A segment past the vector's causal limit has max -inf: weight 0.
+                let w = (state(s)[i] - max).exp();
+                total += w * state(s)[TILE + i];
+                let acc = &self.acc[(s * TILE + i) * d..(s * TILE + i + 1) * d];
+                dst.iter_mut().zip(acc).for_each(|(o, a)| *o += w * a);
+            }
+            let inv = 1.0 / total;
+            dst.iter_mut().for_each(|o| *o *= inv);
+        }
+    }
+}
+
+/// Index of the first output value of vector `i` of `tile`.
+fn output_offset<T>(ctx: &Context<T>, tile: &Tile, i: usize) -> usize {
+    let shape = ctx.shape;
+    let group = shape.heads / shape.kv_heads;
+    let v = tile.first + i;
+    let head = tile.kv_head * group + v % group;
+    (ctx.spans[tile.span].first_row + v / group) * shape.heads * shape.head_dim
+        + head * shape.head_dim
+}
+
+/// Writes a whole tile's normalised outputs.
+///
+/// # Safety
+/// No other thread may write the tile's output vectors of `out` during the call.
+unsafe fn finish<T>(
+    ctx: &Context<T>,
+    tile: &Tile,
+    sum: &[f32; TILE],
+    acc: &[f32],
+    out: &SharedOut,
+) {
+    let d = ctx.shape.head_dim;
+    for (i, total) in sum.iter().enumerate().take(tile.count) {
+        let at = output_offset(ctx, tile, i);
+        let inv = 1.0 / total;
+        // SAFETY: the tile owns `out[at..at + d]` (caller's contract); the buffer is live.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(at), d) };
+        for (o, &a) in dst.iter_mut().zip(&acc[i * d..(i + 1) * d]) {
+            *o = a * inv;
+        }
+    }
 }
 
 /// Query vectors per tile (a multiple of the micro-kernels' 4).
@@ -328,11 +502,16 @@ struct Context<'a, T> {
 
 /// Query vectors `first..first + count` of a sequence's vectors that use key/value head
 /// `kv_head`; vector `i` is row `i / group`, head `kv_head * group + i % group`.
+/// It covers keys `keys` (all its vectors attend to: one segment when split), and writes its
+/// outputs, or its softmax state to a partial slot when split.
+#[derive(Clone)]
 struct Tile {
     span: usize,
     kv_head: usize,
     first: usize,
     count: usize,
+    keys: std::ops::Range<usize>,
+    partial: Option<usize>,
 }
 
 /// Per-thread buffers of one tile, reused between tiles and calls.
@@ -377,51 +556,46 @@ trait TileOps {
     fn exp_sum(x: &mut [f32], max: f32) -> f32;
 }
 
-/// `softmax(q kᵀ · scale) v` for one tile, streaming the keys in chunks (online softmax).
-///
-/// # Safety
-/// No other thread may write the tile's output vectors of `out` during the call.
+/// The online-softmax state of one tile over its keys, streamed in chunks: returns each vector's
+/// running maximum and sum, with its unnormalised output in `s.acc`.
 #[inline(always)]
-unsafe fn attend<O: TileOps, T: CacheElement>(
+fn attend<O: TileOps, T: CacheElement>(
     ctx: &Context<T>,
     tile: &Tile,
     s: &mut Scratch,
-    out: &SharedOut,
-) {
+) -> ([f32; TILE], [f32; TILE]) {
     let shape = ctx.shape;
     let (d, group) = (shape.head_dim, shape.heads / shape.kv_heads);
     let span = &ctx.spans[tile.span];
-    let width = shape.heads * d;
     let nq = tile.count.next_multiple_of(4);
-    // Row and output offset of each vector of the tile.
-    let vector = |i: usize| {
-        let v = tile.first + i;
-        let row = v / group;
-        let head = tile.kv_head * group + v % group;
-        (row, (span.first_row + row) * width + head * d)
-    };
     s.q.clear();
     s.q.resize(nq * d, 0.0);
     for i in 0..tile.count {
-        let (_, at) = vector(i);
+        let at = output_offset(ctx, tile, i);
         for (dst, &x) in s.q[i * d..(i + 1) * d].iter_mut().zip(&ctx.q[at..at + d]) {
             *dst = x * ctx.scale;
         }
     }
     s.acc.clear();
-    s.acc.resize(nq * d, 0.0);
+    s.acc.resize(TILE * d, 0.0);
     s.p.resize(nq * CHUNK, 0.0);
     let mut max = [f32::NEG_INFINITY; TILE];
     let mut sum = [0f32; TILE];
     let mut alpha = [1f32; TILE];
-    // Vector i attends to positions 0..limit(i); the last vector has the furthest row.
-    let limit = |i: usize| span.start_position + vector(i).0 + 1;
-    let len = limit(tile.count - 1);
-    for c0 in (0..len).step_by(CHUNK) {
-        let keys = CHUNK.min(len - c0);
+    // Vector i attends to positions 0..limit(i).
+    let limit = |i: usize| span.start_position + (tile.first + i) / group + 1;
+    for c0 in tile.keys.clone().step_by(CHUNK) {
+        let keys = CHUNK.min(tile.keys.end - c0);
+        // Offsets block by block (no division per key).
         s.offsets.clear();
-        s.offsets
-            .extend((c0..c0 + keys).map(|p| cache_offset(&shape, span.blocks, p, tile.kv_head)));
+        let stride = shape.kv_heads * d;
+        let mut p = c0;
+        while p < c0 + keys {
+            let first = cache_offset(&shape, span.blocks, p, tile.kv_head);
+            let run = (shape.block_size - p % shape.block_size).min(c0 + keys - p);
+            s.offsets.extend((0..run).map(|j| first + j * stride));
+            p += run;
+        }
         O::scores(&s.q, nq, d, ctx.k_cache, &s.offsets, &mut s.p);
         for i in 0..nq {
             let row = &mut s.p[i * CHUNK..][..keys];
@@ -454,15 +628,7 @@ unsafe fn attend<O: TileOps, T: CacheElement>(
             &s.offsets,
         );
     }
-    for (i, total) in sum.iter().enumerate().take(tile.count) {
-        let (_, at) = vector(i);
-        let inv = 1.0 / total;
-        // SAFETY: the tile owns `out[at..at + d]` (caller's contract); the buffer is live.
-        let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(at), d) };
-        for (o, &a) in dst.iter_mut().zip(&s.acc[i * d..(i + 1) * d]) {
-            *o = a * inv;
-        }
-    }
+    (max, sum)
 }
 
 /// Portable code (what the compiler vectorises for the baseline target).
@@ -733,18 +899,15 @@ mod avx2 {
 /// [`attend`] compiled for AVX2 + FMA (+ F16C).
 ///
 /// # Safety
-/// The CPU must have AVX2, FMA and F16C, the head width must be a multiple of 16, and no other
-/// thread may write the tile's output vectors.
+/// The CPU must have AVX2, FMA and F16C, and the head width must be a multiple of 16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attend_avx2<T: CacheElement>(
     ctx: &Context<T>,
     tile: &Tile,
     s: &mut Scratch,
-    out: &SharedOut,
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe { attend::<avx2::Avx2, T>(ctx, tile, s, out) }
+) -> ([f32; TILE], [f32; TILE]) {
+    attend::<avx2::Avx2, T>(ctx, tile, s)
 }
 
 #[cfg(test)]
@@ -786,10 +949,36 @@ mod tests {
         // Head widths: a multiple of 16, of 8 only, and none (the SIMD code's tails).
         for head_dim in [16, 64, 24, 12] {
             for simd in [false, true] {
-                ragged_batch_matches_dense::<f32>(4, 2, head_dim, 0, simd);
-                ragged_batch_matches_dense::<f16>(4, 2, head_dim, 0, simd);
+                ragged_batch_matches_dense::<f32>(4, 2, head_dim, 0, simd, 2);
+                ragged_batch_matches_dense::<f16>(4, 2, head_dim, 0, simd, 2);
             }
         }
+    }
+
+    #[test]
+    fn keys_split_across_threads_merge_to_the_same_attention() {
+        // Few tiles for many threads: long tiles are split into segments (flash-decoding),
+        // including segments past some vectors' causal limit (the prefilling sequence).
+        for (heads, kv_heads, head_dim) in [(9, 3, 64), (4, 1, 32), (6, 2, 24)] {
+            for simd in [false, true] {
+                ragged_batch_matches_dense::<f32>(heads, kv_heads, head_dim, 1200, simd, 8);
+                ragged_batch_matches_dense::<f16>(heads, kv_heads, head_dim, 1200, simd, 8);
+            }
+        }
+        let tile = |len: usize| Tile {
+            span: 0,
+            kv_head: 0,
+            first: 0,
+            count: 3,
+            keys: 0..len,
+            partial: None,
+        };
+        let (tiles, splits) = split_keys(vec![tile(1210), tile(100)], 8);
+        assert_eq!(splits.len(), 1, "the short tile stays whole");
+        assert_eq!(splits[0].segments, 4);
+        let ranges: Vec<_> = tiles.iter().map(|t| t.keys.clone()).collect();
+        assert_eq!(ranges, [0..320, 320..640, 640..960, 960..1210, 0..100]);
+        assert!(tiles[..4].iter().map(|t| t.partial).eq((0..4).map(Some)));
     }
 
     #[test]
@@ -798,14 +987,14 @@ mod tests {
         // spans the diagonal, and the SIMD kernels' full width.
         for (heads, kv_heads, head_dim) in [(9, 3, 64), (14, 2, 64), (4, 1, 32), (6, 2, 24)] {
             for simd in [false, true] {
-                ragged_batch_matches_dense::<f32>(heads, kv_heads, head_dim, 150, simd);
-                ragged_batch_matches_dense::<f16>(heads, kv_heads, head_dim, 150, simd);
+                ragged_batch_matches_dense::<f32>(heads, kv_heads, head_dim, 150, simd, 2);
+                ragged_batch_matches_dense::<f16>(heads, kv_heads, head_dim, 150, simd, 2);
             }
         }
     }
 
     /// Two sequences, `offset` positions further on than the base case: one decoding, one
-    /// prefilling 5 tokens.
+    /// prefilling 5 tokens; work planned for `threads` threads.
     /// With an f16 cache the reference gets the same rounded keys and values, so both must agree
     /// as closely as with f32.
     fn ragged_batch_matches_dense<T: CacheElement>(
@@ -814,6 +1003,7 @@ mod tests {
         head_dim: usize,
         offset: usize,
         simd: bool,
+        threads: usize,
     ) {
         let shape = AttentionShape {
             heads,
@@ -874,7 +1064,10 @@ mod tests {
             },
         ];
         let mut out = vec![0f32; q.len()];
-        attention_on(&q, &k_cache, &v_cache, &spans, shape, 0.25, &mut out, simd).unwrap();
+        attention_on(
+            &q, &k_cache, &v_cache, &spans, shape, 0.25, &mut out, simd, threads,
+        )
+        .unwrap();
         let want0 = dense(
             &q[..width],
             &dense_kv[0].0,
