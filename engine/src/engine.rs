@@ -259,6 +259,17 @@ impl Engine {
                 message: format!("token id {bad} is outside the vocabulary of {vocab}"),
             });
         }
+        if let Some(&(bad, _)) = params
+            .sampling
+            .logit_bias
+            .iter()
+            .find(|&&(t, _)| t as usize >= vocab)
+        {
+            return Err(EngineError::InvalidParameter {
+                param: "logit_bias",
+                message: format!("token id {bad} is outside the vocabulary of {vocab}"),
+            });
+        }
         let limit = self.info.max_model_len - 1;
         if tokens.len() > limit {
             return Err(EngineError::PromptTooLong {

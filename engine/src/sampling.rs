@@ -29,6 +29,9 @@ pub struct SamplingParams {
     pub presence_penalty: f32,
     /// Seed of the request's generator; `None` draws one.
     pub seed: Option<u64>,
+    /// Added to these tokens' logits before anything else (OpenAI `logit_bias`: -100 bans a
+    /// token, 100 all but forces it).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -42,6 +45,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
             seed: None,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -72,6 +76,13 @@ impl SamplingParams {
         }
         if !(-2.0..=2.0).contains(&self.presence_penalty) {
             return bad("presence_penalty", "must be in [-2, 2]");
+        }
+        if self
+            .logit_bias
+            .iter()
+            .any(|&(_, b)| !(-100.0..=100.0).contains(&b))
+        {
+            return bad("logit_bias", "biases must be in [-100, 100]");
         }
         Ok(())
     }
@@ -110,6 +121,11 @@ impl Sampler {
     /// Picks the next token from `logits` (modified in place).
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
         let p = &self.params;
+        for &(t, bias) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l += bias;
+            }
+        }
         if p.repetition_penalty != 1.0 {
             for &t in &self.seen {
                 if let Some(l) = logits.get_mut(t as usize) {
@@ -240,6 +256,28 @@ mod tests {
     fn greedy_takes_the_argmax() {
         let mut s = Sampler::new(SamplingParams::default(), &[]);
         assert_eq!(s.sample(&mut [0.1, 2.0, -1.0, 1.9]), 1);
+    }
+
+    #[test]
+    fn logit_bias_bans_and_favours_tokens() {
+        let logits = [1.0, 3.0, 2.0, 0.5];
+        let banned = SamplingParams {
+            logit_bias: vec![(1, -100.0)],
+            ..SamplingParams::default()
+        };
+        assert_eq!(Sampler::new(banned, &[]).sample(&mut logits.clone()), 2);
+        let favoured = SamplingParams {
+            temperature: 1.0,
+            logit_bias: vec![(3, 100.0)],
+            seed: Some(1),
+            ..SamplingParams::default()
+        };
+        assert!(draws(favoured, &logits, 32).iter().all(|&t| t == 3));
+        let out_of_range = SamplingParams {
+            logit_bias: vec![(0, 100.5)],
+            ..SamplingParams::default()
+        };
+        assert!(out_of_range.validate().is_err());
     }
 
     #[test]

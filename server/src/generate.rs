@@ -126,6 +126,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 frequency_penalty: args.frequency_penalty,
                 presence_penalty: args.presence_penalty,
                 seed: args.seed,
+                logit_bias: Vec::new(),
             },
             max_tokens: Some(args.max_tokens),
             stop: args.stop,

@@ -122,6 +122,12 @@ async fn vllm_sampling_extensions_are_honoured() {
         body["seed"] = json!(seed);
         assert_eq!(content(&completion(&base, &body).await), content(&greedy));
     }
+    // A negative seed (as some clients send -1) is a seed like any other: same seed, same text.
+    let mut body = chat("tiny-llama", "Tell me something", 12);
+    body["temperature"] = json!(1.0);
+    body["seed"] = json!(-1);
+    let first = completion(&base, &body).await;
+    assert_eq!(content(&completion(&base, &body).await), content(&first));
     // min_p = 1 keeps only the most likely token: greedy again.
     let mut body = chat("tiny-llama", "Tell me something", 12);
     body["temperature"] = json!(1.0);
@@ -164,11 +170,28 @@ async fn vllm_sampling_extensions_are_honoured() {
     assert_eq!(v["usage"]["completion_tokens"], 40);
     assert_eq!(v["choices"][0]["finish_reason"], "length");
 
+    // logit_bias: +100 on one token makes greedy decoding repeat it; -100 on the greedy first
+    // token bans it.
+    let forced = output_ids[3];
+    let mut body = chat("tiny-llama", "Tell me something", 12);
+    body["ignore_eos"] = json!(true);
+    body["logit_bias"] = json!({ forced.to_string(): 100 });
+    let v = completion(&base, &body).await;
+    let repeated = engine.tokenizer().decode(&[forced; 12]).unwrap();
+    assert_eq!(content(&v), repeated, "{v}");
+    let mut body = chat("tiny-llama", "Tell me something", 12);
+    body["logit_bias"] = json!({ output_ids[0].to_string(): -100 });
+    let v = completion(&base, &body).await;
+    let banned = engine.tokenizer().decode(&output_ids[..1]).unwrap();
+    assert!(!content(&v).starts_with(&banned), "{v}");
+
     // Out-of-range values are 400s that name the field.
     for (field, value) in [
         ("top_k", json!(-5)),
         ("repetition_penalty", json!(0)),
         ("min_p", json!(2)),
+        ("logit_bias", json!({"99999999": 1})),
+        ("logit_bias", json!({"5": -101})),
     ] {
         let mut body = chat("tiny-llama", "hi", 4);
         body[field] = value;

@@ -74,8 +74,8 @@ pub struct ChatRequest {
     pub top_p: Option<f32>,
     /// Stop strings.
     pub stop: Option<Stop>,
-    /// Sampling seed.
-    pub seed: Option<u64>,
+    /// Sampling seed: any 64-bit integer, negative ones included (as OpenAI and vLLM take them).
+    pub seed: Option<i64>,
     /// Presence penalty in [-2, 2].
     pub presence_penalty: Option<f32>,
     /// Frequency penalty in [-2, 2].
@@ -104,18 +104,19 @@ pub struct ChatRequest {
     pub logprobs: Option<bool>,
     /// With `logprobs`: also this many most likely tokens at each position (0-20).
     pub top_logprobs: Option<usize>,
+    /// Token id (as a string) -> bias in [-100, 100] added to its logit.
+    pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
     /// Fields that change the semantics and are not supported: their presence is a 400.
     #[serde(flatten)]
     pub other: serde_json::Map<String, Value>,
 }
 
 /// Fields whose meaning this server does not implement (a request using them gets a 400).
-const UNSUPPORTED: [&str; 8] = [
+const UNSUPPORTED: [&str; 7] = [
     "tools",
     "tool_choice",
     "functions",
     "function_call",
-    "logit_bias",
     "response_format",
     "audio",
     "prediction",
@@ -125,6 +126,28 @@ impl ChatRequest {
     /// Alternatives per token when log-probabilities were asked for (`None`: not asked).
     pub fn logprobs_wanted(&self) -> Option<usize> {
         (self.logprobs == Some(true)).then(|| self.top_logprobs.unwrap_or(0))
+    }
+
+    /// `logit_bias` as (token id, bias) pairs; a key that is not a token id, or a bias out of
+    /// [-100, 100], is a 400 (ids past the vocabulary are the engine's to refuse).
+    pub fn logit_bias(&self) -> Result<Vec<(u32, f32)>, ApiError> {
+        let Some(map) = &self.logit_bias else {
+            return Ok(Vec::new());
+        };
+        map.iter()
+            .map(|(k, &bias)| {
+                let id = k.trim().parse::<u32>().map_err(|_| {
+                    ApiError::invalid("logit_bias", format!("keys must be token ids, got {k:?}"))
+                })?;
+                if !(-100.0..=100.0).contains(&bias) {
+                    return Err(ApiError::invalid(
+                        "logit_bias",
+                        format!("the bias of token {id} must be in [-100, 100], got {bias}"),
+                    ));
+                }
+                Ok((id, bias))
+            })
+            .collect()
     }
 
     /// Checks what the types cannot: unsupported fields, `n`, ranges.
@@ -156,6 +179,7 @@ impl ChatRequest {
                 ));
             }
         }
+        self.logit_bias()?;
         if let Some(n) = self.n {
             if n != 1 {
                 return Err(ApiError::invalid("n", "only n = 1 is supported"));
@@ -351,7 +375,8 @@ mod tests {
             ("tools", json!([{"type": "function"}])),
             ("tool_choice", json!("auto")),
             ("top_logprobs", json!(2)),
-            ("logit_bias", json!({"1": 5})),
+            ("logit_bias", json!({"one": 5})),
+            ("logit_bias", json!({"1": 101})),
             ("response_format", json!({"type": "json_object"})),
             ("n", json!(3)),
             ("top_k", json!(-2)),

@@ -552,7 +552,9 @@ async fn chat(
                 repetition_penalty: request.repetition_penalty.unwrap_or(1.0),
                 presence_penalty: request.presence_penalty.unwrap_or(0.0),
                 frequency_penalty: request.frequency_penalty.unwrap_or(0.0),
-                seed: request.seed,
+                // The seed's bits: -1 and u64::MAX name the same generator.
+                seed: request.seed.map(|s| s as u64),
+                logit_bias: request.logit_bias()?,
             },
             max_tokens: Some(max_tokens),
             stop: request.stop_strings(),
