@@ -9,6 +9,7 @@ use crate::decoder::DecoderConfig;
 use crate::error::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
 use half::f16;
+use half::vec::HalfBitsVecExt;
 use switchyard_kernels::attention::{paged_attention, AttentionShape, CacheElement, SequenceSpan};
 
 /// The element type of a KV cache.
@@ -46,9 +47,11 @@ impl LayerCache {
                 k: vec![0.0; len],
                 v: vec![0.0; len],
             },
+            // Zeroed u16s come from the allocator's zeroed pages (touched only when written);
+            // `vec![f16::ZERO; len]` would write every element up front.
             KvDtype::F16 => LayerCache::F16 {
-                k: vec![f16::ZERO; len],
-                v: vec![f16::ZERO; len],
+                k: vec![0u16; len].reinterpret_into(),
+                v: vec![0u16; len].reinterpret_into(),
             },
         }
     }
@@ -270,6 +273,31 @@ mod tests {
             rope_style: RopeStyle::HalfSplit,
             max_position_embeddings: 64,
             tie_word_embeddings: true,
+        }
+    }
+
+    /// Resident bytes of this process (Linux).
+    #[cfg(target_os = "linux")]
+    fn resident_bytes() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_new_cache_takes_memory_only_as_it_is_written() {
+        // 2 layers of keys and values for 16 Mi positions of width 4: 512 MiB in f16, 1 GiB in f32.
+        for dtype in [KvDtype::F16, KvDtype::F32] {
+            let before = resident_bytes();
+            let cache =
+                KvCache::with_dtype(&config(), 1 << 12, 1 << 12, &Device::Cpu, dtype).unwrap();
+            let grew = resident_bytes().saturating_sub(before);
+            assert!(
+                grew < 32 << 20,
+                "{dtype:?}: resident memory grew {grew} bytes"
+            );
+            drop(cache);
         }
     }
 
