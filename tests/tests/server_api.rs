@@ -446,13 +446,24 @@ async fn slow_clients_are_cut_off_and_everyone_else_is_served() {
         .expect("the connection is closed after the read timeout");
     assert!(closed.is_err() || !String::from_utf8_lossy(&rest).contains("200 OK"));
 
-    // A chunked body (no Content-Length) over the limit is refused while it is read.
+    // A chunked body (no Content-Length) of 2 MiB, over the 1 MiB limit: a 413. The server reads
+    // the rest and drops it, so a client that writes its whole body before it reads the answer
+    // (reqwest does) gets the 413, not a reset connection.
     let chunks =
         futures::stream::iter((0..64).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1 << 15])));
     let r = reqwest::Client::new()
         .post(format!("{base}/v1/chat/completions"))
         .header("content-type", "application/json")
         .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    error_of(r, 413).await;
+    // The same with a Content-Length.
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 << 20])
         .send()
         .await
         .unwrap();

@@ -28,20 +28,32 @@ use super::State;
 
 type Shared = AxumState<Arc<State>>;
 
-/// Answers 413 before reading a byte of a body whose `Content-Length` is over the limit (the body
-/// limit alone would first read up to the limit, and accept `Expect: 100-continue`).
+/// How far past the body limit an oversized body is still read (and dropped) before the 413.
+const DRAIN_FACTOR: u64 = 4;
+
+/// Answers 413 before reading a byte of a body whose `Content-Length` is over the limit when the
+/// client waits for `100 Continue` (it then never sends the body) or the body is over
+/// `DRAIN_FACTOR` times the limit. A moderately oversized body goes on to [`read_body`], which
+/// reads and drops it before the 413, so a client that writes its whole body before reading the
+/// answer (reqwest does) gets the 413 instead of a reset connection.
 pub async fn reject_oversized(AxumState(state): Shared, request: Request, next: Next) -> Response {
-    let declared = request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match declared {
-        Some(n) if n > state.limits.body_bytes as u64 => {
-            ApiError::too_large(state.limits.body_bytes).into_response()
-        }
-        _ => next.run(request).await,
+    let limit = state.limits.body_bytes as u64;
+    let refuse_now = {
+        let headers = request.headers();
+        let declared = headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let waits = headers
+            .get(axum::http::header::EXPECT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        declared.is_some_and(|n| n > limit && (waits || n > limit.saturating_mul(DRAIN_FACTOR)))
+    };
+    if refuse_now {
+        return ApiError::too_large(state.limits.body_bytes).into_response();
     }
+    next.run(request).await
 }
 
 /// Reads the whole request body within the read timeout (408 when it does not arrive in time,
@@ -50,13 +62,12 @@ pub async fn reject_oversized(AxumState(state): Shared, request: Request, next: 
 pub async fn read_body(AxumState(state): Shared, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
     let limit = state.limits.body_bytes;
-    let read = tokio::time::timeout(state.limits.read_timeout, axum::body::to_bytes(body, limit));
-    match read.await {
-        Ok(Ok(bytes)) => {
+    match tokio::time::timeout(state.limits.read_timeout, read_limited(body, limit)).await {
+        Ok(Ok(Some(bytes))) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
         }
-        Ok(Err(e)) if is_length_limit(&e) => ApiError::too_large(limit).into_response(),
+        Ok(Ok(None)) => ApiError::too_large(limit).into_response(),
         Ok(Err(e)) => {
             ApiError::bad_request(format!("could not read the request body: {e}")).into_response()
         }
@@ -64,16 +75,25 @@ pub async fn read_body(AxumState(state): Shared, request: Request, next: Next) -
     }
 }
 
-/// Whether a body error is the length limit of [`axum::body::to_bytes`].
-fn is_length_limit(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
+/// The body if it is at most `limit` bytes, else `None`. An oversized body is read on (and
+/// dropped) up to `DRAIN_FACTOR` times the limit before the answer: a client still writing it
+/// then reads the 413 instead of a reset connection (lingering close, as nginx does).
+async fn read_limited(mut body: Body, limit: usize) -> Result<Option<Bytes>, axum::Error> {
+    use http_body_util::BodyExt;
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if seen <= limit {
+            kept.extend_from_slice(&data);
+        } else if seen as u64 > (limit as u64).saturating_mul(DRAIN_FACTOR) {
+            break;
         }
-        source = err.source();
     }
-    false
+    Ok((seen <= limit).then(|| Bytes::from(kept)))
 }
 
 /// Checks `Authorization: Bearer <key>` on `/v1/*` when keys are configured.
