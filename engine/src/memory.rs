@@ -281,7 +281,7 @@ fn mib(bytes: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const GIB: u64 = 1 << 30;
@@ -411,9 +411,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn activation_estimate_covers_a_dequantized_lm_head() {
-        let config = DecoderConfig {
+    /// SmolLM2-135M's shape.
+    pub(crate) fn smollm2_135m() -> DecoderConfig {
+        DecoderConfig {
             vocab_size: 49152,
             hidden_size: 576,
             intermediate_size: 1536,
@@ -428,7 +428,12 @@ mod tests {
             rope_style: switchyard_models::decoder::RopeStyle::HalfSplit,
             max_position_embeddings: 8192,
             tie_word_embeddings: true,
-        };
+        }
+    }
+
+    #[test]
+    fn activation_estimate_covers_a_dequantized_lm_head() {
+        let config = smollm2_135m();
         let bytes = activation_bytes(&config, &EngineConfig::default());
         assert!(bytes > 49152 * 576 * 4, "{bytes}");
         assert!(bytes < 1 << 30, "{bytes}");

@@ -196,22 +196,7 @@ mod tests {
 
     #[test]
     fn the_span_of_a_small_llama_matches_its_shape() {
-        let c = DecoderConfig {
-            vocab_size: 49152,
-            hidden_size: 576,
-            intermediate_size: 1536,
-            num_heads: 9,
-            num_kv_heads: 3,
-            head_dim: 64,
-            family: switchyard_models::decoder::Family::Llama,
-            num_layers: 30,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10_000.0,
-            rope_scaling: None,
-            rope_style: switchyard_models::decoder::RopeStyle::HalfSplit,
-            max_position_embeddings: 8192,
-            tie_word_embeddings: true,
-        };
+        let c = crate::memory::tests::smollm2_135m();
         // (576·(2·576 + 2·192) + 3·576·1536) / (2·9·64) = 3072.
         assert_eq!(attention_span(&c), 3072.0);
     }

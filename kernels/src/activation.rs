@@ -96,14 +96,14 @@ fn avx2_fma() -> bool {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use super::*;
     use std::arch::x86_64::*;
 
     /// Eight `e^x` (NaN stays NaN through the clamp: `max`/`min` return their second operand for it).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn exp8(x: __m256) -> __m256 {
+    pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
         let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(EXP_MIN));
         let x = _mm256_min_ps(_mm256_set1_ps(EXP_MAX), x);
         let x = _mm256_max_ps(_mm256_set1_ps(EXP_MIN), x);

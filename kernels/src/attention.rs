@@ -805,39 +805,6 @@ mod avx2 {
         }
     }
 
-    /// `exp` of 8 lanes (Cephes' polynomial after a base-2 range reduction; within 2 ulp for
-    /// inputs in `[-87, 0]`, and 0 below).
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn exp8(x: __m256) -> __m256 {
-        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
-        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
-        );
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut y = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            0.166_666_66,
-            0.5,
-        ] {
-            y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
-        }
-        let y = _mm256_fmadd_ps(
-            _mm256_mul_ps(y, r),
-            r,
-            _mm256_add_ps(r, _mm256_set1_ps(1.0)),
-        );
-        let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(
-            _mm256_cvtps_epi32(n),
-            _mm256_set1_epi32(127),
-        ));
-        _mm256_mul_ps(y, _mm256_castsi256_ps(scale))
-    }
-
     #[target_feature(enable = "avx2,fma")]
     fn exp_sum(x: &mut [f32], max: f32) -> f32 {
         let m = _mm256_set1_ps(max);
@@ -846,7 +813,8 @@ mod avx2 {
         for c in &mut chunks {
             // SAFETY: `c` is exactly 8 floats.
             unsafe {
-                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), m));
+                let e =
+                    crate::activation::avx2::exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), m));
                 _mm256_storeu_ps(c.as_mut_ptr(), e);
                 total = _mm256_add_ps(total, e);
             }

@@ -75,6 +75,19 @@ fn drain(stream: GenerationStream) -> Outcome {
     out
 }
 
+/// Blocks the engine's worker until something is sent on the returned channel.
+fn hold_worker(engine: &Engine) -> std::sync::mpsc::Sender<()> {
+    use switchyard_models::executor::DeviceExecutor;
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    engine
+        .executor()
+        .execute(Box::new(move || {
+            let _ = hold.recv();
+        }))
+        .unwrap_or_else(|_| panic!("engine stopped"));
+    release
+}
+
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
@@ -356,14 +369,7 @@ fn a_short_cache_preempts_and_still_produces_identical_output() {
         .collect();
     // Hold the worker until all four are queued, so they are admitted together however the threads
     // are scheduled (on a busy machine the first could otherwise finish before the others arrive).
-    use switchyard_models::executor::DeviceExecutor;
-    let (release, hold) = std::sync::mpsc::channel::<()>();
-    engine
-        .executor()
-        .execute(Box::new(move || {
-            let _ = hold.recv();
-        }))
-        .unwrap_or_else(|_| panic!("engine stopped"));
+    let release = hold_worker(&engine);
     let streams: Vec<_> = cases
         .iter()
         .map(|p| engine.submit(greedy(p.clone(), 36)).unwrap())
@@ -441,7 +447,6 @@ fn executor_jobs_run_on_the_worker_between_steps_of_a_running_generation() {
 
 #[test]
 fn a_short_prompt_behind_a_long_one_is_answered_before_the_long_prefill_ends() {
-    use switchyard_models::executor::DeviceExecutor;
     // 8 tokens per step: the 400-token prompt needs 50 steps of prefill.
     let engine = engine(
         "tiny-llama",
@@ -451,13 +456,7 @@ fn a_short_prompt_behind_a_long_one_is_answered_before_the_long_prefill_ends() {
         },
     );
     // Hold the worker so that both requests are waiting when it next plans a step.
-    let (release, hold) = std::sync::mpsc::channel::<()>();
-    engine
-        .executor()
-        .execute(Box::new(move || {
-            let _ = hold.recv();
-        }))
-        .unwrap_or_else(|_| panic!("engine stopped"));
+    let release = hold_worker(&engine);
     let long_at = Instant::now();
     let long = engine
         .submit(greedy((0..400).map(|i| i % 50 + 3).collect(), 1))
