@@ -39,7 +39,11 @@ impl CacheElement for f32 {
         self
     }
     fn simd_available() -> bool {
-        crate::qmatmul::Isa::Avx2.is_available()
+        // The AVX2 kernels are compiled with F16C for either type (every AVX2 CPU has it).
+        #[cfg(target_arch = "x86_64")]
+        return crate::qmatmul::Isa::Avx2.is_available() && is_x86_feature_detected!("f16c");
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -296,8 +300,8 @@ fn attention_on<T: CacheElement>(
                 let (max, sum) = 'state: {
                     #[cfg(target_arch = "x86_64")]
                     if simd {
-                        // SAFETY: `simd` is true only where `Isa::Avx2` (AVX2 + FMA) is available
-                        // and the head width is a multiple of 16.
+                        // SAFETY: `simd` is true only where AVX2, FMA and F16C are available
+                        // (`CacheElement::simd_available`) and the head width is a multiple of 16.
                         break 'state unsafe { attend_avx2(&ctx, tile, scratch) };
                     }
                     attend::<Portable, T>(&ctx, tile, scratch)
