@@ -11,7 +11,7 @@
 //! at most one step of one model.
 
 use crate::config::EngineConfig;
-use crate::schedule::{self, Pending};
+use crate::schedule::{self, Pending, Slice};
 use crate::sequence::Sequence;
 use crate::stats::EngineStats;
 use crate::turns::Turns;
@@ -220,12 +220,8 @@ impl ModelSlot {
                 passed_over: s.passed_over,
             })
             .collect();
-        let plan: Vec<(usize, usize, usize)> =
-            schedule::plan(&pending, self.config.max_batch_tokens, self.attention_span)
-                .into_iter()
-                .map(|s| (s.index, s.start, s.len))
-                .collect();
-        let mut planned = plan.iter().map(|p| p.0).peekable();
+        let plan = schedule::plan(&pending, self.config.max_batch_tokens, self.attention_span);
+        let mut planned = plan.iter().map(|p| p.index).peekable();
         for (i, seq) in self.running.iter_mut().enumerate() {
             if planned.next_if_eq(&i).is_some() {
                 seq.passed_over = 0;
@@ -235,8 +231,8 @@ impl ModelSlot {
         }
         let inputs: Vec<SequenceInput> = plan
             .iter()
-            .map(|&(i, start, len)| {
-                let s = &self.running[i];
+            .map(|&Slice { index, start, len }| {
+                let s = &self.running[index];
                 SequenceInput {
                     tokens: &s.tokens[start..start + len],
                     start_position: start,
@@ -245,7 +241,7 @@ impl ModelSlot {
                 }
             })
             .collect();
-        let batch_tokens: usize = plan.iter().map(|p| p.2).sum();
+        let batch_tokens: usize = plan.iter().map(|p| p.len).sum();
         let started = std::time::Instant::now();
         let result = self.decoder.forward(&inputs, &mut self.cache);
         drop(inputs);
@@ -256,8 +252,8 @@ impl ModelSlot {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("forward failed: {e}");
-                for &(i, _, _) in &plan {
-                    self.running[i].fail(format!("forward pass failed: {e}"));
+                for p in &plan {
+                    self.running[p.index].fail(format!("forward pass failed: {e}"));
                 }
                 self.retire();
                 return took;
@@ -265,8 +261,8 @@ impl ModelSlot {
         };
         let vocab = self.decoder.config().vocab_size;
         let mut row = 0;
-        for &(i, start, len) in &plan {
-            let seq = &mut self.running[i];
+        for &Slice { index, start, len } in &plan {
+            let seq = &mut self.running[index];
             seq.computed = start + len;
             if seq.computed == seq.tokens.len() {
                 let before = seq.generated();

@@ -18,9 +18,6 @@ pub trait CacheElement: Copy + Default + Send + Sync + 'static {
     fn store(dst: &mut [Self], src: &[f32]);
     /// The value as f32.
     fn to_f32(self) -> f32;
-    /// Whether this CPU can run the AVX2 kernels on this type.
-    #[doc(hidden)]
-    fn simd_available() -> bool;
     /// Eight values from `p` as f32 lanes.
     ///
     /// # Safety
@@ -30,6 +27,15 @@ pub trait CacheElement: Copy + Default + Send + Sync + 'static {
     unsafe fn load8(p: *const Self) -> core::arch::x86_64::__m256;
 }
 
+/// Whether this CPU can run the AVX2 kernels: they are compiled with AVX2, FMA and F16C for
+/// either cache type (every AVX2 CPU has F16C).
+fn simd_kernels_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return crate::qmatmul::Isa::Avx2.is_available() && is_x86_feature_detected!("f16c");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 impl CacheElement for f32 {
     fn store(dst: &mut [Self], src: &[f32]) {
         dst.copy_from_slice(src);
@@ -37,13 +43,6 @@ impl CacheElement for f32 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
-    }
-    fn simd_available() -> bool {
-        // The AVX2 kernels are compiled with F16C for either type (every AVX2 CPU has it).
-        #[cfg(target_arch = "x86_64")]
-        return crate::qmatmul::Isa::Avx2.is_available() && is_x86_feature_detected!("f16c");
-        #[cfg(not(target_arch = "x86_64"))]
-        false
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -61,12 +60,6 @@ impl CacheElement for f16 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
-    }
-    fn simd_available() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return crate::qmatmul::Isa::Avx2.is_available() && is_x86_feature_detected!("f16c");
-        #[cfg(not(target_arch = "x86_64"))]
-        false
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -279,7 +272,7 @@ fn attention_on<T: CacheElement>(
             }
         }
     }
-    let simd = simd && T::simd_available() && d.is_multiple_of(16);
+    let simd = simd && simd_kernels_available() && d.is_multiple_of(16);
     let (tiles, splits) = split_keys(tiles, threads);
     let mut partials = Partials::new(splits.iter().map(|s| s.segments).sum(), d);
     // A few tasks per thread: threads claim them one by one, so uneven tiles balance out.
@@ -301,7 +294,7 @@ fn attention_on<T: CacheElement>(
                     #[cfg(target_arch = "x86_64")]
                     if simd {
                         // SAFETY: `simd` is true only where AVX2, FMA and F16C are available
-                        // (`CacheElement::simd_available`) and the head width is a multiple of 16.
+                        // (`simd_kernels_available`) and the head width is a multiple of 16.
                         break 'state unsafe { attend_avx2(&ctx, tile, scratch) };
                     }
                     attend::<Portable, T>(&ctx, tile, scratch)

@@ -466,7 +466,8 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
         .route("/metrics", get(handlers::metrics))
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .fallback(handlers::not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(args.max_body_bytes))
+        // `read_body` enforces the body limit (and its deadline) for every route.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             handlers::read_body,
