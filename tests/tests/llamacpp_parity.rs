@@ -72,6 +72,7 @@ fn teacher_forced_logits_agree_with_llama_cpp() {
     let (mut positions, mut agree) = (0usize, 0usize);
     let mut widest_disputed_gap = 0f64;
     let mut worst_corr = f64::INFINITY;
+    let mut corrs = Vec::new();
     for (c, conv) in reference()["conversations"]
         .as_array()
         .unwrap()
@@ -109,26 +110,55 @@ fn teacher_forced_logits_agree_with_llama_cpp() {
                 &theirs[k * shape[1]..(k + 1) * shape[1]],
             );
             worst_corr = worst_corr.min(corr);
+            corrs.push(corr);
         }
     }
     let rate = agree as f64 / positions as f64;
+    let mean_corr = corrs.iter().sum::<f64>() / corrs.len() as f64;
     eprintln!(
-        "argmax agreement {agree}/{positions} = {rate:.4}; worst logit correlation {worst_corr:.5}; \
-         widest llama.cpp top-2 gap where we disagree {widest_disputed_gap:.3}"
+        "argmax agreement {agree}/{positions} = {rate:.4}; logit correlation mean {mean_corr:.5}, worst \
+         {worst_corr:.5}; widest llama.cpp top-2 gap where we disagree {widest_disputed_gap:.3}"
     );
+    // The yardstick: llama.cpp itself, same build and settings, on another CPU than the reference's
+    // (check_llamacpp_reproducibility.py), scored the same way.
+    let yardstick = llama_cpp_reproducibility();
+    let mut yardstick_rate = f64::INFINITY;
+    for (path, r) in yardstick.as_object().unwrap() {
+        let r_rate = r["argmax_rate"].as_f64().unwrap();
+        yardstick_rate = yardstick_rate.min(r_rate);
+        eprintln!(
+            "llama.cpp's {path} path on another CPU: argmax agreement {}/{} = {r_rate:.4}; \
+             correlation mean {}, worst {}",
+            r["argmax_agree"], r["positions"], r["correlation_mean"], r["correlation_min"]
+        );
+    }
     assert!(positions >= 256);
-    // llama.cpp's own single-token and batched paths disagree at 6 of 271 of these positions (see
-    // the fixture README), and exact f32 arithmetic over the same weights lands at ~0.97: every
-    // disagreement must be at a llama.cpp near-tie, and the overall rate close to that bar.
+    // Every disagreement must be at a llama.cpp near-tie, the rate within a point of llama.cpp's own
+    // reproduction of its reference, and the logits as correlated as the issue asks (0.999, mean
+    // over the stored rows; no row below 0.998).
     assert!(
         widest_disputed_gap < 0.5,
         "disagreement where llama.cpp's top-2 gap is {widest_disputed_gap:.3}"
     );
-    assert!(rate >= 0.96, "argmax agreement {rate:.4} < 0.96");
+    let floor = (yardstick_rate - 0.01).max(0.96);
+    assert!(rate >= floor, "argmax agreement {rate:.4} < {floor:.4}");
+    assert!(
+        mean_corr >= 0.999,
+        "mean logit correlation {mean_corr:.5} < 0.999"
+    );
     assert!(
         worst_corr >= 0.998,
         "logit correlation {worst_corr:.5} < 0.998"
     );
+}
+
+/// `reproducibility.json`'s two llama.cpp paths (`batch`, `single_token`), each with its argmax
+/// agreement and correlations against the reference.
+fn llama_cpp_reproducibility() -> serde_json::Value {
+    let path = fixtures().join("smollm2-llamacpp/reproducibility.json");
+    let all: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    serde_json::json!({ "batch": all["batch"], "single_token": all["single_token"] })
 }
 
 #[test]
