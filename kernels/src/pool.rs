@@ -141,6 +141,37 @@ pub fn run(n: usize, f: &(dyn Fn(usize) + Sync)) {
     }
 }
 
+/// Runs `a` and `b` at the same time, one on the caller and one on a pool worker, and returns both
+/// results. Kernel calls inside them run single-threaded (they are nested in a pool job), so this is
+/// for two independent pieces of work too small to split well, such as two small encoders over one
+/// short text. One after the other, on the caller, when the pool has a single thread, is busy, or
+/// another backend is selected.
+pub fn join<A: Send, B: Send>(
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> (A, B) {
+    if backend() != Backend::Pool || threads() < 2 {
+        return (a(), b());
+    }
+    let (a, b) = (Mutex::new(Some(a)), Mutex::new(Some(b)));
+    let (ra, rb) = (Mutex::new(None), Mutex::new(None));
+    run(2, &|k| {
+        if k == 0 {
+            let f = a.lock().unwrap_or_else(|e| e.into_inner()).take();
+            *ra.lock().unwrap_or_else(|e| e.into_inner()) = f.map(|f| f());
+        } else {
+            let f = b.lock().unwrap_or_else(|e| e.into_inner()).take();
+            *rb.lock().unwrap_or_else(|e| e.into_inner()) = f.map(|f| f());
+        }
+    });
+    fn taken<T>(r: Mutex<Option<T>>) -> T {
+        r.into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .expect("join: both tasks ran")
+    }
+    (taken(ra), taken(rb))
+}
+
 type Job = *const (dyn Fn(usize) + Sync + 'static);
 
 struct Pool {
@@ -325,6 +356,24 @@ impl Pool {
 mod tests {
     use super::*;
     use std::sync::Mutex;
+
+    #[test]
+    fn join_returns_both_results_and_nested_kernel_calls_still_cover_their_rows() {
+        let rows_covered = |rows: usize| {
+            let seen = Mutex::new(vec![0u32; rows]);
+            parallel_rows(rows, 4, 1 << 16, &|r0, r1| {
+                seen.lock().unwrap()[r0..r1]
+                    .iter_mut()
+                    .for_each(|c| *c += 1);
+            });
+            seen.into_inner().unwrap()
+        };
+        let (a, b) = join(|| rows_covered(64), || (rows_covered(40), "b"));
+        assert_eq!(a, vec![1; 64]);
+        assert_eq!(b, (vec![1; 40], "b"));
+        // The pool is free again afterwards: a job may split across threads as before.
+        assert_eq!(rows_covered(128), vec![1; 128]);
+    }
 
     /// The `(start, end, thread)` of every chunk `parallel_rows` runs.
     fn chunks(

@@ -5,6 +5,10 @@
 //! and never race for the device. Used alone, the router runs jobs on a [`ThreadExecutor`] of its
 //! own.
 
+/// Two independent pieces of CPU work at once, each on one of the kernels' threads (see
+/// [`switchyard_kernels::pool::join`]).
+pub use switchyard_kernels::pool::join;
+
 /// A unit of device work.
 pub type DeviceJob = Box<dyn FnOnce() + Send + 'static>;
 

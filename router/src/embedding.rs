@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -274,6 +275,16 @@ impl Embedder {
     /// Sentence embeddings of a batch of encoded texts.
     pub fn embed(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, RouterError> {
         Ok(self.encoder.embed(batch)?)
+    }
+
+    /// [`embed`](Self::embed), abandoned (`Ok(None)`) when `stop` is set before an encoder layer
+    /// starts.
+    pub fn embed_unless(
+        &self,
+        batch: &[&[u32]],
+        stop: &AtomicBool,
+    ) -> Result<Option<Vec<Vec<f32>>>, RouterError> {
+        Ok(self.encoder.embed_unless(batch, stop)?)
     }
 }
 

@@ -100,6 +100,9 @@ pub struct RouterOptions {
     pub batching: BatchingOptions,
     /// Token budget per classified text (longer inputs keep their head and tail).
     pub max_input_tokens: usize,
+    /// Batches of up to this many texts run the embedding signal's encoder beside the backbone
+    /// (see [`classifier::EMBED_ALONGSIDE_MAX_BATCH`], the default; 0: never).
+    pub embed_alongside_max_batch: usize,
 }
 
 impl RouterOptions {
@@ -115,6 +118,7 @@ impl RouterOptions {
             executor: None,
             batching: BatchingOptions::default(),
             max_input_tokens: DEFAULT_MAX_INPUT_TOKENS,
+            embed_alongside_max_batch: classifier::EMBED_ALONGSIDE_MAX_BATCH,
         }
     }
 
@@ -148,6 +152,7 @@ impl Router {
             executor,
             batching,
             max_input_tokens,
+            embed_alongside_max_batch,
         } = options;
         // The model, and the multi-head directory it came from (where an embedding head would be).
         let (model, dir) = match (&model_dir, &config.classifier) {
@@ -195,6 +200,7 @@ impl Router {
                 model
                     .with_embedding(embedding::EmbeddingSignal::load(&dir, &encoder_dir)?)?
                     .skip_embedding_when_confident(e.skip_when_confident)
+                    .embed_alongside_up_to(embed_alongside_max_batch)
             }
             (Some(_), None) => return Err(RouterError::Classifier(
                 "classifier.embedding needs a multi-head router directory (classifier.model_dir)"

@@ -20,6 +20,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use switchyard_models::text::ChatMessage;
+use switchyard_router::classifier::EMBED_ALONGSIDE_MAX_BATCH;
 use switchyard_router::{
     BatchingOptions, Router, RouterConfig, RouterModel, RouterOptions, DEFAULT_MAX_INPUT_TOKENS,
     DEFAULT_MODEL_DIR,
@@ -160,6 +161,8 @@ struct Report {
     /// `route()` at batch 1 with the encoder on every request (when it is skipped for confident ones).
     route_always_embedding_p50_ms: Option<f64>,
     route_always_embedding_p99_ms: Option<f64>,
+    /// `route()` at batch 1 with the sentence encoder beside the backbone and after it, paired.
+    encoder_beside_vs_after: Option<BesideVsAfter>,
     concurrency: Vec<Concurrency>,
     /// What the router decided on the texts (shipped configuration, each text once).
     decisions: DecisionSummary,
@@ -344,6 +347,10 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
         Some(_) => Some(route_batch_1(&args, &texts, EmbeddingMode::Always)?),
         None => None,
     };
+    let beside_vs_after = match embedding {
+        Some(_) => Some(encoder_beside_vs_after(&args, &texts, mode)?),
+        None => None,
+    };
 
     // 4. Concurrent callers, micro-batching on and off.
     let mut concurrency = Vec::new();
@@ -430,6 +437,7 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
         skip_when_confident: skip,
         route_always_embedding_p50_ms: always.as_ref().map(|r| quantile(r, 0.5)),
         route_always_embedding_p99_ms: always.as_ref().map(|r| quantile(r, 0.99)),
+        encoder_beside_vs_after: beside_vs_after,
         concurrency,
         decisions,
     };
@@ -446,6 +454,59 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
     let md = markdown(&report);
     std::fs::write(args.out.join("router.md"), &md)?;
     Ok(md)
+}
+
+/// `route()` at batch 1 with the sentence encoder running beside the backbone (the default, which
+/// falls back to after it while most texts skip the encoder) and always after it, the same texts
+/// sent to both routers in turn (the order alternating).
+#[derive(Serialize)]
+struct BesideVsAfter {
+    beside_p50_ms: f64,
+    beside_p99_ms: f64,
+    after_p50_ms: f64,
+    after_p99_ms: f64,
+    /// Median over texts of (after − beside), ms.
+    paired_saving_p50_ms: f64,
+}
+
+fn encoder_beside_vs_after(
+    args: &RouterBenchArgs,
+    texts: &[String],
+    mode: EmbeddingMode,
+) -> Result<BesideVsAfter> {
+    let load = |alongside: usize| -> Result<Router> {
+        let mut o = options(args, true, mode)?;
+        o.embed_alongside_max_batch = alongside;
+        Ok(Router::load(o)?)
+    };
+    let routers = [load(EMBED_ALONGSIDE_MAX_BATCH.max(1))?, load(0)?];
+    let (mut beside, mut after, mut saving) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, t) in texts
+        .iter()
+        .cycle()
+        .take(args.warmup + args.iterations)
+        .enumerate()
+    {
+        let messages = [ChatMessage::new("user", t.clone())];
+        let mut took = [0.0; 2];
+        for k in [i % 2, 1 - i % 2] {
+            let start = Instant::now();
+            routers[k].route(&messages)?;
+            took[k] = ms(start.elapsed());
+        }
+        if i >= args.warmup {
+            beside.push(took[0]);
+            after.push(took[1]);
+            saving.push(took[1] - took[0]);
+        }
+    }
+    Ok(BesideVsAfter {
+        beside_p50_ms: quantile(&beside, 0.5),
+        beside_p99_ms: quantile(&beside, 0.99),
+        after_p50_ms: quantile(&after, 0.5),
+        after_p99_ms: quantile(&after, 0.99),
+        paired_saving_p50_ms: quantile(&saving, 0.5),
+    })
 }
 
 /// `route()` latencies (ms) at batch 1, one caller, after the warm-up.
@@ -567,6 +628,12 @@ fn markdown(r: &Report) -> String {
         ));
     }
     s.push_str(".\n\n");
+    if let Some(b) = &r.encoder_beside_vs_after {
+        s.push_str(&format!(
+            "Sentence encoder beside the backbone, each on one thread (the default at batch 1 while under a fifth of recent texts skip the encoder; after the backbone otherwise), vs always after it (each product split over the threads): `route()` at batch 1, the same texts to both in turn: p50 {:.2} vs {:.2} ms, p99 {:.2} vs {:.2} ms; median paired saving {:.2} ms.\n\n",
+            b.beside_p50_ms, b.after_p50_ms, b.beside_p99_ms, b.after_p99_ms, b.paired_saving_p50_ms
+        ));
+    }
     s.push_str("| callers | micro-batching | routes/s | p50 ms | p99 ms | mean batch |\n|---|---|---|---|---|---|\n");
     for c in &r.concurrency {
         s.push_str(&format!(

@@ -457,6 +457,81 @@ fn the_shipped_q8_0_backbone_agrees_with_the_f32_one() {
 }
 
 #[test]
+fn the_encoder_beside_the_backbone_gives_the_signals_it_gives_after_it() {
+    let Some(_) = minilm_dir() else { return };
+    let load = |alongside: usize| {
+        Router::load(RouterOptions {
+            embed_alongside_max_batch: alongside,
+            ..RouterOptions::new(shipped_config())
+        })
+        .unwrap()
+    };
+    let (beside, after) = (load(1), load(0));
+    // Latencies differ; everything else must be bit for bit the same.
+    let without_latency = |router: &Router, text: &str| {
+        let encoded = router.model().encode(text).unwrap();
+        let mut s = router.model().classify(&[&encoded]).unwrap().remove(0);
+        for output in [&mut s.domain, &mut s.reasoning, &mut s.jailbreak]
+            .into_iter()
+            .flatten()
+        {
+            output.latency = Duration::ZERO;
+        }
+        s.pii_latency = None;
+        s
+    };
+    let mut uses = Vec::new();
+    for text in [
+        // The fast signals are sure of it: the encoder's work beside the backbone is dropped.
+        "A 0.1 M solution of acetic acid has a pH of about 2.9. What is the Ka of acetic acid?",
+        "can you help me with this",
+        "My name is John Smith and my card number is 4111 1111 1111 1111, can you check my order?",
+        &"Explain, step by step and with examples, how a compiler turns source code into machine code. "
+            .repeat(12),
+    ] {
+        assert!(beside.model().embeds_alongside(1) && !after.model().embeds_alongside(1));
+        let (a, b) = (without_latency(&beside, text), without_latency(&after, text));
+        assert_eq!(a, b, "{text}");
+        uses.push(a.embedding);
+    }
+    assert!(uses.contains(&EmbeddingUse::Skipped) && uses.contains(&EmbeddingUse::Fused));
+    assert!(
+        !beside.model().embeds_alongside(2),
+        "batches above one text split products"
+    );
+}
+
+#[test]
+fn the_encoder_runs_after_the_backbone_while_most_texts_skip_it() {
+    let Some(_) = minilm_dir() else { return };
+    let router = default_router();
+    let model = router.model();
+    let classify = |text: &str| {
+        let encoded = model.encode(text).unwrap();
+        model.classify(&[&encoded]).unwrap().remove(0).embedding
+    };
+    let sure =
+        "A 0.1 M solution of acetic acid has a pH of about 2.9. What is the Ka of acetic acid?";
+    let unsure = "can you help me with this";
+    assert_eq!(
+        (classify(sure), classify(unsure)),
+        (EmbeddingUse::Skipped, EmbeddingUse::Fused)
+    );
+    // About the last 32 texts count: a run of skipping ones turns the speculation off ...
+    while model.recent_skip_share() < switchyard_router::classifier::MAX_SKIP_SHARE_ALONGSIDE {
+        assert!(model.embeds_alongside(1));
+        classify(sure);
+    }
+    assert!(!model.embeds_alongside(1));
+    assert_eq!(classify(sure), EmbeddingUse::Skipped);
+    // ... and texts that need the encoder turn it back on.
+    for _ in 0..32 {
+        assert_eq!(classify(unsure), EmbeddingUse::Fused);
+    }
+    assert!(model.embeds_alongside(1));
+}
+
+#[test]
 fn the_encoder_is_skipped_exactly_when_the_fast_signals_are_confident() {
     let Some(_) = minilm_dir() else { return };
     let with_threshold = |t: Option<f32>| {

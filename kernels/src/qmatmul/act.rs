@@ -1,19 +1,16 @@
 //! Quantization of the activations (`x`) to 8-bit integers, once per [`super::matmul`] call.
 //!
 //! Two layouts, matching GGML's "vec-dot types":
-//! - [`ActKind::Q8x32`] (GGML's Q8_0 / Q8_1): one scale `d` per 32 values, plus `s = d·Σq` per
-//!   32 values (what Q8_1 adds over Q8_0), both rounded to f16 as GGML stores them, so kernels for the offset formats (Q4_1, Q5_1, and Q4_0 /
+//! - [`ActKind::Q8x32`] (GGML's Q8_0 / Q8_1): one f32 scale `d` per 32 values, plus `s = d·Σq` per
+//!   32 values (what Q8_1 adds over Q8_0), so kernels for the offset formats (Q4_1, Q5_1, and Q4_0 /
 //!   Q5_0 through their unsigned `q - 8` / `q - 16` form) can account for the offset with one product.
 //! - [`ActKind::Q8K`] (GGML's Q8_K): one f32 scale per 256 values, plus the integer sums of each 16
 //!   values (`bsums`), for the k-quant formats' per-sub-block minimums / offsets.
 //!
 //! Values are quantized symmetrically, `q = round(x / d)` (ties to even, as the SIMD conversions
 //! do, so every instruction set sees identical quants) with `d = max|x| / 127`, so `|q| <= 127`
-//! (never -128: the Q8_0 kernels negate `q`) and `|x - d·q| <= d / 2` for every element (before
-//! the 32-value scales are rounded to f16, which moves each product by at most 2⁻¹¹ of itself). The
-//! f16 rounding follows GGML, so the integer dot products are scaled by llama.cpp's numbers (mean
-//! logit correlation with llama.cpp on the same GGUF 0.99928 -> 0.99930, tests/llamacpp_parity.rs).
-//! Q8_K keeps its f32 scale, as GGML does.
+//! (never -128: the Q8_0 kernels negate `q`) and `|x - d·q| <= d / 2` for every element. Scales are
+//! kept in f32 (GGML stores the Q8_0 scale in f16; f32 costs nothing here and loses less).
 //!
 //! The buffers are reused between calls (the owner keeps an [`Acts`] in thread-local scratch), so a
 //! steady-state call allocates nothing.
@@ -218,8 +215,8 @@ fn quantize_row_q8x32(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32], isa
             *qv = v as i8;
             sum += v;
         }
-        d[b] = f16_rounded(db);
-        s[b] = f16_rounded(db * sum as f32);
+        d[b] = db;
+        s[b] = db * sum as f32;
     }
 }
 
@@ -255,13 +252,6 @@ fn quantize_scaled_scalar(x: &[f32], q: &mut [i8], id: f32) {
     for (qv, xv) in q.iter_mut().zip(x) {
         *qv = ((xv * id).round_ties_even() as i32).clamp(-127, 127) as i8;
     }
-}
-
-/// `x` rounded to the nearest f16: GGML's Q8_0 / Q8_1 blocks store `d` and `s` in f16 (the values are
-/// quantized with the unrounded `1/d`), and so do ours, so the dot products see llama.cpp's numbers.
-#[inline]
-pub(crate) fn f16_rounded(x: f32) -> f32 {
-    half::f16::from_f32(x).to_f32()
 }
 
 /// `(d, 1/d)` for a block whose largest magnitude is `amax`.

@@ -114,18 +114,10 @@ pub(super) unsafe fn quantize_row_q8x32(x: &[f32], q: &mut [i8], d: &mut [f32], 
             let p = x.as_ptr().add(32 * b);
             let (db, id) = scales(amax32(p));
             let sum = quant32(p, id, q.as_mut_ptr().add(32 * b));
-            d[b] = f16_rounded(db);
-            s[b] = f16_rounded(db * sum as f32);
+            d[b] = db;
+            s[b] = db * sum as f32;
         }
     }
-}
-
-/// `x` rounded to the nearest f16 (as `act::f16_rounded`, with F16C's conversions).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn f16_rounded(x: f32) -> f32 {
-    let h = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(x));
-    _mm_cvtss_f32(_mm_cvtph_ps(h))
 }
 
 /// Largest magnitude in `x` (`x.len()` a multiple of 32).

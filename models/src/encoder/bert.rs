@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
@@ -280,6 +281,19 @@ impl BertEncoder {
 
     /// Last hidden states of each text, `[tokens * hidden]` row-major (ids include `[CLS]`/`[SEP]`).
     pub fn hidden_states(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        let never = AtomicBool::new(false);
+        Ok(self
+            .hidden_states_unless(batch, &never)?
+            .expect("never stopped"))
+    }
+
+    /// [`hidden_states`](Self::hidden_states), abandoned (`None`) when `stop` is set before a
+    /// layer starts.
+    fn hidden_states_unless(
+        &self,
+        batch: &[&[u32]],
+        stop: &AtomicBool,
+    ) -> Result<Option<Vec<Vec<f32>>>> {
         let hd = self.hidden;
         let vocab = self.word.len() / hd;
         let mut rows = Vec::with_capacity(batch.len());
@@ -315,6 +329,9 @@ impl BertEncoder {
         self.embed_norm.forward(&x, &mut s.h);
         std::mem::swap(&mut x, &mut s.h);
         for layer in &self.layers {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
             layer.qkv.forward(&x, n, &mut s.qkv)?;
             self.attention(&rows, &mut s)?;
             layer.out.forward(&s.ctx, n, &mut s.proj)?;
@@ -326,18 +343,35 @@ impl BertEncoder {
             s.proj.iter_mut().zip(&x).for_each(|(p, x)| *p += x);
             layer.out_norm.forward(&s.proj, &mut x);
         }
-        Ok(rows
-            .iter()
-            .map(|r| x[r.start * hd..r.end * hd].to_vec())
-            .collect())
+        Ok(Some(
+            rows.iter()
+                .map(|r| x[r.start * hd..r.end * hd].to_vec())
+                .collect(),
+        ))
     }
 
     /// Sentence embeddings: the mean of each text's last hidden states, L2-normalised (all zeros for an
     /// empty text).
     pub fn embed(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
-        let hd = self.hidden;
+        Ok(self.pool(self.hidden_states(batch)?))
+    }
+
+    /// [`embed`](Self::embed), abandoned (`Ok(None)`) when `stop` is set before a layer starts:
+    /// for work run speculatively beside something that may find it is not needed.
+    pub fn embed_unless(
+        &self,
+        batch: &[&[u32]],
+        stop: &AtomicBool,
+    ) -> Result<Option<Vec<Vec<f32>>>> {
         Ok(self
-            .hidden_states(batch)?
+            .hidden_states_unless(batch, stop)?
+            .map(|states| self.pool(states)))
+    }
+
+    /// Mean pooling and L2 normalisation of each text's hidden states.
+    fn pool(&self, states: Vec<Vec<f32>>) -> Vec<Vec<f32>> {
+        let hd = self.hidden;
+        states
             .into_iter()
             .map(|states| {
                 let t = states.len() / hd;
@@ -352,7 +386,7 @@ impl BertEncoder {
                 e.iter_mut().for_each(|v| *v /= norm);
                 e
             })
-            .collect())
+            .collect()
     }
 
     /// Full attention of every text and head from `s.qkv` `[N, 3 * hidden]` into `s.ctx`.
