@@ -586,7 +586,7 @@ fn markdown(r: &Report) -> String {
     }
     s.push_str(
         "\nWhere Switchyard's time goes (p50 of each stage, ms): tokenization with the lexical models' \
-         text features, the backbone pass with its heads, the embedding signal's encoder with its head (0 for a batch whose texts all skipped it).\n\n\
+         text features, the backbone pass with its heads, the embedding signal's encoder with its head (0 for a batch whose texts all skipped it; at batch 1 it runs beside the backbone, and this is the time it took beyond the backbone pass).\n\n\
          | batch | encode | backbone | embedding |\n|---|---|---|---|\n",
     );
     for l in &r.classify {

@@ -120,12 +120,29 @@ def main():
     else:
         raise AssertionError("an unknown model did not raise NotFoundError")
 
+    # Several choices, parsed and streamed by index.
+    r = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Name a colour."}],
+        max_tokens=6, temperature=1.0, seed=3, n=2,
+    )
+    assert [c.index for c in r.choices] == [0, 1], r.choices
+    texts = [c.message.content for c in r.choices]
+    streamed = ["", ""]
+    for chunk in client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Name a colour."}],
+        max_tokens=6, temperature=1.0, seed=3, n=2, stream=True,
+    ):
+        for c in chunk.choices:
+            streamed[c.index] += c.delta.content or ""
+    assert streamed == texts, (streamed, texts)
+    print("n=2:", texts)
+
     try:
-        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], n=2)
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], n=0)
     except openai.BadRequestError as e:
-        print("n=2 ->", type(e).__name__, e.status_code)
+        print("n=0 ->", type(e).__name__, e.status_code)
     else:
-        raise AssertionError("n=2 did not raise BadRequestError")
+        raise AssertionError("n=0 did not raise BadRequestError")
     print("openai client: all checks passed")
 
 

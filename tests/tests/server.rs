@@ -306,12 +306,15 @@ async fn bad_requests_get_openai_errors_with_the_right_status() {
     )
     .await;
     assert_eq!(e["param"], "max_tokens");
-    let mut body = chat("tiny-llama", "hi", 4);
-    body["n"] = json!(2);
-    assert_eq!(
-        error_of(post(&base, "/v1/chat/completions", &body).await, 400).await["param"],
-        "n"
-    );
+    for n in [0, 9] {
+        // The default limit is 8 choices.
+        let mut body = chat("tiny-llama", "hi", 4);
+        body["n"] = json!(n);
+        assert_eq!(
+            error_of(post(&base, "/v1/chat/completions", &body).await, 400).await["param"],
+            "n"
+        );
+    }
     let mut body = chat("tiny-llama", "hi", 4);
     body["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
     assert_eq!(

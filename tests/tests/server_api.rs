@@ -22,6 +22,89 @@ fn content(v: &Value) -> &str {
     v["choices"][0]["message"]["content"].as_str().unwrap()
 }
 
+/// The texts of a streamed completion's choices by index, each with its finish reason, and the
+/// usage chunk.
+fn assemble_choices(data: &[String]) -> (Vec<(String, Option<String>)>, Option<Value>) {
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    let (mut choices, mut usage) = (Vec::<(String, Option<String>, bool)>::new(), None);
+    for d in &data[..data.len() - 1] {
+        let v: Value = serde_json::from_str(d).unwrap();
+        if let Some(u) = v.get("usage") {
+            usage = Some(u.clone());
+        }
+        for c in v["choices"].as_array().unwrap() {
+            let i = c["index"].as_u64().unwrap() as usize;
+            if choices.len() <= i {
+                choices.resize(i + 1, (String::new(), None, false));
+            }
+            let entry = &mut choices[i];
+            assert!(entry.1.is_none(), "a chunk of choice {i} after its finish");
+            // Each choice opens with its role.
+            entry.2 |= c["delta"]["role"] == "assistant";
+            assert!(entry.2, "choice {i} before its role chunk");
+            entry.0.push_str(c["delta"]["content"].as_str().unwrap_or(""));
+            entry.1 = c["finish_reason"].as_str().map(str::to_string);
+        }
+    }
+    (choices.into_iter().map(|(t, f, _)| (t, f)).collect(), usage)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_choices_are_sampled_apart_indexed_and_streamed_side_by_side() {
+    let (s, base) = server(args()).await;
+    let mut body = chat("tiny-llama", "Tell me a story", 8);
+    body["temperature"] = json!(1.0);
+    body["seed"] = json!(7);
+    body["ignore_eos"] = json!(true);
+    let one = completion(&base, &body).await;
+    body["n"] = json!(3);
+    let three = completion(&base, &body).await;
+    let choices = three["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    let texts: Vec<&str> = choices
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            assert_eq!(c["index"], i);
+            assert_eq!(c["finish_reason"], "length");
+            c["message"]["content"].as_str().unwrap()
+        })
+        .collect();
+    // Choice k samples from seed + k: the first is the single choice's, the others differ.
+    assert_eq!(texts[0], content(&one));
+    assert!(texts[1] != texts[0] && texts[2] != texts[1], "{texts:?}");
+    assert_eq!(completion(&base, &body).await["choices"], three["choices"]);
+    // The prompt is counted once, every choice's tokens.
+    assert_eq!(
+        three["usage"]["prompt_tokens"],
+        one["usage"]["prompt_tokens"]
+    );
+    assert_eq!(three["usage"]["completion_tokens"], 24);
+
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let r = post(&base, "/v1/chat/completions", &body).await;
+    assert_eq!(r.status(), 200);
+    let (streamed, usage) = assemble_choices(&sse_data(&r.text().await.unwrap()));
+    assert_eq!(
+        streamed,
+        texts
+            .iter()
+            .map(|t| (t.to_string(), Some("length".to_string())))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(usage.unwrap()["completion_tokens"], 24);
+    // One request, counted once.
+    let m = metrics(&base).await;
+    let served: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("switchyard_requests_total") && l.contains("status=\"200\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(served, 4.0, "{m}");
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_method_gets_405_in_the_openai_shape() {
     let (s, base) = server(args()).await;

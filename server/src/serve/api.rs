@@ -180,10 +180,8 @@ impl ChatRequest {
             }
         }
         self.logit_bias()?;
-        if let Some(n) = self.n {
-            if n != 1 {
-                return Err(ApiError::invalid("n", "only n = 1 is supported"));
-            }
+        if self.n == Some(0) {
+            return Err(ApiError::invalid("n", "`n` must be at least 1"));
         }
         if self.messages.is_empty() {
             return Err(ApiError::invalid(
@@ -378,7 +376,7 @@ mod tests {
             ("logit_bias", json!({"one": 5})),
             ("logit_bias", json!({"1": 101})),
             ("response_format", json!({"type": "json_object"})),
-            ("n", json!(3)),
+            ("n", json!(0)),
             ("top_k", json!(-2)),
             ("temperature", json!(2.5)),
             ("top_p", json!(0)),

@@ -525,6 +525,16 @@ async fn chat(
     }
     let request = parse_body(&state, body)?;
     let max_tokens = max_tokens(&state, &request)?;
+    let choices = request.n.unwrap_or(1);
+    if choices > state.limits.choices {
+        return Err(ApiError::invalid(
+            "n",
+            format!(
+                "at most {} choices per request on this server",
+                state.limits.choices
+            ),
+        ));
+    }
     let plan = plan(&state, &request).await?;
     let headers = decision_headers(&plan);
     let id = completion_id();
@@ -586,10 +596,10 @@ async fn chat(
     };
     // Rendering the template and tokenizing a long prompt is CPU work: keep it off the threads
     // that move other requests' bytes.
-    let stream = {
+    let streams = {
         let state = state.clone();
         let model = plan.model.clone();
-        tokio::task::spawn_blocking(move || -> Result<GenerationStream, ApiError> {
+        tokio::task::spawn_blocking(move || -> Result<Vec<GenerationStream>, ApiError> {
             let engine = &state.engines[&model];
             // The engine refuses prompts longer than its context itself; a lower limit of this
             // server's is checked before the request is queued, so it costs no prefill.
@@ -609,7 +619,16 @@ async fn chat(
                     return Err(e);
                 }
             }
-            Ok(engine.submit(generation)?)
+            // One sequence per choice; with a seed, choice k samples from seed + k, so the choices
+            // differ and the same request gives the same choices.
+            (0..choices)
+                .map(|k| {
+                    let mut g = generation.clone();
+                    g.params.sampling.seed =
+                        g.params.sampling.seed.map(|s| s.wrapping_add(k as u64));
+                    Ok(engine.submit(g)?)
+                })
+                .collect::<Result<Vec<GenerationStream>, ApiError>>()
         })
         .await
         .map_err(|e| ApiError::internal(format!("submitting: {e}")))??
@@ -627,16 +646,32 @@ async fn chat(
         recorded: false,
     };
     if request.streamed() {
+        let wants_logprobs = request.logprobs_wanted().is_some();
+        let model = plan.model.clone();
+        let per_choice = streams.into_iter().enumerate().map(|(index, stream)| {
+            choice_events(ChoiceState {
+                index,
+                stream,
+                state: state.clone(),
+                model: model.clone(),
+                id: id.clone(),
+                created,
+                phase: Phase::Start,
+                last_token: None,
+                logprobs: wants_logprobs.then(Vec::new),
+            })
+            .boxed()
+        });
         let events = sse_events(SseState {
             stop: state.hard_stop.subscribe(),
-            stream,
+            choices: stream::select_all(per_choice),
+            remaining: choices,
+            usages: Vec::new(),
             id,
             created,
             include_usage: request.include_usage(),
             outcome,
-            phase: Phase::Start,
-            last_token: None,
-            logprobs: request.logprobs_wanted().map(|_| Vec::new()),
+            done: false,
             _permit: stream_permit,
         });
         let mut response = Sse::new(events)
@@ -645,27 +680,68 @@ async fn chat(
         response.headers_mut().extend(headers);
         Ok(response)
     } else {
-        // Counted by its outcome already: answer the error as it is.
         let wants_logprobs = request.logprobs_wanted().is_some();
-        let (content, reasoning, finish, usage, logprobs) =
-            match collect(&state, &stream, outcome, wants_logprobs).await {
-                Ok(done) => done,
-                Err(e) => return Ok(e.into_response()),
-            };
-        let mut message = json!({"role": "assistant", "content": content});
-        if !reasoning.is_empty() {
-            message["reasoning_content"] = json!(reasoning);
-        }
+        let mut outcome = outcome;
+        let done = futures::future::join_all(
+            streams
+                .iter()
+                .map(|stream| collect(&state, stream, &plan.model, wants_logprobs)),
+        )
+        .await
+        .into_iter()
+        .collect::<Result<Vec<Collected>, (&'static str, ApiError)>>();
+        let done = match done {
+            Ok(done) => done,
+            // Counted by its outcome: answer the error as it is.
+            Err((status, e)) => {
+                outcome.record(status);
+                return Ok(e.into_response());
+            }
+        };
+        let usage = merged_usage(done.iter().map(|c| &c.usage));
+        outcome.finished(&usage);
+        let choices: Vec<Value> = done
+            .into_iter()
+            .enumerate()
+            .map(|(index, c)| {
+                let mut message = json!({"role": "assistant", "content": c.content});
+                if !c.reasoning.is_empty() {
+                    message["reasoning_content"] = json!(c.reasoning);
+                }
+                json!({"index": index, "message": message, "finish_reason": c.finish,
+                       "logprobs": super::logprobs::field(c.logprobs)})
+            })
+            .collect();
         let body = json!({
             "id": id, "object": "chat.completion", "created": created, "model": plan.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish,
-                         "logprobs": super::logprobs::field(logprobs)}],
-            "usage": usage,
+            "choices": choices,
+            "usage": Usage::from_engine(&usage),
         });
         let mut response = Json(body).into_response();
         response.headers_mut().extend(headers);
         Ok(response)
     }
+}
+
+/// The usage of a request's choices together: the prompt once (every choice has the same), the
+/// generated tokens of all; the first choice's first token and the last choice's end.
+fn merged_usage<'a>(
+    usages: impl Iterator<Item = &'a switchyard_engine::Usage>,
+) -> switchyard_engine::Usage {
+    let mut merged: Option<switchyard_engine::Usage> = None;
+    for u in usages {
+        merged = Some(match merged {
+            None => *u,
+            Some(m) => switchyard_engine::Usage {
+                prompt_tokens: m.prompt_tokens,
+                completion_tokens: m.completion_tokens + u.completion_tokens,
+                reasoning_tokens: m.reasoning_tokens + u.reasoning_tokens,
+                time_to_first_token: m.time_to_first_token.min(u.time_to_first_token),
+                total_time: m.total_time.max(u.total_time),
+            },
+        });
+    }
+    merged.unwrap_or_default()
 }
 
 struct RequestLabels {
@@ -727,25 +803,32 @@ fn cut_off() -> ApiError {
     e
 }
 
-/// The whole generation: content, reasoning, finish reason, usage, and the token log-probabilities
-/// when `wants_logprobs`.
+/// One choice's whole generation.
+struct Collected {
+    content: String,
+    reasoning: String,
+    finish: &'static str,
+    usage: switchyard_engine::Usage,
+    /// The token log-probabilities, when asked for.
+    logprobs: Option<Vec<Value>>,
+}
+
+/// The whole generation of one choice, or the status its request is counted under and the error
+/// it gets.
 async fn collect(
     state: &State,
     stream: &GenerationStream,
-    mut outcome: Outcome,
+    model: &str,
     wants_logprobs: bool,
-) -> Result<(String, String, &'static str, Usage, Option<Vec<Value>>), ApiError> {
+) -> Result<Collected, (&'static str, ApiError)> {
     let mut stop = state.hard_stop.subscribe();
     let (mut content, mut reasoning) = (String::new(), String::new());
     let mut logprobs = wants_logprobs.then(Vec::new);
-    let tokenizer = state.engines[&outcome.labels.model].tokenizer();
+    let tokenizer = state.engines[model].tokenizer();
     loop {
         let event = tokio::select! {
             event = stream.recv_async() => event,
-            Ok(_) = stop.wait_for(|stop| *stop) => {
-                outcome.record("503");
-                return Err(cut_off());
-            }
+            Ok(_) = stop.wait_for(|stop| *stop) => return Err(("503", cut_off())),
         };
         match event {
             Some(Event::Delta {
@@ -762,31 +845,32 @@ async fn collect(
                 }
             }
             Some(Event::Finished { reason, usage, .. }) => {
-                outcome.finished(&usage);
-                return Ok((
+                return Ok(Collected {
                     content,
                     reasoning,
-                    reason.as_str(),
-                    Usage::from_engine(&usage),
+                    finish: reason.as_str(),
+                    usage,
                     logprobs,
-                ));
+                });
             }
             Some(Event::Error(e)) => {
-                outcome.record("500");
-                return Err(ApiError::internal(format!("generation failed: {e}")));
+                return Err((
+                    "500",
+                    ApiError::internal(format!("generation failed: {e}")),
+                ))
             }
-            None => {
-                outcome.record("503");
-                return Err(ApiError::unavailable("the engine stopped"));
-            }
+            None => return Err(("503", ApiError::unavailable("the engine stopped"))),
         }
     }
 }
 
+/// A streamed chunk of choice `index`.
+#[allow(clippy::too_many_arguments)]
 fn chunk(
     id: &str,
     created: u64,
     model: &str,
+    index: usize,
     delta: Value,
     finish: Option<&str>,
     logprobs: Value,
@@ -794,7 +878,7 @@ fn chunk(
     SseEvent::default().data(
         json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
         })
         .to_string(),
     )
@@ -806,123 +890,184 @@ enum Phase {
     Done,
 }
 
-/// A streamed completion in progress.
-struct SseState {
-    /// Turns true when the shutdown grace period is over.
-    stop: tokio::sync::watch::Receiver<bool>,
+/// What one choice's stream gives the request's stream.
+enum ChoiceItem {
+    /// A chunk to send.
+    Chunk(SseEvent),
+    /// The choice finished (its finish chunk was the last `Chunk`).
+    Finished(switchyard_engine::Usage),
+    /// The choice cannot go on: the status the request is counted under, and its error.
+    Failed(&'static str, ApiError),
+}
+
+/// One choice of a streamed completion in progress.
+struct ChoiceState {
+    index: usize,
     stream: GenerationStream,
+    state: Arc<State>,
+    model: String,
     id: String,
     created: u64,
-    include_usage: bool,
-    outcome: Outcome,
     phase: Phase,
     last_token: Option<Instant>,
     /// Log-probabilities of the tokens whose text has not been sent yet (`None`: not asked for).
     logprobs: Option<Vec<Value>>,
-    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
-impl SseState {
+impl ChoiceState {
     /// The `logprobs` of the next chunk: what has gathered since the last one.
     fn take_logprobs(&mut self) -> Value {
         super::logprobs::field(self.logprobs.as_mut().map(std::mem::take))
     }
+
+    fn chunk(&self, delta: Value, finish: Option<&str>, logprobs: Value) -> ChoiceItem {
+        ChoiceItem::Chunk(chunk(
+            &self.id,
+            self.created,
+            &self.model,
+            self.index,
+            delta,
+            finish,
+            logprobs,
+        ))
+    }
 }
 
-/// The SSE events of a streamed completion: a role chunk, a chunk per text delta (`content` or
-/// `reasoning_content`), a chunk with the finish reason, the usage chunk if asked for, `[DONE]`.
-/// Dropping the stream (the client went away) drops the [`GenerationStream`], which cancels the
-/// sequence. An engine error or the end of the shutdown grace period ends it with an error event
-/// and `[DONE]`, which the OpenAI clients raise as an error.
-fn sse_events(s: SseState) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    stream::unfold(s, |mut s| async move {
-        let model = s.outcome.labels.model.clone();
-        let events: Vec<SseEvent> = match s.phase {
+/// One choice's items: a role chunk, a chunk per text delta (`content` or `reasoning_content`),
+/// a chunk with the finish reason and then `Finished`, or `Failed`.
+fn choice_events(c: ChoiceState) -> impl Stream<Item = ChoiceItem> {
+    stream::unfold(c, |mut c| async move {
+        let items: Vec<ChoiceItem> = match c.phase {
             Phase::Start => {
-                s.phase = Phase::Body;
-                vec![chunk(
-                    &s.id,
-                    s.created,
-                    &model,
-                    json!({"role": "assistant", "content": ""}),
-                    None,
-                    Value::Null,
-                )]
+                c.phase = Phase::Body;
+                vec![c.chunk(json!({"role": "assistant", "content": ""}), None, Value::Null)]
             }
             Phase::Done => return None,
-            Phase::Body => {
-                let event = tokio::select! {
-                    event = s.stream.recv_async() => Some(event),
-                    Ok(_) = s.stop.wait_for(|stop| *stop) => None,
-                };
-                match event {
-                    Some(Some(Event::Delta { kind, text })) => {
-                        let now = Instant::now();
-                        if let Some(last) = s.last_token {
-                            s.outcome
-                                .state
-                                .metrics
-                                .inter_token_seconds
-                                .with_label_values(&[&model])
-                                .observe((now - last).as_secs_f64());
-                        }
-                        s.last_token = Some(now);
-                        let delta = match kind {
-                            DeltaKind::Content => json!({"content": text}),
-                            DeltaKind::Reasoning => json!({"reasoning_content": text}),
-                        };
-                        let logprobs = s.take_logprobs();
-                        vec![chunk(&s.id, s.created, &model, delta, None, logprobs)]
+            Phase::Body => match c.stream.recv_async().await {
+                Some(Event::Delta { kind, text }) => {
+                    let now = Instant::now();
+                    if let Some(last) = c.last_token {
+                        c.state
+                            .metrics
+                            .inter_token_seconds
+                            .with_label_values(&[&c.model])
+                            .observe((now - last).as_secs_f64());
                     }
-                    Some(Some(Event::Logprob(lp))) => {
-                        // Sent with the chunk of the text the token adds.
-                        if let Some(entries) = s.logprobs.as_mut() {
-                            let tokenizer = s.outcome.state.engines[&model].tokenizer();
-                            entries.push(super::logprobs::entry(tokenizer, &lp));
-                        }
-                        Vec::new()
-                    }
-                    Some(Some(Event::Finished { reason, usage, .. })) => {
-                        s.outcome.finished(&usage);
-                        s.phase = Phase::Done;
-                        let logprobs = s.take_logprobs();
-                        let mut out = vec![chunk(
-                            &s.id,
-                            s.created,
-                            &model,
-                            json!({}),
-                            Some(reason.as_str()),
-                            logprobs,
-                        )];
-                        if s.include_usage {
-                            out.push(
-                                SseEvent::default().data(
-                                    json!({"id": s.id, "object": "chat.completion.chunk",
-                                       "created": s.created, "model": model, "choices": [],
-                                       "usage": Usage::from_engine(&usage)})
-                                    .to_string(),
-                                ),
-                            );
-                        }
-                        out.push(SseEvent::default().data("[DONE]"));
-                        out
-                    }
-                    Some(Some(Event::Error(e))) => {
-                        s.outcome.record("500");
-                        s.phase = Phase::Done;
-                        error_events(&ApiError::internal(format!("generation failed: {e}")))
-                    }
-                    Some(None) => {
-                        s.outcome.record("503");
-                        s.phase = Phase::Done;
-                        error_events(&ApiError::unavailable("the engine stopped"))
-                    }
-                    None => {
-                        s.outcome.record("503");
-                        s.phase = Phase::Done;
-                        error_events(&cut_off())
-                    }
+                    c.last_token = Some(now);
+                    let delta = match kind {
+                        DeltaKind::Content => json!({"content": text}),
+                        DeltaKind::Reasoning => json!({"reasoning_content": text}),
+                    };
+                    let logprobs = c.take_logprobs();
+                    vec![c.chunk(delta, None, logprobs)]
                 }
+                Some(Event::Logprob(lp)) => {
+                    // Sent with the chunk of the text the token adds.
+                    if let Some(entries) = c.logprobs.as_mut() {
+                        let tokenizer = c.state.engines[&c.model].tokenizer();
+                        entries.push(super::logprobs::entry(tokenizer, &lp));
+                    }
+                    Vec::new()
+                }
+                Some(Event::Finished { reason, usage, .. }) => {
+                    c.phase = Phase::Done;
+                    let logprobs = c.take_logprobs();
+                    vec![
+                        c.chunk(json!({}), Some(reason.as_str()), logprobs),
+                        ChoiceItem::Finished(usage),
+                    ]
+                }
+                Some(Event::Error(e)) => {
+                    c.phase = Phase::Done;
+                    vec![ChoiceItem::Failed(
+                        "500",
+                        ApiError::internal(format!("generation failed: {e}")),
+                    )]
+                }
+                None => {
+                    c.phase = Phase::Done;
+                    vec![ChoiceItem::Failed(
+                        "503",
+                        ApiError::unavailable("the engine stopped"),
+                    )]
+                }
+            },
+        };
+        Some((stream::iter(items), c))
+    })
+    .flatten()
+}
+
+/// A streamed completion in progress: its choices' items, merged as they come.
+struct SseState {
+    /// Turns true when the shutdown grace period is over.
+    stop: tokio::sync::watch::Receiver<bool>,
+    choices: stream::SelectAll<stream::BoxStream<'static, ChoiceItem>>,
+    /// Choices not finished yet.
+    remaining: usize,
+    usages: Vec<switchyard_engine::Usage>,
+    id: String,
+    created: u64,
+    include_usage: bool,
+    outcome: Outcome,
+    done: bool,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// The SSE events of a streamed completion: every choice's chunks (role, deltas, finish reason,
+/// each with its `index`) as they come, then the usage chunk if asked for and `[DONE]` once all
+/// have finished. Dropping the stream (the client went away) drops the [`GenerationStream`]s,
+/// which cancels the sequences. An engine error or the end of the shutdown grace period ends it
+/// with an error event and `[DONE]`, which the OpenAI clients raise as an error.
+fn sse_events(s: SseState) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    stream::unfold(s, |mut s| async move {
+        if s.done {
+            return None;
+        }
+        let item = tokio::select! {
+            item = s.choices.next() => Some(item),
+            Ok(_) = s.stop.wait_for(|stop| *stop) => None,
+        };
+        let events: Vec<SseEvent> = match item {
+            Some(Some(ChoiceItem::Chunk(event))) => vec![event],
+            Some(Some(ChoiceItem::Finished(usage))) => {
+                s.usages.push(usage);
+                s.remaining -= 1;
+                if s.remaining > 0 {
+                    Vec::new()
+                } else {
+                    let usage = merged_usage(s.usages.iter());
+                    s.outcome.finished(&usage);
+                    s.done = true;
+                    let mut out = Vec::new();
+                    if s.include_usage {
+                        out.push(
+                            SseEvent::default().data(
+                                json!({"id": s.id, "object": "chat.completion.chunk",
+                                   "created": s.created, "model": s.outcome.labels.model,
+                                   "choices": [], "usage": Usage::from_engine(&usage)})
+                                .to_string(),
+                            ),
+                        );
+                    }
+                    out.push(SseEvent::default().data("[DONE]"));
+                    out
+                }
+            }
+            Some(Some(ChoiceItem::Failed(status, e))) => {
+                s.outcome.record(status);
+                s.done = true;
+                error_events(&e)
+            }
+            Some(None) => {
+                s.outcome.record("503");
+                s.done = true;
+                error_events(&ApiError::unavailable("the engine stopped"))
+            }
+            None => {
+                s.outcome.record("503");
+                s.done = true;
+                error_events(&cut_off())
             }
         };
         Some((stream::iter(events.into_iter().map(Ok)), s))
@@ -948,25 +1093,29 @@ pub(super) fn blocked_response(
 ) -> Response {
     let usage = json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
                        "completion_tokens_details": {"reasoning_tokens": 0}});
+    let choices = request.n.unwrap_or(1);
     let mut response = if request.streamed() {
-        let mut events = vec![
-            chunk(
+        let mut events = Vec::new();
+        for index in 0..choices {
+            events.push(chunk(
                 id,
                 created,
                 model,
+                index,
                 json!({"role": "assistant", "content": message}),
                 None,
                 Value::Null,
-            ),
-            chunk(
+            ));
+            events.push(chunk(
                 id,
                 created,
                 model,
+                index,
                 json!({}),
                 Some("content_filter"),
                 Value::Null,
-            ),
-        ];
+            ));
+        }
         if request.include_usage() {
             events.push(
                 SseEvent::default().data(
@@ -981,8 +1130,9 @@ pub(super) fn blocked_response(
     } else {
         Json(json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": message},
-                         "finish_reason": "content_filter", "logprobs": null}],
+            "choices": (0..choices).map(|index| json!({"index": index,
+                         "message": {"role": "assistant", "content": message},
+                         "finish_reason": "content_filter", "logprobs": null})).collect::<Vec<_>>(),
             "usage": usage,
         }))
         .into_response()

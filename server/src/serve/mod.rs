@@ -100,6 +100,9 @@ pub struct ServeArgs {
     /// Streams open at once before new ones get 429.
     #[arg(long, env = "SWITCHYARD_MAX_STREAMS", default_value_t = 64)]
     pub max_streams: usize,
+    /// Most choices (`n`) one chat request may ask for; each is a sequence of its own.
+    #[arg(long, env = "SWITCHYARD_MAX_CHOICES", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_choices: u16,
     /// Router-only proxy mode: route here, forward chat requests to this inference server (the
     /// vLLM Semantic Router's deployment; the baseline of `bench overhead`). No model is loaded.
     #[arg(long, env = "SWITCHYARD_UPSTREAM")]
@@ -189,6 +192,7 @@ impl Default for ServeArgs {
             kv_cache_mib: None,
             gpu_memory_fraction: 0.9,
             max_streams: 64,
+            max_choices: 8,
             upstream: None,
             router_executor: RouterExecutor::Auto,
             shutdown_grace: 10,
@@ -211,6 +215,8 @@ pub struct Limits {
     pub streams: usize,
     /// Time to receive a request body.
     pub read_timeout: Duration,
+    /// Choices (`n`) per request.
+    pub choices: usize,
 }
 
 /// Everything the handlers share.
@@ -435,6 +441,7 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
             max_tokens: args.max_tokens,
             streams: args.max_streams,
             read_timeout: Duration::from_secs(args.read_timeout),
+            choices: usize::from(args.max_choices),
         },
         metrics: Metrics::new()?,
         api_keys: args
