@@ -420,6 +420,7 @@ fn busy_router_bench(
                     ignore_eos: true,
                     thinking: Thinking::Off,
                     logprobs: None,
+                    ..GenerationParams::default()
                 },
             })
         })

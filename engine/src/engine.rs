@@ -3,7 +3,10 @@
 use crate::config::EngineConfig;
 use crate::detokenize::Detokenizer;
 use crate::error::{EngineError, Result};
-use crate::request::{Event, GenerationRequest, Prompt, Thinking, MAX_TOP_LOGPROBS};
+use crate::json_mode::{JsonMode, TokenTexts};
+use crate::request::{
+    Event, GenerationRequest, Prompt, ResponseFormat, Thinking, MAX_TOP_LOGPROBS,
+};
 use crate::sampling::Sampler;
 use crate::sequence::Sequence;
 use crate::stats::EngineStats;
@@ -310,6 +313,14 @@ impl Engine {
             forced_end: self.info.forced_end.clone(),
             reasoning_tokens: 0,
             logprobs: params.logprobs,
+            json: (params.response_format == ResponseFormat::JsonObject).then(|| {
+                JsonMode::new(
+                    self.info
+                        .token_texts
+                        .get_or_init(|| TokenTexts::new(&self.info.tokenizer))
+                        .clone(),
+                )
+            }),
             submitted,
             first_token: None,
             finished: None,
@@ -358,6 +369,8 @@ struct ModelInfo {
     weight_bytes: usize,
     kv_cache_bytes: usize,
     stats: Arc<EngineStats>,
+    /// Every token's text, for JSON mode (made at the first request that needs it).
+    token_texts: std::sync::OnceLock<Arc<TokenTexts>>,
 }
 
 /// Checks `config` against `model`, sizes and allocates the KV cache (warming a GPU up), and splits
@@ -455,6 +468,7 @@ fn prepare(model: GenerationModel, config: EngineConfig) -> Result<(ModelSlot, M
             weight_bytes,
             kv_cache_bytes: num_blocks * per_block,
             stats,
+            token_texts: std::sync::OnceLock::new(),
         },
     ))
 }

@@ -11,6 +11,7 @@ mod config;
 mod detokenize;
 mod engine;
 mod error;
+pub mod json_mode;
 pub mod memory;
 mod request;
 pub mod sampling;
@@ -28,8 +29,8 @@ pub use engine::{Engine, EngineExecutor, GenerationStream};
 pub use error::{EngineError, Result};
 pub use memory::{KvBudget, MemoryPlan, ModelFootprint};
 pub use request::{
-    DeltaKind, Event, FinishReason, GenerationParams, GenerationRequest, Prompt, Thinking,
-    TokenLogprob, Usage, MAX_TOP_LOGPROBS,
+    DeltaKind, Event, FinishReason, GenerationParams, GenerationRequest, Prompt, ResponseFormat,
+    Thinking, TokenLogprob, Usage, MAX_TOP_LOGPROBS,
 };
 pub use sampling::SamplingParams;
 pub use stats::{EngineStats, StatsSnapshot};

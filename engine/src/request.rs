@@ -42,6 +42,20 @@ pub struct GenerationParams {
     /// Send each sampled token's log-probability ([`Event::Logprob`]) with this many most likely
     /// alternatives (at most [`MAX_TOP_LOGPROBS`]); `None`: no log-probabilities.
     pub logprobs: Option<usize>,
+    /// What the answer must be.
+    pub response_format: ResponseFormat,
+}
+
+/// What the answer (the text after any thinking) must be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResponseFormat {
+    /// Any text.
+    #[default]
+    Text,
+    /// One JSON object and nothing else (OpenAI's `json_object`): every answer token is checked
+    /// against a JSON grammar before it is sampled ([`crate::json_mode`]), and the sequence ends as
+    /// soon as the object is closed. A length limit can still cut it short.
+    JsonObject,
 }
 
 /// The most alternatives [`GenerationParams::logprobs`] may ask for (OpenAI's limit).
@@ -57,6 +71,7 @@ impl Default for GenerationParams {
             ignore_eos: false,
             thinking: Thinking::Off,
             logprobs: None,
+            response_format: ResponseFormat::Text,
         }
     }
 }

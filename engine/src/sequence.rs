@@ -2,6 +2,7 @@
 //! (sampling → detokenizing → thinking split → stop strings → events).
 
 use crate::detokenize::Detokenizer;
+use crate::json_mode::JsonMode;
 use crate::request::{DeltaKind, Event, FinishReason, TokenLogprob, Usage};
 use crate::sampling::Sampler;
 use crate::stop::{StopMatcher, StopOutcome};
@@ -36,6 +37,8 @@ pub(crate) struct Sequence {
     pub(crate) reasoning_tokens: usize,
     /// Alternatives per [`Event::Logprob`]; `None`: no log-probabilities.
     pub(crate) logprobs: Option<usize>,
+    /// The answer must be one JSON object.
+    pub(crate) json: Option<JsonMode>,
     pub(crate) submitted: Instant,
     pub(crate) first_token: Option<Instant>,
     pub(crate) finished: Option<FinishReason>,
@@ -69,7 +72,18 @@ impl Sequence {
         } else {
             // Log-probabilities are of the raw logits, which sampling may change in place.
             let raw = self.logprobs.map(|top| (top, logits.to_vec()));
+            let json = self.json.as_mut().filter(|_| !self.splitter.in_thinking());
+            if let Some(json) = &json {
+                if !json.mask(logits, &self.stop_ids) {
+                    // The object is complete and no end-of-sequence id may end it (`ignore_eos`).
+                    self.finish(tokenizer, FinishReason::Stop);
+                    return;
+                }
+            }
             let token = self.sampler.sample(logits);
+            if let Some(json) = json {
+                json.push(token);
+            }
             if let Some((top, raw)) = raw {
                 if !self.stop_ids.contains(&token) {
                     let (logprob, top) = crate::sampling::log_probs(&raw, token, top);

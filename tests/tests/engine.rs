@@ -3,10 +3,11 @@
 //! limits and preemption.
 
 use std::time::{Duration, Instant};
+use switchyard_engine::json_mode::JsonState;
 use switchyard_engine::{
     DeltaKind, Engine, EngineConfig, EngineError, Event, FinishReason, GenerationParams,
-    GenerationRequest, GenerationStream, Prompt, SamplingParams, Thinking, ThinkingStyle,
-    TokenLogprob, Usage,
+    GenerationRequest, GenerationStream, Prompt, ResponseFormat, SamplingParams, Thinking,
+    ThinkingStyle, TokenLogprob, Usage,
 };
 use switchyard_models::load_generation_model;
 use switchyard_models::text::ChatMessage;
@@ -640,5 +641,110 @@ fn an_f16_cache_stays_close_to_the_f32_logits() {
     assert_eq!(
         2 * switchyard_models::decoder::KvCache::bytes_per_position(c, KvDtype::F16),
         switchyard_models::decoder::KvCache::bytes_per_position(c, KvDtype::F32)
+    );
+}
+
+/// Samples `n` answers in JSON mode; returns each one's text and finish reason.
+fn json_answers(
+    engine: &Engine,
+    prompt: Prompt,
+    n: u64,
+    max_tokens: usize,
+    logit_bias: Vec<(u32, f32)>,
+) -> Vec<(String, FinishReason)> {
+    (0..n)
+        .map(|seed| {
+            let out = drain(
+                engine
+                    .submit(GenerationRequest {
+                        prompt: prompt.clone(),
+                        params: GenerationParams {
+                            sampling: SamplingParams {
+                                temperature: 0.8,
+                                seed: Some(seed),
+                                logit_bias: logit_bias.clone(),
+                                ..Default::default()
+                            },
+                            max_tokens: Some(max_tokens),
+                            response_format: ResponseFormat::JsonObject,
+                            ..Default::default()
+                        },
+                    })
+                    .unwrap(),
+            );
+            (out.content, out.reason.unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn json_mode_answers_are_json_objects_even_from_random_weights() {
+    let engine = engine("tiny-llama", EngineConfig::default());
+    let tokenizer = engine.tokenizer();
+    // Random weights would rarely close a string or an object: nudge them toward it.
+    let bias = ["\"", "}"]
+        .iter()
+        .map(|t| (tokenizer.token_id(t).unwrap(), 6.0))
+        .collect();
+    let answers = json_answers(&engine, Prompt::Text("Hello".into()), 12, 64, bias);
+    let mut complete = 0;
+    for (text, reason) in &answers {
+        let mut state = JsonState::new();
+        assert!(state.feed(text), "not a JSON prefix: {text:?}");
+        match reason {
+            FinishReason::Stop => {
+                assert!(state.complete(), "{text:?}");
+                let v: serde_json::Value = serde_json::from_str(text).unwrap();
+                assert!(v.is_object(), "{text:?}");
+                complete += 1;
+            }
+            FinishReason::Length => assert!(!state.complete(), "{text:?}"),
+        }
+    }
+    assert!(complete >= 6, "{answers:?}");
+    // Without JSON mode the same sampling is free text.
+    let free = drain(
+        engine
+            .submit(GenerationRequest {
+                prompt: Prompt::Text("Hello".into()),
+                params: GenerationParams {
+                    sampling: SamplingParams {
+                        temperature: 0.8,
+                        seed: Some(0),
+                        ..Default::default()
+                    },
+                    max_tokens: Some(64),
+                    ..Default::default()
+                },
+            })
+            .unwrap(),
+    );
+    assert!(!JsonState::new().feed(&free.content), "{:?}", free.content);
+}
+
+#[test]
+fn json_mode_on_the_real_model_gives_the_objects_it_was_asked_for() {
+    let Some(path) = switchyard_tests::smollm2_gguf() else {
+        return;
+    };
+    let engine = Engine::start(
+        load_generation_model(&path).unwrap(),
+        EngineConfig::default(),
+    )
+    .unwrap();
+    let prompt = Prompt::Chat(vec![ChatMessage::new(
+        "user",
+        "Describe a fictional person as a JSON object with name, age and city.",
+    )]);
+    let answers = json_answers(&engine, prompt, 4, 120, Vec::new());
+    let objects: Vec<serde_json::Value> = answers
+        .iter()
+        .filter(|(_, reason)| *reason == FinishReason::Stop)
+        .map(|(text, _)| serde_json::from_str(text).unwrap())
+        .collect();
+    assert!(objects.len() >= 3, "{answers:?}");
+    assert!(
+        objects.iter().all(|o| o.get("name").is_some()),
+        "{objects:?}"
     );
 }

@@ -42,7 +42,9 @@ fn assemble_choices(data: &[String]) -> (Vec<(String, Option<String>)>, Option<V
             // Each choice opens with its role.
             entry.2 |= c["delta"]["role"] == "assistant";
             assert!(entry.2, "choice {i} before its role chunk");
-            entry.0.push_str(c["delta"]["content"].as_str().unwrap_or(""));
+            entry
+                .0
+                .push_str(c["delta"]["content"].as_str().unwrap_or(""));
             entry.1 = c["finish_reason"].as_str().map(str::to_string);
         }
     }
@@ -102,6 +104,32 @@ async fn n_choices_are_sampled_apart_indexed_and_streamed_side_by_side() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(served, 4.0, "{m}");
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_format_json_object_constrains_the_answer_and_json_schema_is_refused() {
+    let (s, base) = server(args()).await;
+    let mut body = chat("tiny-llama", "Reply in JSON", 24);
+    body["temperature"] = json!(1.0);
+    body["response_format"] = json!({"type": "json_object"});
+    for seed in 0..3 {
+        body["seed"] = json!(seed);
+        let v = completion(&base, &body).await;
+        let mut state = switchyard_engine::json_mode::JsonState::new();
+        // Random weights: a JSON object, or the start of one when the length ran out.
+        assert!(state.feed(content(&v)), "{v}");
+        assert_eq!(
+            v["choices"][0]["finish_reason"],
+            if state.complete() { "stop" } else { "length" }
+        );
+    }
+    body["response_format"] =
+        json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {}}});
+    let e = error_of(post(&base, "/v1/chat/completions", &body).await, 400).await;
+    assert_eq!(e["param"], "response_format");
+    body["response_format"] = json!({"type": "text"});
+    completion(&base, &body).await;
     s.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use switchyard_engine::ResponseFormat;
 use switchyard_models::text::ChatMessage;
 
 use super::error::ApiError;
@@ -112,12 +113,11 @@ pub struct ChatRequest {
 }
 
 /// Fields whose meaning this server does not implement (a request using them gets a 400).
-const UNSUPPORTED: [&str; 7] = [
+const UNSUPPORTED: [&str; 6] = [
     "tools",
     "tool_choice",
     "functions",
     "function_call",
-    "response_format",
     "audio",
     "prediction",
 ];
@@ -150,13 +150,31 @@ impl ChatRequest {
             .collect()
     }
 
+    /// `response_format`: absent, `null` or `{"type": "text"}` is text; `{"type": "json_object"}`
+    /// asks for one JSON object. Anything else (`json_schema` included) is a 400.
+    pub fn response_format(&self) -> Result<ResponseFormat, ApiError> {
+        let Some(v) = self.other.get("response_format").filter(|v| !v.is_null()) else {
+            return Ok(ResponseFormat::Text);
+        };
+        match v.get("type").and_then(Value::as_str) {
+            Some("text") => Ok(ResponseFormat::Text),
+            Some("json_object") => Ok(ResponseFormat::JsonObject),
+            Some("json_schema") => Err(ApiError::invalid(
+                "response_format",
+                "`json_schema` is not supported by this server; `json_object` is",
+            )),
+            _ => Err(ApiError::invalid(
+                "response_format",
+                "`type` must be `text` or `json_object`",
+            )),
+        }
+    }
+
     /// Checks what the types cannot: unsupported fields, `n`, ranges.
     pub fn validate(&self) -> Result<(), ApiError> {
         for field in UNSUPPORTED {
             if let Some(v) = self.other.get(field) {
-                let harmless = v.is_null()
-                    || v == &Value::Bool(false)
-                    || (field == "response_format" && v.get("type") == Some(&Value::from("text")));
+                let harmless = v.is_null() || v == &Value::Bool(false);
                 if !harmless {
                     return Err(ApiError::invalid(
                         field,
@@ -180,6 +198,7 @@ impl ChatRequest {
             }
         }
         self.logit_bias()?;
+        self.response_format()?;
         if self.n == Some(0) {
             return Err(ApiError::invalid("n", "`n` must be at least 1"));
         }
@@ -375,7 +394,11 @@ mod tests {
             ("top_logprobs", json!(2)),
             ("logit_bias", json!({"one": 5})),
             ("logit_bias", json!({"1": 101})),
-            ("response_format", json!({"type": "json_object"})),
+            (
+                "response_format",
+                json!({"type": "json_schema", "json_schema": {"name": "x"}}),
+            ),
+            ("response_format", json!({"type": "yaml"})),
             ("n", json!(0)),
             ("top_k", json!(-2)),
             ("temperature", json!(2.5)),

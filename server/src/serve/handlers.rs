@@ -592,6 +592,7 @@ async fn chat(
             ignore_eos: request.ignore_eos.unwrap_or(false),
             thinking: plan.thinking,
             logprobs: request.logprobs_wanted(),
+            response_format: request.response_format()?,
         },
     };
     // Rendering the template and tokenizing a long prompt is CPU work: keep it off the threads
@@ -854,10 +855,7 @@ async fn collect(
                 });
             }
             Some(Event::Error(e)) => {
-                return Err((
-                    "500",
-                    ApiError::internal(format!("generation failed: {e}")),
-                ))
+                return Err(("500", ApiError::internal(format!("generation failed: {e}"))))
             }
             None => return Err(("503", ApiError::unavailable("the engine stopped"))),
         }
@@ -940,7 +938,11 @@ fn choice_events(c: ChoiceState) -> impl Stream<Item = ChoiceItem> {
         let items: Vec<ChoiceItem> = match c.phase {
             Phase::Start => {
                 c.phase = Phase::Body;
-                vec![c.chunk(json!({"role": "assistant", "content": ""}), None, Value::Null)]
+                vec![c.chunk(
+                    json!({"role": "assistant", "content": ""}),
+                    None,
+                    Value::Null,
+                )]
             }
             Phase::Done => return None,
             Phase::Body => match c.stream.recv_async().await {
