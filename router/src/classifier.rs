@@ -691,7 +691,7 @@ pub const EMBED_ALONGSIDE_MAX_BATCH: usize = 1;
 /// Above this recent share of texts skipping the encoder, it runs after the backbone again: a text
 /// that skips pays for a backbone pass on one thread (plus the encoder layer under way when the
 /// backbone finishes) instead of two. Measured on the AVX2 machine (`bench router`, batch 1, paired
-/// `route()` calls): on chat-style requests (6 % skip) beside saves 0.5-0.7 ms at the median, on
+/// `route()` calls): on chat-style requests (6 % skip) beside saves 0.3-0.9 ms at the median, on
 /// MMLU-Pro questions (62 % skip) it cost 2.6 ms; break-even is near a fifth.
 pub const MAX_SKIP_SHARE_ALONGSIDE: f32 = 0.2;
 
