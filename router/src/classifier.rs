@@ -568,8 +568,7 @@ impl RouterModel {
         }
     }
 
-    /// One backbone's forward over the batch, its heads' logits pulled to the host (so the latency
-    /// includes the device work).
+    /// Every backbone that has a head in use, once over the batch.
     fn run_backbones(&self, batch: &[&EncodedText]) -> Result<Vec<BackbonePass>, RouterError> {
         let mut passes = Vec::with_capacity(self.backbones.len());
         for (b, backbone) in self.backbones.iter().enumerate() {
@@ -615,6 +614,8 @@ impl RouterModel {
         Ok((passes?, embeddings?))
     }
 
+    /// One backbone's forward over the batch, its heads' logits pulled to the host (so the latency
+    /// includes the device work).
     fn run_backbone(&self, b: usize, batch: &[&EncodedText]) -> Result<BackbonePass, RouterError> {
         let backbone = &self.backbones[b];
         let start = Instant::now();

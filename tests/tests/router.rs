@@ -499,6 +499,16 @@ fn the_encoder_beside_the_backbone_gives_the_signals_it_gives_after_it() {
         !beside.model().embeds_alongside(2),
         "batches above one text split products"
     );
+    // The encoder stops when told to before a layer, and otherwise gives what `embed` gives.
+    let embedder = &beside.model().embedding().unwrap().embedder;
+    let ids = embedder.encode("can you help me with this").unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(true);
+    assert_eq!(embedder.embed_unless(&[&ids], &stop).unwrap(), None);
+    stop.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        embedder.embed_unless(&[&ids], &stop).unwrap(),
+        Some(embedder.embed(&[&ids]).unwrap())
+    );
 }
 
 #[test]
