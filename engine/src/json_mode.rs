@@ -368,6 +368,8 @@ impl TokenTexts {
 pub struct JsonMode {
     state: JsonState,
     texts: Arc<TokenTexts>,
+    /// Which tokens [`mask`](Self::mask) allows, kept between steps so it allocates once.
+    allowed: Vec<bool>,
 }
 
 impl JsonMode {
@@ -376,6 +378,7 @@ impl JsonMode {
         Self {
             state: JsonState::new(),
             texts,
+            allowed: Vec::new(),
         }
     }
 
@@ -386,8 +389,10 @@ impl JsonMode {
 
     /// Sets the logits of tokens that cannot come next to −∞; `end_ids` (end of sequence) are
     /// allowed exactly when the object is complete. Returns whether any token is left.
-    pub fn mask(&self, logits: &mut [f32], end_ids: &[u32]) -> bool {
-        let mut allowed = vec![false; logits.len()];
+    pub fn mask(&mut self, logits: &mut [f32], end_ids: &[u32]) -> bool {
+        let mut allowed = std::mem::take(&mut self.allowed);
+        allowed.clear();
+        allowed.resize(logits.len(), false);
         if !self.state.complete() {
             self.allow_continuations(&mut allowed);
         }
@@ -397,13 +402,14 @@ impl JsonMode {
             }
         }
         let mut any = false;
-        for (logit, ok) in logits.iter_mut().zip(allowed) {
+        for (logit, &ok) in logits.iter_mut().zip(&allowed) {
             if ok {
                 any |= logit.is_finite();
             } else {
                 *logit = f32::NEG_INFINITY;
             }
         }
+        self.allowed = allowed;
         any
     }
 
@@ -579,26 +585,26 @@ mod tests {
         // 0 is the end of sequence; 6 a byte piece of a multi-byte character.
         let vocab = ["", "{", "\"", "a", "}", " ", "\u{FFFD}", "{\"", "1", ":"];
         let mut mode = mode_over(&vocab);
-        let allowed = |mode: &JsonMode| {
+        let allowed = |mode: &mut JsonMode| {
             let mut logits = vec![0.0f32; vocab.len()];
             assert!(mode.mask(&mut logits, &[0]));
             (0..vocab.len())
                 .filter(|&i| logits[i].is_finite())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(allowed(&mode), vec![1, 5, 7]);
+        assert_eq!(allowed(&mut mode), vec![1, 5, 7]);
         for id in [7, 3] {
             mode.push(id);
         }
         // Inside the key: any text without a raw control character, and byte pieces.
-        assert_eq!(allowed(&mode), vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(allowed(&mut mode), vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
         for id in [2, 9, 8] {
             mode.push(id);
         }
-        assert_eq!(allowed(&mode), vec![4, 5, 8]);
+        assert_eq!(allowed(&mut mode), vec![4, 5, 8]);
         mode.push(4);
         assert!(mode.complete());
         // Complete: only the end of sequence.
-        assert_eq!(allowed(&mode), vec![0]);
+        assert_eq!(allowed(&mut mode), vec![0]);
     }
 }

@@ -72,8 +72,8 @@ impl Sequence {
         } else {
             // Log-probabilities are of the raw logits, which sampling may change in place.
             let raw = self.logprobs.map(|top| (top, logits.to_vec()));
-            let json = self.json.as_mut().filter(|_| !self.splitter.in_thinking());
-            if let Some(json) = &json {
+            let mut json = self.json.as_mut().filter(|_| !self.splitter.in_thinking());
+            if let Some(json) = json.as_mut() {
                 if !json.mask(logits, &self.stop_ids) {
                     // The object is complete and no end-of-sequence id may end it (`ignore_eos`).
                     self.finish(tokenizer, FinishReason::Stop);

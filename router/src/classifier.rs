@@ -464,13 +464,17 @@ impl RouterModel {
             return Ok(out);
         }
         let active = self.active_lexical();
-        let (passes, alongside) = match self.embedding.as_ref() {
+        let (passes, confident, alongside) = match self.embedding.as_ref() {
             Some((_, signal)) if self.embeds_alongside(batch.len()) => {
                 self.backbones_with_embedding(batch, &active, signal)?
             }
-            _ => (self.run_backbones(batch)?, None),
+            _ => {
+                let passes = self.run_backbones(batch)?;
+                let confident = self.confident_fast(batch, &passes, &active);
+                (passes, confident, None)
+            }
         };
-        let embedded = self.embed(batch, &passes, &active, alongside)?;
+        let embedded = self.embed(batch, &passes, confident, alongside)?;
         for pass in &passes {
             let b = pass.backbone;
             let heads = self.backbones[b].model.heads();
@@ -581,26 +585,24 @@ impl RouterModel {
 
     /// The backbone passes and, at the same time on the other CPU thread, the sentence embeddings
     /// of every text of the batch (see [`EMBED_ALONGSIDE_MAX_BATCH`]). When the passes show that
-    /// every text skips the encoder, the encoder stops at its next layer and gives `None`.
+    /// every text skips the encoder, the encoder stops at its next layer and gives `None`. Also
+    /// returns [`confident_fast`](Self::confident_fast) of the passes.
     fn backbones_with_embedding(
         &self,
         batch: &[&EncodedText],
         active: &[usize],
         signal: &EmbeddingSignal,
-    ) -> Result<(Vec<BackbonePass>, Option<Alongside>), RouterError> {
+    ) -> Result<(Vec<BackbonePass>, Confident, Option<Alongside>), RouterError> {
         let ids = embedding_ids(batch.iter().copied())?;
         let stop = AtomicBool::new(false);
         let (passes, embeddings) = switchyard_models::executor::join(
             || {
                 let passes = self.run_backbones(batch)?;
-                if self
-                    .confident_fast(batch, &passes, active)
-                    .iter()
-                    .all(Option::is_some)
-                {
+                let confident = self.confident_fast(batch, &passes, active);
+                if confident.iter().all(Option::is_some) {
                     stop.store(true, Ordering::Relaxed);
                 }
-                Ok::<_, RouterError>(passes)
+                Ok::<_, RouterError>((passes, confident))
             },
             || {
                 let start = Instant::now();
@@ -611,7 +613,8 @@ impl RouterModel {
                 }))
             },
         );
-        Ok((passes?, embeddings?))
+        let (passes, confident) = passes?;
+        Ok((passes, confident, embeddings?))
     }
 
     /// One backbone's forward over the batch, its heads' logits pulled to the host (so the latency
@@ -696,6 +699,10 @@ pub const EMBED_ALONGSIDE_MAX_BATCH: usize = 1;
 /// MMLU-Pro questions (62 % skip) it cost 2.6 ms; break-even is near a fifth.
 pub const MAX_SKIP_SHARE_ALONGSIDE: f32 = 0.2;
 
+/// Per text, the fast signals' distribution when they are confident enough to skip the sentence
+/// encoder (`None`: the text needs it).
+type Confident = Vec<Option<Vec<f32>>>;
+
 /// Sentence embeddings of every text of a batch, computed beside the backbone pass.
 struct Alongside {
     /// One per text.
@@ -733,8 +740,8 @@ impl RouterModel {
         batch: &[&EncodedText],
         passes: &[BackbonePass],
         active: &[usize],
-    ) -> Vec<Option<Vec<f32>>> {
-        let mut confident: Vec<Option<Vec<f32>>> = vec![None; batch.len()];
+    ) -> Confident {
+        let mut confident: Confident = vec![None; batch.len()];
         let Some((role, _)) = &self.embedding else {
             return confident;
         };
@@ -765,13 +772,12 @@ impl RouterModel {
         &self,
         batch: &[&EncodedText],
         passes: &[BackbonePass],
-        active: &[usize],
+        confident: Confident,
         alongside: Option<Alongside>,
     ) -> Result<Option<Embedded>, RouterError> {
         let Some((role, signal)) = &self.embedding else {
             return Ok(None);
         };
-        let confident = self.confident_fast(batch, passes, active);
         if self.embedding_skip_threshold().is_some() {
             self.note_skips(&confident);
         }
