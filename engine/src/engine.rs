@@ -1,9 +1,11 @@
 //! The engine handle: prepares prompts on the caller's thread and hands sequences to the worker.
 
 use crate::config::EngineConfig;
+use crate::constraint::AnswerConstraint;
 use crate::detokenize::Detokenizer;
 use crate::error::{EngineError, Result};
 use crate::json_mode::{JsonMode, TokenTexts};
+use crate::json_schema::SchemaCompiler;
 use crate::request::{
     Event, GenerationRequest, Prompt, ResponseFormat, Thinking, MAX_TOP_LOGPROBS,
 };
@@ -234,6 +236,39 @@ impl Engine {
         Ok((tokens, section))
     }
 
+    /// The per-token check of an answer in `format` (`None`: any text); a JSON schema is compiled
+    /// here, on the caller's thread, so that one that cannot be enforced is refused at once.
+    fn answer_constraint(&self, format: &ResponseFormat) -> Result<Option<AnswerConstraint>> {
+        Ok(match format {
+            ResponseFormat::Text => None,
+            ResponseFormat::JsonObject => Some(AnswerConstraint::JsonObject(JsonMode::new(
+                self.info
+                    .token_texts
+                    .get_or_init(|| TokenTexts::new(&self.info.tokenizer))
+                    .clone(),
+            ))),
+            ResponseFormat::JsonSchema(schema) => {
+                let compiler = self
+                    .info
+                    .schemas
+                    .get_or_init(|| {
+                        SchemaCompiler::new(&self.info.tokenizer).map_err(|e| match e {
+                            EngineError::InvalidParameter { message, .. } => message,
+                            e => e.to_string(),
+                        })
+                    })
+                    .as_ref()
+                    .map_err(|message| EngineError::InvalidParameter {
+                        param: "response_format",
+                        message: message.clone(),
+                    })?;
+                Some(AnswerConstraint::JsonSchema(Box::new(
+                    compiler.compile(schema)?,
+                )))
+            }
+        })
+    }
+
     /// Queues a request; its events arrive on the returned stream.
     pub fn submit(&self, request: GenerationRequest) -> Result<GenerationStream> {
         let submitted = Instant::now();
@@ -294,6 +329,7 @@ impl Engine {
             Thinking::On { budget } => budget,
             Thinking::Off => None,
         };
+        let constraint = self.answer_constraint(&params.response_format)?;
         let (events, rx) = flume::unbounded();
         let prompt_len = tokens.len();
         let seq = Sequence {
@@ -313,14 +349,7 @@ impl Engine {
             forced_end: self.info.forced_end.clone(),
             reasoning_tokens: 0,
             logprobs: params.logprobs,
-            json: (params.response_format == ResponseFormat::JsonObject).then(|| {
-                JsonMode::new(
-                    self.info
-                        .token_texts
-                        .get_or_init(|| TokenTexts::new(&self.info.tokenizer))
-                        .clone(),
-                )
-            }),
+            constraint,
             submitted,
             first_token: None,
             finished: None,
@@ -371,6 +400,8 @@ struct ModelInfo {
     stats: Arc<EngineStats>,
     /// Every token's text, for JSON mode (made at the first request that needs it).
     token_texts: std::sync::OnceLock<Arc<TokenTexts>>,
+    /// The vocabulary indexed for JSON schemas (or why it cannot be), built on first use.
+    schemas: std::sync::OnceLock<std::result::Result<SchemaCompiler, String>>,
 }
 
 /// Checks `config` against `model`, sizes and allocates the KV cache (warming a GPU up), and splits
@@ -469,6 +500,7 @@ fn prepare(model: GenerationModel, config: EngineConfig) -> Result<(ModelSlot, M
             kv_cache_bytes: num_blocks * per_block,
             stats,
             token_texts: std::sync::OnceLock::new(),
+            schemas: std::sync::OnceLock::new(),
         },
     ))
 }

@@ -47,7 +47,7 @@ pub struct GenerationParams {
 }
 
 /// What the answer (the text after any thinking) must be.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum ResponseFormat {
     /// Any text.
     #[default]
@@ -56,6 +56,10 @@ pub enum ResponseFormat {
     /// against a JSON grammar before it is sampled ([`crate::json_mode`]), and the sequence ends as
     /// soon as the object is closed. A length limit can still cut it short.
     JsonObject,
+    /// JSON that matches this JSON schema (OpenAI's `json_schema`), enforced token by token
+    /// ([`crate::json_schema`]); a schema that cannot be enforced is refused at submission. A
+    /// length limit can still cut the answer short.
+    JsonSchema(std::sync::Arc<serde_json::Value>),
 }
 
 /// The most alternatives [`GenerationParams::logprobs`] may ask for (OpenAI's limit).

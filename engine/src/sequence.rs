@@ -1,8 +1,8 @@
 //! One request inside the worker: its tokens, cache blocks and output pipeline
 //! (sampling → detokenizing → thinking split → stop strings → events).
 
+use crate::constraint::AnswerConstraint;
 use crate::detokenize::Detokenizer;
-use crate::json_mode::JsonMode;
 use crate::request::{DeltaKind, Event, FinishReason, TokenLogprob, Usage};
 use crate::sampling::Sampler;
 use crate::stop::{StopMatcher, StopOutcome};
@@ -37,8 +37,8 @@ pub(crate) struct Sequence {
     pub(crate) reasoning_tokens: usize,
     /// Alternatives per [`Event::Logprob`]; `None`: no log-probabilities.
     pub(crate) logprobs: Option<usize>,
-    /// The answer must be one JSON object.
-    pub(crate) json: Option<JsonMode>,
+    /// What the answer must be (`None`: any text).
+    pub(crate) constraint: Option<AnswerConstraint>,
     pub(crate) submitted: Instant,
     pub(crate) first_token: Option<Instant>,
     pub(crate) finished: Option<FinishReason>,
@@ -72,17 +72,23 @@ impl Sequence {
         } else {
             // Log-probabilities are of the raw logits, which sampling may change in place.
             let raw = self.logprobs.map(|top| (top, logits.to_vec()));
-            let mut json = self.json.as_mut().filter(|_| !self.splitter.in_thinking());
-            if let Some(json) = json.as_mut() {
-                if !json.mask(logits, &self.stop_ids) {
-                    // The object is complete and no end-of-sequence id may end it (`ignore_eos`).
-                    self.finish(tokenizer, FinishReason::Stop);
-                    return;
+            let mut constraint = self
+                .constraint
+                .as_mut()
+                .filter(|_| !self.splitter.in_thinking());
+            if let Some(c) = constraint.as_mut() {
+                match c.mask(logits, &self.stop_ids) {
+                    Ok(true) => {}
+                    // The answer is complete and no end-of-sequence id may end it (`ignore_eos`).
+                    Ok(false) => return self.finish(tokenizer, FinishReason::Stop),
+                    Err(e) => return self.fail(format!("constrained decoding: {e}")),
                 }
             }
             let token = self.sampler.sample(logits);
-            if let Some(json) = json {
-                json.push(token);
+            if let Some(c) = constraint.filter(|_| !self.stop_ids.contains(&token)) {
+                if let Err(e) = c.push(token) {
+                    return self.fail(format!("constrained decoding: {e}"));
+                }
             }
             if let Some((top, raw)) = raw {
                 if !self.stop_ids.contains(&token) {

@@ -652,6 +652,25 @@ fn json_answers(
     max_tokens: usize,
     logit_bias: Vec<(u32, f32)>,
 ) -> Vec<(String, FinishReason)> {
+    constrained_answers(
+        engine,
+        prompt,
+        n,
+        max_tokens,
+        logit_bias,
+        ResponseFormat::JsonObject,
+    )
+}
+
+/// Samples `n` answers (seeds 0..n) in `format`; returns each one's text and finish reason.
+fn constrained_answers(
+    engine: &Engine,
+    prompt: Prompt,
+    n: u64,
+    max_tokens: usize,
+    logit_bias: Vec<(u32, f32)>,
+    format: ResponseFormat,
+) -> Vec<(String, FinishReason)> {
     (0..n)
         .map(|seed| {
             let out = drain(
@@ -666,7 +685,7 @@ fn json_answers(
                                 ..Default::default()
                             },
                             max_tokens: Some(max_tokens),
-                            response_format: ResponseFormat::JsonObject,
+                            response_format: format.clone(),
                             ..Default::default()
                         },
                     })
@@ -747,4 +766,124 @@ fn json_mode_on_the_real_model_gives_the_objects_it_was_asked_for() {
         objects.iter().all(|o| o.get("name").is_some()),
         "{objects:?}"
     );
+}
+
+/// A person: a name, an age in [0, 150] and a city, nothing else.
+fn person_schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 40},
+            "age": {"type": "integer", "minimum": 0, "maximum": 150},
+            "city": {"type": "string", "maxLength": 40}
+        },
+        "required": ["name", "age", "city"],
+        "additionalProperties": false
+    })
+}
+
+/// Whether `v` is a [`person_schema`] person.
+fn is_person(v: &serde_json::Value) -> bool {
+    let Some(o) = v.as_object() else {
+        return false;
+    };
+    let short = |k: &str| o[k].as_str().is_some_and(|s| s.chars().count() <= 40);
+    o.len() == 3
+        && short("name")
+        && short("city")
+        && o["age"].as_i64().is_some_and(|a| (0..=150).contains(&a))
+}
+
+#[test]
+fn json_schema_answers_match_the_schema_even_from_random_weights() {
+    let engine = engine("tiny-llama", EngineConfig::default());
+    let format = ResponseFormat::JsonSchema(std::sync::Arc::new(person_schema()));
+    let tokenizer = engine.tokenizer();
+    // Random weights would rarely close a string: nudge them toward it.
+    let bias = vec![(tokenizer.token_id("\"").unwrap(), 6.0)];
+    let answers = constrained_answers(&engine, Prompt::Text("Hello".into()), 12, 80, bias, format);
+    let mut complete = 0;
+    for (text, reason) in &answers {
+        if *reason == FinishReason::Stop {
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert!(is_person(&v), "{text:?}");
+            complete += 1;
+        } else {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(text).is_err(),
+                "{text:?}"
+            );
+        }
+    }
+    assert!(complete >= 6, "{answers:?}");
+}
+
+#[test]
+fn json_schema_on_the_real_model_gives_what_the_schema_asks_for() {
+    let Some(path) = switchyard_tests::smollm2_gguf() else {
+        return;
+    };
+    let engine = Engine::start(
+        load_generation_model(&path).unwrap(),
+        EngineConfig::default(),
+    )
+    .unwrap();
+    let prompt = Prompt::Chat(vec![ChatMessage::new(
+        "user",
+        "Describe a fictional person with their name, age and city.",
+    )]);
+    let format = ResponseFormat::JsonSchema(std::sync::Arc::new(person_schema()));
+    let answers = constrained_answers(&engine, prompt, 6, 120, Vec::new(), format);
+    for (text, reason) in &answers {
+        assert_eq!(*reason, FinishReason::Stop, "{text:?}");
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert!(is_person(&v), "{text:?}");
+    }
+    // An enum leaves the model a choice between its values only, greedy or not.
+    let choice = serde_json::json!({
+        "type": "object",
+        "properties": {"answer": {"enum": ["yes", "no"]}},
+        "required": ["answer"],
+        "additionalProperties": false
+    });
+    let prompt = Prompt::Chat(vec![ChatMessage::new("user", "Is the sky blue?")]);
+    let answers = constrained_answers(
+        &engine,
+        prompt,
+        3,
+        40,
+        Vec::new(),
+        ResponseFormat::JsonSchema(std::sync::Arc::new(choice)),
+    );
+    for (text, reason) in &answers {
+        assert_eq!(*reason, FinishReason::Stop, "{text:?}");
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert!(
+            v == serde_json::json!({"answer": "yes"}) || v == serde_json::json!({"answer": "no"}),
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
+fn a_schema_that_cannot_be_enforced_is_refused_when_submitted() {
+    let engine = engine("tiny-llama", EngineConfig::default());
+    for (schema, why) in [
+        (serde_json::json!({"$ref": "#/$defs/missing"}), "missing"),
+        (serde_json::json!([1, 2]), "must be an object"),
+        (serde_json::json!({"type": "strin"}), "strin"),
+    ] {
+        let mut request = greedy(vec![5, 6, 7], 4);
+        request.params.response_format = ResponseFormat::JsonSchema(std::sync::Arc::new(schema));
+        match engine.submit(request) {
+            Err(EngineError::InvalidParameter {
+                param: "response_format",
+                message,
+            }) => assert!(message.contains(why), "{message}"),
+            other => panic!("{why}: {:?}", other.map(|_| ())),
+        }
+    }
+    // The engine goes on serving.
+    let out = drain(engine.submit(greedy(vec![5, 6, 7], 4)).unwrap());
+    assert_eq!(out.ids.len(), 4);
 }

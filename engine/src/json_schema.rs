@@ -1,0 +1,187 @@
+//! Structured outputs (OpenAI `response_format: {"type": "json_schema", ...}`): the answer is JSON
+//! that matches a schema.
+//!
+//! The schema is compiled by [llguidance] (the constrained-decoding library behind the structured
+//! outputs of vLLM, SGLang and llama.cpp) into a grammar over the model's own tokens. Before each
+//! answer token, [`SchemaConstraint::mask`] sets the logit of every token that cannot continue a
+//! matching answer to −∞ and allows the end-of-sequence ids only where the answer may end.
+//!
+//! - A schema llguidance cannot enforce (an unsupported keyword, a contradiction, a dangling
+//!   `$ref`) is refused when the request is submitted ([`SchemaCompiler::compile`]), never relaxed
+//!   in silence. `oneOf` is enforced as `anyOf` (Pydantic writes discriminated unions as `oneOf`).
+//! - Whitespace outside strings is at most [`MAX_WHITESPACE_RUN`] characters between two JSON
+//!   tokens, so a small model cannot wander into endless newlines; a schema's own `x-guidance`
+//!   options take precedence.
+
+use std::sync::Arc;
+
+use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
+use llguidance::{Matcher, ParserFactory};
+use serde_json::Value;
+use switchyard_models::text::TextTokenizer;
+
+use crate::error::{EngineError, Result};
+
+/// Most whitespace characters in a row outside strings.
+pub const MAX_WHITESPACE_RUN: usize = 16;
+
+/// The model's vocabulary as byte strings, for llguidance: its token trie, and the model's own
+/// tokenizer for the text llguidance tokenizes itself.
+struct Vocabulary {
+    trie: TokTrie,
+    tokenizer: TextTokenizer,
+}
+
+impl TokenizerEnv for Vocabulary {
+    fn tok_trie(&self) -> &TokTrie {
+        &self.trie
+    }
+
+    fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
+        // Text llguidance forces is valid UTF-8 between token boundaries; a failed encoding leaves
+        // the trie's greedy tokenization, which is still a valid (if not canonical) one.
+        self.tokenizer
+            .encode(&String::from_utf8_lossy(s))
+            .unwrap_or_else(|_| self.trie.greedy_tokenize(s))
+    }
+}
+
+/// Compiles JSON schemas into per-request constraints for one model's vocabulary. Building it
+/// indexes the vocabulary (tens of milliseconds for 50k tokens), so an engine builds one, on the
+/// first request that needs it, and shares it.
+pub struct SchemaCompiler {
+    factory: ParserFactory,
+}
+
+impl std::fmt::Debug for SchemaCompiler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaCompiler")
+            .field(
+                "vocab_size",
+                &self.factory.tok_env().tok_trie().vocab_size(),
+            )
+            .finish()
+    }
+}
+
+impl SchemaCompiler {
+    /// Indexes `tokenizer`'s vocabulary: each token's bytes as the tokenizer's own decoder spells
+    /// them (byte-level BPE and SentencePiece byte fallback alike); special tokens are never
+    /// allowed inside an answer.
+    pub fn new(tokenizer: &TextTokenizer) -> Result<Self> {
+        let setup = |e: String| EngineError::InvalidParameter {
+            param: "response_format",
+            message: format!(
+                "structured outputs are not available for this model's tokenizer: {e}"
+            ),
+        };
+        let json = serde_json::to_value(tokenizer.inner()).map_err(|e| setup(e.to_string()))?;
+        let mut words =
+            llguidance::token_bytes_from_tokenizer_json(&json).map_err(|e| setup(e.to_string()))?;
+        // The vocabulary may have ids the tokenizer file does not spell (padding rows); they stay
+        // empty, which no grammar allows.
+        words.resize(words.len().max(tokenizer.vocab_size()), Vec::new());
+        let eos = tokenizer.eos().first().copied().unwrap_or(0);
+        let info = TokRxInfo::new(words.len() as u32, eos);
+        let env: TokEnv = Arc::new(Vocabulary {
+            trie: TokTrie::from(&info, &words),
+            tokenizer: tokenizer.clone(),
+        });
+        let mut factory = ParserFactory::new_simple(&env).map_err(|e| setup(e.to_string()))?;
+        factory.quiet();
+        Ok(Self { factory })
+    }
+
+    /// A constraint for one answer that must match `schema`; a schema that cannot be enforced is
+    /// an [`EngineError::InvalidParameter`] of `response_format` that says why.
+    pub fn compile(&self, schema: &Value) -> Result<SchemaConstraint> {
+        let invalid = |message: String| EngineError::InvalidParameter {
+            param: "response_format",
+            message,
+        };
+        if !schema.is_object() && !schema.is_boolean() {
+            return Err(invalid("the JSON schema must be an object".into()));
+        }
+        let mut schema = schema.clone();
+        if let Value::Object(map) = &mut schema {
+            map.entry("x-guidance").or_insert_with(|| {
+                serde_json::json!({
+                    "whitespace_pattern": format!("[ \\t\\n\\r]{{0,{MAX_WHITESPACE_RUN}}}"),
+                    "coerce_one_of": true,
+                })
+            });
+        }
+        let parser = self
+            .factory
+            .create_parser(TopLevelGrammar::from_json_schema(schema))
+            .map_err(|e| invalid(format!("the JSON schema cannot be enforced: {e}")))?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(e) = matcher.get_error() {
+            return Err(invalid(format!("the JSON schema cannot be enforced: {e}")));
+        }
+        let eos = self.factory.tok_env().tok_trie().eos_token();
+        Ok(SchemaConstraint { matcher, eos })
+    }
+}
+
+/// One answer's schema constraint: which tokens may come next, given the tokens so far.
+pub struct SchemaConstraint {
+    matcher: Matcher,
+    /// The trie's end token: allowed only as one of the caller's end ids.
+    eos: TokenId,
+}
+
+impl std::fmt::Debug for SchemaConstraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaConstraint")
+            .field("stopped", &self.matcher.is_stopped())
+            .finish()
+    }
+}
+
+impl SchemaConstraint {
+    /// Sets the logits of tokens that cannot come next to −∞; `end_ids` (end of sequence) are
+    /// allowed exactly where the answer may end. Returns whether any token is left, or the
+    /// grammar engine's error (an internal failure: a sampled token is always one it allowed).
+    pub fn mask(
+        &mut self,
+        logits: &mut [f32],
+        end_ids: &[u32],
+    ) -> std::result::Result<bool, String> {
+        let may_end = self.matcher.is_accepting().map_err(|e| e.to_string())?;
+        let allowed = if self.matcher.is_stopped() {
+            None
+        } else {
+            Some(self.matcher.compute_mask().map_err(|e| e.to_string())?)
+        };
+        let mut any = false;
+        for (id, logit) in logits.iter_mut().enumerate() {
+            let id = id as u32;
+            let ok = if end_ids.contains(&id) {
+                may_end
+            } else {
+                id != self.eos
+                    && allowed
+                        .as_ref()
+                        .is_some_and(|a| (id as usize) < a.len() && a.is_allowed(id))
+            };
+            if ok {
+                any |= logit.is_finite();
+            } else {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
+        Ok(any)
+    }
+
+    /// Records a token of the answer (one that [`mask`](Self::mask) allowed, not an end id).
+    pub fn push(&mut self, id: u32) -> std::result::Result<(), String> {
+        self.matcher.consume_token(id).map_err(|e| e.to_string())
+    }
+
+    /// Whether the answer so far is a complete match.
+    pub fn complete(&mut self) -> bool {
+        self.matcher.is_accepting().unwrap_or(false)
+    }
+}
