@@ -1,11 +1,10 @@
 //! The engine handle: prepares prompts on the caller's thread and hands sequences to the worker.
 
 use crate::config::EngineConfig;
-use crate::constraint::AnswerConstraint;
 use crate::detokenize::Detokenizer;
 use crate::error::{EngineError, Result};
-use crate::json_mode::{JsonMode, TokenTexts};
-use crate::json_schema::SchemaCompiler;
+
+use crate::json_schema::{SchemaCompiler, SchemaConstraint};
 use crate::request::{
     Event, GenerationRequest, Prompt, ResponseFormat, Thinking, MAX_TOP_LOGPROBS,
 };
@@ -236,37 +235,34 @@ impl Engine {
         Ok((tokens, section))
     }
 
-    /// The per-token check of an answer in `format` (`None`: any text); a JSON schema is compiled
-    /// here, on the caller's thread, so that one that cannot be enforced is refused at once.
-    fn answer_constraint(&self, format: &ResponseFormat) -> Result<Option<AnswerConstraint>> {
-        Ok(match format {
-            ResponseFormat::Text => None,
-            ResponseFormat::JsonObject => Some(AnswerConstraint::JsonObject(JsonMode::new(
-                self.info
-                    .token_texts
-                    .get_or_init(|| TokenTexts::new(&self.info.tokenizer))
-                    .clone(),
-            ))),
-            ResponseFormat::JsonSchema(schema) => {
-                let compiler = self
-                    .info
-                    .schemas
-                    .get_or_init(|| {
-                        SchemaCompiler::new(&self.info.tokenizer).map_err(|e| match e {
-                            EngineError::InvalidParameter { message, .. } => message,
-                            e => e.to_string(),
-                        })
-                    })
-                    .as_ref()
-                    .map_err(|message| EngineError::InvalidParameter {
-                        param: "response_format",
-                        message: message.clone(),
-                    })?;
-                Some(AnswerConstraint::JsonSchema(Box::new(
-                    compiler.compile(schema)?,
-                )))
+    /// The per-token check of an answer in `format` (`None`: any text). JSON mode is the schema
+    /// `{"type": "object"}`. The schema is compiled here, on the caller's thread, so that one that
+    /// cannot be enforced is refused at once.
+    fn answer_constraint(&self, format: &ResponseFormat) -> Result<Option<SchemaConstraint>> {
+        let object;
+        let schema = match format {
+            ResponseFormat::Text => return Ok(None),
+            ResponseFormat::JsonObject => {
+                object = serde_json::json!({"type": "object"});
+                &object
             }
-        })
+            ResponseFormat::JsonSchema(schema) => schema.as_ref(),
+        };
+        let compiler = self
+            .info
+            .schemas
+            .get_or_init(|| {
+                SchemaCompiler::new(&self.info.tokenizer).map_err(|e| match e {
+                    EngineError::InvalidParameter { message, .. } => message,
+                    e => e.to_string(),
+                })
+            })
+            .as_ref()
+            .map_err(|message| EngineError::InvalidParameter {
+                param: "response_format",
+                message: message.clone(),
+            })?;
+        compiler.compile(schema).map(Some)
     }
 
     /// Queues a request; its events arrive on the returned stream.
@@ -399,7 +395,6 @@ struct ModelInfo {
     kv_cache_bytes: usize,
     stats: Arc<EngineStats>,
     /// Every token's text, for JSON mode (made at the first request that needs it).
-    token_texts: std::sync::OnceLock<Arc<TokenTexts>>,
     /// The vocabulary indexed for JSON schemas (or why it cannot be), built on first use.
     schemas: std::sync::OnceLock<std::result::Result<SchemaCompiler, String>>,
 }
@@ -499,7 +494,6 @@ fn prepare(model: GenerationModel, config: EngineConfig) -> Result<(ModelSlot, M
             weight_bytes,
             kv_cache_bytes: num_blocks * per_block,
             stats,
-            token_texts: std::sync::OnceLock::new(),
             schemas: std::sync::OnceLock::new(),
         },
     ))

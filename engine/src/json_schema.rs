@@ -1,5 +1,6 @@
-//! Structured outputs (OpenAI `response_format: {"type": "json_schema", ...}`): the answer is JSON
-//! that matches a schema.
+//! Structured outputs: the answer is JSON that matches a schema (OpenAI `response_format:
+//! {"type": "json_schema", ...}`; JSON mode, `{"type": "json_object"}`, is the schema
+//! `{"type": "object"}`).
 //!
 //! The schema is compiled by [llguidance] (the constrained-decoding library behind the structured
 //! outputs of vLLM, SGLang and llama.cpp) into a grammar over the model's own tokens. Before each

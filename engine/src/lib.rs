@@ -8,11 +8,9 @@
 //! finished or cancelled sequences leave and free their cache blocks at once.
 
 mod config;
-mod constraint;
 mod detokenize;
 mod engine;
 mod error;
-pub mod json_mode;
 pub mod json_schema;
 pub mod memory;
 mod request;

@@ -53,8 +53,8 @@ pub enum ResponseFormat {
     #[default]
     Text,
     /// One JSON object and nothing else (OpenAI's `json_object`): every answer token is checked
-    /// against a JSON grammar before it is sampled ([`crate::json_mode`]), and the sequence ends as
-    /// soon as the object is closed. A length limit can still cut it short.
+    /// against the JSON schema `{"type": "object"}` before it is sampled ([`crate::json_schema`]),
+    /// and the sequence ends once the object is closed. A length limit can still cut it short.
     JsonObject,
     /// JSON that matches this JSON schema (OpenAI's `json_schema`), enforced token by token
     /// ([`crate::json_schema`]); a schema that cannot be enforced is refused at submission. A

@@ -13,6 +13,7 @@ import time
 import urllib.request
 
 import openai
+import pydantic
 
 
 def wait_ready(base_url, seconds=120):
@@ -132,6 +133,34 @@ def main():
     person = json.loads(r.choices[0].message.content)
     assert isinstance(person, dict), person
     print("json mode:", person)
+
+    # Structured outputs: the client turns a Pydantic model into a strict JSON schema and parses
+    # the answer back into the model.
+    class Person(pydantic.BaseModel):
+        name: str
+        age: int
+        city: str
+
+    parse = getattr(client.chat.completions, "parse", None) or client.beta.chat.completions.parse
+    r = parse(
+        model=model,
+        messages=[{"role": "user", "content": "Describe a fictional person with their name, age and city."}],
+        max_tokens=120, temperature=0.7, seed=1, response_format=Person,
+    )
+    assert r.choices[0].finish_reason == "stop", r.choices[0]
+    person = r.choices[0].message.parsed
+    assert isinstance(person, Person), r.choices[0].message
+    print("json schema:", person)
+    try:
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}],
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "x", "schema": {"$ref": "#/$defs/nowhere"}}},
+        )
+    except openai.BadRequestError as e:
+        print("unenforceable schema ->", type(e).__name__, e.status_code)
+    else:
+        raise AssertionError("an unenforceable schema did not raise BadRequestError")
 
     # Several choices, parsed and streamed by index.
     r = client.chat.completions.create(

@@ -151,7 +151,10 @@ impl ChatRequest {
     }
 
     /// `response_format`: absent, `null` or `{"type": "text"}` is text; `{"type": "json_object"}`
-    /// asks for one JSON object. Anything else (`json_schema` included) is a 400.
+    /// asks for one JSON object; `{"type": "json_schema", "json_schema": {"name", "schema",
+    /// "strict"}}` for JSON that matches the schema (always enforced, whatever `strict` says; no
+    /// `schema`: any JSON value). Anything else is a 400; so is a schema the engine cannot enforce,
+    /// when it is submitted.
     pub fn response_format(&self) -> Result<ResponseFormat, ApiError> {
         let Some(v) = self.other.get("response_format").filter(|v| !v.is_null()) else {
             return Ok(ResponseFormat::Text);
@@ -159,13 +162,36 @@ impl ChatRequest {
         match v.get("type").and_then(Value::as_str) {
             Some("text") => Ok(ResponseFormat::Text),
             Some("json_object") => Ok(ResponseFormat::JsonObject),
-            Some("json_schema") => Err(ApiError::invalid(
-                "response_format",
-                "`json_schema` is not supported by this server; `json_object` is",
-            )),
+            Some("json_schema") => {
+                let spec = v
+                    .get("json_schema")
+                    .filter(|s| s.is_object())
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "response_format",
+                            "`json_schema` must be an object with a `name` and a `schema`",
+                        )
+                    })?;
+                let name = spec.get("name").and_then(Value::as_str).unwrap_or_default();
+                let valid_name = (1..=64).contains(&name.len())
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if !valid_name {
+                    return Err(ApiError::invalid(
+                        "response_format",
+                        "`json_schema.name` must be 1-64 letters, digits, `_` or `-`",
+                    ));
+                }
+                let schema = spec
+                    .get("schema")
+                    .cloned()
+                    .unwrap_or_else(|| Value::Object(Default::default()));
+                Ok(ResponseFormat::JsonSchema(std::sync::Arc::new(schema)))
+            }
             _ => Err(ApiError::invalid(
                 "response_format",
-                "`type` must be `text` or `json_object`",
+                "`type` must be `text`, `json_object` or `json_schema`",
             )),
         }
     }
@@ -396,8 +422,9 @@ mod tests {
             ("logit_bias", json!({"1": 101})),
             (
                 "response_format",
-                json!({"type": "json_schema", "json_schema": {"name": "x"}}),
+                json!({"type": "json_schema", "json_schema": {"name": "no spaces"}}),
             ),
+            ("response_format", json!({"type": "json_schema"})),
             ("response_format", json!({"type": "yaml"})),
             ("n", json!(0)),
             ("top_k", json!(-2)),
@@ -412,6 +439,27 @@ mod tests {
                 "{field}"
             );
         }
+    }
+
+    #[test]
+    fn a_json_schema_response_format_carries_its_schema() {
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        let r = request(json!({"response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "thing_1", "schema": schema, "strict": true}
+        }}));
+        assert_eq!(
+            r.response_format().unwrap(),
+            ResponseFormat::JsonSchema(std::sync::Arc::new(schema))
+        );
+        // No schema: any JSON value.
+        let r = request(json!({"response_format": {
+            "type": "json_schema", "json_schema": {"name": "any"}
+        }}));
+        assert_eq!(
+            r.response_format().unwrap(),
+            ResponseFormat::JsonSchema(std::sync::Arc::new(json!({})))
+        );
     }
 
     #[test]
