@@ -6,7 +6,7 @@ use crate::error::{EngineError, Result};
 
 use crate::json_schema::{SchemaCompiler, SchemaConstraint};
 use crate::request::{
-    Event, GenerationRequest, Prompt, ResponseFormat, Thinking, MAX_TOP_LOGPROBS,
+    Event, GenerationParams, GenerationRequest, Prompt, ResponseFormat, Thinking, MAX_TOP_LOGPROBS,
 };
 use crate::sampling::Sampler;
 use crate::sequence::Sequence;
@@ -15,6 +15,7 @@ use crate::stop::StopMatcher;
 use crate::thinking::{
     Section, ThinkingSplitter, ThinkingStyle, REASONING_INSTRUCTION, THINK_START,
 };
+use crate::tools::ToolUse;
 use crate::turns::Turns;
 use crate::worker::{Command, ModelSlot, Worker};
 use std::collections::VecDeque;
@@ -182,6 +183,19 @@ impl Engine {
 
     /// Renders a conversation for `thinking` the way this model family wants it.
     pub fn render_chat(&self, messages: &[ChatMessage], thinking: Thinking) -> Result<String> {
+        self.render_chat_with_tools(messages, thinking, None)
+    }
+
+    /// [`render_chat`](Self::render_chat) offering `tools`: a template that knows tools renders
+    /// them (and earlier calls and results) itself; for one that does not, they are described in
+    /// the system message and the history is written out in the `<tool_call>` convention
+    /// ([`crate::tools`]).
+    pub fn render_chat_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        thinking: Thinking,
+        tools: Option<&ToolUse>,
+    ) -> Result<String> {
         let template =
             self.info
                 .template
@@ -193,37 +207,47 @@ impl Engine {
                         self.info.name
                     ),
                 })?;
+        let mut msgs = std::borrow::Cow::Borrowed(messages);
+        let mut template_tools = Vec::new();
+        if template.speaks_tools() {
+            template_tools = tools.map(ToolUse::template_tools).unwrap_or_default();
+        } else if tools.is_some() || crate::tools::has_tool_history(messages) {
+            let mut owned = crate::tools::written_out(messages);
+            if let Some(tools) = tools {
+                with_system_text(&mut owned, &tools.instructions());
+            }
+            msgs = std::borrow::Cow::Owned(owned);
+        }
         let on = matches!(thinking, Thinking::On { .. });
+        let render =
+            |m: &[ChatMessage], flag| template.render_with_tools(m, true, flag, &template_tools);
         match self.info.style {
-            ThinkingStyle::TemplateFlag => Ok(template.render(messages, true, Some(on))?),
+            ThinkingStyle::TemplateFlag => Ok(render(&msgs, Some(on))?),
             ThinkingStyle::Prompted if on => {
-                let mut msgs = messages.to_vec();
-                match msgs.first_mut() {
-                    Some(m) if m.role == "system" => {
-                        m.content = format!("{}\n\n{REASONING_INSTRUCTION}", m.content)
-                    }
-                    _ => msgs.insert(0, ChatMessage::new("system", REASONING_INSTRUCTION)),
-                }
-                let mut text = template.render(&msgs, true, None)?;
+                let mut msgs = msgs.into_owned();
+                with_system_text(&mut msgs, REASONING_INSTRUCTION);
+                let mut text = render(&msgs, None)?;
                 text.push_str(THINK_START);
                 text.push('\n');
                 Ok(text)
             }
-            ThinkingStyle::Prompted => Ok(template.render(messages, true, None)?),
+            ThinkingStyle::Prompted => Ok(render(&msgs, None)?),
         }
     }
 
-    /// Tokenizes a request's prompt (rendering chats) as the worker will see it.
+    /// Tokenizes a request's prompt (rendering chats with the request's thinking mode and tools)
+    /// as the worker will see it.
     pub fn prompt_tokens(
         &self,
         prompt: &Prompt,
-        thinking: Thinking,
+        params: &GenerationParams,
     ) -> Result<(Vec<u32>, Section)> {
         let (tokens, text) = match prompt {
             Prompt::Tokens(t) => (t.clone(), self.info.tokenizer.decode(t)?),
             Prompt::Text(t) => (self.info.tokenizer.encode_prompt(t)?, t.clone()),
             Prompt::Chat(m) => {
-                let text = self.render_chat(m, thinking)?;
+                let text =
+                    self.render_chat_with_tools(m, params.thinking, params.tools.as_ref())?;
                 (self.info.tokenizer.encode_prompt(&text)?, text)
             }
         };
@@ -235,19 +259,14 @@ impl Engine {
         Ok((tokens, section))
     }
 
-    /// The per-token check of an answer in `format` (`None`: any text). JSON mode is the schema
-    /// `{"type": "object"}`. The schema is compiled here, on the caller's thread, so that one that
-    /// cannot be enforced is refused at once.
-    fn answer_constraint(&self, format: &ResponseFormat) -> Result<Option<SchemaConstraint>> {
-        let object;
-        let schema = match format {
-            ResponseFormat::Text => return Ok(None),
-            ResponseFormat::JsonObject => {
-                object = serde_json::json!({"type": "object"});
-                &object
-            }
-            ResponseFormat::JsonSchema(schema) => schema.as_ref(),
-        };
+    /// The per-token check of an answer (`None`: any text): its response format (JSON mode is the
+    /// schema `{"type": "object"}`), or the call blocks of a required tool call. Compiled here, on
+    /// the caller's thread, so that a schema that cannot be enforced is refused at once.
+    fn answer_constraint(&self, params: &GenerationParams) -> Result<Option<SchemaConstraint>> {
+        let call_grammar = params.tools.as_ref().and_then(ToolUse::grammar);
+        if call_grammar.is_none() && params.response_format == ResponseFormat::Text {
+            return Ok(None);
+        }
         let compiler = self
             .info
             .schemas
@@ -262,7 +281,21 @@ impl Engine {
                 param: "response_format",
                 message: message.clone(),
             })?;
-        compiler.compile(schema).map(Some)
+        let constraint = match (call_grammar.as_deref(), &params.response_format) {
+            (Some(lark), ResponseFormat::Text) => compiler.compile_lark(lark, "tools")?,
+            (Some(_), _) => {
+                return Err(EngineError::InvalidParameter {
+                    param: "response_format",
+                    message: "a required tool call and a response format cannot be combined".into(),
+                })
+            }
+            (None, ResponseFormat::JsonObject) => {
+                compiler.compile(&serde_json::json!({"type": "object"}))?
+            }
+            (None, ResponseFormat::JsonSchema(schema)) => compiler.compile(schema.as_ref())?,
+            (None, ResponseFormat::Text) => unreachable!("returned above"),
+        };
+        Ok(Some(constraint))
     }
 
     /// Queues a request; its events arrive on the returned stream.
@@ -282,7 +315,7 @@ impl Engine {
                 message: "must be at least 1".into(),
             });
         }
-        let (tokens, section) = self.prompt_tokens(&request.prompt, params.thinking)?;
+        let (tokens, section) = self.prompt_tokens(&request.prompt, &params)?;
         if tokens.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -325,7 +358,7 @@ impl Engine {
             Thinking::On { budget } => budget,
             Thinking::Off => None,
         };
-        let constraint = self.answer_constraint(&params.response_format)?;
+        let constraint = self.answer_constraint(&params)?;
         let (events, rx) = flume::unbounded();
         let prompt_len = tokens.len();
         let seq = Sequence {
@@ -542,5 +575,13 @@ impl switchyard_models::executor::DeviceExecutor for EngineExecutor {
                 Command::Run(job) => job,
                 _ => unreachable!("sent a Run command"),
             })
+    }
+}
+
+/// Adds `text` to the conversation's system message (a new one first if it has none).
+fn with_system_text(messages: &mut Vec<ChatMessage>, text: &str) {
+    match messages.first_mut() {
+        Some(m) if m.role == "system" => m.content = format!("{}\n\n{text}", m.content),
+        _ => messages.insert(0, ChatMessage::new("system", text)),
     }
 }

@@ -27,6 +27,15 @@ use crate::error::{EngineError, Result};
 /// Most whitespace characters in a row outside strings.
 pub const MAX_WHITESPACE_RUN: usize = 16;
 
+/// The llguidance options every schema gets unless it sets its own `x-guidance`: bounded
+/// whitespace, and `oneOf` enforced as `anyOf`.
+pub(crate) fn guidance_options() -> Value {
+    serde_json::json!({
+        "whitespace_pattern": format!("[ \\t\\n\\r]{{0,{MAX_WHITESPACE_RUN}}}"),
+        "coerce_one_of": true,
+    })
+}
+
 /// The model's vocabulary as byte strings, for llguidance: its token trie, and the model's own
 /// tokenizer for the text llguidance tokenizes itself.
 struct Vocabulary {
@@ -106,20 +115,35 @@ impl SchemaCompiler {
         }
         let mut schema = schema.clone();
         if let Value::Object(map) = &mut schema {
-            map.entry("x-guidance").or_insert_with(|| {
-                serde_json::json!({
-                    "whitespace_pattern": format!("[ \\t\\n\\r]{{0,{MAX_WHITESPACE_RUN}}}"),
-                    "coerce_one_of": true,
-                })
-            });
+            map.entry("x-guidance").or_insert_with(guidance_options);
         }
+        self.compile_grammar(TopLevelGrammar::from_json_schema(schema))
+            .map_err(|e| invalid(format!("the JSON schema cannot be enforced: {e}")))
+    }
+
+    /// A constraint for one answer that must follow `grammar` (llguidance's Lark dialect, where
+    /// `%json {...}` embeds a JSON schema); one that cannot be compiled is an
+    /// [`EngineError::InvalidParameter`] of `param` that says why.
+    pub fn compile_lark(&self, grammar: &str, param: &'static str) -> Result<SchemaConstraint> {
+        self.compile_grammar(TopLevelGrammar::from_lark(grammar.to_string()))
+            .map_err(|e| EngineError::InvalidParameter {
+                param,
+                message: format!("cannot be enforced: {e}"),
+            })
+    }
+
+    /// The constraint of `grammar`, or why it cannot be compiled.
+    fn compile_grammar(
+        &self,
+        grammar: TopLevelGrammar,
+    ) -> std::result::Result<SchemaConstraint, String> {
         let parser = self
             .factory
-            .create_parser(TopLevelGrammar::from_json_schema(schema))
-            .map_err(|e| invalid(format!("the JSON schema cannot be enforced: {e}")))?;
+            .create_parser(grammar)
+            .map_err(|e| e.to_string())?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
-            return Err(invalid(format!("the JSON schema cannot be enforced: {e}")));
+            return Err(e);
         }
         let eos = self.factory.tok_env().tok_trie().eos_token();
         Ok(SchemaConstraint { matcher, eos })

@@ -20,6 +20,7 @@ mod sequence;
 mod stats;
 pub mod stop;
 pub mod thinking;
+pub mod tools;
 mod turns;
 mod worker;
 

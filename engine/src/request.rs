@@ -1,6 +1,7 @@
 //! What a caller asks the engine for, and the events it gets back.
 
 use crate::sampling::SamplingParams;
+use crate::tools::ToolUse;
 use switchyard_models::text::ChatMessage;
 
 /// The prompt of a generation request.
@@ -44,6 +45,8 @@ pub struct GenerationParams {
     pub logprobs: Option<usize>,
     /// What the answer must be.
     pub response_format: ResponseFormat,
+    /// Functions the model may (or must) call ([`crate::tools`]).
+    pub tools: Option<ToolUse>,
 }
 
 /// What the answer (the text after any thinking) must be.
@@ -76,6 +79,7 @@ impl Default for GenerationParams {
             thinking: Thinking::Off,
             logprobs: None,
             response_format: ResponseFormat::Text,
+            tools: None,
         }
     }
 }

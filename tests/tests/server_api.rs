@@ -14,8 +14,10 @@ mod server_common;
 
 async fn completion(base: &str, body: &Value) -> Value {
     let r = post(base, "/v1/chat/completions", body).await;
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    v
 }
 
 fn content(v: &Value) -> &str {
@@ -397,7 +399,13 @@ async fn the_router_rewrites_the_prompt_before_generation() {
     let engine = &s.state.engines["tiny-llama"];
     let count = |m: &[ChatMessage]| {
         engine
-            .prompt_tokens(&Prompt::Chat(m.to_vec()), thinking)
+            .prompt_tokens(
+                &Prompt::Chat(m.to_vec()),
+                &GenerationParams {
+                    thinking,
+                    ..Default::default()
+                },
+            )
             .unwrap()
             .0
             .len()
@@ -598,5 +606,144 @@ async fn slow_clients_are_cut_off_and_everyone_else_is_served() {
         .await
         .unwrap();
     error_of(r, 413).await;
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// Two functions: a weather lookup (a city) and a clock (no arguments). Short: the fixture's
+/// context is 512 tokens of a 512-token vocabulary.
+fn weather_tools() -> Value {
+    json!([
+        {"type": "function", "function": {
+            "name": "weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}},
+                           "required": ["city"], "additionalProperties": false}}},
+        {"type": "function", "function": {"name": "time"}}
+    ])
+}
+
+/// Checks an OpenAI tool call's shape and that its arguments match the function's schema.
+fn check_call(call: &Value, allowed: &[&str]) {
+    assert_eq!(call["type"], "function", "{call}");
+    assert!(call["id"].as_str().unwrap().starts_with("call_"), "{call}");
+    let name = call["function"]["name"].as_str().unwrap();
+    assert!(allowed.contains(&name), "{call}");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    let args = args.as_object().unwrap();
+    if name == "weather" {
+        assert_eq!(args.len(), 1, "{call}");
+        assert!(
+            args["city"]
+                .as_str()
+                .is_some_and(|c| c.chars().count() <= 12),
+            "{call}"
+        );
+    } else {
+        assert!(args.is_empty(), "{call}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_required_tool_call_is_a_valid_call_even_from_random_weights() {
+    let (s, base) = server(args()).await;
+    let mut body = chat("tiny-llama", "Weather in Oslo?", 64);
+    body["temperature"] = json!(1.0);
+    body["tools"] = weather_tools();
+    body["tool_choice"] = json!("required");
+    body["parallel_tool_calls"] = json!(false);
+    for seed in 0..3 {
+        body["seed"] = json!(seed);
+        let v = completion(&base, &body).await;
+        let choice = &v["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
+        assert!(choice["message"]["content"].is_null(), "{v}");
+        let calls = choice["message"]["tool_calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 1, "{v}");
+        check_call(&calls[0], &["weather", "time"]);
+    }
+    // A named function is the one called; streamed, the call comes as a `tool_calls` delta.
+    body["tool_choice"] = json!({"type": "function", "function": {"name": "weather"}});
+    body["stream"] = json!(true);
+    let text = post(&base, "/v1/chat/completions", &body)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let data = sse_data(&text);
+    let (content, _, finish, _) = assemble(&data);
+    assert_eq!(content, "");
+    assert_eq!(finish.as_deref(), Some("tool_calls"));
+    let calls: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|v| v["choices"][0]["delta"].get("tool_calls").cloned())
+        .flat_map(|c| c.as_array().unwrap().clone())
+        .collect();
+    assert_eq!(calls.len(), 1, "{text}");
+    assert_eq!(calls[0]["index"], 0);
+    check_call(&calls[0], &["weather"]);
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_conversations_are_accepted_and_bad_tools_are_refused_by_name() {
+    let (s, base) = server(args()).await;
+    // A whole round: the user asks, the assistant called, the tool answered; auto choice.
+    let mut body = chat("tiny-llama", "", 8);
+    body["messages"] = json!([
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "12 C"}
+    ]);
+    body["tools"] = weather_tools();
+    let v = completion(&base, &body).await;
+    assert!(v["choices"][0]["finish_reason"].is_string(), "{v}");
+    // `none` leaves the tools out; `tool_choice` alone is harmless as `none` only.
+    body["tool_choice"] = json!("none");
+    completion(&base, &body).await;
+    let mut plain = chat("tiny-llama", "hi", 4);
+    plain["tool_choice"] = json!("none");
+    completion(&base, &plain).await;
+
+    let refused = [
+        (json!({"tool_choice": "required"}), "tool_choice"),
+        (
+            json!({"tools": weather_tools(), "tool_choice": {"type": "function", "function": {"name": "launch"}}}),
+            "tool_choice",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "a b"}}]}),
+            "tools[0].function.name",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "a"}},
+                          {"type": "function", "function": {"name": "a"}}]}),
+            "tools[1].function.name",
+        ),
+        (json!({"tools": [{"type": "retrieval"}]}), "tools[0]"),
+        (
+            json!({"tools": weather_tools(), "tool_choice": "required",
+                "response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f",
+                "parameters": {"$ref": "#/$defs/nowhere"}}}], "tool_choice": "required"}),
+            "tools",
+        ),
+    ];
+    for (extra, param) in refused {
+        let mut b = chat("tiny-llama", "hi", 4);
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        let e = error_of(post(&base, "/v1/chat/completions", &b).await, 400).await;
+        assert_eq!(e["param"], param, "{extra}: {e}");
+    }
+    let mut bad_history = body.clone();
+    bad_history["messages"][1]["tool_calls"][0]["function"]["arguments"] = json!("{not json");
+    let e = error_of(post(&base, "/v1/chat/completions", &bad_history).await, 400).await;
+    assert_eq!(e["param"], "messages[1].tool_calls[0].function.arguments");
     s.shutdown(Duration::from_secs(5)).await.unwrap();
 }

@@ -13,6 +13,13 @@ pub struct ChatMessage {
     /// Earlier thinking of an assistant turn, for templates that render it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// Calls an assistant turn made, in the OpenAI shape (`{"type": "function", "function":
+    /// {"name", "arguments"}}`, arguments as a JSON object, which is what templates print).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// For a `tool` message: the call it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -21,7 +28,7 @@ impl ChatMessage {
         Self {
             role: role.into(),
             content: content.into(),
-            reasoning_content: None,
+            ..Self::default()
         }
     }
 }
@@ -107,12 +114,29 @@ impl ChatTemplate {
         &self.source
     }
 
+    /// Whether the template renders the `tools` it is given (Qwen's, Hermes', Llama 3.1's do).
+    pub fn speaks_tools(&self) -> bool {
+        self.source.contains("tools")
+    }
+
     /// Renders `messages`; `enable_thinking` is passed only when set (templates test `is defined`).
     pub fn render(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
         enable_thinking: Option<bool>,
+    ) -> Result<String> {
+        self.render_with_tools(messages, add_generation_prompt, enable_thinking, &[])
+    }
+
+    /// [`render`](Self::render) with `tools` (OpenAI-shaped function specs) passed to the
+    /// template when there are any.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        enable_thinking: Option<bool>,
+        tools: &[serde_json::Value],
     ) -> Result<String> {
         let tmpl = self
             .env
@@ -126,6 +150,9 @@ impl ChatTemplate {
         });
         if let Some(flag) = enable_thinking {
             ctx["enable_thinking"] = flag.into();
+        }
+        if !tools.is_empty() {
+            ctx["tools"] = tools.into();
         }
         tmpl.render(minijinja::Value::from_serialize(&ctx))
             .map_err(|e| ModelError::Template(format!("{e:#}")))

@@ -1,7 +1,9 @@
 //! The OpenAI chat-completions request and response shapes, as the official clients send and read them.
 
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use serde_json::Value;
+use switchyard_engine::tools::{Function, ToolChoice, ToolUse};
 use switchyard_engine::ResponseFormat;
 use switchyard_models::text::ChatMessage;
 
@@ -20,11 +22,17 @@ pub enum Content {
 /// One message of a request.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Message {
-    /// `system`, `developer`, `user` or `assistant`.
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
     pub role: String,
-    /// The text (absent or null only for assistant tool calls, which are not supported).
+    /// The text (absent or null for an assistant turn that only called tools).
     #[serde(default)]
     pub content: Option<Content>,
+    /// An assistant turn's calls (`[{"id", "type": "function", "function": {"name", "arguments"}}]`).
+    #[serde(default)]
+    pub tool_calls: Option<Vec<Value>>,
+    /// A `tool` message's call id.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
     /// Earlier thinking of an assistant turn (as this server returns it).
     #[serde(default)]
     pub reasoning_content: Option<String>,
@@ -107,20 +115,51 @@ pub struct ChatRequest {
     pub top_logprobs: Option<usize>,
     /// Token id (as a string) -> bias in [-100, 100] added to its logit.
     pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
+    /// Functions the model may call (`[{"type": "function", "function": {"name", "description",
+    /// "parameters"}}]`).
+    pub tools: Option<Vec<Value>>,
+    /// `none`, `auto` (the default with tools), `required`, or `{"type": "function", "function":
+    /// {"name": ...}}`.
+    pub tool_choice: Option<Value>,
+    /// Whether one answer may make several calls (default true).
+    pub parallel_tool_calls: Option<bool>,
     /// Fields that change the semantics and are not supported: their presence is a 400.
     #[serde(flatten)]
     pub other: serde_json::Map<String, Value>,
 }
 
 /// Fields whose meaning this server does not implement (a request using them gets a 400).
-const UNSUPPORTED: [&str; 6] = [
-    "tools",
-    "tool_choice",
-    "functions",
-    "function_call",
-    "audio",
-    "prediction",
-];
+const UNSUPPORTED: [&str; 4] = ["functions", "function_call", "audio", "prediction"];
+
+/// OpenAI's rule for schema and function names: 1-64 letters, digits, `_` or `-`.
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// An earlier call as templates print it: the OpenAI shape with `arguments` parsed from its JSON
+/// string into an object (templates write `arguments | tojson`).
+fn template_call(call: &Value, at: &str) -> Result<Value, ApiError> {
+    let f = call
+        .get("function")
+        .filter(|f| f.get("name").is_some_and(Value::is_string))
+        .ok_or_else(|| ApiError::invalid(at, "a tool call needs `function.name`"))?;
+    let arguments = match f.get("arguments") {
+        Some(Value::String(s)) => serde_json::from_str::<Value>(s).map_err(|e| {
+            ApiError::invalid(
+                &format!("{at}.function.arguments"),
+                format!("not valid JSON: {e}"),
+            )
+        })?,
+        Some(v @ Value::Object(_)) => v.clone(),
+        _ => json!({}),
+    };
+    let mut call = call.clone();
+    call["function"]["arguments"] = arguments;
+    Ok(call)
+}
 
 impl ChatRequest {
     /// Alternatives per token when log-probabilities were asked for (`None`: not asked).
@@ -173,11 +212,7 @@ impl ChatRequest {
                         )
                     })?;
                 let name = spec.get("name").and_then(Value::as_str).unwrap_or_default();
-                let valid_name = (1..=64).contains(&name.len())
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-                if !valid_name {
+                if !valid_name(name) {
                     return Err(ApiError::invalid(
                         "response_format",
                         "`json_schema.name` must be 1-64 letters, digits, `_` or `-`",
@@ -225,6 +260,7 @@ impl ChatRequest {
         }
         self.logit_bias()?;
         self.response_format()?;
+        self.tool_use()?;
         if self.n == Some(0) {
             return Err(ApiError::invalid("n", "`n` must be at least 1"));
         }
@@ -281,13 +317,13 @@ impl ChatRequest {
             .map(|(i, m)| {
                 let role = match m.role.as_str() {
                     "developer" => "system",
-                    r @ ("system" | "user" | "assistant") => r,
+                    r @ ("system" | "user" | "assistant" | "tool") => r,
                     other => {
                         return Err(ApiError::invalid(
                             &format!("messages[{i}].role"),
                             format!(
-                                "unsupported role `{other}` (system, developer, user, assistant)"
-                            ),
+                            "unsupported role `{other}` (system, developer, user, assistant, tool)"
+                        ),
                         ))
                     }
                 };
@@ -324,9 +360,127 @@ impl ChatRequest {
                 };
                 let mut message = ChatMessage::new(role, content);
                 message.reasoning_content = m.reasoning_content.clone();
+                message.tool_call_id = m.tool_call_id.clone();
+                if let Some(calls) = &m.tool_calls {
+                    message.tool_calls = Some(
+                        calls
+                            .iter()
+                            .enumerate()
+                            .map(|(j, c)| {
+                                template_call(c, &format!("messages[{i}].tool_calls[{j}]"))
+                            })
+                            .collect::<Result<_, _>>()?,
+                    );
+                }
                 Ok(message)
             })
             .collect()
+    }
+
+    /// The tools the model is offered and whether it must call one (`None`: no tools, or
+    /// `tool_choice: "none"`). Malformed tools, a duplicate name, or a `tool_choice` naming no
+    /// given function is a 400.
+    pub fn tool_use(&self) -> Result<Option<ToolUse>, ApiError> {
+        let tools = self.tools.as_deref().unwrap_or_default();
+        let choice = self.tool_choice.as_ref().filter(|c| !c.is_null());
+        if tools.is_empty() {
+            return match choice {
+                None => Ok(None),
+                Some(c) if c == "none" => Ok(None),
+                Some(_) => Err(ApiError::invalid(
+                    "tool_choice",
+                    "`tool_choice` needs `tools`",
+                )),
+            };
+        }
+        let mut functions: Vec<Function> = Vec::with_capacity(tools.len());
+        for (i, tool) in tools.iter().enumerate() {
+            let at = format!("tools[{i}]");
+            if tool.get("type").and_then(Value::as_str) != Some("function") {
+                return Err(ApiError::invalid(
+                    &at,
+                    "only `function` tools are supported",
+                ));
+            }
+            let f = tool
+                .get("function")
+                .filter(|f| f.is_object())
+                .ok_or_else(|| {
+                    ApiError::invalid(&at, "a function tool needs a `function` object")
+                })?;
+            let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
+            if !valid_name(name) {
+                return Err(ApiError::invalid(
+                    &format!("{at}.function.name"),
+                    "must be 1-64 letters, digits, `_` or `-`",
+                ));
+            }
+            if functions.iter().any(|g| g.name == name) {
+                return Err(ApiError::invalid(
+                    &format!("{at}.function.name"),
+                    format!("`{name}` is given twice"),
+                ));
+            }
+            let parameters = match f.get("parameters") {
+                None | Some(Value::Null) => {
+                    json!({"type": "object", "properties": {}, "additionalProperties": false})
+                }
+                Some(p @ Value::Object(_)) => p.clone(),
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        &format!("{at}.function.parameters"),
+                        "must be a JSON schema object",
+                    ))
+                }
+            };
+            functions.push(Function {
+                name: name.to_string(),
+                description: f
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                parameters,
+            });
+        }
+        let choice = match choice {
+            None => ToolChoice::Auto,
+            Some(c) => match c.as_str() {
+                Some("none") => return Ok(None),
+                Some("auto") => ToolChoice::Auto,
+                Some("required") => ToolChoice::Required,
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        "tool_choice",
+                        "must be `none`, `auto`, `required` or a function",
+                    ))
+                }
+                None => {
+                    let name = c
+                        .get("function")
+                        .and_then(|f| f.get("name"))
+                        .and_then(Value::as_str)
+                        .filter(|_| c.get("type").and_then(Value::as_str) == Some("function"))
+                        .ok_or_else(|| {
+                            ApiError::invalid(
+                                "tool_choice",
+                                "a named choice is `{\"type\": \"function\", \"function\": {\"name\": ...}}`",
+                            )
+                        })?;
+                    if !functions.iter().any(|f| f.name == name) {
+                        return Err(ApiError::invalid(
+                            "tool_choice",
+                            format!("`{name}` is not one of the given tools"),
+                        ));
+                    }
+                    ToolChoice::Function(name.to_string())
+                }
+            },
+        };
+        Ok(Some(ToolUse {
+            functions: std::sync::Arc::new(functions),
+            choice,
+            parallel: self.parallel_tool_calls.unwrap_or(true),
+        }))
     }
 
     /// Whether the answer is streamed.

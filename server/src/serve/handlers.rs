@@ -24,6 +24,7 @@ use switchyard_router::{Action, BlockReason, Decision, Reasoning};
 
 use super::api::{ChatRequest, Usage};
 use super::error::ApiError;
+use super::tool_calls::{openai_tool_calls, CallSplitter};
 use super::State;
 
 type Shared = AxumState<Arc<State>>;
@@ -571,6 +572,7 @@ async fn chat(
     } else {
         None
     };
+    let tool_use = request.tool_use()?;
     let generation = GenerationRequest {
         prompt: Prompt::Chat(plan.messages.clone()),
         params: GenerationParams {
@@ -593,6 +595,7 @@ async fn chat(
             thinking: plan.thinking,
             logprobs: request.logprobs_wanted(),
             response_format: request.response_format()?,
+            tools: tool_use.clone(),
         },
     };
     // Rendering the template and tokenizing a long prompt is CPU work: keep it off the threads
@@ -607,7 +610,7 @@ async fn chat(
             let context_limit = engine.max_model_len() - 1;
             if let Some(limit) = state.limits.prompt_tokens.filter(|&l| l < context_limit) {
                 let (tokens, _) =
-                    engine.prompt_tokens(&generation.prompt, generation.params.thinking)?;
+                    engine.prompt_tokens(&generation.prompt, &generation.params)?;
                 if tokens.len() > limit {
                     let mut e = ApiError::invalid(
                         "messages",
@@ -660,6 +663,9 @@ async fn chat(
                 phase: Phase::Start,
                 last_token: None,
                 logprobs: wants_logprobs.then(Vec::new),
+                calls: tool_use
+                    .as_ref()
+                    .map(|t| CallSplitter::new(t.functions.clone())),
             })
             .boxed()
         });
@@ -706,10 +712,27 @@ async fn chat(
             .enumerate()
             .map(|(index, c)| {
                 let mut message = json!({"role": "assistant", "content": c.content});
+                let mut finish = c.finish;
+                if let Some(tools) = &tool_use {
+                    let mut splitter = CallSplitter::new(tools.functions.clone());
+                    let mut content = splitter.push(&c.content);
+                    let (rest, calls) = splitter.finish();
+                    content.push_str(&rest);
+                    if let Some(calls) = calls {
+                        // OpenAI sends `content: null` with calls and no text.
+                        message["content"] = if content.is_empty() {
+                            Value::Null
+                        } else {
+                            json!(content)
+                        };
+                        message["tool_calls"] = openai_tool_calls(&calls, false);
+                        finish = "tool_calls";
+                    }
+                }
                 if !c.reasoning.is_empty() {
                     message["reasoning_content"] = json!(c.reasoning);
                 }
-                json!({"index": index, "message": message, "finish_reason": c.finish,
+                json!({"index": index, "message": message, "finish_reason": finish,
                        "logprobs": super::logprobs::field(c.logprobs)})
             })
             .collect();
@@ -910,6 +933,8 @@ struct ChoiceState {
     last_token: Option<Instant>,
     /// Log-probabilities of the tokens whose text has not been sent yet (`None`: not asked for).
     logprobs: Option<Vec<Value>>,
+    /// Splits call blocks from the content when the request offered tools.
+    calls: Option<CallSplitter>,
 }
 
 impl ChoiceState {
@@ -956,9 +981,18 @@ fn choice_events(c: ChoiceState) -> impl Stream<Item = ChoiceItem> {
                             .observe((now - last).as_secs_f64());
                     }
                     c.last_token = Some(now);
-                    let delta = match kind {
-                        DeltaKind::Content => json!({"content": text}),
-                        DeltaKind::Reasoning => json!({"reasoning_content": text}),
+                    let delta = match (kind, c.calls.as_mut()) {
+                        (DeltaKind::Content, Some(splitter)) => {
+                            let content = splitter.push(&text);
+                            if content.is_empty() {
+                                // Held back (a call, or what may start one); its log-probabilities
+                                // go with the next chunk sent.
+                                return Some((stream::iter(Vec::new()), c));
+                            }
+                            json!({"content": content})
+                        }
+                        (DeltaKind::Content, None) => json!({"content": text}),
+                        (DeltaKind::Reasoning, _) => json!({"reasoning_content": text}),
                     };
                     let logprobs = c.take_logprobs();
                     vec![c.chunk(delta, None, logprobs)]
@@ -973,11 +1007,25 @@ fn choice_events(c: ChoiceState) -> impl Stream<Item = ChoiceItem> {
                 }
                 Some(Event::Finished { reason, usage, .. }) => {
                     c.phase = Phase::Done;
+                    let mut items = Vec::new();
+                    let mut finish = reason.as_str();
+                    if let Some(splitter) = c.calls.take() {
+                        let (rest, calls) = splitter.finish();
+                        if !rest.is_empty() {
+                            let logprobs = c.take_logprobs();
+                            items.push(c.chunk(json!({"content": rest}), None, logprobs));
+                        }
+                        if let Some(calls) = calls {
+                            let logprobs = c.take_logprobs();
+                            let delta = json!({"tool_calls": openai_tool_calls(&calls, true)});
+                            items.push(c.chunk(delta, None, logprobs));
+                            finish = "tool_calls";
+                        }
+                    }
                     let logprobs = c.take_logprobs();
-                    vec![
-                        c.chunk(json!({}), Some(reason.as_str()), logprobs),
-                        ChoiceItem::Finished(usage),
-                    ]
+                    items.push(c.chunk(json!({}), Some(finish), logprobs));
+                    items.push(ChoiceItem::Finished(usage));
+                    items
                 }
                 Some(Event::Error(e)) => {
                     c.phase = Phase::Done;

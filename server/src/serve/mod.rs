@@ -15,6 +15,7 @@ mod listen;
 mod logprobs;
 mod metrics;
 mod proxy;
+mod tool_calls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
