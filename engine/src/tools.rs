@@ -126,12 +126,18 @@ impl ToolUse {
         let compact = json!({"item_separator": ", ", "key_separator": ": ",
                              "whitespace_flexible": false, "coerce_one_of": true});
         let schema = json!({"anyOf": calls, "x-guidance": compact});
-        let repeat = if self.parallel { "+" } else { "" };
         // Lark string literals take JSON-style escapes, so the tags are written as JSON strings.
+        // The answer may end right after a block (where chat models end their turn), or go on
+        // with a newline and the next block when several calls are allowed.
         let open = json!(format!("{TOOL_CALL_START}\n"));
-        let close = json!(format!("\n{TOOL_CALL_END}\n"));
+        let close = json!(format!("\n{TOOL_CALL_END}"));
+        let more = if self.parallel {
+            " (\"\\n\" call)*"
+        } else {
+            ""
+        };
         Some(format!(
-            "start: call{repeat}\ncall: {open} %json {schema} {close}\n"
+            "start: call{more}\ncall: {open} %json {schema} {close}\n"
         ))
     }
 }
@@ -288,7 +294,7 @@ mod tests {
         tools.choice = ToolChoice::Function("get_time".into());
         let g = tools.grammar().unwrap();
         assert!(g.contains("get_time") && !g.contains("get_weather"), "{g}");
-        assert!(g.starts_with("start: call+\n"), "{g}");
+        assert!(g.starts_with("start: call (\"\\n\" call)*\n"), "{g}");
         tools.choice = ToolChoice::Required;
         tools.parallel = false;
         let g = tools.grammar().unwrap();

@@ -162,6 +162,44 @@ def main():
     else:
         raise AssertionError("an unenforceable schema did not raise BadRequestError")
 
+    # Tool calling: a required call is a valid call; its result goes back in the next turn.
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"], "additionalProperties": False}}}]
+    ask = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+    r = client.chat.completions.create(
+        model=model, messages=ask, max_tokens=60, temperature=0, tools=tools,
+        tool_choice="required", parallel_tool_calls=False,
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather", call
+    city = json.loads(call.function.arguments)["city"]
+    assert isinstance(city, str), call
+    print("tool call:", call.function.name, call.function.arguments)
+    streamed_calls = {}
+    for chunk in client.chat.completions.create(
+        model=model, messages=ask, max_tokens=60, temperature=0, tools=tools,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False, stream=True,
+    ):
+        for c in chunk.choices:
+            for d in c.delta.tool_calls or []:
+                entry = streamed_calls.setdefault(d.index, {"name": "", "arguments": ""})
+                entry["name"] += d.function.name or ""
+                entry["arguments"] += d.function.arguments or ""
+    assert [c["name"] for c in streamed_calls.values()] == ["get_weather"], streamed_calls
+    assert json.loads(streamed_calls[0]["arguments"]) == json.loads(call.function.arguments)
+    r = client.chat.completions.create(
+        model=model, max_tokens=40, temperature=0, tools=tools,
+        messages=ask + [choice.message.model_dump(exclude_none=True),
+                        {"role": "tool", "tool_call_id": call.id, "content": "22 C and sunny"}],
+    )
+    assert isinstance(r.choices[0].message.content, str), r.choices[0]
+    print("after the tool result:", repr(r.choices[0].message.content[:60]))
+
     # Several choices, parsed and streamed by index.
     r = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "Name a colour."}],

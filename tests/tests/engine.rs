@@ -925,3 +925,113 @@ fn a_schema_constrains_the_answer_after_thinking_not_the_thinking() {
         assert!(answer["ok"].is_boolean(), "{out:?}");
     }
 }
+
+/// One function, `weather(city)`, offered with `choice`.
+fn weather_tool(choice: switchyard_engine::tools::ToolChoice) -> switchyard_engine::tools::ToolUse {
+    switchyard_engine::tools::ToolUse {
+        functions: std::sync::Arc::new(vec![switchyard_engine::tools::Function {
+            name: "weather".into(),
+            description: Some("Current weather in a city".into()),
+            parameters: serde_json::json!({"type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"], "additionalProperties": false}),
+        }]),
+        choice,
+        parallel: false,
+    }
+}
+
+#[test]
+fn tools_are_offered_by_templates_that_know_them_and_described_to_those_that_do_not() {
+    use switchyard_engine::tools::ToolChoice;
+    let tools = weather_tool(ToolChoice::Auto);
+    let mut call = ChatMessage::new("assistant", "");
+    call.tool_calls = Some(vec![serde_json::json!({"type": "function",
+        "function": {"name": "weather", "arguments": {"city": "Oslo"}}})]);
+    let history = [
+        ChatMessage::new("user", "Weather in Oslo?"),
+        call,
+        ChatMessage::new("tool", "12 C"),
+    ];
+    // Qwen3's template renders the tools, the call and the result itself.
+    let qwen3 = engine("tiny-qwen3", EngineConfig::default());
+    let text = qwen3
+        .render_chat_with_tools(&history, Thinking::Off, Some(&tools))
+        .unwrap();
+    assert!(
+        text.contains("<tools>") && text.contains("Current weather in a city"),
+        "{text}"
+    );
+    assert!(
+        text.contains("<tool_call>\n{\"name\": \"weather\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("<tool_response>\n12 C\n</tool_response>"),
+        "{text}"
+    );
+    // The tiny Llama's template knows no tools: they are described in a system message, and the
+    // history is written out in the same convention.
+    let llama = engine("tiny-llama", EngineConfig::default());
+    let text = llama
+        .render_chat_with_tools(&history, Thinking::Off, Some(&tools))
+        .unwrap();
+    assert!(text.contains("<tools>\n{\"name\":\"weather\""), "{text}");
+    assert!(
+        text.contains("<tool_call>\n{\"name\":\"weather\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("<tool_response>\n12 C\n</tool_response>"),
+        "{text}"
+    );
+    // Without tools, the plain rendering is unchanged.
+    let plain = [ChatMessage::new("user", "hi")];
+    assert_eq!(
+        llama
+            .render_chat_with_tools(&plain, Thinking::Off, None)
+            .unwrap(),
+        llama.render_chat(&plain, Thinking::Off).unwrap()
+    );
+}
+
+#[test]
+fn a_required_call_on_the_real_model_is_a_valid_call() {
+    use switchyard_engine::tools::{parse_tool_calls, ToolChoice};
+    let Some(path) = switchyard_tests::smollm2_gguf() else {
+        return;
+    };
+    let engine = Engine::start(
+        load_generation_model(&path).unwrap(),
+        EngineConfig::default(),
+    )
+    .unwrap();
+    let tools = weather_tool(ToolChoice::Required);
+    for seed in 0..3 {
+        let out = drain(
+            engine
+                .submit(GenerationRequest {
+                    prompt: Prompt::Chat(vec![ChatMessage::new(
+                        "user",
+                        "What's the weather like in Paris today?",
+                    )]),
+                    params: GenerationParams {
+                        sampling: SamplingParams {
+                            temperature: 0.7,
+                            seed: Some(seed),
+                            ..Default::default()
+                        },
+                        max_tokens: Some(60),
+                        tools: Some(tools.clone()),
+                        ..Default::default()
+                    },
+                })
+                .unwrap(),
+        );
+        assert_eq!(out.reason, Some(FinishReason::Stop), "{out:?}");
+        let (before, calls) = parse_tool_calls(&out.content, &tools.functions).unwrap();
+        assert_eq!(before, "");
+        assert_eq!(calls.len(), 1, "{out:?}");
+        assert!(calls[0].arguments["city"].is_string(), "{out:?}");
+    }
+}

@@ -569,7 +569,6 @@ mod tests {
     #[test]
     fn semantic_fields_it_cannot_honour_are_refused_by_name() {
         for (field, value) in [
-            ("tools", json!([{"type": "function"}])),
             ("tool_choice", json!("auto")),
             ("top_logprobs", json!(2)),
             ("logit_bias", json!({"one": 5})),
@@ -674,8 +673,24 @@ mod tests {
         );
         assert_eq!(m[2].reasoning_content.as_deref(), Some("hmm"));
 
+        // An earlier call's arguments reach templates as an object; a result keeps its call id.
+        let calls: ChatRequest = serde_json::from_value(json!({"model": "m", "messages": [
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function",
+                "function": {"name": "f", "arguments": "{\"x\": 1}"}}]},
+            {"role": "tool", "tool_call_id": "c", "content": "2"}]}))
+        .unwrap();
+        let m = calls.chat_messages().unwrap();
+        assert_eq!(
+            m[0].tool_calls.as_ref().unwrap()[0]["function"]["arguments"],
+            json!({"x": 1})
+        );
+        assert_eq!(
+            (m[1].role.as_str(), m[1].tool_call_id.as_deref()),
+            ("tool", Some("c"))
+        );
+
         let bad_role: ChatRequest = serde_json::from_value(
-            json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}),
+            json!({"model": "m", "messages": [{"role": "function", "content": "x"}]}),
         )
         .unwrap();
         let e = bad_role.chat_messages().unwrap_err();
