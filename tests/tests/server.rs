@@ -316,10 +316,10 @@ async fn bad_requests_get_openai_errors_with_the_right_status() {
         );
     }
     let mut body = chat("tiny-llama", "hi", 4);
-    body["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
+    body["functions"] = json!([{"name": "f"}]);
     assert_eq!(
         error_of(post(&base, "/v1/chat/completions", &body).await, 400).await["param"],
-        "tools"
+        "functions"
     );
     let mut body = chat("tiny-llama", "hi", 4);
     body["temperature"] = json!(7);
