@@ -14,7 +14,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Duration;
-use switchyard_engine::json_schema::SchemaCompiler;
+use switchyard_engine::grammar::GrammarCompiler;
 use switchyard_models::text::TextTokenizer;
 use switchyard_models::weights::GgufFile;
 
@@ -60,7 +60,7 @@ fn bench(c: &mut Criterion) {
     let answer = tokenizer.encode(ANSWER).expect("encodes");
     let end = tokenizer.eos().to_vec();
     let vocab = tokenizer.vocab_size();
-    let schemas = SchemaCompiler::new(&tokenizer).expect("vocabulary indexes");
+    let schemas = GrammarCompiler::new(&tokenizer).expect("vocabulary indexes");
 
     let mut group = c.benchmark_group("constrained");
     group.throughput(Throughput::Elements(answer.len() as u64));
@@ -88,7 +88,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("schema_setup");
     group.sample_size(10);
     group.bench_function("vocabulary", |b| {
-        b.iter(|| black_box(SchemaCompiler::new(&tokenizer).expect("indexes")))
+        b.iter(|| black_box(GrammarCompiler::new(&tokenizer).expect("indexes")))
     });
     let schema = person();
     group.bench_function("compile_person", |b| {

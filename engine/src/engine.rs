@@ -4,7 +4,7 @@ use crate::config::EngineConfig;
 use crate::detokenize::Detokenizer;
 use crate::error::{EngineError, Result};
 
-use crate::json_schema::{SchemaCompiler, SchemaConstraint};
+use crate::grammar::{GrammarCompiler, GrammarConstraint};
 use crate::request::{
     Event, GenerationParams, GenerationRequest, Prompt, ResponseFormat, Thinking, MAX_TOP_LOGPROBS,
 };
@@ -262,7 +262,7 @@ impl Engine {
     /// The per-token check of an answer (`None`: any text): its response format (JSON mode is the
     /// schema `{"type": "object"}`), or the call blocks of a required tool call. Compiled here, on
     /// the caller's thread, so that a schema that cannot be enforced is refused at once.
-    fn answer_constraint(&self, params: &GenerationParams) -> Result<Option<SchemaConstraint>> {
+    fn answer_constraint(&self, params: &GenerationParams) -> Result<Option<GrammarConstraint>> {
         let call_grammar = params.tools.as_ref().and_then(ToolUse::grammar);
         if call_grammar.is_none() && params.response_format == ResponseFormat::Text {
             return Ok(None);
@@ -271,7 +271,7 @@ impl Engine {
             .info
             .schemas
             .get_or_init(|| {
-                SchemaCompiler::new(&self.info.tokenizer).map_err(|e| match e {
+                GrammarCompiler::new(&self.info.tokenizer).map_err(|e| match e {
                     EngineError::InvalidParameter { message, .. } => message,
                     e => e.to_string(),
                 })
@@ -429,7 +429,7 @@ struct ModelInfo {
     stats: Arc<EngineStats>,
     /// Every token's text, for JSON mode (made at the first request that needs it).
     /// The vocabulary indexed for JSON schemas (or why it cannot be), built on first use.
-    schemas: std::sync::OnceLock<std::result::Result<SchemaCompiler, String>>,
+    schemas: std::sync::OnceLock<std::result::Result<GrammarCompiler, String>>,
 }
 
 /// Checks `config` against `model`, sizes and allocates the KV cache (warming a GPU up), and splits

@@ -11,7 +11,7 @@ mod config;
 mod detokenize;
 mod engine;
 mod error;
-pub mod json_schema;
+pub mod grammar;
 pub mod memory;
 mod request;
 pub mod sampling;

@@ -56,11 +56,11 @@ pub enum ResponseFormat {
     #[default]
     Text,
     /// One JSON object and nothing else (OpenAI's `json_object`): every answer token is checked
-    /// against the JSON schema `{"type": "object"}` before it is sampled ([`crate::json_schema`]),
+    /// against the JSON schema `{"type": "object"}` before it is sampled ([`crate::grammar`]),
     /// and the sequence ends once the object is closed. A length limit can still cut it short.
     JsonObject,
     /// JSON that matches this JSON schema (OpenAI's `json_schema`), enforced token by token
-    /// ([`crate::json_schema`]); a schema that cannot be enforced is refused at submission. A
+    /// ([`crate::grammar`]); a schema that cannot be enforced is refused at submission. A
     /// length limit can still cut the answer short.
     JsonSchema(std::sync::Arc<serde_json::Value>),
 }

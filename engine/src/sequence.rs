@@ -2,7 +2,7 @@
 //! (sampling → detokenizing → thinking split → stop strings → events).
 
 use crate::detokenize::Detokenizer;
-use crate::json_schema::SchemaConstraint;
+use crate::grammar::GrammarConstraint;
 use crate::request::{DeltaKind, Event, FinishReason, TokenLogprob, Usage};
 use crate::sampling::Sampler;
 use crate::stop::{StopMatcher, StopOutcome};
@@ -38,7 +38,7 @@ pub(crate) struct Sequence {
     /// Alternatives per [`Event::Logprob`]; `None`: no log-probabilities.
     pub(crate) logprobs: Option<usize>,
     /// What the answer must be (`None`: any text).
-    pub(crate) constraint: Option<SchemaConstraint>,
+    pub(crate) constraint: Option<GrammarConstraint>,
     pub(crate) submitted: Instant,
     pub(crate) first_token: Option<Instant>,
     pub(crate) finished: Option<FinishReason>,
