@@ -586,7 +586,7 @@ fn markdown(r: &Report) -> String {
     }
     s.push_str(
         "\nWhere Switchyard's time goes (p50 of each stage, ms): tokenization with the lexical models' \
-         text features, the backbone pass with its heads, the embedding signal's encoder with its head (0 for a batch whose texts all skipped it; at batch 1 it runs beside the backbone, and this is the time it took beyond the backbone pass).\n\n\
+         text features, the backbone pass with its heads, the embedding signal's encoder with its head (0 for a batch whose texts all skipped it; it runs beside the backbone, so this is the time it took beyond the backbone pass, 0 when it finished first).\n\n\
          | batch | encode | backbone | embedding |\n|---|---|---|---|\n",
     );
     for l in &r.classify {
@@ -630,7 +630,7 @@ fn markdown(r: &Report) -> String {
     s.push_str(".\n\n");
     if let Some(b) = &r.encoder_beside_vs_after {
         s.push_str(&format!(
-            "Sentence encoder beside the backbone, each on one thread (the default at batch 1 while under a fifth of recent texts skip the encoder; after the backbone otherwise), vs always after it (each product split over the threads): `route()` at batch 1, the same texts to both in turn: p50 {:.2} vs {:.2} ms, p99 {:.2} vs {:.2} ms; median paired saving {:.2} ms.\n\n",
+            "Sentence encoder beside the backbone, each on one thread (the default while under a fifth of recent texts skip the encoder; after the backbone otherwise), vs always after it (each product split over the threads): `route()` at batch 1, the same texts to both in turn: p50 {:.2} vs {:.2} ms, p99 {:.2} vs {:.2} ms; median paired saving {:.2} ms.\n\n",
             b.beside_p50_ms, b.after_p50_ms, b.beside_p99_ms, b.after_p99_ms, b.paired_saving_p50_ms
         ));
     }
