@@ -3,7 +3,6 @@
 use crate::config::EngineConfig;
 use crate::detokenize::Detokenizer;
 use crate::error::{EngineError, Result};
-
 use crate::grammar::{GrammarCompiler, GrammarConstraint};
 use crate::request::{
     Event, GenerationParams, GenerationRequest, Prompt, ResponseFormat, Thinking, MAX_TOP_LOGPROBS,
@@ -263,13 +262,27 @@ impl Engine {
     /// schema `{"type": "object"}`), or the call blocks of a required tool call. Compiled here, on
     /// the caller's thread, so that a schema that cannot be enforced is refused at once.
     fn answer_constraint(&self, params: &GenerationParams) -> Result<Option<GrammarConstraint>> {
-        let call_grammar = params.tools.as_ref().and_then(ToolUse::grammar);
-        if call_grammar.is_none() && params.response_format == ResponseFormat::Text {
-            return Ok(None);
+        enum Wanted<'a> {
+            Schema(&'a serde_json::Value),
+            Calls(String),
         }
+        let object = serde_json::json!({"type": "object"});
+        let calls = params.tools.as_ref().and_then(ToolUse::grammar);
+        let wanted = match (calls, &params.response_format) {
+            (None, ResponseFormat::Text) => return Ok(None),
+            (Some(lark), ResponseFormat::Text) => Wanted::Calls(lark),
+            (Some(_), _) => {
+                return Err(EngineError::InvalidParameter {
+                    param: "response_format",
+                    message: "a required tool call and a response format cannot be combined".into(),
+                })
+            }
+            (None, ResponseFormat::JsonObject) => Wanted::Schema(&object),
+            (None, ResponseFormat::JsonSchema(schema)) => Wanted::Schema(schema.as_ref()),
+        };
         let compiler = self
             .info
-            .schemas
+            .grammars
             .get_or_init(|| {
                 GrammarCompiler::new(&self.info.tokenizer).map_err(|e| match e {
                     EngineError::InvalidParameter { message, .. } => message,
@@ -281,21 +294,10 @@ impl Engine {
                 param: "response_format",
                 message: message.clone(),
             })?;
-        let constraint = match (call_grammar.as_deref(), &params.response_format) {
-            (Some(lark), ResponseFormat::Text) => compiler.compile_lark(lark, "tools")?,
-            (Some(_), _) => {
-                return Err(EngineError::InvalidParameter {
-                    param: "response_format",
-                    message: "a required tool call and a response format cannot be combined".into(),
-                })
-            }
-            (None, ResponseFormat::JsonObject) => {
-                compiler.compile(&serde_json::json!({"type": "object"}))?
-            }
-            (None, ResponseFormat::JsonSchema(schema)) => compiler.compile(schema.as_ref())?,
-            (None, ResponseFormat::Text) => unreachable!("returned above"),
-        };
-        Ok(Some(constraint))
+        Ok(Some(match wanted {
+            Wanted::Schema(schema) => compiler.compile(schema)?,
+            Wanted::Calls(lark) => compiler.compile_lark(&lark, "tools")?,
+        }))
     }
 
     /// Queues a request; its events arrive on the returned stream.
@@ -427,9 +429,8 @@ struct ModelInfo {
     weight_bytes: usize,
     kv_cache_bytes: usize,
     stats: Arc<EngineStats>,
-    /// Every token's text, for JSON mode (made at the first request that needs it).
-    /// The vocabulary indexed for JSON schemas (or why it cannot be), built on first use.
-    schemas: std::sync::OnceLock<std::result::Result<GrammarCompiler, String>>,
+    /// The vocabulary indexed for constrained answers (or why it cannot be), built on first use.
+    grammars: std::sync::OnceLock<std::result::Result<GrammarCompiler, String>>,
 }
 
 /// Checks `config` against `model`, sizes and allocates the KV cache (warming a GPU up), and splits
@@ -527,7 +528,7 @@ fn prepare(model: GenerationModel, config: EngineConfig) -> Result<(ModelSlot, M
             weight_bytes,
             kv_cache_bytes: num_blocks * per_block,
             stats,
-            schemas: std::sync::OnceLock::new(),
+            grammars: std::sync::OnceLock::new(),
         },
     ))
 }

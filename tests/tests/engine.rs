@@ -643,6 +643,19 @@ fn an_f16_cache_stays_close_to_the_f32_logits() {
     );
 }
 
+/// The real SmolLM2 in an engine with the default limits (`None`, with a note, when the model is
+/// not here).
+fn smollm2_engine() -> Option<Engine> {
+    let path = switchyard_tests::smollm2_gguf()?;
+    Some(
+        Engine::start(
+            load_generation_model(&path).unwrap(),
+            EngineConfig::default(),
+        )
+        .unwrap(),
+    )
+}
+
 /// Samples `n` answers in JSON mode; returns each one's text and finish reason.
 fn json_answers(
     engine: &Engine,
@@ -743,14 +756,9 @@ fn json_mode_answers_are_json_objects_even_from_random_weights() {
 
 #[test]
 fn json_mode_on_the_real_model_gives_the_objects_it_was_asked_for() {
-    let Some(path) = switchyard_tests::smollm2_gguf() else {
+    let Some(engine) = smollm2_engine() else {
         return;
     };
-    let engine = Engine::start(
-        load_generation_model(&path).unwrap(),
-        EngineConfig::default(),
-    )
-    .unwrap();
     let prompt = Prompt::Chat(vec![ChatMessage::new(
         "user",
         "Describe a fictional person as a JSON object with name, age and city.",
@@ -820,14 +828,9 @@ fn json_schema_answers_match_the_schema_even_from_random_weights() {
 
 #[test]
 fn json_schema_on_the_real_model_gives_what_the_schema_asks_for() {
-    let Some(path) = switchyard_tests::smollm2_gguf() else {
+    let Some(engine) = smollm2_engine() else {
         return;
     };
-    let engine = Engine::start(
-        load_generation_model(&path).unwrap(),
-        EngineConfig::default(),
-    )
-    .unwrap();
     let prompt = Prompt::Chat(vec![ChatMessage::new(
         "user",
         "Describe a fictional person with their name, age and city.",
@@ -998,14 +1001,9 @@ fn tools_are_offered_by_templates_that_know_them_and_described_to_those_that_do_
 #[test]
 fn a_required_call_on_the_real_model_is_a_valid_call() {
     use switchyard_engine::tools::{parse_tool_calls, ToolChoice};
-    let Some(path) = switchyard_tests::smollm2_gguf() else {
+    let Some(engine) = smollm2_engine() else {
         return;
     };
-    let engine = Engine::start(
-        load_generation_model(&path).unwrap(),
-        EngineConfig::default(),
-    )
-    .unwrap();
     let tools = weather_tool(ToolChoice::Required);
     for seed in 0..3 {
         let out = drain(

@@ -714,10 +714,7 @@ async fn chat(
                 let mut message = json!({"role": "assistant", "content": c.content});
                 let mut finish = c.finish;
                 if let Some(tools) = &tool_use {
-                    let mut splitter = CallSplitter::new(tools.functions.clone());
-                    let mut content = splitter.push(&c.content);
-                    let (rest, calls) = splitter.finish();
-                    content.push_str(&rest);
+                    let (content, calls) = CallSplitter::split(tools.functions.clone(), &c.content);
                     if let Some(calls) = calls {
                         // OpenAI sends `content: null` with calls and no text.
                         message["content"] = if content.is_empty() {

@@ -26,6 +26,16 @@ impl CallSplitter {
         }
     }
 
+    /// A whole answer's content and calls, as [`finish`](Self::finish) gives them after the
+    /// content sent along the way.
+    pub fn split(functions: Arc<Vec<Function>>, text: &str) -> (String, Option<Vec<ToolCall>>) {
+        let mut splitter = Self::new(functions);
+        let mut content = splitter.push(text);
+        let (rest, calls) = splitter.finish();
+        content.push_str(&rest);
+        (content, calls)
+    }
+
     /// Takes the next text delta; returns the content that can be sent now.
     pub fn push(&mut self, text: &str) -> String {
         self.held.push_str(text);
