@@ -280,8 +280,25 @@ impl Engine {
             (None, ResponseFormat::JsonObject) => Wanted::Schema(&object),
             (None, ResponseFormat::JsonSchema(schema)) => Wanted::Schema(schema.as_ref()),
         };
-        let compiler = self
-            .info
+        let compiler = self.grammar_compiler()?;
+        Ok(Some(match wanted {
+            Wanted::Schema(schema) => compiler.compile(schema)?,
+            Wanted::Calls(lark) => compiler.compile_lark(&lark, "tools")?,
+        }))
+    }
+
+    /// With tools offered and the choice left to the model: the constraint that takes over once
+    /// the model has opened a call block itself ([`ToolUse::grammar_after_start`]).
+    fn call_constraint(&self, params: &GenerationParams) -> Result<Option<GrammarConstraint>> {
+        match params.tools.as_ref().and_then(ToolUse::grammar_after_start) {
+            Some(lark) => Ok(Some(self.grammar_compiler()?.compile_lark(&lark, "tools")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The vocabulary indexed for constrained answers, built at the first request that needs it.
+    fn grammar_compiler(&self) -> Result<&GrammarCompiler> {
+        self.info
             .grammars
             .get_or_init(|| {
                 GrammarCompiler::new(&self.info.tokenizer).map_err(|e| match e {
@@ -293,11 +310,7 @@ impl Engine {
             .map_err(|message| EngineError::InvalidParameter {
                 param: "response_format",
                 message: message.clone(),
-            })?;
-        Ok(Some(match wanted {
-            Wanted::Schema(schema) => compiler.compile(schema)?,
-            Wanted::Calls(lark) => compiler.compile_lark(&lark, "tools")?,
-        }))
+            })
     }
 
     /// Queues a request; its events arrive on the returned stream.
@@ -361,6 +374,11 @@ impl Engine {
             Thinking::Off => None,
         };
         let constraint = self.answer_constraint(&params)?;
+        // A response format already constrains the whole answer.
+        let call_constraint = match constraint {
+            None => self.call_constraint(&params)?,
+            Some(_) => None,
+        };
         let (events, rx) = flume::unbounded();
         let prompt_len = tokens.len();
         let seq = Sequence {
@@ -381,6 +399,8 @@ impl Engine {
             reasoning_tokens: 0,
             logprobs: params.logprobs,
             constraint,
+            call_constraint,
+            answer_tail: String::new(),
             submitted,
             first_token: None,
             finished: None,

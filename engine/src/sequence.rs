@@ -7,6 +7,7 @@ use crate::request::{DeltaKind, Event, FinishReason, TokenLogprob, Usage};
 use crate::sampling::Sampler;
 use crate::stop::{StopMatcher, StopOutcome};
 use crate::thinking::ThinkingSplitter;
+use crate::tools::TOOL_CALL_START;
 use std::time::Instant;
 use switchyard_models::decoder::BlockTable;
 use switchyard_models::text::TextTokenizer;
@@ -39,6 +40,11 @@ pub(crate) struct Sequence {
     pub(crate) logprobs: Option<usize>,
     /// What the answer must be (`None`: any text).
     pub(crate) constraint: Option<GrammarConstraint>,
+    /// With tools left to the model's choice: the constraint that becomes [`Self::constraint`]
+    /// once the answer opens a call block ([`crate::tools::ToolUse::grammar_after_start`]).
+    pub(crate) call_constraint: Option<GrammarConstraint>,
+    /// The end of the answer text so far, while [`Self::call_constraint`] waits for a block.
+    pub(crate) answer_tail: String,
     pub(crate) submitted: Instant,
     pub(crate) first_token: Option<Instant>,
     pub(crate) finished: Option<FinishReason>,
@@ -139,10 +145,45 @@ impl Sequence {
             }
         };
         for (kind, delta) in self.splitter.push(&text) {
+            if kind == DeltaKind::Content && self.call_constraint.is_some() {
+                self.answer_tail.push_str(&delta);
+            }
             self.emit(kind, delta);
             if self.finished.is_some() {
                 return;
             }
+        }
+        if self.call_constraint.is_some() {
+            self.start_call_constraint(tokenizer);
+        }
+    }
+
+    /// Hands the answer to the call constraint once it has opened a call block; the text after
+    /// the opening tag (a newline its last token carried, say) is fed to the constraint first.
+    fn start_call_constraint(&mut self, tokenizer: &TextTokenizer) {
+        let Some(at) = self.answer_tail.find(TOOL_CALL_START) else {
+            // Keep only what may still become the tag.
+            let mut cut = self.answer_tail.len().saturating_sub(TOOL_CALL_START.len());
+            while !self.answer_tail.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.answer_tail.drain(..cut);
+            return;
+        };
+        let rest = self.answer_tail.split_off(at + TOOL_CALL_START.len());
+        self.answer_tail.clear();
+        let Some(mut constraint) = self.call_constraint.take() else {
+            return;
+        };
+        let fed = tokenizer
+            .encode(&rest)
+            .map_err(|e| e.to_string())
+            .and_then(|ids| ids.into_iter().try_for_each(|id| constraint.push(id)));
+        match fed {
+            Ok(()) => self.constraint = Some(constraint),
+            // The model wrote something after the tag that no call can start with: its block
+            // stays unconstrained, and the server returns it as text if it does not parse.
+            Err(e) => tracing::debug!("a tool call block left unconstrained: {e}"),
         }
     }
 

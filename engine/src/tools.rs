@@ -8,8 +8,11 @@
 //!   not, the engine describes them in a system message in that convention ([`ToolUse::instructions`]).
 //! - `required` and a named function constrain the answer to call blocks whose JSON matches the
 //!   functions' parameter schemas ([`ToolUse::grammar`], enforced like a JSON schema, written
-//!   compactly as templates write calls), so the calls are valid by construction. `auto` leaves the model free, and [`parse_tool_calls`] reads the
-//!   blocks it wrote (text before the first block is the answer's content).
+//!   compactly as templates write calls), so the calls are valid by construction.
+//! - `auto` leaves the model free to answer in text or to call; once it has written
+//!   `<tool_call>` itself, the rest of the answer is constrained the same way
+//!   ([`ToolUse::grammar_after_start`]). [`parse_tool_calls`] reads the blocks back (text before
+//!   the first block is the answer's content).
 
 use std::sync::Arc;
 
@@ -110,36 +113,69 @@ impl ToolUse {
                 self.functions.iter().filter(|f| &f.name == name).collect()
             }
         };
-        let calls: Vec<Value> = allowed
-            .iter()
-            .map(|f| {
-                json!({
-                    "type": "object",
-                    "properties": {"name": {"const": f.name}, "arguments": f.parameters},
-                    "required": ["name", "arguments"],
-                    "additionalProperties": false
-                })
-            })
-            .collect();
-        // Compact JSON with the separators of Python's `json.dumps`, as templates write calls
-        // (`tojson`): the model stays in the format it learned, and cannot pad with whitespace.
-        let compact = json!({"item_separator": ", ", "key_separator": ": ",
-                             "whitespace_flexible": false, "coerce_one_of": true});
-        let schema = json!({"anyOf": calls, "x-guidance": compact});
-        // Lark string literals take JSON-style escapes, so the tags are written as JSON strings.
-        // The answer may end right after a block (where chat models end their turn), or go on
-        // with a newline and the next block when several calls are allowed.
-        let open = json!(format!("{TOOL_CALL_START}\n"));
-        let close = json!(format!("\n{TOOL_CALL_END}"));
-        let more = if self.parallel {
+        Some(format!(
+            "start: call{}\n{}",
+            self.more(),
+            call_rules(&allowed)
+        ))
+    }
+
+    /// With [`ToolChoice::Auto`], the grammar of what follows once the model has written
+    /// [`TOOL_CALL_START`] itself: the rest of that block (its JSON a call of a given function),
+    /// then more blocks when `parallel`. `None` for the other choices, whose whole answer
+    /// [`grammar`](Self::grammar) constrains.
+    pub fn grammar_after_start(&self) -> Option<String> {
+        if self.choice != ToolChoice::Auto {
+            return None;
+        }
+        let all: Vec<&Function> = self.functions.iter().collect();
+        Some(format!(
+            "start: rest{}\nrest: \"\\n\" %json {} {}\n{}",
+            self.more(),
+            calls_schema(&all),
+            json!(format!("\n{TOOL_CALL_END}")),
+            call_rules(&all)
+        ))
+    }
+
+    /// What may follow a block: more blocks, each after a newline, when several calls are
+    /// allowed (the answer may end after any block, where chat models end their turn).
+    fn more(&self) -> &'static str {
+        if self.parallel {
             " (\"\\n\" call)*"
         } else {
             ""
-        };
-        Some(format!(
-            "start: call{more}\ncall: {open} %json {schema} {close}\n"
-        ))
+        }
     }
+}
+
+/// The JSON schema of one call of any of `functions`: `{"name": <one of them>, "arguments":
+/// <its parameters>}`, written compactly with the separators of Python's `json.dumps`, as
+/// templates write calls (`tojson`): the model stays in the format it learned, and cannot pad
+/// with whitespace.
+fn calls_schema(functions: &[&Function]) -> Value {
+    let calls: Vec<Value> = functions
+        .iter()
+        .map(|f| {
+            json!({
+                "type": "object",
+                "properties": {"name": {"const": f.name}, "arguments": f.parameters},
+                "required": ["name", "arguments"],
+                "additionalProperties": false
+            })
+        })
+        .collect();
+    let compact = json!({"item_separator": ", ", "key_separator": ": ",
+                         "whitespace_flexible": false, "coerce_one_of": true});
+    json!({"anyOf": calls, "x-guidance": compact})
+}
+
+/// The Lark rule `call`: one whole block calling one of `functions`. String literals take
+/// JSON-style escapes, so the tags are written as JSON strings.
+fn call_rules(functions: &[&Function]) -> String {
+    let open = json!(format!("{TOOL_CALL_START}\n"));
+    let close = json!(format!("\n{TOOL_CALL_END}"));
+    format!("call: {open} %json {} {close}\n", calls_schema(functions))
 }
 
 /// Whether a conversation has tool calls or results in it.
@@ -291,7 +327,17 @@ mod tests {
             parallel: true,
         };
         assert_eq!(tools.grammar(), None);
+        let after = tools.grammar_after_start().unwrap();
+        assert!(
+            after.starts_with("start: rest (\"\\n\" call)*\nrest: \"\\n\" %json"),
+            "{after}"
+        );
+        assert!(
+            after.contains("get_time") && after.contains("get_weather"),
+            "{after}"
+        );
         tools.choice = ToolChoice::Function("get_time".into());
+        assert_eq!(tools.grammar_after_start(), None);
         let g = tools.grammar().unwrap();
         assert!(g.contains("get_time") && !g.contains("get_weather"), "{g}");
         assert!(g.starts_with("start: call (\"\\n\" call)*\n"), "{g}");

@@ -1033,3 +1033,55 @@ fn a_required_call_on_the_real_model_is_a_valid_call() {
         assert!(calls[0].arguments["city"].is_string(), "{out:?}");
     }
 }
+
+#[test]
+fn a_call_the_model_opens_itself_is_constrained_to_the_functions() {
+    use switchyard_engine::tools::{parse_tool_calls, Function, ToolChoice, ToolUse};
+    let Some(engine) = smollm2_engine() else {
+        return;
+    };
+    let weather = |city: serde_json::Value| ToolUse {
+        functions: std::sync::Arc::new(vec![Function {
+            name: "weather".into(),
+            description: None,
+            parameters: serde_json::json!({"type": "object", "properties": {"city": city},
+                "required": ["city"], "additionalProperties": false}),
+        }]),
+        choice: ToolChoice::Auto,
+        parallel: false,
+    };
+    // A worked example in the prompt, so that greedy SmolLM2 opens a block by itself.
+    let example =
+        "<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>";
+    let history = vec![
+        ChatMessage::new("user", "Weather in Oslo?"),
+        ChatMessage::new("assistant", example),
+        ChatMessage::new("user", "Weather in Paris?"),
+        ChatMessage::new("assistant", example.replace("Oslo", "Paris")),
+        ChatMessage::new("user", "Weather in Rome?"),
+    ];
+    let city_in = |tools: &ToolUse| {
+        let request = GenerationRequest {
+            prompt: Prompt::Chat(history.clone()),
+            params: GenerationParams {
+                sampling: SamplingParams {
+                    temperature: 0.0,
+                    ..Default::default()
+                },
+                max_tokens: Some(40),
+                tools: Some(tools.clone()),
+                ..Default::default()
+            },
+        };
+        let out = drain(engine.submit(request).unwrap());
+        let (_, calls) = parse_tool_calls(&out.content, &tools.functions).expect("a call");
+        calls[0].arguments["city"].as_str().unwrap().to_string()
+    };
+    // Any city: SmolLM2 asks for Rome. One of two: once it has opened the block it is held to them.
+    assert_eq!(
+        city_in(&weather(serde_json::json!({"type": "string"}))),
+        "Rome"
+    );
+    let city = city_in(&weather(serde_json::json!({"enum": ["Paris", "Oslo"]})));
+    assert!(city == "Paris" || city == "Oslo", "{city}");
+}
