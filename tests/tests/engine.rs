@@ -1085,3 +1085,44 @@ fn a_call_the_model_opens_itself_is_constrained_to_the_functions() {
     let city = city_in(&weather(serde_json::json!({"enum": ["Paris", "Oslo"]})));
     assert!(city == "Paris" || city == "Oslo", "{city}");
 }
+
+#[test]
+fn a_required_call_through_a_template_that_knows_tools_is_a_valid_call() {
+    use switchyard_engine::tools::{parse_tool_calls, Function, ToolChoice, ToolUse};
+    // Qwen3's template renders the tools itself; random weights are held to a call of `ping`.
+    let engine = engine("tiny-qwen3", EngineConfig::default());
+    let tools = ToolUse {
+        functions: std::sync::Arc::new(vec![Function {
+            name: "ping".into(),
+            description: None,
+            parameters: serde_json::json!({"type": "object",
+                "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+                "required": ["n"], "additionalProperties": false}),
+        }]),
+        choice: ToolChoice::Required,
+        parallel: false,
+    };
+    for seed in 0..3 {
+        let out = drain(
+            engine
+                .submit(GenerationRequest {
+                    prompt: Prompt::Chat(vec![ChatMessage::new("user", "ping")]),
+                    params: GenerationParams {
+                        sampling: SamplingParams {
+                            temperature: 1.0,
+                            seed: Some(seed),
+                            ..Default::default()
+                        },
+                        max_tokens: Some(60),
+                        tools: Some(tools.clone()),
+                        ..Default::default()
+                    },
+                })
+                .unwrap(),
+        );
+        assert_eq!(out.reason, Some(FinishReason::Stop), "{out:?}");
+        let (_, calls) = parse_tool_calls(&out.content, &tools.functions).expect("a call");
+        let n = calls[0].arguments["n"].as_i64().unwrap();
+        assert!((0..=9).contains(&n), "{out:?}");
+    }
+}
