@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use switchyard_models::text::ChatMessage;
+use switchyard_models::text::{python_json, ChatMessage};
 
 /// What opens a call block.
 pub const TOOL_CALL_START: &str = "<tool_call>";
@@ -67,12 +67,15 @@ pub struct ToolCall {
 }
 
 impl Function {
-    /// The OpenAI shape templates iterate over: `{"type": "function", "function": {...}}`.
+    /// The OpenAI shape templates iterate over: `{"type": "function", "function": {"name",
+    /// "description", "parameters"}}`, keys in the order of OpenAI's documentation.
     pub fn to_openai(&self) -> Value {
-        let mut function = json!({"name": self.name, "parameters": self.parameters});
+        let mut function = serde_json::Map::new();
+        function.insert("name".into(), json!(self.name));
         if let Some(d) = &self.description {
-            function["description"] = json!(d);
+            function.insert("description".into(), json!(d));
         }
+        function.insert("parameters".into(), self.parameters.clone());
         json!({"type": "function", "function": function})
     }
 }
@@ -87,7 +90,7 @@ impl ToolUse {
     pub fn instructions(&self) -> String {
         let mut text = String::from("You can call functions. Their JSON signatures:\n<tools>\n");
         for f in self.functions.iter() {
-            text.push_str(&f.to_openai()["function"].to_string());
+            text.push_str(&python_json(&f.to_openai()["function"], None));
             text.push('\n');
         }
         text.push_str(&format!(
@@ -204,6 +207,7 @@ pub fn written_out(messages: &[ChatMessage]) -> Vec<ChatMessage> {
                 if !out.content.is_empty() {
                     out.content.push('\n');
                 }
+                let block = python_json(&block, None);
                 out.content
                     .push_str(&format!("{TOOL_CALL_START}\n{block}\n{TOOL_CALL_END}"));
             }
@@ -300,7 +304,7 @@ mod tests {
         assert_eq!(out[0], history[0]);
         assert_eq!(
             out[1].content,
-            "<tool_call>\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Oslo\"}}\n</tool_call>"
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>"
         );
         assert_eq!(out[1].tool_calls, None);
         assert_eq!(out[2].role, "user");

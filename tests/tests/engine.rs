@@ -961,12 +961,18 @@ fn tools_are_offered_by_templates_that_know_them_and_described_to_those_that_do_
     let text = qwen3
         .render_chat_with_tools(&history, Thinking::Off, Some(&tools))
         .unwrap();
+    // The functions and the call's arguments as transformers writes them (its `tojson` is
+    // Python's `json.dumps`), keys in their order.
+    let function = "{\"type\": \"function\", \"function\": {\"name\": \"weather\", \
+                    \"description\": \"Current weather in a city\", \"parameters\": \
+                    {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\"}}, \
+                    \"required\": [\"city\"], \"additionalProperties\": false}}}";
     assert!(
-        text.contains("<tools>") && text.contains("Current weather in a city"),
+        text.contains(&format!("<tools>\n{function}\n</tools>")),
         "{text}"
     );
     assert!(
-        text.contains("<tool_call>\n{\"name\": \"weather\""),
+        text.contains("<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Oslo\"}}"),
         "{text}"
     );
     assert!(
@@ -979,9 +985,9 @@ fn tools_are_offered_by_templates_that_know_them_and_described_to_those_that_do_
     let text = llama
         .render_chat_with_tools(&history, Thinking::Off, Some(&tools))
         .unwrap();
-    assert!(text.contains("<tools>\n{\"name\":\"weather\""), "{text}");
+    assert!(text.contains("<tools>\n{\"name\": \"weather\""), "{text}");
     assert!(
-        text.contains("<tool_call>\n{\"name\":\"weather\""),
+        text.contains("<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Oslo\"}}"),
         "{text}"
     );
     assert!(

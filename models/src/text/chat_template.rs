@@ -89,6 +89,78 @@ fn strftime_now(format: String) -> String {
         .replace("%b", &MONTHS[(month - 1) as usize][..3])
 }
 
+/// `tojson` as `transformers` renders templates: Python's `json.dumps(x, ensure_ascii=False,
+/// indent=indent)`. minijinja's own filter writes compact JSON and escapes `<`, `>`, `&` and `'` for
+/// HTML, so a tool description with `<` in it would reach the model as `\u003c`.
+fn tojson(
+    value: minijinja::Value,
+    kwargs: minijinja::value::Kwargs,
+) -> std::result::Result<minijinja::Value, minijinja::Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let json = serde_json::to_value(&value).map_err(|e| {
+        minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
+    })?;
+    Ok(minijinja::Value::from_safe_string(python_json(
+        &json, indent,
+    )))
+}
+
+/// `value` written as Python's `json.dumps(value, ensure_ascii=False, indent=indent)` writes it:
+/// `", "` and `": "` between items, or with `indent`, `","` and a new line per item; keys in their
+/// order; non-ASCII text as it is. What chat models saw in training, in their templates' `tojson`.
+pub fn python_json(value: &serde_json::Value, indent: Option<usize>) -> String {
+    let mut out = String::new();
+    write_python_json(&mut out, value, indent, 0);
+    out
+}
+
+fn write_python_json(
+    out: &mut String,
+    value: &serde_json::Value,
+    indent: Option<usize>,
+    depth: usize,
+) {
+    use serde_json::Value;
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * depth));
+        }
+    };
+    let separator = if indent.is_some() { "," } else { ", " };
+    match value {
+        Value::Array(items) if !items.is_empty() => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(separator);
+                }
+                newline(out, depth + 1);
+                write_python_json(out, item, indent, depth + 1);
+            }
+            newline(out, depth);
+            out.push(']');
+        }
+        Value::Object(map) if !map.is_empty() => {
+            out.push('{');
+            for (i, (key, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(separator);
+                }
+                newline(out, depth + 1);
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push_str(": ");
+                write_python_json(out, item, indent, depth + 1);
+            }
+            newline(out, depth);
+            out.push('}');
+        }
+        // Scalars and empty containers: the same text either way.
+        other => out.push_str(&other.to_string()),
+    }
+}
+
 impl ChatTemplate {
     /// Compiles `source`; `bos_token`/`eos_token` are exposed to it as in `transformers`.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
@@ -99,6 +171,7 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", tojson);
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| ModelError::Template(e.to_string()))?;
         Ok(Self {
@@ -162,6 +235,27 @@ impl ChatTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tojson_writes_what_pythons_json_dumps_writes() {
+        let t = ChatTemplate::new(
+            "{{ messages[0].tool_calls[0] | tojson }}|{{ messages[0].tool_calls[0] | tojson(indent=2) }}",
+            "",
+            "",
+        )
+        .unwrap();
+        let mut m = ChatMessage::new("assistant", "");
+        m.tool_calls = Some(vec![
+            serde_json::json!({"b": 1, "a": [1.5, "<é>", {}], "c": {"d": null}}),
+        ]);
+        let out = t.render(&[m], false, None).unwrap();
+        // json.dumps({"b": 1, "a": [1.5, "<é>", {}], "c": {"d": None}}, ensure_ascii=False) and
+        // the same with indent=2, keys in their order.
+        assert_eq!(
+            out,
+            "{\"b\": 1, \"a\": [1.5, \"<é>\", {}], \"c\": {\"d\": null}}|{\n  \"b\": 1,\n  \"a\": [\n    1.5,\n    \"<é>\",\n    {}\n  ],\n  \"c\": {\n    \"d\": null\n  }\n}"
+        );
+    }
 
     #[test]
     fn renders_python_string_methods_and_flags() {
