@@ -929,6 +929,30 @@ fn a_schema_constrains_the_answer_after_thinking_not_the_thinking() {
     }
 }
 
+/// A sampled answer (at most 60 tokens) to `question` with `tools` offered.
+fn tool_answer(
+    engine: &Engine,
+    question: &str,
+    tools: &switchyard_engine::tools::ToolUse,
+    temperature: f32,
+    seed: u64,
+) -> Outcome {
+    let request = GenerationRequest {
+        prompt: Prompt::Chat(vec![ChatMessage::new("user", question)]),
+        params: GenerationParams {
+            sampling: SamplingParams {
+                temperature,
+                seed: Some(seed),
+                ..Default::default()
+            },
+            max_tokens: Some(60),
+            tools: Some(tools.clone()),
+            ..Default::default()
+        },
+    };
+    drain(engine.submit(request).unwrap())
+}
+
 /// One function, `weather(city)`, offered with `choice`.
 fn weather_tool(choice: switchyard_engine::tools::ToolChoice) -> switchyard_engine::tools::ToolUse {
     switchyard_engine::tools::ToolUse {
@@ -1012,25 +1036,12 @@ fn a_required_call_on_the_real_model_is_a_valid_call() {
     };
     let tools = weather_tool(ToolChoice::Required);
     for seed in 0..3 {
-        let out = drain(
-            engine
-                .submit(GenerationRequest {
-                    prompt: Prompt::Chat(vec![ChatMessage::new(
-                        "user",
-                        "What's the weather like in Paris today?",
-                    )]),
-                    params: GenerationParams {
-                        sampling: SamplingParams {
-                            temperature: 0.7,
-                            seed: Some(seed),
-                            ..Default::default()
-                        },
-                        max_tokens: Some(60),
-                        tools: Some(tools.clone()),
-                        ..Default::default()
-                    },
-                })
-                .unwrap(),
+        let out = tool_answer(
+            &engine,
+            "What's the weather like in Paris today?",
+            &tools,
+            0.7,
+            seed,
         );
         assert_eq!(out.reason, Some(FinishReason::Stop), "{out:?}");
         let (before, calls) = parse_tool_calls(&out.content, &tools.functions).unwrap();
@@ -1109,23 +1120,7 @@ fn a_required_call_through_a_template_that_knows_tools_is_a_valid_call() {
         parallel: false,
     };
     for seed in 0..3 {
-        let out = drain(
-            engine
-                .submit(GenerationRequest {
-                    prompt: Prompt::Chat(vec![ChatMessage::new("user", "ping")]),
-                    params: GenerationParams {
-                        sampling: SamplingParams {
-                            temperature: 1.0,
-                            seed: Some(seed),
-                            ..Default::default()
-                        },
-                        max_tokens: Some(60),
-                        tools: Some(tools.clone()),
-                        ..Default::default()
-                    },
-                })
-                .unwrap(),
-        );
+        let out = tool_answer(&engine, "ping", &tools, 1.0, seed);
         assert_eq!(out.reason, Some(FinishReason::Stop), "{out:?}");
         let (_, calls) = parse_tool_calls(&out.content, &tools.functions).expect("a call");
         let n = calls[0].arguments["n"].as_i64().unwrap();
