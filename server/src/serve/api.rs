@@ -154,7 +154,13 @@ fn template_call(call: &Value, at: &str) -> Result<Value, ApiError> {
             )
         })?,
         Some(v @ Value::Object(_)) => v.clone(),
-        _ => json!({}),
+        None | Some(Value::Null) => json!({}),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                &format!("{at}.function.arguments"),
+                "must be a JSON string (or an object)",
+            ))
+        }
     };
     let mut call = call.clone();
     call["function"]["arguments"] = arguments;
