@@ -3,7 +3,7 @@
 use crate::config::EngineConfig;
 use crate::detokenize::Detokenizer;
 use crate::error::{EngineError, Result};
-use crate::grammar::{GrammarCompiler, GrammarConstraint};
+use crate::grammar::{GrammarCompiler, GrammarConstraint, PendingCall};
 use crate::request::{
     Event, GenerationParams, GenerationRequest, Prompt, ResponseFormat, Thinking, MAX_TOP_LOGPROBS,
 };
@@ -300,12 +300,7 @@ impl Engine {
     fn grammar_compiler(&self) -> Result<&GrammarCompiler> {
         self.info
             .grammars
-            .get_or_init(|| {
-                GrammarCompiler::new(&self.info.tokenizer).map_err(|e| match e {
-                    EngineError::InvalidParameter { message, .. } => message,
-                    e => e.to_string(),
-                })
-            })
+            .get_or_init(|| GrammarCompiler::new(&self.info.tokenizer))
             .as_ref()
             .map_err(|message| EngineError::InvalidParameter {
                 param: "response_format",
@@ -375,8 +370,8 @@ impl Engine {
         };
         let constraint = self.answer_constraint(&params)?;
         // A response format already constrains the whole answer.
-        let call_constraint = match constraint {
-            None => self.call_constraint(&params)?,
+        let pending_call = match constraint {
+            None => self.call_constraint(&params)?.map(PendingCall::new),
             Some(_) => None,
         };
         let (events, rx) = flume::unbounded();
@@ -399,8 +394,7 @@ impl Engine {
             reasoning_tokens: 0,
             logprobs: params.logprobs,
             constraint,
-            call_constraint,
-            answer_tail: String::new(),
+            pending_call,
             submitted,
             first_token: None,
             finished: None,

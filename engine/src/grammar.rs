@@ -23,6 +23,7 @@ use serde_json::Value;
 use switchyard_models::text::TextTokenizer;
 
 use crate::error::{EngineError, Result};
+use crate::tools::TOOL_CALL_START;
 
 /// Most whitespace characters in a row outside strings.
 pub const MAX_WHITESPACE_RUN: usize = 16;
@@ -80,12 +81,10 @@ impl GrammarCompiler {
     /// Indexes `tokenizer`'s vocabulary: each token's bytes as the tokenizer's own decoder spells
     /// them (byte-level BPE and SentencePiece byte fallback alike); special tokens are never
     /// allowed inside an answer.
-    pub fn new(tokenizer: &TextTokenizer) -> Result<Self> {
-        let setup = |e: String| EngineError::InvalidParameter {
-            param: "response_format",
-            message: format!(
-                "structured outputs are not available for this model's tokenizer: {e}"
-            ),
+    /// The error is why the vocabulary cannot be indexed.
+    pub fn new(tokenizer: &TextTokenizer) -> std::result::Result<Self, String> {
+        let setup = |e: String| {
+            format!("structured outputs are not available for this model's tokenizer: {e}")
         };
         let json = serde_json::to_value(tokenizer.inner()).map_err(|e| setup(e.to_string()))?;
         let mut words =
@@ -205,9 +204,44 @@ impl GrammarConstraint {
     pub fn push(&mut self, id: u32) -> std::result::Result<(), String> {
         self.matcher.consume_token(id).map_err(|e| e.to_string())
     }
+}
 
-    /// Whether the answer so far is a complete match.
-    pub fn complete(&mut self) -> bool {
-        self.matcher.is_accepting().unwrap_or(false)
+/// A call constraint waiting for the answer to open a call block (with tools left to the model's
+/// choice, [`crate::tools::ToolUse::grammar_after_start`]): it watches the answer text for
+/// [`TOOL_CALL_START`] and then takes over.
+#[derive(Debug)]
+pub(crate) struct PendingCall {
+    /// Boxed: a matcher is over a kilobyte, and this moves in and out of the sequence.
+    constraint: Box<GrammarConstraint>,
+    /// The end of the answer text so far: what may still become the tag.
+    tail: String,
+}
+
+impl PendingCall {
+    pub(crate) fn new(constraint: GrammarConstraint) -> Self {
+        Self {
+            constraint: Box::new(constraint),
+            tail: String::new(),
+        }
+    }
+
+    /// Takes more answer text. Once the tag has appeared, the constraint and the text that followed
+    /// the tag in the same delta (a newline its last token carried, say); until then, itself.
+    pub(crate) fn watch(
+        mut self,
+        text: &str,
+    ) -> std::result::Result<(GrammarConstraint, String), Self> {
+        self.tail.push_str(text);
+        let Some(at) = self.tail.find(TOOL_CALL_START) else {
+            // Keep only what may still become the tag.
+            let mut cut = self.tail.len().saturating_sub(TOOL_CALL_START.len());
+            while !self.tail.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.tail.drain(..cut);
+            return Err(self);
+        };
+        let rest = self.tail.split_off(at + TOOL_CALL_START.len());
+        Ok((*self.constraint, rest))
     }
 }

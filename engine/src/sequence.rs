@@ -2,12 +2,11 @@
 //! (sampling → detokenizing → thinking split → stop strings → events).
 
 use crate::detokenize::Detokenizer;
-use crate::grammar::GrammarConstraint;
+use crate::grammar::{GrammarConstraint, PendingCall};
 use crate::request::{DeltaKind, Event, FinishReason, TokenLogprob, Usage};
 use crate::sampling::Sampler;
 use crate::stop::{StopMatcher, StopOutcome};
 use crate::thinking::ThinkingSplitter;
-use crate::tools::TOOL_CALL_START;
 use std::time::Instant;
 use switchyard_models::decoder::BlockTable;
 use switchyard_models::text::TextTokenizer;
@@ -41,10 +40,8 @@ pub(crate) struct Sequence {
     /// What the answer must be (`None`: any text).
     pub(crate) constraint: Option<GrammarConstraint>,
     /// With tools left to the model's choice: the constraint that becomes [`Self::constraint`]
-    /// once the answer opens a call block ([`crate::tools::ToolUse::grammar_after_start`]).
-    pub(crate) call_constraint: Option<GrammarConstraint>,
-    /// The end of the answer text so far, while [`Self::call_constraint`] waits for a block.
-    pub(crate) answer_tail: String,
+    /// once the answer opens a call block.
+    pub(crate) pending_call: Option<PendingCall>,
     pub(crate) submitted: Instant,
     pub(crate) first_token: Option<Instant>,
     pub(crate) finished: Option<FinishReason>,
@@ -145,35 +142,28 @@ impl Sequence {
             }
         };
         for (kind, delta) in self.splitter.push(&text) {
-            if kind == DeltaKind::Content && self.call_constraint.is_some() {
-                self.answer_tail.push_str(&delta);
+            if kind == DeltaKind::Content {
+                self.watch_for_call(tokenizer, &delta);
             }
             self.emit(kind, delta);
             if self.finished.is_some() {
                 return;
             }
         }
-        if self.call_constraint.is_some() {
-            self.start_call_constraint(tokenizer);
-        }
     }
 
-    /// Hands the answer to the call constraint once it has opened a call block; the text after
-    /// the opening tag (a newline its last token carried, say) is fed to the constraint first.
-    fn start_call_constraint(&mut self, tokenizer: &TextTokenizer) {
-        let Some(at) = self.answer_tail.find(TOOL_CALL_START) else {
-            // Keep only what may still become the tag.
-            let mut cut = self.answer_tail.len().saturating_sub(TOOL_CALL_START.len());
-            while !self.answer_tail.is_char_boundary(cut) {
-                cut += 1;
-            }
-            self.answer_tail.drain(..cut);
+    /// Hands the answer to the pending call constraint once `text` completes the opening tag of a
+    /// call block; the text after the tag is fed to the constraint first.
+    fn watch_for_call(&mut self, tokenizer: &TextTokenizer, text: &str) {
+        let Some(pending) = self.pending_call.take() else {
             return;
         };
-        let rest = self.answer_tail.split_off(at + TOOL_CALL_START.len());
-        self.answer_tail.clear();
-        let Some(mut constraint) = self.call_constraint.take() else {
-            return;
+        let (mut constraint, rest) = match pending.watch(text) {
+            Ok(started) => started,
+            Err(pending) => {
+                self.pending_call = Some(pending);
+                return;
+            }
         };
         let fed = tokenizer
             .encode(&rest)

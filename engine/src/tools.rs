@@ -67,16 +67,21 @@ pub struct ToolCall {
 }
 
 impl Function {
-    /// The OpenAI shape templates iterate over: `{"type": "function", "function": {"name",
-    /// "description", "parameters"}}`, keys in the order of OpenAI's documentation.
-    pub fn to_openai(&self) -> Value {
+    /// The function as OpenAI describes it: `{"name", "description", "parameters"}`, keys in
+    /// the order of OpenAI's documentation.
+    pub fn spec(&self) -> Value {
         let mut function = serde_json::Map::new();
         function.insert("name".into(), json!(self.name));
         if let Some(d) = &self.description {
             function.insert("description".into(), json!(d));
         }
         function.insert("parameters".into(), self.parameters.clone());
-        json!({"type": "function", "function": function})
+        Value::Object(function)
+    }
+
+    /// The OpenAI tool shape templates iterate over: `{"type": "function", "function": spec}`.
+    pub fn to_openai(&self) -> Value {
+        json!({"type": "function", "function": self.spec()})
     }
 }
 
@@ -90,7 +95,7 @@ impl ToolUse {
     pub fn instructions(&self) -> String {
         let mut text = String::from("You can call functions. Their JSON signatures:\n<tools>\n");
         for f in self.functions.iter() {
-            text.push_str(&python_json(&f.to_openai()["function"], None));
+            text.push_str(&python_json(&f.spec(), None));
             text.push('\n');
         }
         text.push_str(&format!(
