@@ -167,6 +167,76 @@ fn template_call(call: &Value, at: &str) -> Result<Value, ApiError> {
     Ok(call)
 }
 
+/// One `tools[]` entry (at `at`) as a function the model may call; a function without
+/// `parameters` takes none.
+fn function_of(tool: &Value, at: &str) -> Result<Function, ApiError> {
+    if tool.get("type").and_then(Value::as_str) != Some("function") {
+        return Err(ApiError::invalid(at, "only `function` tools are supported"));
+    }
+    let f = tool
+        .get("function")
+        .filter(|f| f.is_object())
+        .ok_or_else(|| ApiError::invalid(at, "a function tool needs a `function` object"))?;
+    let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
+    if !valid_name(name) {
+        return Err(ApiError::invalid(
+            &format!("{at}.function.name"),
+            "must be 1-64 letters, digits, `_` or `-`",
+        ));
+    }
+    let parameters = match f.get("parameters") {
+        None | Some(Value::Null) => {
+            json!({"type": "object", "properties": {}, "additionalProperties": false})
+        }
+        Some(p @ Value::Object(_)) => p.clone(),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                &format!("{at}.function.parameters"),
+                "must be a JSON schema object",
+            ))
+        }
+    };
+    Ok(Function {
+        name: name.to_string(),
+        description: f
+            .get("description")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        parameters,
+    })
+}
+
+/// A `tool_choice` other than `none`: `auto`, `required`, or `{"type": "function", "function":
+/// {"name": ...}}` naming one of `functions`.
+fn tool_choice_of(choice: &Value, functions: &[Function]) -> Result<ToolChoice, ApiError> {
+    let invalid = |message: String| ApiError::invalid("tool_choice", message);
+    match choice.as_str() {
+        Some("auto") => return Ok(ToolChoice::Auto),
+        Some("required") => return Ok(ToolChoice::Required),
+        Some(_) => {
+            return Err(invalid(
+                "must be `none`, `auto`, `required` or a function".into(),
+            ))
+        }
+        None => {}
+    }
+    let name = choice
+        .get("function")
+        .and_then(|f| f.get("name"))
+        .and_then(Value::as_str)
+        .filter(|_| choice.get("type").and_then(Value::as_str) == Some("function"))
+        .ok_or_else(|| {
+            invalid(
+                "a named choice is `{\"type\": \"function\", \"function\": {\"name\": ...}}`"
+                    .into(),
+            )
+        })?;
+    if !functions.iter().any(|f| f.name == name) {
+        return Err(invalid(format!("`{name}` is not one of the given tools")));
+    }
+    Ok(ToolChoice::Function(name.to_string()))
+}
+
 impl ChatRequest {
     /// Alternatives per token when log-probabilities were asked for (`None`: not asked).
     pub fn logprobs_wanted(&self) -> Option<usize> {
@@ -401,86 +471,19 @@ impl ChatRequest {
         }
         let mut functions: Vec<Function> = Vec::with_capacity(tools.len());
         for (i, tool) in tools.iter().enumerate() {
-            let at = format!("tools[{i}]");
-            if tool.get("type").and_then(Value::as_str) != Some("function") {
+            let f = function_of(tool, &format!("tools[{i}]"))?;
+            if functions.iter().any(|g| g.name == f.name) {
                 return Err(ApiError::invalid(
-                    &at,
-                    "only `function` tools are supported",
+                    &format!("tools[{i}].function.name"),
+                    format!("`{}` is given twice", f.name),
                 ));
             }
-            let f = tool
-                .get("function")
-                .filter(|f| f.is_object())
-                .ok_or_else(|| {
-                    ApiError::invalid(&at, "a function tool needs a `function` object")
-                })?;
-            let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
-            if !valid_name(name) {
-                return Err(ApiError::invalid(
-                    &format!("{at}.function.name"),
-                    "must be 1-64 letters, digits, `_` or `-`",
-                ));
-            }
-            if functions.iter().any(|g| g.name == name) {
-                return Err(ApiError::invalid(
-                    &format!("{at}.function.name"),
-                    format!("`{name}` is given twice"),
-                ));
-            }
-            let parameters = match f.get("parameters") {
-                None | Some(Value::Null) => {
-                    json!({"type": "object", "properties": {}, "additionalProperties": false})
-                }
-                Some(p @ Value::Object(_)) => p.clone(),
-                Some(_) => {
-                    return Err(ApiError::invalid(
-                        &format!("{at}.function.parameters"),
-                        "must be a JSON schema object",
-                    ))
-                }
-            };
-            functions.push(Function {
-                name: name.to_string(),
-                description: f
-                    .get("description")
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
-                parameters,
-            });
+            functions.push(f);
         }
         let choice = match choice {
             None => ToolChoice::Auto,
-            Some(c) => match c.as_str() {
-                Some("none") => return Ok(None),
-                Some("auto") => ToolChoice::Auto,
-                Some("required") => ToolChoice::Required,
-                Some(_) => {
-                    return Err(ApiError::invalid(
-                        "tool_choice",
-                        "must be `none`, `auto`, `required` or a function",
-                    ))
-                }
-                None => {
-                    let name = c
-                        .get("function")
-                        .and_then(|f| f.get("name"))
-                        .and_then(Value::as_str)
-                        .filter(|_| c.get("type").and_then(Value::as_str) == Some("function"))
-                        .ok_or_else(|| {
-                            ApiError::invalid(
-                                "tool_choice",
-                                "a named choice is `{\"type\": \"function\", \"function\": {\"name\": ...}}`",
-                            )
-                        })?;
-                    if !functions.iter().any(|f| f.name == name) {
-                        return Err(ApiError::invalid(
-                            "tool_choice",
-                            format!("`{name}` is not one of the given tools"),
-                        ));
-                    }
-                    ToolChoice::Function(name.to_string())
-                }
-            },
+            Some(c) if c == "none" => return Ok(None),
+            Some(c) => tool_choice_of(c, &functions)?,
         };
         Ok(Some(ToolUse {
             functions: std::sync::Arc::new(functions),
