@@ -20,6 +20,10 @@ pub struct EngineConfig {
     pub max_waiting: usize,
     /// Element type of the KV cache (f16: host caches only).
     pub kv_cache_dtype: KvDtype,
+    /// Reuse the KV-cache blocks of prompt prefixes that earlier or concurrent sequences computed
+    /// (a shared system prompt, earlier turns, the other choices of a request) instead of
+    /// computing them again.
+    pub prefix_caching: bool,
 }
 
 impl Default for EngineConfig {
@@ -32,6 +36,7 @@ impl Default for EngineConfig {
             kv_cache_bytes: None,
             max_waiting: 256,
             kv_cache_dtype: KvDtype::F32,
+            prefix_caching: true,
         }
     }
 }

@@ -382,6 +382,7 @@ impl Engine {
             tokens,
             prompt_len,
             computed: 0,
+            cached_tokens: None,
             passed_over: 0,
             blocks: BlockTable::default(),
             detok: Detokenizer::default(),
@@ -500,6 +501,7 @@ fn prepare(model: GenerationModel, config: EngineConfig) -> Result<(ModelSlot, M
         &decoder.device(),
         config.kv_cache_dtype,
     )?;
+    cache.set_prefix_caching(config.prefix_caching);
     if !decoder.device().is_cpu() {
         warm_up(
             &decoder,

@@ -123,6 +123,8 @@ impl FinishReason {
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Usage {
     pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values were already in the cache (a shared prefix), not computed.
+    pub cached_tokens: usize,
     /// Every generated token, thinking included.
     pub completion_tokens: usize,
     /// Generated tokens that were inside the thinking section.

@@ -19,6 +19,8 @@ pub(crate) struct Sequence {
     pub(crate) prompt_len: usize,
     /// Positions already written to the KV cache.
     pub(crate) computed: usize,
+    /// Prompt positions found in the cache when the sequence was first admitted.
+    pub(crate) cached_tokens: Option<usize>,
     /// Steps in a row that left this prefilling sequence out ([`crate::schedule`]).
     pub(crate) passed_over: u32,
     pub(crate) blocks: BlockTable,
@@ -241,6 +243,7 @@ impl Sequence {
         let now = Instant::now();
         let usage = Usage {
             prompt_tokens: self.prompt_len,
+            cached_tokens: self.cached_tokens.unwrap_or(0),
             completion_tokens: self.generated(),
             reasoning_tokens: self.reasoning_tokens,
             time_to_first_token: self

@@ -8,7 +8,10 @@ pub struct EngineStats {
     waiting: AtomicUsize,
     running: AtomicUsize,
     kv_blocks_used: AtomicUsize,
+    kv_blocks_cached: AtomicUsize,
     kv_blocks_total: AtomicUsize,
+    admitted_prompt_tokens: AtomicU64,
+    cached_prompt_tokens: AtomicU64,
     steps: AtomicU64,
     step_tokens: AtomicU64,
     generated_tokens: AtomicU64,
@@ -22,8 +25,15 @@ pub struct EngineStats {
 pub struct StatsSnapshot {
     pub waiting: usize,
     pub running: usize,
+    /// Blocks held by running sequences.
     pub kv_blocks_used: usize,
+    /// Blocks no sequence holds that keep a prefix for later ones to share.
+    pub kv_blocks_cached: usize,
     pub kv_blocks_total: usize,
+    /// Prompt positions of admitted sequences (a preempted one counts again when readmitted).
+    pub admitted_prompt_tokens: u64,
+    /// Of those, positions found in the prefix cache instead of computed.
+    pub cached_prompt_tokens: u64,
     pub steps: u64,
     pub step_tokens: u64,
     pub generated_tokens: u64,
@@ -57,9 +67,16 @@ impl EngineStats {
         self.busy_micros
             .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
     }
-    pub(crate) fn set_occupancy(&self, running: usize, used: usize, total: usize) {
+    pub(crate) fn record_admitted(&self, prompt: usize, cached: usize) {
+        self.admitted_prompt_tokens
+            .fetch_add(prompt as u64, Ordering::Relaxed);
+        self.cached_prompt_tokens
+            .fetch_add(cached as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn set_occupancy(&self, running: usize, used: usize, cached: usize, total: usize) {
         self.running.store(running, Ordering::Relaxed);
         self.kv_blocks_used.store(used, Ordering::Relaxed);
+        self.kv_blocks_cached.store(cached, Ordering::Relaxed);
         self.kv_blocks_total.store(total, Ordering::Relaxed);
     }
 
@@ -71,7 +88,10 @@ impl EngineStats {
             waiting: r(&self.waiting),
             running: r(&self.running),
             kv_blocks_used: r(&self.kv_blocks_used),
+            kv_blocks_cached: r(&self.kv_blocks_cached),
             kv_blocks_total: r(&self.kv_blocks_total),
+            admitted_prompt_tokens: r64(&self.admitted_prompt_tokens),
+            cached_prompt_tokens: r64(&self.cached_prompt_tokens),
             steps: r64(&self.steps),
             step_tokens: r64(&self.step_tokens),
             generated_tokens: r64(&self.generated_tokens),

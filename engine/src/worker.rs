@@ -3,7 +3,8 @@
 //!
 //! Each iteration: take new requests (and run queued device jobs such as router batches), then,
 //! for every model, drop cancelled sequences, admit waiting ones while the sequence limit and free
-//! cache blocks allow, and give every running sequence its cache for the next step (preempting the
+//! cache blocks allow (each starting after the cached blocks of its prompt's prefix, when prefix
+//! caching is on), and give every running sequence its cache for the next step (preempting the
 //! newest sequence, to be recomputed later, when blocks run out). Then *one* model takes a step:
 //! one batch under its token budget ([`crate::schedule`]: decode tokens first, then prefill chunks), run, and each
 //! sequence's logits fed to its output pipeline. The model with work that has had the least device
@@ -153,17 +154,27 @@ impl ModelSlot {
         });
     }
 
+    /// Moves waiting sequences into the running batch, in order, while the sequence limit and the
+    /// cache allow. A sequence starts with the cached blocks of its prompt's prefix, if any. One
+    /// whose prefix a running sequence is computing right now stays waiting for those blocks rather
+    /// than computing them a second time; the sequences behind it go ahead.
     fn admit(&mut self) {
-        while self.running.len() < self.config.max_num_seqs {
-            let Some(seq) = self.waiting.front_mut() else {
-                break;
-            };
+        let mut i = 0;
+        while self.running.len() < self.config.max_num_seqs && i < self.waiting.len() {
+            let seq = &mut self.waiting[i];
+            let shared = self.cache.share_prefix(&mut seq.blocks, &seq.tokens);
+            if shared < prefix_in_flight(&self.running, &seq.tokens, self.cache.block_size()) {
+                self.cache.release(&mut seq.blocks);
+                i += 1;
+                continue;
+            }
             // Reserve the whole prompt (+1 for the first new token) so a prefill never stalls halfway.
             let need = seq.tokens.len() + 1;
             if !self.cache.reserve(&mut seq.blocks, need) {
+                self.cache.release(&mut seq.blocks);
                 if self.running.is_empty() {
                     // Even an empty cache cannot hold it: the limits are inconsistent.
-                    let mut seq = self.waiting.pop_front().expect("front exists");
+                    let mut seq = self.waiting.remove(i).expect("index in range");
                     self.stats.leave_queue();
                     seq.fail(format!(
                         "the KV cache ({} positions) cannot hold this {}-token sequence",
@@ -174,8 +185,11 @@ impl ModelSlot {
                 }
                 break;
             }
-            let seq = self.waiting.pop_front().expect("front exists");
+            seq.computed = shared;
+            seq.cached_tokens.get_or_insert(shared);
+            let seq = self.waiting.remove(i).expect("index in range");
             self.stats.leave_queue();
+            self.stats.record_admitted(seq.tokens.len(), shared);
             self.running.push(seq);
         }
     }
@@ -264,6 +278,8 @@ impl ModelSlot {
         for &Slice { index, start, len } in &plan {
             let seq = &mut self.running[index];
             seq.computed = start + len;
+            self.cache
+                .commit(&mut seq.blocks, &seq.tokens, seq.computed);
             if seq.computed == seq.tokens.len() {
                 let before = seq.generated();
                 seq.advance(&self.tokenizer, &mut logits[row * vocab..(row + 1) * vocab]);
@@ -292,7 +308,28 @@ impl ModelSlot {
         self.stats.set_occupancy(
             self.running.len(),
             self.cache.num_blocks() - self.cache.free_blocks(),
+            self.cache.cached_blocks(),
             self.cache.num_blocks(),
         );
     }
+}
+
+/// Positions at the start of `tokens` (whole blocks, short of the last token) that a running
+/// sequence still prefilling has in its prompt too: they will be cached once it has computed them.
+fn prefix_in_flight(running: &[Sequence], tokens: &[u32], block_size: usize) -> usize {
+    let most = tokens.len().saturating_sub(1) / block_size * block_size;
+    running
+        .iter()
+        .filter(|s| s.computed < s.prompt_len)
+        .map(|s| {
+            let common = tokens
+                .iter()
+                .zip(&s.tokens[..s.prompt_len])
+                .take_while(|(a, b)| a == b)
+                .count();
+            common / block_size * block_size
+        })
+        .max()
+        .unwrap_or(0)
+        .min(most)
 }

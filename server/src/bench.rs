@@ -7,6 +7,10 @@
 //! - aggregate decode at N concurrent sequences: N short chat prompts prefilled together, then
 //!   `--new-tokens` steps of N tokens each; N × new tokens / time of those steps.
 //!
+//! All of those compute every prompt in full (prefix caching off). Then, Switchyard alone: time to
+//! first token of a follow-up turn (the prefill prompt + 32 tokens) computed in full, and again
+//! on an engine with prefix caching on that has just served the prefill prompt.
+//!
 //! Every number is the median of `--repeats` runs.
 
 use crate::generate::resolve_model;
@@ -18,6 +22,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 use switchyard_engine::{
     Engine, EngineConfig, Event, GenerationParams, GenerationRequest, GenerationStream, Prompt,
+    Usage,
 };
 use switchyard_models::text::ChatMessage;
 
@@ -67,6 +72,16 @@ struct EngineResult {
     prefill_tok_s: f64,
     decode_tok_s: f64,
     aggregate: Vec<Aggregate>,
+    prefix_cache: PrefixCacheResult,
+}
+
+/// Time to first token of a follow-up turn, computed in full and with its prefix cached.
+#[derive(Serialize, Debug, Clone, Default)]
+struct PrefixCacheResult {
+    prompt_tokens: usize,
+    cached_tokens: usize,
+    full_ttft_ms: f64,
+    cached_ttft_ms: f64,
 }
 
 #[derive(Serialize)]
@@ -137,17 +152,34 @@ pub(crate) fn request(tokens: Vec<u32>, max_tokens: usize) -> GenerationRequest 
 /// Waits for a stream's end; returns its (first-token, end) instants, taken from the engine's own
 /// timings so that reading several streams one after another does not skew them.
 pub(crate) fn finish(submitted: Instant, stream: GenerationStream) -> Result<(Instant, Instant)> {
+    let usage = finished_usage(stream)?;
+    let at = |s: f64| submitted + std::time::Duration::from_secs_f64(s);
+    Ok((at(usage.time_to_first_token), at(usage.total_time)))
+}
+
+/// Waits for a stream's end; returns its usage.
+fn finished_usage(stream: GenerationStream) -> Result<Usage> {
     loop {
         match stream.recv() {
             Some(Event::Delta { .. } | Event::Logprob(_)) => {}
-            Some(Event::Finished { usage, .. }) => {
-                let at = |s: f64| submitted + std::time::Duration::from_secs_f64(s);
-                return Ok((at(usage.time_to_first_token), at(usage.total_time)));
-            }
+            Some(Event::Finished { usage, .. }) => return Ok(usage),
             Some(Event::Error(e)) => bail!("generation failed: {e}"),
             None => bail!("stream ended early"),
         }
     }
+}
+
+/// Tokens a follow-up turn adds to the first turn's prompt.
+const FOLLOW_UP_TOKENS: usize = 32;
+
+/// The `r`-th first turn (`prompt` rotated, so that no two share a prefix) and its follow-up (the
+/// first turn and [`FOLLOW_UP_TOKENS`] more).
+fn follow_up(prompt: &[u32], r: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut first = prompt.to_vec();
+    first.rotate_left((r * 7) % prompt.len().max(1));
+    let mut turn = first.clone();
+    turn.extend(prompt.iter().cycle().take(FOLLOW_UP_TOKENS));
+    (first, turn)
 }
 
 /// Runs `bench engine`.
@@ -156,15 +188,14 @@ pub fn run(args: EngineBenchArgs) -> Result<()> {
     let model = switchyard_models::load_generation_model(&path)
         .with_context(|| format!("loading {}", path.display()))?;
     let max_c = args.concurrency.iter().copied().max().unwrap_or(1);
-    let engine = Engine::start(
-        model,
-        EngineConfig {
-            max_num_seqs: max_c.max(1),
-            max_batch_tokens: 512.max(args.prefill_tokens),
-            kv_cache_dtype: args.kv_cache_dtype.resolve(&candle_core::Device::Cpu),
-            ..Default::default()
-        },
-    )?;
+    let config = EngineConfig {
+        max_num_seqs: max_c.max(1),
+        max_batch_tokens: 512.max(args.prefill_tokens + FOLLOW_UP_TOKENS),
+        kv_cache_dtype: args.kv_cache_dtype.resolve(&candle_core::Device::Cpu),
+        prefix_caching: false,
+        ..Default::default()
+    };
+    let engine = Engine::start(model, config.clone())?;
     let tok = engine.tokenizer();
     let mut prefill_prompt = Vec::new();
     while prefill_prompt.len() < args.prefill_tokens {
@@ -183,7 +214,7 @@ pub fn run(args: EngineBenchArgs) -> Result<()> {
 
     std::fs::create_dir_all(&args.out)?;
     let steps =
-        args.repeats * (2 + args.concurrency.len()) + usize::from(args.llama_python.is_some());
+        args.repeats * (3 + args.concurrency.len()) + usize::from(args.llama_python.is_some());
     let bar = ProgressBar::new(steps as u64).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"),
     );
@@ -238,14 +269,45 @@ pub fn run(args: EngineBenchArgs) -> Result<()> {
             prefill_s: median(prefills),
         });
     }
+    bar.set_message("switchyard follow-up turn, prefix cached or not");
+    let follow_ups: Vec<(Vec<u32>, Vec<u32>)> = (0..args.repeats)
+        .map(|r| follow_up(&prefill_prompt, r))
+        .collect();
+    let mut full_ttft = Vec::new();
+    for (_, turn) in &follow_ups {
+        let usage = finished_usage(engine.submit(request(turn.clone(), 1))?)?;
+        full_ttft.push(usage.time_to_first_token * 1e3);
+    }
+    drop(engine);
+    let cached = Engine::start(
+        switchyard_models::load_generation_model(&path)?,
+        EngineConfig {
+            prefix_caching: true,
+            ..config
+        },
+    )?;
+    let (mut cached_ttft, mut cached_tokens) = (Vec::new(), 0);
+    for (first_turn, turn) in &follow_ups {
+        finished_usage(cached.submit(request(first_turn.clone(), 1))?)?;
+        let usage = finished_usage(cached.submit(request(turn.clone(), 1))?)?;
+        cached_ttft.push(usage.time_to_first_token * 1e3);
+        cached_tokens = usage.cached_tokens;
+        bar.inc(1);
+    }
+    drop(cached);
     let ours = EngineResult {
         engine: "switchyard".into(),
         prefill_tokens: args.prefill_tokens,
         prefill_tok_s: median(prefill),
         decode_tok_s: median(decode),
         aggregate,
+        prefix_cache: PrefixCacheResult {
+            prompt_tokens: args.prefill_tokens + FOLLOW_UP_TOKENS,
+            cached_tokens,
+            full_ttft_ms: median(full_ttft),
+            cached_ttft_ms: median(cached_ttft),
+        },
     };
-    drop(engine);
 
     let llama_cpp = match &args.llama_python {
         Some(python) => {
@@ -370,5 +432,15 @@ fn markdown(r: &Report) -> String {
             max.concurrency
         );
     }
+    let p = &s.prefix_cache;
+    out += &format!(
+        "\nPrefix caching: a {}-token follow-up turn's time to first token is {:.1} ms computed in full \
+         and {:.1} ms with its first {} tokens cached ({:.2}× faster).\n",
+        p.prompt_tokens,
+        p.full_ttft_ms,
+        p.cached_ttft_ms,
+        p.cached_tokens,
+        p.full_ttft_ms / p.cached_ttft_ms
+    );
     out
 }

@@ -149,6 +149,8 @@ pub fn run(args: BusyBenchArgs) -> Result<()> {
         EngineConfig {
             max_num_seqs: args.sequences.max(1),
             max_model_len: Some(1024),
+            // Prompts repeat across runs: each must cost what a new one does.
+            prefix_caching: false,
             ..EngineConfig::default()
         },
     )?);

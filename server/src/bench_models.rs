@@ -72,6 +72,8 @@ fn config(concurrency: usize) -> EngineConfig {
     EngineConfig {
         max_num_seqs: concurrency.max(1),
         max_model_len: Some(1024),
+        // Prompts repeat across runs: each must cost what a new one does.
+        prefix_caching: false,
         ..EngineConfig::default()
     }
 }

@@ -225,6 +225,8 @@ async fn run_async(args: OverheadArgs) -> Result<OverheadReport> {
         config: Some(config.clone()),
         max_num_seqs: max_c.max(8),
         max_tokens: args.max_tokens,
+        // The bench repeats its prompts: each must cost what a new one does.
+        no_prefix_caching: true,
         ..ServeArgs::default()
     })
     .await?;

@@ -324,6 +324,8 @@ pub fn run(args: SavingsArgs) -> Result<SavingsReport> {
     let engine_config = EngineConfig {
         max_num_seqs: 16,
         max_waiting: questions.len() + 16,
+        // Prompts repeat across runs: each must cost what a new one does.
+        prefix_caching: false,
         ..EngineConfig::default()
     };
     let thinking_path = match &args.thinking_model {

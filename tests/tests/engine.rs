@@ -1,6 +1,6 @@
 //! The engine end to end on tiny fixture models: greedy parity with `transformers`, batch
 //! invariance under continuous batching, seeds, stop strings, cancellation, thinking budgets,
-//! limits and preemption.
+//! limits, preemption and prefix caching.
 
 use std::time::{Duration, Instant};
 use switchyard_engine::{
@@ -117,6 +117,8 @@ fn batched_decoding_is_token_identical_to_decoding_alone() {
     // A small token budget forces chunked prefill of the longer prompts alongside decode steps.
     let config = EngineConfig {
         max_batch_tokens: 16,
+        // The second round must compute its prompts, not find them cached.
+        prefix_caching: false,
         ..Default::default()
     };
     let engine = engine("tiny-llama", config);
@@ -341,50 +343,147 @@ fn a_full_queue_refuses_new_requests() {
 
 #[test]
 fn a_short_cache_preempts_and_still_produces_identical_output() {
-    let model = load_generation_model(&fixtures().join("hf/tiny-llama")).unwrap();
-    let per_position = switchyard_models::decoder::KvCache::bytes_per_position(
-        model.decoder.config(),
-        switchyard_models::decoder::KvDtype::F32,
-    );
-    // Room for 96 positions: four sequences of ~60 positions each cannot all stay resident.
-    let engine = Engine::start(
-        model,
+    // With prefix caching on, the cached prefixes of the first round are evicted under pressure
+    // and the preempted sequences may readmit with their own prefixes.
+    for prefix_caching in [false, true] {
+        let model = load_generation_model(&fixtures().join("hf/tiny-llama")).unwrap();
+        let per_position = switchyard_models::decoder::KvCache::bytes_per_position(
+            model.decoder.config(),
+            switchyard_models::decoder::KvDtype::F32,
+        );
+        // Room for 96 positions: four sequences of ~60 positions each cannot all stay resident.
+        let engine = Engine::start(
+            model,
+            EngineConfig {
+                kv_cache_bytes: Some(per_position * 96),
+                block_size: 8,
+                max_batch_tokens: 64,
+                prefix_caching,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let cases: Vec<(Vec<u32>, Vec<u32>)> = prompts("tiny-llama")
+            .into_iter()
+            .filter(|(p, _)| p.len() < 30)
+            .take(4)
+            .collect();
+        let alone: Vec<Vec<u32>> = cases
+            .iter()
+            .map(|(p, _)| drain(engine.submit(greedy(p.clone(), 36)).unwrap()).ids)
+            .collect();
+        for ((_, want), got) in cases.iter().zip(&alone) {
+            let n = want.len().min(got.len());
+            assert_eq!(got[..n], want[..n], "prefix caching {prefix_caching}");
+        }
+        // Hold the worker until all four are queued, so they are admitted together however the
+        // threads are scheduled (on a busy machine the first could otherwise finish before the
+        // others arrive).
+        let release = hold_worker(&engine);
+        let streams: Vec<_> = cases
+            .iter()
+            .map(|(p, _)| engine.submit(greedy(p.clone(), 36)).unwrap())
+            .collect();
+        release.send(()).unwrap();
+        let together: Vec<Vec<u32>> = streams.into_iter().map(|s| drain(s).ids).collect();
+        assert_eq!(together, alone, "prefix caching {prefix_caching}");
+        assert!(
+            engine.stats().snapshot().preempted > 0,
+            "the cache was short enough to preempt (prefix caching {prefix_caching})"
+        );
+        // The last sequence's blocks are freed by the worker right after its final event.
+        wait_until("every block to be freed", || {
+            engine.stats().snapshot().kv_blocks_used == 0
+        });
+    }
+}
+
+/// An engine on tiny-llama with 4-position blocks, so that short prompts have full blocks to share.
+fn small_block_engine(prefix_caching: bool) -> Engine {
+    engine(
+        "tiny-llama",
         EngineConfig {
-            kv_cache_bytes: Some(per_position * 96),
-            block_size: 8,
-            max_batch_tokens: 64,
+            block_size: 4,
+            prefix_caching,
             ..Default::default()
         },
     )
-    .unwrap();
-    let cases: Vec<Vec<u32>> = prompts("tiny-llama")
-        .into_iter()
-        .map(|(p, _)| p)
-        .filter(|p| p.len() < 30)
-        .take(4)
-        .collect();
-    let alone: Vec<Vec<u32>> = cases
-        .iter()
-        .map(|p| drain(engine.submit(greedy(p.clone(), 36)).unwrap()).ids)
-        .collect();
-    // Hold the worker until all four are queued, so they are admitted together however the threads
-    // are scheduled (on a busy machine the first could otherwise finish before the others arrive).
+}
+
+/// Positions of `tokens` a sequence can take from the cache: whole 4-position blocks, short of the
+/// last token.
+fn shareable(tokens: &[u32]) -> usize {
+    (tokens.len() - 1) / 4 * 4
+}
+
+#[test]
+fn a_cached_prefix_is_reused_and_the_output_is_still_the_references() {
+    let engine = small_block_engine(true);
+    for (prompt, want) in prompts("tiny-llama") {
+        let first = drain(engine.submit(greedy(prompt.clone(), want.len())).unwrap());
+        assert_eq!(first.ids, want);
+        let again = drain(engine.submit(greedy(prompt.clone(), want.len())).unwrap());
+        assert_eq!(again.ids, want, "prompt of {}", prompt.len());
+        assert_eq!(again.usage.cached_tokens, shareable(&prompt));
+        assert_eq!(again.usage.prompt_tokens, prompt.len());
+        // The next turn of a conversation: the first answer's blocks are cached too.
+        let k = want.len() / 2;
+        let turn: Vec<u32> = prompt.iter().chain(&want[..k]).copied().collect();
+        let next = drain(engine.submit(greedy(turn.clone(), want.len() - k)).unwrap());
+        assert_eq!(next.ids, want[k..], "prompt of {}", prompt.len());
+        assert_eq!(next.usage.cached_tokens, shareable(&turn));
+    }
+    let stats = engine.stats().snapshot();
+    assert!(stats.cached_prompt_tokens > 0);
+    wait_until("every block to be released", || {
+        let s = engine.stats().snapshot();
+        s.kv_blocks_used == 0 && s.kv_blocks_cached > 0
+    });
+}
+
+#[test]
+fn without_prefix_caching_every_prompt_is_computed() {
+    let engine = small_block_engine(false);
+    let (prompt, want) = prompts("tiny-llama").pop().unwrap();
+    for _ in 0..2 {
+        let out = drain(engine.submit(greedy(prompt.clone(), want.len())).unwrap());
+        assert_eq!(out.ids, want);
+        assert_eq!(out.usage.cached_tokens, 0);
+    }
+    assert_eq!(engine.stats().snapshot().cached_prompt_tokens, 0);
+    assert_eq!(engine.stats().snapshot().kv_blocks_cached, 0);
+}
+
+#[test]
+fn sequences_that_arrive_together_compute_their_common_prefix_once() {
+    let engine = small_block_engine(true);
+    let (prompt, want) = prompts("tiny-llama").pop().unwrap();
+    // A different prompt queued between them is not held up by the wait for the prefix.
+    let (other, other_want) = prompts("tiny-llama").remove(1);
     let release = hold_worker(&engine);
-    let streams: Vec<_> = cases
+    let streams: Vec<_> = [&prompt, &other, &prompt, &prompt]
         .iter()
-        .map(|p| engine.submit(greedy(p.clone(), 36)).unwrap())
+        .map(|p| engine.submit(greedy((*p).clone(), want.len())).unwrap())
         .collect();
     release.send(()).unwrap();
-    let together: Vec<Vec<u32>> = streams.into_iter().map(|s| drain(s).ids).collect();
-    assert_eq!(together, alone);
-    assert!(
-        engine.stats().snapshot().preempted > 0,
-        "the cache was short enough to preempt"
+    let outs: Vec<Outcome> = streams.into_iter().map(drain).collect();
+    assert_eq!(outs[1].ids, other_want);
+    assert_eq!(outs[1].usage.cached_tokens, 0);
+    let cached: Vec<usize> = [0, 2, 3]
+        .iter()
+        .map(|&i| {
+            assert_eq!(outs[i].ids, want);
+            outs[i].usage.cached_tokens
+        })
+        .collect();
+    let s = shareable(&prompt);
+    assert_eq!(cached, [0, s, s]);
+    let stats = engine.stats().snapshot();
+    assert_eq!(stats.cached_prompt_tokens, 2 * s as u64);
+    assert_eq!(
+        stats.admitted_prompt_tokens,
+        (3 * prompt.len() + other.len()) as u64
     );
-    // The last sequence's blocks are freed by the worker right after its final event.
-    wait_until("every block to be freed", || {
-        engine.stats().snapshot().kv_blocks_used == 0
-    });
 }
 
 #[test]

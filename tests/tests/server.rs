@@ -208,6 +208,50 @@ async fn models_health_ready_and_metrics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_prompt_reports_the_tokens_it_found_cached() {
+    let (s, base) = server(args()).await;
+    let body = chat(
+        "tiny-llama",
+        &"Tell me about the railways of Europe and their history. ".repeat(4),
+        4,
+    );
+    let first: Value = post(&base, "/v1/chat/completions", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let prompt = first["usage"]["prompt_tokens"].as_u64().unwrap();
+    let block = switchyard_engine::EngineConfig::default().block_size as u64;
+    assert!(prompt > 2 * block, "a prompt of {prompt} tokens");
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let again: Value = post(&base, "/v1/chat/completions", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let cached = (prompt - 1) / block * block;
+    assert_eq!(
+        again["usage"]["prompt_tokens_details"]["cached_tokens"],
+        cached
+    );
+    assert_eq!(
+        again["choices"][0]["message"]["content"],
+        first["choices"][0]["message"]["content"]
+    );
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line =
+        format!("switchyard_tokens_total{{kind=\"cached_prompt\",model=\"tiny-llama\"}} {cached}");
+    assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
+    assert!(metrics.contains("switchyard_kv_cache_blocks_cached{model=\"tiny-llama\"}"));
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_openai_errors_with_the_right_status() {
     let mut a = args();
     a.max_body_bytes = 4096;

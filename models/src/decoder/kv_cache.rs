@@ -3,8 +3,12 @@
 //! Why paged blocks rather than one growing buffer per sequence: sequences join and leave the running
 //! batch at every step, and with fixed-size blocks from one pool their memory is reused without
 //! fragmentation or copies, the scheduler can account for memory exactly (a sequence needs
-//! `ceil(len / block_size)` blocks), and one attention call serves sequences at any positions.
+//! `ceil(len / block_size)` blocks), one attention call serves sequences at any positions, and
+//! sequences that start with the same tokens can share the blocks of that prefix
+//! ([`KvCache::share_prefix`]; the bookkeeping is in `block_pool.rs`).
 
+use crate::decoder::block_pool::BlockPool;
+pub use crate::decoder::block_pool::BlockTable;
 use crate::decoder::DecoderConfig;
 use crate::error::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
@@ -99,20 +103,7 @@ pub struct KvCache {
     pub(crate) layers: Vec<LayerCache>,
     /// Device layers: `(keys, values)`, each `[num_blocks * block_size, kv_dim]` f32; empty on the CPU.
     pub(crate) device_layers: Vec<(Tensor, Tensor)>,
-    free: Vec<u32>,
-}
-
-/// The blocks one sequence owns, in position order.
-#[derive(Debug, Default)]
-pub struct BlockTable {
-    blocks: Vec<u32>,
-}
-
-impl BlockTable {
-    /// The block ids, in position order.
-    pub fn blocks(&self) -> &[u32] {
-        &self.blocks
-    }
+    pool: BlockPool,
 }
 
 impl KvCache {
@@ -144,7 +135,7 @@ impl KvCache {
             kv_dim,
             layers,
             device_layers: Vec::new(),
-            free: (0..num_blocks as u32).rev().collect(),
+            pool: BlockPool::new(block_size, num_blocks),
         })
     }
 
@@ -196,7 +187,7 @@ impl KvCache {
             kv_dim,
             layers: Vec::new(),
             device_layers,
-            free: (0..num_blocks as u32).rev().collect(),
+            pool: BlockPool::new(block_size, num_blocks),
         })
     }
 
@@ -220,9 +211,14 @@ impl KvCache {
         self.num_blocks
     }
 
-    /// Blocks not owned by any sequence.
+    /// Blocks no sequence holds (blank ones and idle cached prefixes, which are reused last).
     pub fn free_blocks(&self) -> usize {
-        self.free.len()
+        self.pool.available()
+    }
+
+    /// Blocks no sequence holds that keep a prefix for later sequences to share.
+    pub fn cached_blocks(&self) -> usize {
+        self.pool.idle()
     }
 
     /// Blocks a sequence of `len` positions needs.
@@ -230,20 +226,33 @@ impl KvCache {
         len.div_ceil(self.block_size)
     }
 
-    /// Grows `table` to hold `len` positions; returns false (taking nothing) if the pool is short.
-    pub fn reserve(&mut self, table: &mut BlockTable, len: usize) -> bool {
-        let needed = self.blocks_for(len).saturating_sub(table.blocks.len());
-        if needed > self.free.len() {
-            return false;
-        }
-        let at = self.free.len() - needed;
-        table.blocks.extend(self.free.drain(at..));
-        true
+    /// Turns automatic prefix caching on or off (off by default; off forgets every cached prefix).
+    pub fn set_prefix_caching(&mut self, on: bool) {
+        self.pool.set_caching(on);
     }
 
-    /// Returns every block of `table` to the pool.
+    /// Grows `table` to hold `len` positions; returns false (taking nothing) if the pool is short.
+    pub fn reserve(&mut self, table: &mut BlockTable, len: usize) -> bool {
+        self.pool.reserve(table, self.blocks_for(len))
+    }
+
+    /// Returns every block of `table` to the pool (blocks other sequences share stay theirs).
     pub fn release(&mut self, table: &mut BlockTable) {
-        self.free.append(&mut table.blocks);
+        self.pool.release(table);
+    }
+
+    /// With prefix caching on, gives an empty `table` the cached blocks that already hold the
+    /// start of `tokens` and returns how many positions they cover (a multiple of the block size,
+    /// less than `tokens.len()`); computing can start there.
+    pub fn share_prefix(&mut self, table: &mut BlockTable, tokens: &[u32]) -> usize {
+        self.pool.share_prefix(table, tokens)
+    }
+
+    /// With prefix caching on, offers `table`'s blocks that the first `computed` positions of
+    /// `tokens` fill to later sequences ([`Self::share_prefix`]). Call it after each step that
+    /// wrote them.
+    pub fn commit(&mut self, table: &mut BlockTable, tokens: &[u32], computed: usize) {
+        self.pool.commit(table, tokens, computed);
     }
 
     /// Width of one position's keys (or values) in one layer.

@@ -1,5 +1,6 @@
 //! Llama-family decoders (Llama / SmolLM2, Qwen2, Qwen3) from GGUF or Hugging Face safetensors.
 
+mod block_pool;
 mod config;
 mod gpu;
 mod kv_cache;

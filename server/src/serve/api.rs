@@ -533,8 +533,17 @@ pub struct Usage {
     pub completion_tokens: usize,
     /// Sum.
     pub total_tokens: usize,
-    /// Breakdown.
+    /// Prompt breakdown.
+    pub prompt_tokens_details: PromptDetails,
+    /// Completion breakdown.
     pub completion_tokens_details: CompletionDetails,
+}
+
+/// `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptDetails {
+    /// Prompt tokens taken from the prefix cache instead of computed.
+    pub cached_tokens: usize,
 }
 
 /// `usage.completion_tokens_details`.
@@ -551,6 +560,9 @@ impl Usage {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
             total_tokens: u.prompt_tokens + u.completion_tokens,
+            prompt_tokens_details: PromptDetails {
+                cached_tokens: u.cached_tokens,
+            },
             completion_tokens_details: CompletionDetails {
                 reasoning_tokens: u.reasoning_tokens,
             },

@@ -755,6 +755,8 @@ fn merged_usage<'a>(
             None => *u,
             Some(m) => switchyard_engine::Usage {
                 prompt_tokens: m.prompt_tokens,
+                // What was cached before the request: the later choices share the first's prompt.
+                cached_tokens: m.cached_tokens.min(u.cached_tokens),
                 completion_tokens: m.completion_tokens + u.completion_tokens,
                 reasoning_tokens: m.reasoning_tokens + u.reasoning_tokens,
                 time_to_first_token: m.time_to_first_token.min(u.time_to_first_token),
@@ -801,6 +803,7 @@ impl Outcome {
             .observe(usage.time_to_first_token);
         for (kind, n) in [
             ("prompt", usage.prompt_tokens),
+            ("cached_prompt", usage.cached_tokens),
             ("completion", usage.completion_tokens),
             ("reasoning", usage.reasoning_tokens),
         ] {
@@ -1139,6 +1142,7 @@ pub(super) fn blocked_response(
     headers: HeaderMap,
 ) -> Response {
     let usage = json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+                       "prompt_tokens_details": {"cached_tokens": 0},
                        "completion_tokens_details": {"reasoning_tokens": 0}});
     let choices = request.n.unwrap_or(1);
     let mut response = if request.streamed() {

@@ -20,11 +20,12 @@ pub struct Metrics {
     pub ttft_seconds: HistogramVec,
     /// Time between streamed tokens, seconds.
     pub inter_token_seconds: HistogramVec,
-    /// Tokens by kind (prompt, completion, reasoning).
+    /// Tokens by kind (prompt, cached_prompt: the part of it found in the prefix cache, completion, reasoning).
     pub tokens: IntCounterVec,
     queue_depth: IntGaugeVec,
     running: IntGaugeVec,
     kv_blocks_used: IntGaugeVec,
+    kv_blocks_cached: IntGaugeVec,
     kv_blocks_total: IntGaugeVec,
     open_streams: IntGauge,
 }
@@ -73,6 +74,10 @@ impl Metrics {
             "Sequences in the running batch",
         )?;
         let kv_blocks_used = gauge("switchyard_kv_cache_blocks_used", "KV-cache blocks in use")?;
+        let kv_blocks_cached = gauge(
+            "switchyard_kv_cache_blocks_cached",
+            "KV-cache blocks no sequence holds that keep a prompt prefix for reuse",
+        )?;
         let kv_blocks_total = gauge("switchyard_kv_cache_blocks_total", "KV-cache blocks in all")?;
         let open_streams = IntGauge::new("switchyard_open_streams", "Streamed responses open")?;
         for c in [
@@ -84,6 +89,7 @@ impl Metrics {
             Box::new(queue_depth.clone()),
             Box::new(running.clone()),
             Box::new(kv_blocks_used.clone()),
+            Box::new(kv_blocks_cached.clone()),
             Box::new(kv_blocks_total.clone()),
             Box::new(open_streams.clone()),
         ] {
@@ -99,6 +105,7 @@ impl Metrics {
             queue_depth,
             running,
             kv_blocks_used,
+            kv_blocks_cached,
             kv_blocks_total,
             open_streams,
         })
@@ -117,6 +124,9 @@ impl Metrics {
             self.kv_blocks_used
                 .with_label_values(&[name])
                 .set(s.kv_blocks_used as i64);
+            self.kv_blocks_cached
+                .with_label_values(&[name])
+                .set(s.kv_blocks_cached as i64);
             self.kv_blocks_total
                 .with_label_values(&[name])
                 .set(s.kv_blocks_total as i64);

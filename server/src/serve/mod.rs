@@ -124,6 +124,11 @@ pub struct ServeArgs {
     /// contexts; the CPU only), `f32` (exact), or `auto` (`f16` on the CPU, `f32` on a GPU).
     #[arg(long, env = "SWITCHYARD_KV_CACHE_DTYPE", value_enum, default_value_t = KvCacheDtype::Auto)]
     pub kv_cache_dtype: KvCacheDtype,
+    /// Compute every prompt in full: no reuse of the cached keys and values of a prefix that an
+    /// earlier or concurrent request already computed (a shared system prompt, the earlier turns
+    /// of a conversation, the other choices of an `n` request).
+    #[arg(long, env = "SWITCHYARD_NO_PREFIX_CACHING")]
+    pub no_prefix_caching: bool,
 }
 
 /// The KV caches' element type as chosen on the command line.
@@ -199,6 +204,7 @@ impl Default for ServeArgs {
             shutdown_grace: 10,
             read_timeout: 30,
             kv_cache_dtype: KvCacheDtype::Auto,
+            no_prefix_caching: false,
         }
     }
 }
@@ -329,6 +335,7 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
         max_batch_tokens: args.max_batch_tokens,
         max_waiting: args.max_queue,
         kv_cache_dtype: args.kv_cache_dtype.resolve(&device),
+        prefix_caching: !args.no_prefix_caching,
         ..EngineConfig::default()
     };
     let mut models = BTreeMap::new();
