@@ -18,5 +18,7 @@ pub mod rotary;
 
 pub use attention::{paged_attention, write_kv, AttentionShape, CacheElement, SequenceSpan};
 pub use error::{KernelError, Result};
-pub use qmatmul::{matmul, matmul_reference, matmul_with_isa, Isa, WeightFormat, WeightMatrix};
+pub use qmatmul::{
+    matmul, matmul_reference, matmul_with_isa, ActScales, Isa, WeightFormat, WeightMatrix,
+};
 pub use rotary::RotaryStyle;

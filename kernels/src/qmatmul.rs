@@ -72,6 +72,19 @@ pub struct WeightMatrix<'a> {
     rows: usize,
     cols: usize,
     data: &'a [u8],
+    act_scales: ActScales,
+}
+
+/// How the scales of the 8-bit activation blocks (32 values each; the formats up to Q8_0) are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ActScales {
+    /// f32: the least rounding.
+    #[default]
+    F32,
+    /// Rounded to f16 as GGML's Q8_0 / Q8_1 blocks store them (the scale `d`, and Q8_1's
+    /// `s = d·Σq` computed from the unrounded `d`): the products then equal llama.cpp's up to
+    /// the order of summation, so a GGUF model's activations quantize as they do there.
+    Ggml,
 }
 
 impl<'a> WeightMatrix<'a> {
@@ -98,7 +111,14 @@ impl<'a> WeightMatrix<'a> {
             rows,
             cols,
             data,
+            act_scales: ActScales::F32,
         })
+    }
+
+    /// This matrix with the activations' block scales kept as `scales`.
+    pub fn with_act_scales(mut self, scales: ActScales) -> Self {
+        self.act_scales = scales;
+        self
     }
 
     /// The storage format.
@@ -474,7 +494,7 @@ pub fn matmul_with_isa(
     match plan(isa, w.format) {
         Plan::Int(kind, tile, grain, prepare) => {
             let run = |acts: &mut Acts| {
-                acts.quantize(kind, x, m, w.cols, isa);
+                acts.quantize(kind, x, m, w.cols, isa, w.act_scales);
                 if let Some(prepare) = prepare {
                     // SAFETY: chosen for an available `isa`.
                     unsafe { prepare(acts) };

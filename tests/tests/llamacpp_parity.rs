@@ -1,6 +1,7 @@
 //! The real SmolLM2-135M-Instruct Q4_1 GGUF against llama.cpp (references made with
 //! llama-cpp-python by `fixtures/make_llamacpp_reference.py`): tokenizer ids, chat rendering,
-//! teacher-forced argmax agreement and logit correlation, and free-running greedy output.
+//! the first layer op by op (`fixtures/make_llamacpp_layer0.py`), teacher-forced argmax agreement
+//! and logit correlation, and free-running greedy output.
 //!
 //! Needs the GGUF (`cargo run --release -- fetch-model`); CI sets `SWITCHYARD_REQUIRE_MODEL` so a
 //! missing model fails there instead of skipping.
@@ -60,6 +61,66 @@ fn chat_prompts_render_and_tokenize_like_llama_cpp() {
         assert_eq!(
             model.tokenizer.encode(&rendered).unwrap(),
             ids(&conv["prompt_ids"])
+        );
+    }
+}
+
+#[test]
+fn the_first_layer_computes_what_llama_cpp_computes_op_by_op() {
+    let Some(model) = model() else { return };
+    // The conversation's last 8 tokens, at their positions (the rotation angles grow with them);
+    // the layer-0 results compared are row by row, so the earlier tokens need not be computed.
+    let conv = &reference()["conversations"][0];
+    let mut tokens = ids(&conv["prompt_ids"]);
+    tokens.extend(ids(&conv["continuation_ids"]));
+    let start = tokens.len() - 8;
+    let mut cache = KvCache::with_dtype(
+        model.decoder.config(),
+        16,
+        tokens.len().div_ceil(16),
+        &candle_core::Device::Cpu,
+        KvDtype::F16,
+    )
+    .unwrap();
+    let mut table = BlockTable::default();
+    assert!(cache.reserve(&mut table, tokens.len()));
+    let mut layer0 = std::collections::HashMap::new();
+    model
+        .decoder
+        .forward_traced(
+            &[SequenceInput {
+                tokens: &tokens[start..],
+                start_position: start,
+                blocks: &table,
+                want_logits: true,
+            }],
+            &mut cache,
+            &mut |name, layer, values| {
+                if layer == 0 {
+                    layer0.insert(name.to_string(), values.to_vec());
+                }
+            },
+        )
+        .unwrap();
+    let file = fixtures().join("smollm2-llamacpp/layer0.safetensors");
+    // The normalised input is bit for bit llama.cpp's (squares summed in f64, as GGML does).
+    let (_, theirs) = read_tensor(&file, "attn_norm");
+    let differing = layer0["attn_norm"]
+        .iter()
+        .zip(&theirs)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(differing, 0, "attn_norm: {differing} values differ");
+    // The projections (8-bit activation blocks with f16 scales, as GGML's Q8_1) and the rotation
+    // (GGML's angles) agree to the order of summation: with f32 scales Q is 2.5e-4 apart, with
+    // Hugging Face's angles the rotated Q 1.7e-6 (fractions of the largest value).
+    for name in ["Qcur", "Kcur", "Vcur", "Qrope", "Krope"] {
+        let (_, theirs) = read_tensor(&file, name);
+        let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = switchyard_tests::max_abs_diff(&layer0[name], &theirs);
+        assert!(
+            diff <= 5e-7 * scale,
+            "{name}: max difference {diff:e} of values up to {scale}"
         );
     }
 }

@@ -10,12 +10,13 @@
 //! Values are quantized symmetrically, `q = round(x / d)` (ties to even, as the SIMD conversions
 //! do, so every instruction set sees identical quants) with `d = max|x| / 127`, so `|q| <= 127`
 //! (never -128: the Q8_0 kernels negate `q`) and `|x - d·q| <= d / 2` for every element. Scales are
-//! kept in f32 (GGML stores the Q8_0 scale in f16; f32 costs nothing here and loses less).
+//! kept in f32 (GGML stores the Q8_0 scale in f16; f32 costs nothing here and loses less), or
+//! rounded as GGML rounds them ([`super::ActScales::Ggml`]) where matching llama.cpp matters more.
 //!
 //! The buffers are reused between calls (the owner keeps an [`Acts`] in thread-local scratch), so a
 //! steady-state call allocates nothing.
 
-use super::Isa;
+use super::{ActScales, Isa};
 
 /// Which activation layout a weight format's kernel consumes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,7 +157,15 @@ impl Acts {
     }
 
     /// Quantizes `x` (`m` rows of `cols` values; `cols` a multiple of the layout's block) into `self`.
-    pub fn quantize(&mut self, kind: ActKind, x: &[f32], m: usize, cols: usize, isa: Isa) {
+    pub fn quantize(
+        &mut self,
+        kind: ActKind,
+        x: &[f32],
+        m: usize,
+        cols: usize,
+        isa: Isa,
+        scales: ActScales,
+    ) {
         self.kind = kind;
         self.m = m;
         self.cols = cols;
@@ -187,6 +196,12 @@ impl Acts {
                 ActKind::Q8x32 => {
                     let s = &mut self.s[i * nb..(i + 1) * nb];
                     quantize_row_q8x32(xr, q, d, s, isa);
+                    if scales == ActScales::Ggml {
+                        // `s` was computed from the unrounded `d`, as GGML computes it.
+                        for v in d.iter_mut().chain(s.iter_mut()) {
+                            *v = half::f16::from_f32(*v).to_f32();
+                        }
+                    }
                 }
                 ActKind::Q8K => {
                     let bs = &mut self.bsums[i * cols / 16..(i + 1) * cols / 16];

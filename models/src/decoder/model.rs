@@ -14,7 +14,7 @@ use crate::weights::{GgufFile, MappedTensor, SafetensorsFiles, TensorSource};
 use candle_core::Device;
 use rayon::prelude::*;
 use std::path::Path;
-use switchyard_kernels::{matmul, AttentionShape, SequenceSpan};
+use switchyard_kernels::{matmul, ActScales, AttentionShape, SequenceSpan};
 
 /// A linear layer: a (possibly quantized) `[out, in]` weight and an optional bias.
 #[derive(Debug)]
@@ -47,7 +47,7 @@ impl Linear {
 
     /// `out[m, rows] = x[m, cols] Wᵀ + b`.
     fn forward(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
-        matmul(x, m, &self.weight.matrix()?, out)?;
+        matmul(x, m, &ggml_matrix(&self.weight)?, out)?;
         if let Some(b) = &self.bias {
             for row in out.chunks_exact_mut(b.len()) {
                 row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
@@ -236,7 +236,10 @@ impl Decoder {
             })
             .collect::<Result<Vec<_>>>()?;
         let norm = vector(&src.require(naming.output_norm())?, naming.output_norm(), h)?;
-        let rope = Rope::new(c);
+        let rope = match naming {
+            Naming::Gguf => Rope::new(c).with_ggml_angles(c),
+            Naming::HuggingFace => Rope::new(c),
+        };
         Ok(Self {
             config,
             embed,
@@ -338,13 +341,28 @@ impl Decoder {
     /// Runs one step for a batch of sequences, writing their new keys/values into `cache`, and
     /// returns `[n, vocab]` logits for the sequences that asked for them, in batch order.
     pub fn forward(&self, batch: &[SequenceInput], cache: &mut KvCache) -> Result<Vec<f32>> {
-        self.run(batch, cache, false)
+        self.run(batch, cache, false, &mut |_, _, _| {})
     }
 
     /// Like [`Decoder::forward`], but returns `[tokens, vocab]` logits for every input token of every
     /// sequence (teacher forcing, scoring), whatever `want_logits` says.
     pub fn forward_all(&self, batch: &[SequenceInput], cache: &mut KvCache) -> Result<Vec<f32>> {
-        self.run(batch, cache, true)
+        self.run(batch, cache, true, &mut |_, _, _| {})
+    }
+
+    /// [`Decoder::forward_all`] that also hands every intermediate result of the CPU path to
+    /// `trace(name, layer, values)` as it is computed, `[tokens, width]` row-major, under
+    /// llama.cpp's graph names (`attn_norm`, `Qcur`, `Kcur`, `Vcur` after their projections,
+    /// `Qrope` / `Krope` after rotation, `kqv_out`, `attn_out`, `ffn_inp`, `ffn_norm`, `ffn_gate`,
+    /// `ffn_up`, `ffn_swiglu`, `ffn_out`, `l_out`; `result_norm` with layer 0), so that a model can be
+    /// compared with llama.cpp's eval callback op by op. A decoder on a GPU traces nothing.
+    pub fn forward_traced(
+        &self,
+        batch: &[SequenceInput],
+        cache: &mut KvCache,
+        trace: &mut dyn FnMut(&str, usize, &[f32]),
+    ) -> Result<Vec<f32>> {
+        self.run(batch, cache, true, trace)
     }
 
     fn run(
@@ -352,6 +370,7 @@ impl Decoder {
         batch: &[SequenceInput],
         cache: &mut KvCache,
         all_rows: bool,
+        trace: &mut dyn FnMut(&str, usize, &[f32]),
     ) -> Result<Vec<f32>> {
         let c = &self.config;
         let (h, qd, kvd, ff, hd) = (
@@ -475,11 +494,15 @@ impl Decoder {
         let mut proj = vec![0f32; n * h];
         let mut gate = vec![0f32; n * ff];
         let mut up = vec![0f32; n * ff];
-        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (li, (layer, lc)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             rms_norm_rows(&x, &layer.attn_norm, eps, &mut xn);
+            trace("attn_norm", li, &xn);
             layer.q.forward(&xn, n, &mut q)?;
             layer.k.forward(&xn, n, &mut k)?;
             layer.v.forward(&xn, n, &mut v)?;
+            trace("Qcur", li, &q);
+            trace("Kcur", li, &k);
+            trace("Vcur", li, &v);
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
                 rms_norm_in_place(&mut q, qn, eps);
                 rms_norm_in_place(&mut k, kn, eps);
@@ -494,13 +517,21 @@ impl Decoder {
                     &v[r * kvd..(r + 1) * kvd],
                 );
             }
+            trace("Qrope", li, &q);
+            trace("Krope", li, &k);
             lc.attend(&q, &spans, shape, scale, &mut attn)?;
+            trace("kqv_out", li, &attn);
             layer.o.forward(&attn, n, &mut proj)?;
+            trace("attn_out", li, &proj);
             add_in_place(&mut x, &proj);
+            trace("ffn_inp", li, &x);
 
             rms_norm_rows(&x, &layer.ffn_norm, eps, &mut xn);
+            trace("ffn_norm", li, &xn);
             layer.gate.forward(&xn, n, &mut gate)?;
             layer.up.forward(&xn, n, &mut up)?;
+            trace("ffn_gate", li, &gate);
+            trace("ffn_up", li, &up);
             gate.par_chunks_mut(4096)
                 .zip(up.par_chunks(4096))
                 .for_each(|(g, u)| {
@@ -508,8 +539,11 @@ impl Decoder {
                         *g = *g / (1.0 + (-*g).exp()) * u;
                     }
                 });
+            trace("ffn_swiglu", li, &gate);
             layer.down.forward(&gate, n, &mut proj)?;
+            trace("ffn_out", li, &proj);
             add_in_place(&mut x, &proj);
+            trace("l_out", li, &x);
         }
 
         // Final norm and logits only for the rows that need them.
@@ -519,18 +553,30 @@ impl Decoder {
         }
         let mut last_n = vec![0f32; last.len()];
         rms_norm_rows(&last, &self.norm, eps, &mut last_n);
+        trace("result_norm", 0, &last_n);
         let mut logits = vec![0f32; rows.len() * c.vocab_size];
-        matmul(&last_n, rows.len(), &self.lm_head.matrix()?, &mut logits)?;
+        matmul(
+            &last_n,
+            rows.len(),
+            &ggml_matrix(&self.lm_head)?,
+            &mut logits,
+        )?;
         Ok(logits)
     }
+}
+
+/// A weight as the kernels read it, with the activations' block scales rounded as llama.cpp rounds
+/// them ([`ActScales::Ggml`]), so a GGUF model computes what llama.cpp computes on the same file up to
+/// the order of summation (float weights take the float kernels, which this does not change).
+fn ggml_matrix(w: &MappedTensor) -> Result<switchyard_kernels::WeightMatrix<'_>> {
+    Ok(w.matrix()?.with_act_scales(ActScales::Ggml))
 }
 
 /// RMSNorm of each `weight.len()`-wide row of `x` into `out`.
 fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let w = weight.len();
     for (xr, or) in x.chunks_exact(w).zip(out.chunks_exact_mut(w)) {
-        let ms = xr.iter().map(|v| v * v).sum::<f32>() / w as f32;
-        let inv = 1.0 / (ms + eps).sqrt();
+        let inv = inverse_rms(xr, eps);
         for ((o, xv), wv) in or.iter_mut().zip(xr).zip(weight) {
             *o = xv * inv * wv;
         }
@@ -541,12 +587,19 @@ fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     let w = weight.len();
     for xr in x.chunks_exact_mut(w) {
-        let ms = xr.iter().map(|v| v * v).sum::<f32>() / w as f32;
-        let inv = 1.0 / (ms + eps).sqrt();
+        let inv = inverse_rms(xr, eps);
         for (xv, wv) in xr.iter_mut().zip(weight) {
             *xv = *xv * inv * wv;
         }
     }
+}
+
+/// `1 / sqrt(mean(x²) + eps)`, the squares summed in f64 as GGML does (so the normalised values
+/// match llama.cpp's to the last bit, and the 8-bit activation quantization after them rounds the same).
+fn inverse_rms(x: &[f32], eps: f32) -> f32 {
+    let sum: f64 = x.iter().map(|&v| f64::from(v * v)).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
 }
 
 fn add_in_place(x: &mut [f32], y: &[f32]) {

@@ -7,6 +7,8 @@ use crate::decoder::{DecoderConfig, RopeScaling, RopeStyle};
 pub struct Rope {
     inv_freq: Vec<f64>,
     style: RopeStyle,
+    /// GGML's `theta_base^(-2/d)`, when angles are computed as GGML computes them.
+    ggml_step: Option<f32>,
 }
 
 impl Rope {
@@ -47,11 +49,34 @@ impl Rope {
         Self {
             inv_freq,
             style: config.rope_style,
+            ggml_step: None,
         }
+    }
+
+    /// These frequencies with the angles computed as GGML (llama.cpp) computes them: the angle of
+    /// pair `i` is `position · step^i` with `step = theta^(-2/d)`, the power taken by repeated f32
+    /// multiplication. The angles then equal llama.cpp's to the bit, where Hugging Face's rule
+    /// (`position · inv_freq[i]`) differs by up to a few ulps. Only without rope scaling (GGML
+    /// reads scaling from other tensors and fields); with scaling this is `self` unchanged.
+    pub fn with_ggml_angles(mut self, config: &DecoderConfig) -> Self {
+        if config.rope_scaling.is_none() {
+            let d = config.head_dim as f32;
+            self.ggml_step = Some((config.rope_theta as f32).powf(-2.0 / d));
+        }
+        self
     }
 
     /// Writes `cos` and `sin` (`head_dim / 2` each) for `position`.
     pub fn cos_sin(&self, position: usize, cos: &mut [f32], sin: &mut [f32]) {
+        if let Some(step) = self.ggml_step {
+            let mut angle = position as f32;
+            for (c, s) in cos.iter_mut().zip(sin.iter_mut()) {
+                *c = angle.cos();
+                *s = angle.sin();
+                angle *= step;
+            }
+            return;
+        }
         for ((f, c), s) in self.inv_freq.iter().zip(cos.iter_mut()).zip(sin.iter_mut()) {
             // Hugging Face computes the angle in f32; do the same so long contexts agree.
             let angle = position as f32 * (*f as f32);
