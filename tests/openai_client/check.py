@@ -3,7 +3,8 @@
 
 Usage: python tests/openai_client/check.py http://127.0.0.1:PORT/v1 MODEL_ID
 Checks: list models, a plain chat, a routed chat, a streamed chat with usage, `reasoning_content` in a
-message and in stream deltas, log-probabilities, JSON mode, several choices (`n`), and that errors map
+message and in stream deltas, log-probabilities, JSON mode, several choices (`n`), the prompt tokens a
+repeated request found in the prefix cache (`usage.prompt_tokens_details.cached_tokens`), and that errors map
 to the client's exception types. Exits non-zero on the first failure.
 """
 
@@ -49,6 +50,15 @@ def main():
     assert r.choices[0].message.role == "assistant"
     assert r.usage.completion_tokens > 0, r.usage
     print("plain:", repr(r.choices[0].message.content))
+
+    # The same long prompt twice: the second finds all but its tail in the prefix cache.
+    story = [{"role": "user", "content": "Tell me about the history of railways. " * 8}]
+    first = client.chat.completions.create(model=model, messages=story, max_tokens=2, temperature=0)
+    again = client.chat.completions.create(model=model, messages=story, max_tokens=2, temperature=0)
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    assert 0 < cached < again.usage.prompt_tokens, again.usage
+    assert again.choices[0].message.content == first.choices[0].message.content
+    print("prefix cache:", cached, "of", again.usage.prompt_tokens, "prompt tokens cached")
 
     raw = client.chat.completions.with_raw_response.create(
         model="auto",
