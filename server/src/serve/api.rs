@@ -307,8 +307,9 @@ impl ChatRequest {
         }
     }
 
-    /// Checks what the types cannot: unsupported fields, `n`, ranges.
-    pub fn validate(&self) -> Result<(), ApiError> {
+    /// Checks what the types cannot (unsupported fields, `n`, ranges), and returns the fields that
+    /// take parsing beyond the types, parsed once.
+    pub fn validate(&self) -> Result<Checked, ApiError> {
         for field in UNSUPPORTED {
             if let Some(v) = self.other.get(field) {
                 let harmless = v.is_null() || v == &Value::Bool(false);
@@ -334,9 +335,11 @@ impl ChatRequest {
                 ));
             }
         }
-        self.logit_bias()?;
-        self.response_format()?;
-        self.tool_use()?;
+        let checked = Checked {
+            logit_bias: self.logit_bias()?,
+            response_format: self.response_format()?,
+            tool_use: self.tool_use()?,
+        };
         if self.n == Some(0) {
             return Err(ApiError::invalid("n", "`n` must be at least 1"));
         }
@@ -382,7 +385,7 @@ impl ChatRequest {
                 ));
             }
         }
-        Ok(())
+        Ok(checked)
     }
 
     /// The messages as the engine takes them.
@@ -522,6 +525,17 @@ impl ChatRequest {
             Some(Stop::Many(v)) => v.clone(),
         }
     }
+}
+
+/// The fields of a request that [`ChatRequest::validate`] parsed beyond their JSON types.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// `logit_bias` as token ids and biases.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// `response_format`.
+    pub response_format: ResponseFormat,
+    /// `tools`, `tool_choice` and `parallel_tool_calls`.
+    pub tool_use: Option<ToolUse>,
 }
 
 /// `usage`.

@@ -22,7 +22,7 @@ use switchyard_models::text::ChatMessage;
 use switchyard_router::config::{ReasoningBudgets, ReasoningEffort};
 use switchyard_router::{Action, BlockReason, Decision, Reasoning};
 
-use super::api::{ChatRequest, Usage};
+use super::api::{ChatRequest, Checked, Usage};
 use super::error::ApiError;
 use super::tool_calls::{openai_tool_calls, CallSplitter};
 use super::State;
@@ -233,7 +233,7 @@ pub async fn model(
 fn parse_body(
     state: &State,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<ChatRequest, ApiError> {
+) -> Result<(ChatRequest, Checked), ApiError> {
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(state.limits.body_bytes)
@@ -242,8 +242,8 @@ fn parse_body(
         }
     })?;
     let request: ChatRequest = parse_json(&body)?;
-    request.validate()?;
-    Ok(request)
+    let checked = request.validate()?;
+    Ok((request, checked))
 }
 
 /// A JSON body as `T`; a malformed body or a field of the wrong type is a 400 `invalid_json` whose
@@ -439,7 +439,7 @@ pub async fn route(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let result = async {
-        let request = parse_body(&state, body)?;
+        let (request, _) = parse_body(&state, body)?;
         let router = state
             .router
             .as_ref()
@@ -524,7 +524,7 @@ async fn chat(
         let body = body.map_err(|_| ApiError::too_large(state.limits.body_bytes))?;
         return super::proxy::forward(state, &upstream, body).await;
     }
-    let request = parse_body(&state, body)?;
+    let (request, checked) = parse_body(&state, body)?;
     let max_tokens = max_tokens(&state, &request)?;
     let choices = request.n.unwrap_or(1);
     if choices > state.limits.choices {
@@ -572,7 +572,11 @@ async fn chat(
     } else {
         None
     };
-    let tool_use = request.tool_use()?;
+    let Checked {
+        logit_bias,
+        response_format,
+        tool_use,
+    } = checked;
     let generation = GenerationRequest {
         prompt: Prompt::Chat(plan.messages.clone()),
         params: GenerationParams {
@@ -586,7 +590,7 @@ async fn chat(
                 frequency_penalty: request.frequency_penalty.unwrap_or(0.0),
                 // The seed's bits: -1 and u64::MAX name the same generator.
                 seed: request.seed.map(|s| s as u64),
-                logit_bias: request.logit_bias()?,
+                logit_bias,
             },
             max_tokens: Some(max_tokens),
             stop: request.stop_strings(),
@@ -594,7 +598,7 @@ async fn chat(
             ignore_eos: request.ignore_eos.unwrap_or(false),
             thinking: plan.thinking,
             logprobs: request.logprobs_wanted(),
-            response_format: request.response_format()?,
+            response_format,
             tools: tool_use.clone(),
         },
     };
