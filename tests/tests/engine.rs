@@ -487,6 +487,88 @@ fn sequences_that_arrive_together_compute_their_common_prefix_once() {
 }
 
 #[test]
+fn prefix_caching_under_memory_pressure_changes_no_output() {
+    // Prompts made of a few shared prefixes (whole blocks and not) and short suffixes, some repeated
+    // exactly, in waves on a cache too small for a wave (eviction of cached prefixes, preemption of
+    // sequences that share blocks), some cancelled after their first token: every answer equals the
+    // one an engine without prefix caching gives the prompt alone.
+    let start = |prefix_caching| {
+        let model = load_generation_model(&fixtures().join("hf/tiny-llama")).unwrap();
+        let per_position = switchyard_models::decoder::KvCache::bytes_per_position(
+            model.decoder.config(),
+            switchyard_models::decoder::KvDtype::F32,
+        );
+        Engine::start(
+            model,
+            EngineConfig {
+                block_size: 4,
+                kv_cache_bytes: Some(per_position * 120),
+                max_batch_tokens: 24,
+                max_num_seqs: 8,
+                prefix_caching,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |bound: u32| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % bound as u64) as u32
+    };
+    let prefixes: Vec<Vec<u32>> = [13, 8, 21]
+        .iter()
+        .map(|&n| (0..n).map(|_| 3 + next(200)).collect())
+        .collect();
+    let mut prompts: Vec<Vec<u32>> = Vec::new();
+    for k in 0..24 {
+        let prompt = if k % 7 == 6 {
+            prompts[k / 2].clone()
+        } else {
+            let mut p = prefixes[k % 3].clone();
+            p.extend((0..1 + next(10)).map(|_| 3 + next(200)));
+            p
+        };
+        prompts.push(prompt);
+    }
+    let plain = start(false);
+    let want: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| drain(plain.submit(greedy(p.clone(), 12)).unwrap()).ids)
+        .collect();
+    drop(plain);
+    let cached = start(true);
+    for (wave, chunk) in prompts.chunks(8).enumerate() {
+        let release = hold_worker(&cached);
+        let streams: Vec<_> = chunk
+            .iter()
+            .map(|p| cached.submit(greedy(p.clone(), 12)).unwrap())
+            .collect();
+        release.send(()).unwrap();
+        for (i, stream) in streams.into_iter().enumerate() {
+            let k = wave * 8 + i;
+            if k % 5 == 4 {
+                assert!(matches!(stream.recv(), Some(Event::Delta { .. })));
+                drop(stream);
+                continue;
+            }
+            assert_eq!(drain(stream).ids, want[k], "prompt {k}");
+        }
+    }
+    let stats = cached.stats().snapshot();
+    assert!(stats.cached_prompt_tokens > 0, "{stats:?}");
+    assert!(
+        stats.preempted > 0,
+        "the cache was short enough to preempt: {stats:?}"
+    );
+    wait_until("every block to be released", || {
+        cached.stats().snapshot().kv_blocks_used == 0
+    });
+}
+
+#[test]
 fn a_cache_smaller_than_the_context_shortens_it_so_every_admitted_request_fits() {
     let model = load_generation_model(&fixtures().join("hf/tiny-llama")).unwrap();
     let per_position = switchyard_models::decoder::KvCache::bytes_per_position(
