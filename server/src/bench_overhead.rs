@@ -2,8 +2,9 @@
 //!
 //! Three paths, the same chat requests, streamed:
 //! * **direct**: a concrete model id, no routing;
-//! * **in-process**: `model: "auto"` on the same server (the router runs on the engine's device
-//!   thread, between decode steps);
+//! * **in-process**: `model: "auto"` on the same server (the router's batches run where
+//!   `--router-executor` puts them: on the CPU a thread of their own, on a GPU the engine's device
+//!   thread between decode steps);
 //! * **proxy**: `model: "auto"` sent to a second process of this binary started as a router-only
 //!   proxy (`serve --upstream`), which routes, re-serialises the body and forwards it over loopback
 //!   HTTP to the same inference server (the vLLM Semantic Router's deployment).

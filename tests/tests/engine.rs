@@ -17,6 +17,20 @@ fn engine(name: &str, config: EngineConfig) -> Engine {
     Engine::start(model, config).unwrap()
 }
 
+/// tiny-llama with `config` and a KV cache of room for `positions` f32 positions.
+fn engine_with_cache(positions: usize, config: EngineConfig) -> Engine {
+    let model = load_generation_model(&fixtures().join("hf/tiny-llama")).unwrap();
+    let per_position = switchyard_models::decoder::KvCache::bytes_per_position(
+        model.decoder.config(),
+        switchyard_models::decoder::KvDtype::F32,
+    );
+    let config = EngineConfig {
+        kv_cache_bytes: Some(per_position * positions),
+        ..config
+    };
+    Engine::start(model, config).unwrap()
+}
+
 fn prompts(name: &str) -> Vec<(Vec<u32>, Vec<u32>)> {
     let reference = read_json(&fixtures().join("hf").join(name).join("reference.json"));
     reference["prompts"]
@@ -346,23 +360,16 @@ fn a_short_cache_preempts_and_still_produces_identical_output() {
     // With prefix caching on, the cached prefixes of the first round are evicted under pressure
     // and the preempted sequences may readmit with their own prefixes.
     for prefix_caching in [false, true] {
-        let model = load_generation_model(&fixtures().join("hf/tiny-llama")).unwrap();
-        let per_position = switchyard_models::decoder::KvCache::bytes_per_position(
-            model.decoder.config(),
-            switchyard_models::decoder::KvDtype::F32,
-        );
         // Room for 96 positions: four sequences of ~60 positions each cannot all stay resident.
-        let engine = Engine::start(
-            model,
+        let engine = engine_with_cache(
+            96,
             EngineConfig {
-                kv_cache_bytes: Some(per_position * 96),
                 block_size: 8,
                 max_batch_tokens: 64,
                 prefix_caching,
                 ..Default::default()
             },
-        )
-        .unwrap();
+        );
         let cases: Vec<(Vec<u32>, Vec<u32>)> = prompts("tiny-llama")
             .into_iter()
             .filter(|(p, _)| p.len() < 30)
@@ -493,23 +500,16 @@ fn prefix_caching_under_memory_pressure_changes_no_output() {
     // sequences that share blocks), some cancelled after their first token: every answer equals the
     // one an engine without prefix caching gives the prompt alone.
     let start = |prefix_caching| {
-        let model = load_generation_model(&fixtures().join("hf/tiny-llama")).unwrap();
-        let per_position = switchyard_models::decoder::KvCache::bytes_per_position(
-            model.decoder.config(),
-            switchyard_models::decoder::KvDtype::F32,
-        );
-        Engine::start(
-            model,
+        engine_with_cache(
+            120,
             EngineConfig {
                 block_size: 4,
-                kv_cache_bytes: Some(per_position * 120),
                 max_batch_tokens: 24,
                 max_num_seqs: 8,
                 prefix_caching,
                 ..Default::default()
             },
         )
-        .unwrap()
     };
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut next = |bound: u32| {
@@ -570,22 +570,15 @@ fn prefix_caching_under_memory_pressure_changes_no_output() {
 
 #[test]
 fn a_cache_smaller_than_the_context_shortens_it_so_every_admitted_request_fits() {
-    let model = load_generation_model(&fixtures().join("hf/tiny-llama")).unwrap();
-    let per_position = switchyard_models::decoder::KvCache::bytes_per_position(
-        model.decoder.config(),
-        switchyard_models::decoder::KvDtype::F32,
-    );
-    let engine = Engine::start(
-        model,
+    let engine = engine_with_cache(
+        64,
         EngineConfig {
-            kv_cache_bytes: Some(per_position * 64),
             block_size: 16,
             max_batch_tokens: 32,
             max_model_len: Some(512),
             ..Default::default()
         },
-    )
-    .unwrap();
+    );
     assert_eq!(engine.max_model_len(), 64);
     // A prompt the cache could never hold is refused up front, naming the shortened context ...
     match engine.submit(greedy(vec![5; 80], 4)) {
