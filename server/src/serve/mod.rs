@@ -556,9 +556,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }
         for (id, engine) in &server.state.engines {
             println!(
-                "  model {id}: context {} tokens, up to {} sequences at once",
+                "  model {id}: context {} tokens, up to {} sequences at once, prefix caching {}",
                 engine.max_model_len(),
-                engine.config().max_num_seqs
+                engine.config().max_num_seqs,
+                if engine.config().prefix_caching {
+                    "on"
+                } else {
+                    "off"
+                }
             );
         }
         match &server.state.router {
