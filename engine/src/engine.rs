@@ -180,6 +180,17 @@ impl Engine {
         &self.info.stats
     }
 
+    /// Whether a request that does not say gets parallel tool calls: only for a model whose chat
+    /// template renders several calls in one turn ([`ChatTemplate::renders_parallel_tool_calls`]), as
+    /// llama.cpp decides. A model that was not trained for them (SmolLM2 knows no tools at all) tends
+    /// to repeat its call until the length limit when more are allowed.
+    pub fn parallel_tool_calls_by_default(&self) -> bool {
+        self.info
+            .template
+            .as_ref()
+            .is_some_and(ChatTemplate::renders_parallel_tool_calls)
+    }
+
     /// Renders a conversation for `thinking` the way this model family wants it.
     pub fn render_chat(&self, messages: &[ChatMessage], thinking: Thinking) -> Result<String> {
         self.render_chat_with_tools(messages, thinking, None)

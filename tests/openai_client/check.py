@@ -178,12 +178,15 @@ def main():
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                        "required": ["city"], "additionalProperties": False}}}]
     ask = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+    # `parallel_tool_calls` unsaid: SmolLM2's template renders no calls, so the server allows one
+    # (a model without parallel calls would repeat its call until max_tokens).
     r = client.chat.completions.create(
         model=model, messages=ask, max_tokens=60, temperature=0, tools=tools,
-        tool_choice="required", parallel_tool_calls=False,
+        tool_choice="required",
     )
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls", choice
+    assert len(choice.message.tool_calls) == 1, choice.message.tool_calls
     call = choice.message.tool_calls[0]
     assert call.function.name == "get_weather", call
     city = json.loads(call.function.arguments)["city"]

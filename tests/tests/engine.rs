@@ -1143,6 +1143,12 @@ fn weather_tool(choice: switchyard_engine::tools::ToolChoice) -> switchyard_engi
 }
 
 #[test]
+fn parallel_tool_calls_are_the_default_only_where_the_template_renders_them() {
+    assert!(!engine("tiny-llama", EngineConfig::default()).parallel_tool_calls_by_default());
+    assert!(engine("tiny-qwen3", EngineConfig::default()).parallel_tool_calls_by_default());
+}
+
+#[test]
 fn tools_are_offered_by_templates_that_know_them_and_described_to_those_that_do_not() {
     use switchyard_engine::tools::ToolChoice;
     let tools = weather_tool(ToolChoice::Auto);

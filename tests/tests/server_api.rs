@@ -661,6 +661,34 @@ async fn a_required_tool_call_is_a_valid_call_even_from_random_weights() {
         assert_eq!(calls.len(), 1, "{v}");
         check_call(&calls[0], &["weather", "time"]);
     }
+    // Unsaid, parallel calls follow the model: tiny-llama's template renders no calls, so one call
+    // (`Engine::parallel_tool_calls_by_default`); asked for, random weights go on calling.
+    // (Calls cut by the length limit come back as text: count their blocks there.)
+    let calls = |v: &Value| {
+        let m = &v["choices"][0]["message"];
+        match m["tool_calls"].as_array() {
+            Some(c) => c.len(),
+            None => m["content"]
+                .as_str()
+                .unwrap()
+                .matches("<tool_call>")
+                .count(),
+        }
+    };
+    let mut most = (0, 0);
+    for seed in 0..6 {
+        let mut unsaid = body.clone();
+        unsaid
+            .as_object_mut()
+            .unwrap()
+            .remove("parallel_tool_calls");
+        unsaid["seed"] = json!(seed);
+        most.0 = most.0.max(calls(&completion(&base, &unsaid).await));
+        unsaid["parallel_tool_calls"] = json!(true);
+        most.1 = most.1.max(calls(&completion(&base, &unsaid).await));
+    }
+    assert_eq!(most.0, 1, "one call at most by default");
+    assert!(most.1 > 1, "several calls when asked for: {}", most.1);
     // A named function is the one called; streamed, the call comes as a `tool_calls` delta.
     body["tool_choice"] = json!({"type": "function", "function": {"name": "weather"}});
     body["stream"] = json!(true);

@@ -192,6 +192,17 @@ impl ChatTemplate {
         self.source.contains("tools")
     }
 
+    /// Whether the template renders several calls in one assistant turn (it loops over a message's
+    /// `tool_calls`, as Qwen's and Hermes' do, and does not refuse more than one, as Llama 3.1's
+    /// does): a sign the model was trained to make parallel calls.
+    pub fn renders_parallel_tool_calls(&self) -> bool {
+        let loops = self.source.split("for ").skip(1).any(|rest| {
+            let head = rest.split("%}").next().unwrap_or("");
+            head.contains(" in ") && head.contains("tool_calls")
+        });
+        loops && !self.source.contains("only supports single tool-call")
+    }
+
     /// Renders `messages`; `enable_thinking` is passed only when set (templates test `is defined`).
     pub fn render(
         &self,
@@ -255,6 +266,33 @@ mod tests {
             out,
             "{\"b\": 1, \"a\": [1.5, \"<é>\", {}], \"c\": {\"d\": null}}|{\n  \"b\": 1,\n  \"a\": [\n    1.5,\n    \"<é>\",\n    {}\n  ],\n  \"c\": {\n    \"d\": null\n  }\n}"
         );
+    }
+
+    #[test]
+    fn parallel_tool_calls_are_read_off_the_template() {
+        let parallel = |src: &str| {
+            ChatTemplate::new(src, "", "")
+                .unwrap()
+                .renders_parallel_tool_calls()
+        };
+        // Qwen's / Hermes' loop over a turn's calls.
+        assert!(parallel(
+            "{% for m in messages %}{% if m.tool_calls %}{%- for tool_call in m.tool_calls %}\
+             <tool_call>{{ tool_call.function.name }}</tool_call>{% endfor %}{% endif %}{% endfor %}"
+        ));
+        // Llama 3.1's reads tools but refuses a second call.
+        assert!(!parallel(
+            "{% for m in messages %}{% if m.tool_calls %}{% if not m.tool_calls|length == 1 %}\
+             {{ raise_exception('This model only supports single tool-calls at once!') }}{% endif %}\
+             {% for c in m.tool_calls %}{{ c.function.name }}{% endfor %}{% endif %}{% endfor %}"
+        ));
+        // No calls rendered at all (SmolLM2's), or only the tools listed.
+        assert!(!parallel(
+            "{% for m in messages %}{{ m.content }}{% endfor %}"
+        ));
+        assert!(!parallel(
+            "{% for t in tools %}{{ t | tojson }}{% endfor %}"
+        ));
     }
 
     #[test]

@@ -121,7 +121,9 @@ pub struct ChatRequest {
     /// `none`, `auto` (the default with tools), `required`, or `{"type": "function", "function":
     /// {"name": ...}}`.
     pub tool_choice: Option<Value>,
-    /// Whether one answer may make several calls (default true).
+    /// Whether one answer may make several calls (default: whether the model makes parallel
+    /// calls, `Engine::parallel_tool_calls_by_default`; the chat handler decides it once the model
+    /// is known).
     pub parallel_tool_calls: Option<bool>,
     /// Fields that change the semantics and are not supported: their presence is a 400.
     #[serde(flatten)]
@@ -491,6 +493,7 @@ impl ChatRequest {
         Ok(Some(ToolUse {
             functions: std::sync::Arc::new(functions),
             choice,
+            // Absent, the chat handler puts the model's default in its place.
             parallel: self.parallel_tool_calls.unwrap_or(true),
         }))
     }

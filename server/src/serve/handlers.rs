@@ -577,6 +577,12 @@ async fn chat(
         response_format,
         tool_use,
     } = checked;
+    let tool_use = tool_use.map(|mut tools| {
+        if request.parallel_tool_calls.is_none() {
+            tools.parallel = state.engines[&plan.model].parallel_tool_calls_by_default();
+        }
+        tools
+    });
     let generation = GenerationRequest {
         prompt: Prompt::Chat(plan.messages.clone()),
         params: GenerationParams {
