@@ -394,6 +394,7 @@ impl Engine {
             prompt_len,
             computed: 0,
             cached_tokens: None,
+            use_prefix_cache: params.use_prefix_cache,
             passed_over: 0,
             blocks: BlockTable::default(),
             detok: Detokenizer::default(),

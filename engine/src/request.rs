@@ -47,6 +47,13 @@ pub struct GenerationParams {
     pub response_format: ResponseFormat,
     /// Functions the model may (or must) call ([`crate::tools`]).
     pub tools: Option<ToolUse>,
+    /// Start from the cached keys and values of the prompt's prefix when the engine has them
+    /// (`EngineConfig::prefix_caching`). Off, the prompt is computed in full, in one step shape,
+    /// as it would be on an empty cache: a repeated seeded request then samples exactly what it
+    /// sampled before, which the reused prefix does not guarantee on a quantized model (its last
+    /// positions are computed in a step of another shape). The blocks computed are offered to
+    /// later requests either way.
+    pub use_prefix_cache: bool,
 }
 
 /// What the answer (the text after any thinking) must be.
@@ -80,6 +87,7 @@ impl Default for GenerationParams {
             logprobs: None,
             response_format: ResponseFormat::Text,
             tools: None,
+            use_prefix_cache: true,
         }
     }
 }

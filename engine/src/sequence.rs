@@ -21,6 +21,8 @@ pub(crate) struct Sequence {
     pub(crate) computed: usize,
     /// Prompt positions found in the cache when the sequence was first admitted.
     pub(crate) cached_tokens: Option<usize>,
+    /// Whether admission may start from cached prefix blocks ([`crate::GenerationParams::use_prefix_cache`]).
+    pub(crate) use_prefix_cache: bool,
     /// Steps in a row that left this prefilling sequence out ([`crate::schedule`]).
     pub(crate) passed_over: u32,
     pub(crate) blocks: BlockTable,

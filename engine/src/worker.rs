@@ -162,8 +162,13 @@ impl ModelSlot {
         let mut i = 0;
         while self.running.len() < self.config.max_num_seqs && i < self.waiting.len() {
             let seq = &mut self.waiting[i];
-            let shared = self.cache.share_prefix(&mut seq.blocks, &seq.tokens);
-            if shared < prefix_in_flight(&self.running, &seq.tokens, self.cache.block_size()) {
+            let shared = match seq.use_prefix_cache {
+                true => self.cache.share_prefix(&mut seq.blocks, &seq.tokens),
+                false => 0,
+            };
+            if seq.use_prefix_cache
+                && shared < prefix_in_flight(&self.running, &seq.tokens, self.cache.block_size())
+            {
                 self.cache.release(&mut seq.blocks);
                 i += 1;
                 continue;

@@ -462,6 +462,27 @@ fn without_prefix_caching_every_prompt_is_computed() {
 }
 
 #[test]
+fn a_request_may_compute_its_prompt_in_full_on_a_caching_engine() {
+    let engine = small_block_engine(true);
+    let (prompt, want) = prompts("tiny-llama").pop().unwrap();
+    let in_full = |prompt: &Vec<u32>| {
+        let mut request = greedy(prompt.clone(), want.len());
+        request.params.use_prefix_cache = false;
+        drain(engine.submit(request).unwrap())
+    };
+    // Computed in full, and its blocks still offered to later requests.
+    let first = in_full(&prompt);
+    assert_eq!(first.ids, want);
+    assert_eq!(first.usage.cached_tokens, 0);
+    let again = in_full(&prompt);
+    assert_eq!(again.ids, want);
+    assert_eq!(again.usage.cached_tokens, 0);
+    let reused = drain(engine.submit(greedy(prompt.clone(), want.len())).unwrap());
+    assert_eq!(reused.ids, want);
+    assert_eq!(reused.usage.cached_tokens, shareable(&prompt));
+}
+
+#[test]
 fn sequences_that_arrive_together_compute_their_common_prefix_once() {
     let engine = small_block_engine(true);
     let (prompt, want) = prompts("tiny-llama").pop().unwrap();

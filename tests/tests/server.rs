@@ -238,6 +238,19 @@ async fn a_repeated_prompt_reports_the_tokens_it_found_cached() {
         again["choices"][0]["message"]["content"],
         first["choices"][0]["message"]["content"]
     );
+    // llama.cpp's `cache_prompt: false` computes the whole prompt.
+    let mut in_full = body.clone();
+    in_full["cache_prompt"] = json!(false);
+    let third: Value = post(&base, "/v1/chat/completions", &in_full)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(third["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    assert_eq!(
+        third["choices"][0]["message"]["content"],
+        first["choices"][0]["message"]["content"]
+    );
     let metrics = reqwest::get(format!("{base}/metrics"))
         .await
         .unwrap()

@@ -109,6 +109,10 @@ pub struct ChatRequest {
     pub ignore_eos: Option<bool>,
     /// vLLM's extension: token ids that end the generation.
     pub stop_token_ids: Option<Vec<u32>>,
+    /// llama.cpp's extension: start from the cached prefix of the prompt when there is one
+    /// (default true); `false` computes the whole prompt, so that a repeated seeded request
+    /// samples what it sampled before.
+    pub cache_prompt: Option<bool>,
     /// Return each output token's log-probability.
     pub logprobs: Option<bool>,
     /// With `logprobs`: also this many most likely tokens at each position (0-20).

@@ -606,6 +606,7 @@ async fn chat(
             logprobs: request.logprobs_wanted(),
             response_format,
             tools: tool_use.clone(),
+            use_prefix_cache: request.cache_prompt.unwrap_or(true),
         },
     };
     // Rendering the template and tokenizing a long prompt is CPU work: keep it off the threads
