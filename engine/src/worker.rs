@@ -162,13 +162,14 @@ impl ModelSlot {
         let mut i = 0;
         while self.running.len() < self.config.max_num_seqs && i < self.waiting.len() {
             let seq = &mut self.waiting[i];
-            let shared = match seq.use_prefix_cache {
-                true => self.cache.share_prefix(&mut seq.blocks, &seq.tokens),
-                false => 0,
+            let (shared, in_flight) = if seq.use_prefix_cache {
+                let shared = self.cache.share_prefix(&mut seq.blocks, &seq.tokens);
+                let block = self.cache.block_size();
+                (shared, prefix_in_flight(&self.running, &seq.tokens, block))
+            } else {
+                (0, 0)
             };
-            if seq.use_prefix_cache
-                && shared < prefix_in_flight(&self.running, &seq.tokens, self.cache.block_size())
-            {
+            if shared < in_flight {
                 self.cache.release(&mut seq.blocks);
                 i += 1;
                 continue;
