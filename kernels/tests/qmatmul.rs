@@ -19,7 +19,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use switchyard_kernels::pool::{self, Backend};
 use switchyard_kernels::{
-    matmul, matmul_reference, matmul_with_isa, Isa, KernelError, WeightFormat, WeightMatrix,
+    matmul, matmul_reference, matmul_with_isa, ActScales, Isa, KernelError, WeightFormat,
+    WeightMatrix,
 };
 
 const ALL_FORMATS: [WeightFormat; 15] = [
@@ -201,6 +202,85 @@ fn every_format_every_isa_matches_reference() {
                     check_close(&format!("{format:?} matmul"), &best, &want, &tol);
                 }
             }
+        }
+    }
+}
+
+/// GGML's Q4_1 / Q8_0 dot product with its Q8_1 / Q8_0 activation blocks, written out: per block,
+/// `q = round(x · 127 / amax)`, the scale `d = amax / 127` stored as f16, and for Q4_1 the sum term
+/// `s = d · Σq` stored as f16 (from the unrounded `d`); the output is
+/// `Σ_b wd · d16 · Σ(wq · q) + wm · s16`. Weight blocks are read from their bytes (Q4_1: `d`, `m`,
+/// 16 bytes of nibbles, low halves first; Q8_0: `d`, 32 signed bytes).
+fn ggml_dot(format: WeightFormat, weight_row: &[u8], x: &[f32]) -> f64 {
+    let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+    let (bytes, has_min) = match format {
+        WeightFormat::Q4_1 => (20, true),
+        WeightFormat::Q8_0 => (34, false),
+        other => panic!("no GGML emulation for {other:?}"),
+    };
+    let mut total = 0f64;
+    for (wb, xb) in weight_row.chunks_exact(bytes).zip(x.chunks_exact(32)) {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        let q: Vec<i32> = xb
+            .iter()
+            .map(|v| ((v * id).round_ties_even() as i32).clamp(-127, 127))
+            .collect();
+        let d16 = half::f16::from_f32(d).to_f32() as f64;
+        let wq: Vec<i32> = if has_min {
+            let nib = &wb[4..20];
+            (0..32)
+                .map(|k| {
+                    let byte = nib[k % 16];
+                    i32::from(if k < 16 { byte & 0x0f } else { byte >> 4 })
+                })
+                .collect()
+        } else {
+            wb[2..34].iter().map(|&b| i32::from(b as i8)).collect()
+        };
+        let dot: i32 = wq.iter().zip(&q).map(|(a, b)| a * b).sum();
+        total += f16(&wb[0..2]) as f64 * d16 * dot as f64;
+        if has_min {
+            let s16 = half::f16::from_f32(d * q.iter().sum::<i32>() as f32).to_f32() as f64;
+            total += f16(&wb[2..4]) as f64 * s16;
+        }
+    }
+    total
+}
+
+#[test]
+fn ggml_activation_scales_give_ggmls_products() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.is_available()).collect();
+    for format in [WeightFormat::Q4_1, WeightFormat::Q8_0] {
+        let (rows, cols) = (13, 576);
+        let bytes = random_weights(format, rows, cols, &mut rng);
+        let w = WeightMatrix::new(format, rows, cols, &bytes).unwrap();
+        let ggml_w = w.with_act_scales(ActScales::Ggml);
+        for m in [1usize, 3, 8, 17] {
+            let x = random_x(m, cols, &mut rng);
+            let want: Vec<f32> = x
+                .chunks_exact(cols)
+                .flat_map(|xi| (0..rows).map(move |r| ggml_dot(format, w.row_data(r), xi) as f32))
+                .collect();
+            let (_, rounding) = bounds_split(format, &x, m, &w);
+            let (mut exact_f32, mut apart) = (vec![0f32; m * rows], false);
+            matmul_with_isa(Isa::Scalar, &x, m, &w, &mut exact_f32).unwrap();
+            for &isa in &isas {
+                let mut got = vec![f32::NAN; m * rows];
+                matmul_with_isa(isa, &x, m, &ggml_w, &mut got).unwrap();
+                let what = format!("{format:?} {isa:?} m={m}, GGML scales vs GGML");
+                check_close(&what, &got, &want, &rounding);
+            }
+            // The f32 scales are not what GGML computes (so the check above can tell them apart).
+            for ((a, b), t) in exact_f32.iter().zip(&want).zip(&rounding) {
+                apart |= (a - b).abs() > *t;
+            }
+            assert!(
+                apart,
+                "{format:?} m={m}: f32 scales matched GGML's f16 ones"
+            );
         }
     }
 }
