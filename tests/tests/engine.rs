@@ -1181,6 +1181,19 @@ fn tools_are_offered_by_templates_that_know_them_and_described_to_those_that_do_
         call,
         ChatMessage::new("tool", "12 C"),
     ];
+    // Both renderings write the call and the result in the same convention.
+    let has_call_and_result = |text: &str| {
+        assert!(
+            text.contains(
+                "<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Oslo\"}}"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("<tool_response>\n12 C\n</tool_response>"),
+            "{text}"
+        );
+    };
     // Qwen3's template renders the tools, the call and the result itself.
     let qwen3 = engine("tiny-qwen3", EngineConfig::default());
     let text = qwen3
@@ -1196,14 +1209,7 @@ fn tools_are_offered_by_templates_that_know_them_and_described_to_those_that_do_
         text.contains(&format!("<tools>\n{function}\n</tools>")),
         "{text}"
     );
-    assert!(
-        text.contains("<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Oslo\"}}"),
-        "{text}"
-    );
-    assert!(
-        text.contains("<tool_response>\n12 C\n</tool_response>"),
-        "{text}"
-    );
+    has_call_and_result(&text);
     // The tiny Llama's template knows no tools: they are described in a system message, and the
     // history is written out in the same convention.
     let llama = engine("tiny-llama", EngineConfig::default());
@@ -1211,14 +1217,7 @@ fn tools_are_offered_by_templates_that_know_them_and_described_to_those_that_do_
         .render_chat_with_tools(&history, Thinking::Off, Some(&tools))
         .unwrap();
     assert!(text.contains("<tools>\n{\"name\": \"weather\""), "{text}");
-    assert!(
-        text.contains("<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Oslo\"}}"),
-        "{text}"
-    );
-    assert!(
-        text.contains("<tool_response>\n12 C\n</tool_response>"),
-        "{text}"
-    );
+    has_call_and_result(&text);
     // Without tools, the plain rendering is unchanged.
     let plain = [ChatMessage::new("user", "hi")];
     assert_eq!(
