@@ -411,6 +411,7 @@ impl Engine {
             submitted,
             first_token: None,
             finished: None,
+            held_finish: None,
         };
         self.info.stats.enter_queue();
         if self

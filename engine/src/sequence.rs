@@ -49,6 +49,9 @@ pub(crate) struct Sequence {
     pub(crate) submitted: Instant,
     pub(crate) first_token: Option<Instant>,
     pub(crate) finished: Option<FinishReason>,
+    /// The closing event, held back until the worker has counted the step's tokens, so that a
+    /// client that reads the engine's statistics after its answer sees its own tokens in them.
+    pub(crate) held_finish: Option<Event>,
 }
 
 impl Sequence {
@@ -241,7 +244,14 @@ impl Sequence {
         self.send_finished();
     }
 
-    fn send_finished(&self) {
+    /// Sends the closing event that [`Self::finish`] held back, if any.
+    pub(crate) fn deliver_finish(&mut self) {
+        if let Some(event) = self.held_finish.take() {
+            self.send(event);
+        }
+    }
+
+    fn send_finished(&mut self) {
         let now = Instant::now();
         let usage = Usage {
             prompt_tokens: self.prompt_len,
@@ -254,7 +264,7 @@ impl Sequence {
                 .unwrap_or_default(),
             total_time: (now - self.submitted).as_secs_f64(),
         };
-        self.send(Event::Finished {
+        self.held_finish = Some(Event::Finished {
             reason: self.finished.unwrap_or(FinishReason::Stop),
             usage,
             output_ids: self.tokens[self.prompt_len..].to_vec(),

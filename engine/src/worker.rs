@@ -302,6 +302,7 @@ impl ModelSlot {
         let cache = &mut self.cache;
         self.running.retain_mut(|s| {
             if s.finished.is_some() {
+                s.deliver_finish();
                 cache.release(&mut s.blocks);
                 false
             } else {

@@ -159,6 +159,27 @@ fn batched_decoding_is_token_identical_to_decoding_alone() {
 }
 
 #[test]
+fn the_statistics_count_an_answers_tokens_before_the_answer_ends() {
+    // A client that reads the statistics right after its closing event sees its own tokens; the
+    // worker once counted them after sending that event, and a test through the server raced it.
+    let engine = engine("tiny-llama", EngineConfig::default());
+    let (prompt, _) = prompts("tiny-llama").remove(0);
+    let mut counted = 0;
+    for max_tokens in (1..=4).cycle().take(40) {
+        let stream = engine.submit(greedy(prompt.clone(), max_tokens)).unwrap();
+        let usage = loop {
+            match stream.recv().expect("a closing event") {
+                Event::Finished { usage, .. } => break usage,
+                Event::Error(e) => panic!("{e}"),
+                _ => {}
+            }
+        };
+        counted += usage.completion_tokens as u64;
+        assert_eq!(engine.stats().snapshot().generated_tokens, counted);
+    }
+}
+
+#[test]
 fn a_seed_reproduces_sampled_output_whatever_runs_beside_it() {
     let engine = engine("tiny-qwen2", EngineConfig::default());
     let (prompt, _) = prompts("tiny-qwen2").remove(2);
