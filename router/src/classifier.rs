@@ -239,15 +239,15 @@ impl RouterModel {
     /// Runs every backbone's linear layers in Q8_0 on the CPU (`classifier.cpu_weights: q8_0`; see
     /// `MultiHeadClassifier::quantize_q8_0`). A backbone on another device or dtype runs as loaded,
     /// which is logged.
-    pub fn quantize_backbones_q8_0(mut self) -> RouterModel {
+    pub fn quantize_backbones_q8_0(mut self) -> Result<RouterModel, RouterError> {
         for b in &mut self.backbones {
-            if !b.model.quantize_q8_0() {
+            if !b.model.quantize_q8_0()? {
                 tracing::info!(
                     "classifier.cpu_weights: q8_0 applies to the CPU's f32 path only; this backbone runs as loaded"
                 );
             }
         }
-        self
+        Ok(self)
     }
 
     /// Adds an embedding signal, fused with the sequence head its `head` names (after that head's

@@ -240,7 +240,7 @@ impl Embedder {
             None => encoder,
         };
         let encoder = if quantized {
-            encoder.quantize_q8_0()
+            encoder.quantize_q8_0()?
         } else {
             encoder
         };

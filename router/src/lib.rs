@@ -184,7 +184,7 @@ impl Router {
         };
         let model = match config.classifier.cpu_weights {
             config::CpuWeights::F32 => model,
-            config::CpuWeights::Q8_0 => model.quantize_backbones_q8_0(),
+            config::CpuWeights::Q8_0 => model.quantize_backbones_q8_0()?,
         };
         let model = match (&config.classifier.embedding, dir) {
             (None, _) => model,

@@ -62,6 +62,10 @@ pub struct RouterBenchArgs {
     /// `route()` calls per caller.
     #[arg(long, default_value_t = 20)]
     calls_per_caller: usize,
+    /// Idle pause (ms) before each of the "after idle" `route()` calls, as between a server's
+    /// requests (0 skips that measurement).
+    #[arg(long, default_value_t = 50)]
+    idle_ms: u64,
     /// Python with torch + transformers for the PyTorch side (skipped if absent).
     #[arg(long, env = "SWITCHYARD_BENCH_PYTHON")]
     pub python: Option<PathBuf>,
@@ -163,6 +167,8 @@ struct Report {
     route_always_embedding_p99_ms: Option<f64>,
     /// `route()` at batch 1 with the sentence encoder beside the backbone and after it, paired.
     encoder_beside_vs_after: Option<BesideVsAfter>,
+    /// `route()` at batch 1 right after another call and after an idle pause, paired.
+    after_idle: Option<AfterIdle>,
     concurrency: Vec<Concurrency>,
     /// What the router decided on the texts (shipped configuration, each text once).
     decisions: DecisionSummary,
@@ -347,6 +353,9 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
         Some(_) => Some(route_batch_1(&args, &texts, EmbeddingMode::Always)?),
         None => None,
     };
+    let after_idle = (args.idle_ms > 0)
+        .then(|| route_after_idle(&args, &texts, mode))
+        .transpose()?;
     let beside_vs_after = match embedding {
         Some(_) => Some(encoder_beside_vs_after(&args, &texts, mode)?),
         None => None,
@@ -438,6 +447,7 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
         route_always_embedding_p50_ms: always.as_ref().map(|r| quantile(r, 0.5)),
         route_always_embedding_p99_ms: always.as_ref().map(|r| quantile(r, 0.99)),
         encoder_beside_vs_after: beside_vs_after,
+        after_idle,
         concurrency,
         decisions,
     };
@@ -506,6 +516,56 @@ fn encoder_beside_vs_after(
         after_p50_ms: quantile(&after, 0.5),
         after_p99_ms: quantile(&after, 0.99),
         paired_saving_p50_ms: quantile(&saving, 0.5),
+    })
+}
+
+/// `route()` at batch 1 on the same text twice: right after another call, and after an idle pause.
+/// A server's requests arrive with gaps, during which the machine's caches fill with other work;
+/// the back-to-back figures above are the router's best case.
+#[derive(Serialize)]
+struct AfterIdle {
+    idle_ms: u64,
+    back_to_back_p50_ms: f64,
+    after_idle_p50_ms: f64,
+    after_idle_p99_ms: f64,
+    /// Median over texts of (after idle − back to back), ms.
+    paired_cost_p50_ms: f64,
+}
+
+fn route_after_idle(
+    args: &RouterBenchArgs,
+    texts: &[String],
+    mode: EmbeddingMode,
+) -> Result<AfterIdle> {
+    let router = Router::load(options(args, true, mode)?)?;
+    let timed = |messages: &[ChatMessage]| -> Result<f64> {
+        let start = Instant::now();
+        router.route(messages)?;
+        Ok(ms(start.elapsed()))
+    };
+    let (mut warm, mut cold, mut cost) = (Vec::new(), Vec::new(), Vec::new());
+    // Each call sleeps, so the count is capped to keep the bench short.
+    let n = args.iterations.min(200);
+    let pb = bar(n as u64, "route() after idle");
+    for (i, t) in texts.iter().cycle().take(args.warmup + n).enumerate() {
+        let messages = [ChatMessage::new("user", t.clone())];
+        std::thread::sleep(Duration::from_millis(args.idle_ms));
+        let after_idle = timed(&messages)?;
+        let back_to_back = timed(&messages)?;
+        if i >= args.warmup {
+            warm.push(back_to_back);
+            cold.push(after_idle);
+            cost.push(after_idle - back_to_back);
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+    Ok(AfterIdle {
+        idle_ms: args.idle_ms,
+        back_to_back_p50_ms: quantile(&warm, 0.5),
+        after_idle_p50_ms: quantile(&cold, 0.5),
+        after_idle_p99_ms: quantile(&cold, 0.99),
+        paired_cost_p50_ms: quantile(&cost, 0.5),
     })
 }
 
@@ -632,6 +692,12 @@ fn markdown(r: &Report) -> String {
         s.push_str(&format!(
             "Sentence encoder beside the backbone, each on one thread (the default while under a fifth of recent texts skip the encoder; after the backbone otherwise), vs always after it (each product split over the threads): `route()` at batch 1, the same texts to both in turn: p50 {:.2} vs {:.2} ms, p99 {:.2} vs {:.2} ms; median paired saving {:.2} ms.\n\n",
             b.beside_p50_ms, b.after_p50_ms, b.beside_p99_ms, b.after_p99_ms, b.paired_saving_p50_ms
+        ));
+    }
+    if let Some(a) = &r.after_idle {
+        s.push_str(&format!(
+            "`route()` after {} ms idle (as between a server's requests) vs right after another call, the same text: p50 {:.2} vs {:.2} ms (p99 after idle {:.2} ms); median paired cost of the pause {:.2} ms.\n\n",
+            a.idle_ms, a.after_idle_p50_ms, a.back_to_back_p50_ms, a.after_idle_p99_ms, a.paired_cost_p50_ms
         ));
     }
     s.push_str("| callers | micro-batching | routes/s | p50 ms | p99 ms | mean batch |\n|---|---|---|---|---|---|\n");

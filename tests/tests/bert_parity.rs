@@ -52,7 +52,7 @@ fn bad_input_is_an_error_not_a_panic() {
 fn minilm_matches_transformers() {
     let Some(dir) = minilm_dir() else { return };
     let model = BertEncoder::load(&dir).unwrap();
-    let quantized = BertEncoder::load(&dir).unwrap().quantize_q8_0();
+    let quantized = BertEncoder::load(&dir).unwrap().quantize_q8_0().unwrap();
     let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
     // The shipped tokenizer.json pads every text to 128 tokens; the encoder takes them unpadded.
     tokenizer.with_padding(None);

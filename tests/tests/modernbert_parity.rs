@@ -112,7 +112,7 @@ fn check(name: &str) {
     // Q8_0 linear layers (`classifier.cpu_weights: q8_0`): the same states to within 8-bit rounding.
     let mut quantized = MultiHeadClassifier::load(&dir, &Device::Cpu, DType::F32).unwrap();
     assert!(
-        quantized.quantize_q8_0(),
+        quantized.quantize_q8_0().unwrap(),
         "{name}: the CPU f32 path quantizes"
     );
     let q = quantized.backbone().forward(&input, &mask).unwrap();

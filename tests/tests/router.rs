@@ -57,7 +57,7 @@ fn head_alone() -> switchyard_router::RouterModel {
         .classifier
         .cpu_weights
     {
-        switchyard_router::config::CpuWeights::Q8_0 => model.quantize_backbones_q8_0(),
+        switchyard_router::config::CpuWeights::Q8_0 => model.quantize_backbones_q8_0().unwrap(),
         switchyard_router::config::CpuWeights::F32 => model,
     }
 }

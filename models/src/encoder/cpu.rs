@@ -9,9 +9,13 @@
 //! `transformers`, so any padding side gives the same states as [`super::ModernBert`]'s Candle path.
 
 use candle_core::{DType, Result, Tensor};
+use memmap2::Mmap;
+use std::ops::Range;
+use std::sync::Arc;
 use switchyard_kernels::qmatmul::{matmul, WeightFormat, WeightMatrix};
 
 use super::config::{Activation, AttentionKind, ModernBertConfig};
+use crate::weights::anonymous_weight_buffer;
 
 pub(super) fn kernel_err(e: switchyard_kernels::KernelError) -> candle_core::Error {
     candle_core::Error::Msg(format!("encoder kernel: {e}"))
@@ -31,8 +35,12 @@ pub(super) fn bytes(v: &[f32]) -> &[u8] {
 #[derive(Clone)]
 enum Weight {
     F32(Vec<f32>),
-    /// GGML Q8_0 blocks (32 weights, one f16 scale), as raw bytes.
-    Q8_0(Vec<u8>),
+    /// GGML Q8_0 blocks (32 weights, one f16 scale), as raw bytes at `range` of a buffer that holds
+    /// every quantized matrix of the encoder (see [`quantize_q8_0`]).
+    Q8_0 {
+        buffer: Arc<Mmap>,
+        range: Range<usize>,
+    },
 }
 
 /// A linear layer `y = x Wᵀ + b`, `W` `[out, in]`.
@@ -65,14 +73,15 @@ impl Dense {
         ))
     }
 
-    /// Stores the weight as Q8_0 (8-bit, one scale per 32 weights; the products then run on the
-    /// integer kernels, with the activations rounded to 8 bits too). A no-op if `cols` is not a
-    /// multiple of 32 or the weight is already quantized.
-    pub(super) fn quantize_q8_0(&mut self) {
+    /// The weight as Q8_0 blocks (8-bit, one scale per 32 weights), if it is f32 with rows of a
+    /// whole number of blocks.
+    fn q8_0_blocks(&self) -> Option<Vec<u8>> {
         use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
-        let Weight::F32(w) = &self.weight else { return };
+        let Weight::F32(w) = &self.weight else {
+            return None;
+        };
         if !self.cols.is_multiple_of(32) {
-            return;
+            return None;
         }
         let mut blocks = vec![BlockQ8_0::zeros(); w.len() / 32];
         BlockQ8_0::from_float(w, &mut blocks);
@@ -83,7 +92,7 @@ impl Dense {
                 std::mem::size_of_val(blocks.as_slice()),
             )
         };
-        self.weight = Weight::Q8_0(raw.to_vec());
+        Some(raw.to_vec())
     }
 
     /// `out` (resized to `[m, rows]`) = `x` `[m, cols]` · Wᵀ + b.
@@ -91,7 +100,7 @@ impl Dense {
         out.resize(m * self.rows, 0.0);
         let (format, data) = match &self.weight {
             Weight::F32(w) => (WeightFormat::F32, bytes(w)),
-            Weight::Q8_0(b) => (WeightFormat::Q8_0, b.as_slice()),
+            Weight::Q8_0 { buffer, range } => (WeightFormat::Q8_0, &buffer[range.clone()]),
         };
         let w = WeightMatrix::new(format, self.rows, self.cols, data).map_err(kernel_err)?;
         matmul(x, m, &w, out).map_err(kernel_err)?;
@@ -102,6 +111,39 @@ impl Dense {
         }
         Ok(())
     }
+}
+
+/// Stores the weights of `layers` as Q8_0 (the integer kernels, with the activations rounded to
+/// 8 bits too), all in one buffer mapped with the weights' page size
+/// ([`crate::weights::weight_pages`]): a routed request reads every matrix, often after other work
+/// has pushed them out of the caches, and a cold read costs less in 2 MiB pages (see
+/// `weights/pages.rs`). Matrices already quantized, or with rows that are not a whole number of
+/// 32-value blocks, stay as they are.
+pub(super) fn quantize_q8_0<'a>(layers: impl IntoIterator<Item = &'a mut Dense>) -> Result<()> {
+    let mut todo: Vec<(&mut Dense, Vec<u8>)> = layers
+        .into_iter()
+        .filter_map(|d| d.q8_0_blocks().map(|b| (d, b)))
+        .collect();
+    // Each matrix starts on a cache line.
+    let padded = |b: &Vec<u8>| b.len().next_multiple_of(64);
+    let total = todo.iter().map(|(_, b)| padded(b)).sum();
+    let io = |e: std::io::Error| candle_core::Error::Msg(format!("a buffer for Q8_0 weights: {e}"));
+    let mut buffer = anonymous_weight_buffer(total).map_err(io)?;
+    let mut ranges = Vec::with_capacity(todo.len());
+    let mut at = 0;
+    for (_, blocks) in &todo {
+        buffer[at..at + blocks.len()].copy_from_slice(blocks);
+        ranges.push(at..at + blocks.len());
+        at += padded(blocks);
+    }
+    let buffer = Arc::new(buffer.make_read_only().map_err(io)?);
+    for ((dense, _), range) in todo.iter_mut().zip(ranges) {
+        dense.weight = Weight::Q8_0 {
+            buffer: buffer.clone(),
+            range,
+        };
+    }
+    Ok(())
 }
 
 /// LayerNorm over the last dimension.
@@ -301,12 +343,12 @@ impl CpuBackbone {
 
     /// Stores every layer's linear weights as Q8_0 (see [`Dense::quantize_q8_0`]): the products run
     /// on the integer kernels, ~1.5x faster than f32 at router sizes on AVX2.
-    pub(crate) fn quantize_q8_0(&mut self) {
-        for l in &mut self.layers {
-            for d in [&mut l.qkv, &mut l.out, &mut l.wi, &mut l.wo] {
-                d.quantize_q8_0();
-            }
-        }
+    pub(crate) fn quantize_q8_0(&mut self) -> Result<()> {
+        quantize_q8_0(
+            self.layers
+                .iter_mut()
+                .flat_map(|l| [&mut l.qkv, &mut l.out, &mut l.wi, &mut l.wo]),
+        )
     }
 
     /// States `[B * T, hidden]` (zeros at padding) for ids `[B, T]` and a mask `[B, T]` (non-zero =

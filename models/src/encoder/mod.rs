@@ -196,8 +196,8 @@ impl MultiHeadClassifier {
 
     /// Runs the backbone's linear layers in Q8_0 on the CPU (see [`ModernBert::quantize_q8_0`]);
     /// `false` if there is no CPU fast path to quantize. The heads stay in f32.
-    pub fn quantize_q8_0(&mut self) -> bool {
-        self.backbone.quantize_q8_0()
+    pub fn quantize_q8_0(&mut self) -> Result<bool> {
+        Ok(self.backbone.quantize_q8_0()?)
     }
 
     /// The heads, in order.

@@ -429,12 +429,13 @@ impl ModernBert {
     /// Stores the CPU fast path's linear weights as Q8_0 (8-bit weights and activations, one scale
     /// per 32 values). Returns `false`, changing nothing, when the model has no CPU fast path (another
     /// device or dtype), where it runs as loaded. [`ModernBert::forward_reference`] stays in f32.
-    pub fn quantize_q8_0(&mut self) -> bool {
+    /// Fails only if the buffer for the quantized weights cannot be mapped.
+    pub fn quantize_q8_0(&mut self) -> Result<bool> {
         let Some(FastPath(fast)) = &mut self.fast else {
-            return false;
+            return Ok(false);
         };
-        std::sync::Arc::make_mut(fast).quantize_q8_0();
-        true
+        std::sync::Arc::make_mut(fast).quantize_q8_0()?;
+        Ok(true)
     }
 
     /// The configuration.

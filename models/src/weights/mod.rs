@@ -5,9 +5,12 @@
 //! weights are used in place and every model that opens the same file shares its pages.
 
 mod gguf;
+mod pages;
 mod safetensors;
 
 pub use self::gguf::GgufFile;
+pub(crate) use self::pages::anonymous as anonymous_weight_buffer;
+pub use self::pages::{weight_pages, WeightPages};
 pub use self::safetensors::SafetensorsFiles;
 
 use crate::error::{ModelError, Result};
@@ -39,9 +42,7 @@ impl MappedFile {
             return Ok(file);
         }
         let file = std::fs::File::open(&key).map_err(io)?;
-        // SAFETY: the mapping is read-only; like every mmap-based loader we rely on the file not being
-        // truncated while it is in use.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let mmap = pages::map_file(&file).map_err(io)?;
         let mapped = Arc::new(Self { mmap });
         open.retain(|_, w| w.strong_count() > 0);
         open.insert(key, Arc::downgrade(&mapped));
