@@ -11,6 +11,7 @@ use crate::decoder::block_pool::BlockPool;
 pub use crate::decoder::block_pool::BlockTable;
 use crate::decoder::DecoderConfig;
 use crate::error::{ModelError, Result};
+use crate::weights::advise_large_buffer;
 use candle_core::{DType, Device, Tensor};
 use half::f16;
 use half::vec::HalfBitsVecExt;
@@ -46,6 +47,21 @@ pub(crate) enum LayerCache {
 
 impl LayerCache {
     fn new(dtype: KvDtype, len: usize) -> Self {
+        let mut layer = Self::zeroed(dtype, len);
+        match &mut layer {
+            LayerCache::F32 { k, v } => {
+                advise_large_buffer(k);
+                advise_large_buffer(v);
+            }
+            LayerCache::F16 { k, v } => {
+                advise_large_buffer(k);
+                advise_large_buffer(v);
+            }
+        }
+        layer
+    }
+
+    fn zeroed(dtype: KvDtype, len: usize) -> Self {
         match dtype {
             KvDtype::F32 => LayerCache::F32 {
                 k: vec![0.0; len],

@@ -9,7 +9,9 @@ mod pages;
 mod safetensors;
 
 pub use self::gguf::GgufFile;
-pub(crate) use self::pages::anonymous as anonymous_weight_buffer;
+pub(crate) use self::pages::{
+    advise_buffer as advise_large_buffer, anonymous as anonymous_weight_buffer,
+};
 pub use self::pages::{weight_pages, WeightPages};
 pub use self::safetensors::SafetensorsFiles;
 
