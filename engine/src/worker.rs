@@ -162,18 +162,18 @@ impl ModelSlot {
         let mut i = 0;
         while self.running.len() < self.config.max_num_seqs && i < self.waiting.len() {
             let seq = &mut self.waiting[i];
-            let (shared, in_flight) = if seq.use_prefix_cache {
-                let shared = self.cache.share_prefix(&mut seq.blocks, &seq.tokens);
+            let shared = if seq.use_prefix_cache {
                 let block = self.cache.block_size();
-                (shared, prefix_in_flight(&self.running, &seq.tokens, block))
+                let in_flight = prefix_in_flight(&self.running, &seq.tokens, block);
+                // Deferred without taking its cached blocks, so waiting leaves their order alone.
+                if in_flight > 0 && self.cache.cached_prefix(&seq.tokens) < in_flight {
+                    i += 1;
+                    continue;
+                }
+                self.cache.share_prefix(&mut seq.blocks, &seq.tokens)
             } else {
-                (0, 0)
+                0
             };
-            if shared < in_flight {
-                self.cache.release(&mut seq.blocks);
-                i += 1;
-                continue;
-            }
             // Reserve the whole prompt (+1 for the first new token) so a prefill never stalls halfway.
             let need = seq.tokens.len() + 1;
             if !self.cache.reserve(&mut seq.blocks, need) {

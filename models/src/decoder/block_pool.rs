@@ -154,8 +154,33 @@ impl BlockPool {
     /// many positions they cover. At least the last token is left to compute (its logits are
     /// needed), so the match stops one token short of the whole sequence.
     pub(crate) fn share_prefix(&mut self, table: &mut BlockTable, tokens: &[u32]) -> usize {
-        if !self.caching || !table.blocks.is_empty() {
+        if !table.blocks.is_empty() {
             return 0;
+        }
+        for (block, hash) in self.matching_prefix(tokens) {
+            let b = block as usize;
+            if self.refs[b] == 0 {
+                self.idle.remove(&self.idle_key[b]);
+            }
+            self.refs[b] += 1;
+            table.blocks.push(block);
+            table.hashes.push(hash);
+        }
+        table.blocks.len() * self.block_size
+    }
+
+    /// How many positions at the start of `tokens` [`Self::share_prefix`] would give, without
+    /// taking the blocks (their release order stays as it is).
+    pub(crate) fn cached_prefix(&self, tokens: &[u32]) -> usize {
+        self.matching_prefix(tokens).len() * self.block_size
+    }
+
+    /// The registered blocks (with their hashes) that hold the start of `tokens`, stopping one
+    /// token short of the whole sequence.
+    fn matching_prefix(&self, tokens: &[u32]) -> Vec<(u32, u64)> {
+        let mut found = Vec::new();
+        if !self.caching {
+            return found;
         }
         let full = tokens.len().saturating_sub(1) / self.block_size;
         let mut parent = ROOT;
@@ -164,22 +189,16 @@ impl BlockPool {
             let Some(&block) = self.index.get(&hash) else {
                 break;
             };
-            let b = block as usize;
-            let same = self.content[b]
+            let same = self.content[block as usize]
                 .as_ref()
                 .is_some_and(|c| c.parent == parent && *c.tokens == *chunk);
             if !same {
                 break;
             }
-            if self.refs[b] == 0 {
-                self.idle.remove(&self.idle_key[b]);
-            }
-            self.refs[b] += 1;
-            table.blocks.push(block);
-            table.hashes.push(hash);
+            found.push((block, hash));
             parent = hash;
         }
-        table.blocks.len() * self.block_size
+        found
     }
 
     /// Registers `table`'s blocks that the first `computed` of `tokens` fill completely, so that
@@ -300,6 +319,30 @@ mod tests {
         let mut again = BlockTable::default();
         assert_eq!(p.share_prefix(&mut again, &a), 8);
         assert_eq!(again.blocks(), &head[..]);
+    }
+
+    #[test]
+    fn looking_up_a_cached_prefix_takes_nothing_and_reorders_nothing() {
+        let mut p = pool(4);
+        let a: Vec<u32> = (0..9).collect(); // 3 blocks, the first 2 full
+        let b: Vec<u32> = (100..109).collect();
+        let (mut ta, _) = run(&mut p, &a);
+        p.release(&mut ta);
+        let mut tb = BlockTable::default();
+        assert!(p.reserve(&mut tb, 1));
+        p.commit(&mut tb, &b[..4], 4);
+        p.release(&mut tb);
+        // Idle, oldest release first: a's blocks (tail first), then b's.
+        assert_eq!(p.cached_prefix(&a), 8);
+        assert_eq!(p.cached_prefix(&b), 4);
+        assert_eq!(p.cached_prefix(&[7; 9]), 0);
+        assert_eq!((p.available(), p.idle()), (4, 3));
+        // The look-ups did not make a's blocks recently used: a new sequence of three blocks
+        // takes the blank one, then a's two, and b's block survives.
+        let mut other = BlockTable::default();
+        assert!(p.reserve(&mut other, 3));
+        assert_eq!(p.cached_prefix(&a), 0);
+        assert_eq!(p.cached_prefix(&b), 4);
     }
 
     #[test]

@@ -264,6 +264,11 @@ impl KvCache {
         self.pool.share_prefix(table, tokens)
     }
 
+    /// How many positions [`Self::share_prefix`] would give `tokens` now, without taking them.
+    pub fn cached_prefix(&self, tokens: &[u32]) -> usize {
+        self.pool.cached_prefix(tokens)
+    }
+
     /// With prefix caching on, offers `table`'s blocks that the first `computed` positions of
     /// `tokens` fill to later sequences ([`Self::share_prefix`]). Call it after each step that
     /// wrote them.
