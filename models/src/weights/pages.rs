@@ -19,7 +19,7 @@
 //! (`MADV_NOHUGEPAGE`), for comparisons. Where the kernel's transparent huge pages are `never`, or
 //! off Linux, nothing is asked.
 
-use memmap2::{Advice, Mmap, MmapMut};
+use memmap2::{Mmap, MmapMut};
 use std::fs::File;
 
 /// The page size weights are mapped with.
@@ -69,7 +69,8 @@ fn map_file_with(file: &File, pages: WeightPages) -> std::io::Result<Mmap> {
     // SAFETY: the mapping is read-only; like every mmap-based loader we rely on the file not being
     // truncated while it is in use.
     let mmap = unsafe { Mmap::map(file) }?;
-    advise(&mmap, pages, |m, a| m.advise(a));
+    // Read the file in now, through the advised mapping, rather than on the first forward pass.
+    advise(&mmap, pages, Populate::Yes);
     Ok(mmap)
 }
 
@@ -88,63 +89,64 @@ fn anonymous_with(len: usize, pages: WeightPages) -> std::io::Result<MmapMut> {
         _ => len.max(1),
     };
     let map = MmapMut::map_anon(len)?;
-    advise(&map, pages, |m, a| m.advise(a));
+    advise(&map, pages, Populate::No);
     Ok(map)
 }
 
 /// Advises the page size of [`weight_pages`] for a large heap buffer that has not been written yet
 /// (the KV cache: attention reads it block by block, scattered over the buffer). Only the whole
-/// 2 MiB ranges inside it can get huge pages; a kernel that refuses the advice is only logged.
+/// 2 MiB ranges inside it can get huge pages.
 pub(crate) fn advise_buffer<T>(buffer: &mut [T]) {
     advise_buffer_with(buffer, weight_pages())
 }
 
 fn advise_buffer_with<T>(buffer: &mut [T], pages: WeightPages) {
+    // SAFETY: f32 / f16 / u8 buffers viewed as bytes; only their addresses are used.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(buffer.as_ptr().cast::<u8>(), std::mem::size_of_val(buffer))
+    };
+    advise(bytes, pages, Populate::No);
+}
+
+/// Whether to fault a mapping's pages in right away.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Populate {
+    Yes,
+    No,
+}
+
+/// Applies the advice for `pages` to the whole 4 KiB pages inside `region`. Advice is a hint: a
+/// kernel that refuses it (an old one, without `MADV_POPULATE_READ`) is only logged.
+fn advise(region: &[u8], pages: WeightPages, populate: Populate) {
     #[cfg(target_os = "linux")]
     {
-        let advice = match pages {
-            WeightPages::Huge => libc::MADV_HUGEPAGE,
-            WeightPages::Base => libc::MADV_NOHUGEPAGE,
-            WeightPages::KernelDefault => return,
+        let advice: &[libc::c_int] = match (pages, populate) {
+            (WeightPages::Huge, Populate::Yes) => &[libc::MADV_HUGEPAGE, libc::MADV_POPULATE_READ],
+            (WeightPages::Huge, Populate::No) => &[libc::MADV_HUGEPAGE],
+            (WeightPages::Base, _) => &[libc::MADV_NOHUGEPAGE],
+            (WeightPages::KernelDefault, _) => &[],
         };
         const PAGE: usize = 4096;
-        let start = buffer.as_mut_ptr() as usize;
-        let end = start + std::mem::size_of_val(buffer);
-        let (first, last) = (start.next_multiple_of(PAGE), end / PAGE * PAGE);
+        let start = region.as_ptr() as usize;
+        let (first, last) = (
+            start.next_multiple_of(PAGE),
+            (start + region.len()) / PAGE * PAGE,
+        );
         if last <= first {
             return;
         }
-        // SAFETY: the range lies inside `buffer`, which we borrow mutably; the advice changes how
-        // its pages are backed, not its contents.
-        let r = unsafe { libc::madvise(first as *mut libc::c_void, last - first, advice) };
-        if r != 0 {
-            tracing::debug!(
-                "madvise on a KV buffer: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (buffer, pages);
-}
-
-/// Applies the advice for `pages`; advice is a hint, so a kernel that refuses it is only logged.
-fn advise<M>(map: &M, pages: WeightPages, apply: impl Fn(&M, Advice) -> std::io::Result<()>) {
-    #[cfg(target_os = "linux")]
-    {
-        let advice = match pages {
-            WeightPages::Huge => [Some(Advice::HugePage), Some(Advice::PopulateRead)],
-            WeightPages::Base => [Some(Advice::NoHugePage), None],
-            WeightPages::KernelDefault => [None, None],
-        };
-        for a in advice.into_iter().flatten() {
-            if let Err(e) = apply(map, a) {
-                tracing::debug!("madvise({a:?}) on weights: {e}");
+        for &a in advice {
+            // SAFETY: the range lies inside `region`, which the caller owns; the advice changes how
+            // its pages are backed (or faults them in), never their contents.
+            let r = unsafe { libc::madvise(first as *mut libc::c_void, last - first, a) };
+            if r != 0 {
+                let e = std::io::Error::last_os_error();
+                tracing::debug!("madvise({a}) on {} weight bytes: {e}", last - first);
             }
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = (map, pages, apply);
+    let _ = (region, pages, populate);
 }
 
 #[cfg(target_os = "linux")]
