@@ -33,14 +33,17 @@ pub enum WeightPages {
     KernelDefault,
 }
 
-/// The page size chosen by the environment and the kernel.
+/// The page size chosen by the environment and the kernel (read once per process).
 pub fn weight_pages() -> WeightPages {
-    if !cfg!(target_os = "linux") {
-        return WeightPages::KernelDefault;
-    }
-    let setting = std::env::var("SWITCHYARD_HUGE_PAGES").ok();
-    let kernel = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok();
-    choose(setting.as_deref(), kernel.as_deref())
+    static CHOSEN: std::sync::OnceLock<WeightPages> = std::sync::OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        if !cfg!(target_os = "linux") {
+            return WeightPages::KernelDefault;
+        }
+        let setting = std::env::var("SWITCHYARD_HUGE_PAGES").ok();
+        let kernel = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok();
+        choose(setting.as_deref(), kernel.as_deref())
+    })
 }
 
 /// The page size for a `SWITCHYARD_HUGE_PAGES` setting and the kernel's transparent huge page mode
