@@ -73,7 +73,7 @@ fn map_file_with(file: &File, pages: WeightPages) -> std::io::Result<Mmap> {
     // truncated while it is in use.
     let mmap = unsafe { Mmap::map(file) }?;
     // Read the file in now, through the advised mapping, rather than on the first forward pass.
-    advise(&mmap, pages, Populate::Yes);
+    advise(mmap.as_ptr(), mmap.len(), pages, Populate::Yes);
     Ok(mmap)
 }
 
@@ -92,7 +92,7 @@ fn anonymous_with(len: usize, pages: WeightPages) -> std::io::Result<MmapMut> {
         _ => len.max(1),
     };
     let map = MmapMut::map_anon(len)?;
-    advise(&map, pages, Populate::No);
+    advise(map.as_ptr(), map.len(), pages, Populate::No);
     Ok(map)
 }
 
@@ -104,11 +104,8 @@ pub(crate) fn advise_buffer<T>(buffer: &mut [T]) {
 }
 
 fn advise_buffer_with<T>(buffer: &mut [T], pages: WeightPages) {
-    // SAFETY: f32 / f16 / u8 buffers viewed as bytes; only their addresses are used.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(buffer.as_ptr().cast::<u8>(), std::mem::size_of_val(buffer))
-    };
-    advise(bytes, pages, Populate::No);
+    let len = std::mem::size_of_val(buffer);
+    advise(buffer.as_ptr().cast(), len, pages, Populate::No);
 }
 
 /// Whether to fault a mapping's pages in right away.
@@ -118,9 +115,10 @@ enum Populate {
     No,
 }
 
-/// Applies the advice for `pages` to the whole 4 KiB pages inside `region`. Advice is a hint: a
-/// kernel that refuses it (an old one, without `MADV_POPULATE_READ`) is only logged.
-fn advise(region: &[u8], pages: WeightPages, populate: Populate) {
+/// Applies the advice for `pages` to the whole 4 KiB pages inside the `len` bytes at `start`, a
+/// region the caller owns. Advice is a hint: a kernel that refuses it (an old one, without
+/// `MADV_POPULATE_READ`) is only logged.
+fn advise(start: *const u8, len: usize, pages: WeightPages, populate: Populate) {
     #[cfg(target_os = "linux")]
     {
         let advice: &[libc::c_int] = match (pages, populate) {
@@ -130,17 +128,14 @@ fn advise(region: &[u8], pages: WeightPages, populate: Populate) {
             (WeightPages::KernelDefault, _) => &[],
         };
         const PAGE: usize = 4096;
-        let start = region.as_ptr() as usize;
-        let (first, last) = (
-            start.next_multiple_of(PAGE),
-            (start + region.len()) / PAGE * PAGE,
-        );
+        let start = start as usize;
+        let (first, last) = (start.next_multiple_of(PAGE), (start + len) / PAGE * PAGE);
         if last <= first {
             return;
         }
         for &a in advice {
-            // SAFETY: the range lies inside `region`, which the caller owns; the advice changes how
-            // its pages are backed (or faults them in), never their contents.
+            // SAFETY: the range lies inside the caller's region; the advice changes how its pages
+            // are backed (or faults them in), never their contents.
             let r = unsafe { libc::madvise(first as *mut libc::c_void, last - first, a) };
             if r != 0 {
                 let e = std::io::Error::last_os_error();
@@ -149,7 +144,7 @@ fn advise(region: &[u8], pages: WeightPages, populate: Populate) {
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = (region, pages, populate);
+    let _ = (start, len, pages, populate);
 }
 
 #[cfg(target_os = "linux")]
