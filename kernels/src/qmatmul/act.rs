@@ -47,10 +47,10 @@ pub(crate) struct Acts {
     s: Vec<f32>,
     /// `Q8K` only: `Σq` per 16 values, `[m][cols / 16]`.
     bsums: Vec<i16>,
-    /// Optional kernel-specific layout of `qs` (see `avx512::prepare32`): `grouped_n` units of
-    /// 64 bytes per 512 values; 0 when not prepared for this call.
+    /// Optional kernel-specific layout of `qs` (see `avx512::prepare32`): `grouped_units` units of
+    /// 64 bytes per row; 0 when not prepared for this call.
     grouped: Vec<Line>,
-    grouped_n: usize,
+    grouped_units: usize,
 }
 
 fn grow<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
@@ -77,33 +77,28 @@ impl Acts {
             s: Vec::new(),
             bsums: Vec::new(),
             grouped: Vec::new(),
-            grouped_n: 0,
+            grouped_units: 0,
         }
     }
 
-    /// Storage for a kernel-specific layout with `ng` groups of 8 units (512 bytes) per row,
-    /// marked ready for this call.
-    pub fn grouped_mut(&mut self, ng: usize) -> *mut i8 {
-        grow(&mut self.grouped, self.m * ng * 8);
-        self.grouped_n = ng;
+    /// Storage for a kernel-specific layout of `units` units (64 bytes) per row, marked ready for
+    /// this call.
+    pub fn grouped_mut(&mut self, units: usize) -> *mut i8 {
+        grow(&mut self.grouped, self.m * units);
+        self.grouped_units = units;
         self.grouped.as_mut_ptr().cast()
     }
 
-    /// Whether `grouped_mut(ng)` was filled for this call.
-    pub fn grouped_ready(&self, ng: usize) -> bool {
-        ng > 0 && self.grouped_n == ng
+    /// Whether `grouped_mut(units)` was filled for this call.
+    pub fn grouped_ready(&self, units: usize) -> bool {
+        units > 0 && self.grouped_units == units
     }
 
-    /// Group `g` of row `i` in the kernel-specific layout (8 units of 64 bytes).
-    pub fn grouped_ptr(&self, i: usize, g: usize) -> *const i8 {
-        debug_assert!(i < self.m && g < self.grouped_n);
-        // SAFETY: in bounds of `grouped` (`m * grouped_n * 8` units).
-        unsafe {
-            self.grouped
-                .as_ptr()
-                .add((i * self.grouped_n + g) * 8)
-                .cast()
-        }
+    /// Row `i` in the kernel-specific layout.
+    pub fn grouped_row(&self, i: usize) -> *const i8 {
+        debug_assert!(i < self.m && self.grouped_units > 0);
+        // SAFETY: in bounds of `grouped` (`m * grouped_units` units).
+        unsafe { self.grouped.as_ptr().add(i * self.grouped_units).cast() }
     }
 
     fn block(&self) -> usize {
@@ -169,7 +164,7 @@ impl Acts {
         self.kind = kind;
         self.m = m;
         self.cols = cols;
-        self.grouped_n = 0;
+        self.grouped_units = 0;
         let block = self.block();
         debug_assert_eq!(cols % block, 0);
         debug_assert_eq!(x.len(), m * cols);

@@ -118,9 +118,9 @@ fn groups(cols: usize) -> usize {
     (cols / 32).div_ceil(8)
 }
 
-/// 512-byte units of `Acts`' grouped storage per activation row.
+/// 64-byte units of `Acts`' grouped storage per activation row (a whole number of 512 bytes).
 fn act_lines(ng: usize) -> usize {
-    (ng * ACT_UNITS * 32).div_ceil(512)
+    (ng * ACT_UNITS * 32).div_ceil(512) * 8
 }
 
 /// Lays the activations out side by side (see the module docs) when the call has at least
@@ -136,8 +136,8 @@ pub(super) unsafe fn prepare<const F: u8>(acts: &mut Acts) {
     let (m, nb) = (acts.m, acts.cols / 32);
     let ng = groups(acts.cols);
     let dst = acts.grouped_mut(act_lines(ng)).cast::<Y>();
-    // Rows are `act_lines(ng)` units of 512 bytes apart (see `Acts::grouped_ptr`).
-    let row_units = act_lines(ng) * 512 / size_of::<Y>();
+    // Rows are `act_lines(ng)` units of 64 bytes apart (see `Acts::grouped_row`).
+    let row_units = act_lines(ng) * 64 / size_of::<Y>();
     let k_quant = F >= F_Q4K;
     for i in 0..m {
         let q = acts.qs_ptr(i);
@@ -311,7 +311,7 @@ unsafe fn micro<const F: u8>(
 ) {
     let wu = weight_units(F);
     let ones = _mm256_set1_epi16(1);
-    let x = acts.grouped_ptr(i, 0).cast::<Y>();
+    let x = acts.grouped_row(i).cast::<Y>();
     let mut acc = [_mm256_setzero_ps(); NRP];
     let flush = flush_every(F);
     // SAFETY: `pk` holds the packed tile (`pack`), row `i` of the activations its grouped layout

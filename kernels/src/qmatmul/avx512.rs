@@ -238,8 +238,6 @@ const NR32: usize = 3;
 
 /// Weight rows per packed register tile (`m > MR32`).
 const NRP: usize = 4;
-/// Units per (group, row) in the grouped section: 8 of quants, d, c, Q8_0's `128·Σw`.
-const GU: usize = 11;
 
 /// 64 bytes, 64-byte aligned: the unit of the packed-weights scratch.
 #[repr(C, align(64))]
@@ -250,18 +248,154 @@ thread_local! {
     static PACK: RefCell<Vec<Z>> = const { RefCell::new(Vec::new()) };
 }
 
+/// How a row's first blocks are laid out side by side for the integer dot products of
+/// [`mk32p`]: `full` groups of 16 blocks (register lane `k` holds 4 values of block `k`), then
+/// at most one group of 8 blocks (two lanes per block) and one of 4 (four lanes per block).
+/// Every group fills all 16 lanes, so no multiply is spent on padding (a 256-value row, 8 blocks,
+/// is one group of 8). Blocks past the groups (fewer than 4) take the pair path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Groups {
+    full: usize,
+    eight: bool,
+    four: bool,
+}
+
+/// One group of [`Groups`]: its first block and how many register lanes each block takes.
+#[derive(Clone, Copy)]
+struct Group {
+    first: usize,
+    lanes: usize,
+}
+
+impl Group {
+    /// Registers of quants (4 values per lane).
+    fn regs(self) -> usize {
+        8 / self.lanes
+    }
+    /// Units per (group, row) in the packed weights: the quants, then `d`, `c` and Q8_0's
+    /// `128·Σw`, one value per lane.
+    fn units(self) -> usize {
+        self.regs() + 3
+    }
+    /// Lane `k`'s byte offset in block `first`'s row of blocks of `block_bytes`, for register 0:
+    /// block `k / lanes`, values `4 (k % lanes) ..` (register `t` adds `4 t lanes` values).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    #[inline]
+    fn lane_offsets(self, block_bytes: usize) -> __m512i {
+        let l = self.lanes as i32;
+        let b = block_bytes as i32;
+        let at = |k: i32| (k / l) * b + 4 * (k % l);
+        _mm512_setr_epi32(
+            at(0),
+            at(1),
+            at(2),
+            at(3),
+            at(4),
+            at(5),
+            at(6),
+            at(7),
+            at(8),
+            at(9),
+            at(10),
+            at(11),
+            at(12),
+            at(13),
+            at(14),
+            at(15),
+        )
+    }
+    /// Lane `k`'s block, relative to `first`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    #[inline]
+    fn lane_blocks(self) -> __m512i {
+        let l = self.lanes as i32;
+        _mm512_setr_epi32(
+            0,
+            1 / l,
+            2 / l,
+            3 / l,
+            4 / l,
+            5 / l,
+            6 / l,
+            7 / l,
+            8 / l,
+            9 / l,
+            10 / l,
+            11 / l,
+            12 / l,
+            13 / l,
+            14 / l,
+            15 / l,
+        )
+    }
+    /// Per-block values (`16 / lanes` of them at `p`) spread to their lanes.
+    ///
+    /// # Safety
+    /// `p` points to `16 / lanes` readable floats.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn spread(self, p: *const f32) -> __m512 {
+        if self.lanes == 1 {
+            // SAFETY: 16 floats at `p`.
+            unsafe { _mm512_loadu_ps(p) }
+        } else {
+            let n = 16 / self.lanes;
+            // SAFETY: `n` floats at `p`; the masked lanes are not read.
+            let v = unsafe { _mm512_maskz_loadu_ps(((1u32 << n) - 1) as __mmask16, p) };
+            _mm512_permutexvar_ps(self.lane_blocks(), v)
+        }
+    }
+}
+
+impl Groups {
+    fn of(nb: usize) -> Groups {
+        let rem = nb % 16;
+        Groups {
+            full: nb / 16,
+            eight: rem >= 8,
+            four: rem % 8 >= 4,
+        }
+    }
+    fn count(self) -> usize {
+        self.full + self.eight as usize + self.four as usize
+    }
+    /// Blocks the groups cover (from block 0).
+    fn blocks(self) -> usize {
+        16 * self.full + 8 * self.eight as usize + 4 * self.four as usize
+    }
+    fn get(self, g: usize) -> Group {
+        if g < self.full {
+            Group {
+                first: 16 * g,
+                lanes: 1,
+            }
+        } else if g == self.full && self.eight {
+            Group {
+                first: 16 * g,
+                lanes: 2,
+            }
+        } else {
+            Group {
+                first: 16 * self.full + 8 * self.eight as usize,
+                lanes: 4,
+            }
+        }
+    }
+    /// Units before group `g` in the packed weights (all `NRP` rows of the groups before it).
+    fn pack_offset(self, g: usize) -> usize {
+        (0..g).map(|h| NRP * self.get(h).units()).sum()
+    }
+}
+
 /// Where things are in a packed tile of `NRP` rows (offsets in units of 64 bytes).
 ///
-/// The first blocks are *grouped*: 16 consecutive blocks side by side, register lane `k` holding
-/// block `k`, so an integer dot product of 16 blocks accumulates in one register and the float
-/// scaling is paid once per 16 blocks (`mk32p`). A last group may be partial (lanes past the row's
-/// end are zero) when at least [`MIN_PARTIAL`] blocks remain; fewer remaining blocks `b0..nb` are
-/// packed in pairs, two 32-value blocks per register.
+/// The first blocks are *grouped* ([`Groups`]), so an integer dot product of 16, 8 or 4 blocks
+/// accumulates in one register and the float scaling is paid once per group (`mk32p`). The
+/// remaining blocks `b0..nb` (fewer than 4) are packed in pairs, two 32-value blocks per
+/// register, and an odd last one is done by the scalar definition.
 #[derive(Clone, Copy)]
 struct PackLayout {
-    ng: usize,
-    /// Blocks in the last group (16 unless it is partial).
-    last: usize,
+    groups: Groups,
     b0: usize,
     np: usize,
     pair_at: usize,
@@ -270,41 +404,21 @@ struct PackLayout {
     total: usize,
 }
 
-/// Fewest blocks worth a (partial, masked) group of their own; fewer take the pair path.
-const MIN_PARTIAL: usize = 4;
-
-/// Number of 16-block groups for `nb` blocks (the last one partial if `nb % 16 >= MIN_PARTIAL`),
-/// and the number of blocks in the last group.
-fn group_count(nb: usize) -> (usize, usize) {
-    let (full, rem) = (nb / 16, nb % 16);
-    if rem >= MIN_PARTIAL {
-        (full + 1, rem)
-    } else {
-        (full, 16)
-    }
-}
-
-/// Lane mask of group `g` of `ng` groups whose last one holds `last` blocks.
-fn group_mask(g: usize, ng: usize, last: usize) -> __mmask16 {
-    if g + 1 == ng && last < 16 {
-        (1u16 << last) - 1
-    } else {
-        0xffff
-    }
-}
-
 fn pack_layout(nb: usize, grouped: bool) -> PackLayout {
-    let (ng, last) = if grouped { group_count(nb) } else { (0, 16) };
-    let b0 = (16 * ng).min(nb);
+    let groups = if grouped {
+        Groups::of(nb)
+    } else {
+        Groups::of(0)
+    };
+    let b0 = groups.blocks();
     let nl = nb - b0;
     let np = nl / 2;
-    let pair_at = ng * NRP * GU;
+    let pair_at = groups.pack_offset(groups.count());
     let c_at = pair_at + np * NRP * 2;
     let s_at = c_at + NRP * nl.div_ceil(16);
     let total = s_at + (np * NRP).div_ceil(8);
     PackLayout {
-        ng,
-        last,
+        groups,
         b0,
         np,
         pair_at,
@@ -332,9 +446,11 @@ fn spread4(h: __m512i) -> __m512i {
 
 /// Decodes rows `w .. w + NRP·rb` once for all the activation rows of a call (see [`PackLayout`]).
 ///
-/// Grouped section, per group `g` and row `j`, units `GU·(g·NRP + j) ..`: 8 registers of quants,
-/// register `t` lane `k` = values `4t .. 4t + 4` of block `16g + k` (raw signed bytes for Q8_0),
-/// then the 16 scales `d`, the 16 offsets `c`, and for Q8_0 `128·Σq` per block.
+/// Grouped section, per group `g` and row `j`, from unit `pack_offset(g) + j·units`: the
+/// group's registers of quants, register `t` lane `k` = values `4 (t·lanes + k % lanes) ..` (4 of
+/// them, unpacked order) of block `first + k / lanes` (raw signed bytes for Q8_0), then per lane its
+/// block's scale `d`, offset `c` (in the block's first lane only, so it is counted once) and for
+/// Q8_0 `128·Σq` of the lane's quants.
 /// Pair section, per pair `p` and row `j`: the 64 quants of blocks `b0 + 2p`, `+1` (`|q|` for
 /// Q8_0) and the scale vector `[d0 x8, d1 x8]`; then per row the offsets `c`, then Q8_0's signs.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -343,36 +459,34 @@ unsafe fn pack32<const F: u8>(w: *const u8, rb: usize, nb: usize, lay: PackLayou
     let pair = halves(0, 1);
     let nl = nb - lay.b0;
     let nlp = nl.div_ceil(16) * 16;
-    let lanes = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32(bb as i32),
-    );
     let nib = _mm512_set1_epi32(0x0F0F_0F0F);
+    let groups = lay.groups;
     // SAFETY: the caller provides `lay.total` units at `pk` and `NRP` whole rows at `w`; every
     // gathered dword lies inside its block.
     unsafe {
         for j in 0..NRP {
-            for g in 0..lay.ng {
-                let base = w.add(j * rb + 16 * g * bb);
-                let u = pk.add(GU * (g * NRP + j)).cast::<__m512i>();
-                // Lanes past the row's last block (a partial last group) read nothing and are 0.
-                let mask = group_mask(g, lay.ng, lay.last);
+            for g in 0..groups.count() {
+                let grp = groups.get(g);
+                let base = w.add(j * rb + grp.first * bb);
+                let u = pk
+                    .add(groups.pack_offset(g) + j * grp.units())
+                    .cast::<__m512i>();
+                let regs = grp.regs();
+                let lanes = grp.lane_offsets(bb);
                 let gather = |off: usize| {
-                    _mm512_mask_i32gather_epi32::<1>(
-                        _mm512_setzero_si512(),
-                        mask,
+                    _mm512_i32gather_epi32::<1>(
                         _mm512_add_epi32(lanes, _mm512_set1_epi32(off as i32)),
                         base.cast(),
                     )
                 };
                 if F == F_Q8_0 {
                     let mut sum = _mm512_setzero_si512();
-                    for t in 0..8 {
-                        let v = gather(2 + 4 * t);
+                    for t in 0..regs {
+                        let v = gather(2 + 4 * t * grp.lanes);
                         _mm512_store_si512(u.add(t), v);
                         sum = _mm512_dpbusd_epi32(sum, _mm512_set1_epi8(1), v);
                     }
-                    _mm512_store_si512(u.add(10), _mm512_slli_epi32::<7>(sum));
+                    _mm512_store_si512(u.add(regs + 2), _mm512_slli_epi32::<7>(sum));
                 } else {
                     let (qh_at, qs_at) = match F {
                         F_Q4_0 => (0, 2),
@@ -380,25 +494,41 @@ unsafe fn pack32<const F: u8>(w: *const u8, rb: usize, nb: usize, lay: PackLayou
                         F_Q5_0 => (2, 6),
                         _ => (4, 8),
                     };
+                    let block_at =
+                        _mm512_mullo_epi32(grp.lane_blocks(), _mm512_set1_epi32(bb as i32));
                     let qh = if F == F_Q5_0 || F == F_Q5_1 {
-                        gather(qh_at)
+                        _mm512_i32gather_epi32::<1>(
+                            _mm512_add_epi32(block_at, _mm512_set1_epi32(qh_at)),
+                            base.cast(),
+                        )
                     } else {
                         _mm512_setzero_si512()
                     };
-                    for t in 0..4 {
-                        let v = gather(qs_at + 4 * t);
+                    // Bit `4 (k % lanes)` of a lane's high bits is its first value's.
+                    let lane_shift = _mm512_sub_epi32(lanes, block_at);
+                    let half = regs / 2;
+                    for t in 0..half {
+                        // The low nibbles are values `4u ..`, the high ones `16 + 4u ..`, where
+                        // `u = t·lanes + k % lanes`.
+                        let v = gather(qs_at + 4 * t * grp.lanes);
                         let mut lo = _mm512_and_si512(v, nib);
                         let mut hi = _mm512_and_si512(_mm512_srli_epi32::<4>(v), nib);
                         if F == F_Q5_0 || F == F_Q5_1 {
-                            let sh = |n: u32| _mm512_srl_epi32(qh, _mm_cvtsi32_si128(n as i32));
-                            lo = _mm512_or_si512(lo, spread4(sh(4 * t as u32)));
-                            hi = _mm512_or_si512(hi, spread4(sh(16 + 4 * t as u32)));
+                            let sh = |n: usize| {
+                                _mm512_srlv_epi32(
+                                    qh,
+                                    _mm512_add_epi32(lane_shift, _mm512_set1_epi32(n as i32)),
+                                )
+                            };
+                            lo = _mm512_or_si512(lo, spread4(sh(4 * t * grp.lanes)));
+                            hi = _mm512_or_si512(hi, spread4(sh(16 + 4 * t * grp.lanes)));
                         }
                         _mm512_store_si512(u.add(t), lo);
-                        _mm512_store_si512(u.add(t + 4), hi);
+                        _mm512_store_si512(u.add(t + half), hi);
                     }
                 }
-                let dm = gather(0);
+                let block_at = _mm512_mullo_epi32(grp.lane_blocks(), _mm512_set1_epi32(bb as i32));
+                let dm = _mm512_i32gather_epi32::<1>(block_at, base.cast());
                 let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
                 let c = match F {
                     F_Q4_0 => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
@@ -408,8 +538,14 @@ unsafe fn pack32<const F: u8>(w: *const u8, rb: usize, nb: usize, lay: PackLayou
                     }
                     _ => _mm512_setzero_ps(),
                 };
-                _mm512_store_ps(u.add(8).cast(), d);
-                _mm512_store_ps(u.add(9).cast(), c);
+                // The offset once per block: in its first lane.
+                let first_lanes: __mmask16 = match grp.lanes {
+                    1 => 0xffff,
+                    2 => 0x5555,
+                    _ => 0x1111,
+                };
+                _mm512_store_ps(u.add(regs).cast(), d);
+                _mm512_store_ps(u.add(regs + 1).cast(), _mm512_maskz_mov_ps(first_lanes, c));
             }
             let cs = pk.add(lay.c_at).cast::<f32>();
             let signs = pk.add(lay.s_at).cast::<u64>();
@@ -430,41 +566,39 @@ unsafe fn pack32<const F: u8>(w: *const u8, rb: usize, nb: usize, lay: PackLayou
     }
 }
 
-/// Lays the activations out for the grouped section of [`pack32`] (16 blocks side by side, see
-/// there), plus 128 (as unsigned bytes) for Q8_0, whose weights are the signed operand.
+/// Lays the activations out for the grouped section of [`pack32`] (see there: the same lanes, each
+/// group's registers one after the other), plus 128 (as unsigned bytes) for Q8_0, whose weights
+/// are the signed operand.
 ///
 /// # Safety
 /// The CPU must have the `Avx512` features.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn prepare32<const F: u8>(acts: &mut Acts) {
-    let (ng, last) = group_count(acts.cols / 32);
-    if acts.m <= MR32 || ng == 0 {
+    let groups = Groups::of(acts.cols / 32);
+    if acts.m <= MR32 || groups.count() == 0 {
         return;
     }
-    let lanes = _mm512_setr_epi32(
-        0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448, 480,
-    );
     let m = acts.m;
-    let dst = acts.grouped_mut(ng);
+    // 32 values (half a unit) per block.
+    let units = groups.blocks() / 2;
+    let dst = acts.grouped_mut(units);
     for i in 0..m {
-        for g in 0..ng {
-            for t in 0..8 {
-                // SAFETY: row `i` holds `cols >= 512 (g + 1)` values; `dst` holds `m·ng·8` units.
+        for g in 0..groups.count() {
+            let grp = groups.get(g);
+            let lanes = grp.lane_offsets(32);
+            for t in 0..grp.regs() {
+                // SAFETY: row `i` holds `cols >= 32 · groups.blocks()` values; `dst` holds
+                // `m · units` units.
                 unsafe {
-                    let src = acts.qs_ptr(i).add(512 * g + 4 * t);
-                    let mask = group_mask(g, ng, last);
-                    let v = _mm512_mask_i32gather_epi32::<1>(
-                        _mm512_setzero_si512(),
-                        mask,
-                        lanes,
-                        src.cast(),
-                    );
+                    let src = acts.qs_ptr(i).add(32 * grp.first + 4 * t * grp.lanes);
+                    let v = _mm512_i32gather_epi32::<1>(lanes, src.cast());
                     let v = if F == F_Q8_0 {
                         _mm512_xor_si512(v, _mm512_set1_epi8(-128))
                     } else {
                         v
                     };
-                    _mm512_store_si512(dst.cast::<__m512i>().add((i * ng + g) * 8 + t), v);
+                    let at = i * units + grp.first / 2 + t;
+                    _mm512_store_si512(dst.cast::<__m512i>().add(at), v);
                 }
             }
         }
@@ -552,15 +686,21 @@ unsafe fn mk32p<const F: u8, const MR: usize, const NR: usize>(
     let sx: [&[f32]; MR] = std::array::from_fn(|i| acts.s(i0 + i));
     let mut acc = [[_mm512_setzero_ps(); NR]; MR];
     // SAFETY: `pk` holds the packed tile (`pack32`); activation rows hold `nb * 32` values, and
-    // their grouped layout (`prepare32`) when `lay.ng > 0`.
+    // their grouped layout (`prepare32`) when there are groups.
     unsafe {
-        for g in 0..lay.ng {
+        let groups = lay.groups;
+        for g in 0..groups.count() {
+            let grp = groups.get(g);
+            let regs = grp.regs();
             let mut iacc = [[_mm512_setzero_si512(); NR]; MR];
-            let xg: [*const __m512i; MR] =
-                std::array::from_fn(|i| acts.grouped_ptr(i0 + i, g).cast());
+            let xg: [*const __m512i; MR] = std::array::from_fn(|i| {
+                acts.grouped_row(i0 + i)
+                    .cast::<__m512i>()
+                    .add(grp.first / 2)
+            });
             let wg: [*const __m512i; NR] =
-                std::array::from_fn(|j| pk.add(GU * (g * NR + j)).cast());
-            for t in 0..8 {
+                std::array::from_fn(|j| pk.add(groups.pack_offset(g) + j * grp.units()).cast());
+            for t in 0..regs {
                 if F == F_Q8_0 {
                     // x + 128 is the unsigned operand, the weights the signed one.
                     let xv: [__m512i; MR] =
@@ -582,15 +722,19 @@ unsafe fn mk32p<const F: u8, const MR: usize, const NR: usize>(
                     }
                 }
             }
-            let mask = group_mask(g, lay.ng, lay.last);
             let dxv: [__m512; MR] =
-                std::array::from_fn(|i| _mm512_maskz_loadu_ps(mask, dx[i].as_ptr().add(16 * g)));
-            let sxv: [__m512; MR] =
-                std::array::from_fn(|i| _mm512_maskz_loadu_ps(mask, sx[i].as_ptr().add(16 * g)));
+                std::array::from_fn(|i| grp.spread(dx[i].as_ptr().add(grp.first)));
+            let sxv: [__m512; MR] = std::array::from_fn(|i| {
+                if F == F_Q8_0 {
+                    _mm512_setzero_ps()
+                } else {
+                    grp.spread(sx[i].as_ptr().add(grp.first))
+                }
+            });
             for j in 0..NR {
-                let dw = _mm512_load_ps(wg[j].add(8).cast());
-                let cw = _mm512_load_ps(wg[j].add(9).cast());
-                let corr = _mm512_load_si512(wg[j].add(10));
+                let dw = _mm512_load_ps(wg[j].add(regs).cast());
+                let cw = _mm512_load_ps(wg[j].add(regs + 1).cast());
+                let corr = _mm512_load_si512(wg[j].add(regs + 2));
                 for i in 0..MR {
                     let ia = if F == F_Q8_0 {
                         _mm512_sub_epi32(iacc[i][j], corr)
@@ -700,7 +844,7 @@ unsafe fn tile32<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Act
     // into scratch and run every group of `MR32` activation rows over it. (Keeping several packed
     // tiles per pass over the activations measured slower.)
     let packed = m > MR32 && nb >= 2;
-    let lay = pack_layout(nb, acts.grouped_ready(group_count(nb).0));
+    let lay = pack_layout(nb, acts.grouped_ready(Groups::of(nb).blocks() / 2));
     let mut scratch = PACK.with(|p| p.take());
     if packed && scratch.len() < lay.total {
         scratch.resize(lay.total, Z([0; 64]));
