@@ -46,6 +46,8 @@ use half::{bf16, f16};
 
 mod act;
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx2_float;
@@ -255,11 +257,14 @@ pub enum Isa {
     Avx2,
     /// AVX-512 F/BW/VL + VNNI (Ice Lake / Zen 4 and newer), on top of `Avx2`.
     Avx512,
+    /// AMX-TILE + AMX-INT8 (Sapphire Rapids and newer Xeons), on top of `Avx512`: tile
+    /// multiplies for the 32-value formats when a call has more than 4 activation rows.
+    Amx,
 }
 
 impl Isa {
     /// Every variant, slowest first.
-    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Amx];
 
     /// Whether this CPU can run the kernels written for `self`.
     pub fn is_available(self) -> bool {
@@ -279,13 +284,15 @@ impl Isa {
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni")
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => Isa::Avx512.is_available() && amx::available(),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
     }
 
     /// The fastest available instruction set, detected once. The environment variable
-    /// `SWITCHYARD_KERNEL_ISA=scalar|avx2|avx512` caps it (for comparisons and debugging).
+    /// `SWITCHYARD_KERNEL_ISA=scalar|avx2|avx512|amx` caps it (for comparisons and debugging).
     pub fn best() -> Isa {
         static BEST: AtomicU8 = AtomicU8::new(u8::MAX);
         let v = BEST.load(Ordering::Relaxed);
@@ -295,7 +302,8 @@ impl Isa {
         let cap = match std::env::var("SWITCHYARD_KERNEL_ISA").as_deref() {
             Ok("scalar") => Isa::Scalar,
             Ok("avx2") => Isa::Avx2,
-            _ => Isa::Avx512,
+            Ok("avx512") => Isa::Avx512,
+            _ => Isa::Amx,
         };
         let best = Isa::ALL
             .into_iter()
@@ -312,6 +320,7 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Amx => "amx",
         }
     }
 }
@@ -338,6 +347,17 @@ impl OutPtr {
         // SAFETY: the caller's contract.
         unsafe { *self.ptr.add(i * self.rows + r) = v };
     }
+
+    /// Where `out[i * rows + r]` is, for writing several consecutive `r` at once.
+    ///
+    /// # Safety
+    /// `(i, r)` must be in bounds of the buffer, and every element written through the pointer
+    /// owned by the caller's task.
+    #[inline(always)]
+    pub(crate) unsafe fn row_ptr(self, i: usize, r: usize) -> *mut f32 {
+        // SAFETY: the caller's contract.
+        unsafe { self.ptr.add(i * self.rows + r) }
+    }
 }
 
 /// How far ahead of the rows being multiplied a task prefetches its weight bytes. Decoding reads
@@ -354,7 +374,7 @@ pub static PREFETCH_DISTANCE: AtomicUsize = AtomicUsize::new(0);
 pub fn default_prefetch_distance() -> usize {
     static DEFAULT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *DEFAULT.get_or_init(|| match Isa::best() {
-        Isa::Avx512 => 8192,
+        Isa::Avx512 | Isa::Amx => 8192,
         _ => 4096,
     })
 }
@@ -428,7 +448,12 @@ fn plan(isa: Isa, format: WeightFormat) -> Plan {
     let kind = if f >= F_Q4K { Q8K } else { Q8x32 };
     #[cfg(target_arch = "x86_64")]
     {
-        if isa == Isa::Avx512 {
+        if isa == Isa::Amx {
+            if let Some((tile, grain)) = amx::tile_fn(f) {
+                return Plan::Int(kind, tile, grain, amx::prepare_fn(f));
+            }
+        }
+        if isa >= Isa::Avx512 {
             if let Some((tile, grain)) = avx512::tile_fn(f) {
                 return Plan::Int(kind, tile, grain, avx512::prepare_fn(f));
             }

@@ -51,6 +51,10 @@ pub(crate) struct Acts {
     /// 64 bytes per row; 0 when not prepared for this call.
     grouped: Vec<Line>,
     grouped_units: usize,
+    /// Optional layout of the whole call for the AMX kernels (see `amx::prepare32`); `tiles_units`
+    /// 64-byte units, 0 when not prepared for this call.
+    tiles: Vec<Line>,
+    tiles_units: usize,
 }
 
 fn grow<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
@@ -78,6 +82,8 @@ impl Acts {
             bsums: Vec::new(),
             grouped: Vec::new(),
             grouped_units: 0,
+            tiles: Vec::new(),
+            tiles_units: 0,
         }
     }
 
@@ -99,6 +105,43 @@ impl Acts {
         debug_assert!(i < self.m && self.grouped_units > 0);
         // SAFETY: in bounds of `grouped` (`m * grouped_units` units).
         unsafe { self.grouped.as_ptr().add(i * self.grouped_units).cast() }
+    }
+
+    /// Storage for the AMX kernels' layout of the call (`units` units of 64 bytes), marked ready.
+    pub fn tiles_mut(&mut self, units: usize) -> *mut i8 {
+        grow(&mut self.tiles, units);
+        self.tiles_units = units;
+        self.tiles.as_mut_ptr().cast()
+    }
+
+    /// Whether `tiles_mut` was filled for this call.
+    pub fn tiles_ready(&self) -> bool {
+        self.tiles_units > 0
+    }
+
+    /// Start of the AMX layout (see `tiles_mut`).
+    pub fn tiles_base(&self) -> *const u8 {
+        self.tiles.as_ptr().cast()
+    }
+
+    /// Bytes between consecutive rows of the quantized values.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// Row 0's quantized values; row `i` starts `i · stride()` bytes later.
+    pub fn qs_base(&self) -> *const i8 {
+        self.lines.as_ptr().cast()
+    }
+
+    /// Every row's per-block scales, `[m][blocks]`.
+    pub fn d_base(&self) -> *const f32 {
+        self.d.as_ptr()
+    }
+
+    /// Every row's per-32 `d·Σq`, `[m][cols / 32]` (`Q8x32` only).
+    pub fn s_base(&self) -> *const f32 {
+        self.s.as_ptr()
     }
 
     fn block(&self) -> usize {
@@ -165,6 +208,7 @@ impl Acts {
         self.m = m;
         self.cols = cols;
         self.grouped_units = 0;
+        self.tiles_units = 0;
         let block = self.block();
         debug_assert_eq!(cols % block, 0);
         debug_assert_eq!(x.len(), m * cols);
