@@ -70,7 +70,13 @@ fn request_tile_permission() -> bool {
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
     const XFEATURE_XTILEDATA: libc::c_long = 18;
     // SAFETY: a plain system call with integer arguments.
-    let r = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        )
+    };
     r == 0
 }
 
@@ -299,17 +305,31 @@ unsafe fn tile32<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Act
                         );
                     }
                     let dx = _mm512_load_ps(bt.add(8 * 64).cast());
-                    let sx = _mm512_load_ps(bt.add(9 * 64).cast());
                     let dw = u.add(per_block - 2).cast::<f32>();
-                    let cw = u.add(per_block - 1).cast::<f32>();
-                    for n in 0..T {
-                        let ci = _mm512_load_si512(c.as_ptr().add(n).cast());
+                    for (n, (a, ci)) in acc.iter_mut().zip(&c).enumerate() {
+                        let ci = _mm512_load_si512(ci.0.as_ptr().cast());
                         let scale = _mm512_mul_ps(dx, _mm512_set1_ps(*dw.add(n)));
-                        acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ci), scale, acc[n]);
-                        if F != F_Q8_0 {
-                            acc[n] = _mm512_fmadd_ps(sx, _mm512_set1_ps(*cw.add(n)), acc[n]);
+                        *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ci), scale, *a);
+                    }
+                }
+            }
+            if F != F_Q8_0 {
+                // The offsets' share, Σ_b c_b · s_b, summed apart and added last (as GGML does).
+                let mut offs = [_mm512_setzero_ps(); T];
+                for b in 0..nb {
+                    // SAFETY: in bounds of `pk` and the prepared activations.
+                    unsafe {
+                        let sx = _mm512_load_ps(
+                            act_tiles.add(((t * nb + b) * ACT_UNITS + 9) * 64).cast(),
+                        );
+                        let cw = pk.add(b * per_block + per_block - 1).cast::<f32>();
+                        for (n, o) in offs.iter_mut().enumerate() {
+                            *o = _mm512_fmadd_ps(sx, _mm512_set1_ps(*cw.add(n)), *o);
                         }
                     }
+                }
+                for (a, o) in acc.iter_mut().zip(offs) {
+                    *a = _mm512_add_ps(*a, o);
                 }
             }
             // acc[n] lane i = output (row T t + i, column n0 + n): write it transposed.
@@ -317,7 +337,9 @@ unsafe fn tile32<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Act
                 // SAFETY: 64 bytes.
                 unsafe { _mm512_store_ps(acc_t[n].0.as_mut_ptr().cast(), *a) };
             }
-            let column = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
+            let column = _mm512_setr_epi32(
+                0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240,
+            );
             let rows = (m - T * t).min(T);
             for i in 0..rows {
                 // SAFETY: `acc_t` is 256 floats; row `T t + i` < m and columns `n0 .. n0 + 16`

@@ -834,7 +834,13 @@ unsafe fn mk32p<const F: u8, const MR: usize, const NR: usize>(
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) unsafe fn tile32<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Acts, out: OutPtr) {
+pub(super) unsafe fn tile32<const F: u8>(
+    w: &WeightMatrix,
+    r0: usize,
+    r1: usize,
+    acts: &Acts,
+    out: OutPtr,
+) {
     let rb = w.row_bytes();
     let nb = w.cols() / 32;
     let base = w.data().as_ptr();

@@ -133,7 +133,9 @@ fn tile(
             unsafe {
                 match (isa, nr) {
                     #[cfg(target_arch = "x86_64")]
-                    (Isa::Avx512 | Isa::Amx, NR) => super::avx512::float_tile::<NR>(x, n, i, mr, ptrs, r, out),
+                    (Isa::Avx512 | Isa::Amx, NR) => {
+                        super::avx512::float_tile::<NR>(x, n, i, mr, ptrs, r, out)
+                    }
                     #[cfg(target_arch = "x86_64")]
                     (Isa::Avx512 | Isa::Amx, _) => {
                         super::avx512::float_tile::<1>(x, n, i, mr, [ptrs[0]], r, out)
