@@ -79,6 +79,24 @@ pub fn exp_in_place(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x = exp(*x));
 }
 
+/// `v = softmax(v)`: `e^(v - max)` normalised to sum 1 (an empty slice stays empty; a slice of
+/// `-inf` only is not a distribution and comes out NaN, as the definition gives).
+pub fn softmax_in_place(v: &mut [f32]) {
+    if v.is_empty() {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: AVX2 and FMA were detected.
+        unsafe { avx2::softmax_in_place(v) };
+        return;
+    }
+    let max = v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    v.iter_mut().for_each(|x| *x = exp(*x - max));
+    let inv = 1.0 / v.iter().sum::<f32>();
+    v.iter_mut().for_each(|x| *x *= inv);
+}
+
 /// `v = gelu(v)` for every value.
 pub fn gelu_in_place(v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -167,6 +185,53 @@ pub(crate) mod avx2 {
     }
 
     /// # Safety
+    /// AVX2 and FMA available; `v` is not empty.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn softmax_in_place(v: &mut [f32]) {
+        let mut chunks = v.chunks_exact_mut(8);
+        let mut m8 = _mm256_set1_ps(f32::NEG_INFINITY);
+        for c in &mut chunks {
+            // SAFETY: `c` holds 8 floats.
+            m8 = _mm256_max_ps(m8, unsafe { _mm256_loadu_ps(c.as_ptr()) });
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), m8) };
+        let max = chunks
+            .into_remainder()
+            .iter()
+            .chain(&lanes)
+            .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let mut chunks = v.chunks_exact_mut(8);
+        let mut s8 = _mm256_setzero_ps();
+        for c in &mut chunks {
+            // SAFETY: `c` holds 8 floats.
+            unsafe {
+                let e = exp8(_mm256_sub_ps(
+                    _mm256_loadu_ps(c.as_ptr()),
+                    _mm256_set1_ps(max),
+                ));
+                s8 = _mm256_add_ps(s8, e);
+                _mm256_storeu_ps(c.as_mut_ptr(), e);
+            }
+        }
+        let rest = chunks.into_remainder();
+        rest.iter_mut().for_each(|x| *x = exp(*x - max));
+        // SAFETY: 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s8) };
+        let inv = 1.0 / (lanes.iter().sum::<f32>() + rest.iter().sum::<f32>());
+        let mut chunks = v.chunks_exact_mut(8);
+        for c in &mut chunks {
+            // SAFETY: `c` holds 8 floats.
+            unsafe {
+                let p = c.as_mut_ptr();
+                _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_loadu_ps(p), _mm256_set1_ps(inv)));
+            }
+        }
+        chunks.into_remainder().iter_mut().for_each(|x| *x *= inv);
+    }
+
+    /// # Safety
     /// AVX2 and FMA available.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn gelu_in_place(v: &mut [f32]) {
@@ -206,6 +271,32 @@ mod tests {
         assert!(exp(EXP_MIN) > 0.0);
         assert!(exp(100.0).is_finite());
         assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn softmax_matches_the_definition_in_f64() {
+        for len in [1usize, 3, 8, 9, 17, 64, 130] {
+            let v: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919) % 23) as f32 * 0.9 - 10.0)
+                .collect();
+            let max = v.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+            let e: Vec<f64> = v.iter().map(|&x| (x as f64 - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            let mut got = v.clone();
+            softmax_in_place(&mut got);
+            for (g, w) in got.iter().zip(&e) {
+                assert!(
+                    (*g as f64 - w / sum).abs() <= 1e-6,
+                    "len {len}: {g} vs {}",
+                    w / sum
+                );
+            }
+        }
+        // Large values do not overflow; -inf entries get zero weight.
+        let mut v = vec![1000.0, 999.0, f32::NEG_INFINITY];
+        softmax_in_place(&mut v);
+        assert!((v[0] - 0.731_058_6).abs() < 1e-6 && v[2] == 0.0, "{v:?}");
+        softmax_in_place(&mut []);
     }
 
     #[test]

@@ -173,17 +173,27 @@ impl Norm {
         let h = self.weight.len();
         out.resize(x.len(), 0.0);
         for (row, o) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
-            let mean = row.iter().sum::<f32>() / h as f32;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
+            let mean = sum8(row.iter().copied()) / h as f32;
+            let var = sum8(row.iter().map(|v| (v - mean) * (v - mean))) / h as f32;
             let inv = 1.0 / (var + self.eps).sqrt();
-            for i in 0..h {
-                o[i] = (row[i] - mean) * inv * self.weight[i];
+            for ((o, x), w) in o.iter_mut().zip(row).zip(&self.weight) {
+                *o = (x - mean) * inv * w;
             }
             if let Some(b) = &self.bias {
                 o.iter_mut().zip(b).for_each(|(o, b)| *o += b);
             }
         }
     }
+}
+
+/// The sum of `values` in eight interleaved partial sums (so the compiler can keep them in one
+/// vector register).
+fn sum8(values: impl Iterator<Item = f32>) -> f32 {
+    let mut acc = [0f32; 8];
+    for (i, v) in values.enumerate() {
+        acc[i % 8] += v;
+    }
+    acc.iter().sum()
 }
 
 /// The activation applied to every value of `v` (GELU on the kernels' 8-lane path).
@@ -447,50 +457,53 @@ impl CpuBackbone {
             AttentionKind::Local => &self.local_rope,
         };
         let scale = 1.0 / (dh as f32).sqrt();
+        // Every head's query and key rotated in place, one pass per token; the queries scaled.
+        for (row, &(_, col)) in s.qkv.chunks_exact_mut(3 * hd).zip(real) {
+            let (q, rest) = row.split_at_mut(hd);
+            for (qh, kh) in q.chunks_exact_mut(dh).zip(rest[..hd].chunks_exact_mut(dh)) {
+                rope.apply(qh, col);
+                rope.apply(kh, col);
+            }
+            q.iter_mut().for_each(|v| *v *= scale);
+        }
         for range in rows {
             let t = range.len();
             if t == 0 {
                 continue;
             }
+            // Columns ascend within a sequence, so each query's window of keys is one range.
+            let cols: Vec<usize> = real[range.clone()].iter().map(|&(_, c)| c).collect();
+            let window = |a: usize| match kind {
+                AttentionKind::Global => 0..t,
+                AttentionKind::Local => {
+                    let c = cols[a];
+                    cols.partition_point(|&b| b + self.reach < c)
+                        ..cols.partition_point(|&b| b <= c + self.reach)
+                }
+            };
             for head in 0..self.heads {
-                // Q and K rotated, V transposed, of this sequence and head, contiguous.
+                // Q and K of this sequence and head contiguous, V transposed.
                 s.q.resize(t * dh, 0.0);
                 s.k.resize(t * dh, 0.0);
                 s.vt.resize(dh * t, 0.0);
                 for (j, i) in range.clone().enumerate() {
                     let row = &s.qkv[i * 3 * hd..][..3 * hd];
-                    let col = real[i].1;
-                    let q = &mut s.q[j * dh..][..dh];
-                    q.copy_from_slice(&row[head * dh..][..dh]);
-                    rope.apply(q, col);
-                    let k = &mut s.k[j * dh..][..dh];
-                    k.copy_from_slice(&row[hd + head * dh..][..dh]);
-                    rope.apply(k, col);
+                    s.q[j * dh..][..dh].copy_from_slice(&row[head * dh..][..dh]);
+                    s.k[j * dh..][..dh].copy_from_slice(&row[hd + head * dh..][..dh]);
                     for (d, v) in row[2 * hd + head * dh..][..dh].iter().enumerate() {
                         s.vt[d * t + j] = *v;
                     }
                 }
-                // scores = Q Kᵀ, scaled, masked to the window, softmax per row.
+                // scores = Q Kᵀ (scaled through Q), softmax over each query's window.
                 s.scores.resize(t * t, 0.0);
                 let kw =
                     WeightMatrix::new(WeightFormat::F32, t, dh, bytes(&s.k)).map_err(kernel_err)?;
                 matmul(&s.q, t, &kw, &mut s.scores).map_err(kernel_err)?;
                 for (a, row) in s.scores.chunks_exact_mut(t).enumerate() {
-                    let ca = real[range.start + a].1;
-                    let mut max = f32::NEG_INFINITY;
-                    for (b, v) in row.iter_mut().enumerate() {
-                        let cb = real[range.start + b].1;
-                        *v = if kind == AttentionKind::Local && ca.abs_diff(cb) > self.reach {
-                            f32::NEG_INFINITY
-                        } else {
-                            *v * scale
-                        };
-                        max = max.max(*v);
-                    }
-                    row.iter_mut().for_each(|v| *v -= max);
-                    switchyard_kernels::activation::exp_in_place(row);
-                    let sum: f32 = row.iter().sum();
-                    row.iter_mut().for_each(|v| *v /= sum);
+                    let w = window(a);
+                    row[..w.start].fill(0.0);
+                    row[w.end..].fill(0.0);
+                    switchyard_kernels::activation::softmax_in_place(&mut row[w]);
                 }
                 // ctx = P V.
                 s.head_out.resize(t * dh, 0.0);
