@@ -406,7 +406,9 @@ impl BertEncoder {
                 s.vt.resize(dh * t, 0.0);
                 for (j, i) in range.clone().enumerate() {
                     let row = &s.qkv[i * 3 * hd..][..3 * hd];
-                    s.q[j * dh..][..dh].copy_from_slice(&row[head * dh..][..dh]);
+                    for (q, x) in s.q[j * dh..][..dh].iter_mut().zip(&row[head * dh..][..dh]) {
+                        *q = x * scale;
+                    }
                     s.k[j * dh..][..dh].copy_from_slice(&row[hd + head * dh..][..dh]);
                     for (d, v) in row[2 * hd + head * dh..][..dh].iter().enumerate() {
                         s.vt[d * t + j] = *v;
@@ -417,11 +419,7 @@ impl BertEncoder {
                     WeightMatrix::new(WeightFormat::F32, t, dh, bytes(&s.k)).map_err(kernel_err)?;
                 matmul(&s.q, t, &kw, &mut s.scores).map_err(kernel_err)?;
                 for row in s.scores.chunks_exact_mut(t) {
-                    let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)) * scale;
-                    row.iter_mut().for_each(|v| *v = *v * scale - max);
-                    switchyard_kernels::activation::exp_in_place(row);
-                    let sum: f32 = row.iter().sum();
-                    row.iter_mut().for_each(|v| *v /= sum);
+                    switchyard_kernels::activation::softmax_in_place(row);
                 }
                 s.head_out.resize(t * dh, 0.0);
                 let vw = WeightMatrix::new(WeightFormat::F32, dh, t, bytes(&s.vt))
