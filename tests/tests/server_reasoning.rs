@@ -37,12 +37,9 @@ fn write_config_with_small_budgets() -> std::path::PathBuf {
             root.join("router/models/default").display()
         ),
     );
-    let dir = std::env::temp_dir().join(format!(
-        "switchyard-server-reasoning-{}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("routing.yaml");
+    // Cargo's scratch directory for integration tests (under `target/`), not the system's.
+    let path =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("server-reasoning-routing.yaml");
     std::fs::write(&path, yaml).unwrap();
     path
 }

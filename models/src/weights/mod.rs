@@ -152,7 +152,8 @@ mod tests {
 
     #[test]
     fn opening_a_file_twice_shares_one_mapping_until_both_are_dropped() {
-        let path = std::env::temp_dir().join(format!("switchyard-map-{}", std::process::id()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weights.bin");
         std::fs::write(&path, b"weights").unwrap();
         let a = MappedFile::open(&path).unwrap();
         let b = MappedFile::open(&path).unwrap();
