@@ -9,6 +9,11 @@
 //!   step; for `m > 1` the head runs for one row only, as in prefill. Throughput is tokens/s.
 //! - `parallel_overhead`: cost of dispatching an empty parallel call, and of a small decode-sized
 //!   matmul, on this crate's pool vs rayon vs a single thread.
+//! - `by_isa/<shape>/m<m>/<isa>`: matrix-matrix products (prefill, batched decode, the router's
+//!   encoders) on every instruction set at AVX-512 and above that the CPU has (`matmul_with_isa`),
+//!   side by side: the router's ModernBERT Q8_0 matrices (768 x 256 attention, 1024 x 256 MLP) and
+//!   SmolLM2's Q4_1 ones (1536 x 576, 576 x 1536), at 32 and 256 rows. Throughput is
+//!   multiply-adds per second.
 //!
 //! Run: `cargo bench -p switchyard-benches --bench qmatmul` (filter with a trailing regex).
 
@@ -16,7 +21,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use std::hint::black_box;
 use std::time::Duration;
 use switchyard_kernels::pool::{self, Backend};
-use switchyard_kernels::{matmul, matmul_reference, WeightFormat, WeightMatrix};
+use switchyard_kernels::{
+    matmul, matmul_reference, matmul_with_isa, Isa, WeightFormat, WeightMatrix,
+};
 
 /// SmolLM2-135M: hidden 576, 9 heads / 3 KV heads of 64, FFN 1536, vocabulary 49152.
 const SHAPES: [(&str, usize, usize); 5] = [
@@ -197,5 +204,49 @@ fn parallel_overhead(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, single_matrices, decode_step, parallel_overhead);
+fn by_isa(c: &mut Criterion) {
+    let isas: Vec<Isa> = [Isa::Avx512, Isa::Amx]
+        .into_iter()
+        .filter(|i| i.is_available())
+        .collect();
+    if isas.is_empty() {
+        eprintln!("by_isa: no AVX-512 on this CPU, skipped");
+        return;
+    }
+    let mut rng = Lcg(4);
+    let mut group = c.benchmark_group("by_isa");
+    group
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(20);
+    for (name, format, rows, cols) in [
+        ("router_qkv", WeightFormat::Q8_0, 768usize, 256usize),
+        ("router_mlp_in", WeightFormat::Q8_0, 1024, 256),
+        ("smollm2_gate", WeightFormat::Q4_1, 1536, 576),
+        ("smollm2_down", WeightFormat::Q4_1, 576, 1536),
+    ] {
+        let bytes = random_weights(format, rows, cols, &mut rng);
+        let w = WeightMatrix::new(format, rows, cols, &bytes).unwrap();
+        for m in [32usize, 256] {
+            let x = random_x(m, cols, &mut rng);
+            let mut out = vec![0f32; m * rows];
+            group.throughput(Throughput::Elements((m * rows * cols) as u64));
+            for &isa in &isas {
+                let id = format!("{name}_{rows}x{cols}/m{m}/{}", isa.name());
+                group.bench_function(BenchmarkId::from_parameter(id), |b| {
+                    b.iter(|| matmul_with_isa(isa, black_box(&x), m, &w, &mut out).unwrap())
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    single_matrices,
+    decode_step,
+    parallel_overhead,
+    by_isa
+);
 criterion_main!(benches);

@@ -12,6 +12,9 @@
 //! per-256 scales and per-16 sums for Q4K/Q5K/Q6K) and takes integer dot products of the weight
 //! blocks' quants with them, applying the float scales once per block:
 //!
+//! - `Amx`: Intel AMX tile multiplies (`tdpbssd` / `tdpbusd`, 16 weight rows x 16 activation rows
+//!   x one 32-value block per instruction) for the 32-value formats when a call has more than 4
+//!   activation rows (`amx.rs`); everything else as `Avx512`;
 //! - `Avx512`: 512-bit `vpdpbusd` (AVX512-VNNI) two 32-value blocks at a time, `vpmaddubsw` +
 //!   `vpdpwssd` for the k-quants' 16-bit sub-block scales;
 //! - `Avx2`: 256-bit `vpmaddubsw` + `vpmaddwd`;
@@ -23,10 +26,10 @@
 //! once for `MR` activation rows and loading each activation block once for `NR` weight rows.
 //! For `m = 1` (decode) the kernels stream the weights once, with a software prefetcher running
 //! ahead of each task ([`PREFETCH_DISTANCE`]). For `m > 4` (prefill, batched decode) the AVX-512
-//! kernels decode each tile of weight rows once per call into scratch, block-interleaved (16
-//! blocks side by side, one block per register lane), so integer dot products of 16 blocks
-//! accumulate in one register and the float scaling is paid once per 16 blocks: prefill is bound
-//! by `vpdpbusd` throughput, not by memory or by float work. On AVX2 the 32-value formats get the
+//! kernels decode each tile of weight rows once per call into scratch, block-interleaved (16, 8 or
+//! 4 blocks side by side, filling every register lane), so integer dot products of a group of
+//! blocks accumulate in one register and the float scaling is paid once per group: prefill is
+//! bound by `vpdpbusd` throughput, not by memory or by float work. On AVX2 the 32-value formats get the
 //! same scheme with 8 blocks per register for `m >= 4` (`avx2_packed.rs`). (Details and
 //! measurements: `kernels/README.md`.)
 //!
