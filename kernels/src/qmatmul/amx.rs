@@ -213,6 +213,69 @@ unsafe fn unpack_block<const F: u8>(w: *const u8, rb: usize, b: usize, dst: *mut
     }
 }
 
+/// One block's product: tile 0 = the `A` tile (16 rows of 32 bytes at `a`, `a_stride` apart) x
+/// the `B` tile (8 rows of 64 bytes at `b`), stored to `c` (16 rows of 16 i32). Signed x signed
+/// for Q8_0, unsigned x signed for the 4- and 5-bit formats.
+///
+/// # Safety
+/// The tiles are configured ([`TileConfig`]), the operands readable and `c` 1 KiB writable.
+#[inline(always)]
+unsafe fn multiply_block<const F: u8>(a: *const u8, a_stride: usize, b: *const u8, c: *mut Z) {
+    macro_rules! product {
+        ($op:literal) => {
+            // SAFETY: the caller's contract.
+            unsafe {
+                asm!(
+                    "tilezero tmm0",
+                    "tileloadd tmm1, [{a} + {sa}*1]",
+                    "tileloadd tmm2, [{b} + {s}*1]",
+                    concat!($op, " tmm0, tmm1, tmm2"),
+                    "tilestored [{c} + {s}*1], tmm0",
+                    a = in(reg) a,
+                    sa = in(reg) a_stride,
+                    b = in(reg) b,
+                    s = in(reg) 64usize,
+                    c = in(reg) c,
+                    options(nostack),
+                )
+            }
+        };
+    }
+    if F == F_Q8_0 {
+        product!("tdpbssd");
+    } else {
+        product!("tdpbusd");
+    }
+}
+
+/// Writes a 16 x 16 tile of outputs kept transposed (`acc[n]` lane `i` is output row `row0 + i`,
+/// column `col0 + n`) for its first `rows` rows.
+///
+/// # Safety
+/// Those outputs are in bounds and owned by the caller's task.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn write_transposed(acc: &[__m512; T], rows: usize, out: OutPtr, row0: usize, col0: usize) {
+    let mut tile = [Z([0; 64]); T];
+    for (t, a) in tile.iter_mut().zip(acc) {
+        // SAFETY: 64 bytes.
+        unsafe { _mm512_store_ps(t.0.as_mut_ptr().cast(), *a) };
+    }
+    let column = _mm512_setr_epi32(
+        0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240,
+    );
+    for i in 0..rows {
+        // SAFETY: `tile` is 256 floats; the caller's contract for the output.
+        unsafe {
+            let v = _mm512_i32gather_ps::<4>(
+                _mm512_add_epi32(column, _mm512_set1_epi32(i as i32)),
+                tile.as_ptr().cast(),
+            );
+            _mm512_storeu_ps(out.row_ptr(row0 + i, col0), v);
+        }
+    }
+}
+
 /// Rows `r0..r1` of the output for all activation rows: whole groups of 16 weight rows on the
 /// tiles, the rest (and calls with fewer than [`MIN_M`] activation rows) on AVX-512.
 ///
@@ -241,7 +304,6 @@ unsafe fn tile32<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Act
     }
     let pk = pack.as_mut_ptr();
     let mut c = [Z([0; 64]); T];
-    let mut acc_t = [Z([0; 64]); T];
     let config = TileConfig::new();
     // SAFETY: the tile state is granted (`available`); the configuration is valid.
     unsafe { asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack)) };
@@ -275,35 +337,7 @@ unsafe fn tile32<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Act
                         (u.cast::<u8>().cast_const(), 32)
                     };
                     let bt = act_tiles.add((t * nb + b) * ACT_UNITS * 64);
-                    if F == F_Q8_0 {
-                        asm!(
-                            "tilezero tmm0",
-                            "tileloadd tmm1, [{a} + {sa}*1]",
-                            "tileloadd tmm2, [{b} + {sb}*1]",
-                            "tdpbssd tmm0, tmm1, tmm2",
-                            "tilestored [{c} + {sb}*1], tmm0",
-                            a = in(reg) a,
-                            sa = in(reg) a_stride,
-                            b = in(reg) bt,
-                            sb = in(reg) 64usize,
-                            c = in(reg) c.as_mut_ptr(),
-                            options(nostack),
-                        );
-                    } else {
-                        asm!(
-                            "tilezero tmm0",
-                            "tileloadd tmm1, [{a} + {sa}*1]",
-                            "tileloadd tmm2, [{b} + {sb}*1]",
-                            "tdpbusd tmm0, tmm1, tmm2",
-                            "tilestored [{c} + {sb}*1], tmm0",
-                            a = in(reg) a,
-                            sa = in(reg) a_stride,
-                            b = in(reg) bt,
-                            sb = in(reg) 64usize,
-                            c = in(reg) c.as_mut_ptr(),
-                            options(nostack),
-                        );
-                    }
+                    multiply_block::<F>(a, a_stride, bt, c.as_mut_ptr());
                     let dx = _mm512_load_ps(bt.add(8 * 64).cast());
                     let dw = u.add(per_block - 2).cast::<f32>();
                     for (n, (a, ci)) in acc.iter_mut().zip(&c).enumerate() {
@@ -332,26 +366,9 @@ unsafe fn tile32<const F: u8>(w: &WeightMatrix, r0: usize, r1: usize, acts: &Act
                     *a = _mm512_add_ps(*a, o);
                 }
             }
-            // acc[n] lane i = output (row T t + i, column n0 + n): write it transposed.
-            for (n, a) in acc.iter().enumerate() {
-                // SAFETY: 64 bytes.
-                unsafe { _mm512_store_ps(acc_t[n].0.as_mut_ptr().cast(), *a) };
-            }
-            let column = _mm512_setr_epi32(
-                0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240,
-            );
             let rows = (m - T * t).min(T);
-            for i in 0..rows {
-                // SAFETY: `acc_t` is 256 floats; row `T t + i` < m and columns `n0 .. n0 + 16`
-                // are this task's.
-                unsafe {
-                    let v = _mm512_i32gather_ps::<4>(
-                        _mm512_add_epi32(column, _mm512_set1_epi32(i as i32)),
-                        acc_t.as_ptr().cast(),
-                    );
-                    _mm512_storeu_ps(out.row_ptr(T * t + i, n0), v);
-                }
-            }
+            // SAFETY: rows `T t .. T t + rows` (< m) and columns `n0 .. n0 + 16` are this task's.
+            unsafe { write_transposed(&acc, rows, out, T * t, n0) };
         }
         n0 += T;
     }
