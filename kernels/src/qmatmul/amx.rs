@@ -5,8 +5,9 @@
 //! One `tdpbssd` / `tdpbusd` multiplies a 16 x 32 tile of weight quants (16 weight rows, one
 //! 32-value block) by a 32 x 16 tile of activation quants (16 activation rows) into a 16 x 16 tile
 //! of i32 sums: 8,192 multiply-adds in one instruction, against 64 for AVX-512's `vpdpbusd`. The
-//! sums of one block are then scaled in float with AVX-512 (`d_w · d_x`, plus `c_w · s_x` for the
-//! offset formats, as the other kernels do), so the float work, not the multiplies, sets the pace.
+//! sums of one block are then scaled in float with AVX-512 (`d_w · d_x`), so the float work, not
+//! the multiplies, sets the pace. The offset formats' share, `Σ c_w · s_x` (Q4_1's minimum, Q4_0's
+//! `-8 d`), is summed apart and added last, as GGML's `vec_dot_q4_1_q8_1` sums it.
 //!
 //! Layout: the weights are the tiles' `A` operand, read straight from the GGUF blocks for Q8_0
 //! (16 rows of 32 quants, `row_bytes` apart) and unpacked to one byte per value once per 16 weight
@@ -21,7 +22,7 @@
 //! [`available`] requires [`super::Isa::Amx`]'s features.
 
 use super::act::Acts;
-use super::avx512;
+use super::avx512::{self, Z};
 use super::layout::*;
 use super::{OutPtr, PrepareFn, TileFn, WeightMatrix};
 use core::arch::x86_64::*;
@@ -101,11 +102,6 @@ impl TileConfig {
         TileConfig(c)
     }
 }
-
-/// 64 bytes, 64-byte aligned.
-#[repr(C, align(64))]
-#[derive(Clone, Copy)]
-struct Z([u8; 64]);
 
 thread_local! {
     /// Unpacked weight quants (16 rows x 32 bytes per block) and the 16 rows' `d`, `c` per block.

@@ -242,7 +242,7 @@ const NRP: usize = 4;
 /// 64 bytes, 64-byte aligned: the unit of the packed-weights scratch.
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
-struct Z([u8; 64]);
+pub(super) struct Z(pub(super) [u8; 64]);
 
 thread_local! {
     static PACK: RefCell<Vec<Z>> = const { RefCell::new(Vec::new()) };
