@@ -97,6 +97,24 @@ pub fn softmax_in_place(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x *= inv);
 }
 
+/// `gate = silu(gate) · up` element by element (the SwiGLU of llama-family MLPs), with
+/// `silu(g) = g / (1 + e^-g)`.
+///
+/// # Panics
+/// If the two slices differ in length.
+pub fn silu_mul_in_place(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "silu_mul_in_place: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: AVX2 and FMA were detected.
+        unsafe { avx2::silu_mul_in_place(gate, up) };
+        return;
+    }
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + exp(-*g)) * u;
+    }
+}
+
 /// `v = gelu(v)` for every value.
 pub fn gelu_in_place(v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -232,6 +250,29 @@ pub(crate) mod avx2 {
     }
 
     /// # Safety
+    /// AVX2 and FMA available; `gate` and `up` of one length.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn silu_mul_in_place(gate: &mut [f32], up: &[f32]) {
+        let mut g8 = gate.chunks_exact_mut(8);
+        let mut u8 = up.chunks_exact(8);
+        for (g, u) in (&mut g8).zip(&mut u8) {
+            // SAFETY: 8 floats each.
+            unsafe {
+                let x = _mm256_loadu_ps(g.as_ptr());
+                let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+                let s = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e));
+                _mm256_storeu_ps(
+                    g.as_mut_ptr(),
+                    _mm256_mul_ps(s, _mm256_loadu_ps(u.as_ptr())),
+                );
+            }
+        }
+        for (g, u) in g8.into_remainder().iter_mut().zip(u8.remainder()) {
+            *g = *g / (1.0 + exp(-*g)) * u;
+        }
+    }
+
+    /// # Safety
     /// AVX2 and FMA available.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn gelu_in_place(v: &mut [f32]) {
@@ -297,6 +338,21 @@ mod tests {
         softmax_in_place(&mut v);
         assert!((v[0] - 0.731_058_6).abs() < 1e-6 && v[2] == 0.0, "{v:?}");
         softmax_in_place(&mut []);
+    }
+
+    #[test]
+    fn silu_mul_matches_libm() {
+        let x = inputs();
+        let up: Vec<f32> = x.iter().map(|v| 0.5 - v / 40.0).collect();
+        let mut got = x.clone();
+        silu_mul_in_place(&mut got, &up);
+        for ((g, x), u) in got.iter().zip(&x).zip(&up) {
+            let want = (*x as f64 / (1.0 + (-*x as f64).exp()) * *u as f64) as f32;
+            assert!(
+                (g - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "silu({x}) * {u} = {g}, want {want}"
+            );
+        }
     }
 
     #[test]

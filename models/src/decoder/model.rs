@@ -532,13 +532,9 @@ impl Decoder {
             layer.up.forward(&xn, n, &mut up)?;
             trace("ffn_gate", li, &gate);
             trace("ffn_up", li, &up);
-            gate.par_chunks_mut(4096)
-                .zip(up.par_chunks(4096))
-                .for_each(|(g, u)| {
-                    for (g, u) in g.iter_mut().zip(u) {
-                        *g = *g / (1.0 + (-*g).exp()) * u;
-                    }
-                });
+            gate.par_chunks_mut(1 << 14)
+                .zip(up.par_chunks(1 << 14))
+                .for_each(|(g, u)| switchyard_kernels::activation::silu_mul_in_place(g, u));
             trace("ffn_swiglu", li, &gate);
             layer.down.forward(&gate, n, &mut proj)?;
             trace("ffn_out", li, &proj);
