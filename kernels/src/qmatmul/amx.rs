@@ -78,6 +78,12 @@ fn request_tile_permission() -> bool {
             XFEATURE_XTILEDATA,
         )
     };
+    if r != 0 {
+        tracing::info!(
+            "the CPU has AMX but the OS did not grant the tile state ({}); using AVX-512",
+            std::io::Error::last_os_error()
+        );
+    }
     r == 0
 }
 

@@ -383,7 +383,12 @@ impl Groups {
     }
     /// Units before group `g` in the packed weights (all `NRP` rows of the groups before it).
     fn pack_offset(self, g: usize) -> usize {
-        (0..g).map(|h| NRP * self.get(h).units()).sum()
+        let units = |lanes| Group { first: 0, lanes }.units();
+        let (eight_at, four_at) = (self.full, self.full + self.eight as usize);
+        let before = g.min(self.full) * units(1)
+            + (self.eight && g > eight_at) as usize * units(2)
+            + (self.four && g > four_at) as usize * units(4);
+        NRP * before
     }
 }
 

@@ -13,10 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
-use switchyard_kernels::qmatmul::{matmul, WeightFormat, WeightMatrix};
 
 use super::config::Activation;
-use super::cpu::{activate_in_place, bytes, kernel_err, Dense, Norm};
+use super::cpu::{activate_in_place, attend_head, Dense, HeadScratch, Norm};
 use crate::error::{ModelError, Result};
 
 /// The `config.json` fields a BERT encoder needs.
@@ -139,11 +138,7 @@ struct Scratch {
     ctx: Vec<f32>,
     proj: Vec<f32>,
     inter: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    vt: Vec<f32>,
-    scores: Vec<f32>,
-    head_out: Vec<f32>,
+    head: HeadScratch,
 }
 
 impl BertEncoder {
@@ -395,39 +390,26 @@ impl BertEncoder {
         let (hd, dh) = (self.hidden, self.head_dim);
         s.ctx.resize(rows.last().map_or(0, |r| r.end) * hd, 0.0);
         let scale = 1.0 / (dh as f32).sqrt();
+        for row in s.qkv.chunks_exact_mut(3 * hd) {
+            row[..hd].iter_mut().for_each(|q| *q *= scale);
+        }
         for range in rows {
             let t = range.len();
             if t == 0 {
                 continue;
             }
+            let windows = vec![0..t; t];
             for head in 0..self.heads {
-                s.q.resize(t * dh, 0.0);
-                s.k.resize(t * dh, 0.0);
-                s.vt.resize(dh * t, 0.0);
-                for (j, i) in range.clone().enumerate() {
-                    let row = &s.qkv[i * 3 * hd..][..3 * hd];
-                    for (q, x) in s.q[j * dh..][..dh].iter_mut().zip(&row[head * dh..][..dh]) {
-                        *q = x * scale;
-                    }
-                    s.k[j * dh..][..dh].copy_from_slice(&row[hd + head * dh..][..dh]);
-                    for (d, v) in row[2 * hd + head * dh..][..dh].iter().enumerate() {
-                        s.vt[d * t + j] = *v;
-                    }
-                }
-                s.scores.resize(t * t, 0.0);
-                let kw =
-                    WeightMatrix::new(WeightFormat::F32, t, dh, bytes(&s.k)).map_err(kernel_err)?;
-                matmul(&s.q, t, &kw, &mut s.scores).map_err(kernel_err)?;
-                for row in s.scores.chunks_exact_mut(t) {
-                    switchyard_kernels::activation::softmax_in_place(row);
-                }
-                s.head_out.resize(t * dh, 0.0);
-                let vw = WeightMatrix::new(WeightFormat::F32, dh, t, bytes(&s.vt))
-                    .map_err(kernel_err)?;
-                matmul(&s.scores, t, &vw, &mut s.head_out).map_err(kernel_err)?;
-                for (j, i) in range.clone().enumerate() {
-                    s.ctx[i * hd + head * dh..][..dh].copy_from_slice(&s.head_out[j * dh..][..dh]);
-                }
+                attend_head(
+                    &s.qkv,
+                    range.clone(),
+                    &windows,
+                    head,
+                    hd,
+                    dh,
+                    &mut s.head,
+                    &mut s.ctx,
+                )?;
             }
         }
         Ok(())

@@ -298,11 +298,63 @@ struct Scratch {
     proj: Vec<f32>,
     mlp: Vec<f32>,
     gated: Vec<f32>,
+    head: HeadScratch,
+}
+
+/// Reusable buffers of one head's attention ([`attend_head`]).
+#[derive(Default)]
+pub(super) struct HeadScratch {
     q: Vec<f32>,
     k: Vec<f32>,
     vt: Vec<f32>,
     scores: Vec<f32>,
-    head_out: Vec<f32>,
+    out: Vec<f32>,
+}
+
+/// Softmax attention of one head over one sequence: rows `range` of `qkv` (`[N, 3 · hidden]`,
+/// queries already rotated and scaled), query `a` of the sequence attending to its keys
+/// `windows[a]`; the result goes to the head's columns of `ctx` (`[N, hidden]`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attend_head(
+    qkv: &[f32],
+    range: std::ops::Range<usize>,
+    windows: &[std::ops::Range<usize>],
+    head: usize,
+    hidden: usize,
+    head_dim: usize,
+    hs: &mut HeadScratch,
+    ctx: &mut [f32],
+) -> Result<()> {
+    let (hd, dh, t) = (hidden, head_dim, range.len());
+    // Q and K of this sequence and head contiguous, V transposed.
+    hs.q.resize(t * dh, 0.0);
+    hs.k.resize(t * dh, 0.0);
+    hs.vt.resize(dh * t, 0.0);
+    for (j, i) in range.clone().enumerate() {
+        let row = &qkv[i * 3 * hd..][..3 * hd];
+        hs.q[j * dh..][..dh].copy_from_slice(&row[head * dh..][..dh]);
+        hs.k[j * dh..][..dh].copy_from_slice(&row[hd + head * dh..][..dh]);
+        for (d, v) in row[2 * hd + head * dh..][..dh].iter().enumerate() {
+            hs.vt[d * t + j] = *v;
+        }
+    }
+    // scores = Q Kᵀ, softmax over each query's window.
+    hs.scores.resize(t * t, 0.0);
+    let kw = WeightMatrix::new(WeightFormat::F32, t, dh, bytes(&hs.k)).map_err(kernel_err)?;
+    matmul(&hs.q, t, &kw, &mut hs.scores).map_err(kernel_err)?;
+    for (row, w) in hs.scores.chunks_exact_mut(t).zip(windows) {
+        row[..w.start].fill(0.0);
+        row[w.end..].fill(0.0);
+        switchyard_kernels::activation::softmax_in_place(&mut row[w.clone()]);
+    }
+    // out = P V.
+    hs.out.resize(t * dh, 0.0);
+    let vw = WeightMatrix::new(WeightFormat::F32, dh, t, bytes(&hs.vt)).map_err(kernel_err)?;
+    matmul(&hs.scores, t, &vw, &mut hs.out).map_err(kernel_err)?;
+    for (j, i) in range.enumerate() {
+        ctx[i * hd + head * dh..][..dh].copy_from_slice(&hs.out[j * dh..][..dh]);
+    }
+    Ok(())
 }
 
 impl CpuBackbone {
@@ -473,46 +525,27 @@ impl CpuBackbone {
             }
             // Columns ascend within a sequence, so each query's window of keys is one range.
             let cols: Vec<usize> = real[range.clone()].iter().map(|&(_, c)| c).collect();
-            let window = |a: usize| match kind {
-                AttentionKind::Global => 0..t,
-                AttentionKind::Local => {
-                    let c = cols[a];
-                    cols.partition_point(|&b| b + self.reach < c)
-                        ..cols.partition_point(|&b| b <= c + self.reach)
-                }
-            };
-            for head in 0..self.heads {
-                // Q and K of this sequence and head contiguous, V transposed.
-                s.q.resize(t * dh, 0.0);
-                s.k.resize(t * dh, 0.0);
-                s.vt.resize(dh * t, 0.0);
-                for (j, i) in range.clone().enumerate() {
-                    let row = &s.qkv[i * 3 * hd..][..3 * hd];
-                    s.q[j * dh..][..dh].copy_from_slice(&row[head * dh..][..dh]);
-                    s.k[j * dh..][..dh].copy_from_slice(&row[hd + head * dh..][..dh]);
-                    for (d, v) in row[2 * hd + head * dh..][..dh].iter().enumerate() {
-                        s.vt[d * t + j] = *v;
+            let windows: Vec<std::ops::Range<usize>> = cols
+                .iter()
+                .map(|&c| match kind {
+                    AttentionKind::Global => 0..t,
+                    AttentionKind::Local => {
+                        cols.partition_point(|&b| b + self.reach < c)
+                            ..cols.partition_point(|&b| b <= c + self.reach)
                     }
-                }
-                // scores = Q Kᵀ (scaled through Q), softmax over each query's window.
-                s.scores.resize(t * t, 0.0);
-                let kw =
-                    WeightMatrix::new(WeightFormat::F32, t, dh, bytes(&s.k)).map_err(kernel_err)?;
-                matmul(&s.q, t, &kw, &mut s.scores).map_err(kernel_err)?;
-                for (a, row) in s.scores.chunks_exact_mut(t).enumerate() {
-                    let w = window(a);
-                    row[..w.start].fill(0.0);
-                    row[w.end..].fill(0.0);
-                    switchyard_kernels::activation::softmax_in_place(&mut row[w]);
-                }
-                // ctx = P V.
-                s.head_out.resize(t * dh, 0.0);
-                let vw = WeightMatrix::new(WeightFormat::F32, dh, t, bytes(&s.vt))
-                    .map_err(kernel_err)?;
-                matmul(&s.scores, t, &vw, &mut s.head_out).map_err(kernel_err)?;
-                for (j, i) in range.clone().enumerate() {
-                    s.ctx[i * hd + head * dh..][..dh].copy_from_slice(&s.head_out[j * dh..][..dh]);
-                }
+                })
+                .collect();
+            for head in 0..self.heads {
+                attend_head(
+                    &s.qkv,
+                    range.clone(),
+                    &windows,
+                    head,
+                    hd,
+                    dh,
+                    &mut s.head,
+                    &mut s.ctx,
+                )?;
             }
         }
         Ok(())
