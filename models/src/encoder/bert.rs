@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::config::Activation;
-use super::cpu::{activate_in_place, attend_head, Dense, HeadScratch, Norm};
+use super::cpu::{activate_in_place, attend_heads, Dense, HeadScratch, Norm};
 use crate::error::{ModelError, Result};
 
 /// The `config.json` fields a BERT encoder needs.
@@ -399,18 +399,15 @@ impl BertEncoder {
                 continue;
             }
             let windows = vec![0..t; t];
-            for head in 0..self.heads {
-                attend_head(
-                    &s.qkv,
-                    range.clone(),
-                    &windows,
-                    head,
-                    hd,
-                    dh,
-                    &mut s.head,
-                    &mut s.ctx,
-                )?;
-            }
+            attend_heads(
+                &s.qkv,
+                range.clone(),
+                &windows,
+                self.heads,
+                dh,
+                &mut s.head,
+                &mut s.ctx,
+            )?;
         }
         Ok(())
     }

@@ -301,7 +301,7 @@ struct Scratch {
     head: HeadScratch,
 }
 
-/// Reusable buffers of one head's attention ([`attend_head`]).
+/// Reusable buffers of one head's attention ([`attend_heads`]).
 #[derive(Default)]
 pub(super) struct HeadScratch {
     q: Vec<f32>,
@@ -311,11 +311,36 @@ pub(super) struct HeadScratch {
     out: Vec<f32>,
 }
 
-/// Softmax attention of one head over one sequence: rows `range` of `qkv` (`[N, 3 · hidden]`,
+/// Softmax attention of every head over one sequence: rows `range` of `qkv` (`[N, 3 · hidden]`,
 /// queries already rotated and scaled), query `a` of the sequence attending to its keys
-/// `windows[a]`; the result goes to the head's columns of `ctx` (`[N, hidden]`).
+/// `windows[a]`; each head's result goes to its columns of `ctx` (`[N, hidden]`).
+pub(super) fn attend_heads(
+    qkv: &[f32],
+    range: std::ops::Range<usize>,
+    windows: &[std::ops::Range<usize>],
+    heads: usize,
+    head_dim: usize,
+    hs: &mut HeadScratch,
+    ctx: &mut [f32],
+) -> Result<()> {
+    for head in 0..heads {
+        attend_head(
+            qkv,
+            range.clone(),
+            windows,
+            head,
+            heads * head_dim,
+            head_dim,
+            hs,
+            ctx,
+        )?;
+    }
+    Ok(())
+}
+
+/// [`attend_heads`] for one head.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn attend_head(
+fn attend_head(
     qkv: &[f32],
     range: std::ops::Range<usize>,
     windows: &[std::ops::Range<usize>],
@@ -535,18 +560,15 @@ impl CpuBackbone {
                     }
                 })
                 .collect();
-            for head in 0..self.heads {
-                attend_head(
-                    &s.qkv,
-                    range.clone(),
-                    &windows,
-                    head,
-                    hd,
-                    dh,
-                    &mut s.head,
-                    &mut s.ctx,
-                )?;
-            }
+            attend_heads(
+                &s.qkv,
+                range.clone(),
+                &windows,
+                self.heads,
+                dh,
+                &mut s.head,
+                &mut s.ctx,
+            )?;
         }
         Ok(())
     }
