@@ -19,6 +19,19 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
+/// Sets up an accepted connection: `TCP_NODELAY`.
+///
+/// Streamed tokens are small writes. With Nagle's algorithm on, each waits until the client has
+/// acknowledged the previous one, and a kept-alive client (the OpenAI SDKs keep their connections)
+/// delays its acknowledgements by up to ~40 ms: measured on SmolLM2 through `serve`, a kept-alive
+/// streaming client saw its first token after 47-49 ms p50 instead of 12.5 ms, and a tenth of the
+/// tokens arrive in bursts behind gaps of up to ~110 ms.
+fn configure(stream: &tokio::net::TcpStream, peer: std::net::SocketAddr) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::warn!("TCP_NODELAY on the connection from {peer}: {e}");
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then waits for open connections to end.
 pub(crate) async fn serve(
     listener: TcpListener,
@@ -45,6 +58,7 @@ pub(crate) async fn serve(
             },
             () = &mut shutdown => break,
         };
+        configure(&stream, peer);
         let service = TowerToHyperService::new(
             app.clone()
                 .map_request(|request: hyper::Request<Incoming>| request.map(Body::new)),
@@ -58,4 +72,24 @@ pub(crate) async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_send_small_writes_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr);
+        let ((stream, peer), _client) =
+            tokio::join!(async { listener.accept().await.unwrap() }, client);
+        assert!(
+            !stream.nodelay().unwrap(),
+            "the default this guards against"
+        );
+        configure(&stream, peer);
+        assert!(stream.nodelay().unwrap());
+    }
 }
