@@ -57,6 +57,8 @@ struct Job {
     /// caller before sending, a job could reach a batch in formation with nobody counted; released
     /// after, the batcher could see the job's own caller as still arriving and wait for it).
     arrival: Option<Arrival>,
+    /// When its caller queued it.
+    queued_at: Instant,
 }
 
 impl Job {
@@ -134,6 +136,7 @@ impl Batcher {
                 input,
                 reply,
                 arrival: Some(arrival),
+                queued_at: Instant::now(),
             })
             .map_err(|_| RouterError::Stopped)?;
         Ok(rx)
@@ -171,9 +174,22 @@ fn run(
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let (done_tx, done_rx) = flume::bounded::<()>(1);
         let job_model = model.clone();
+        let dispatched = Instant::now();
         let job = Box::new(move || {
+            let started = Instant::now();
             let inputs: Vec<&EncodedText> = batch.iter().map(|j| &j.input).collect();
-            match job_model.classify(&inputs) {
+            let result = job_model.classify(&inputs);
+            tracing::debug!(
+                texts = batch.len(),
+                queued_us = batch
+                    .iter()
+                    .map(|j| (dispatched - j.queued_at).as_micros())
+                    .max(),
+                dispatch_us = (started - dispatched).as_micros(),
+                classify_us = started.elapsed().as_micros(),
+                "router batch"
+            );
+            match result {
                 Ok(signals) => {
                     for (j, s) in batch.iter().zip(signals) {
                         let _ = j.reply.send(Ok(s));
@@ -218,6 +234,7 @@ mod tests {
             arrival: Some(Arrival {
                 arriving: arriving.clone(),
             }),
+            queued_at: Instant::now(),
         };
         // Queued but not taken: still counted, so a batch in formation waits for it.
         assert_eq!(arriving.load(Ordering::SeqCst), 1);

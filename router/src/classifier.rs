@@ -413,6 +413,7 @@ impl RouterModel {
 
     /// Tokenizes `text` for every backbone (no device work). Never fails on long inputs.
     pub fn encode(&self, text: &str) -> Result<EncodedText, RouterError> {
+        let start = Instant::now();
         let backbones = self
             .backbones
             .iter()
@@ -436,22 +437,32 @@ impl RouterModel {
                 })
             })
             .collect::<Result<Vec<_>, RouterError>>()?;
+        let tokenized = Instant::now();
         let active = self.active_lexical();
+        let lexical: Vec<Vec<f32>> = active
+            .iter()
+            .map(|&k| self.lexical[k].1.text_scores(text))
+            .collect();
+        let fast_lexical = self
+            .fast_lexical(&active)
+            .filter(|&(_, own)| own)
+            .map(|(k, _)| self.lexical[k].1.text_scores(text));
+        let scored = Instant::now();
+        let embedding = self
+            .embedding
+            .as_ref()
+            .map(|e| e.1.embedder.encode(text))
+            .transpose()?;
+        tracing::debug!(
+            tokenize_us = (tokenized - start).as_micros() + scored.elapsed().as_micros(),
+            lexical_us = (scored - tokenized).as_micros(),
+            "router encode"
+        );
         Ok(EncodedText {
             backbones,
-            lexical: active
-                .iter()
-                .map(|&k| self.lexical[k].1.text_scores(text))
-                .collect(),
-            embedding: self
-                .embedding
-                .as_ref()
-                .map(|e| e.1.embedder.encode(text))
-                .transpose()?,
-            fast_lexical: self
-                .fast_lexical(&active)
-                .filter(|&(_, own)| own)
-                .map(|(k, _)| self.lexical[k].1.text_scores(text)),
+            lexical,
+            embedding,
+            fast_lexical,
         })
     }
 
@@ -614,7 +625,13 @@ impl RouterModel {
             },
         );
         let (passes, confident) = passes?;
-        Ok((passes, confident, embeddings?))
+        let embeddings = embeddings?;
+        tracing::debug!(
+            backbone_us = passes.iter().map(|p| p.latency.as_micros()).sum::<u128>(),
+            embedding_us = embeddings.as_ref().map(|e| e.took.as_micros()),
+            "router passes beside the sentence encoder"
+        );
+        Ok((passes, confident, embeddings))
     }
 
     /// One backbone's forward over the batch, its heads' logits pulled to the host (so the latency
