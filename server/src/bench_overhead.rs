@@ -9,6 +9,9 @@
 //!   proxy (`serve --upstream`), which routes, re-serialises the body and forwards it over loopback
 //!   HTTP to the same inference server (the vLLM Semantic Router's deployment).
 //!
+//! The inference server and the proxy are child processes of the bench, so the client's own work
+//! (this process) shares no runtime or threads with either path's server.
+//!
 //! To compare like with like, every request asks for no thinking (`enable_thinking: false`) and the
 //! routing config is the shipped one without its system prompts, so all three paths generate the
 //! same tokens from the same prompt (greedy); what differs is the routing and the hop.
@@ -32,7 +35,6 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::json;
-use switchyard_server::serve::{start, ServeArgs};
 
 use crate::bench::machine_name;
 use crate::stats::{median, median_ci, quantile, MedianCi};
@@ -161,6 +163,25 @@ async fn wait_ready(client: &reqwest::Client, base: &str) -> Result<()> {
     }
 }
 
+/// The inference server's first concrete model (not its routed alias).
+async fn served_model(client: &reqwest::Client, base: &str) -> Result<String> {
+    let models: serde_json::Value = client
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    models["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["routed"].as_bool() != Some(true))
+        .and_then(|m| m["id"].as_str())
+        .map(str::to_string)
+        .context("the inference server lists no model")
+}
+
 /// (TTFT ms, total ms, route ms) of one streamed request.
 async fn one(client: &reqwest::Client, url: &str, body: &serde_json::Value) -> Result<Sample> {
     let start = Instant::now();
@@ -219,41 +240,53 @@ async fn run_async(args: OverheadArgs) -> Result<OverheadReport> {
     let model_arg = model_path.display().to_string();
     let max_c = args.concurrency.iter().copied().max().unwrap_or(1);
 
-    // The inference server (direct and in-process paths), in this process.
-    let server = start(ServeArgs {
-        port: 0,
-        models: vec![model_arg.clone()],
-        config: Some(config.clone()),
-        max_num_seqs: max_c.max(8),
-        max_tokens: args.max_tokens,
-        // The bench repeats its prompts: each must cost what a new one does.
-        no_prefix_caching: true,
-        ..ServeArgs::default()
-    })
-    .await?;
-    let base = format!("http://{}", server.addr);
-    let served = server.state.served()[0].clone();
-
-    // The router-only proxy, a separate process of this binary.
-    let proxy_port = free_port()?;
     let exe = std::env::current_exe()?;
-    let child = Command::new(exe)
-        .args([
-            "serve",
-            "--port",
-            &proxy_port.to_string(),
-            "--upstream",
-            &base,
-        ])
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting the proxy process")?;
-    let _guard = ChildGuard(child);
-    let proxy = format!("http://127.0.0.1:{proxy_port}");
     let client = reqwest::Client::new();
+    // The inference server (direct and in-process paths) and the router-only proxy, each a process
+    // of this binary of its own, so that neither shares a runtime or threads with this client.
+    let server_port = free_port()?;
+    let base = format!("http://127.0.0.1:{server_port}");
+    let _server = ChildGuard(
+        Command::new(&exe)
+            .args([
+                "serve",
+                "--port",
+                &server_port.to_string(),
+                "--model",
+                &model_arg,
+            ])
+            .arg("--config")
+            .arg(&config)
+            .args(["--max-num-seqs", &max_c.max(8).to_string()])
+            .args(["--max-tokens", &args.max_tokens.to_string()])
+            // The bench repeats its prompts: each must cost what a new one does.
+            .arg("--no-prefix-caching")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the inference server process")?,
+    );
+    wait_ready(&client, &base).await?;
+    let served = served_model(&client, &base).await?;
+
+    let proxy_port = free_port()?;
+    let _proxy = ChildGuard(
+        Command::new(&exe)
+            .args([
+                "serve",
+                "--port",
+                &proxy_port.to_string(),
+                "--upstream",
+                &base,
+            ])
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the proxy process")?,
+    );
+    let proxy = format!("http://127.0.0.1:{proxy_port}");
     wait_ready(&client, &proxy).await?;
 
     let texts: Vec<String> = std::fs::read_to_string(&args.texts)
@@ -344,7 +377,6 @@ async fn run_async(args: OverheadArgs) -> Result<OverheadReport> {
         });
     }
     pb.finish_and_clear();
-    server.shutdown(Duration::from_secs(5)).await?;
 
     let report = OverheadReport {
         machine: machine_name(),
