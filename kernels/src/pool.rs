@@ -133,6 +133,35 @@ pub fn parallel_tasks(tasks: usize, total_work: usize, f: &(dyn Fn(usize) + Sync
     }
 }
 
+/// Runs `f(k, chunk)` over `data` cut into chunks of `chunk` items (the last one shorter), `k` the
+/// chunk's index, in parallel (as [`parallel_tasks`]) when `data.len() · work_per_item` is worth it.
+pub fn parallel_chunks_mut<T: Send>(
+    data: &mut [T],
+    chunk: usize,
+    work_per_item: usize,
+    f: &(dyn Fn(usize, &mut [T]) + Sync),
+) {
+    /// The base of `data`, shared by the tasks.
+    struct Base<T>(*mut T);
+    // SAFETY: the tasks only form disjoint sub-slices of `data` from it (below), and `T: Send`.
+    unsafe impl<T: Send> Sync for Base<T> {}
+    let (len, chunk) = (data.len(), chunk.max(1));
+    let base = Base(data.as_mut_ptr());
+    parallel_tasks(
+        len.div_ceil(chunk),
+        len.saturating_mul(work_per_item),
+        &|k| {
+            let start = k * chunk;
+            let end = (start + chunk).min(len);
+            let base = &base;
+            // SAFETY: each task index runs once, and the tasks' ranges are disjoint and inside `data`,
+            // which is borrowed mutably for the whole call.
+            let part = unsafe { std::slice::from_raw_parts_mut(base.0.add(start), end - start) };
+            f(k, part);
+        },
+    );
+}
+
 /// Runs `f(0)`, ..., `f(n - 1)` on the pool (the caller included), returning when all are done.
 pub fn run(n: usize, f: &(dyn Fn(usize) + Sync)) {
     match pool() {
@@ -423,5 +452,28 @@ mod tests {
             counts[t].fetch_add(1, Ordering::Relaxed);
         });
         assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+    }
+
+    #[test]
+    fn parallel_chunks_mut_hands_each_chunk_out_once_with_its_index() {
+        for (len, chunk, work) in [(100_003, 1000, 16), (10, 3, 16), (0, 4, 16), (5000, 64, 1)] {
+            let mut data = vec![0usize; len];
+            let calls = AtomicUsize::new(0);
+            parallel_chunks_mut(&mut data, chunk, work, &|k, part| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                assert!(
+                    part.len() == chunk || (k + 1) * chunk >= len,
+                    "chunk {k} short"
+                );
+                for (i, x) in part.iter_mut().enumerate() {
+                    *x += k * chunk + i + 1;
+                }
+            });
+            assert_eq!(calls.load(Ordering::Relaxed), len.div_ceil(chunk));
+            assert!(
+                data.iter().enumerate().all(|(i, &x)| x == i + 1),
+                "{len}/{chunk}"
+            );
+        }
     }
 }

@@ -12,7 +12,6 @@ use crate::decoder::{DecoderConfig, Family};
 use crate::error::{ModelError, Result};
 use crate::weights::{GgufFile, MappedTensor, SafetensorsFiles, TensorSource};
 use candle_core::Device;
-use rayon::prelude::*;
 use std::path::Path;
 use switchyard_kernels::{matmul, ActScales, AttentionShape, SequenceSpan};
 
@@ -532,9 +531,12 @@ impl Decoder {
             layer.up.forward(&xn, n, &mut up)?;
             trace("ffn_gate", li, &gate);
             trace("ffn_up", li, &up);
-            gate.par_chunks_mut(1 << 14)
-                .zip(up.par_chunks(1 << 14))
-                .for_each(|(g, u)| switchyard_kernels::activation::silu_mul_in_place(g, u));
+            // On the kernels' pool: a decode step's few thousand values stay on this thread (rayon
+            // would cost a cross-thread hand-off per layer), a prefill's are split.
+            const CHUNK: usize = 1 << 14;
+            switchyard_kernels::pool::parallel_chunks_mut(&mut gate, CHUNK, 16, &|k, g| {
+                switchyard_kernels::activation::silu_mul_in_place(g, &up[k * CHUNK..][..g.len()])
+            });
             trace("ffn_swiglu", li, &gate);
             layer.down.forward(&gate, n, &mut proj)?;
             trace("ffn_out", li, &proj);
