@@ -79,6 +79,12 @@ pub struct PathResult {
     pub total_p99_ms: f64,
     /// Router's own time (its header), p50, ms.
     pub route_p50_ms: Option<f64>,
+    /// The server's own time before generating (`Server-Timing: admit`; for the proxy, from its
+    /// arrival to the upstream's response head, the hop included), p50, ms.
+    pub admit_p50_ms: Option<f64>,
+    /// Median over texts of this path's `admit` minus the direct path's, with its 95 % interval:
+    /// the overhead as the servers measure it, without the client's and the host's noise around it.
+    pub overhead_admit_ci: Option<MedianCi>,
     /// Median over texts of this path's TTFT minus the direct path's on the same text (same
     /// round), ms; 0 for the direct path.
     pub overhead_ttft_ms: f64,
@@ -117,10 +123,22 @@ pub struct ProxyVsInProcess {
     /// The proxy's paired overhead over in-process routing's (both against direct); the issue's
     /// target is 5. `None` when in-process routing's overhead is not positive.
     pub overhead_ratio: Option<f64>,
+    /// The same two comparisons on the servers' own `admit` times.
+    pub admit_difference_ms: Option<MedianCi>,
+    /// Proxy over in-process, on `admit` overheads.
+    pub admit_overhead_ratio: Option<f64>,
 }
 
-/// One request's (TTFT ms, total ms, route ms).
-type Sample = (f64, f64, Option<f64>);
+/// One request's (TTFT ms, total ms, route ms, server admit ms).
+type Sample = (f64, f64, Option<f64>, Option<f64>);
+
+/// A metric's duration from a `Server-Timing` header value.
+fn timing_metric(header: &str, name: &str) -> Option<f64> {
+    header.split(',').find_map(|m| {
+        let (n, dur) = m.trim().split_once(";dur=")?;
+        (n == name).then(|| dur.parse().ok()).flatten()
+    })
+}
 
 /// The path measured `k`-th in round `round` (of `paths`): the order rotates every round, so each
 /// path goes first, second and third equally often.
@@ -182,7 +200,7 @@ async fn served_model(client: &reqwest::Client, base: &str) -> Result<String> {
         .context("the inference server lists no model")
 }
 
-/// (TTFT ms, total ms, route ms) of one streamed request.
+/// The [`Sample`] of one streamed request.
 async fn one(client: &reqwest::Client, url: &str, body: &serde_json::Value) -> Result<Sample> {
     let start = Instant::now();
     let r = client.post(url).json(body).send().await?;
@@ -198,6 +216,11 @@ async fn one(client: &reqwest::Client, url: &str, body: &serde_json::Value) -> R
         .get("x-switchyard-route-ms")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
+    let admit_ms = r
+        .headers()
+        .get("server-timing")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| timing_metric(v, "admit"));
     let mut stream = r.bytes_stream();
     let mut ttft = None;
     let mut seen = String::new();
@@ -212,7 +235,7 @@ async fn one(client: &reqwest::Client, url: &str, body: &serde_json::Value) -> R
         }
     }
     let total = start.elapsed().as_secs_f64() * 1e3;
-    Ok((ttft.unwrap_or(total), total, route_ms))
+    Ok((ttft.unwrap_or(total), total, route_ms, admit_ms))
 }
 
 /// Runs the benchmark.
@@ -347,6 +370,15 @@ async fn run_async(args: OverheadArgs) -> Result<OverheadReport> {
             .map(|s| s.iter().map(|x| x.0).collect())
             .collect();
         let direct_total_p50 = quantile(&samples[0].iter().map(|x| x.1).collect::<Vec<_>>(), 0.5);
+        // The servers' own `admit` times, when every response carried one.
+        let admits: Vec<Option<Vec<f64>>> = samples
+            .iter()
+            .map(|s| s.iter().map(|x| x.3).collect())
+            .collect();
+        let admit_overhead = |p: usize| match (&admits[p], &admits[0]) {
+            (Some(a), Some(d)) => Some(differences(a, d)),
+            _ => None,
+        };
         // Each path's paired TTFT overhead over direct (0 for direct itself).
         let mut overhead_ms = [0.0; 3];
         for (p, (name, _, _)) in paths.iter().enumerate() {
@@ -363,6 +395,12 @@ async fn run_async(args: OverheadArgs) -> Result<OverheadReport> {
                 total_p50_ms: quantile(&totals, 0.5),
                 total_p99_ms: quantile(&totals, 0.99),
                 route_p50_ms: (!routes.is_empty()).then(|| quantile(&routes, 0.5)),
+                admit_p50_ms: admits[p].as_deref().map(|a| quantile(a, 0.5)),
+                overhead_admit_ci: (p > 0)
+                    .then(|| admit_overhead(p))
+                    .flatten()
+                    .as_deref()
+                    .and_then(median_ci),
                 overhead_ttft_ms,
                 overhead_ttft_ci: overhead.as_deref().and_then(median_ci),
                 overhead_pct: overhead_ttft_ms / direct_total_p50 * 100.0,
@@ -370,10 +408,19 @@ async fn run_async(args: OverheadArgs) -> Result<OverheadReport> {
             });
         }
         let [_, in_process, proxy] = overhead_ms;
+        let admit_ratio = match (admit_overhead(1), admit_overhead(2)) {
+            (Some(i), Some(p)) => Some((median(i), median(p))),
+            _ => None,
+        };
         proxy_vs_in_process.push(ProxyVsInProcess {
             concurrency: c,
             ttft_difference_ms: median_ci(&differences(&ttfts[2], &ttfts[1])),
             overhead_ratio: (in_process > 0.0).then(|| proxy / in_process),
+            admit_difference_ms: match (&admits[2], &admits[1]) {
+                (Some(p), Some(i)) => median_ci(&differences(p, i)),
+                _ => None,
+            },
+            admit_overhead_ratio: admit_ratio.filter(|(i, _)| *i > 0.0).map(|(i, p)| p / i),
         });
     }
     pb.finish_and_clear();
@@ -415,17 +462,24 @@ fn ci_cell(ci: Option<MedianCi>) -> String {
     })
 }
 
+/// [`ci_cell`] to two decimals (the servers' own times are far less noisy).
+fn ci_cell2(ci: Option<MedianCi>) -> String {
+    ci.map_or("-".into(), |c| {
+        format!("{:+.2} [{:+.2}, {:+.2}]", c.median, c.low, c.high)
+    })
+}
+
 /// The Markdown tables.
 pub fn markdown(r: &OverheadReport) -> String {
     let mut s = format!(
         "Routing overhead in the request path ({}; {} chat-style requests per path and concurrency, {} tokens each, streamed, no thinking; paths interleaved round by round)\n\n",
         r.machine, r.requests, r.max_tokens
     );
-    s.push_str("| clients | path | TTFT p50 ms | TTFT p99 ms | total p50 ms | total p99 ms | router ms (p50) | TTFT overhead vs direct, paired: median [95 % CI] ms | % of the request |\n|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| clients | path | TTFT p50 ms | TTFT p99 ms | total p50 ms | total p99 ms | router ms (p50) | TTFT overhead vs direct, paired: median [95 % CI] ms | % of the request | server admit ms (p50) | admit overhead vs direct, paired ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     for x in &r.results {
         let direct = x.path == "direct";
         s.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} |\n",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} |\n",
             x.concurrency,
             x.path,
             x.ttft_p50_ms,
@@ -443,15 +497,24 @@ pub fn markdown(r: &OverheadReport) -> String {
             } else {
                 format!("{:+.1} %", x.overhead_pct)
             },
+            x.admit_p50_ms.map_or("-".into(), |v| format!("{v:.2}")),
+            if direct {
+                "-".into()
+            } else {
+                ci_cell2(x.overhead_admit_ci)
+            },
         ));
     }
-    s.push_str("\n| clients | proxy TTFT minus in-process TTFT, paired: median [95 % CI] ms | proxy overhead / in-process overhead (target 5) |\n|---|---|---|\n");
+    s.push_str("\n| clients | proxy TTFT minus in-process TTFT, paired: median [95 % CI] ms | proxy overhead / in-process overhead (target 5) | proxy admit minus in-process admit, paired ms | the same ratio on admit overheads |\n|---|---|---|---|---|\n");
+    let ratio = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}x"));
     for x in &r.proxy_vs_in_process {
         s.push_str(&format!(
-            "| {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} |\n",
             x.concurrency,
             ci_cell(x.ttft_difference_ms),
-            x.overhead_ratio.map_or("-".into(), |v| format!("{v:.2}x")),
+            ratio(x.overhead_ratio),
+            ci_cell2(x.admit_difference_ms),
+            ratio(x.admit_overhead_ratio),
         ));
     }
     s
@@ -491,6 +554,12 @@ mod tests {
             total_p50_ms: 200.0,
             total_p99_ms: 250.0,
             route_p50_ms: (name != "direct").then_some(3.0),
+            admit_p50_ms: Some(0.5 + overhead),
+            overhead_admit_ci: (name != "direct").then_some(MedianCi {
+                median: overhead,
+                low: overhead - 0.25,
+                high: overhead + 0.25,
+            }),
             overhead_ttft_ms: overhead,
             overhead_ttft_ci: (name != "direct").then_some(MedianCi {
                 median: overhead,
@@ -517,14 +586,33 @@ mod tests {
                     high: 2.5,
                 }),
                 overhead_ratio: Some(1.5),
+                admit_difference_ms: Some(MedianCi {
+                    median: 1.5,
+                    low: 1.25,
+                    high: 1.75,
+                }),
+                admit_overhead_ratio: Some(1.5),
             }],
         };
         let md = markdown(&report);
-        assert!(md.contains("| 1 | in-process | 53.0 | 80.0 | 200.0 | 250.0 | 3.00 | +3.0 [+2.0, +4.0] | +1.5 % |"), "{md}");
+        assert!(md.contains("| 1 | in-process | 53.0 | 80.0 | 200.0 | 250.0 | 3.00 | +3.0 [+2.0, +4.0] | +1.5 % | 3.50 | +3.00 [+2.75, +3.25] |"), "{md}");
         assert!(
-            md.contains("| 1 | direct | 50.0 | 80.0 | 200.0 | 250.0 | - | - | - |"),
+            md.contains("| 1 | direct | 50.0 | 80.0 | 200.0 | 250.0 | - | - | - | 0.50 | - |"),
             "{md}"
         );
-        assert!(md.contains("| 1 | +1.5 [+0.5, +2.5] | 1.50x |"), "{md}");
+        assert!(
+            md.contains("| 1 | +1.5 [+0.5, +2.5] | 1.50x | +1.50 [+1.25, +1.75] | 1.50x |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn server_timing_metrics_are_read_by_name() {
+        let h = "route;dur=3.500, admit;dur=5.250, upstream-admit;dur=0.700";
+        assert_eq!(timing_metric(h, "admit"), Some(5.25));
+        assert_eq!(timing_metric(h, "route"), Some(3.5));
+        assert_eq!(timing_metric(h, "upstream-admit"), Some(0.7));
+        assert_eq!(timing_metric(h, "hop"), None);
+        assert_eq!(timing_metric("admit;dur=x", "admit"), None);
     }
 }

@@ -23,6 +23,10 @@ async fn non_streaming_and_streaming_give_the_same_greedy_text() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-switchyard-model"], "tiny-llama");
     assert_eq!(r.headers()["x-switchyard-reasoning"], "off");
+    // Not routed: the server's own time before generating, no router entry.
+    let timing = server_timing(r.headers());
+    assert_eq!(timing.keys().collect::<Vec<_>>(), ["admit"]);
+    assert!(timing["admit"] > 0.0);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["model"], "tiny-llama");
@@ -49,6 +53,7 @@ async fn non_streaming_and_streaming_give_the_same_greedy_text() {
         .to_str()
         .unwrap()
         .starts_with("text/event-stream"));
+    assert!(server_timing(r.headers())["admit"] > 0.0);
     let data = sse_data(&r.text().await.unwrap());
     let first: Value = serde_json::from_str(&data[0]).unwrap();
     assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
@@ -58,6 +63,19 @@ async fn non_streaming_and_streaming_give_the_same_greedy_text() {
     assert_eq!(finish.as_deref(), Some("length"));
     assert_eq!(usage.unwrap()["completion_tokens"], 12);
     s.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// The `Server-Timing` header's metrics: name -> duration in ms.
+fn server_timing(h: &reqwest::header::HeaderMap) -> std::collections::BTreeMap<String, f64> {
+    h["server-timing"]
+        .to_str()
+        .unwrap()
+        .split(", ")
+        .map(|m| {
+            let (name, dur) = m.split_once(";dur=").unwrap();
+            (name.to_string(), dur.parse().unwrap())
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,6 +98,10 @@ async fn auto_is_routed_and_says_so() {
         .parse()
         .unwrap();
     assert!(ms > 0.0);
+    let timing = server_timing(&h);
+    assert_eq!(timing.keys().collect::<Vec<_>>(), ["admit", "route"]);
+    assert!((timing["route"] - ms).abs() < 1e-3, "{timing:?} vs {ms}");
+    assert!(timing["admit"] > timing["route"], "{timing:?}");
     let v: Value = r.json().await.unwrap();
     // Thinking on with a budget larger than max_tokens: every token is reasoning.
     assert_eq!(
@@ -535,6 +557,17 @@ async fn proxy_mode_routes_and_forwards_like_the_vllm_semantic_router() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-switchyard-category"], "history");
     assert_eq!(r.headers()["x-switchyard-reasoning"], "off");
+    // The proxy's own route and admission (the hop and the generator's admission inside it), then
+    // the generator's, renamed.
+    let timing = server_timing(r.headers());
+    assert_eq!(
+        timing.keys().collect::<Vec<_>>(),
+        ["admit", "route", "upstream-admit"]
+    );
+    assert!(
+        timing["admit"] > timing["route"] + timing["upstream-admit"],
+        "{timing:?}"
+    );
     let via_proxy: Value = r.json().await.unwrap();
     let direct: Value = post(
         &gen_base,

@@ -407,6 +407,20 @@ fn decision_headers(plan: &Plan) -> HeaderMap {
     h
 }
 
+/// The `Server-Timing` header (W3C) of a generated request: `route` (the router's time, routed
+/// requests only) and `admit` (from the request's arrival to its sequences queued in the engine:
+/// parsing, routing, the chat template and tokenization), in milliseconds. What the server itself
+/// spends before generating, without the network and client around it.
+fn server_timing(plan: &Plan, admitted: Duration) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut v = String::new();
+    if let Some(d) = &plan.decision {
+        v.push_str(&format!("route;dur={:.3}, ", ms(d.route_time)));
+    }
+    v.push_str(&format!("admit;dur={:.3}", ms(admitted)));
+    v
+}
+
 /// The `x-switchyard-blocked` value.
 pub(super) fn blocked_label(reason: BlockReason) -> &'static str {
     match reason {
@@ -524,6 +538,7 @@ async fn chat(
         let body = body.map_err(|_| ApiError::too_large(state.limits.body_bytes))?;
         return super::proxy::forward(state, &upstream, body).await;
     }
+    let arrived = Instant::now();
     let (request, checked) = parse_body(&state, body)?;
     let max_tokens = max_tokens(&state, &request)?;
     let choices = request.n.unwrap_or(1);
@@ -537,7 +552,7 @@ async fn chat(
         ));
     }
     let plan = plan(&state, &request).await?;
-    let headers = decision_headers(&plan);
+    let mut headers = decision_headers(&plan);
     let id = completion_id();
     let created = now();
 
@@ -648,6 +663,9 @@ async fn chat(
         .await
         .map_err(|e| ApiError::internal(format!("submitting: {e}")))??
     };
+    if let Ok(timing) = HeaderValue::from_str(&server_timing(&plan, arrived.elapsed())) {
+        headers.insert(HeaderName::from_static("server-timing"), timing);
+    }
     let outcome = Outcome {
         state: state.clone(),
         labels: RequestLabels {

@@ -5,6 +5,7 @@
 //! passed through with the routing headers added. Other models are forwarded unchanged.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -19,9 +20,11 @@ use super::State;
 
 /// Forwards one chat request.
 pub async fn forward(state: Arc<State>, upstream: &str, body: Bytes) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
     let mut request: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))?;
     let mut extra = Vec::new();
+    let mut route_time = None;
     if request["model"] == json!(state.auto_model) {
         let router = state
             .router
@@ -35,6 +38,7 @@ pub async fn forward(state: Arc<State>, upstream: &str, body: Bytes) -> Result<R
             .route_async(&messages)
             .await
             .map_err(|e| ApiError::internal(format!("routing failed: {e}")))?;
+        route_time = Some(decision.route_time);
         extra.push(("x-switchyard-category", decision.category.clone()));
         extra.push((
             "x-switchyard-route-ms",
@@ -89,6 +93,14 @@ pub async fn forward(state: Arc<State>, upstream: &str, body: Bytes) -> Result<R
         .send()
         .await
         .map_err(|e| ApiError::unavailable(format!("upstream {upstream}: {e}")))?;
+    extra.push((
+        "server-timing",
+        server_timing(
+            route_time,
+            arrived.elapsed(),
+            upstream_response.headers().get("server-timing"),
+        ),
+    ));
     let status = StatusCode::from_u16(upstream_response.status().as_u16())
         .unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = Response::builder().status(status);
@@ -111,4 +123,48 @@ pub async fn forward(state: Arc<State>, upstream: &str, body: Bytes) -> Result<R
         }
     }
     Ok(response)
+}
+
+/// The proxy's `Server-Timing`: its `route` (routed requests), its `admit` (from the request's
+/// arrival here to the upstream's response head: routing, re-serialising, the hop and the upstream's
+/// own admission), and the upstream's metrics renamed `upstream-…`.
+fn server_timing(
+    route: Option<Duration>,
+    admit: Duration,
+    upstream: Option<&HeaderValue>,
+) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut v = String::new();
+    if let Some(r) = route {
+        v.push_str(&format!("route;dur={:.3}, ", ms(r)));
+    }
+    v.push_str(&format!("admit;dur={:.3}", ms(admit)));
+    if let Some(up) = upstream.and_then(|h| h.to_str().ok()) {
+        for metric in up.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            v.push_str(&format!(", upstream-{metric}"));
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxys_server_timing_adds_its_own_metrics_before_the_upstreams() {
+        let up = HeaderValue::from_static("admit;dur=0.700");
+        assert_eq!(
+            server_timing(
+                Some(Duration::from_micros(3500)),
+                Duration::from_micros(5250),
+                Some(&up)
+            ),
+            "route;dur=3.500, admit;dur=5.250, upstream-admit;dur=0.700"
+        );
+        assert_eq!(
+            server_timing(None, Duration::from_millis(1), None),
+            "admit;dur=1.000"
+        );
+    }
 }
