@@ -166,6 +166,26 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Starts `serve --port <port> --config <config> <args>` as a child process of this binary,
+/// stopped when the guard drops.
+fn spawn_serve(
+    what: &str,
+    port: u16,
+    config: &std::path::Path,
+    args: &[&str],
+) -> Result<ChildGuard> {
+    let child = Command::new(std::env::current_exe()?)
+        .args(["serve", "--port", &port.to_string()])
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting the {what} process"))?;
+    Ok(ChildGuard(child))
+}
+
 async fn wait_ready(client: &reqwest::Client, base: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -263,52 +283,33 @@ async fn run_async(args: OverheadArgs) -> Result<OverheadReport> {
     let model_arg = model_path.display().to_string();
     let max_c = args.concurrency.iter().copied().max().unwrap_or(1);
 
-    let exe = std::env::current_exe()?;
     let client = reqwest::Client::new();
     // The inference server (direct and in-process paths) and the router-only proxy, each a process
     // of this binary of its own, so that neither shares a runtime or threads with this client.
     let server_port = free_port()?;
     let base = format!("http://127.0.0.1:{server_port}");
-    let _server = ChildGuard(
-        Command::new(&exe)
-            .args([
-                "serve",
-                "--port",
-                &server_port.to_string(),
-                "--model",
-                &model_arg,
-            ])
-            .arg("--config")
-            .arg(&config)
-            .args(["--max-num-seqs", &max_c.max(8).to_string()])
-            .args(["--max-tokens", &args.max_tokens.to_string()])
+    let max_seqs = max_c.max(8).to_string();
+    let max_tokens = args.max_tokens.to_string();
+    let _server = spawn_serve(
+        "inference server",
+        server_port,
+        &config,
+        &[
+            "--model",
+            &model_arg,
+            "--max-num-seqs",
+            &max_seqs,
+            "--max-tokens",
+            &max_tokens,
             // The bench repeats its prompts: each must cost what a new one does.
-            .arg("--no-prefix-caching")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting the inference server process")?,
-    );
+            "--no-prefix-caching",
+        ],
+    )?;
     wait_ready(&client, &base).await?;
     let served = served_model(&client, &base).await?;
 
     let proxy_port = free_port()?;
-    let _proxy = ChildGuard(
-        Command::new(&exe)
-            .args([
-                "serve",
-                "--port",
-                &proxy_port.to_string(),
-                "--upstream",
-                &base,
-            ])
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting the proxy process")?,
-    );
+    let _proxy = spawn_serve("proxy", proxy_port, &config, &["--upstream", &base])?;
     let proxy = format!("http://127.0.0.1:{proxy_port}");
     wait_ready(&client, &proxy).await?;
 
