@@ -411,11 +411,11 @@ fn decision_headers(plan: &Plan) -> HeaderMap {
 /// requests only) and `admit` (from the request's arrival to its sequences queued in the engine:
 /// parsing, routing, the chat template and tokenization), in milliseconds. What the server itself
 /// spends before generating, without the network and client around it.
-fn server_timing(plan: &Plan, admitted: Duration) -> String {
+pub(super) fn server_timing(route: Option<Duration>, admitted: Duration) -> String {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let mut v = String::new();
-    if let Some(d) = &plan.decision {
-        v.push_str(&format!("route;dur={:.3}, ", ms(d.route_time)));
+    if let Some(r) = route {
+        v.push_str(&format!("route;dur={:.3}, ", ms(r)));
     }
     v.push_str(&format!("admit;dur={:.3}", ms(admitted)));
     v
@@ -663,7 +663,10 @@ async fn chat(
         .await
         .map_err(|e| ApiError::internal(format!("submitting: {e}")))??
     };
-    if let Ok(timing) = HeaderValue::from_str(&server_timing(&plan, arrived.elapsed())) {
+    if let Ok(timing) = HeaderValue::from_str(&server_timing(
+        plan.decision.as_ref().map(|d| d.route_time),
+        arrived.elapsed(),
+    )) {
         headers.insert(HeaderName::from_static("server-timing"), timing);
     }
     let outcome = Outcome {

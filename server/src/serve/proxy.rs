@@ -133,12 +133,7 @@ fn server_timing(
     admit: Duration,
     upstream: Option<&HeaderValue>,
 ) -> String {
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let mut v = String::new();
-    if let Some(r) = route {
-        v.push_str(&format!("route;dur={:.3}, ", ms(r)));
-    }
-    v.push_str(&format!("admit;dur={:.3}", ms(admit)));
+    let mut v = super::handlers::server_timing(route, admit);
     if let Some(up) = upstream.and_then(|h| h.to_str().ok()) {
         for metric in up.split(',').map(str::trim).filter(|m| !m.is_empty()) {
             v.push_str(&format!(", upstream-{metric}"));
