@@ -29,7 +29,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use switchyard_models::decoder::{BlockTable, Decoder, KvCache, SequenceInput};
+use switchyard_models::decoder::{BlockTable, Decoder, KvCache, LogitRows, SequenceInput};
 use switchyard_models::encoder::MultiHeadClassifier;
 use switchyard_models::weights::GgufFile;
 use switchyard_models::DeviceSpec;
@@ -171,7 +171,7 @@ fn check_against_cpu(path: &Path, gpu: &Decoder, device: &Device) -> Res<()> {
             tokens: &prompt,
             start_position: 0,
             blocks: &t,
-            want_logits: true,
+            logits: LogitRows::Last,
         }];
         results.push(d.forward_all(&batch, &mut cache)?);
     }
@@ -242,7 +242,7 @@ fn decode_bench(decoder: &Decoder, device: &Device, conc: usize, steps: usize, b
                 tokens: &prompts[i],
                 start_position: 0,
                 blocks: &tables[i],
-                want_logits: true,
+                logits: LogitRows::Last,
             })
             .collect();
         decoder.forward(&batch, &mut cache)?;
@@ -257,7 +257,7 @@ fn decode_bench(decoder: &Decoder, device: &Device, conc: usize, steps: usize, b
                 tokens: &next[i],
                 start_position: prompt_len + s,
                 blocks: &tables[i],
-                want_logits: true,
+                logits: LogitRows::Last,
             })
             .collect();
         let logits = decoder.forward(&batch, &mut cache)?;

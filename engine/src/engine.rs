@@ -20,7 +20,7 @@ use crate::worker::{Command, ModelSlot, Worker};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use switchyard_models::decoder::{BlockTable, Decoder, KvCache, SequenceInput};
+use switchyard_models::decoder::{BlockTable, Decoder, KvCache, LogitRows, SequenceInput};
 use switchyard_models::text::{ChatMessage, ChatTemplate, TextTokenizer};
 use switchyard_models::GenerationModel;
 
@@ -330,13 +330,31 @@ impl Engine {
                 message: format!("at most {MAX_TOP_LOGPROBS} alternatives"),
             });
         }
-        if params.max_tokens == Some(0) {
+        if params.prompt_logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+            return Err(EngineError::InvalidParameter {
+                param: "prompt_logprobs",
+                message: format!("at most {MAX_TOP_LOGPROBS} alternatives"),
+            });
+        }
+        // Scoring a prompt may generate nothing.
+        if params.max_tokens == Some(0) && params.prompt_logprobs.is_none() {
             return Err(EngineError::InvalidParameter {
                 param: "max_tokens",
                 message: "must be at least 1".into(),
             });
         }
+        if !params.split_thinking && params.thinking != Thinking::Off {
+            return Err(EngineError::InvalidParameter {
+                param: "thinking",
+                message: "thinking needs its section split out of the output".into(),
+            });
+        }
         let (tokens, section) = self.prompt_tokens(&request.prompt, &params)?;
+        let section = if params.split_thinking {
+            section
+        } else {
+            Section::Raw
+        };
         if tokens.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -394,7 +412,8 @@ impl Engine {
             prompt_len,
             computed: 0,
             cached_tokens: None,
-            use_prefix_cache: params.use_prefix_cache,
+            // A cached prefix has no logits to score.
+            use_prefix_cache: params.use_prefix_cache && params.prompt_logprobs.is_none(),
             passed_over: 0,
             blocks: BlockTable::default(),
             detok: Detokenizer::default(),
@@ -406,6 +425,8 @@ impl Engine {
             forced_end: self.info.forced_end.clone(),
             reasoning_tokens: 0,
             logprobs: params.logprobs,
+            prompt_logprobs: params.prompt_logprobs,
+            prompt_scored: 1,
             constraint,
             pending_call,
             submitted,
@@ -575,7 +596,7 @@ fn warm_up(decoder: &Decoder, cache: &mut KvCache, tokens: usize) -> Result<()> 
         tokens: &ids,
         start_position: 0,
         blocks: &blocks,
-        want_logits: true,
+        logits: LogitRows::Last,
     };
     let result = decoder.forward(&[input], cache);
     cache.release(&mut blocks);

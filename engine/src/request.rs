@@ -43,6 +43,16 @@ pub struct GenerationParams {
     /// Send each sampled token's log-probability ([`Event::Logprob`]) with this many most likely
     /// alternatives (at most [`MAX_TOP_LOGPROBS`]); `None`: no log-probabilities.
     pub logprobs: Option<usize>,
+    /// Also send the log-probability of every prompt token after the first under the model
+    /// ([`Event::PromptLogprob`], before any generated token), with this many most likely
+    /// alternatives at each position (at most [`MAX_TOP_LOGPROBS`]): scoring a text, as OpenAI's
+    /// text completions do with `echo` and `logprobs`. The prompt is then computed in full (a
+    /// cached prefix has no logits to give), and `max_tokens` may be 0 (score only).
+    pub prompt_logprobs: Option<usize>,
+    /// Split the `<think>` section out of the output as [`DeltaKind::Reasoning`] (chat). Off,
+    /// every generated token is [`DeltaKind::Content`] exactly as the model wrote it, markers and
+    /// leading whitespace included (text completions); thinking must then be off.
+    pub split_thinking: bool,
     /// What the answer must be.
     pub response_format: ResponseFormat,
     /// Functions the model may (or must) call ([`crate::tools`]).
@@ -85,6 +95,8 @@ impl Default for GenerationParams {
             ignore_eos: false,
             thinking: Thinking::Off,
             logprobs: None,
+            prompt_logprobs: None,
+            split_thinking: true,
             response_format: ResponseFormat::Text,
             tools: None,
             use_prefix_cache: true,
@@ -164,6 +176,10 @@ pub enum Event {
     /// the token adds. Tokens forced by a thinking budget and a final end-of-sequence token have
     /// none.
     Logprob(TokenLogprob),
+    /// A prompt token's log-probability given the tokens before it (when the request asked for
+    /// [`GenerationParams::prompt_logprobs`]): one per prompt token after the first, in order,
+    /// before any generated token's event.
+    PromptLogprob(TokenLogprob),
     /// The end, with the reason, the usage and every generated token id (forced end-of-thinking
     /// markers and a final end-of-sequence token included). Always the last event of a served request.
     Finished {

@@ -8,7 +8,7 @@ use crate::sampling::Sampler;
 use crate::stop::{StopMatcher, StopOutcome};
 use crate::thinking::ThinkingSplitter;
 use std::time::Instant;
-use switchyard_models::decoder::BlockTable;
+use switchyard_models::decoder::{BlockTable, LogitRows};
 use switchyard_models::text::TextTokenizer;
 
 /// Per-request state owned by the worker.
@@ -41,6 +41,11 @@ pub(crate) struct Sequence {
     pub(crate) reasoning_tokens: usize,
     /// Alternatives per [`Event::Logprob`]; `None`: no log-probabilities.
     pub(crate) logprobs: Option<usize>,
+    /// Alternatives per [`Event::PromptLogprob`]; `None`: the prompt is not scored.
+    pub(crate) prompt_logprobs: Option<usize>,
+    /// The next prompt position whose token's log-probability is to be sent (from 1: the first
+    /// token has nothing before it). A recomputed prompt (after preemption) sends nothing twice.
+    pub(crate) prompt_scored: usize,
     /// What the answer must be (`None`: any text).
     pub(crate) constraint: Option<GrammarConstraint>,
     /// With tools left to the model's choice: the constraint that becomes [`Self::constraint`]
@@ -65,10 +70,44 @@ impl Sequence {
         self.events.is_disconnected()
     }
 
+    /// Which rows of a step's chunk `start..start + len` this sequence needs logits for: every
+    /// row while its prompt is scored, else the last one once the chunk reaches the end.
+    pub(crate) fn logit_rows(&self, start: usize, len: usize) -> LogitRows {
+        if self.prompt_logprobs.is_some() && start + 1 < self.prompt_len {
+            LogitRows::All
+        } else if start + len == self.tokens.len() {
+            LogitRows::Last
+        } else {
+            LogitRows::None
+        }
+    }
+
+    /// Sends the log-probabilities of the prompt tokens that the rows of positions
+    /// `start..start + rows.len() / vocab` predict (each row, the token after it).
+    pub(crate) fn score_prompt(&mut self, start: usize, rows: &[f32], vocab: usize) {
+        let Some(top) = self.prompt_logprobs else {
+            return;
+        };
+        for (r, logits) in rows.chunks_exact(vocab).enumerate() {
+            let next = start + r + 1;
+            if next < self.prompt_scored || next >= self.prompt_len {
+                continue;
+            }
+            let id = self.tokens[next];
+            let (logprob, top) = crate::sampling::log_probs(logits, id, top);
+            self.send(Event::PromptLogprob(TokenLogprob { id, logprob, top }));
+            self.prompt_scored = next + 1;
+        }
+    }
+
     /// Takes the next token(s) given this step's logits for the sequence's last position.
     pub(crate) fn advance(&mut self, tokenizer: &TextTokenizer, logits: &mut [f32]) {
         if self.first_token.is_none() {
             self.first_token = Some(Instant::now());
+        }
+        if self.generated() >= self.max_new {
+            // Nothing to generate (a prompt scored with `max_tokens: 0`).
+            return self.finish(tokenizer, FinishReason::Length);
         }
         let over_budget =
             self.splitter.in_thinking() && self.budget.is_some_and(|b| self.reasoning_tokens >= b);

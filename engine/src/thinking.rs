@@ -48,6 +48,9 @@ pub enum Section {
     Thinking,
     /// In the answer.
     Answer,
+    /// Raw text (text completions): everything is answer, exactly as generated, `<think>` and
+    /// `</think>` included; nothing is held back or trimmed.
+    Raw,
 }
 
 /// Splits generated text into reasoning and answer deltas, removing the markers.
@@ -85,6 +88,10 @@ impl ThinkingSplitter {
         let mut out = Vec::new();
         loop {
             match self.section {
+                Section::Raw => {
+                    push_delta(&mut out, DeltaKind::Content, std::mem::take(&mut self.pending));
+                    return out;
+                }
                 Section::Start => {
                     let trimmed = self.pending.trim_start();
                     if trimmed.starts_with(THINK_START) {
@@ -196,6 +203,19 @@ mod tests {
         let (r, c) = run(Section::Thinking, &["step one", "\n</think>", "\n\nanswer"]);
         assert_eq!(r, "step one\n");
         assert_eq!(c, "answer");
+    }
+
+    #[test]
+    fn raw_text_passes_markers_and_whitespace_through() {
+        let pieces = ["\n <th", "ink>a</think>", "\n\nb"];
+        let mut s = ThinkingSplitter::new(Section::Raw);
+        let deltas: Vec<_> = pieces.iter().flat_map(|p| s.push(p)).collect();
+        assert!(deltas.iter().all(|(k, _)| *k == DeltaKind::Content));
+        assert_eq!(deltas.len(), 3, "nothing held back: {deltas:?}");
+        let text: String = deltas.into_iter().map(|(_, t)| t).collect();
+        assert_eq!(text, pieces.concat());
+        assert!(!s.in_thinking());
+        assert!(s.finish().is_empty());
     }
 
     #[test]

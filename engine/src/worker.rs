@@ -19,7 +19,7 @@ use crate::turns::Turns;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_models::decoder::{Decoder, KvCache, SequenceInput};
+use switchyard_models::decoder::{Decoder, KvCache, LogitRows, SequenceInput};
 use switchyard_models::text::TextTokenizer;
 
 /// Messages to the worker.
@@ -257,7 +257,7 @@ impl ModelSlot {
                     tokens: &s.tokens[start..start + len],
                     start_position: start,
                     blocks: &s.blocks,
-                    want_logits: start + len == s.tokens.len(),
+                    logits: s.logit_rows(start, len),
                 }
             })
             .collect();
@@ -283,14 +283,24 @@ impl ModelSlot {
         let mut row = 0;
         for &Slice { index, start, len } in &plan {
             let seq = &mut self.running[index];
+            let rows = match seq.logit_rows(start, len) {
+                LogitRows::None => 0,
+                LogitRows::Last => 1,
+                LogitRows::All => len,
+            };
+            let logits = &mut logits[row * vocab..(row + rows) * vocab];
+            row += rows;
             seq.computed = start + len;
             self.cache
                 .commit(&mut seq.blocks, &seq.tokens, seq.computed);
+            if rows == len {
+                seq.score_prompt(start, logits, vocab);
+            }
             if seq.computed == seq.tokens.len() {
                 let before = seq.generated();
-                seq.advance(&self.tokenizer, &mut logits[row * vocab..(row + 1) * vocab]);
+                let last = logits.len() - vocab;
+                seq.advance(&self.tokenizer, &mut logits[last..]);
                 self.stats.record_generated(seq.generated() - before);
-                row += 1;
             }
         }
         self.retire();

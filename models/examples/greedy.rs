@@ -1,5 +1,5 @@
 //! Greedy-decodes a prompt with a model path: `cargo run --release -p switchyard-models --example greedy -- MODEL PROMPT`.
-use switchyard_models::decoder::{BlockTable, KvCache, SequenceInput};
+use switchyard_models::decoder::{BlockTable, KvCache, LogitRows, SequenceInput};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tokens: &fed,
                 start_position: pos,
                 blocks: &table,
-                want_logits: true,
+                logits: LogitRows::Last,
             }],
             &mut cache,
         )?;

@@ -167,7 +167,7 @@ pub(crate) fn finish(submitted: Instant, stream: GenerationStream) -> Result<(In
 fn finished_usage(stream: GenerationStream) -> Result<Usage> {
     loop {
         match stream.recv() {
-            Some(Event::Delta { .. } | Event::Logprob(_)) => {}
+            Some(Event::Delta { .. } | Event::Logprob(_) | Event::PromptLogprob(_)) => {}
             Some(Event::Finished { usage, .. }) => return Ok(usage),
             Some(Event::Error(e)) => bail!("generation failed: {e}"),
             None => bail!("stream ended early"),

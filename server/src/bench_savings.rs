@@ -429,7 +429,7 @@ pub fn run(args: SavingsArgs) -> Result<SavingsReport> {
                             answer.push_str(&text);
                         }
                     }
-                    Some(Event::Logprob(_)) => {}
+                    Some(Event::Logprob(_) | Event::PromptLogprob(_)) => {}
                     Some(Event::Finished { usage, .. }) => break usage,
                     Some(Event::Error(e)) => bail!("generation failed: {e}"),
                     None => bail!("stream ended early"),

@@ -171,7 +171,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                     rate
                 )?;
             }
-            Event::Logprob(_) => {} // `generate` does not ask for them
+            Event::Logprob(_) | Event::PromptLogprob(_) => {} // `generate` does not ask for them
             Event::Error(e) => anyhow::bail!("generation failed: {e}"),
         }
     }

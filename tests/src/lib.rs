@@ -134,7 +134,7 @@ pub fn teacher_forced(
                 tokens,
                 start_position: 0,
                 blocks: &table,
-                want_logits: true,
+                logits: switchyard_models::decoder::LogitRows::Last,
             }],
             &mut cache,
         )

@@ -61,6 +61,7 @@ struct Outcome {
     usage: Usage,
     ids: Vec<u32>,
     logprobs: Vec<TokenLogprob>,
+    prompt_logprobs: Vec<TokenLogprob>,
 }
 
 fn drain(stream: GenerationStream) -> Outcome {
@@ -82,6 +83,13 @@ fn drain(stream: GenerationStream) -> Outcome {
                 out.ids = output_ids;
             }
             Event::Logprob(lp) => out.logprobs.push(lp),
+            Event::PromptLogprob(lp) => {
+                assert!(
+                    out.logprobs.is_empty() && out.content.is_empty() && out.reasoning.is_empty(),
+                    "a prompt log-probability after generated output"
+                );
+                out.prompt_logprobs.push(lp)
+            }
             Event::Error(e) => panic!("engine error: {e}"),
         }
     }

@@ -2,7 +2,7 @@
 //! 1e-4, see hf_parity.rs): a ragged batch of prefills (logits at every position), then batched decode
 //! steps, on the tiny Llama / Qwen2 / Qwen3 checkpoints. Skips, saying why, without a GPU.
 
-use switchyard_models::decoder::{BlockTable, Decoder, KvCache, SequenceInput};
+use switchyard_models::decoder::{BlockTable, Decoder, KvCache, LogitRows, SequenceInput};
 use switchyard_models::{load_generation_model, DeviceSpec};
 use switchyard_tests::{fixtures, ids, read_json};
 
@@ -35,7 +35,7 @@ fn run(decoder: &Decoder, prompts: &[Vec<u32>], steps: usize, cache: &mut KvCach
             tokens: p,
             start_position: 0,
             blocks: t,
-            want_logits: true,
+            logits: LogitRows::Last,
         })
         .collect();
     let mut all = decoder.forward_all(&batch, cache).unwrap();
@@ -60,7 +60,7 @@ fn run(decoder: &Decoder, prompts: &[Vec<u32>], steps: usize, cache: &mut KvCach
                 tokens: tok,
                 start_position: p.len() + s,
                 blocks: t,
-                want_logits: true,
+                logits: LogitRows::Last,
             })
             .collect();
         let logits = decoder.forward(&batch, cache).unwrap();
@@ -117,7 +117,7 @@ fn cuda_decoder_matches_the_cpu_decoder() {
             tokens: &[1],
             start_position: 0,
             blocks: &t,
-            want_logits: true,
+            logits: LogitRows::Last,
         }];
         assert!(gpu.forward(&batch, &mut wrong).is_err());
     }

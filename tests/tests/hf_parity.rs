@@ -2,7 +2,7 @@
 //! Qwen2 with biases and tied embeddings, Qwen3 with q/k norms): tokenizer ids, chat templates,
 //! logits at every position through both the prefill and the decode path, greedy continuations.
 
-use switchyard_models::decoder::{BlockTable, KvCache, SequenceInput};
+use switchyard_models::decoder::{BlockTable, KvCache, LogitRows, SequenceInput};
 use switchyard_models::load_generation_model;
 use switchyard_models::text::ChatMessage;
 use switchyard_tests::{fixtures, ids, max_abs_diff, read_json, read_tensor};
@@ -83,7 +83,7 @@ fn prefill_logits_match_transformers_at_every_position() {
                         tokens: &prompt,
                         start_position: 0,
                         blocks: &table,
-                        want_logits: true,
+                        logits: LogitRows::Last,
                     }],
                     &mut cache,
                 )
@@ -121,7 +121,7 @@ fn decode_path_logits_and_greedy_tokens_match_transformers() {
                             tokens: &[next],
                             start_position: pos,
                             blocks: &table,
-                            want_logits: true,
+                            logits: LogitRows::Last,
                         }],
                         &mut cache,
                     )

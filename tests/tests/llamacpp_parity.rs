@@ -6,7 +6,7 @@
 //! Needs the GGUF (`cargo run --release -- fetch-model`); CI sets `SWITCHYARD_REQUIRE_MODEL` so a
 //! missing model fails there instead of skipping.
 
-use switchyard_models::decoder::{BlockTable, KvCache, KvDtype, SequenceInput};
+use switchyard_models::decoder::{BlockTable, KvCache, KvDtype, LogitRows, SequenceInput};
 use switchyard_models::text::ChatMessage;
 use switchyard_models::{load_generation_model, GenerationModel};
 use switchyard_tests::{fixtures, ids, read_json, read_tensor, smollm2_gguf, teacher_forced};
@@ -92,7 +92,7 @@ fn the_first_layer_computes_what_llama_cpp_computes_op_by_op() {
                 tokens: &tokens[start..],
                 start_position: start,
                 blocks: &table,
-                want_logits: true,
+                logits: LogitRows::Last,
             }],
             &mut cache,
             &mut |name, layer, values| {
@@ -258,7 +258,7 @@ fn free_running_greedy_agrees_up_to_the_first_near_tie() {
                         tokens: &feed,
                         start_position: pos,
                         blocks: &table,
-                        want_logits: true,
+                        logits: LogitRows::Last,
                     }],
                     &mut cache,
                 )

@@ -208,7 +208,9 @@ fn the_engine_streams_llama_cpp_greedy_text() {
             match event {
                 Event::Delta { text: t, .. } => text.push_str(&t),
                 Event::Finished { output_ids, .. } => got = Some(output_ids),
-                Event::Logprob(_) => panic!("log-probabilities were not asked for"),
+                Event::Logprob(_) | Event::PromptLogprob(_) => {
+                    panic!("log-probabilities were not asked for")
+                }
                 Event::Error(e) => panic!("engine error: {e}"),
             }
         }

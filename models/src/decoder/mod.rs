@@ -9,5 +9,5 @@ mod rope;
 
 pub use config::{DecoderConfig, Family, RopeScaling, RopeStyle};
 pub use kv_cache::{BlockTable, KvCache, KvDtype};
-pub use model::{Decoder, SequenceInput};
+pub use model::{Decoder, LogitRows, SequenceInput};
 pub use rope::Rope;

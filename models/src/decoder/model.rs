@@ -158,8 +158,19 @@ pub struct SequenceInput<'a> {
     pub start_position: usize,
     /// The sequence's cache blocks; must cover `start_position + tokens.len()` positions.
     pub blocks: &'a BlockTable,
-    /// Whether to return logits for the last token of this chunk.
-    pub want_logits: bool,
+    /// Which of this chunk's rows get logits back.
+    pub logits: LogitRows,
+}
+
+/// The rows of a [`SequenceInput`] whose logits [`Decoder::forward`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitRows {
+    /// None (a prefill chunk before the prompt's last).
+    None,
+    /// The chunk's last token: the next token's distribution.
+    Last,
+    /// Every token of the chunk (scoring a prompt: each row predicts the token after it).
+    All,
 }
 
 impl Decoder {
@@ -338,13 +349,14 @@ impl Decoder {
     }
 
     /// Runs one step for a batch of sequences, writing their new keys/values into `cache`, and
-    /// returns `[n, vocab]` logits for the sequences that asked for them, in batch order.
+    /// returns `[rows, vocab]` logits for the rows the sequences asked for ([`LogitRows`]), in
+    /// batch order.
     pub fn forward(&self, batch: &[SequenceInput], cache: &mut KvCache) -> Result<Vec<f32>> {
         self.run(batch, cache, false, &mut |_, _, _| {})
     }
 
     /// Like [`Decoder::forward`], but returns `[tokens, vocab]` logits for every input token of every
-    /// sequence (teacher forcing, scoring), whatever `want_logits` says.
+    /// sequence (teacher forcing, scoring), whatever their `logits` say.
     pub fn forward_all(&self, batch: &[SequenceInput], cache: &mut KvCache) -> Result<Vec<f32>> {
         self.run(batch, cache, true, &mut |_, _, _| {})
     }
@@ -461,8 +473,14 @@ impl Decoder {
             spans
                 .iter()
                 .zip(batch)
-                .filter(|(_, s)| s.want_logits && !s.tokens.is_empty())
-                .map(|(span, _)| span.first_row + span.rows - 1)
+                .flat_map(|(span, s)| {
+                    let end = span.first_row + span.rows;
+                    match s.logits {
+                        LogitRows::None => end..end,
+                        LogitRows::Last => end.saturating_sub(1).max(span.first_row)..end,
+                        LogitRows::All => span.first_row..end,
+                    }
+                })
                 .collect()
         };
         if let Some(g) = &self.gpu {

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::Value;
 use switchyard_engine::tools::{Function, ToolChoice, ToolUse};
-use switchyard_engine::ResponseFormat;
+use switchyard_engine::{ResponseFormat, SamplingParams};
 use switchyard_models::text::ChatMessage;
 
 use super::error::ApiError;
@@ -249,26 +249,19 @@ impl ChatRequest {
         (self.logprobs == Some(true)).then(|| self.top_logprobs.unwrap_or(0))
     }
 
-    /// `logit_bias` as (token id, bias) pairs; a key that is not a token id, or a bias out of
-    /// [-100, 100], is a 400 (ids past the vocabulary are the engine's to refuse).
-    pub fn logit_bias(&self) -> Result<Vec<(u32, f32)>, ApiError> {
-        let Some(map) = &self.logit_bias else {
-            return Ok(Vec::new());
-        };
-        map.iter()
-            .map(|(k, &bias)| {
-                let id = k.trim().parse::<u32>().map_err(|_| {
-                    ApiError::invalid("logit_bias", format!("keys must be token ids, got {k:?}"))
-                })?;
-                if !(-100.0..=100.0).contains(&bias) {
-                    return Err(ApiError::invalid(
-                        "logit_bias",
-                        format!("the bias of token {id} must be in [-100, 100], got {bias}"),
-                    ));
-                }
-                Ok((id, bias))
-            })
-            .collect()
+    /// The sampling fields, as chat and text completions share them.
+    pub fn sampling(&self) -> SamplingFields<'_> {
+        SamplingFields {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            seed: self.seed,
+            logit_bias: self.logit_bias.as_ref(),
+        }
     }
 
     /// `response_format`: absent, `null` or `{"type": "text"}` is text; `{"type": "json_object"}`
@@ -342,7 +335,7 @@ impl ChatRequest {
             }
         }
         let checked = Checked {
-            logit_bias: self.logit_bias()?,
+            logit_bias: self.sampling().logit_bias()?,
             response_format: self.response_format()?,
             tool_use: self.tool_use()?,
         };
@@ -355,34 +348,7 @@ impl ChatRequest {
                 "`messages` must not be empty",
             ));
         }
-        if let Some(t) = self.temperature {
-            if !(0.0..=2.0).contains(&t) {
-                return Err(ApiError::invalid("temperature", "must be in [0, 2]"));
-            }
-        }
-        if let Some(p) = self.top_p {
-            if !(p > 0.0 && p <= 1.0) {
-                return Err(ApiError::invalid("top_p", "must be in (0, 1]"));
-            }
-        }
-        for (name, v) in [
-            ("presence_penalty", self.presence_penalty),
-            ("frequency_penalty", self.frequency_penalty),
-        ] {
-            if let Some(v) = v {
-                if !(-2.0..=2.0).contains(&v) {
-                    return Err(ApiError::invalid(name, "must be in [-2, 2]"));
-                }
-            }
-        }
-        if let Some(k) = self.top_k {
-            if k < -1 {
-                return Err(ApiError::invalid(
-                    "top_k",
-                    "must be -1, 0 (off) or positive",
-                ));
-            }
-        }
+        self.sampling().check_ranges()?;
         if let Some(e) = &self.reasoning_effort {
             if !["none", "minimal", "low", "medium", "high"].contains(&e.as_str()) {
                 return Err(ApiError::invalid(
@@ -514,11 +480,6 @@ impl ChatRequest {
             .is_some_and(|o| o.include_usage == Some(true))
     }
 
-    /// `top_k` as the engine takes it (0: off).
-    pub fn top_k(&self) -> usize {
-        self.top_k.map_or(0, |k| usize::try_from(k).unwrap_or(0))
-    }
-
     /// `max_completion_tokens`, else `max_tokens`.
     pub fn max_new_tokens(&self) -> Option<usize> {
         self.max_completion_tokens.or(self.max_tokens)
@@ -526,10 +487,109 @@ impl ChatRequest {
 
     /// The stop strings.
     pub fn stop_strings(&self) -> Vec<String> {
-        match &self.stop {
+        Stop::strings(self.stop.as_ref())
+    }
+}
+
+impl Stop {
+    /// The stop strings of a `stop` field.
+    pub fn strings(stop: Option<&Stop>) -> Vec<String> {
+        match stop {
             None => Vec::new(),
             Some(Stop::One(s)) => vec![s.clone()],
             Some(Stop::Many(v)) => v.clone(),
+        }
+    }
+}
+
+/// The sampling fields of a request, as chat and text completions share them.
+#[derive(Debug, Clone, Copy)]
+pub struct SamplingFields<'a> {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub seed: Option<i64>,
+    pub logit_bias: Option<&'a std::collections::BTreeMap<String, f32>>,
+}
+
+impl SamplingFields<'_> {
+    /// A 400 naming the first field out of its range.
+    pub fn check_ranges(&self) -> Result<(), ApiError> {
+        if let Some(t) = self.temperature {
+            if !(0.0..=2.0).contains(&t) {
+                return Err(ApiError::invalid("temperature", "must be in [0, 2]"));
+            }
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(ApiError::invalid("top_p", "must be in (0, 1]"));
+            }
+        }
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if let Some(v) = v {
+                if !(-2.0..=2.0).contains(&v) {
+                    return Err(ApiError::invalid(name, "must be in [-2, 2]"));
+                }
+            }
+        }
+        if let Some(k) = self.top_k {
+            if k < -1 {
+                return Err(ApiError::invalid(
+                    "top_k",
+                    "must be -1, 0 (off) or positive",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `logit_bias` as (token id, bias) pairs; a key that is not a token id, or a bias out of
+    /// [-100, 100], is a 400 (ids past the vocabulary are the engine's to refuse).
+    pub fn logit_bias(&self) -> Result<Vec<(u32, f32)>, ApiError> {
+        let Some(map) = self.logit_bias else {
+            return Ok(Vec::new());
+        };
+        map.iter()
+            .map(|(k, &bias)| {
+                let id = k.trim().parse::<u32>().map_err(|_| {
+                    ApiError::invalid("logit_bias", format!("keys must be token ids, got {k:?}"))
+                })?;
+                if !(-100.0..=100.0).contains(&bias) {
+                    return Err(ApiError::invalid(
+                        "logit_bias",
+                        format!("the bias of token {id} must be in [-100, 100], got {bias}"),
+                    ));
+                }
+                Ok((id, bias))
+            })
+            .collect()
+    }
+
+    /// `top_k` as the engine takes it (0: off).
+    pub fn top_k(&self) -> usize {
+        self.top_k.map_or(0, |k| usize::try_from(k).unwrap_or(0))
+    }
+
+    /// The engine's sampling parameters, with `logit_bias` as [`Self::logit_bias`] parsed it.
+    pub fn params(&self, logit_bias: Vec<(u32, f32)>) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature.unwrap_or(1.0),
+            top_p: self.top_p.unwrap_or(1.0),
+            top_k: self.top_k(),
+            min_p: self.min_p.unwrap_or(0.0),
+            repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            // The seed's bits: -1 and u64::MAX name the same generator.
+            seed: self.seed.map(|s| s as u64),
+            logit_bias,
         }
     }
 }
@@ -691,7 +751,7 @@ mod tests {
         }
         let r = request(json!({"top_k": -1, "stream": null}));
         assert_eq!(
-            (r.top_k(), r.streamed(), r.include_usage()),
+            (r.sampling().top_k(), r.streamed(), r.include_usage()),
             (0, false, false)
         );
         let r = request(json!({"stream": true, "stream_options": {"include_usage": true}}));

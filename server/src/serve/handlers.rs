@@ -16,7 +16,7 @@ use futures::stream::{self, Stream, StreamExt};
 use serde_json::{json, Value};
 use switchyard_engine::{
     DeltaKind, Event, GenerationParams, GenerationRequest, GenerationStream, Prompt,
-    SamplingParams, Thinking,
+    Thinking,
 };
 use switchyard_models::text::ChatMessage;
 use switchyard_router::config::{ReasoningBudgets, ReasoningEffort};
@@ -24,6 +24,9 @@ use switchyard_router::{Action, BlockReason, Decision, Reasoning};
 
 use super::api::{ChatRequest, Checked, Usage};
 use super::error::ApiError;
+use super::generation::{
+    collect, merged_usage, sse_events, ChoiceItem, Collected, Outcome, RequestLabels, SseState,
+};
 use super::tool_calls::{openai_tool_calls, CallSplitter};
 use super::State;
 
@@ -601,24 +604,15 @@ async fn chat(
     let generation = GenerationRequest {
         prompt: Prompt::Chat(plan.messages.clone()),
         params: GenerationParams {
-            sampling: SamplingParams {
-                temperature: request.temperature.unwrap_or(1.0),
-                top_p: request.top_p.unwrap_or(1.0),
-                top_k: request.top_k(),
-                min_p: request.min_p.unwrap_or(0.0),
-                repetition_penalty: request.repetition_penalty.unwrap_or(1.0),
-                presence_penalty: request.presence_penalty.unwrap_or(0.0),
-                frequency_penalty: request.frequency_penalty.unwrap_or(0.0),
-                // The seed's bits: -1 and u64::MAX name the same generator.
-                seed: request.seed.map(|s| s as u64),
-                logit_bias,
-            },
+            sampling: request.sampling().params(logit_bias),
             max_tokens: Some(max_tokens),
             stop: request.stop_strings(),
             stop_token_ids: request.stop_token_ids.clone().unwrap_or_default(),
             ignore_eos: request.ignore_eos.unwrap_or(false),
             thinking: plan.thinking,
             logprobs: request.logprobs_wanted(),
+            prompt_logprobs: None,
+            split_thinking: true,
             response_format,
             tools: tool_use.clone(),
             use_prefix_cache: request.cache_prompt.unwrap_or(true),
@@ -672,6 +666,7 @@ async fn chat(
     let outcome = Outcome {
         state: state.clone(),
         labels: RequestLabels {
+            endpoint: "chat",
             model: plan.model.clone(),
             category: plan
                 .decision
@@ -707,6 +702,7 @@ async fn chat(
             remaining: choices,
             usages: Vec::new(),
             id,
+            object: "chat.completion.chunk",
             created,
             include_usage: request.include_usage(),
             outcome,
@@ -724,7 +720,7 @@ async fn chat(
         let done = futures::future::join_all(
             streams
                 .iter()
-                .map(|stream| collect(&state, stream, &plan.model, wants_logprobs)),
+                .map(|stream| collect(&state, stream, wants_logprobs)),
         )
         .await
         .into_iter()
@@ -761,8 +757,14 @@ async fn chat(
                 if !c.reasoning.is_empty() {
                     message["reasoning_content"] = json!(c.reasoning);
                 }
+                let logprobs = c.logprobs.map(|lps| {
+                    let tokenizer = state.engines[&plan.model].tokenizer();
+                    lps.iter()
+                        .map(|lp| super::logprobs::entry(tokenizer, lp))
+                        .collect()
+                });
                 json!({"index": index, "message": message, "finish_reason": finish,
-                       "logprobs": super::logprobs::field(c.logprobs)})
+                       "logprobs": super::logprobs::field(logprobs)})
             })
             .collect();
         let body = json!({
@@ -773,147 +775,6 @@ async fn chat(
         let mut response = Json(body).into_response();
         response.headers_mut().extend(headers);
         Ok(response)
-    }
-}
-
-/// The usage of a request's choices together: the prompt once (every choice has the same), the
-/// generated tokens of all; the first choice's first token and the last choice's end.
-fn merged_usage<'a>(
-    usages: impl Iterator<Item = &'a switchyard_engine::Usage>,
-) -> switchyard_engine::Usage {
-    let mut merged: Option<switchyard_engine::Usage> = None;
-    for u in usages {
-        merged = Some(match merged {
-            None => *u,
-            Some(m) => switchyard_engine::Usage {
-                prompt_tokens: m.prompt_tokens,
-                // What was cached before the request: the later choices share the first's prompt.
-                cached_tokens: m.cached_tokens.min(u.cached_tokens),
-                completion_tokens: m.completion_tokens + u.completion_tokens,
-                reasoning_tokens: m.reasoning_tokens + u.reasoning_tokens,
-                time_to_first_token: m.time_to_first_token.min(u.time_to_first_token),
-                total_time: m.total_time.max(u.total_time),
-            },
-        });
-    }
-    merged.unwrap_or_default()
-}
-
-struct RequestLabels {
-    model: String,
-    category: String,
-    reasoning: &'static str,
-}
-
-/// Counts a generation in `switchyard_requests_total` exactly once: as it ends, or, if it is
-/// dropped first (the client went away), as `cancelled`.
-struct Outcome {
-    state: Arc<State>,
-    labels: RequestLabels,
-    recorded: bool,
-}
-
-impl Outcome {
-    fn record(&mut self, status: &str) {
-        if std::mem::replace(&mut self.recorded, true) {
-            return;
-        }
-        let l = &self.labels;
-        self.state
-            .metrics
-            .requests
-            .with_label_values(&["chat", &l.model, &l.category, l.reasoning, status])
-            .inc();
-    }
-
-    /// A served generation: its status and its tokens and timings.
-    fn finished(&mut self, usage: &switchyard_engine::Usage) {
-        self.record("200");
-        let (m, model) = (&self.state.metrics, self.labels.model.as_str());
-        m.ttft_seconds
-            .with_label_values(&[model])
-            .observe(usage.time_to_first_token);
-        for (kind, n) in [
-            ("prompt", usage.prompt_tokens),
-            ("cached_prompt", usage.cached_tokens),
-            ("completion", usage.completion_tokens),
-            ("reasoning", usage.reasoning_tokens),
-        ] {
-            m.tokens.with_label_values(&[model, kind]).inc_by(n as u64);
-        }
-    }
-}
-
-impl Drop for Outcome {
-    fn drop(&mut self) {
-        self.record("cancelled");
-    }
-}
-
-/// The error a request gets when the shutdown grace period ends before its generation.
-fn cut_off() -> ApiError {
-    let mut e = ApiError::unavailable(
-        "The server is shutting down and its grace period ended before this generation did.",
-    );
-    e.code = Some("server_shutdown");
-    e
-}
-
-/// One choice's whole generation.
-struct Collected {
-    content: String,
-    reasoning: String,
-    finish: &'static str,
-    usage: switchyard_engine::Usage,
-    /// The token log-probabilities, when asked for.
-    logprobs: Option<Vec<Value>>,
-}
-
-/// The whole generation of one choice, or the status its request is counted under and the error
-/// it gets.
-async fn collect(
-    state: &State,
-    stream: &GenerationStream,
-    model: &str,
-    wants_logprobs: bool,
-) -> Result<Collected, (&'static str, ApiError)> {
-    let mut stop = state.hard_stop.subscribe();
-    let (mut content, mut reasoning) = (String::new(), String::new());
-    let mut logprobs = wants_logprobs.then(Vec::new);
-    let tokenizer = state.engines[model].tokenizer();
-    loop {
-        let event = tokio::select! {
-            event = stream.recv_async() => event,
-            Ok(_) = stop.wait_for(|stop| *stop) => return Err(("503", cut_off())),
-        };
-        match event {
-            Some(Event::Delta {
-                kind: DeltaKind::Content,
-                text,
-            }) => content.push_str(&text),
-            Some(Event::Delta {
-                kind: DeltaKind::Reasoning,
-                text,
-            }) => reasoning.push_str(&text),
-            Some(Event::Logprob(lp)) => {
-                if let Some(entries) = logprobs.as_mut() {
-                    entries.push(super::logprobs::entry(tokenizer, &lp));
-                }
-            }
-            Some(Event::Finished { reason, usage, .. }) => {
-                return Ok(Collected {
-                    content,
-                    reasoning,
-                    finish: reason.as_str(),
-                    usage,
-                    logprobs,
-                });
-            }
-            Some(Event::Error(e)) => {
-                return Err(("500", ApiError::internal(format!("generation failed: {e}"))))
-            }
-            None => return Err(("503", ApiError::unavailable("the engine stopped"))),
-        }
     }
 }
 
@@ -941,16 +802,6 @@ enum Phase {
     Start,
     Body,
     Done,
-}
-
-/// What one choice's stream gives the request's stream.
-enum ChoiceItem {
-    /// A chunk to send.
-    Chunk(SseEvent),
-    /// The choice finished (its finish chunk was the last `Chunk`).
-    Finished(switchyard_engine::Usage),
-    /// The choice cannot go on: the status the request is counted under, and its error.
-    Failed(&'static str, ApiError),
 }
 
 /// One choice of a streamed completion in progress.
@@ -1029,6 +880,8 @@ fn choice_events(c: ChoiceState) -> impl Stream<Item = ChoiceItem> {
                     let logprobs = c.take_logprobs();
                     vec![c.chunk(delta, None, logprobs)]
                 }
+                // Chat never asks for the prompt's.
+                Some(Event::PromptLogprob(_)) => Vec::new(),
                 Some(Event::Logprob(lp)) => {
                     // Sent with the chunk of the text the token adds.
                     if let Some(entries) = c.logprobs.as_mut() {
@@ -1078,91 +931,6 @@ fn choice_events(c: ChoiceState) -> impl Stream<Item = ChoiceItem> {
         Some((stream::iter(items), c))
     })
     .flatten()
-}
-
-/// A streamed completion in progress: its choices' items, merged as they come.
-struct SseState {
-    /// Turns true when the shutdown grace period is over.
-    stop: tokio::sync::watch::Receiver<bool>,
-    choices: stream::SelectAll<stream::BoxStream<'static, ChoiceItem>>,
-    /// Choices not finished yet.
-    remaining: usize,
-    usages: Vec<switchyard_engine::Usage>,
-    id: String,
-    created: u64,
-    include_usage: bool,
-    outcome: Outcome,
-    done: bool,
-    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
-}
-
-/// The SSE events of a streamed completion: every choice's chunks (role, deltas, finish reason,
-/// each with its `index`) as they come, then the usage chunk if asked for and `[DONE]` once all
-/// have finished. Dropping the stream (the client went away) drops the [`GenerationStream`]s,
-/// which cancels the sequences. An engine error or the end of the shutdown grace period ends it
-/// with an error event and `[DONE]`, which the OpenAI clients raise as an error.
-fn sse_events(s: SseState) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    stream::unfold(s, |mut s| async move {
-        if s.done {
-            return None;
-        }
-        let item = tokio::select! {
-            item = s.choices.next() => Some(item),
-            Ok(_) = s.stop.wait_for(|stop| *stop) => None,
-        };
-        let events: Vec<SseEvent> = match item {
-            Some(Some(ChoiceItem::Chunk(event))) => vec![event],
-            Some(Some(ChoiceItem::Finished(usage))) => {
-                s.usages.push(usage);
-                s.remaining -= 1;
-                if s.remaining > 0 {
-                    Vec::new()
-                } else {
-                    let usage = merged_usage(s.usages.iter());
-                    s.outcome.finished(&usage);
-                    s.done = true;
-                    let mut out = Vec::new();
-                    if s.include_usage {
-                        out.push(
-                            SseEvent::default().data(
-                                json!({"id": s.id, "object": "chat.completion.chunk",
-                                   "created": s.created, "model": s.outcome.labels.model,
-                                   "choices": [], "usage": Usage::from_engine(&usage)})
-                                .to_string(),
-                            ),
-                        );
-                    }
-                    out.push(SseEvent::default().data("[DONE]"));
-                    out
-                }
-            }
-            Some(Some(ChoiceItem::Failed(status, e))) => {
-                s.outcome.record(status);
-                s.done = true;
-                error_events(&e)
-            }
-            Some(None) => {
-                s.outcome.record("503");
-                s.done = true;
-                error_events(&ApiError::unavailable("the engine stopped"))
-            }
-            None => {
-                s.outcome.record("503");
-                s.done = true;
-                error_events(&cut_off())
-            }
-        };
-        Some((stream::iter(events.into_iter().map(Ok)), s))
-    })
-    .flatten()
-}
-
-/// How a stream that cannot go on ends: the error object, then `[DONE]`.
-fn error_events(e: &ApiError) -> Vec<SseEvent> {
-    vec![
-        SseEvent::default().data(e.body().to_string()),
-        SseEvent::default().data("[DONE]"),
-    ]
 }
 
 pub(super) fn blocked_response(

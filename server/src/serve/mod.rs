@@ -10,6 +10,7 @@
 
 mod api;
 mod error;
+mod generation;
 mod handlers;
 mod listen;
 mod logprobs;

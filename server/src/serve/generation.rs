@@ -1,0 +1,260 @@
+//! What every generating endpoint shares: collecting a choice's events, merging streamed
+//! choices into one SSE stream, usage, and counting each request's outcome exactly once.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::response::sse::Event as SseEvent;
+use futures::stream::{self, Stream, StreamExt};
+use serde_json::json;
+use switchyard_engine::{DeltaKind, Event, GenerationStream, TokenLogprob};
+
+use super::api::Usage;
+use super::error::ApiError;
+use super::State;
+
+/// The usage of a request's choices together: the prompt once (every choice has the same), the
+/// generated tokens of all; the first choice's first token and the last choice's end.
+pub(super) fn merged_usage<'a>(
+    usages: impl Iterator<Item = &'a switchyard_engine::Usage>,
+) -> switchyard_engine::Usage {
+    let mut merged: Option<switchyard_engine::Usage> = None;
+    for u in usages {
+        merged = Some(match merged {
+            None => *u,
+            Some(m) => switchyard_engine::Usage {
+                prompt_tokens: m.prompt_tokens,
+                // What was cached before the request: the later choices share the first's prompt.
+                cached_tokens: m.cached_tokens.min(u.cached_tokens),
+                completion_tokens: m.completion_tokens + u.completion_tokens,
+                reasoning_tokens: m.reasoning_tokens + u.reasoning_tokens,
+                time_to_first_token: m.time_to_first_token.min(u.time_to_first_token),
+                total_time: m.total_time.max(u.total_time),
+            },
+        });
+    }
+    merged.unwrap_or_default()
+}
+
+
+pub(super) struct RequestLabels {
+    /// `chat` or `completions`.
+    pub(super) endpoint: &'static str,
+    pub(super) model: String,
+    pub(super) category: String,
+    pub(super) reasoning: &'static str,
+}
+
+/// Counts a generation in `switchyard_requests_total` exactly once: as it ends, or, if it is
+/// dropped first (the client went away), as `cancelled`.
+pub(super) struct Outcome {
+    pub(super) state: Arc<State>,
+    pub(super) labels: RequestLabels,
+    pub(super) recorded: bool,
+}
+
+impl Outcome {
+    pub(super) fn record(&mut self, status: &str) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        let l = &self.labels;
+        self.state
+            .metrics
+            .requests
+            .with_label_values(&[l.endpoint, &l.model, &l.category, l.reasoning, status])
+            .inc();
+    }
+
+    /// A served generation: its status and its tokens and timings.
+    pub(super) fn finished(&mut self, usage: &switchyard_engine::Usage) {
+        self.record("200");
+        let (m, model) = (&self.state.metrics, self.labels.model.as_str());
+        m.ttft_seconds
+            .with_label_values(&[model])
+            .observe(usage.time_to_first_token);
+        for (kind, n) in [
+            ("prompt", usage.prompt_tokens),
+            ("cached_prompt", usage.cached_tokens),
+            ("completion", usage.completion_tokens),
+            ("reasoning", usage.reasoning_tokens),
+        ] {
+            m.tokens.with_label_values(&[model, kind]).inc_by(n as u64);
+        }
+    }
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        self.record("cancelled");
+    }
+}
+
+/// The error a request gets when the shutdown grace period ends before its generation.
+pub(super) fn cut_off() -> ApiError {
+    let mut e = ApiError::unavailable(
+        "The server is shutting down and its grace period ended before this generation did.",
+    );
+    e.code = Some("server_shutdown");
+    e
+}
+
+/// One choice's whole generation.
+pub(super) struct Collected {
+    pub(super) content: String,
+    pub(super) reasoning: String,
+    pub(super) finish: &'static str,
+    pub(super) usage: switchyard_engine::Usage,
+    /// The generated tokens' log-probabilities, when asked for.
+    pub(super) logprobs: Option<Vec<TokenLogprob>>,
+    /// The prompt tokens' log-probabilities (after the first), when asked for.
+    pub(super) prompt_logprobs: Vec<TokenLogprob>,
+}
+
+/// The whole generation of one choice, or the status its request is counted under and the error
+/// it gets.
+pub(super) async fn collect(
+    state: &State,
+    stream: &GenerationStream,
+    wants_logprobs: bool,
+) -> Result<Collected, (&'static str, ApiError)> {
+    let mut stop = state.hard_stop.subscribe();
+    let (mut content, mut reasoning) = (String::new(), String::new());
+    let mut logprobs = wants_logprobs.then(Vec::new);
+    let mut prompt_logprobs = Vec::new();
+    loop {
+        let event = tokio::select! {
+            event = stream.recv_async() => event,
+            Ok(_) = stop.wait_for(|stop| *stop) => return Err(("503", cut_off())),
+        };
+        match event {
+            Some(Event::Delta {
+                kind: DeltaKind::Content,
+                text,
+            }) => content.push_str(&text),
+            Some(Event::Delta {
+                kind: DeltaKind::Reasoning,
+                text,
+            }) => reasoning.push_str(&text),
+            Some(Event::Logprob(lp)) => {
+                if let Some(entries) = logprobs.as_mut() {
+                    entries.push(lp);
+                }
+            }
+            Some(Event::PromptLogprob(lp)) => prompt_logprobs.push(lp),
+            Some(Event::Finished { reason, usage, .. }) => {
+                return Ok(Collected {
+                    content,
+                    reasoning,
+                    finish: reason.as_str(),
+                    usage,
+                    logprobs,
+                    prompt_logprobs,
+                });
+            }
+            Some(Event::Error(e)) => {
+                return Err(("500", ApiError::internal(format!("generation failed: {e}"))))
+            }
+            None => return Err(("503", ApiError::unavailable("the engine stopped"))),
+        }
+    }
+}
+
+/// What one choice's stream gives the request's stream.
+pub(super) enum ChoiceItem {
+    /// A chunk to send.
+    Chunk(SseEvent),
+    /// The choice finished (its finish chunk was the last `Chunk`).
+    Finished(switchyard_engine::Usage),
+    /// The choice cannot go on: the status the request is counted under, and its error.
+    Failed(&'static str, ApiError),
+}
+
+
+/// A streamed completion in progress: its choices' items, merged as they come.
+pub(super) struct SseState {
+    /// Turns true when the shutdown grace period is over.
+    pub(super) stop: tokio::sync::watch::Receiver<bool>,
+    pub(super) choices: stream::SelectAll<stream::BoxStream<'static, ChoiceItem>>,
+    /// Choices not finished yet.
+    pub(super) remaining: usize,
+    pub(super) usages: Vec<switchyard_engine::Usage>,
+    pub(super) id: String,
+    /// The chunks' `object` (`chat.completion.chunk`, `text_completion`).
+    pub(super) object: &'static str,
+    pub(super) created: u64,
+    pub(super) include_usage: bool,
+    pub(super) outcome: Outcome,
+    pub(super) done: bool,
+    pub(super) _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// The SSE events of a streamed completion: every choice's chunks (role, deltas, finish reason,
+/// each with its `index`) as they come, then the usage chunk if asked for and `[DONE]` once all
+/// have finished. Dropping the stream (the client went away) drops the [`GenerationStream`]s,
+/// which cancels the sequences. An engine error or the end of the shutdown grace period ends it
+/// with an error event and `[DONE]`, which the OpenAI clients raise as an error.
+pub(super) fn sse_events(s: SseState) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    stream::unfold(s, |mut s| async move {
+        if s.done {
+            return None;
+        }
+        let item = tokio::select! {
+            item = s.choices.next() => Some(item),
+            Ok(_) = s.stop.wait_for(|stop| *stop) => None,
+        };
+        let events: Vec<SseEvent> = match item {
+            Some(Some(ChoiceItem::Chunk(event))) => vec![event],
+            Some(Some(ChoiceItem::Finished(usage))) => {
+                s.usages.push(usage);
+                s.remaining -= 1;
+                if s.remaining > 0 {
+                    Vec::new()
+                } else {
+                    let usage = merged_usage(s.usages.iter());
+                    s.outcome.finished(&usage);
+                    s.done = true;
+                    let mut out = Vec::new();
+                    if s.include_usage {
+                        out.push(
+                            SseEvent::default().data(
+                                json!({"id": s.id, "object": s.object,
+                                   "created": s.created, "model": s.outcome.labels.model,
+                                   "choices": [], "usage": Usage::from_engine(&usage)})
+                                .to_string(),
+                            ),
+                        );
+                    }
+                    out.push(SseEvent::default().data("[DONE]"));
+                    out
+                }
+            }
+            Some(Some(ChoiceItem::Failed(status, e))) => {
+                s.outcome.record(status);
+                s.done = true;
+                error_events(&e)
+            }
+            Some(None) => {
+                s.outcome.record("503");
+                s.done = true;
+                error_events(&ApiError::unavailable("the engine stopped"))
+            }
+            None => {
+                s.outcome.record("503");
+                s.done = true;
+                error_events(&cut_off())
+            }
+        };
+        Some((stream::iter(events.into_iter().map(Ok)), s))
+    })
+    .flatten()
+}
+
+/// How a stream that cannot go on ends: the error object, then `[DONE]`.
+pub(super) fn error_events(e: &ApiError) -> Vec<SseEvent> {
+    vec![
+        SseEvent::default().data(e.body().to_string()),
+        SseEvent::default().data("[DONE]"),
+    ]
+}
+
