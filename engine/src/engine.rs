@@ -336,13 +336,6 @@ impl Engine {
                 message: format!("at most {MAX_TOP_LOGPROBS} alternatives"),
             });
         }
-        // Scoring a prompt may generate nothing.
-        if params.max_tokens == Some(0) && params.prompt_logprobs.is_none() {
-            return Err(EngineError::InvalidParameter {
-                param: "max_tokens",
-                message: "must be at least 1".into(),
-            });
-        }
         if !params.split_thinking && params.thinking != Thinking::Off {
             return Err(EngineError::InvalidParameter {
                 param: "thinking",

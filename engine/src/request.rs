@@ -31,6 +31,8 @@ pub struct GenerationParams {
     /// How to pick each token.
     pub sampling: SamplingParams,
     /// At most this many new tokens (thinking included); `None` means up to the context limit.
+    /// `Some(0)` computes the prompt (scoring it, or filling the prefix cache) and ends with
+    /// [`FinishReason::Length`] before sampling anything.
     pub max_tokens: Option<usize>,
     /// Stop when the answer text contains one of these (not included in the output).
     pub stop: Vec<String>,
@@ -47,7 +49,7 @@ pub struct GenerationParams {
     /// ([`Event::PromptLogprob`], before any generated token), with this many most likely
     /// alternatives at each position (at most [`MAX_TOP_LOGPROBS`]): scoring a text, as OpenAI's
     /// text completions do with `echo` and `logprobs`. The prompt is then computed in full (a
-    /// cached prefix has no logits to give), and `max_tokens` may be 0 (score only).
+    /// cached prefix has no logits to give); `max_tokens: Some(0)` scores without generating.
     pub prompt_logprobs: Option<usize>,
     /// Split the `<think>` section out of the output as [`DeltaKind::Reasoning`] (chat). Off,
     /// every generated token is [`DeltaKind::Content`] exactly as the model wrote it, markers and

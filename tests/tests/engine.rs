@@ -827,6 +827,114 @@ fn log_probabilities_are_the_log_softmax_of_the_models_logits() {
     );
 }
 
+/// The log-softmax of `row` at `id`.
+fn log_softmax_at(row: &[f32], id: u32) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + row.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+    row[id as usize] - lse
+}
+
+#[test]
+fn prompt_log_probabilities_are_transformers_next_token_probabilities() {
+    // Each prompt token after the first, scored under transformers' logits of the position before
+    // it: in one step, in prefill chunks of 3 tokens beside other sequences, and again once the
+    // prompt is in the prefix cache (which must not skip the scoring).
+    let dir = fixtures().join("hf").join("tiny-llama");
+    let cases = prompts("tiny-llama");
+    for max_batch_tokens in [512, 3] {
+        let engine = engine(
+            "tiny-llama",
+            EngineConfig {
+                max_batch_tokens,
+                block_size: 4,
+                ..Default::default()
+            },
+        );
+        for round in 0..2 {
+            let streams: Vec<GenerationStream> = cases
+                .iter()
+                .map(|(prompt, want)| {
+                    let mut r = greedy(prompt.clone(), want.len());
+                    r.params.prompt_logprobs = Some(2);
+                    engine.submit(r).unwrap()
+                })
+                .collect();
+            for (i, ((prompt, want), stream)) in cases.iter().zip(streams).enumerate() {
+                let out = drain(stream);
+                let at = format!("prompt {i}, max_batch_tokens {max_batch_tokens}, round {round}");
+                assert_eq!(&out.ids, want, "{at}: scoring changed the generation");
+                assert_eq!(out.usage.cached_tokens, 0, "{at}: a scored prompt is computed in full");
+                let (shape, logits) =
+                    read_tensor(&dir.join("reference.safetensors"), &format!("logits.{i}"));
+                let vocab = shape[1];
+                let got: Vec<u32> = out.prompt_logprobs.iter().map(|lp| lp.id).collect();
+                assert_eq!(got, prompt[1..], "{at}: one per prompt token after the first");
+                for (p, lp) in out.prompt_logprobs.iter().enumerate() {
+                    let row = &logits[p * vocab..(p + 1) * vocab];
+                    let want = log_softmax_at(row, lp.id);
+                    assert!((lp.logprob - want).abs() < 1e-4, "{at}, position {}: {lp:?} vs {want}", p + 1);
+                    assert_eq!(lp.top.len(), 2);
+                    assert_eq!(lp.top[0].0, switchyard_engine::sampling::argmax(row), "{at}");
+                    assert!((lp.top[0].1 - log_softmax_at(row, lp.top[0].0)).abs() < 1e-4);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn max_tokens_zero_computes_the_prompt_and_generates_nothing() {
+    let engine = small_block_engine(true);
+    let (prompt, _) = prompts("tiny-llama").remove(1);
+    let mut score = greedy(prompt.clone(), 0);
+    score.params.prompt_logprobs = Some(0);
+    let out = drain(engine.submit(score).unwrap());
+    assert_eq!(out.reason, Some(FinishReason::Length));
+    assert!(out.ids.is_empty() && out.content.is_empty() && out.logprobs.is_empty());
+    assert_eq!(out.usage.completion_tokens, 0);
+    assert_eq!(out.prompt_logprobs.len(), prompt.len() - 1);
+    assert!(out.prompt_logprobs.iter().all(|lp| lp.top.is_empty()));
+    // Without scoring it fills the prefix cache: the same prompt then starts from it.
+    let mut warm = greedy(prompt.clone(), 0);
+    warm.params.prompt_logprobs = None;
+    drain(engine.submit(warm).unwrap());
+    let again = drain(engine.submit(greedy(prompt.clone(), 1)).unwrap());
+    assert_eq!(again.usage.cached_tokens, shareable(&prompt), "{:?}", again.usage);
+    let mut over = greedy(prompt, 1);
+    over.params.prompt_logprobs = Some(21);
+    assert!(matches!(
+        engine.submit(over),
+        Err(EngineError::InvalidParameter {
+            param: "prompt_logprobs",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn raw_output_keeps_what_the_thinking_split_would_remove() {
+    // Qwen3's template thinks; as a raw prompt, `<think>` in the prompt's continuation is text.
+    let engine = engine("tiny-qwen3", EngineConfig::default());
+    let (prompt, want) = prompts("tiny-qwen3").remove(0);
+    let mut raw = greedy(prompt.clone(), want.len());
+    raw.params.split_thinking = false;
+    let raw = drain(engine.submit(raw).unwrap());
+    assert_eq!(raw.ids, want);
+    assert!(raw.reasoning.is_empty());
+    let tokenizer = engine.tokenizer();
+    assert_eq!(raw.content, tokenizer.decode(&want).unwrap(), "every token's text, as written");
+    let mut thinking = greedy(prompt, 4);
+    thinking.params.split_thinking = false;
+    thinking.params.thinking = Thinking::On { budget: None };
+    assert!(matches!(
+        engine.submit(thinking),
+        Err(EngineError::InvalidParameter {
+            param: "thinking",
+            ..
+        })
+    ));
+}
+
 #[test]
 fn more_than_twenty_alternatives_are_refused_and_none_are_sent_unasked() {
     let engine = engine("tiny-llama", EngineConfig::default());

@@ -7,11 +7,59 @@ use std::sync::Arc;
 use axum::response::sse::Event as SseEvent;
 use futures::stream::{self, Stream, StreamExt};
 use serde_json::json;
-use switchyard_engine::{DeltaKind, Event, GenerationStream, TokenLogprob};
+use switchyard_engine::{DeltaKind, Event, GenerationRequest, GenerationStream, TokenLogprob};
 
 use super::api::Usage;
 use super::error::ApiError;
 use super::State;
+
+/// Queues `choices` sequences of each request on `model`'s engine, in order (choice k of a
+/// request samples from `seed + k`, so the choices differ and the same request gives the same
+/// choices). Each prompt is first held to this server's `--max-prompt-tokens` (a 400
+/// `context_length_exceeded` naming `field`), so an over-long one costs no prefill. Tokenizing
+/// and rendering templates is CPU work: it runs off the threads that move other requests' bytes.
+pub(super) async fn submit(
+    state: &Arc<State>,
+    model: &str,
+    requests: Vec<GenerationRequest>,
+    choices: usize,
+    field: &'static str,
+) -> Result<Vec<GenerationStream>, ApiError> {
+    let state = state.clone();
+    let model = model.to_string();
+    tokio::task::spawn_blocking(move || -> Result<Vec<GenerationStream>, ApiError> {
+        let engine = &state.engines[&model];
+        // The engine refuses prompts longer than its context itself.
+        let context_limit = engine.max_model_len() - 1;
+        if let Some(limit) = state.limits.prompt_tokens.filter(|&l| l < context_limit) {
+            for r in &requests {
+                let (tokens, _) = engine.prompt_tokens(&r.prompt, &r.params)?;
+                if tokens.len() > limit {
+                    let mut e = ApiError::invalid(
+                        field,
+                        format!(
+                            "The prompt has {} tokens, more than the {limit} this server accepts for `{model}`.",
+                            tokens.len()
+                        ),
+                    );
+                    e.code = Some("context_length_exceeded");
+                    return Err(e);
+                }
+            }
+        }
+        let mut streams = Vec::with_capacity(requests.len() * choices);
+        for r in &requests {
+            for k in 0..choices {
+                let mut g = r.clone();
+                g.params.sampling.seed = g.params.sampling.seed.map(|s| s.wrapping_add(k as u64));
+                streams.push(engine.submit(g)?);
+            }
+        }
+        Ok(streams)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("submitting: {e}")))?
+}
 
 /// The usage of a request's choices together: the prompt once (every choice has the same), the
 /// generated tokens of all; the first choice's first token and the last choice's end.

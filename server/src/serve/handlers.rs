@@ -25,12 +25,13 @@ use switchyard_router::{Action, BlockReason, Decision, Reasoning};
 use super::api::{ChatRequest, Checked, Usage};
 use super::error::ApiError;
 use super::generation::{
-    collect, merged_usage, sse_events, ChoiceItem, Collected, Outcome, RequestLabels, SseState,
+    collect, merged_usage, sse_events, submit, ChoiceItem, Collected, Outcome, RequestLabels,
+    SseState,
 };
 use super::tool_calls::{openai_tool_calls, CallSplitter};
 use super::State;
 
-type Shared = AxumState<Arc<State>>;
+pub(super) type Shared = AxumState<Arc<State>>;
 
 /// How far past the body limit an oversized body is still read (and dropped) before the 413.
 const DRAIN_FACTOR: u64 = 4;
@@ -270,12 +271,12 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<
 }
 
 /// What the request will be generated as.
-struct Plan {
+pub(super) struct Plan {
     /// Served model id.
-    model: String,
-    messages: Vec<ChatMessage>,
-    thinking: Thinking,
-    decision: Option<Decision>,
+    pub(super) model: String,
+    pub(super) messages: Vec<ChatMessage>,
+    pub(super) thinking: Thinking,
+    pub(super) decision: Option<Decision>,
 }
 
 fn effort_budget(state: &State, effort: &str) -> Option<usize> {
@@ -293,7 +294,7 @@ fn effort_budget(state: &State, effort: &str) -> Option<usize> {
 }
 
 /// Asks the router and records its time.
-async fn route_messages(
+pub(super) async fn route_messages(
     state: &State,
     router: &switchyard_router::Router,
     messages: &[ChatMessage],
@@ -375,7 +376,7 @@ async fn plan(state: &State, request: &ChatRequest) -> Result<Plan, ApiError> {
     })
 }
 
-fn decision_headers(plan: &Plan) -> HeaderMap {
+pub(super) fn decision_headers(plan: &Plan) -> HeaderMap {
     let mut h = HeaderMap::new();
     let mut put = |name: &'static str, value: String| {
         if let Ok(v) = HeaderValue::from_str(&value) {
@@ -620,43 +621,7 @@ async fn chat(
     };
     // Rendering the template and tokenizing a long prompt is CPU work: keep it off the threads
     // that move other requests' bytes.
-    let streams = {
-        let state = state.clone();
-        let model = plan.model.clone();
-        tokio::task::spawn_blocking(move || -> Result<Vec<GenerationStream>, ApiError> {
-            let engine = &state.engines[&model];
-            // The engine refuses prompts longer than its context itself; a lower limit of this
-            // server's is checked before the request is queued, so it costs no prefill.
-            let context_limit = engine.max_model_len() - 1;
-            if let Some(limit) = state.limits.prompt_tokens.filter(|&l| l < context_limit) {
-                let (tokens, _) =
-                    engine.prompt_tokens(&generation.prompt, &generation.params)?;
-                if tokens.len() > limit {
-                    let mut e = ApiError::invalid(
-                        "messages",
-                        format!(
-                            "The prompt has {} tokens, more than the {limit} this server accepts for `{model}`.",
-                            tokens.len()
-                        ),
-                    );
-                    e.code = Some("context_length_exceeded");
-                    return Err(e);
-                }
-            }
-            // One sequence per choice; with a seed, choice k samples from seed + k, so the choices
-            // differ and the same request gives the same choices.
-            (0..choices)
-                .map(|k| {
-                    let mut g = generation.clone();
-                    g.params.sampling.seed =
-                        g.params.sampling.seed.map(|s| s.wrapping_add(k as u64));
-                    Ok(engine.submit(g)?)
-                })
-                .collect::<Result<Vec<GenerationStream>, ApiError>>()
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("submitting: {e}")))??
-    };
+    let streams = submit(&state, &plan.model, vec![generation], choices, "messages").await?;
     if let Ok(timing) = HeaderValue::from_str(&server_timing(
         plan.decision.as_ref().map(|d| d.route_time),
         arrived.elapsed(),

@@ -1,4 +1,6 @@
-//! Token log-probabilities in the OpenAI shape (`choices[].logprobs.content`).
+//! Token log-probabilities in the OpenAI shapes: chat's `choices[].logprobs.content`, and text
+//! completions' (legacy) `choices[].logprobs` with `tokens`, `token_logprobs`, `top_logprobs` and
+//! `text_offset`.
 
 use serde_json::{json, Value};
 use switchyard_engine::TokenLogprob;
@@ -28,6 +30,58 @@ pub fn field(entries: Option<Vec<Value>>) -> Value {
     match entries {
         Some(content) => json!({ "content": content }),
         None => Value::Null,
+    }
+}
+
+/// Builds a text completion's `logprobs` objects chunk by chunk, keeping the running character
+/// offset of each token in the choice's text.
+#[derive(Debug)]
+pub struct TextLogprobs {
+    offset: usize,
+}
+
+impl TextLogprobs {
+    /// Starts at character `offset` of the choice's text (0, or the prompt's length when it is
+    /// echoed after the prompt tokens' own entries).
+    pub fn new(offset: usize) -> Self {
+        Self { offset }
+    }
+
+    /// The object for these tokens, in order: each token's text, its log-probability and a map of
+    /// the most likely alternatives with the token itself (OpenAI returns up to `logprobs + 1`), or
+    /// `null` for both where there is none (a prompt's first token). `text_offset` counts
+    /// characters, each token adding the length of its own text.
+    pub fn object<'a>(
+        &mut self,
+        tokenizer: &TextTokenizer,
+        tokens: impl IntoIterator<Item = (u32, Option<&'a TokenLogprob>)>,
+    ) -> Value {
+        let (mut texts, mut logprobs, mut tops, mut offsets) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let text_of = |id: u32| tokenizer.decode(&[id]).unwrap_or_default();
+        for (id, lp) in tokens {
+            let text = text_of(id);
+            offsets.push(self.offset);
+            self.offset += text.chars().count();
+            match lp {
+                Some(lp) => {
+                    logprobs.push(json!(lp.logprob));
+                    let mut top = serde_json::Map::new();
+                    for &(alt, logprob) in &lp.top {
+                        top.entry(text_of(alt)).or_insert(json!(logprob));
+                    }
+                    top.entry(text.clone()).or_insert(json!(lp.logprob));
+                    tops.push(Value::Object(top));
+                }
+                None => {
+                    logprobs.push(Value::Null);
+                    tops.push(Value::Null);
+                }
+            }
+            texts.push(text);
+        }
+        json!({"tokens": texts, "token_logprobs": logprobs, "top_logprobs": tops,
+               "text_offset": offsets})
     }
 }
 

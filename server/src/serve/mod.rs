@@ -9,6 +9,7 @@
 //! `GET /ready`, `GET /metrics`.
 
 mod api;
+mod completions;
 mod error;
 mod generation;
 mod handlers;
@@ -474,6 +475,7 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
 
     let app = axum::Router::new()
         .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route("/v1/completions", post(completions::completions))
         .route("/v1/route", post(handlers::route))
         .route("/v1/models", get(handlers::models))
         .route("/v1/models/{id}", get(handlers::model))
