@@ -89,7 +89,11 @@ impl ThinkingSplitter {
         loop {
             match self.section {
                 Section::Raw => {
-                    push_delta(&mut out, DeltaKind::Content, std::mem::take(&mut self.pending));
+                    push_delta(
+                        &mut out,
+                        DeltaKind::Content,
+                        std::mem::take(&mut self.pending),
+                    );
                     return out;
                 }
                 Section::Start => {

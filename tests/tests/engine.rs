@@ -863,18 +863,33 @@ fn prompt_log_probabilities_are_transformers_next_token_probabilities() {
                 let out = drain(stream);
                 let at = format!("prompt {i}, max_batch_tokens {max_batch_tokens}, round {round}");
                 assert_eq!(&out.ids, want, "{at}: scoring changed the generation");
-                assert_eq!(out.usage.cached_tokens, 0, "{at}: a scored prompt is computed in full");
+                assert_eq!(
+                    out.usage.cached_tokens, 0,
+                    "{at}: a scored prompt is computed in full"
+                );
                 let (shape, logits) =
                     read_tensor(&dir.join("reference.safetensors"), &format!("logits.{i}"));
                 let vocab = shape[1];
                 let got: Vec<u32> = out.prompt_logprobs.iter().map(|lp| lp.id).collect();
-                assert_eq!(got, prompt[1..], "{at}: one per prompt token after the first");
+                assert_eq!(
+                    got,
+                    prompt[1..],
+                    "{at}: one per prompt token after the first"
+                );
                 for (p, lp) in out.prompt_logprobs.iter().enumerate() {
                     let row = &logits[p * vocab..(p + 1) * vocab];
                     let want = log_softmax_at(row, lp.id);
-                    assert!((lp.logprob - want).abs() < 1e-4, "{at}, position {}: {lp:?} vs {want}", p + 1);
+                    assert!(
+                        (lp.logprob - want).abs() < 1e-4,
+                        "{at}, position {}: {lp:?} vs {want}",
+                        p + 1
+                    );
                     assert_eq!(lp.top.len(), 2);
-                    assert_eq!(lp.top[0].0, switchyard_engine::sampling::argmax(row), "{at}");
+                    assert_eq!(
+                        lp.top[0].0,
+                        switchyard_engine::sampling::argmax(row),
+                        "{at}"
+                    );
                     assert!((lp.top[0].1 - log_softmax_at(row, lp.top[0].0)).abs() < 1e-4);
                 }
             }
@@ -899,7 +914,12 @@ fn max_tokens_zero_computes_the_prompt_and_generates_nothing() {
     warm.params.prompt_logprobs = None;
     drain(engine.submit(warm).unwrap());
     let again = drain(engine.submit(greedy(prompt.clone(), 1)).unwrap());
-    assert_eq!(again.usage.cached_tokens, shareable(&prompt), "{:?}", again.usage);
+    assert_eq!(
+        again.usage.cached_tokens,
+        shareable(&prompt),
+        "{:?}",
+        again.usage
+    );
     let mut over = greedy(prompt, 1);
     over.params.prompt_logprobs = Some(21);
     assert!(matches!(
@@ -922,7 +942,11 @@ fn raw_output_keeps_what_the_thinking_split_would_remove() {
     assert_eq!(raw.ids, want);
     assert!(raw.reasoning.is_empty());
     let tokenizer = engine.tokenizer();
-    assert_eq!(raw.content, tokenizer.decode(&want).unwrap(), "every token's text, as written");
+    assert_eq!(
+        raw.content,
+        tokenizer.decode(&want).unwrap(),
+        "every token's text, as written"
+    );
     let mut thinking = greedy(prompt, 4);
     thinking.params.split_thinking = false;
     thinking.params.thinking = Thinking::On { budget: None };

@@ -35,6 +35,9 @@ use super::handlers::{
 use super::logprobs::TextLogprobs;
 use super::State;
 
+/// `logit_bias` as (token id, bias) pairs.
+type LogitBias = Vec<(u32, f32)>;
+
 /// OpenAI's default `max_tokens` for text completions.
 pub const DEFAULT_MAX_TOKENS: usize = 16;
 
@@ -144,7 +147,7 @@ impl CompletionRequest {
     }
 
     /// Checks what the types cannot; returns the prompts and the parsed `logit_bias`.
-    fn validate(&self) -> Result<(Vec<Prompt>, Vec<(u32, f32)>), ApiError> {
+    fn validate(&self) -> Result<(Vec<Prompt>, LogitBias), ApiError> {
         if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
             return Err(ApiError::invalid(
                 "suffix",
@@ -416,6 +419,7 @@ async fn complete(
                 logprobs: request.logprobs.map(|_| Vec::new()),
                 prompt_logprobs: Vec::new(),
                 offsets: None,
+                last_token: None,
                 done: false,
             })
             .boxed()
@@ -531,9 +535,7 @@ fn blocked(
     choices: usize,
 ) -> Response {
     let usage = Usage::from_engine(&switchyard_engine::Usage::default());
-    let choice = |index: usize| {
-        json!({"text": message, "index": index, "logprobs": null, "finish_reason": "content_filter"})
-    };
+    let choice = |index: usize| json!({"text": message, "index": index, "logprobs": null, "finish_reason": "content_filter"});
     if request.streamed() {
         let mut events: Vec<SseEvent> = (0..choices)
             .map(|index| {
@@ -583,6 +585,7 @@ struct TextChoice {
     prompt_logprobs: Vec<TokenLogprob>,
     /// Character offsets of the tokens sent so far (built with the first entries).
     offsets: Option<TextLogprobs>,
+    last_token: Option<Instant>,
     done: bool,
 }
 
@@ -652,6 +655,14 @@ fn text_choice_events(c: TextChoice) -> impl Stream<Item = ChoiceItem> {
             }
             Some(Event::Delta { text, kind }) => {
                 debug_assert_eq!(kind, DeltaKind::Content, "raw output has no reasoning");
+                let now = Instant::now();
+                if let Some(last) = c.last_token.replace(now) {
+                    c.state
+                        .metrics
+                        .inter_token_seconds
+                        .with_label_values(&[&c.model])
+                        .observe((now - last).as_secs_f64());
+                }
                 let logprobs = c.pending_logprobs();
                 items.push(c.chunk(&text, logprobs, None));
             }
@@ -690,7 +701,10 @@ mod tests {
     }
 
     fn rejected(body: Value) -> Option<String> {
-        request(body).and_then(|r| r.validate().map(drop)).err()?.param
+        request(body)
+            .and_then(|r| r.validate().map(drop))
+            .err()?
+            .param
     }
 
     #[test]

@@ -84,7 +84,6 @@ pub(super) fn merged_usage<'a>(
     merged.unwrap_or_default()
 }
 
-
 pub(super) struct RequestLabels {
     /// `chat` or `completions`.
     pub(super) endpoint: &'static str,
@@ -218,7 +217,6 @@ pub(super) enum ChoiceItem {
     Failed(&'static str, ApiError),
 }
 
-
 /// A streamed completion in progress: its choices' items, merged as they come.
 pub(super) struct SseState {
     /// Turns true when the shutdown grace period is over.
@@ -305,4 +303,3 @@ pub(super) fn error_events(e: &ApiError) -> Vec<SseEvent> {
         SseEvent::default().data("[DONE]"),
     ]
 }
-

@@ -15,8 +15,7 @@ use axum::Json;
 use futures::stream::{self, Stream, StreamExt};
 use serde_json::{json, Value};
 use switchyard_engine::{
-    DeltaKind, Event, GenerationParams, GenerationRequest, GenerationStream, Prompt,
-    Thinking,
+    DeltaKind, Event, GenerationParams, GenerationRequest, GenerationStream, Prompt, Thinking,
 };
 use switchyard_models::text::ChatMessage;
 use switchyard_router::config::{ReasoningBudgets, ReasoningEffort};
