@@ -241,6 +241,24 @@ def main():
         print("n=0 ->", type(e).__name__, e.status_code)
     else:
         raise AssertionError("n=0 did not raise BadRequestError")
+
+    # Text completions (the legacy API): plain, streamed, and a prompt scored with echo + logprobs.
+    r = client.completions.create(model=model, prompt="The capital of France is", max_tokens=6,
+                                  temperature=0, logprobs=2)
+    text = r.choices[0].text
+    assert r.object == "text_completion" and text, r
+    assert "".join(r.choices[0].logprobs.tokens) == text, r.choices[0].logprobs
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=model, prompt="The capital of France is", max_tokens=6, temperature=0, stream=True)
+        if c.choices)
+    assert streamed == text, (streamed, text)
+    scored = client.completions.create(model=model, prompt="The capital of France is Paris",
+                                       max_tokens=0, echo=True, logprobs=1)
+    lp = scored.choices[0].logprobs
+    assert scored.choices[0].text == "The capital of France is Paris", scored
+    assert lp.token_logprobs[0] is None and all(x <= 0 for x in lp.token_logprobs[1:]), lp
+    print("completions:", repr(text), "streamed the same; scored:",
+          [round(x, 2) for x in lp.token_logprobs[1:]])
     print("openai client: all checks passed")
 
 
