@@ -898,6 +898,54 @@ fn prompt_log_probabilities_are_transformers_next_token_probabilities() {
 }
 
 #[test]
+fn a_preempted_scored_prompt_sends_each_log_probability_once() {
+    // Four scored sequences on a cache that cannot hold them all: the preempted ones recompute
+    // their prompts, and still send every prompt token's entry exactly once, as scored alone.
+    let engine = engine_with_cache(
+        96,
+        EngineConfig {
+            block_size: 8,
+            max_batch_tokens: 64,
+            ..Default::default()
+        },
+    );
+    let scored = |prompt: &[u32]| {
+        let mut r = greedy(prompt.to_vec(), 36);
+        r.params.prompt_logprobs = Some(1);
+        r
+    };
+    let cases: Vec<Vec<u32>> = prompts("tiny-llama")
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.len() < 30)
+        .take(4)
+        .collect();
+    let alone: Vec<Outcome> = cases
+        .iter()
+        .map(|p| drain(engine.submit(scored(p)).unwrap()))
+        .collect();
+    let release = hold_worker(&engine);
+    let streams: Vec<_> = cases
+        .iter()
+        .map(|p| engine.submit(scored(p)).unwrap())
+        .collect();
+    release.send(()).unwrap();
+    for ((prompt, stream), alone) in cases.iter().zip(streams).zip(&alone) {
+        let together = drain(stream);
+        assert_eq!(together.ids, alone.ids);
+        assert_eq!(together.prompt_logprobs.len(), prompt.len() - 1);
+        for (a, b) in together.prompt_logprobs.iter().zip(&alone.prompt_logprobs) {
+            assert_eq!((a.id, a.top[0].0), (b.id, b.top[0].0));
+            assert!((a.logprob - b.logprob).abs() < 1e-4, "{a:?} vs {b:?}");
+        }
+    }
+    assert!(
+        engine.stats().snapshot().preempted > 0,
+        "the cache was short enough to preempt"
+    );
+}
+
+#[test]
 fn max_tokens_zero_computes_the_prompt_and_generates_nothing() {
     let engine = small_block_engine(true);
     let (prompt, _) = prompts("tiny-llama").remove(1);
