@@ -30,7 +30,7 @@ use super::generation::{
     collect, sse_events, submit, ChoiceItem, Collected, Outcome, RequestLabels, SseState,
 };
 use super::handlers::{
-    decision_headers, now, parse_json, route_messages, server_timing, Plan, Shared,
+    body_bytes, decision_headers, now, parse_json, route_messages, server_timing, Plan, Shared,
 };
 use super::logprobs::TextLogprobs;
 use super::State;
@@ -287,14 +287,7 @@ async fn complete(
         ));
     }
     let arrived = Instant::now();
-    let body = body.map_err(|r| {
-        if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(state.limits.body_bytes)
-        } else {
-            ApiError::bad_request(r.body_text())
-        }
-    })?;
-    let request: CompletionRequest = parse_json(&body)?;
+    let request: CompletionRequest = parse_json(&body_bytes(&state, body)?)?;
     let (mut prompts, logit_bias) = request.validate()?;
     let limit = state.limits.max_tokens;
     let max_tokens = request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS.min(limit));
@@ -359,20 +352,8 @@ async fn complete(
         tools: None,
         use_prefix_cache: request.cache_prompt.unwrap_or(true),
     };
-    let engine = &state.engines[&plan.model];
-    // What `echo` puts before each choice's text, and the prompt's tokens (for its log-probabilities).
-    let echoed: Vec<(String, Vec<u32>)> = if echo {
-        prompts
-            .iter()
-            .map(|p| {
-                let (tokens, _) = engine.prompt_tokens(p, &params)?;
-                let text = match p {
-                    Prompt::Text(t) => t.clone(),
-                    _ => engine.tokenizer().decode(&tokens)?,
-                };
-                Ok((text, tokens))
-            })
-            .collect::<Result<_, switchyard_engine::EngineError>>()?
+    let echoed = if echo {
+        echoed_prompts(&state, &plan.model, &prompts).await?
     } else {
         Vec::new()
     };
@@ -461,7 +442,7 @@ async fn complete(
     };
     let usage = prompt_usage(&done, n);
     outcome.finished(&usage);
-    let tokenizer = engine.tokenizer();
+    let tokenizer = state.engines[&plan.model].tokenizer();
     let choices: Vec<Value> = done
         .into_iter()
         .enumerate()
@@ -491,6 +472,34 @@ async fn complete(
     let mut response = Json(body).into_response();
     response.headers_mut().extend(headers);
     Ok(response)
+}
+
+/// What `echo` puts before each prompt's choices (its text), with the prompt's tokens (for their
+/// log-probabilities). Tokenizing is CPU work: it runs off the threads that move other requests'
+/// bytes.
+async fn echoed_prompts(
+    state: &Arc<State>,
+    model: &str,
+    prompts: &[Prompt],
+) -> Result<Vec<(String, Vec<u32>)>, ApiError> {
+    let (state, model, prompts) = (state.clone(), model.to_string(), prompts.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let engine = &state.engines[&model];
+        prompts
+            .iter()
+            .map(|p| {
+                let (tokens, _) = engine.prompt_tokens(p, &GenerationParams::default())?;
+                let text = match p {
+                    Prompt::Text(t) => t.clone(),
+                    _ => engine.tokenizer().decode(&tokens)?,
+                };
+                Ok((text, tokens))
+            })
+            .collect::<Result<_, switchyard_engine::EngineError>>()
+            .map_err(ApiError::from)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("tokenizing: {e}")))?
 }
 
 /// The prompt's tokens with their log-probabilities: none for the first, then the engine's.

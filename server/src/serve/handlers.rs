@@ -233,18 +233,25 @@ pub async fn model(
         .ok_or_else(|| ApiError::unknown_model(&id, &state.served()))
 }
 
-fn parse_body(
+/// The request's body, or the error for a body that could not be read (413 past the limit).
+pub(super) fn body_bytes(
     state: &State,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<(ChatRequest, Checked), ApiError> {
-    let body = body.map_err(|r| {
+) -> Result<Bytes, ApiError> {
+    body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(state.limits.body_bytes)
         } else {
             ApiError::bad_request(r.body_text())
         }
-    })?;
-    let request: ChatRequest = parse_json(&body)?;
+    })
+}
+
+fn parse_body(
+    state: &State,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(ChatRequest, Checked), ApiError> {
+    let request: ChatRequest = parse_json(&body_bytes(state, body)?)?;
     let checked = request.validate()?;
     Ok((request, checked))
 }
