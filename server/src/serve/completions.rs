@@ -6,12 +6,11 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::State as AxumState;
-use axum::http::{HeaderName, HeaderValue};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::stream::{self, Stream, StreamExt};
@@ -27,10 +26,11 @@ use switchyard_router::{Action, Decision};
 use super::api::{SamplingFields, Stop, StreamOptions, Usage};
 use super::error::ApiError;
 use super::generation::{
-    collect, sse_events, submit, ChoiceItem, Collected, Outcome, RequestLabels, SseState,
+    add_server_timing, check_choices, collect_all, sse_response, stream_permit, submit, ChoiceItem,
+    Collected, Outcome, SseState,
 };
 use super::handlers::{
-    body_bytes, decision_headers, now, parse_json, route_messages, server_timing, Plan, Shared,
+    body_bytes, decision_headers, now, parse_json, route_messages, Plan, Shared,
 };
 use super::logprobs::TextLogprobs;
 use super::State;
@@ -298,15 +298,7 @@ async fn complete(
         ));
     }
     let n = request.n.unwrap_or(1);
-    if n > state.limits.choices {
-        return Err(ApiError::invalid(
-            "n",
-            format!(
-                "at most {} choices per request on this server",
-                state.limits.choices
-            ),
-        ));
-    }
+    check_choices(&state, n)?;
     let plan = plan(&state, &request, &mut prompts).await?;
     let mut headers = decision_headers(&plan);
     let (id, created) = (completion_id(), now());
@@ -327,16 +319,7 @@ async fn complete(
         response.headers_mut().extend(headers);
         return Ok(response);
     }
-    let stream_permit = if request.streamed() {
-        Some(state.streams.clone().try_acquire_owned().map_err(|_| {
-            ApiError::overloaded(format!(
-                "too many open streams (limit {})",
-                state.limits.streams
-            ))
-        })?)
-    } else {
-        None
-    };
+    let stream_permit = stream_permit(&state, request.streamed())?;
     let echo = request.echo();
     let params = GenerationParams {
         sampling: request.sampling().params(logit_bias),
@@ -365,25 +348,12 @@ async fn complete(
         })
         .collect();
     let streams = submit(&state, &plan.model, requests, n, "prompt").await?;
-    if let Ok(timing) = HeaderValue::from_str(&server_timing(
+    add_server_timing(
+        &mut headers,
         plan.decision.as_ref().map(|d| d.route_time),
-        arrived.elapsed(),
-    )) {
-        headers.insert(HeaderName::from_static("server-timing"), timing);
-    }
-    let mut outcome = Outcome {
-        state: state.clone(),
-        labels: RequestLabels {
-            endpoint: "completions",
-            model: plan.model.clone(),
-            category: plan
-                .decision
-                .as_ref()
-                .map_or_else(String::new, |d| d.category.clone()),
-            reasoning: "off",
-        },
-        recorded: false,
-    };
+        arrived,
+    );
+    let mut outcome = Outcome::new(&state, "completions", &plan, "off");
     // Choice i continues prompt i / n.
     let echo_of = |i: usize| echoed.get(i / n).cloned();
 
@@ -405,7 +375,7 @@ async fn complete(
             })
             .boxed()
         });
-        let events = sse_events(SseState {
+        let events = SseState {
             stop: state.hard_stop.subscribe(),
             choices: stream::select_all(per_choice),
             remaining: choices,
@@ -417,28 +387,14 @@ async fn complete(
             outcome,
             done: false,
             _permit: stream_permit,
-        });
-        let mut response = Sse::new(events)
-            .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-            .into_response();
-        response.headers_mut().extend(headers);
-        return Ok(response);
+        };
+        return Ok(sse_response(events, headers));
     }
 
-    let done = futures::future::join_all(
-        streams
-            .iter()
-            .map(|s| collect(&state, s, request.logprobs.is_some())),
-    )
-    .await
-    .into_iter()
-    .collect::<Result<Vec<Collected>, (&'static str, ApiError)>>();
-    let done = match done {
+    let wants_logprobs = request.logprobs.is_some();
+    let done = match collect_all(&state, &streams, wants_logprobs, &mut outcome).await {
         Ok(done) => done,
-        Err((status, e)) => {
-            outcome.record(status);
-            return Ok(e.into_response());
-        }
+        Err(response) => return Ok(response),
     };
     let usage = prompt_usage(&done, n);
     outcome.finished(&usage);

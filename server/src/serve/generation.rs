@@ -4,14 +4,95 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::response::sse::Event as SseEvent;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use futures::stream::{self, Stream, StreamExt};
 use serde_json::json;
 use switchyard_engine::{DeltaKind, Event, GenerationRequest, GenerationStream, TokenLogprob};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::api::Usage;
 use super::error::ApiError;
 use super::State;
+
+/// A 400 naming `n` when a request asks for more choices than this server allows.
+pub(super) fn check_choices(state: &State, n: usize) -> Result<(), ApiError> {
+    if n > state.limits.choices {
+        return Err(ApiError::invalid(
+            "n",
+            format!(
+                "at most {} choices per request on this server",
+                state.limits.choices
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A place among the open streams for a streamed request (`None` when it is not streamed), or a
+/// 429 when all `--max-streams` are taken.
+pub(super) fn stream_permit(
+    state: &Arc<State>,
+    streamed: bool,
+) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+    if !streamed {
+        return Ok(None);
+    }
+    state
+        .streams
+        .clone()
+        .try_acquire_owned()
+        .map(Some)
+        .map_err(|_| {
+            ApiError::overloaded(format!(
+                "too many open streams (limit {})",
+                state.limits.streams
+            ))
+        })
+}
+
+/// Adds the `Server-Timing` header ([`super::handlers::server_timing`]) of a request that
+/// arrived at `arrived` and is queued now.
+pub(super) fn add_server_timing(
+    headers: &mut HeaderMap,
+    route: Option<Duration>,
+    arrived: Instant,
+) {
+    let value = super::handlers::server_timing(route, arrived.elapsed());
+    if let Ok(timing) = HeaderValue::from_str(&value) {
+        headers.insert(HeaderName::from_static("server-timing"), timing);
+    }
+}
+
+/// The SSE response of a streamed request, with its headers.
+pub(super) fn sse_response(s: SseState, headers: HeaderMap) -> Response {
+    let mut response = Sse::new(sse_events(s))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response();
+    response.headers_mut().extend(headers);
+    response
+}
+
+/// Every choice's whole generation, or the response for the first that failed (counted under its
+/// status).
+pub(super) async fn collect_all(
+    state: &State,
+    streams: &[GenerationStream],
+    wants_logprobs: bool,
+    outcome: &mut Outcome,
+) -> Result<Vec<Collected>, Response> {
+    futures::future::join_all(streams.iter().map(|s| collect(state, s, wants_logprobs)))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<Collected>, (&'static str, ApiError)>>()
+        .map_err(|(status, e)| {
+            outcome.record(status);
+            e.into_response()
+        })
+}
 
 /// Queues `choices` sequences of each request on `model`'s engine, in order (choice k of a
 /// request samples from `seed + k`, so the choices differ and the same request gives the same
@@ -101,6 +182,28 @@ pub(super) struct Outcome {
 }
 
 impl Outcome {
+    /// A generation of `endpoint` as `plan` decided it, not counted yet.
+    pub(super) fn new(
+        state: &Arc<State>,
+        endpoint: &'static str,
+        plan: &super::handlers::Plan,
+        reasoning: &'static str,
+    ) -> Self {
+        Self {
+            state: state.clone(),
+            labels: RequestLabels {
+                endpoint,
+                model: plan.model.clone(),
+                category: plan
+                    .decision
+                    .as_ref()
+                    .map_or_else(String::new, |d| d.category.clone()),
+                reasoning,
+            },
+            recorded: false,
+        }
+    }
+
     pub(super) fn record(&mut self, status: &str) {
         if std::mem::replace(&mut self.recorded, true) {
             return;
@@ -240,7 +343,7 @@ pub(super) struct SseState {
 /// have finished. Dropping the stream (the client went away) drops the [`GenerationStream`]s,
 /// which cancels the sequences. An engine error or the end of the shutdown grace period ends it
 /// with an error event and `[DONE]`, which the OpenAI clients raise as an error.
-pub(super) fn sse_events(s: SseState) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+fn sse_events(s: SseState) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     stream::unfold(s, |mut s| async move {
         if s.done {
             return None;

@@ -9,7 +9,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State as AxumState};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::stream::{self, Stream, StreamExt};
@@ -24,8 +24,8 @@ use switchyard_router::{Action, BlockReason, Decision, Reasoning};
 use super::api::{ChatRequest, Checked, Usage};
 use super::error::ApiError;
 use super::generation::{
-    collect, merged_usage, sse_events, submit, ChoiceItem, Collected, Outcome, RequestLabels,
-    SseState,
+    add_server_timing, check_choices, collect_all, merged_usage, sse_response, stream_permit,
+    submit, ChoiceItem, Outcome, SseState,
 };
 use super::tool_calls::{openai_tool_calls, CallSplitter};
 use super::State;
@@ -552,15 +552,7 @@ async fn chat(
     let (request, checked) = parse_body(&state, body)?;
     let max_tokens = max_tokens(&state, &request)?;
     let choices = request.n.unwrap_or(1);
-    if choices > state.limits.choices {
-        return Err(ApiError::invalid(
-            "n",
-            format!(
-                "at most {} choices per request on this server",
-                state.limits.choices
-            ),
-        ));
-    }
+    check_choices(&state, choices)?;
     let plan = plan(&state, &request).await?;
     let mut headers = decision_headers(&plan);
     let id = completion_id();
@@ -587,16 +579,7 @@ async fn chat(
         ));
     }
 
-    let stream_permit = if request.streamed() {
-        Some(state.streams.clone().try_acquire_owned().map_err(|_| {
-            ApiError::overloaded(format!(
-                "too many open streams (limit {})",
-                state.limits.streams
-            ))
-        })?)
-    } else {
-        None
-    };
+    let stream_permit = stream_permit(&state, request.streamed())?;
     let Checked {
         logit_bias,
         response_format,
@@ -628,25 +611,12 @@ async fn chat(
     // Rendering the template and tokenizing a long prompt is CPU work: keep it off the threads
     // that move other requests' bytes.
     let streams = submit(&state, &plan.model, vec![generation], choices, "messages").await?;
-    if let Ok(timing) = HeaderValue::from_str(&server_timing(
+    add_server_timing(
+        &mut headers,
         plan.decision.as_ref().map(|d| d.route_time),
-        arrived.elapsed(),
-    )) {
-        headers.insert(HeaderName::from_static("server-timing"), timing);
-    }
-    let outcome = Outcome {
-        state: state.clone(),
-        labels: RequestLabels {
-            endpoint: "chat",
-            model: plan.model.clone(),
-            category: plan
-                .decision
-                .as_ref()
-                .map_or_else(String::new, |d| d.category.clone()),
-            reasoning: reasoning_label(plan.thinking),
-        },
-        recorded: false,
-    };
+        arrived,
+    );
+    let mut outcome = Outcome::new(&state, "chat", &plan, reasoning_label(plan.thinking));
     if request.streamed() {
         let wants_logprobs = request.logprobs_wanted().is_some();
         let model = plan.model.clone();
@@ -667,7 +637,7 @@ async fn chat(
             })
             .boxed()
         });
-        let events = sse_events(SseState {
+        let events = SseState {
             stop: state.hard_stop.subscribe(),
             choices: stream::select_all(per_choice),
             remaining: choices,
@@ -679,30 +649,13 @@ async fn chat(
             outcome,
             done: false,
             _permit: stream_permit,
-        });
-        let mut response = Sse::new(events)
-            .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-            .into_response();
-        response.headers_mut().extend(headers);
-        Ok(response)
+        };
+        Ok(sse_response(events, headers))
     } else {
         let wants_logprobs = request.logprobs_wanted().is_some();
-        let mut outcome = outcome;
-        let done = futures::future::join_all(
-            streams
-                .iter()
-                .map(|stream| collect(&state, stream, wants_logprobs)),
-        )
-        .await
-        .into_iter()
-        .collect::<Result<Vec<Collected>, (&'static str, ApiError)>>();
-        let done = match done {
+        let done = match collect_all(&state, &streams, wants_logprobs, &mut outcome).await {
             Ok(done) => done,
-            // Counted by its outcome: answer the error as it is.
-            Err((status, e)) => {
-                outcome.record(status);
-                return Ok(e.into_response());
-            }
+            Err(response) => return Ok(response),
         };
         let usage = merged_usage(done.iter().map(|c| &c.usage));
         outcome.finished(&usage);
