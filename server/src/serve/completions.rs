@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::State as AxumState;
-use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::stream::{self, Stream, StreamExt};
@@ -21,13 +21,13 @@ use switchyard_engine::{
     TokenLogprob, MAX_TOP_LOGPROBS,
 };
 use switchyard_models::text::ChatMessage;
-use switchyard_router::{Action, Decision};
+use switchyard_router::Decision;
 
 use super::api::{SamplingFields, Stop, StreamOptions, Usage};
 use super::error::ApiError;
 use super::generation::{
-    add_server_timing, check_choices, collect_all, sse_response, stream_permit, submit, ChoiceItem,
-    Collected, Outcome, SseState,
+    add_server_timing, answer, check_choices, collect_all, known_stream, refusal, sse_response,
+    stream_permit, submit, usage_chunk, ChoiceItem, Collected, Outcome, StreamMeta,
 };
 use super::handlers::{
     body_bytes, decision_headers, now, parse_json, route_messages, Plan, Shared,
@@ -202,17 +202,8 @@ pub async fn completions(
     AxumState(state): Shared,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    match complete(state.clone(), body).await {
-        Ok(r) => r,
-        Err(e) => {
-            state
-                .metrics
-                .requests
-                .with_label_values(&["completions", "", "", "", e.status.as_str()])
-                .inc();
-            e.into_response()
-        }
-    }
+    let result = complete(state.clone(), body).await;
+    answer(&state, "completions", result)
 }
 
 /// The model a request names, or the router's choice for its one text prompt (masked as the
@@ -304,17 +295,7 @@ async fn complete(
     let (id, created) = (completion_id(), now());
     let choices = prompts.len() * n;
 
-    if let Some(Decision {
-        action: Action::Block { message, .. },
-        category,
-        ..
-    }) = &plan.decision
-    {
-        state
-            .metrics
-            .requests
-            .with_label_values(&["completions", &plan.model, category, "off", "blocked"])
-            .inc();
+    if let Some(message) = refusal(&state, "completions", &plan) {
         let mut response = blocked(&request, &plan.model, &id, created, message, choices);
         response.headers_mut().extend(headers);
         return Ok(response);
@@ -358,37 +339,41 @@ async fn complete(
     let echo_of = |i: usize| echoed.get(i / n).cloned();
 
     if request.streamed() {
-        let per_choice = streams.into_iter().enumerate().map(|(index, stream)| {
-            text_choice_events(TextChoice {
-                index,
-                stream,
-                state: state.clone(),
-                model: plan.model.clone(),
-                id: id.clone(),
-                created,
-                echo: echo_of(index),
-                logprobs: request.logprobs.map(|_| Vec::new()),
-                prompt_logprobs: Vec::new(),
-                offsets: None,
-                last_token: None,
-                done: false,
+        let per_choice = streams
+            .into_iter()
+            .enumerate()
+            .map(|(index, stream)| {
+                text_choice_events(TextChoice {
+                    index,
+                    stream,
+                    state: state.clone(),
+                    model: plan.model.clone(),
+                    id: id.clone(),
+                    created,
+                    echo: echo_of(index),
+                    logprobs: request.logprobs.map(|_| Vec::new()),
+                    prompt_logprobs: Vec::new(),
+                    offsets: None,
+                    last_token: None,
+                    done: false,
+                })
+                .boxed()
             })
-            .boxed()
-        });
-        let events = SseState {
-            stop: state.hard_stop.subscribe(),
-            choices: stream::select_all(per_choice),
-            remaining: choices,
-            usages: Vec::new(),
+            .collect();
+        let meta = StreamMeta {
             id,
             object: "text_completion",
             created,
             include_usage: request.include_usage(),
-            outcome,
-            done: false,
-            _permit: stream_permit,
         };
-        return Ok(sse_response(events, headers));
+        return Ok(sse_response(
+            &state,
+            per_choice,
+            meta,
+            outcome,
+            stream_permit,
+            headers,
+        ));
     }
 
     let wants_logprobs = request.logprobs.is_some();
@@ -512,19 +497,9 @@ fn blocked(
             })
             .collect();
         if request.include_usage() {
-            events.push(
-                SseEvent::default().data(
-                    json!({"id": id, "object": "text_completion", "created": created,
-                           "model": model, "choices": [], "usage": usage})
-                    .to_string(),
-                ),
-            );
+            events.push(usage_chunk(id, "text_completion", created, model, &usage));
         }
-        events.push(SseEvent::default().data("[DONE]"));
-        Sse::new(stream::iter(
-            events.into_iter().map(Ok::<_, std::convert::Infallible>),
-        ))
-        .into_response()
+        known_stream(events)
     } else {
         Json(json!({
             "id": id, "object": "text_completion", "created": created, "model": model,

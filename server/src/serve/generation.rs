@@ -18,6 +18,23 @@ use super::api::Usage;
 use super::error::ApiError;
 use super::State;
 
+/// A generating endpoint's response: its own, or its error, counted in
+/// `switchyard_requests_total` under the error's status.
+pub(super) fn answer(
+    state: &State,
+    endpoint: &'static str,
+    result: Result<Response, ApiError>,
+) -> Response {
+    result.unwrap_or_else(|e| {
+        state
+            .metrics
+            .requests
+            .with_label_values(&[endpoint, "", "", "", e.status.as_str()])
+            .inc();
+        e.into_response()
+    })
+}
+
 /// A 400 naming `n` when a request asks for more choices than this server allows.
 pub(super) fn check_choices(state: &State, n: usize) -> Result<(), ApiError> {
     if n > state.limits.choices {
@@ -30,6 +47,25 @@ pub(super) fn check_choices(state: &State, n: usize) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// The refusal of a request the router blocked (`None`: not blocked), counted in
+/// `switchyard_requests_total` as `blocked`.
+pub(super) fn refusal<'a>(
+    state: &State,
+    endpoint: &'static str,
+    plan: &'a super::handlers::Plan,
+) -> Option<&'a str> {
+    let decision = plan.decision.as_ref()?;
+    let switchyard_router::Action::Block { message, .. } = &decision.action else {
+        return None;
+    };
+    state
+        .metrics
+        .requests
+        .with_label_values(&[endpoint, &plan.model, &decision.category, "off", "blocked"])
+        .inc();
+    Some(message)
 }
 
 /// A place among the open streams for a streamed request (`None` when it is not streamed), or a
@@ -67,9 +103,37 @@ pub(super) fn add_server_timing(
     }
 }
 
-/// The SSE response of a streamed request, with its headers.
-pub(super) fn sse_response(s: SseState, headers: HeaderMap) -> Response {
-    let mut response = Sse::new(sse_events(s))
+/// What a streamed response's chunks carry besides each choice's own.
+pub(super) struct StreamMeta {
+    pub(super) id: String,
+    /// The chunks' `object` (`chat.completion.chunk`, `text_completion`).
+    pub(super) object: &'static str,
+    pub(super) created: u64,
+    /// End with a usage chunk (`stream_options.include_usage`).
+    pub(super) include_usage: bool,
+}
+
+/// The SSE response of a streamed request: its choices' items merged as they come, then the
+/// usage chunk if asked for and `[DONE]` ([`sse_events`]), with its headers.
+pub(super) fn sse_response(
+    state: &State,
+    choices: Vec<stream::BoxStream<'static, ChoiceItem>>,
+    meta: StreamMeta,
+    outcome: Outcome,
+    permit: Option<OwnedSemaphorePermit>,
+    headers: HeaderMap,
+) -> Response {
+    let events = sse_events(SseState {
+        stop: state.hard_stop.subscribe(),
+        remaining: choices.len(),
+        choices: stream::select_all(choices),
+        usages: Vec::new(),
+        meta,
+        outcome,
+        done: false,
+        _permit: permit,
+    });
+    let mut response = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response();
     response.headers_mut().extend(headers);
@@ -321,21 +385,17 @@ pub(super) enum ChoiceItem {
 }
 
 /// A streamed completion in progress: its choices' items, merged as they come.
-pub(super) struct SseState {
+struct SseState {
     /// Turns true when the shutdown grace period is over.
-    pub(super) stop: tokio::sync::watch::Receiver<bool>,
-    pub(super) choices: stream::SelectAll<stream::BoxStream<'static, ChoiceItem>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    choices: stream::SelectAll<stream::BoxStream<'static, ChoiceItem>>,
     /// Choices not finished yet.
-    pub(super) remaining: usize,
-    pub(super) usages: Vec<switchyard_engine::Usage>,
-    pub(super) id: String,
-    /// The chunks' `object` (`chat.completion.chunk`, `text_completion`).
-    pub(super) object: &'static str,
-    pub(super) created: u64,
-    pub(super) include_usage: bool,
-    pub(super) outcome: Outcome,
-    pub(super) done: bool,
-    pub(super) _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    remaining: usize,
+    usages: Vec<switchyard_engine::Usage>,
+    meta: StreamMeta,
+    outcome: Outcome,
+    done: bool,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 /// The SSE events of a streamed completion: every choice's chunks (role, deltas, finish reason,
@@ -364,15 +424,14 @@ fn sse_events(s: SseState) -> impl Stream<Item = Result<SseEvent, Infallible>> {
                     s.outcome.finished(&usage);
                     s.done = true;
                     let mut out = Vec::new();
-                    if s.include_usage {
-                        out.push(
-                            SseEvent::default().data(
-                                json!({"id": s.id, "object": s.object,
-                                   "created": s.created, "model": s.outcome.labels.model,
-                                   "choices": [], "usage": Usage::from_engine(&usage)})
-                                .to_string(),
-                            ),
-                        );
+                    if s.meta.include_usage {
+                        out.push(usage_chunk(
+                            &s.meta.id,
+                            s.meta.object,
+                            s.meta.created,
+                            &s.outcome.labels.model,
+                            &Usage::from_engine(&usage),
+                        ));
                     }
                     out.push(SseEvent::default().data("[DONE]"));
                     out
@@ -397,6 +456,28 @@ fn sse_events(s: SseState) -> impl Stream<Item = Result<SseEvent, Infallible>> {
         Some((stream::iter(events.into_iter().map(Ok)), s))
     })
     .flatten()
+}
+
+/// The last chunk before `[DONE]` when `stream_options.include_usage` asks for it: no choices,
+/// the usage.
+pub(super) fn usage_chunk(
+    id: &str,
+    object: &str,
+    created: u64,
+    model: &str,
+    usage: &Usage,
+) -> SseEvent {
+    SseEvent::default().data(
+        json!({"id": id, "object": object, "created": created, "model": model,
+               "choices": [], "usage": usage})
+        .to_string(),
+    )
+}
+
+/// A stream whose chunks are all known (a refusal): them, then `[DONE]`.
+pub(super) fn known_stream(mut events: Vec<SseEvent>) -> Response {
+    events.push(SseEvent::default().data("[DONE]"));
+    Sse::new(stream::iter(events.into_iter().map(Ok::<_, Infallible>))).into_response()
 }
 
 /// How a stream that cannot go on ends: the error object, then `[DONE]`.

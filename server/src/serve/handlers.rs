@@ -1,6 +1,5 @@
 //! The HTTP handlers.
 
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,7 +8,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State as AxumState};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
-use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::stream::{self, Stream, StreamExt};
@@ -24,8 +23,8 @@ use switchyard_router::{Action, BlockReason, Decision, Reasoning};
 use super::api::{ChatRequest, Checked, Usage};
 use super::error::ApiError;
 use super::generation::{
-    add_server_timing, check_choices, collect_all, merged_usage, sse_response, stream_permit,
-    submit, ChoiceItem, Outcome, SseState,
+    add_server_timing, answer, check_choices, collect_all, known_stream, merged_usage, refusal,
+    sse_response, stream_permit, submit, usage_chunk, ChoiceItem, Outcome, StreamMeta,
 };
 use super::tool_calls::{openai_tool_calls, CallSplitter};
 use super::State;
@@ -504,17 +503,8 @@ pub async fn chat_completions(
     AxumState(state): Shared,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    match chat(state.clone(), body).await {
-        Ok(r) => r,
-        Err(e) => {
-            state
-                .metrics
-                .requests
-                .with_label_values(&["chat", "", "", "", e.status.as_str()])
-                .inc();
-            e.into_response()
-        }
-    }
+    let result = chat(state.clone(), body).await;
+    answer(&state, "chat", result)
 }
 
 /// The `max_tokens` a request gets: its own (at most the server's ceiling), else the ceiling.
@@ -558,17 +548,7 @@ async fn chat(
     let id = completion_id();
     let created = now();
 
-    if let Some(Decision {
-        action: Action::Block { message, .. },
-        category,
-        ..
-    }) = &plan.decision
-    {
-        state
-            .metrics
-            .requests
-            .with_label_values(&["chat", &plan.model, category, "off", "blocked"])
-            .inc();
+    if let Some(message) = refusal(&state, "chat", &plan) {
         return Ok(blocked_response(
             &request,
             &plan.model,
@@ -620,37 +600,41 @@ async fn chat(
     if request.streamed() {
         let wants_logprobs = request.logprobs_wanted().is_some();
         let model = plan.model.clone();
-        let per_choice = streams.into_iter().enumerate().map(|(index, stream)| {
-            choice_events(ChoiceState {
-                index,
-                stream,
-                state: state.clone(),
-                model: model.clone(),
-                id: id.clone(),
-                created,
-                phase: Phase::Start,
-                last_token: None,
-                logprobs: wants_logprobs.then(Vec::new),
-                calls: tool_use
-                    .as_ref()
-                    .map(|t| CallSplitter::new(t.functions.clone())),
+        let per_choice = streams
+            .into_iter()
+            .enumerate()
+            .map(|(index, stream)| {
+                choice_events(ChoiceState {
+                    index,
+                    stream,
+                    state: state.clone(),
+                    model: model.clone(),
+                    id: id.clone(),
+                    created,
+                    phase: Phase::Start,
+                    last_token: None,
+                    logprobs: wants_logprobs.then(Vec::new),
+                    calls: tool_use
+                        .as_ref()
+                        .map(|t| CallSplitter::new(t.functions.clone())),
+                })
+                .boxed()
             })
-            .boxed()
-        });
-        let events = SseState {
-            stop: state.hard_stop.subscribe(),
-            choices: stream::select_all(per_choice),
-            remaining: choices,
-            usages: Vec::new(),
+            .collect();
+        let meta = StreamMeta {
             id,
             object: "chat.completion.chunk",
             created,
             include_usage: request.include_usage(),
-            outcome,
-            done: false,
-            _permit: stream_permit,
         };
-        Ok(sse_response(events, headers))
+        Ok(sse_response(
+            &state,
+            per_choice,
+            meta,
+            outcome,
+            stream_permit,
+            headers,
+        ))
     } else {
         let wants_logprobs = request.logprobs_wanted().is_some();
         let done = match collect_all(&state, &streams, wants_logprobs, &mut outcome).await {
@@ -865,9 +849,7 @@ pub(super) fn blocked_response(
     message: &str,
     headers: HeaderMap,
 ) -> Response {
-    let usage = json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
-                       "prompt_tokens_details": {"cached_tokens": 0},
-                       "completion_tokens_details": {"reasoning_tokens": 0}});
+    let usage = Usage::from_engine(&switchyard_engine::Usage::default());
     let choices = request.n.unwrap_or(1);
     let mut response = if request.streamed() {
         let mut events = Vec::new();
@@ -892,16 +874,15 @@ pub(super) fn blocked_response(
             ));
         }
         if request.include_usage() {
-            events.push(
-                SseEvent::default().data(
-                    json!({"id": id, "object": "chat.completion.chunk", "created": created,
-                       "model": model, "choices": [], "usage": usage})
-                    .to_string(),
-                ),
-            );
+            events.push(usage_chunk(
+                id,
+                "chat.completion.chunk",
+                created,
+                model,
+                &usage,
+            ));
         }
-        events.push(SseEvent::default().data("[DONE]"));
-        Sse::new(stream::iter(events.into_iter().map(Ok::<_, Infallible>))).into_response()
+        known_stream(events)
     } else {
         Json(json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
