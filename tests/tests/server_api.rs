@@ -350,6 +350,17 @@ async fn any_of_several_api_keys_is_accepted() {
         401,
     )
     .await;
+    // So do the tokenizer endpoints.
+    let body = json!({"model": "tiny-llama", "prompt": "hi"});
+    for path in ["/tokenize", "/detokenize"] {
+        let r = c.post(format!("{base}{path}")).json(&body).send().await;
+        error_of(r.unwrap(), 401).await;
+    }
+    let r = c
+        .post(format!("{base}/tokenize"))
+        .json(&body)
+        .bearer_auth("second-key");
+    assert_eq!(r.send().await.unwrap().status(), 200);
     // Probes and scrapes need no key.
     for path in ["/health", "/ready", "/metrics"] {
         assert_eq!(get_status(&base, path).await, 200);

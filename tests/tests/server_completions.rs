@@ -1,5 +1,6 @@
 //! `POST /v1/completions` end to end: text and token prompts, several at once, `n`, streaming,
-//! `echo`, OpenAI's legacy log-probabilities (prompt scoring included), routing and errors.
+//! `echo`, OpenAI's legacy log-probabilities (prompt scoring included), routing and errors; and
+//! `/tokenize` / `/detokenize`, which count what such requests send.
 
 use std::time::Duration;
 
@@ -385,5 +386,118 @@ async fn the_auto_model_routes_a_text_prompt_without_thinking() {
         3 + 1,
         "the refusals generated nothing"
     );
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenize_counts_what_a_request_sends_and_detokenize_reverses_it() {
+    let (s, base) = server(args()).await;
+    let tokenize = |body: Value| {
+        let base = base.clone();
+        async move {
+            let r = post(&base, "/tokenize", &body).await;
+            let status = r.status();
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(status, 200, "{v}");
+            v
+        }
+    };
+    // A prompt: the tokens a text completion of it is given.
+    let text = "Hello world, how are you?";
+    let v =
+        tokenize(json!({"model": "tiny-llama", "prompt": text, "return_token_strs": true})).await;
+    let (_, completion) = complete(
+        &base,
+        &json!({"model": "tiny-llama", "prompt": text, "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(v["count"], completion["usage"]["prompt_tokens"]);
+    assert_eq!(
+        v["tokens"].as_array().unwrap().len(),
+        v["count"].as_u64().unwrap() as usize
+    );
+    assert_eq!(
+        v["max_model_len"],
+        s.state.engines["tiny-llama"].max_model_len()
+    );
+    let strs: String = v["token_strs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(strs, text);
+    let back = post(
+        &base,
+        "/detokenize",
+        &json!({"model": "tiny-llama", "tokens": v["tokens"]}),
+    )
+    .await;
+    assert_eq!(back.json::<Value>().await.unwrap()["prompt"], text);
+
+    // A conversation: the tokens of the chat request's rendered template, thinking as asked.
+    let messages = json!([{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": "What is 2 + 2?"}]);
+    for thinking in [false, true] {
+        let v = tokenize(json!({"model": "tiny-llama", "messages": messages,
+                                "chat_template_kwargs": {"enable_thinking": thinking}}))
+        .await;
+        let chat = json!({"model": "tiny-llama", "messages": messages, "max_tokens": 1,
+                          "chat_template_kwargs": {"enable_thinking": thinking}});
+        let r = post(&base, "/v1/chat/completions", &chat).await;
+        let usage = r.json::<Value>().await.unwrap()["usage"].clone();
+        assert_eq!(v["count"], usage["prompt_tokens"], "thinking {thinking}");
+        assert_eq!(v["token_strs"], Value::Null);
+    }
+
+    for (path, body, status, param) in [
+        (
+            "/tokenize",
+            json!({"model": "tiny-llama", "prompt": "a", "messages": messages}),
+            400,
+            Some("prompt"),
+        ),
+        (
+            "/tokenize",
+            json!({"model": "tiny-llama"}),
+            400,
+            Some("prompt"),
+        ),
+        (
+            "/tokenize",
+            json!({"model": "auto", "prompt": "a"}),
+            400,
+            Some("model"),
+        ),
+        (
+            "/tokenize",
+            json!({"model": "nope", "prompt": "a"}),
+            404,
+            None,
+        ),
+        (
+            "/tokenize",
+            json!({"model": "tiny-llama", "messages": messages, "add_generation_prompt": false}),
+            400,
+            Some("add_generation_prompt"),
+        ),
+        (
+            "/detokenize",
+            json!({"model": "tiny-llama", "tokens": [1, 100000]}),
+            400,
+            Some("tokens"),
+        ),
+        (
+            "/detokenize",
+            json!({"model": "tiny-llama", "tokens": "abc"}),
+            400,
+            Some("tokens"),
+        ),
+    ] {
+        let e = error_of(post(&base, path, &body).await, status).await;
+        if let Some(param) = param {
+            assert_eq!(e["param"], param, "{path} {body}: {e}");
+        }
+    }
     s.shutdown(Duration::from_secs(5)).await.unwrap();
 }

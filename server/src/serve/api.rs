@@ -362,70 +362,7 @@ impl ChatRequest {
 
     /// The messages as the engine takes them.
     pub fn chat_messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
-        self.messages
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let role = match m.role.as_str() {
-                    "developer" => "system",
-                    r @ ("system" | "user" | "assistant" | "tool") => r,
-                    other => {
-                        return Err(ApiError::invalid(
-                            &format!("messages[{i}].role"),
-                            format!(
-                            "unsupported role `{other}` (system, developer, user, assistant, tool)"
-                        ),
-                        ))
-                    }
-                };
-                let content = match &m.content {
-                    None => String::new(),
-                    Some(Content::Text(t)) => t.clone(),
-                    Some(Content::Parts(parts)) => {
-                        let mut text = String::new();
-                        for (j, p) in parts.iter().enumerate() {
-                            match (
-                                p.get("type").and_then(Value::as_str),
-                                p.get("text").and_then(Value::as_str),
-                            ) {
-                                (Some("text"), Some(t)) => text.push_str(t),
-                                (Some("text"), None) => {
-                                    return Err(ApiError::invalid(
-                                        &format!("messages[{i}].content[{j}].text"),
-                                        "a text part needs a string `text`",
-                                    ))
-                                }
-                                (kind, _) => {
-                                    return Err(ApiError::invalid(
-                                        &format!("messages[{i}].content[{j}]"),
-                                        format!(
-                                            "only text content parts are supported (got {})",
-                                            kind.unwrap_or("a part without a type")
-                                        ),
-                                    ))
-                                }
-                            }
-                        }
-                        text
-                    }
-                };
-                let mut message = ChatMessage::new(role, content);
-                message.reasoning_content = m.reasoning_content.clone();
-                message.tool_call_id = m.tool_call_id.clone();
-                if let Some(calls) = &m.tool_calls {
-                    message.tool_calls = Some(
-                        calls
-                            .iter()
-                            .enumerate()
-                            .map(|(j, c)| {
-                                template_call(c, &format!("messages[{i}].tool_calls[{j}]"))
-                            })
-                            .collect::<Result<_, _>>()?,
-                    );
-                }
-                Ok(message)
-            })
-            .collect()
+        chat_messages(&self.messages)
     }
 
     /// The tools the model is offered and whether it must call one (`None`: no tools, or
@@ -592,6 +529,73 @@ impl SamplingFields<'_> {
             logit_bias,
         }
     }
+}
+
+/// Request messages as the engine takes them: `developer` is `system`, text parts are joined, an
+/// assistant turn's calls are parsed; anything else is a 400 naming the message.
+pub fn chat_messages(messages: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = match m.role.as_str() {
+                "developer" => "system",
+                r @ ("system" | "user" | "assistant" | "tool") => r,
+                other => {
+                    return Err(ApiError::invalid(
+                        &format!("messages[{i}].role"),
+                        format!(
+                            "unsupported role `{other}` (system, developer, user, assistant, tool)"
+                        ),
+                    ))
+                }
+            };
+            let content = match &m.content {
+                None => String::new(),
+                Some(Content::Text(t)) => t.clone(),
+                Some(Content::Parts(parts)) => {
+                    let mut text = String::new();
+                    for (j, p) in parts.iter().enumerate() {
+                        match (
+                            p.get("type").and_then(Value::as_str),
+                            p.get("text").and_then(Value::as_str),
+                        ) {
+                            (Some("text"), Some(t)) => text.push_str(t),
+                            (Some("text"), None) => {
+                                return Err(ApiError::invalid(
+                                    &format!("messages[{i}].content[{j}].text"),
+                                    "a text part needs a string `text`",
+                                ))
+                            }
+                            (kind, _) => {
+                                return Err(ApiError::invalid(
+                                    &format!("messages[{i}].content[{j}]"),
+                                    format!(
+                                        "only text content parts are supported (got {})",
+                                        kind.unwrap_or("a part without a type")
+                                    ),
+                                ))
+                            }
+                        }
+                    }
+                    text
+                }
+            };
+            let mut message = ChatMessage::new(role, content);
+            message.reasoning_content = m.reasoning_content.clone();
+            message.tool_call_id = m.tool_call_id.clone();
+            if let Some(calls) = &m.tool_calls {
+                message.tool_calls = Some(
+                    calls
+                        .iter()
+                        .enumerate()
+                        .map(|(j, c)| template_call(c, &format!("messages[{i}].tool_calls[{j}]")))
+                        .collect::<Result<_, _>>()?,
+                );
+            }
+            Ok(message)
+        })
+        .collect()
 }
 
 /// The fields of a request that [`ChatRequest::validate`] parsed beyond their JSON types.

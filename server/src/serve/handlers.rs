@@ -99,9 +99,12 @@ async fn read_limited(mut body: Body, limit: usize) -> Result<Option<Bytes>, axu
     Ok((seen <= limit).then(|| Bytes::from(kept)))
 }
 
-/// Checks `Authorization: Bearer <key>` on `/v1/*` when keys are configured.
+/// Checks `Authorization: Bearer <key>` on `/v1/*`, `/tokenize` and `/detokenize` when keys are
+/// configured.
 pub async fn authenticate(AxumState(state): Shared, request: Request, next: Next) -> Response {
-    if !state.api_keys.is_empty() && request.uri().path().starts_with("/v1/") {
+    let path = request.uri().path();
+    let guarded = path.starts_with("/v1/") || path == "/tokenize" || path == "/detokenize";
+    if !state.api_keys.is_empty() && guarded {
         let presented = request
             .headers()
             .get(axum::http::header::AUTHORIZATION)

@@ -17,6 +17,7 @@ mod listen;
 mod logprobs;
 mod metrics;
 mod proxy;
+mod tokenize;
 mod tool_calls;
 
 use std::collections::BTreeMap;
@@ -477,6 +478,8 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/route", post(handlers::route))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
         .route("/v1/models", get(handlers::models))
         .route("/v1/models/{id}", get(handlers::model))
         .route("/health", get(handlers::health))
