@@ -576,9 +576,10 @@ fn prepare(model: GenerationModel, config: EngineConfig) -> Result<(ModelSlot, M
     ))
 }
 
-/// Runs one forward step of `tokens` positions on a GPU before serving: it loads the kernels and
-/// proves the memory plan's activation reserve holds the largest step (an out-of-memory here is a
-/// start-up error naming the remedies, not a crash under load).
+/// Runs one forward step of `tokens` positions on a GPU before serving, with logits at every
+/// position (as a scored prompt has them): it loads the kernels and proves the memory plan's
+/// activation reserve holds the largest step (an out-of-memory here is a start-up error naming the
+/// remedies, not a crash under load).
 fn warm_up(decoder: &Decoder, cache: &mut KvCache, tokens: usize) -> Result<()> {
     let mut blocks = BlockTable::default();
     if !cache.reserve(&mut blocks, tokens) {
@@ -589,7 +590,7 @@ fn warm_up(decoder: &Decoder, cache: &mut KvCache, tokens: usize) -> Result<()> 
         tokens: &ids,
         start_position: 0,
         blocks: &blocks,
-        logits: LogitRows::Last,
+        logits: LogitRows::All,
     };
     let result = decoder.forward(&[input], cache);
     cache.release(&mut blocks);

@@ -94,8 +94,10 @@ impl ModelFootprint {
 /// Upper estimate of the transient bytes of one forward step of `engine.max_batch_tokens` tokens
 /// (activations are f32): the residual stream and its normed copy, q/k/v and the attention output,
 /// the MLP's gate / up / product, one weight matrix dequantized to f32 (what a quantized matmul may
-/// unpack on a GPU), the logits of every sequence on the device and on the host; doubled for the
-/// allocator's fragmentation. A warm-up step at start-up checks it on a GPU.
+/// unpack on a GPU), the logits of every row of the step on the device and on the host (a scored
+/// prompt, [`crate::GenerationParams::prompt_logprobs`], has logits at every position, so a step
+/// can have as many logits rows as tokens); doubled for the allocator's fragmentation. A warm-up
+/// step at start-up checks it on a GPU.
 pub fn activation_bytes(config: &DecoderConfig, engine: &EngineConfig) -> u64 {
     let tokens = engine.max_batch_tokens as u64;
     let hidden = config.hidden_size as u64;
@@ -111,7 +113,8 @@ pub fn activation_bytes(config: &DecoderConfig, engine: &EngineConfig) -> u64 {
     .into_iter()
     .max()
     .unwrap_or(0) as u64;
-    let logits = 2 * engine.max_num_seqs as u64 * config.vocab_size as u64;
+    let logit_rows = engine.max_num_seqs.max(engine.max_batch_tokens) as u64;
+    let logits = 2 * logit_rows * config.vocab_size as u64;
     2 * 4 * (tokens * per_token + largest_matrix + logits)
 }
 
@@ -437,5 +440,8 @@ pub(crate) mod tests {
         let bytes = activation_bytes(&config, &EngineConfig::default());
         assert!(bytes > 49152 * 576 * 4, "{bytes}");
         assert!(bytes < 1 << 30, "{bytes}");
+        // A step that scores a prompt has logits at every one of its tokens.
+        let engine = EngineConfig::default();
+        assert!(bytes > 4 * (engine.max_batch_tokens * 49152) as u64, "{bytes}");
     }
 }
