@@ -15,7 +15,10 @@ Protocol (mirrors server/src/bench.rs; greedy, EOS ignored, one warm-up prefill 
      len(prefill_prompt) / that time.
   2. decode at batch 1: right after that prefill, `--new-tokens` single-token llama_decode steps,
      each followed by an argmax on the CPU. decode_tok_s = new_tokens / time of those steps.
-  3. aggregate at concurrency N: the first N decode_prompts are prefilled in ONE llama_decode
+  3. score: one llama_decode over the whole prefill_prompt with logits for every token, then the
+     log-softmax of each row at the next prompt token (numpy, float64 sums): the prompt's
+     log-probabilities, as an evaluation harness asks for them. score_tok_s = len / that time.
+  4. aggregate at concurrency N: the first N decode_prompts are prefilled in ONE llama_decode
      (sequence i = prompt i, logits only for each prompt's last token), then `--new-tokens` steps
      where each step is ONE llama_decode of an N-token batch (one token per sequence, its own seq_id
      and position) followed by an argmax per sequence. prefill_s = time of that prefill phase
@@ -178,6 +181,21 @@ class Bench:
         t2 = time.perf_counter()
         return t1 - t0, t2 - t1, out
 
+    def score(self, prompt):
+        """Returns (seconds, log-probabilities of prompt[1:])."""
+        self.clear()
+        n = len(prompt)
+        self.fill([(t, p, 0, True) for p, t in enumerate(prompt)])
+        t0 = time.perf_counter()
+        self.decode()
+        ptr = L.llama_get_logits(self.ctx)
+        logits = np.ctypeslib.as_array(ptr, shape=(n, self.n_vocab))[: n - 1].astype(np.float64)
+        top = logits.max(axis=1, keepdims=True)
+        lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+        logprobs = logits[np.arange(n - 1), prompt[1:]] - lse
+        t1 = time.perf_counter()
+        return t1 - t0, logprobs
+
     def concurrent(self, prompts, steps):
         """Returns (prefill seconds, decode seconds, generated tokens per sequence)."""
         self.clear()
@@ -257,6 +275,16 @@ def main():
             f"batch-1 decode {steps} tokens = {decode_runs[-1]:.1f} tok/s"
         )
 
+    score_runs = []
+    for r in range(args.repeats):
+        secs, logprobs = bench.score(prefill_prompt)
+        score_runs.append(len(prefill_prompt) / secs)
+        log(
+            f"repeat {r + 1}/{args.repeats}: scored {len(prefill_prompt)} tokens in "
+            f"{secs * 1e3:.1f} ms = {score_runs[-1]:.1f} tok/s (mean log-probability "
+            f"{logprobs.mean():.3f})"
+        )
+
     aggregate = []
     for c in concurrency:
         rates, prefills = [], []
@@ -288,6 +316,8 @@ def main():
         "prefill_tokens": len(prefill_prompt),
         "prefill_tok_s": statistics.median(prefill_runs),
         "decode_tok_s": statistics.median(decode_runs),
+        "score_tok_s": statistics.median(score_runs),
+        "score_tok_s_runs": score_runs,
         "aggregate": aggregate,
         "repeats": args.repeats,
         "new_tokens": steps,

@@ -442,6 +442,9 @@ pub(crate) mod tests {
         assert!(bytes < 1 << 30, "{bytes}");
         // A step that scores a prompt has logits at every one of its tokens.
         let engine = EngineConfig::default();
-        assert!(bytes > 4 * (engine.max_batch_tokens * 49152) as u64, "{bytes}");
+        assert!(
+            bytes > 4 * (engine.max_batch_tokens * 49152) as u64,
+            "{bytes}"
+        );
     }
 }

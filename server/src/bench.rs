@@ -4,6 +4,9 @@
 //! Protocol (the same on both sides):
 //! - prefill: one prompt of `--prefill-tokens` tokens, time to its first token;
 //! - decode at batch 1: after that prefill, `--new-tokens` greedy steps, tokens / time;
+//! - score: the log-probability of every token of that prompt (logits at every position, then
+//!   their log-softmax at the next token), as an evaluation harness asks `/v1/completions` with
+//!   `echo` and `logprobs`; prompt tokens / time;
 //! - aggregate decode at N concurrent sequences: N short chat prompts prefilled together, then
 //!   `--new-tokens` steps of N tokens each; N × new tokens / time of those steps.
 //!
@@ -72,6 +75,8 @@ struct EngineResult {
     prefill_tokens: usize,
     prefill_tok_s: f64,
     decode_tok_s: f64,
+    /// Prompt tokens scored per second.
+    score_tok_s: f64,
     aggregate: Vec<Aggregate>,
     prefix_cache: PrefixCacheResult,
 }
@@ -236,7 +241,7 @@ pub fn run(args: EngineBenchArgs) -> Result<()> {
 
     std::fs::create_dir_all(&args.out)?;
     let steps =
-        args.repeats * (3 + args.concurrency.len()) + usize::from(args.llama_python.is_some());
+        args.repeats * (4 + args.concurrency.len()) + usize::from(args.llama_python.is_some());
     let bar = ProgressBar::new(steps as u64).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"),
     );
@@ -258,6 +263,32 @@ pub fn run(args: EngineBenchArgs) -> Result<()> {
         prefill.push(args.prefill_tokens as f64 / (first - t0).as_secs_f64());
         bar.inc(1);
         decode.push(args.new_tokens as f64 / (end - first).as_secs_f64());
+        bar.inc(1);
+    }
+    let mut score = Vec::new();
+    for _ in 0..args.repeats {
+        bar.set_message("switchyard scoring the prompt");
+        let mut scored = request(prefill_prompt.clone(), 0);
+        scored.params.prompt_logprobs = Some(0);
+        let t0 = Instant::now();
+        let stream = engine.submit(scored)?;
+        let mut logprobs = 0;
+        loop {
+            match stream.recv() {
+                Some(Event::PromptLogprob(_)) => logprobs += 1,
+                Some(Event::Finished { .. }) => break,
+                Some(Event::Error(e)) => bail!("scoring failed: {e}"),
+                Some(_) => {}
+                None => bail!("stream ended early"),
+            }
+        }
+        if logprobs + 1 != prefill_prompt.len() {
+            bail!(
+                "{logprobs} log-probabilities for a {}-token prompt",
+                prefill_prompt.len()
+            );
+        }
+        score.push(args.prefill_tokens as f64 / t0.elapsed().as_secs_f64());
         bar.inc(1);
     }
     let mut aggregate = Vec::new();
@@ -332,6 +363,7 @@ pub fn run(args: EngineBenchArgs) -> Result<()> {
         prefill_tokens: args.prefill_tokens,
         prefill_tok_s: median(prefill),
         decode_tok_s: median(decode),
+        score_tok_s: median(score),
         aggregate,
         prefix_cache: PrefixCacheResult {
             prompt_tokens: args.prefill_tokens + FOLLOW_UP_TOKENS,
@@ -450,6 +482,13 @@ fn markdown(r: &Report) -> String {
         s.decode_tok_s,
         cell(theirs("decode_tok_s")),
         ratio(s.decode_tok_s, theirs("decode_tok_s"))
+    );
+    out += &format!(
+        "| score a {}-token prompt (every token's log-probability) | {:.1} | {} | {} |\n",
+        s.prefill_tokens,
+        s.score_tok_s,
+        cell(theirs("score_tok_s")),
+        ratio(s.score_tok_s, theirs("score_tok_s"))
     );
     for a in &s.aggregate {
         out += &format!(
