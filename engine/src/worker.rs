@@ -283,7 +283,9 @@ impl ModelSlot {
         let mut row = 0;
         for &Slice { index, start, len } in &plan {
             let seq = &mut self.running[index];
-            let rows = match seq.logit_rows(start, len) {
+            // The rows the step computed for this slice, as its input asked.
+            let wanted = seq.logit_rows(start, len);
+            let rows = match wanted {
                 LogitRows::None => 0,
                 LogitRows::Last => 1,
                 LogitRows::All => len,
@@ -293,7 +295,7 @@ impl ModelSlot {
             seq.computed = start + len;
             self.cache
                 .commit(&mut seq.blocks, &seq.tokens, seq.computed);
-            if rows == len {
+            if wanted == LogitRows::All {
                 seq.score_prompt(start, logits, vocab);
             }
             if seq.computed == seq.tokens.len() {
