@@ -211,9 +211,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
 
 /// The log-softmax of `logits` at `token`, and the `top` most likely tokens with theirs, best first.
 pub fn log_probs(logits: &[f32], token: u32, top: usize) -> (f32, Vec<(u32, f32)>) {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
-    let lse = max + sum.ln() as f32;
+    let lse = switchyard_kernels::activation::log_sum_exp(logits);
     let best = if top == 0 {
         Vec::new()
     } else {

@@ -97,6 +97,31 @@ pub fn softmax_in_place(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x *= inv);
 }
 
+/// `ln Σ e^v`, computed as `max + ln Σ e^(v - max)` with the sum in f64 (blocks of f32 lanes), so
+/// it neither overflows nor loses the small terms of a long row (a vocabulary's logits): the
+/// normaliser of a log-softmax. An empty slice gives `-inf`.
+pub fn log_sum_exp(v: &[f32]) -> f32 {
+    if v.is_empty() {
+        return f32::NEG_INFINITY;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: AVX2 and FMA were detected.
+        return unsafe { avx2::log_sum_exp(v) };
+    }
+    log_sum_exp_portable(v)
+}
+
+/// [`log_sum_exp`] one value at a time (`v` not empty).
+fn log_sum_exp_portable(v: &[f32]) -> f32 {
+    let max = v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    if max == f32::NEG_INFINITY || max.is_nan() {
+        return max;
+    }
+    let sum: f64 = v.iter().map(|&x| f64::from(exp(x - max))).sum();
+    max + sum.ln() as f32
+}
+
 /// `gate = silu(gate) · up` element by element (the SwiGLU of llama-family MLPs), with
 /// `silu(g) = g / (1 + e^-g)`.
 ///
@@ -250,6 +275,54 @@ pub(crate) mod avx2 {
     }
 
     /// # Safety
+    /// AVX2 and FMA available; `v` is not empty.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn log_sum_exp(v: &[f32]) -> f32 {
+        let mut chunks = v.chunks_exact(8);
+        let mut m8 = _mm256_set1_ps(f32::NEG_INFINITY);
+        for c in &mut chunks {
+            // SAFETY: `c` holds 8 floats.
+            m8 = _mm256_max_ps(m8, unsafe { _mm256_loadu_ps(c.as_ptr()) });
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), m8) };
+        let max = chunks
+            .remainder()
+            .iter()
+            .chain(&lanes)
+            .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        if max == f32::NEG_INFINITY || max.is_nan() {
+            return max;
+        }
+        // Each block of 256 values is summed in f32 lanes (every term is at most 1), the blocks
+        // in f64.
+        let mut total = 0f64;
+        let mut blocks = v.chunks_exact(256);
+        for block in &mut blocks {
+            let mut s8 = _mm256_setzero_ps();
+            for c in block.chunks_exact(8) {
+                // SAFETY: `c` holds 8 floats.
+                s8 = _mm256_add_ps(s8, unsafe {
+                    exp8(_mm256_sub_ps(
+                        _mm256_loadu_ps(c.as_ptr()),
+                        _mm256_set1_ps(max),
+                    ))
+                });
+            }
+            // SAFETY: 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s8) };
+            total += lanes.iter().map(|&x| f64::from(x)).sum::<f64>();
+        }
+        total += blocks
+            .remainder()
+            .iter()
+            .map(|&x| f64::from(exp(x - max)))
+            .sum::<f64>();
+        max + total.ln() as f32
+    }
+
+    /// # Safety
     /// AVX2 and FMA available; `gate` and `up` of one length.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn silu_mul_in_place(gate: &mut [f32], up: &[f32]) {
@@ -312,6 +385,35 @@ mod tests {
         assert!(exp(EXP_MIN) > 0.0);
         assert!(exp(100.0).is_finite());
         assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn log_sum_exp_matches_the_definition_in_f64() {
+        for len in [1usize, 7, 8, 255, 256, 257, 49152 + 3] {
+            let v: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919) % 1013) as f32 * 0.03 - 15.0)
+                .collect();
+            let max = v.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+            let want = max + v.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            for got in [log_sum_exp(&v), log_sum_exp_portable(&v)] {
+                let got = got as f64;
+                let tolerance = 2e-6 * want.abs().max(1.0);
+                assert!(
+                    (got - want).abs() <= tolerance,
+                    "len {len}: {got} vs {want}"
+                );
+            }
+        }
+        // No overflow far from zero; -inf terms weigh nothing; edge cases.
+        assert!((log_sum_exp(&[1000.0, 1000.0]) - (1000.0 + 2f32.ln())).abs() < 1e-3);
+        let with_inf = [0.5, f32::NEG_INFINITY, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5];
+        assert!((log_sum_exp(&with_inf) - (0.5 + 8f32.ln())).abs() < 1e-6);
+        assert_eq!(log_sum_exp(&[]), f32::NEG_INFINITY);
+        assert_eq!(log_sum_exp(&[f32::NEG_INFINITY; 9]), f32::NEG_INFINITY);
+        assert_eq!(
+            log_sum_exp_portable(&[f32::NEG_INFINITY; 9]),
+            f32::NEG_INFINITY
+        );
     }
 
     #[test]
