@@ -227,11 +227,13 @@ pub(crate) mod avx2 {
             .for_each(|x| *x = exp(*x));
     }
 
+    /// The largest value of `v`, eight lanes at a time.
+    ///
     /// # Safety
-    /// AVX2 and FMA available; `v` is not empty.
+    /// AVX2 available.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn softmax_in_place(v: &mut [f32]) {
-        let mut chunks = v.chunks_exact_mut(8);
+    unsafe fn max(v: &[f32]) -> f32 {
+        let mut chunks = v.chunks_exact(8);
         let mut m8 = _mm256_set1_ps(f32::NEG_INFINITY);
         for c in &mut chunks {
             // SAFETY: `c` holds 8 floats.
@@ -240,11 +242,20 @@ pub(crate) mod avx2 {
         let mut lanes = [0f32; 8];
         // SAFETY: 8 floats.
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), m8) };
-        let max = chunks
-            .into_remainder()
+        chunks
+            .remainder()
             .iter()
             .chain(&lanes)
-            .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            .fold(f32::NEG_INFINITY, |m, &x| m.max(x))
+    }
+
+    /// # Safety
+    /// AVX2 and FMA available; `v` is not empty.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn softmax_in_place(v: &mut [f32]) {
+        // SAFETY: AVX2 is available (this function's contract).
+        let max = unsafe { max(v) };
+        let mut lanes = [0f32; 8];
         let mut chunks = v.chunks_exact_mut(8);
         let mut s8 = _mm256_setzero_ps();
         for c in &mut chunks {
@@ -278,20 +289,9 @@ pub(crate) mod avx2 {
     /// AVX2 and FMA available; `v` is not empty.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn log_sum_exp(v: &[f32]) -> f32 {
-        let mut chunks = v.chunks_exact(8);
-        let mut m8 = _mm256_set1_ps(f32::NEG_INFINITY);
-        for c in &mut chunks {
-            // SAFETY: `c` holds 8 floats.
-            m8 = _mm256_max_ps(m8, unsafe { _mm256_loadu_ps(c.as_ptr()) });
-        }
+        // SAFETY: AVX2 is available (this function's contract).
+        let max = unsafe { max(v) };
         let mut lanes = [0f32; 8];
-        // SAFETY: 8 floats.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), m8) };
-        let max = chunks
-            .remainder()
-            .iter()
-            .chain(&lanes)
-            .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
         if max == f32::NEG_INFINITY || max.is_nan() {
             return max;
         }

@@ -470,25 +470,27 @@ fn markdown(r: &Report) -> String {
         r.new_tokens,
         r.repeats
     );
-    out += &format!(
-        "| prefill, {} tokens | {:.1} | {} | {} |\n",
-        s.prefill_tokens,
+    // A row of one measurement both sides report under `key`.
+    let row = |label: String, ours: f64, key: &str| {
+        format!(
+            "| {label} | {ours:.1} | {} | {} |\n",
+            cell(theirs(key)),
+            ratio(ours, theirs(key))
+        )
+    };
+    out += &row(
+        format!("prefill, {} tokens", s.prefill_tokens),
         s.prefill_tok_s,
-        cell(theirs("prefill_tok_s")),
-        ratio(s.prefill_tok_s, theirs("prefill_tok_s"))
+        "prefill_tok_s",
     );
-    out += &format!(
-        "| decode, batch 1 | {:.1} | {} | {} |\n",
-        s.decode_tok_s,
-        cell(theirs("decode_tok_s")),
-        ratio(s.decode_tok_s, theirs("decode_tok_s"))
-    );
-    out += &format!(
-        "| score a {}-token prompt (every token's log-probability) | {:.1} | {} | {} |\n",
-        s.prefill_tokens,
+    out += &row("decode, batch 1".into(), s.decode_tok_s, "decode_tok_s");
+    out += &row(
+        format!(
+            "score a {}-token prompt (every token's log-probability)",
+            s.prefill_tokens
+        ),
         s.score_tok_s,
-        cell(theirs("score_tok_s")),
-        ratio(s.score_tok_s, theirs("score_tok_s"))
+        "score_tok_s",
     );
     for a in &s.aggregate {
         out += &format!(
