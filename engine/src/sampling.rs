@@ -148,12 +148,13 @@ impl Sampler {
             return argmax(logits);
         }
         let inv_t = 1.0 / p.temperature;
-        // A token's weight e^((l - max) / T) is its probability times a constant; a token that is
-        // not finite (masked) weighs 0. Nothing is sorted unless a filter needs the order.
-        // Candidates (token, weight), most likely first once a filter has ordered them.
+        // (token, logit or weight) pairs, the larger value first, then the lower token.
+        let best_first = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        // Candidates (token, weight), most likely first once a filter has ordered them. A token's
+        // weight e^((l - max) / T) is its probability times a constant; a token that is not finite
+        // (masked) weighs 0. Nothing is sorted unless a filter needs the order.
         let mut cand: Vec<(u32, f32)> = if p.top_k > 0 && p.top_k < logits.len() {
             // The k best logits first: only they get weights.
-            let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
             let mut top: Vec<(u32, f32)> = logits
                 .iter()
                 .enumerate()
@@ -167,7 +168,7 @@ impl Sampler {
                 top.select_nth_unstable_by(p.top_k - 1, |a, b| b.1.total_cmp(&a.1));
                 top.truncate(p.top_k);
             }
-            top.sort_unstable_by(by_logit);
+            top.sort_unstable_by(best_first);
             let max = top[0].1;
             for c in &mut top {
                 c.1 = switchyard_kernels::activation::exp((c.1 - max) * inv_t);
@@ -200,7 +201,6 @@ impl Sampler {
                 .map(|(t, &w)| (t as u32, w))
                 .collect()
         };
-        let by_weight = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if p.top_p < 1.0 {
             // The nucleus: the fewest most likely tokens whose mass reaches `top_p`. Found among
             // the top 64, 256, ... candidates, so that a peaked distribution sorts only a few.
@@ -208,9 +208,9 @@ impl Sampler {
             let mut k = 64.min(cand.len());
             loop {
                 if k < cand.len() {
-                    cand.select_nth_unstable_by(k - 1, by_weight);
+                    cand.select_nth_unstable_by(k - 1, best_first);
                 }
-                cand[..k].sort_unstable_by(by_weight);
+                cand[..k].sort_unstable_by(best_first);
                 let mut acc = 0.0;
                 let cut = cand[..k].iter().position(|c| {
                     acc += c.1;

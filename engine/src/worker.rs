@@ -249,15 +249,21 @@ impl ModelSlot {
                 seq.passed_over += 1;
             }
         }
+        // Which rows of each slice get logits back, decided once for the step and its results.
+        let wanted: Vec<LogitRows> = plan
+            .iter()
+            .map(|&Slice { index, start, len }| self.running[index].logit_rows(start, len))
+            .collect();
         let inputs: Vec<SequenceInput> = plan
             .iter()
-            .map(|&Slice { index, start, len }| {
+            .zip(&wanted)
+            .map(|(&Slice { index, start, len }, &logits)| {
                 let s = &self.running[index];
                 SequenceInput {
                     tokens: &s.tokens[start..start + len],
                     start_position: start,
                     blocks: &s.blocks,
-                    logits: s.logit_rows(start, len),
+                    logits,
                 }
             })
             .collect();
@@ -281,10 +287,8 @@ impl ModelSlot {
         };
         let vocab = self.decoder.config().vocab_size;
         let mut row = 0;
-        for &Slice { index, start, len } in &plan {
+        for (&Slice { index, start, len }, &wanted) in plan.iter().zip(&wanted) {
             let seq = &mut self.running[index];
-            // The rows the step computed for this slice, as its input asked.
-            let wanted = seq.logit_rows(start, len);
             let rows = match wanted {
                 LogitRows::None => 0,
                 LogitRows::Last => 1,

@@ -48,14 +48,14 @@ pub struct DetokenizeRequest {
 fn engine<'a>(state: &'a State, model: &str) -> Result<&'a Engine, ApiError> {
     let id = state.aliases.get(model).map_or(model, String::as_str);
     state.engines.get(id).ok_or_else(|| {
-        let mut e = ApiError::unknown_model(model, &state.served());
         if model == state.auto_model {
-            e = ApiError::invalid(
+            ApiError::invalid(
                 "model",
                 format!("`{model}` is routed; name a served model to tokenize for"),
-            );
+            )
+        } else {
+            ApiError::unknown_model(model, &state.served())
         }
-        e
     })
 }
 
@@ -111,12 +111,15 @@ pub async fn tokenize(
     tokio::task::spawn_blocking(move || {
         let engine = engine(&state, &request.model)?;
         let tokens = tokens_of(engine, &request)?;
-        let token_strs = request.return_token_strs.unwrap_or(false).then(|| {
-            tokens
+        let token_strs = if request.return_token_strs.unwrap_or(false) {
+            let texts: Result<Vec<String>, _> = tokens
                 .iter()
-                .map(|&t| engine.tokenizer().decode(&[t]).unwrap_or_default())
-                .collect::<Vec<_>>()
-        });
+                .map(|&t| engine.tokenizer().decode(&[t]))
+                .collect();
+            Some(texts.map_err(switchyard_engine::EngineError::from)?)
+        } else {
+            None
+        };
         Ok(Json(json!({
             "count": tokens.len(), "max_model_len": engine.max_model_len(),
             "tokens": tokens, "token_strs": token_strs,
