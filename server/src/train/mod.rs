@@ -6,6 +6,7 @@
 
 pub mod baseline;
 pub mod data;
+pub mod distill;
 pub mod dump;
 pub mod embedding;
 pub mod eval;
@@ -99,6 +100,23 @@ pub struct TrainArgs {
     /// run's corpus (which includes the chat-style and benign texts) before fine-tuning.
     #[arg(long, requires = "init_from")]
     pub mlm_continue: bool,
+    /// Distillation steps after pretraining (0: none): the backbone's mean-pooled state, through a
+    /// linear projection, learns to reproduce a pretrained sentence encoder's embedding of every
+    /// training text, centred on the corpus mean (cosine loss). The teacher is the embedding
+    /// signal's encoder as the router runs it.
+    #[arg(long, default_value_t = 0)]
+    pub distill_steps: usize,
+    #[arg(long, default_value_t = 5e-4)]
+    pub distill_lr: f64,
+    /// The teacher's directory (default: all-MiniLM-L6-v2, fetched into the model cache).
+    #[arg(long)]
+    pub distill_encoder: Option<PathBuf>,
+    /// The teacher's layers (the router's embedding signal runs the first 4, in Q8_0, on 128 tokens).
+    #[arg(long, default_value_t = 4)]
+    pub distill_layers: usize,
+    /// Keep the teacher's embeddings of the corpus in this file (reused while the corpus is the same).
+    #[arg(long)]
+    pub distill_cache: Option<PathBuf>,
 }
 
 const HEADS: [(&str, HeadKind); 4] = [
@@ -685,10 +703,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         pii.ids.push(ids);
     }
     let mut seen = std::collections::HashSet::new();
-    let corpus: Vec<Vec<u32>> = enc(train_texts.iter().map(String::as_str).collect())?
-        .into_iter()
-        .filter(|ids| ids.len() > 3 && seen.insert(ids.clone()))
-        .collect();
+    let (corpus, corpus_texts): (Vec<Vec<u32>>, Vec<&str>) =
+        enc(train_texts.iter().map(String::as_str).collect())?
+            .into_iter()
+            .zip(train_texts.iter().map(String::as_str))
+            .filter(|(ids, _)| ids.len() > 3 && seen.insert(ids.clone()))
+            .unzip();
     let corpus_tokens: usize = corpus.iter().map(Vec::len).sum();
     eprintln!(
         "mlm corpus: {} sequences, {} tokens",
@@ -774,6 +794,58 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let mlm_secs = tm.elapsed().as_secs_f64();
 
+    let mut distill_stats = json!(null);
+    if args.distill_steps > 0 {
+        let td = Instant::now();
+        let teacher = distill::Teacher::load(&args)?;
+        // The teacher's embeddings share a large common direction (a constant guess already has a
+        // cosine of ~0.7 with them), so the student learns them centred on the corpus mean: the part
+        // that tells texts apart.
+        let raw = teacher.corpus_embeddings(&corpus_texts, args.distill_cache.as_deref())?;
+        let centre = raw.mean(0)?;
+        let targets = raw.broadcast_sub(&centre)?;
+        let head = model::DistillHead::new(&varmap, arch.hidden, teacher.dim(), &dev)?;
+        let (sps, loss) = distill::train(
+            &model,
+            &head,
+            &varmap,
+            &corpus,
+            &targets,
+            &distill::Schedule::of(&args),
+            &mut rng,
+        )?;
+        let heldout_texts: Vec<&str> = ds
+            .domain
+            .val
+            .iter()
+            .map(|e| e.text.as_str())
+            .chain(ds.chat_val.iter().map(|r| r.text.as_str()))
+            .collect();
+        let heldout_ids = enc(heldout_texts.clone())?;
+        let centre = centre.to_vec1::<f32>()?;
+        let heldout: Vec<Vec<f32>> = teacher
+            .embed(&heldout_texts, "held-out texts")?
+            .into_iter()
+            .map(|e| e.iter().zip(&centre).map(|(x, c)| x - c).collect())
+            .collect();
+        let cosine = distill::mean_cosine(&model, &head, &heldout_ids, &heldout)?;
+        eprintln!(
+            "distill: {} steps, {sps:.1} seq/s, loss {loss:.3}, held-out cosine {cosine:.3} (centred)",
+            args.distill_steps
+        );
+        distill_stats = json!({
+            "teacher": teacher.describe(), "steps": args.distill_steps, "batch_size": args.batch_size,
+            "lr": args.distill_lr, "seq_per_s": sps, "final_loss": loss,
+            "targets": "teacher embeddings minus their corpus mean",
+            "heldout_texts": heldout_texts.len(), "heldout_mean_cosine_centred": cosine,
+            "seconds": td.elapsed().as_secs_f64(),
+        });
+        if let Some(dir) = &args.save_pretrained {
+            save_pretrained(dir, &varmap, &arch, &tok)?;
+            eprintln!("saved the distilled backbone to {}", dir.display());
+        }
+    }
+
     let tf = Instant::now();
     let (sps, tps, losses) = finetune(&model, &varmap, &seq_sets, &pii, &args, &mut rng)?;
     let ft_secs = tf.elapsed().as_secs_f64();
@@ -832,6 +904,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             "finetune": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                           "task_weights": args.task_weights, "seq_per_s": sps, "tok_per_s": tps,
                           "final_losses": losses, "seconds": ft_secs},
+            "distill": distill_stats,
             "mlm_seconds": mlm_secs,
             "total_seconds": t0.elapsed().as_secs_f64(),
         },

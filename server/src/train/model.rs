@@ -402,9 +402,41 @@ impl TrainModel {
     }
 }
 
-/// Names of the tensors that go into `model.safetensors` (everything but the MLM head).
+/// A linear map from the mean-pooled backbone state into a teacher encoder's embedding space: the
+/// student side of distillation (`train-router --distill-steps`). Lives in the `VarMap` under
+/// `distill.*`, which the router does not save.
+pub struct DistillHead {
+    w: Tensor,
+    b: Tensor,
+}
+
+impl DistillHead {
+    /// Creates the projection `hidden → dim` in `varmap`.
+    pub fn new(varmap: &VarMap, hidden: usize, dim: usize, dev: &Device) -> Result<Self> {
+        let vb = VarBuilder::from_varmap(varmap, DType::F32, dev).pp("distill");
+        Ok(Self {
+            w: vb.get_with_hints((dim, hidden), "proj.weight", normal(0.02))?,
+            b: vb.get_with_hints(dim, "proj.bias", Init::Const(0.0))?,
+        })
+    }
+
+    /// Pooled states `[N, H]` → embeddings `[N, dim]`.
+    pub fn project(&self, pooled: &Tensor) -> Result<Tensor> {
+        linear(pooled, &self.w)?.broadcast_add(&self.b)
+    }
+}
+
+/// Mean cosine distance `1 − cos(a_i, b_i)` over the rows of `a`, `b` `[N, D]`.
+pub fn cosine_distance(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let dot = (a * b)?.sum(D::Minus1)?;
+    let norms = (a.sqr()?.sum(D::Minus1)?.sqrt()? * b.sqr()?.sum(D::Minus1)?.sqrt()?)?;
+    (dot / (norms + 1e-8)?)?.affine(-1.0, 1.0)?.mean_all()
+}
+
+/// Names of the tensors that go into `model.safetensors` (everything but the MLM head and the
+/// distillation projection).
 pub fn is_saved(name: &str) -> bool {
-    !name.starts_with("mlm.")
+    !name.starts_with("mlm.") && !name.starts_with("distill.")
 }
 
 #[cfg(test)]

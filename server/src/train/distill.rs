@@ -1,0 +1,301 @@
+//! Distillation of a pretrained sentence encoder into the router's backbone
+//! (`train-router --distill-steps`): the teacher (the embedding signal's all-MiniLM-L6-v2, run as the
+//! router runs it) embeds every training text once; the backbone's mean-pooled state, through a
+//! linear projection, then learns those embeddings under a cosine loss, before the heads are
+//! fine-tuned. The aim is to carry the teacher's general language knowledge into the small router.
+
+use super::model::{cosine_distance, DistillHead, TrainModel};
+use super::{adamw, lr_at, make_batch, progress, step, Sampler, TrainArgs};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use candle_nn::{Optimizer, VarMap};
+use rand::rngs::StdRng;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use switchyard_router::embedding::Embedder;
+
+/// The teacher encoder and how it was set up.
+pub struct Teacher {
+    embedder: Embedder,
+    dir: PathBuf,
+    layers: usize,
+}
+
+impl Teacher {
+    /// Loads the teacher named by `--distill-encoder` / `--distill-layers` (Q8_0, 128 tokens).
+    pub fn load(args: &TrainArgs) -> Result<Self> {
+        let dir = match &args.distill_encoder {
+            Some(d) => d.clone(),
+            None => {
+                switchyard_server::fetch::MINILM.ensure(&switchyard_server::fetch::cache_dir())?
+            }
+        };
+        let embedder = Embedder::load(&dir, 128, true, Some(args.distill_layers))
+            .with_context(|| format!("loading the distillation teacher {}", dir.display()))?;
+        Ok(Self {
+            embedder,
+            dir,
+            layers: args.distill_layers,
+        })
+    }
+
+    /// Embedding width.
+    pub fn dim(&self) -> usize {
+        self.embedder.dim()
+    }
+
+    /// What the report records of the teacher.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "encoder": self.dir.display().to_string(), "layers": self.layers,
+            "weights": "Q8_0", "max_tokens": 128,
+        })
+    }
+
+    /// Embeddings of `texts`, with a progress bar.
+    pub fn embed(&self, texts: &[&str], what: &str) -> Result<Vec<Vec<f32>>> {
+        super::embedding::embed_all(&self.embedder, texts, what)
+    }
+
+    /// The corpus's embeddings, read from `cache` when it holds this corpus under this teacher,
+    /// else computed (and written there).
+    pub fn corpus_embeddings(&self, texts: &[&str], cache: Option<&Path>) -> Result<Tensor> {
+        let key = self.cache_key(texts);
+        if let Some(path) = cache.filter(|p| p.exists()) {
+            match read_cache(path, key)? {
+                Some(t) => {
+                    eprintln!("distill: teacher embeddings from {}", path.display());
+                    return Ok(t);
+                }
+                None => eprintln!(
+                    "distill: {} is for another corpus or teacher; recomputing",
+                    path.display()
+                ),
+            }
+        }
+        let start = Instant::now();
+        let rows = self.embed(texts, "the corpus (teacher)")?;
+        eprintln!(
+            "distill: teacher embedded {} texts in {:.0} s",
+            rows.len(),
+            start.elapsed().as_secs_f64()
+        );
+        let dim = self.dim();
+        let flat: Vec<f32> = rows.into_iter().flatten().collect();
+        if flat.len() != texts.len() * dim {
+            bail!("the teacher returned embeddings of the wrong width");
+        }
+        let t = Tensor::from_vec(flat, (texts.len(), dim), &Device::Cpu)?;
+        if let Some(path) = cache {
+            write_cache(path, key, &t)?;
+        }
+        Ok(t)
+    }
+
+    fn cache_key(&self, texts: &[&str]) -> i64 {
+        let mut h =
+            super::data::fnv1a(format!("{}|{}", self.dir.display(), self.layers).as_bytes());
+        for t in texts {
+            h = h.rotate_left(5) ^ super::data::fnv1a(t.as_bytes());
+        }
+        h as i64
+    }
+}
+
+/// `key` identifies the corpus and teacher whose embeddings a cache file holds.
+fn read_cache(path: &Path, key: i64) -> Result<Option<Tensor>> {
+    let saved = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let matches = saved
+        .get("key")
+        .map(|k| k.to_vec1::<i64>())
+        .transpose()?
+        .is_some_and(|k| k == [key]);
+    Ok(saved.get("embeddings").filter(|_| matches).cloned())
+}
+
+fn write_cache(path: &Path, key: i64, embeddings: &Tensor) -> Result<()> {
+    let tensors = HashMap::from([
+        ("embeddings".to_string(), embeddings.clone()),
+        (
+            "key".to_string(),
+            Tensor::from_vec(vec![key], 1, &Device::Cpu)?,
+        ),
+    ]);
+    candle_core::safetensors::save(&tensors, path)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// How long and how fast the backbone learns the teacher.
+pub struct Schedule {
+    pub steps: usize,
+    pub batch_size: usize,
+    /// Peak learning rate (warm-up, then linear decay).
+    pub lr: f64,
+}
+
+impl Schedule {
+    /// `--distill-steps`, `--batch-size`, `--distill-lr`.
+    pub fn of(args: &TrainArgs) -> Self {
+        Self {
+            steps: args.distill_steps,
+            batch_size: args.batch_size,
+            lr: args.distill_lr,
+        }
+    }
+}
+
+/// Trains the backbone and `head` on the teacher's `targets` (`[corpus, dim]`). Returns
+/// (sequences/s, smoothed loss).
+pub fn train(
+    model: &TrainModel,
+    head: &DistillHead,
+    varmap: &VarMap,
+    corpus: &[Vec<u32>],
+    targets: &Tensor,
+    schedule: &Schedule,
+    rng: &mut StdRng,
+) -> Result<(f64, f64)> {
+    let dev = Device::Cpu;
+    let mut opt = adamw(varmap, schedule.lr)?;
+    let lens: Vec<usize> = corpus.iter().map(Vec::len).collect();
+    let mut sampler = Sampler::new(corpus.len());
+    let pb = progress(schedule.steps, "distill");
+    let mut ema = f64::NAN;
+    let mut seqs = 0usize;
+    let start = Instant::now();
+    for s in 0..schedule.steps {
+        opt.set_learning_rate(lr_at(s, schedule.steps, schedule.lr));
+        let idx = sampler.next(&lens, schedule.batch_size, rng);
+        let refs: Vec<&[u32]> = idx.iter().map(|&i| corpus[i].as_slice()).collect();
+        let (ids, mask, bias) = make_batch(&refs, &dev)?;
+        let pooled = TrainModel::mean_pool(&model.backbone(&ids, &bias)?, &mask)?;
+        let rows: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+        let gold = targets.index_select(&Tensor::from_vec(rows, idx.len(), &dev)?, 0)?;
+        let loss = cosine_distance(&head.project(&pooled)?, &gold)?;
+        let lv = f64::from(loss.to_scalar::<f32>()?);
+        step(&mut opt, varmap, &loss)?;
+        ema = if ema.is_nan() {
+            lv
+        } else {
+            0.98 * ema + 0.02 * lv
+        };
+        seqs += idx.len();
+        pb.inc(1);
+        if s % 10 == 0 {
+            let el = start.elapsed().as_secs_f64();
+            pb.set_message(format!("loss {ema:.4} | {:.1} seq/s", seqs as f64 / el));
+        }
+        if s % 200 == 0 {
+            tracing::info!(step = s, loss = ema, "distill");
+        }
+    }
+    pb.finish();
+    Ok((seqs as f64 / start.elapsed().as_secs_f64().max(1e-9), ema))
+}
+
+/// Mean cosine between the student's projected embeddings of `ids` and the teacher's `targets`.
+pub fn mean_cosine(
+    model: &TrainModel,
+    head: &DistillHead,
+    ids: &[Vec<u32>],
+    targets: &[Vec<f32>],
+) -> Result<f64> {
+    let dev = Device::Cpu;
+    let mut total = 0.0;
+    for (chunk, gold) in ids.chunks(64).zip(targets.chunks(64)) {
+        let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+        let (t, mask, bias) = make_batch(&refs, &dev)?;
+        let pooled = TrainModel::mean_pool(&model.backbone(&t, &bias)?, &mask)?;
+        let flat: Vec<f32> = gold.iter().flatten().copied().collect();
+        let gold = Tensor::from_vec(flat, (gold.len(), gold[0].len()), &dev)?;
+        let d = cosine_distance(&head.project(&pooled)?, &gold)?.to_scalar::<f32>()?;
+        total += (1.0 - f64::from(d)) * chunk.len() as f64;
+    }
+    Ok(total / ids.len().max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::model::{Arch, HeadKind};
+    use rand::{Rng, SeedableRng};
+
+    fn tiny() -> Arch {
+        Arch {
+            vocab_size: 40,
+            hidden: 16,
+            layers: 2,
+            heads: 2,
+            intermediate: 24,
+            local_attention: 4,
+            global_every: 3,
+            max_position: 32,
+            pad_id: 0,
+            norm_eps: 1e-5,
+            global_rope_theta: 160_000.0,
+            local_rope_theta: 10_000.0,
+        }
+    }
+
+    /// Training pulls the student's embeddings of the corpus towards the teacher's.
+    #[test]
+    fn the_student_learns_the_teachers_embeddings() -> Result<()> {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let heads = vec![(
+            "domain".to_string(),
+            HeadKind::Sequence,
+            vec!["a".into(), "b".into()],
+        )];
+        let model = TrainModel::new(&tiny(), &heads, &varmap, &dev)?;
+        let head = DistillHead::new(&varmap, 16, 8, &dev)?;
+        let mut rng = StdRng::seed_from_u64(7);
+        let corpus: Vec<Vec<u32>> = (0..12)
+            .map(|_| {
+                (0..rng.random_range(4..10))
+                    .map(|_| rng.random_range(5..40))
+                    .collect()
+            })
+            .collect();
+        let rows: Vec<Vec<f32>> = (0..corpus.len())
+            .map(|_| (0..8).map(|_| rng.random_range(-1.0..1.0)).collect())
+            .collect();
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let targets = Tensor::from_vec(flat, (corpus.len(), 8), &dev)?;
+        let before = mean_cosine(&model, &head, &corpus, &rows)?;
+        let schedule = Schedule {
+            steps: 150,
+            batch_size: 4,
+            lr: 1e-2,
+        };
+        let (_, loss) = train(
+            &model, &head, &varmap, &corpus, &targets, &schedule, &mut rng,
+        )?;
+        let after = mean_cosine(&model, &head, &corpus, &rows)?;
+        assert!(
+            after > before + 0.3 && after > 0.6,
+            "cosine {before:.3} -> {after:.3}"
+        );
+        assert!(
+            (1.0 - loss - after).abs() < 0.2,
+            "loss {loss:.3}, cosine {after:.3}"
+        );
+        Ok(())
+    }
+
+    /// A cache file serves only the corpus and teacher it was written for.
+    #[test]
+    fn the_cache_serves_only_its_own_key() -> Result<()> {
+        let path =
+            std::env::temp_dir().join(format!("switchyard-distill-{}.st", std::process::id()));
+        let t = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &Device::Cpu)?;
+        write_cache(&path, 42, &t)?;
+        let back = read_cache(&path, 42)?.expect("the same key reads the cache");
+        assert_eq!(back.to_vec2::<f32>()?, t.to_vec2::<f32>()?);
+        assert!(read_cache(&path, 43)?.is_none());
+        std::fs::remove_file(&path).ok();
+        Ok(())
+    }
+}
