@@ -233,6 +233,42 @@ async fn echo_scores_the_prompt_as_the_model_scored_its_own_tokens() {
         .collect();
     assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
     assert_eq!(offsets[whole.len()], text.chars().count() as u64);
+
+    // Several choices of one scored prompt: every choice has the prompt's scores (the first
+    // choice computes them for all), streamed or not.
+    for stream in [false, true] {
+        let body = json!({"model": "tiny-llama", "prompt": whole, "max_tokens": 1, "echo": true,
+                          "logprobs": 1, "n": 3, "stream": stream, "temperature": 0,
+                          "ignore_eos": true});
+        let per_choice: Vec<Value> = if stream {
+            let r = post(&base, "/v1/completions", &body).await;
+            let (choices, _) = assemble_text(&sse_data(&r.text().await.unwrap()));
+            choices.iter().map(|c| join_logprobs(&c.2)).collect()
+        } else {
+            let (_, v) = complete(&base, &body).await;
+            v["choices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["logprobs"].clone())
+                .collect()
+        };
+        assert_eq!(per_choice.len(), 3, "stream {stream}");
+        let scores =
+            |k: usize| per_choice[k]["token_logprobs"].as_array().unwrap()[..whole.len()].to_vec();
+        for k in 1..3 {
+            assert_eq!(scores(k), scores(0), "stream {stream}, choice {k}");
+        }
+        for (got, want) in scores(0)
+            .iter()
+            .zip(lp["token_logprobs"].as_array().unwrap())
+        {
+            match (got.as_f64(), want.as_f64()) {
+                (Some(g), Some(w)) => assert!((g - w).abs() < 1e-4, "stream {stream}: {g} vs {w}"),
+                _ => assert_eq!(got, want, "stream {stream}"),
+            }
+        }
+    }
     s.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 

@@ -339,10 +339,21 @@ async fn complete(
     let echo_of = |i: usize| echoed.get(i / n).cloned();
 
     if request.streamed() {
+        // Choice 0 of each prompt scores it and passes the scores on to the prompt's other choices.
+        let mut give = None;
         let per_choice = streams
             .into_iter()
             .enumerate()
             .map(|(index, stream)| {
+                let scores = if params.prompt_logprobs.is_none() {
+                    SharedScores::None
+                } else if index % n == 0 {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    give = Some(rx);
+                    SharedScores::Give(tx)
+                } else {
+                    give.clone().map_or(SharedScores::None, SharedScores::Take)
+                };
                 text_choice_events(TextChoice {
                     index,
                     stream,
@@ -353,6 +364,7 @@ async fn complete(
                     echo: echo_of(index),
                     logprobs: request.logprobs.map(|_| Vec::new()),
                     prompt_logprobs: Vec::new(),
+                    scores,
                     offsets: None,
                     last_token: None,
                     done: false,
@@ -377,10 +389,14 @@ async fn complete(
     }
 
     let wants_logprobs = request.logprobs.is_some();
-    let done = match collect_all(&state, &streams, wants_logprobs, &mut outcome).await {
+    let mut done = match collect_all(&state, &streams, wants_logprobs, &mut outcome).await {
         Ok(done) => done,
         Err(response) => return Ok(response),
     };
+    // Choice 0 of each prompt scored it for all its choices.
+    for i in (0..done.len()).filter(|i| i % n != 0) {
+        done[i].prompt_logprobs = done[i - i % n].prompt_logprobs.clone();
+    }
     let usage = prompt_usage(&done, n);
     outcome.finished(&usage);
     let tokenizer = state.engines[&plan.model].tokenizer();
@@ -509,6 +525,17 @@ fn blocked(
     }
 }
 
+/// A prompt's log-probabilities are computed once, by its first choice (see
+/// [`super::generation::submit`]); streamed, that choice passes them on as it sends its echo.
+enum SharedScores {
+    /// Not asked for.
+    None,
+    /// This choice computes them and passes them on.
+    Give(tokio::sync::watch::Sender<Option<Vec<TokenLogprob>>>),
+    /// This choice waits for them before its echo.
+    Take(tokio::sync::watch::Receiver<Option<Vec<TokenLogprob>>>),
+}
+
 /// One choice of a streamed text completion in progress.
 struct TextChoice {
     index: usize,
@@ -523,6 +550,8 @@ struct TextChoice {
     logprobs: Option<Vec<TokenLogprob>>,
     /// The prompt's, gathered before the echo is sent.
     prompt_logprobs: Vec<TokenLogprob>,
+    /// How this choice shares its prompt's log-probabilities with the prompt's other choices.
+    scores: SharedScores,
     /// Character offsets of the tokens sent so far (built with the first entries).
     offsets: Option<TextLogprobs>,
     last_token: Option<Instant>,
@@ -555,9 +584,24 @@ impl TextChoice {
             .object(tokenizer, tokens)
     }
 
-    /// The echoed prompt's chunk, once, before anything generated.
-    fn echo_chunk(&mut self) -> Option<ChoiceItem> {
+    /// The echoed prompt's chunk, once, before anything generated. A choice that takes its
+    /// prompt's scores from the prompt's first choice waits for them here; should that choice end
+    /// without them (it failed, and the response reports it), the echo goes without scores.
+    async fn echo_chunk(&mut self) -> Option<ChoiceItem> {
         let (text, prompt) = self.echo.take()?;
+        match &mut self.scores {
+            SharedScores::None => {}
+            SharedScores::Give(tx) => {
+                tx.send_replace(Some(self.prompt_logprobs.clone()));
+            }
+            SharedScores::Take(rx) => {
+                if let Ok(scores) = rx.wait_for(Option::is_some).await {
+                    if let Some(scores) = scores.as_ref() {
+                        self.prompt_logprobs.clone_from(scores);
+                    }
+                }
+            }
+        }
         let scored = std::mem::take(&mut self.prompt_logprobs);
         let logprobs = self.logprobs_of(prompt_entries(&prompt, &scored).collect());
         Some(self.chunk(&text, logprobs, None))
@@ -583,7 +627,7 @@ fn text_choice_events(c: TextChoice) -> impl Stream<Item = ChoiceItem> {
         let event = c.stream.recv_async().await;
         let mut items: Vec<ChoiceItem> = Vec::new();
         if !matches!(event, Some(Event::PromptLogprob(_))) {
-            items.extend(c.echo_chunk());
+            items.extend(c.echo_chunk().await);
         }
         match event {
             Some(Event::PromptLogprob(lp)) => c.prompt_logprobs.push(lp),
