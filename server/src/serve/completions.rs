@@ -584,9 +584,10 @@ impl TextChoice {
             .object(tokenizer, tokens)
     }
 
-    /// The echoed prompt's chunk, once, before anything generated. A choice that takes its
-    /// prompt's scores from the prompt's first choice waits for them here; should that choice end
-    /// without them (it failed, and the response reports it), the echo goes without scores.
+    /// The echoed prompt's chunk, once, before anything generated. The prompt's first choice
+    /// passes its scores on here (what it has: all of them, unless its generation failed, which
+    /// the response then reports); the prompt's other choices wait for them here. Should the first
+    /// choice's stream be dropped without passing them, the echo goes without scores.
     async fn echo_chunk(&mut self) -> Option<ChoiceItem> {
         let (text, prompt) = self.echo.take()?;
         match &mut self.scores {

@@ -1,8 +1,11 @@
 //! Distillation of a pretrained sentence encoder into the router's backbone
 //! (`train-router --distill-steps`): the teacher (the embedding signal's all-MiniLM-L6-v2, run as the
 //! router runs it) embeds every training text once; the backbone's mean-pooled state, through a
-//! linear projection, then learns those embeddings under a cosine loss, before the heads are
-//! fine-tuned. The aim is to carry the teacher's general language knowledge into the small router.
+//! linear projection, then learns those embeddings (centred on the corpus mean) under a cosine
+//! loss, before the heads are fine-tuned. The aim is to carry the teacher's general language
+//! knowledge into the small router. Each side reads a text as it would when serving: the teacher
+//! its first 128 tokens of its own vocabulary, the student `--max-len` of the router's (head and
+//! tail), so a long text is compared on somewhat different spans.
 
 use super::model::{cosine_distance, DistillHead, TrainModel};
 use super::{adamw, lr_at, make_batch, progress, step, Sampler, TrainArgs};
@@ -10,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::{Optimizer, VarMap};
 use rand::rngs::StdRng;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -59,11 +63,13 @@ impl Teacher {
     }
 
     /// The corpus's embeddings, read from `cache` when it holds this corpus under this teacher,
-    /// else computed (and written there).
+    /// else computed (and written there). A `cache` file that is not such a cache is an error,
+    /// never overwritten.
     pub fn corpus_embeddings(&self, texts: &[&str], cache: Option<&Path>) -> Result<Tensor> {
-        let key = self.cache_key(texts);
+        let key = self.cache_key(texts)?;
+        let shape = (texts.len(), self.dim());
         if let Some(path) = cache.filter(|p| p.exists()) {
-            match read_cache(path, key)? {
+            match read_cache(path, &key, shape)? {
                 Some(t) => {
                     eprintln!("distill: teacher embeddings from {}", path.display());
                     return Ok(t);
@@ -81,46 +87,63 @@ impl Teacher {
             rows.len(),
             start.elapsed().as_secs_f64()
         );
-        let dim = self.dim();
         let flat: Vec<f32> = rows.into_iter().flatten().collect();
-        if flat.len() != texts.len() * dim {
+        if flat.len() != shape.0 * shape.1 {
             bail!("the teacher returned embeddings of the wrong width");
         }
-        let t = Tensor::from_vec(flat, (texts.len(), dim), &Device::Cpu)?;
+        let t = Tensor::from_vec(flat, shape, &Device::Cpu)?;
         if let Some(path) = cache {
-            write_cache(path, key, &t)?;
+            write_cache(path, &key, &t)?;
         }
         Ok(t)
     }
 
-    fn cache_key(&self, texts: &[&str]) -> i64 {
-        let mut h =
-            super::data::fnv1a(format!("{}|{}", self.dir.display(), self.layers).as_bytes());
-        for t in texts {
-            h = h.rotate_left(5) ^ super::data::fnv1a(t.as_bytes());
+    /// SHA-256 of the teacher (its config and weights, the layers used) and of the texts in order.
+    fn cache_key(&self, texts: &[&str]) -> Result<Vec<u8>> {
+        let mut h = Sha256::new();
+        for file in ["config.json", "model.safetensors"] {
+            let path = self.dir.join(file);
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(&bytes);
         }
-        h as i64
+        h.update((self.layers as u64).to_le_bytes());
+        h.update((texts.len() as u64).to_le_bytes());
+        for t in texts {
+            h.update((t.len() as u64).to_le_bytes());
+            h.update(t.as_bytes());
+        }
+        Ok(h.finalize().to_vec())
     }
 }
 
-/// `key` identifies the corpus and teacher whose embeddings a cache file holds.
-fn read_cache(path: &Path, key: i64) -> Result<Option<Tensor>> {
+/// The cached embeddings when `path` holds them for `key` in `shape`; `None` when it holds
+/// another corpus's. A file without a key is not a cache: an error.
+fn read_cache(path: &Path, key: &[u8], shape: (usize, usize)) -> Result<Option<Tensor>> {
     let saved = candle_core::safetensors::load(path, &Device::Cpu)
         .with_context(|| format!("reading {}", path.display()))?;
-    let matches = saved
-        .get("key")
-        .map(|k| k.to_vec1::<i64>())
-        .transpose()?
-        .is_some_and(|k| k == [key]);
-    Ok(saved.get("embeddings").filter(|_| matches).cloned())
+    let Some(stored) = saved.get("key") else {
+        bail!(
+            "{} is not a teacher-embedding cache (it has no `key`); not overwriting it",
+            path.display()
+        );
+    };
+    if stored.to_vec1::<u8>()? != key {
+        return Ok(None);
+    }
+    Ok(saved
+        .get("embeddings")
+        .filter(|t| t.dims() == [shape.0, shape.1])
+        .cloned())
 }
 
-fn write_cache(path: &Path, key: i64, embeddings: &Tensor) -> Result<()> {
+fn write_cache(path: &Path, key: &[u8], embeddings: &Tensor) -> Result<()> {
     let tensors = HashMap::from([
         ("embeddings".to_string(), embeddings.clone()),
         (
             "key".to_string(),
-            Tensor::from_vec(vec![key], 1, &Device::Cpu)?,
+            Tensor::from_vec(key.to_vec(), key.len(), &Device::Cpu)?,
         ),
     ]);
     candle_core::safetensors::save(&tensors, path)
@@ -285,17 +308,27 @@ mod tests {
         Ok(())
     }
 
-    /// A cache file serves only the corpus and teacher it was written for.
+    /// A cache file serves only the corpus and teacher it was written for, and a file that is not
+    /// a cache is left alone.
     #[test]
     fn the_cache_serves_only_its_own_key() -> Result<()> {
-        let path =
-            std::env::temp_dir().join(format!("switchyard-distill-{}.st", std::process::id()));
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("switchyard-distill-{}.st", std::process::id()));
         let t = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &Device::Cpu)?;
-        write_cache(&path, 42, &t)?;
-        let back = read_cache(&path, 42)?.expect("the same key reads the cache");
+        write_cache(&path, b"key", &t)?;
+        let back = read_cache(&path, b"key", (2, 2))?.expect("the same key reads the cache");
         assert_eq!(back.to_vec2::<f32>()?, t.to_vec2::<f32>()?);
-        assert!(read_cache(&path, 43)?.is_none());
+        assert!(read_cache(&path, b"other", (2, 2))?.is_none());
+        assert!(read_cache(&path, b"key", (3, 2))?.is_none());
+        let other = dir.join(format!(
+            "switchyard-distill-{}-other.st",
+            std::process::id()
+        ));
+        candle_core::safetensors::save(&HashMap::from([("w".to_string(), t)]), &other)?;
+        let err = read_cache(&other, b"key", (2, 2)).unwrap_err().to_string();
+        assert!(err.contains("not a teacher-embedding cache"), "{err}");
         std::fs::remove_file(&path).ok();
+        std::fs::remove_file(&other).ok();
         Ok(())
     }
 }

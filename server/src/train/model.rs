@@ -429,8 +429,11 @@ impl DistillHead {
 /// Mean cosine distance `1 − cos(a_i, b_i)` over the rows of `a`, `b` `[N, D]`.
 pub fn cosine_distance(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let dot = (a * b)?.sum(D::Minus1)?;
-    let norms = (a.sqr()?.sum(D::Minus1)?.sqrt()? * b.sqr()?.sum(D::Minus1)?.sqrt()?)?;
-    (dot / (norms + 1e-8)?)?.affine(-1.0, 1.0)?.mean_all()
+    // The small term inside the roots keeps a zero row's gradient finite.
+    let norm = |x: &Tensor| -> Result<Tensor> { (x.sqr()?.sum(D::Minus1)? + 1e-12)?.sqrt() };
+    (dot / (norm(a)? * norm(b)?)?)?
+        .affine(-1.0, 1.0)?
+        .mean_all()
 }
 
 /// Names of the tensors that go into `model.safetensors` (everything but the MLM head and the
