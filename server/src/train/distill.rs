@@ -7,6 +7,8 @@
 //! its first 128 tokens of its own vocabulary, the student `--max-len` of the router's (head and
 //! tail), so a long text is compared on somewhat different spans.
 
+use super::data::Dataset;
+use super::logreg::{self, LogRegOptions};
 use super::model::{cosine_distance, DistillHead, TrainModel};
 use super::{adamw, lr_at, make_batch, progress, step, Sampler, TrainArgs};
 use anyhow::{bail, Context, Result};
@@ -237,6 +239,136 @@ pub fn mean_cosine(
         total += (1.0 - f64::from(d)) * chunk.len() as f64;
     }
     Ok(total / ids.len().max(1) as f64)
+}
+
+/// The student's projected embeddings of `ids`, L2-normalised.
+fn student_embeddings(
+    model: &TrainModel,
+    head: &DistillHead,
+    ids: &[Vec<u32>],
+) -> Result<Vec<Vec<f32>>> {
+    let dev = Device::Cpu;
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| ids[i].len());
+    let mut out = vec![Vec::new(); ids.len()];
+    for chunk in order.chunks(64) {
+        let refs: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
+        let (t, mask, bias) = make_batch(&refs, &dev)?;
+        let pooled = TrainModel::mean_pool(&model.backbone(&t, &bias)?.detach(), &mask)?;
+        for (&i, row) in chunk
+            .iter()
+            .zip(head.project(&pooled)?.detach().to_vec2::<f32>()?)
+        {
+            out[i] = unit(row);
+        }
+    }
+    Ok(out)
+}
+
+fn unit(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
+/// How much of the domain a linear model reads from the student's embeddings, beside the same
+/// model on the teacher's: a logistic regression (as `train-embedding` fits, C = 4) on each side's
+/// embeddings of the domain training split, scored on the held-out sets. Both sides are unit
+/// vectors, the teacher's centred on its training-split mean (the student learned centred ones).
+pub fn probe(
+    model: &TrainModel,
+    head: &DistillHead,
+    teacher: &Teacher,
+    ds: &Dataset,
+    enc: &impl Fn(Vec<&str>) -> Result<Vec<Vec<u32>>>,
+) -> Result<serde_json::Value> {
+    let task = &ds.domain;
+    let chat: Vec<(&str, usize)> = ds
+        .chat_val
+        .iter()
+        .filter_map(|r| r.domain.map(|d| (r.text.as_str(), d)))
+        .collect();
+    let train: Vec<&str> = task.train.iter().map(|e| e.text.as_str()).collect();
+    let val: Vec<&str> = task.val.iter().map(|e| e.text.as_str()).collect();
+    let chat_texts: Vec<&str> = chat.iter().map(|c| c.0).collect();
+
+    let teacher_side = {
+        let raw: Vec<Vec<Vec<f32>>> = vec![
+            teacher.embed(&train, "the domain training split (teacher)")?,
+            teacher.embed(&val, "the validation split (teacher)")?,
+            teacher.embed(&chat_texts, "validation.jsonl (teacher)")?,
+        ];
+        let dim = teacher.dim();
+        let mut centre = vec![0f32; dim];
+        for e in &raw[0] {
+            centre.iter_mut().zip(e).for_each(|(c, x)| *c += x);
+        }
+        centre
+            .iter_mut()
+            .for_each(|c| *c /= raw[0].len().max(1) as f32);
+        raw.into_iter()
+            .map(|set| {
+                set.into_iter()
+                    .map(|e| unit(e.iter().zip(&centre).map(|(x, c)| x - c).collect()))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let student_side = vec![
+        student_embeddings(model, head, &enc(train.clone())?)?,
+        student_embeddings(model, head, &enc(val.clone())?)?,
+        student_embeddings(model, head, &enc(chat_texts.clone())?)?,
+    ];
+
+    let y: Vec<usize> = task.train.iter().map(|e| e.label).collect();
+    let opts = LogRegOptions {
+        l2: 1.0 / (4.0 * train.len().max(1) as f32),
+        steps: 400,
+        lr: 0.05,
+    };
+    // Held-out groups of the validation split, by source.
+    let groups: [(&str, &[&str]); 3] = [
+        ("MMLU-Pro questions", &["mmlu_pro"]),
+        ("exam questions (MMLU-Pro + MMLU)", &["mmlu_pro", "mmlu"]),
+        ("chat-style, own split", &["chat_style"]),
+    ];
+    let mut report = serde_json::Map::new();
+    for (side, x) in [("student", &student_side), ("teacher", &teacher_side)] {
+        let (w, _) = logreg::fit(&x[0], &y, None, task.labels.len(), opts);
+        let right = |e: &[f32], gold: usize| argmax(&logreg::logits(&w, e)) == gold;
+        let mut scores = serde_json::Map::new();
+        for (name, sources) in &groups {
+            let rows: Vec<usize> = (0..val.len())
+                .filter(|&i| sources.contains(&task.val[i].source))
+                .collect();
+            let hits = rows
+                .iter()
+                .filter(|&&i| right(&x[1][i], task.val[i].label))
+                .count();
+            scores.insert(
+                name.to_string(),
+                serde_json::json!(hits as f64 / rows.len().max(1) as f64),
+            );
+        }
+        let hits = chat
+            .iter()
+            .zip(&x[2])
+            .filter(|((_, gold), e)| right(e, *gold))
+            .count();
+        scores.insert(
+            "chat-style validation.jsonl".into(),
+            serde_json::json!(hits as f64 / chat.len().max(1) as f64),
+        );
+        report.insert(side.into(), serde_json::Value::Object(scores));
+    }
+    Ok(serde_json::Value::Object(report))
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
 }
 
 #[cfg(test)]

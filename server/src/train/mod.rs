@@ -117,6 +117,11 @@ pub struct TrainArgs {
     /// Keep the teacher's embeddings of the corpus in this file (reused while the corpus is the same).
     #[arg(long)]
     pub distill_cache: Option<PathBuf>,
+    /// After distillation (or on an --init-from backbone saved after it), fit a linear probe of the
+    /// domain on the student's and on the teacher's embeddings of the domain training split and
+    /// report both on the held-out sets. With --steps 0 the run ends there.
+    #[arg(long)]
+    pub distill_probe: bool,
 }
 
 const HEADS: [(&str, HeadKind); 4] = [
@@ -538,7 +543,8 @@ fn save_pretrained(
     Ok(())
 }
 
-/// Loads the backbone (`model.*`) and MLM head from a --save-pretrained folder.
+/// Loads the backbone (`model.*`), the MLM head and, when saved and created, the distillation
+/// projection from a --save-pretrained folder. Returns how many tensors it set.
 fn load_pretrained(dir: &Path, varmap: &VarMap) -> Result<usize> {
     let saved = candle_core::safetensors::load(dir.join("pretrained.safetensors"), &Device::Cpu)?;
     let data = varmap
@@ -550,9 +556,12 @@ fn load_pretrained(dir: &Path, varmap: &VarMap) -> Result<usize> {
         if name.starts_with("heads.") {
             continue;
         }
-        let t = saved
-            .get(name)
-            .with_context(|| format!("{name} is missing from the pretrained checkpoint"))?;
+        let t = match saved.get(name) {
+            Some(t) => t,
+            // A backbone saved before distillation has no projection: it starts fresh.
+            None if name.starts_with("distill.") => continue,
+            None => bail!("{name} is missing from the pretrained checkpoint"),
+        };
         var.set(t)?;
         n += 1;
     }
@@ -751,6 +760,25 @@ pub fn run(args: TrainArgs) -> Result<()> {
         n_params as f64 / 1e6
     );
 
+    // The distillation teacher and the student's projection, before a backbone is loaded (it may
+    // hold the projection of an earlier distillation).
+    let teacher = (args.distill_steps > 0 || args.distill_probe)
+        .then(|| distill::Teacher::load(&args))
+        .transpose()?;
+    let distill_head = teacher
+        .as_ref()
+        .map(|t| model::DistillHead::new(&varmap, arch.hidden, t.dim(), &dev))
+        .transpose()?;
+    if args.distill_probe && args.distill_steps == 0 {
+        let distilled = args.init_from.as_ref().is_some_and(|dir| {
+            candle_core::safetensors::load(dir.join("pretrained.safetensors"), &dev)
+                .is_ok_and(|t| t.contains_key("distill.proj.weight"))
+        });
+        if !distilled {
+            bail!("--distill-probe without --distill-steps needs an --init-from backbone saved after distillation");
+        }
+    }
+
     let mut mlm_stats = json!(null);
     let tm = Instant::now();
     if let Some(dir) = &args.init_from {
@@ -795,19 +823,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mlm_secs = tm.elapsed().as_secs_f64();
 
     let mut distill_stats = json!(null);
-    if args.distill_steps > 0 {
+    if let (Some(teacher), Some(head), true) = (&teacher, &distill_head, args.distill_steps > 0) {
         let td = Instant::now();
-        let teacher = distill::Teacher::load(&args)?;
         // The teacher's embeddings share a large common direction (a constant guess already has a
         // cosine of ~0.7 with them), so the student learns them centred on the corpus mean: the part
         // that tells texts apart.
         let raw = teacher.corpus_embeddings(&corpus_texts, args.distill_cache.as_deref())?;
         let centre = raw.mean(0)?;
         let targets = raw.broadcast_sub(&centre)?;
-        let head = model::DistillHead::new(&varmap, arch.hidden, teacher.dim(), &dev)?;
         let (sps, loss) = distill::train(
             &model,
-            &head,
+            head,
             &varmap,
             &corpus,
             &targets,
@@ -828,7 +854,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .into_iter()
             .map(|e| e.iter().zip(&centre).map(|(x, c)| x - c).collect())
             .collect();
-        let cosine = distill::mean_cosine(&model, &head, &heldout_ids, &heldout)?;
+        let cosine = distill::mean_cosine(&model, head, &heldout_ids, &heldout)?;
         eprintln!(
             "distill: {} steps, {sps:.1} seq/s, loss {loss:.3}, held-out cosine {cosine:.3} (centred)",
             args.distill_steps
@@ -843,6 +869,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
         if let Some(dir) = &args.save_pretrained {
             save_pretrained(dir, &varmap, &arch, &tok)?;
             eprintln!("saved the distilled backbone to {}", dir.display());
+        }
+    }
+    if let (Some(teacher), Some(head), true) = (&teacher, &distill_head, args.distill_probe) {
+        let probe = distill::probe(&model, head, teacher, &ds, &enc)?;
+        eprintln!(
+            "distill probe (domain accuracy, student / teacher):\n{}",
+            serde_json::to_string_pretty(&probe)?
+        );
+        distill_stats["probe"] = probe;
+        if args.steps == 0 {
+            return Ok(());
         }
     }
 
