@@ -10,7 +10,7 @@
 use super::data::Dataset;
 use super::logreg::{self, LogRegOptions};
 use super::model::{cosine_distance, DistillHead, TrainModel};
-use super::{adamw, lr_at, make_batch, progress, step, Sampler, TrainArgs};
+use super::{adamw, lr_at, make_batch, progress, step, LossMeter, Sampler, TrainArgs};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::{Optimizer, VarMap};
@@ -187,9 +187,7 @@ pub fn train(
     let lens: Vec<usize> = corpus.iter().map(Vec::len).collect();
     let mut sampler = Sampler::new(corpus.len());
     let pb = progress(schedule.steps, "distill");
-    let mut ema = f64::NAN;
-    let mut seqs = 0usize;
-    let start = Instant::now();
+    let mut meter = LossMeter::new("distill");
     for s in 0..schedule.steps {
         opt.set_learning_rate(lr_at(s, schedule.steps, schedule.lr));
         let idx = sampler.next(&lens, schedule.batch_size, rng);
@@ -201,23 +199,10 @@ pub fn train(
         let loss = cosine_distance(&head.project(&pooled)?, &gold)?;
         let lv = f64::from(loss.to_scalar::<f32>()?);
         step(&mut opt, varmap, &loss)?;
-        ema = if ema.is_nan() {
-            lv
-        } else {
-            0.98 * ema + 0.02 * lv
-        };
-        seqs += idx.len();
-        pb.inc(1);
-        if s % 10 == 0 {
-            let el = start.elapsed().as_secs_f64();
-            pb.set_message(format!("loss {ema:.4} | {:.1} seq/s", seqs as f64 / el));
-        }
-        if s % 200 == 0 {
-            tracing::info!(step = s, loss = ema, "distill");
-        }
+        meter.record(s, lv, &refs, &pb);
     }
     pb.finish();
-    Ok((seqs as f64 / start.elapsed().as_secs_f64().max(1e-9), ema))
+    Ok((meter.rates().0, meter.ema))
 }
 
 /// Mean cosine between the student's projected embeddings of `ids` and the teacher's `targets`.

@@ -265,6 +265,53 @@ fn progress(total: usize, what: &str) -> ProgressBar {
     pb
 }
 
+/// One smoothed training loss (exponential moving average, 0.98) with sequence and token counts:
+/// the progress bar's message every 10 steps and a log line every 200.
+struct LossMeter {
+    what: &'static str,
+    ema: f64,
+    seqs: usize,
+    toks: usize,
+    start: Instant,
+}
+
+impl LossMeter {
+    fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            ema: f64::NAN,
+            seqs: 0,
+            toks: 0,
+            start: Instant::now(),
+        }
+    }
+
+    /// Records step `step`'s loss over `batch`.
+    fn record(&mut self, step: usize, loss: f64, batch: &[&[u32]], pb: &ProgressBar) {
+        self.ema = if self.ema.is_nan() {
+            loss
+        } else {
+            0.98 * self.ema + 0.02 * loss
+        };
+        self.seqs += batch.len();
+        self.toks += batch.iter().map(|r| r.len()).sum::<usize>();
+        pb.inc(1);
+        if step.is_multiple_of(10) {
+            let (ema, rate) = (self.ema, self.rates().0);
+            pb.set_message(format!("loss {ema:.4} | {rate:.1} seq/s"));
+        }
+        if step.is_multiple_of(200) {
+            tracing::info!(step, loss = self.ema, "{}", self.what);
+        }
+    }
+
+    /// (sequences/s, tokens/s) so far.
+    fn rates(&self) -> (f64, f64) {
+        let el = self.start.elapsed().as_secs_f64().max(1e-9);
+        (self.seqs as f64 / el, self.toks as f64 / el)
+    }
+}
+
 /// Masked-LM pretraining. Returns (sequences/s, tokens/s, final smoothed loss).
 fn pretrain(
     model: &TrainModel,
@@ -278,9 +325,7 @@ fn pretrain(
     let lens: Vec<usize> = corpus.iter().map(Vec::len).collect();
     let mut sampler = Sampler::new(corpus.len());
     let pb = progress(args.mlm_steps, "mlm");
-    let (mut seqs, mut toks) = (0usize, 0usize);
-    let mut ema = f64::NAN;
-    let start = Instant::now();
+    let mut meter = LossMeter::new("mlm");
     let vocab = model.arch.vocab_size as u32;
     for s in 0..args.mlm_steps {
         opt.set_learning_rate(lr_at(s, args.mlm_steps, args.mlm_lr));
@@ -321,25 +366,11 @@ fn pretrain(
         let loss = candle_nn::loss::cross_entropy(&logits, &Tensor::from_vec(targets, n, &dev)?)?;
         let lv = f64::from(loss.to_scalar::<f32>()?);
         step(&mut opt, varmap, &loss)?;
-        ema = if ema.is_nan() {
-            lv
-        } else {
-            0.98 * ema + 0.02 * lv
-        };
-        seqs += idx.len();
-        toks += refs.iter().map(|r| r.len()).sum::<usize>();
-        pb.inc(1);
-        if s % 10 == 0 {
-            let el = start.elapsed().as_secs_f64();
-            pb.set_message(format!("loss {ema:.3} | {:.1} seq/s", seqs as f64 / el));
-        }
-        if s % 200 == 0 {
-            tracing::info!(step = s, loss = ema, "mlm");
-        }
+        meter.record(s, lv, &refs, &pb);
     }
     pb.finish();
-    let el = start.elapsed().as_secs_f64().max(1e-9);
-    Ok((seqs as f64 / el, toks as f64 / el, ema))
+    let (sps, tps) = meter.rates();
+    Ok((sps, tps, meter.ema))
 }
 
 /// Multi-task fine-tuning. Returns (sequences/s, tokens/s, smoothed loss per head).
