@@ -160,9 +160,10 @@ pub(super) async fn collect_all(
 /// Queues `choices` sequences of each request on `model`'s engine, in order (choice k of a
 /// request samples from `seed + k`, so the choices differ and the same request gives the same
 /// choices). A prompt's log-probabilities are the same for all its choices, so only the first
-/// computes them; the caller hands them to the others. Each prompt is first held to this server's `--max-prompt-tokens` (a 400
-/// `context_length_exceeded` naming `field`), so an over-long one costs no prefill. Tokenizing
-/// and rendering templates is CPU work: it runs off the threads that move other requests' bytes.
+/// computes them; the caller hands them to the others. Each prompt is first held to this
+/// server's `--max-prompt-tokens` (a 400 `context_length_exceeded` naming `field`), so an
+/// over-long one costs no prefill. Tokenizing and rendering templates is CPU work: it runs off
+/// the threads that move other requests' bytes.
 pub(super) async fn submit(
     state: &Arc<State>,
     model: &str,

@@ -106,7 +106,8 @@ pub struct TrainArgs {
     /// signal's encoder as the router runs it.
     #[arg(long, default_value_t = 0)]
     pub distill_steps: usize,
-    #[arg(long, default_value_t = 5e-4)]
+    /// Peak learning rate of distillation (warm-up, then linear decay; the model card's runs: 1e-3).
+    #[arg(long, default_value_t = 1e-3)]
     pub distill_lr: f64,
     /// The teacher's directory (default: all-MiniLM-L6-v2, fetched into the model cache).
     #[arg(long)]
