@@ -8,6 +8,7 @@
 //! tail), so a long text is compared on somewhat different spans.
 
 use super::data::Dataset;
+use super::eval::argmax;
 use super::logreg::{self, LogRegOptions};
 use super::model::{cosine_distance, DistillHead, TrainModel};
 use super::{adamw, lr_at, make_batch, progress, step, LossMeter, Sampler, TrainArgs};
@@ -212,17 +213,15 @@ pub fn mean_cosine(
     ids: &[Vec<u32>],
     targets: &[Vec<f32>],
 ) -> Result<f64> {
-    let dev = Device::Cpu;
-    let mut total = 0.0;
-    for (chunk, gold) in ids.chunks(64).zip(targets.chunks(64)) {
-        let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
-        let (t, mask, bias) = make_batch(&refs, &dev)?;
-        let pooled = TrainModel::mean_pool(&model.backbone(&t, &bias)?, &mask)?;
-        let flat: Vec<f32> = gold.iter().flatten().copied().collect();
-        let gold = Tensor::from_vec(flat, (gold.len(), gold[0].len()), &dev)?;
-        let d = cosine_distance(&head.project(&pooled)?, &gold)?.to_scalar::<f32>()?;
-        total += (1.0 - f64::from(d)) * chunk.len() as f64;
-    }
+    let student = student_embeddings(model, head, ids)?;
+    let total: f64 = student
+        .iter()
+        .zip(targets)
+        .map(|(s, t)| {
+            let t = unit(t.clone());
+            f64::from(s.iter().zip(&t).map(|(x, y)| x * y).sum::<f32>())
+        })
+        .sum();
     Ok(total / ids.len().max(1) as f64)
 }
 
@@ -347,13 +346,6 @@ pub fn probe(
         report.insert(side.into(), serde_json::Value::Object(scores));
     }
     Ok(serde_json::Value::Object(report))
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i)
 }
 
 #[cfg(test)]
