@@ -30,6 +30,7 @@ use serde_json::json;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use switchyard_models::encoder::MultiHeadClassifier;
 
 /// Options of `switchyard train-router`.
 #[derive(Args, Debug, Clone)]
@@ -560,6 +561,17 @@ fn save_router(
     Ok(std::fs::metadata(&weights)?.len())
 }
 
+/// Rounds every variable to `dtype` (the precision `save_router` wrote) and back to its own.
+fn round_to_saved_precision(varmap: &VarMap, dtype: candle_core::DType) -> Result<()> {
+    for var in varmap.all_vars() {
+        let own = var.dtype();
+        if own != dtype {
+            var.set(&var.as_tensor().to_dtype(dtype)?.to_dtype(own)?)?;
+        }
+    }
+    Ok(())
+}
+
 /// Every variable (backbone, heads, MLM head) plus tokenizer and shape, for --init-from.
 fn save_pretrained(
     dir: &Path,
@@ -930,6 +942,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let size = save_router(&args.out, &model, &varmap, Some(&tok), save_dtype)?;
     eprintln!("saved {} ({:.1} MB)", args.out.display(), size as f64 / 1e6);
+    // From here on the training forward holds the saved precision too, so that the parity check
+    // compares the inference encoder with the weights it was given, not with their f32 originals.
+    round_to_saved_precision(&varmap, save_dtype)?;
 
     // Evaluate the saved artifact.
     let metrics = evaluate(&args, &ds, &tok, &model)?;
@@ -989,6 +1004,34 @@ pub fn run(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The largest |Δlogit| between the saved checkpoint read by the inference encoder and the training
+/// forward on `seqs`: (the first head, a sequence head; the token head `token_head` at real tokens).
+fn parity(
+    clf: &MultiHeadClassifier,
+    model: &TrainModel,
+    seqs: &[Vec<u32>],
+    token_head: usize,
+) -> Result<(f32, f32)> {
+    let (input, mask) = clf.batch_inputs(seqs)?;
+    let outs = clf.forward(&input, &mask)?;
+    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let (tids, tmask, tbias) = make_batch(&refs, &Device::Cpu)?;
+    let states = model.backbone(&tids, &tbias)?;
+    let dom = model.head_logits(0, &TrainModel::mean_pool(&states, &tmask)?)?;
+    let (b, t, h) = states.dims3()?;
+    let pii = model
+        .head_logits(token_head, &states.reshape((b * t, h))?)?
+        .reshape((b, t, ()))?;
+    let domain = eval::max_abs_diff(&outs[0].logits, &dom)?;
+    // Token logits at real tokens only (padding rows are never read).
+    let keep = tmask.unsqueeze(2)?;
+    let tokens = eval::max_abs_diff(
+        &outs[token_head].logits.broadcast_mul(&keep)?,
+        &pii.broadcast_mul(&keep)?,
+    )?;
+    Ok((domain, tokens))
+}
+
 fn evaluate(
     args: &TrainArgs,
     ds: &data::Dataset,
@@ -1010,23 +1053,7 @@ fn evaluate(
             .take(8)
             .map(|e| e.text.as_str())
             .collect())?;
-        let (input, mask) = clf.batch_inputs(&ids)?;
-        let outs = clf.forward(&input, &mask)?;
-        let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
-        let (tids, tmask, tbias) = make_batch(&refs, &Device::Cpu)?;
-        let states = model.backbone(&tids, &tbias)?;
-        let dom = model.head_logits(0, &TrainModel::mean_pool(&states, &tmask)?)?;
-        let (b, t, h) = states.dims3()?;
-        let pii = model
-            .head_logits(3, &states.reshape((b * t, h))?)?
-            .reshape((b, t, ()))?;
-        let d0 = eval::max_abs_diff(&outs[0].logits, &dom)?;
-        // Token logits at real tokens only (padding rows are never read).
-        let keep = tmask.unsqueeze(2)?;
-        let d3 = eval::max_abs_diff(
-            &outs[3].logits.broadcast_mul(&keep)?,
-            &pii.broadcast_mul(&keep)?,
-        )?;
+        let (d0, d3) = parity(clf_ref, model, &ids, 3)?;
         eprintln!("parity (inference encoder vs training forward): domain {d0:.2e}, pii {d3:.2e}");
         m.insert("parity_max_abs_logit_diff".into(), json!(d0.max(d3)));
     }
@@ -1630,25 +1657,15 @@ mod tests {
         // Longer than the local window (so the inference side takes its banded path), padded.
         let seqs: Vec<Vec<u32>> =
             vec![(2..20).collect(), vec![2, 7, 9, 3], (5..17).rev().collect()];
-        let (input, mask) = clf.batch_inputs(&seqs)?;
-        let outs = clf.forward(&input, &mask)?;
+        let (domain, tokens) = parity(&clf, &model, &seqs, 1)?;
+        assert!(domain < 1e-4, "sequence logits differ by {domain}");
+        assert!(tokens < 1e-4, "token logits differ by {tokens}");
+        std::fs::remove_dir_all(&dir).ok();
+
         let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
         let (ids, fmask, bias) = make_batch(&refs, &Device::Cpu)?;
         let states = model.backbone(&ids, &bias)?;
         let dom = model.head_logits(0, &TrainModel::mean_pool(&states, &fmask)?)?;
-        assert!(eval::max_abs_diff(&outs[0].logits, &dom)? < 1e-4);
-        let (b, t, h) = states.dims3()?;
-        let tokl = model
-            .head_logits(1, &states.reshape((b * t, h))?)?
-            .reshape((b, t, ()))?;
-        let keep = fmask.unsqueeze(2)?;
-        let d = eval::max_abs_diff(
-            &outs[1].logits.broadcast_mul(&keep)?,
-            &tokl.broadcast_mul(&keep)?,
-        )?;
-        assert!(d < 1e-4, "token logits differ by {d}");
-        std::fs::remove_dir_all(&dir).ok();
-
         let loss =
             candle_nn::loss::cross_entropy(&dom, &Tensor::new(&[0u32, 1, 2], &Device::Cpu)?)?;
         let grads = loss.backward()?;
@@ -1664,6 +1681,29 @@ mod tests {
                 .to_scalar::<f32>()?;
             assert!(qk > 0.0, "layer {i}: no gradient reaches q/k");
         }
+        Ok(())
+    }
+
+    /// A checkpoint saved in f16 is what the training forward computes once its weights are rounded
+    /// the same way: the parity check then measures the encoders, not the rounding.
+    #[test]
+    fn an_f16_checkpoint_matches_the_training_forward_rounded_to_f16() -> Result<()> {
+        let (arch, heads) = tiny();
+        let varmap = VarMap::new();
+        let model = TrainModel::new(&arch, &heads, &varmap, &Device::Cpu)?;
+        let dir = std::env::temp_dir().join(format!("switchyard-train-f16-{}", std::process::id()));
+        save_router(&dir, &model, &varmap, None, candle_core::DType::F16)?;
+        let clf = eval::load(&dir)?;
+        let seqs: Vec<Vec<u32>> = vec![(2..20).collect(), vec![2, 7, 9, 3]];
+        let (unrounded, _) = parity(&clf, &model, &seqs, 1)?;
+        round_to_saved_precision(&varmap, candle_core::DType::F16)?;
+        let (domain, tokens) = parity(&clf, &model, &seqs, 1)?;
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(domain < 1e-5 && tokens < 1e-5, "{domain} / {tokens}");
+        assert!(
+            unrounded > 10.0 * domain.max(1e-7),
+            "rounding changed nothing: {unrounded}"
+        );
         Ok(())
     }
 }
