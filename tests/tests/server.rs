@@ -605,6 +605,115 @@ async fn proxy_mode_routes_and_forwards_like_the_vllm_semantic_router() {
             .generated_tokens,
         generated
     );
+
+    // A text completion for `auto` is routed and forwarded too, and gives the generator's text.
+    let prompt = json!({"model": "auto", "prompt": question, "max_tokens": 6, "temperature": 0});
+    let r = post(&proxy_base, "/v1/completions", &prompt).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-switchyard-category"], "history");
+    assert!(server_timing(r.headers()).contains_key("upstream-admit"));
+    let via_proxy: Value = r.json().await.unwrap();
+    let mut direct_prompt = prompt.clone();
+    direct_prompt["model"] = json!("SmolLM2-135M-Instruct");
+    let direct: Value = post(&gen_base, "/v1/completions", &direct_prompt)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        via_proxy["choices"][0]["text"],
+        direct["choices"][0]["text"]
+    );
+    assert_eq!(via_proxy["model"], "SmolLM2-135M-Instruct");
+    // ... and refused by the proxy itself when it is a jailbreak.
+    let r = post(
+        &proxy_base,
+        "/v1/completions",
+        &json!({"model": "auto", "prompt": body["messages"][0]["content"], "max_tokens": 6}),
+    )
+    .await;
+    assert_eq!(r.headers()["x-switchyard-blocked"], "jailbreak");
+    let refused: Value = r.json().await.unwrap();
+    assert_eq!(refused["choices"][0]["finish_reason"], "content_filter");
+    // `auto` routes one text prompt: the proxy says so as the in-process server does.
+    let r = post(
+        &proxy_base,
+        "/v1/completions",
+        &json!({"model": "auto", "prompt": ["one", "two"], "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(error_of(r, 400).await["param"], "prompt");
+
+    // The model list is the generator's models and the proxy's auto model.
+    let listed: Value = reqwest::get(format!("{proxy_base}/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["SmolLM2-135M-Instruct", "auto"]);
+    let one: Value = reqwest::get(format!("{proxy_base}/v1/models/SmolLM2-135M-Instruct"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(one["max_model_len"].as_u64().unwrap() > 0);
+    assert_eq!(get_status(&proxy_base, "/v1/models/nope").await, 404);
+    // Tokenizing goes to the generator unchanged.
+    let tokenize = json!({"model": "SmolLM2-135M-Instruct", "prompt": question});
+    let via_proxy: Value = post(&proxy_base, "/tokenize", &tokenize)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let direct: Value = post(&gen_base, "/tokenize", &tokenize)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(via_proxy["count"].as_u64().unwrap() > 0);
+    assert_eq!(via_proxy, direct);
+    let r = post(
+        &proxy_base,
+        "/tokenize",
+        &json!({"model": "nope", "prompt": "x"}),
+    )
+    .await;
+    assert_eq!(error_of(r, 404).await["code"], "model_not_found");
+
     proxy.shutdown(Duration::from_secs(5)).await.unwrap();
     generator.shutdown(Duration::from_secs(5)).await.unwrap();
+
+    // With its upstream gone, a proxy answers 503 in the API's error shape.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let (proxy, proxy_base) = server(ServeArgs {
+        port: 0,
+        upstream: Some(gone),
+        ..ServeArgs::default()
+    })
+    .await;
+    for path in ["/v1/chat/completions", "/tokenize"] {
+        let r = post(
+            &proxy_base,
+            path,
+            &chat("SmolLM2-135M-Instruct", question, 4),
+        )
+        .await;
+        let error = error_of(r, 503).await;
+        assert!(
+            error["message"].as_str().unwrap().contains("upstream"),
+            "{error}"
+        );
+    }
+    assert_eq!(get_status(&proxy_base, "/v1/models").await, 503);
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
 }

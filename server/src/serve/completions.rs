@@ -147,7 +147,7 @@ impl CompletionRequest {
     }
 
     /// Checks what the types cannot; returns the prompts and the parsed `logit_bias`.
-    fn validate(&self) -> Result<(Vec<Prompt>, LogitBias), ApiError> {
+    pub(super) fn validate(&self) -> Result<(Vec<Prompt>, LogitBias), ApiError> {
         if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
             return Err(ApiError::invalid(
                 "suffix",
@@ -230,10 +230,32 @@ async fn plan(
             decision: None,
         });
     }
+    let decision = route_prompt(state, &request.model, prompts).await?;
+    let model = served(&decision.model).ok_or_else(|| {
+        ApiError::internal(format!(
+            "the router chose `{}`, which is not served",
+            decision.model
+        ))
+    })?;
+    Ok(Plan {
+        model,
+        messages: Vec::new(),
+        thinking: Thinking::Off,
+        decision: Some(decision),
+    })
+}
+
+/// The router's decision for a request to the auto model (`model`), which must hold one text
+/// prompt; the prompt is masked in place as the decision says. Shared with the router-only proxy.
+pub(super) async fn route_prompt(
+    state: &State,
+    model: &str,
+    prompts: &mut [Prompt],
+) -> Result<Decision, ApiError> {
     let router = state
         .router
         .as_ref()
-        .ok_or_else(|| ApiError::unknown_model(&request.model, &state.served()))?;
+        .ok_or_else(|| ApiError::unknown_model(model, &state.served()))?;
     let [Prompt::Text(text)] = prompts else {
         return Err(ApiError::invalid(
             "prompt",
@@ -245,24 +267,13 @@ async fn plan(
     };
     let mut messages = vec![ChatMessage::new("user", text.as_str())];
     let decision: Decision = route_messages(state, router, &messages).await?;
-    let model = served(&decision.model).ok_or_else(|| {
-        ApiError::internal(format!(
-            "the router chose `{}`, which is not served",
-            decision.model
-        ))
-    })?;
     if !decision.masked.is_empty() {
         decision.apply(&mut messages);
         if let Some(user) = messages.iter().find(|m| m.role == "user") {
             *text = user.content.clone();
         }
     }
-    Ok(Plan {
-        model,
-        messages: Vec::new(),
-        thinking: Thinking::Off,
-        decision: Some(decision),
-    })
+    Ok(decision)
 }
 
 async fn complete(
@@ -271,11 +282,6 @@ async fn complete(
 ) -> Result<Response, ApiError> {
     if !state.accepting.load(Ordering::SeqCst) {
         return Err(ApiError::unavailable("the server is shutting down"));
-    }
-    if state.upstream.is_some() {
-        return Err(ApiError::bad_request(
-            "the router-only proxy (`--upstream`) forwards chat completions only",
-        ));
     }
     let arrived = Instant::now();
     let request: CompletionRequest = parse_json(&body_bytes(&state, body)?)?;
@@ -492,7 +498,7 @@ fn prompt_usage(done: &[Collected], n: usize) -> switchyard_engine::Usage {
 
 /// The answer to a blocked request: every choice is the refusal, `finish_reason:
 /// "content_filter"`.
-fn blocked(
+pub(super) fn blocked(
     request: &CompletionRequest,
     model: &str,
     id: &str,

@@ -198,7 +198,7 @@ pub async fn metrics(AxumState(state): Shared) -> Response {
 }
 
 /// The model objects `GET /v1/models` lists: the served models, then the auto model.
-fn model_objects(state: &State) -> Vec<Value> {
+pub(super) fn model_objects(state: &State) -> Vec<Value> {
     let mut data: Vec<Value> = state
         .engines
         .iter()
@@ -536,10 +536,6 @@ async fn chat(
 ) -> Result<Response, ApiError> {
     if !state.accepting.load(Ordering::SeqCst) {
         return Err(ApiError::unavailable("the server is shutting down"));
-    }
-    if let Some(upstream) = state.upstream.clone() {
-        let body = body.map_err(|_| ApiError::too_large(state.limits.body_bytes))?;
-        return super::proxy::forward(state, &upstream, body).await;
     }
     let arrived = Instant::now();
     let (request, checked) = parse_body(&state, body)?;

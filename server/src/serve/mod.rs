@@ -107,8 +107,9 @@ pub struct ServeArgs {
     /// Most choices (`n`) one chat request may ask for; each is a sequence of its own.
     #[arg(long, env = "SWITCHYARD_MAX_CHOICES", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_choices: u16,
-    /// Router-only proxy mode: route here, forward chat requests to this inference server (the
-    /// vLLM Semantic Router's deployment; the baseline of `bench overhead`). No model is loaded.
+    /// Router-only proxy mode: route chat and text completions here and forward them, with
+    /// `/tokenize`, `/detokenize` and the model list, to this OpenAI-compatible inference server
+    /// (the vLLM Semantic Router's deployment; the baseline of `bench overhead`). No model is loaded.
     #[arg(long, env = "SWITCHYARD_UPSTREAM")]
     pub upstream: Option<String>,
     /// Where the router's batches run: `engine` (on the engine's worker, between decode steps: one
@@ -474,17 +475,22 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
         http: reqwest::Client::new(),
     });
 
-    let app = axum::Router::new()
-        .route("/v1/chat/completions", post(handlers::chat_completions))
-        .route("/v1/completions", post(completions::completions))
-        .route("/v1/route", post(handlers::route))
-        .route("/tokenize", post(tokenize::tokenize))
-        .route("/detokenize", post(tokenize::detokenize))
-        .route("/v1/models", get(handlers::models))
-        .route("/v1/models/{id}", get(handlers::model))
-        .route("/health", get(handlers::health))
-        .route("/ready", get(handlers::ready))
-        .route("/metrics", get(handlers::metrics))
+    let endpoints = if state.upstream.is_some() {
+        proxy::routes()
+    } else {
+        axum::Router::new()
+            .route("/v1/chat/completions", post(handlers::chat_completions))
+            .route("/v1/completions", post(completions::completions))
+            .route("/v1/route", post(handlers::route))
+            .route("/tokenize", post(tokenize::tokenize))
+            .route("/detokenize", post(tokenize::detokenize))
+            .route("/v1/models", get(handlers::models))
+            .route("/v1/models/{id}", get(handlers::model))
+            .route("/health", get(handlers::health))
+            .route("/ready", get(handlers::ready))
+            .route("/metrics", get(handlers::metrics))
+    };
+    let app = endpoints
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .fallback(handlers::not_found)
         // `read_body` enforces the body limit (and its deadline) for every route.

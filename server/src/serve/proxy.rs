@@ -1,28 +1,177 @@
 //! Router-only proxy mode (`serve --upstream URL`): the deployment the vLLM Semantic Router uses, kept
-//! as the baseline that `bench overhead` compares in-process routing with. A request for the auto
-//! model is routed here, its body re-serialised with the chosen model and thinking switch, and
+//! as the baseline that `bench overhead` compares in-process routing with, and usable on its own in
+//! front of any OpenAI-compatible server. A chat or text completion for the auto model is routed
+//! here, its body re-serialised with the chosen model (and, for chat, the thinking switch) and
 //! forwarded over HTTP to the upstream inference server; the upstream's answer (streamed or not) is
-//! passed through with the routing headers added. Other models are forwarded unchanged.
+//! passed through with the routing headers added. Requests for other models, `/tokenize` and
+//! `/detokenize` are forwarded unchanged; `/v1/models` lists the upstream's models and the auto one.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Json;
 use serde_json::{json, Value};
-use switchyard_router::{Action, Reasoning};
+use switchyard_router::{Action, Decision, Reasoning};
 
-use super::handlers::blocked_label;
-
+use super::completions::{self, CompletionRequest};
 use super::error::ApiError;
+use super::generation::answer;
+use super::handlers::{self, blocked_label, body_bytes, route_messages, Shared};
 use super::State;
 
-/// Forwards one chat request.
-pub async fn forward(state: Arc<State>, upstream: &str, body: Bytes) -> Result<Response, ApiError> {
+/// The proxy's endpoints: the generation and token endpoints go upstream; routing, health and
+/// metrics are answered here.
+pub fn routes() -> axum::Router<Arc<State>> {
+    axum::Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(text_completions))
+        .route("/v1/route", post(handlers::route))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
+        .route("/health", get(handlers::health))
+        .route("/ready", get(handlers::ready))
+        .route("/metrics", get(handlers::metrics))
+}
+
+/// `POST /v1/chat/completions`, routed and forwarded.
+async fn chat_completions(
+    axum::extract::State(state): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = forward_chat(state.clone(), body).await;
+    answer(&state, "chat", result)
+}
+
+/// `POST /v1/completions`, routed and forwarded.
+async fn text_completions(
+    axum::extract::State(state): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = forward_completion(state.clone(), body).await;
+    answer(&state, "completions", result)
+}
+
+/// `POST /tokenize`, forwarded unchanged.
+async fn tokenize(
+    axum::extract::State(state): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(&state, body)?;
+    relay(&state, "/tokenize", body).await
+}
+
+/// `POST /detokenize`, forwarded unchanged.
+async fn detokenize(
+    axum::extract::State(state): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(&state, body)?;
+    relay(&state, "/detokenize", body).await
+}
+
+/// `GET /v1/models`: the upstream's models, then the auto model this proxy routes.
+async fn models(axum::extract::State(state): Shared) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        json!({"object": "list", "data": model_list(&state).await?}),
+    ))
+}
+
+/// `GET /v1/models/{id}`.
+async fn model(
+    axum::extract::State(state): Shared,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(id) = id.map_err(|r| ApiError::bad_request(r.body_text()))?;
+    let list = model_list(&state).await?;
+    let ids: Vec<String> = list
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(str::to_string))
+        .collect();
+    list.into_iter()
+        .find(|m| m["id"] == id.as_str())
+        .map(Json)
+        .ok_or_else(|| ApiError::unknown_model(&id, &ids))
+}
+
+/// The upstream's model objects followed by this proxy's own (the auto model).
+async fn model_list(state: &State) -> Result<Vec<Value>, ApiError> {
+    let upstream = upstream(state)?;
+    let response = state
+        .http
+        .get(format!("{upstream}/v1/models"))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| ApiError::unavailable(format!("upstream {upstream}: {e}")))?;
+    let listed: Value = response
+        .json()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("upstream {upstream}: {e}")))?;
+    let mut data = listed["data"].as_array().cloned().unwrap_or_default();
+    data.extend(handlers::model_objects(state));
+    Ok(data)
+}
+
+/// The upstream server's base URL.
+fn upstream(state: &State) -> Result<&str, ApiError> {
+    state
+        .upstream
+        .as_deref()
+        .ok_or_else(|| ApiError::internal("proxy route without an upstream"))
+}
+
+fn accepting(state: &State) -> Result<(), ApiError> {
+    if state.accepting.load(Ordering::SeqCst) {
+        Ok(())
+    } else {
+        Err(ApiError::unavailable("the server is shutting down"))
+    }
+}
+
+/// The request body as JSON.
+fn parse(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))
+}
+
+/// The routing headers every routed answer carries.
+fn decision_headers(decision: &Decision) -> Vec<(&'static str, String)> {
+    vec![
+        ("x-switchyard-category", decision.category.clone()),
+        (
+            "x-switchyard-route-ms",
+            format!("{:.3}", decision.route_time.as_secs_f64() * 1e3),
+        ),
+    ]
+}
+
+fn header_map(extra: Vec<(&'static str, String)>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in extra {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    }
+    headers
+}
+
+/// One chat request: routed when it names the auto model, then forwarded.
+async fn forward_chat(
+    state: Arc<State>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    accepting(&state)?;
     let arrived = Instant::now();
-    let mut request: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))?;
+    let mut request = parse(&body_bytes(&state, body)?)?;
     let mut extra = Vec::new();
     let mut route_time = None;
     if request["model"] == json!(state.auto_model) {
@@ -34,32 +183,19 @@ pub async fn forward(state: Arc<State>, upstream: &str, body: Bytes) -> Result<R
             .map_err(|e| ApiError::bad_request(format!("Invalid request: {e}")))?;
         parsed.validate()?;
         let mut messages = parsed.chat_messages()?;
-        let decision = router
-            .route_async(&messages)
-            .await
-            .map_err(|e| ApiError::internal(format!("routing failed: {e}")))?;
+        let decision = route_messages(&state, router, &messages).await?;
         route_time = Some(decision.route_time);
-        extra.push(("x-switchyard-category", decision.category.clone()));
-        extra.push((
-            "x-switchyard-route-ms",
-            format!("{:.3}", decision.route_time.as_secs_f64() * 1e3),
-        ));
+        extra.extend(decision_headers(&decision));
         if let Action::Block { message, reason } = &decision.action {
             // Answered here, as the in-process path answers it (streamed if asked for).
             extra.push(("x-switchyard-blocked", blocked_label(*reason).to_string()));
-            let mut headers = HeaderMap::new();
-            for (name, value) in extra {
-                if let Ok(v) = HeaderValue::from_str(&value) {
-                    headers.insert(HeaderName::from_static(name), v);
-                }
-            }
-            return Ok(super::handlers::blocked_response(
+            return Ok(handlers::blocked_response(
                 &parsed,
                 &decision.model,
-                &super::handlers::completion_id(),
-                super::handlers::now(),
+                &handlers::completion_id(),
+                handlers::now(),
                 message,
-                headers,
+                header_map(extra),
             ));
         }
         decision.apply(&mut messages);
@@ -86,10 +222,80 @@ pub async fn forward(state: Arc<State>, upstream: &str, body: Bytes) -> Result<R
             }
         }
     }
+    send(
+        &state,
+        "/v1/chat/completions",
+        &request,
+        arrived,
+        route_time,
+        extra,
+    )
+    .await
+}
+
+/// One text completion: routed when it names the auto model (one text prompt, masked as the route
+/// says; a route's system prompt and thinking do not apply to a raw prompt), then forwarded.
+async fn forward_completion(
+    state: Arc<State>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    accepting(&state)?;
+    let arrived = Instant::now();
+    let mut request = parse(&body_bytes(&state, body)?)?;
+    let mut extra = Vec::new();
+    let mut route_time = None;
+    if request["model"] == json!(state.auto_model) {
+        let parsed: CompletionRequest = serde_json::from_value(request.clone())
+            .map_err(|e| ApiError::bad_request(format!("Invalid request: {e}")))?;
+        let (mut prompts, _) = parsed.validate()?;
+        let decision = completions::route_prompt(&state, &parsed.model, &mut prompts).await?;
+        route_time = Some(decision.route_time);
+        extra.extend(decision_headers(&decision));
+        if let Action::Block { message, reason } = &decision.action {
+            extra.push(("x-switchyard-blocked", blocked_label(*reason).to_string()));
+            let choices = prompts.len() * parsed.n.unwrap_or(1);
+            let mut response = completions::blocked(
+                &parsed,
+                &decision.model,
+                &handlers::completion_id(),
+                handlers::now(),
+                message,
+                choices,
+            );
+            response.headers_mut().extend(header_map(extra));
+            return Ok(response);
+        }
+        request["model"] = json!(decision.model);
+        if let [switchyard_engine::Prompt::Text(text)] = prompts.as_slice() {
+            request["prompt"] = json!(text);
+        }
+    }
+    send(
+        &state,
+        "/v1/completions",
+        &request,
+        arrived,
+        route_time,
+        extra,
+    )
+    .await
+}
+
+/// Posts `request` to the upstream's `path` and passes its answer through, with `extra` headers and
+/// the proxy's `Server-Timing`.
+async fn send(
+    state: &State,
+    path: &str,
+    request: &Value,
+    arrived: Instant,
+    route_time: Option<Duration>,
+    mut extra: Vec<(&'static str, String)>,
+) -> Result<Response, ApiError> {
+    let upstream = upstream(state)?;
     let upstream_response = state
         .http
-        .post(format!("{upstream}/v1/chat/completions"))
-        .json(&request)
+        .post(format!("{upstream}{path}"))
+        .json(request)
         .send()
         .await
         .map_err(|e| ApiError::unavailable(format!("upstream {upstream}: {e}")))?;
@@ -101,6 +307,28 @@ pub async fn forward(state: Arc<State>, upstream: &str, body: Bytes) -> Result<R
             upstream_response.headers().get("server-timing"),
         ),
     ));
+    let mut response = pass_through(upstream_response)?;
+    response.headers_mut().extend(header_map(extra));
+    Ok(response)
+}
+
+/// Posts a body to the upstream's `path` unchanged and passes its answer through.
+async fn relay(state: &State, path: &str, body: Bytes) -> Result<Response, ApiError> {
+    let upstream = upstream(state)?;
+    let upstream_response = state
+        .http
+        .post(format!("{upstream}{path}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("upstream {upstream}: {e}")))?;
+    pass_through(upstream_response)
+}
+
+/// The upstream's status, content type, `retry-after` and `x-switchyard-*` headers, and its body
+/// as it streams.
+fn pass_through(upstream_response: reqwest::Response) -> Result<Response, ApiError> {
     let status = StatusCode::from_u16(upstream_response.status().as_u16())
         .unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = Response::builder().status(status);
@@ -112,17 +340,9 @@ pub async fn forward(state: Arc<State>, upstream: &str, body: Bytes) -> Result<R
             response = response.header(name.as_str(), value.as_bytes());
         }
     }
-    let mut response = response
+    response
         .body(Body::from_stream(upstream_response.bytes_stream()))
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    for (name, value) in extra {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            response
-                .headers_mut()
-                .insert(HeaderName::from_static(name), v);
-        }
-    }
-    Ok(response)
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 /// The proxy's `Server-Timing`: its `route` (routed requests), its `admit` (from the request's
