@@ -529,6 +529,46 @@ async fn sixteen_parallel_streams_each_get_their_own_text() {
     s.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
+/// The proxy passes the client's `Authorization` on: an upstream with keys sees the client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_mode_passes_the_clients_credentials_to_the_upstream() {
+    let mut a = args();
+    a.no_router = true;
+    a.api_keys = vec!["upstream-key".into()];
+    let (generator, gen_base) = server(a).await;
+    let (proxy, proxy_base) = server(ServeArgs {
+        port: 0,
+        upstream: Some(gen_base),
+        ..ServeArgs::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let body = chat("tiny-llama", "Hello there", 2);
+    let send = |key: Option<&str>| {
+        let mut request = client
+            .post(format!("{proxy_base}/v1/chat/completions"))
+            .json(&body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send()
+    };
+    // The upstream's own 401, passed through in its shape.
+    error_of(send(None).await.unwrap(), 401).await;
+    error_of(send(Some("wrong")).await.unwrap(), 401).await;
+    assert_eq!(send(Some("upstream-key")).await.unwrap().status(), 200);
+    let models = client
+        .get(format!("{proxy_base}/v1/models"))
+        .bearer_auth("upstream-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200);
+    assert_eq!(get_status(&proxy_base, "/v1/models").await, 401);
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    generator.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_mode_routes_and_forwards_like_the_vllm_semantic_router() {
     // The generator serves the tiny model under the name the shipped routing config targets.

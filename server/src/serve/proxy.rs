@@ -45,53 +45,60 @@ pub fn routes() -> axum::Router<Arc<State>> {
 /// `POST /v1/chat/completions`, routed and forwarded.
 async fn chat_completions(
     axum::extract::State(state): Shared,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let result = forward_chat(state.clone(), body).await;
+    let result = forward_chat(state.clone(), credentials(&headers), body).await;
     answer(&state, "chat", result)
 }
 
 /// `POST /v1/completions`, routed and forwarded.
 async fn text_completions(
     axum::extract::State(state): Shared,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let result = forward_completion(state.clone(), body).await;
+    let result = forward_completion(state.clone(), credentials(&headers), body).await;
     answer(&state, "completions", result)
 }
 
 /// `POST /tokenize`, forwarded unchanged.
 async fn tokenize(
     axum::extract::State(state): Shared,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(&state, body)?;
-    relay(&state, "/tokenize", body).await
+    relay(&state, "/tokenize", credentials(&headers), body).await
 }
 
 /// `POST /detokenize`, forwarded unchanged.
 async fn detokenize(
     axum::extract::State(state): Shared,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(&state, body)?;
-    relay(&state, "/detokenize", body).await
+    relay(&state, "/detokenize", credentials(&headers), body).await
 }
 
 /// `GET /v1/models`: the upstream's models, then the auto model this proxy routes.
-async fn models(axum::extract::State(state): Shared) -> Result<Json<Value>, ApiError> {
-    Ok(Json(
-        json!({"object": "list", "data": model_list(&state).await?}),
-    ))
+async fn models(
+    axum::extract::State(state): Shared,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let data = model_list(&state, credentials(&headers)).await?;
+    Ok(Json(json!({"object": "list", "data": data})))
 }
 
 /// `GET /v1/models/{id}`.
 async fn model(
     axum::extract::State(state): Shared,
+    headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Path(id) = id.map_err(|r| ApiError::bad_request(r.body_text()))?;
-    let list = model_list(&state).await?;
+    let list = model_list(&state, credentials(&headers)).await?;
     let ids: Vec<String> = list
         .iter()
         .filter_map(|m| m["id"].as_str().map(str::to_string))
@@ -103,14 +110,17 @@ async fn model(
 }
 
 /// The upstream's model objects followed by this proxy's own (the auto model).
-async fn model_list(state: &State) -> Result<Vec<Value>, ApiError> {
+async fn model_list(state: &State, auth: Credentials) -> Result<Vec<Value>, ApiError> {
     let upstream = upstream(state)?;
-    let response = state
-        .http
-        .get(format!("{upstream}/v1/models"))
+    let response = with_credentials(state.http.get(format!("{upstream}/v1/models")), auth)
         .send()
         .await
-        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| ApiError::unavailable(format!("upstream {upstream}: {e}")))?;
+    if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+        return Err(ApiError::unauthorized());
+    }
+    let response = response
+        .error_for_status()
         .map_err(|e| ApiError::unavailable(format!("upstream {upstream}: {e}")))?;
     let listed: Value = response
         .json()
@@ -119,6 +129,24 @@ async fn model_list(state: &State) -> Result<Vec<Value>, ApiError> {
     let mut data = listed["data"].as_array().cloned().unwrap_or_default();
     data.extend(handlers::model_objects(state));
     Ok(data)
+}
+
+/// The client's `Authorization` header, passed on to the upstream as the client sent it (the
+/// proxy checks its own `--api-key`s first when it has any; the upstream checks its own).
+type Credentials = Option<HeaderValue>;
+
+fn credentials(headers: &HeaderMap) -> Credentials {
+    headers.get(axum::http::header::AUTHORIZATION).cloned()
+}
+
+fn with_credentials(
+    request: reqwest::RequestBuilder,
+    auth: Credentials,
+) -> reqwest::RequestBuilder {
+    match auth {
+        Some(value) => request.header(reqwest::header::AUTHORIZATION, value.as_bytes()),
+        None => request,
+    }
 }
 
 /// The upstream server's base URL.
@@ -167,6 +195,7 @@ fn header_map(extra: Vec<(&'static str, String)>) -> HeaderMap {
 /// One chat request: routed when it names the auto model, then forwarded.
 async fn forward_chat(
     state: Arc<State>,
+    auth: Credentials,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     accepting(&state)?;
@@ -226,9 +255,12 @@ async fn forward_chat(
         &state,
         "/v1/chat/completions",
         &request,
-        arrived,
-        route_time,
-        extra,
+        auth,
+        Routed {
+            route_time,
+            arrived,
+            headers: extra,
+        },
     )
     .await
 }
@@ -237,6 +269,7 @@ async fn forward_chat(
 /// says; a route's system prompt and thinking do not apply to a raw prompt), then forwarded.
 async fn forward_completion(
     state: Arc<State>,
+    auth: Credentials,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     accepting(&state)?;
@@ -274,27 +307,42 @@ async fn forward_completion(
         &state,
         "/v1/completions",
         &request,
-        arrived,
-        route_time,
-        extra,
+        auth,
+        Routed {
+            route_time,
+            arrived,
+            headers: extra,
+        },
     )
     .await
 }
 
-/// Posts `request` to the upstream's `path` and passes its answer through, with `extra` headers and
-/// the proxy's `Server-Timing`.
+/// What the proxy adds to a forwarded generation request's answer.
+struct Routed {
+    /// The router's time, when the request was routed.
+    route_time: Option<Duration>,
+    /// When the request arrived here.
+    arrived: Instant,
+    /// The routing headers.
+    headers: Vec<(&'static str, String)>,
+}
+
+/// Posts `request` to the upstream's `path` and passes its answer through, with the routing
+/// headers and the proxy's `Server-Timing`.
 async fn send(
     state: &State,
     path: &str,
     request: &Value,
-    arrived: Instant,
-    route_time: Option<Duration>,
-    mut extra: Vec<(&'static str, String)>,
+    auth: Credentials,
+    routed: Routed,
 ) -> Result<Response, ApiError> {
+    let Routed {
+        route_time,
+        arrived,
+        headers: mut extra,
+    } = routed;
     let upstream = upstream(state)?;
-    let upstream_response = state
-        .http
-        .post(format!("{upstream}{path}"))
+    let upstream_response = with_credentials(state.http.post(format!("{upstream}{path}")), auth)
         .json(request)
         .send()
         .await
@@ -313,11 +361,14 @@ async fn send(
 }
 
 /// Posts a body to the upstream's `path` unchanged and passes its answer through.
-async fn relay(state: &State, path: &str, body: Bytes) -> Result<Response, ApiError> {
+async fn relay(
+    state: &State,
+    path: &str,
+    auth: Credentials,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let upstream = upstream(state)?;
-    let upstream_response = state
-        .http
-        .post(format!("{upstream}{path}"))
+    let upstream_response = with_credentials(state.http.post(format!("{upstream}{path}")), auth)
         .header("content-type", "application/json")
         .body(body)
         .send()
