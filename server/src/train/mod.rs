@@ -625,24 +625,12 @@ fn machine() -> String {
     format!("{cpu}, {} threads", candle_core::utils::get_num_threads())
 }
 
-/// A stage of `train-router`, each with random numbers of its own.
-#[derive(Clone, Copy)]
-enum Stage {
-    Pretrain,
-    Distill,
-    Finetune,
-}
-
-/// The stage's generator, from `--seed` alone: a stage draws the same batches whether the stages
-/// before it ran in this command, in an earlier one (`--init-from`), or not at all, so runs that
-/// differ in one stage are paired in the others.
-fn stage_rng(args: &TrainArgs, stage: Stage) -> StdRng {
-    let offset = match stage {
-        // Pretraining and fine-tuning keep the plain seed: the shipped router's commands drew it.
-        Stage::Pretrain | Stage::Finetune => 0,
-        Stage::Distill => 0x9e37_79b9_7f4a_7c15,
-    };
-    StdRng::seed_from_u64(args.seed ^ offset)
+/// A stage's random number generator, seeded from `--seed` alone: a stage draws the same batches
+/// whether the stages before it ran in this command, in an earlier one (`--init-from`), or not at
+/// all, so runs that differ in one stage are paired in the others (and a chain of `--init-from`
+/// commands is one run).
+fn stage_rng(args: &TrainArgs) -> StdRng {
+    StdRng::seed_from_u64(args.seed)
 }
 
 /// Runs the whole pipeline.
@@ -849,13 +837,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eprintln!("loaded {n} pretrained tensors from {}", dir.display());
         mlm_stats = json!({ "init_from": dir.display().to_string() });
         if args.mlm_continue && args.mlm_steps > 0 {
-            let (sps, tps, loss) = pretrain(
-                &model,
-                &varmap,
-                &corpus,
-                &args,
-                &mut stage_rng(&args, Stage::Pretrain),
-            )?;
+            let (sps, tps, loss) =
+                pretrain(&model, &varmap, &corpus, &args, &mut stage_rng(&args))?;
             eprintln!(
                 "mlm (continued): {} steps, {sps:.1} seq/s, {tps:.0} tok/s, loss {loss:.3}",
                 args.mlm_steps
@@ -874,13 +857,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     } else if let Some(dir) = &args.tokenizer_from {
         mlm_stats = json!({ "tokenizer_from": dir.display().to_string(), "pretrained": false });
     } else if args.mlm_steps > 0 {
-        let (sps, tps, loss) = pretrain(
-            &model,
-            &varmap,
-            &corpus,
-            &args,
-            &mut stage_rng(&args, Stage::Pretrain),
-        )?;
+        let (sps, tps, loss) = pretrain(&model, &varmap, &corpus, &args, &mut stage_rng(&args))?;
         eprintln!(
             "mlm: {} steps, {sps:.1} seq/s, {tps:.0} tok/s, loss {loss:.3}",
             args.mlm_steps
@@ -913,7 +890,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             &corpus,
             &targets,
             &distill::Schedule::of(&args),
-            &mut stage_rng(&args, Stage::Distill),
+            &mut stage_rng(&args),
         )?;
         let heldout_texts: Vec<&str> = ds
             .domain
@@ -965,7 +942,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         &seq_sets,
         &pii,
         &args,
-        &mut stage_rng(&args, Stage::Finetune),
+        &mut stage_rng(&args),
     )?;
     let ft_secs = tf.elapsed().as_secs_f64();
     eprintln!(
