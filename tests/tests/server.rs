@@ -720,6 +720,16 @@ async fn proxy_mode_routes_and_forwards_like_the_vllm_semantic_router() {
         .unwrap();
     assert!(via_proxy["count"].as_u64().unwrap() > 0);
     assert_eq!(via_proxy, direct);
+    let detokenized: Value = post(
+        &proxy_base,
+        "/detokenize",
+        &json!({"model": "SmolLM2-135M-Instruct", "tokens": via_proxy["tokens"]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(detokenized["prompt"], question);
     let r = post(
         &proxy_base,
         "/tokenize",

@@ -33,8 +33,8 @@ pub fn routes() -> axum::Router<Arc<State>> {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(text_completions))
         .route("/v1/route", post(handlers::route))
-        .route("/tokenize", post(tokenize))
-        .route("/detokenize", post(detokenize))
+        .route("/tokenize", post(unchanged))
+        .route("/detokenize", post(unchanged))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
         .route("/health", get(handlers::health))
@@ -62,24 +62,15 @@ async fn text_completions(
     answer(&state, "completions", result)
 }
 
-/// `POST /tokenize`, forwarded unchanged.
-async fn tokenize(
+/// `POST /tokenize` and `POST /detokenize`, forwarded unchanged to the same path upstream.
+async fn unchanged(
     axum::extract::State(state): Shared,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(&state, body)?;
-    relay(&state, "/tokenize", credentials(&headers), body).await
-}
-
-/// `POST /detokenize`, forwarded unchanged.
-async fn detokenize(
-    axum::extract::State(state): Shared,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body = body_bytes(&state, body)?;
-    relay(&state, "/detokenize", credentials(&headers), body).await
+    relay(&state, uri.path(), credentials(&headers), body).await
 }
 
 /// `GET /v1/models`: the upstream's models, then the auto model this proxy routes.
