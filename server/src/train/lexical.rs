@@ -249,25 +249,48 @@ fn measure(role: HeadRole, rows: &[Row], predict: impl Fn(&[f32], &[f32]) -> usi
     }
 }
 
-/// The fusion `(weight, scale, measure)` with the best measure on `val`: for the domain head by
-/// accuracy of the fused argmax, for the jailbreak head by F1 of blocking at `block_threshold`.
+/// Mean negative log-likelihood of the gold labels under the fused distribution.
+fn log_loss(w: f32, s: f32, rows: &[Row]) -> f64 {
+    let total: f64 = rows
+        .iter()
+        .map(|(gold, r, l)| {
+            let scaled: Vec<f32> = l.iter().map(|x| x * s).collect();
+            let p = (1.0 - w) * r[*gold] + w * softmax(&scaled)[*gold];
+            -f64::from(p.max(1e-12)).ln()
+        })
+        .sum();
+    total / rows.len().max(1) as f64
+}
+
+/// The fusion `(weight, scale, measure)` chosen on `val`, with the head's measure there.
+/// - Jailbreak: the best F1 of blocking at `block_threshold`, the decision the server makes.
+/// - Domain: the lowest log-loss of the fused distribution. The routing policy reads its
+///   probabilities (the confidence threshold, the entropy rule, skipping the sentence encoder), not
+///   only its argmax: chosen by accuracy, a near-uniform lexical share (a small scale) can win by a
+///   few rows and leave most requests under the confidence threshold.
+///
 /// Weights 0.1..1 and scales 0.5..8 are tried; the head alone (`w = 0`) stands unless one is better.
 fn choose_fusion(role: HeadRole, val: &[Row], block_threshold: f32) -> (f32, f32, f64) {
-    let tuned = |w: f32, s: f32| match role {
+    let criterion = |w: f32, s: f32| match role {
         HeadRole::Jailbreak => measure(role, val, fused_at(w, s, block_threshold)),
-        _ => measure(role, val, fused(w, s)),
+        _ => -log_loss(w, s, val),
     };
-    let mut best = (0.0f32, 1.0f32, tuned(0.0, 1.0));
+    let mut best = (0.0f32, 1.0f32, criterion(0.0, 1.0));
     for wi in 1..=10 {
         for s in [0.5f32, 1.0, 2.0, 4.0, 8.0] {
             let w = wi as f32 / 10.0;
-            let m = tuned(w, s);
-            if m > best.2 + 1e-9 {
-                best = (w, s, m);
+            let c = criterion(w, s);
+            if c > best.2 + 1e-9 {
+                best = (w, s, c);
             }
         }
     }
-    best
+    let (w, s, _) = best;
+    let measured = match role {
+        HeadRole::Jailbreak => measure(role, val, fused_at(w, s, block_threshold)),
+        _ => measure(role, val, fused(w, s)),
+    };
+    (w, s, measured)
 }
 
 /// Share of rows predicted as label 1 (for sets that are all benign).
@@ -630,7 +653,28 @@ mod tests {
     }
 
     #[test]
-    fn the_domain_fusion_is_chosen_for_accuracy_of_the_argmax() {
+    fn the_domain_fusion_is_chosen_by_log_loss_not_by_a_flat_argmax() {
+        // Both signals are right on every row, the head with little confidence: every fusion has
+        // accuracy 1, and the sharpest lexical share gives the gold label the most probability.
+        let owned: Vec<(usize, Vec<f32>, Vec<f32>)> = (0..12)
+            .map(|i| {
+                let gold = i % 3;
+                let mut head = vec![0.3f32; 3];
+                head[gold] = 0.4;
+                let mut lex = vec![-1.0f32; 3];
+                lex[gold] = 1.0;
+                (gold, head, lex)
+            })
+            .collect();
+        let val: Vec<Row> = owned.iter().map(|(g, r, l)| (*g, r, l)).collect();
+        let (w, s, acc) = choose_fusion(HeadRole::Domain, &val, 0.7);
+        assert_eq!((w, s, acc), (1.0, 8.0, 1.0));
+        assert!(log_loss(w, s, &val) < log_loss(1.0, 0.5, &val));
+        assert!(log_loss(w, s, &val) < log_loss(0.0, 1.0, &val));
+    }
+
+    #[test]
+    fn a_lexical_model_that_is_right_outweighs_a_wrong_head() {
         // The head gets every row wrong, the lexical model every row right.
         let owned: Vec<(usize, Vec<f32>, Vec<f32>)> = (0..10)
             .map(|i| {
