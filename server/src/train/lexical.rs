@@ -59,6 +59,21 @@ pub struct LexicalArgs {
     /// the decision the server makes. The domain head ignores it.
     #[arg(long, default_value_t = 0.7)]
     pub block_threshold: f64,
+    /// How the domain head's fusion weight and scale are chosen on the validation split
+    #[arg(long, value_enum, default_value_t = FusionCriterion::Accuracy)]
+    pub fusion_criterion: FusionCriterion,
+}
+
+/// What the domain head's fusion is chosen for (the jailbreak head's: F1 at `--block-threshold`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FusionCriterion {
+    /// Accuracy of the fused argmax (the shipped router's lexical models were chosen so).
+    Accuracy,
+    /// Log-loss of the fused distribution, which the routing policy reads (confidence threshold,
+    /// entropy rule, skipping the sentence encoder): by accuracy alone, a near-uniform lexical
+    /// share (a small scale) can win by a few rows and leave most requests under the confidence
+    /// threshold, as it did for the distilled backbones (model card, "Distillation").
+    LogLoss,
 }
 
 /// `MIN-MAX` with `1 <= MIN <= MAX`.
@@ -264,16 +279,20 @@ fn log_loss(w: f32, s: f32, rows: &[Row]) -> f64 {
 
 /// The fusion `(weight, scale, measure)` chosen on `val`, with the head's measure there.
 /// - Jailbreak: the best F1 of blocking at `block_threshold`, the decision the server makes.
-/// - Domain: the lowest log-loss of the fused distribution. The routing policy reads its
-///   probabilities (the confidence threshold, the entropy rule, skipping the sentence encoder), not
-///   only its argmax: chosen by accuracy, a near-uniform lexical share (a small scale) can win by a
-///   few rows and leave most requests under the confidence threshold.
+/// - Domain: the best accuracy of the fused argmax, or the lowest log-loss of the fused
+///   distribution (`FusionCriterion`).
 ///
 /// Weights 0.1..1 and scales 0.5..8 are tried; the head alone (`w = 0`) stands unless one is better.
-fn choose_fusion(role: HeadRole, val: &[Row], block_threshold: f32) -> (f32, f32, f64) {
-    let criterion = |w: f32, s: f32| match role {
-        HeadRole::Jailbreak => measure(role, val, fused_at(w, s, block_threshold)),
-        _ => -log_loss(w, s, val),
+fn choose_fusion(
+    role: HeadRole,
+    val: &[Row],
+    block_threshold: f32,
+    domain_criterion: FusionCriterion,
+) -> (f32, f32, f64) {
+    let criterion = |w: f32, s: f32| match (role, domain_criterion) {
+        (HeadRole::Jailbreak, _) => measure(role, val, fused_at(w, s, block_threshold)),
+        (_, FusionCriterion::Accuracy) => measure(role, val, fused(w, s)),
+        (_, FusionCriterion::LogLoss) => -log_loss(w, s, val),
     };
     let mut best = (0.0f32, 1.0f32, criterion(0.0, 1.0));
     for wi in 1..=10 {
@@ -427,7 +446,7 @@ pub fn run(args: LexicalArgs) -> Result<()> {
 
     // Choose weight and scale on the router's own validation split only.
     let t = args.block_threshold as f32;
-    let best = choose_fusion(role, &val, t);
+    let best = choose_fusion(role, &val, t, args.fusion_criterion);
     lexical.weight = best.0;
     lexical.scale = best.1;
 
@@ -590,13 +609,19 @@ pub fn run(args: LexicalArgs) -> Result<()> {
             "char_ngrams": args.char_ngrams, "embedding_features": lexical.embedding_features(),
             "fit_seconds": fit_secs,
             "block_threshold": (role == HeadRole::Jailbreak).then_some(args.block_threshold),
+            "fusion_criterion": (role == HeadRole::Domain).then_some(format!("{:?}", args.fusion_criterion)),
             "train_texts": task.train.len(), "measure": what, "results": metrics,
             "command": format!(
-                "switchyard train-lexical --head {} --data ../shared/data --router-dir router/models/default{}{}{}",
+                "switchyard train-lexical --head {} --data ../shared/data --router-dir router/models/default{}{}{}{}",
                 args.head,
                 args.char_ngrams.map_or(String::new(), |(a, b)| format!(" --char-ngrams {a}-{b}")),
                 args.embedding_features.map_or(String::new(), |a| format!(" --embedding-features {a}")),
                 if role == HeadRole::Jailbreak { format!(" --block-threshold {t}") } else { String::new() },
+                if role == HeadRole::Domain && args.fusion_criterion == FusionCriterion::LogLoss {
+                    " --fusion-criterion log-loss"
+                } else {
+                    ""
+                },
             ),
         }))?,
     )?;
@@ -639,21 +664,21 @@ mod tests {
         let owned = rows();
         let val: Vec<Row> = owned.iter().map(|(g, r, l)| (*g, r, l)).collect();
         // At 0.5 the head alone is already perfect: it stands.
-        let (w, _, f1) = choose_fusion(HeadRole::Jailbreak, &val, 0.5);
+        let (w, _, f1) = choose_fusion(HeadRole::Jailbreak, &val, 0.5, FusionCriterion::Accuracy);
         assert_eq!((w, f1), (0.0, 1.0));
         // At 0.7 the head blocks nothing (F1 0); the lexical share makes it perfect again.
         assert_eq!(
             measure(HeadRole::Jailbreak, &val, fused_at(0.0, 1.0, 0.7)),
             0.0
         );
-        let (w, s, f1) = choose_fusion(HeadRole::Jailbreak, &val, 0.7);
+        let (w, s, f1) = choose_fusion(HeadRole::Jailbreak, &val, 0.7, FusionCriterion::Accuracy);
         assert!(w > 0.0, "w {w} s {s}");
         assert_eq!(f1, 1.0);
         assert_eq!(measure(HeadRole::Jailbreak, &val, fused_at(w, s, 0.7)), 1.0);
     }
 
     #[test]
-    fn the_domain_fusion_is_chosen_by_log_loss_not_by_a_flat_argmax() {
+    fn by_log_loss_the_domain_fusion_is_the_sharpest_right_one() {
         // Both signals are right on every row, the head with little confidence: every fusion has
         // accuracy 1, and the sharpest lexical share gives the gold label the most probability.
         let owned: Vec<(usize, Vec<f32>, Vec<f32>)> = (0..12)
@@ -667,8 +692,11 @@ mod tests {
             })
             .collect();
         let val: Vec<Row> = owned.iter().map(|(g, r, l)| (*g, r, l)).collect();
-        let (w, s, acc) = choose_fusion(HeadRole::Domain, &val, 0.7);
+        let (w, s, acc) = choose_fusion(HeadRole::Domain, &val, 0.7, FusionCriterion::LogLoss);
         assert_eq!((w, s, acc), (1.0, 8.0, 1.0));
+        // By accuracy every fusion ties with the head alone, which stands.
+        let by_accuracy = choose_fusion(HeadRole::Domain, &val, 0.7, FusionCriterion::Accuracy);
+        assert_eq!(by_accuracy, (0.0, 1.0, 1.0));
         assert!(log_loss(w, s, &val) < log_loss(1.0, 0.5, &val));
         assert!(log_loss(w, s, &val) < log_loss(0.0, 1.0, &val));
     }
@@ -687,8 +715,10 @@ mod tests {
             })
             .collect();
         let val: Vec<Row> = owned.iter().map(|(g, r, l)| (*g, r, l)).collect();
-        let (w, _, acc) = choose_fusion(HeadRole::Domain, &val, 0.7);
-        assert!(w > 0.0);
-        assert_eq!(acc, 1.0);
+        for criterion in [FusionCriterion::Accuracy, FusionCriterion::LogLoss] {
+            let (w, _, acc) = choose_fusion(HeadRole::Domain, &val, 0.7, criterion);
+            assert!(w > 0.0);
+            assert_eq!(acc, 1.0);
+        }
     }
 }
