@@ -532,8 +532,8 @@ async fn sixteen_parallel_streams_each_get_their_own_text() {
 /// The proxy passes the client's `Authorization` on: an upstream with keys sees the client's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_mode_passes_the_clients_credentials_to_the_upstream() {
+    // This upstream routes too: its `auto` is listed once, as the proxy's.
     let mut a = args();
-    a.no_router = true;
     a.api_keys = vec!["upstream-key".into()];
     let (generator, gen_base) = server(a).await;
     let (proxy, proxy_base) = server(ServeArgs {
@@ -564,6 +564,14 @@ async fn proxy_mode_passes_the_clients_credentials_to_the_upstream() {
         .await
         .unwrap();
     assert_eq!(models.status(), 200);
+    let listed: Value = models.json().await.unwrap();
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["tiny-llama", "auto"]);
     assert_eq!(get_status(&proxy_base, "/v1/models").await, 401);
     proxy.shutdown(Duration::from_secs(5)).await.unwrap();
     generator.shutdown(Duration::from_secs(5)).await.unwrap();

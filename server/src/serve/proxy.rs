@@ -100,7 +100,7 @@ async fn model(
         .ok_or_else(|| ApiError::unknown_model(&id, &ids))
 }
 
-/// The upstream's model objects followed by this proxy's own (the auto model).
+/// The upstream's model objects followed by this proxy's own (the auto model), each id once.
 async fn model_list(state: &State, auth: Credentials) -> Result<Vec<Value>, ApiError> {
     let upstream = upstream(state)?;
     let response = with_credentials(state.http.get(format!("{upstream}/v1/models")), auth)
@@ -117,8 +117,11 @@ async fn model_list(state: &State, auth: Credentials) -> Result<Vec<Value>, ApiE
         .json()
         .await
         .map_err(|e| ApiError::unavailable(format!("upstream {upstream}: {e}")))?;
+    let own = handlers::model_objects(state);
+    // An upstream that routes too lists its own auto model: the proxy's answers for that name.
     let mut data = listed["data"].as_array().cloned().unwrap_or_default();
-    data.extend(handlers::model_objects(state));
+    data.retain(|m| !own.iter().any(|o| o["id"] == m["id"]));
+    data.extend(own);
     Ok(data)
 }
 
