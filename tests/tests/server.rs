@@ -184,21 +184,8 @@ async fn route_returns_the_decision_without_generating() {
 async fn models_health_ready_and_metrics() {
     let (s, base) = server(args()).await;
     let c = reqwest::Client::new();
-    let v: Value = c
-        .get(format!("{base}/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ids: Vec<&str> = v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, vec!["tiny-llama", "auto"]);
+    let v = get_json(&base, "/v1/models").await;
+    assert_eq!(model_ids(&v), ["tiny-llama", "auto"]);
     assert_eq!(get_status(&base, "/health").await, 200);
     assert_eq!(get_status(&base, "/ready").await, 200);
     post(
@@ -565,13 +552,7 @@ async fn proxy_mode_passes_the_clients_credentials_to_the_upstream() {
         .unwrap();
     assert_eq!(models.status(), 200);
     let listed: Value = models.json().await.unwrap();
-    let ids: Vec<&str> = listed["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["tiny-llama", "auto"]);
+    assert_eq!(model_ids(&listed), ["tiny-llama", "auto"]);
     assert_eq!(get_status(&proxy_base, "/v1/models").await, 401);
     proxy.shutdown(Duration::from_secs(5)).await.unwrap();
     generator.shutdown(Duration::from_secs(5)).await.unwrap();
@@ -693,25 +674,9 @@ async fn proxy_mode_routes_and_forwards_like_the_vllm_semantic_router() {
     assert_eq!(error_of(r, 400).await["param"], "prompt");
 
     // The model list is the generator's models and the proxy's auto model.
-    let listed: Value = reqwest::get(format!("{proxy_base}/v1/models"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ids: Vec<&str> = listed["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["SmolLM2-135M-Instruct", "auto"]);
-    let one: Value = reqwest::get(format!("{proxy_base}/v1/models/SmolLM2-135M-Instruct"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = get_json(&proxy_base, "/v1/models").await;
+    assert_eq!(model_ids(&listed), ["SmolLM2-135M-Instruct", "auto"]);
+    let one = get_json(&proxy_base, "/v1/models/SmolLM2-135M-Instruct").await;
     assert!(one["max_model_len"].as_u64().unwrap() > 0);
     assert_eq!(get_status(&proxy_base, "/v1/models/nope").await, 404);
     // Tokenizing goes to the generator unchanged.

@@ -103,3 +103,23 @@ pub async fn get_status(base: &str, path: &str) -> u16 {
         .status()
         .as_u16()
 }
+
+/// The JSON body of an unauthenticated `GET` of `path`.
+pub async fn get_json(base: &str, path: &str) -> Value {
+    reqwest::get(format!("{base}{path}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The ids of a `/v1/models` list, in order.
+pub fn model_ids(list: &Value) -> Vec<String> {
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect()
+}
