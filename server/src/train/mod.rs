@@ -101,6 +101,10 @@ pub struct TrainArgs {
     /// run's corpus (which includes the chat-style and benign texts) before fine-tuning.
     #[arg(long, requires = "init_from")]
     pub mlm_continue: bool,
+    /// Leave the entity-free chat sentences out of the PII head's training split (the shipped
+    /// head's recipe: it met them only in `refit-pii-head`)
+    #[arg(long)]
+    pub no_pii_free_chat: bool,
     /// Distillation steps after pretraining (0: none): the backbone's mean-pooled state, through a
     /// linear projection, learns to reproduce a pretrained sentence encoder's embedding of every
     /// training text, centred on the corpus mean (cosine loss). The teacher is the embedding
@@ -625,6 +629,11 @@ fn machine() -> String {
     format!("{cpu}, {} threads", candle_core::utils::get_num_threads())
 }
 
+/// Removes the entity-free chat sentences `data::load` adds to the PII training split.
+fn drop_pii_free_chat(ds: &mut data::Dataset) {
+    ds.pii.train.retain(|e| e.source != "pii_free_chat");
+}
+
 /// A stage's random number generator, seeded from `--seed` alone: a stage draws the same batches
 /// whether the stages before it ran in this command, in an earlier one (`--init-from`), or not at
 /// all, so runs that differ in one stage are paired in the others (and a chain of `--init-from`
@@ -642,7 +651,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .benign_data
         .exists()
         .then_some(args.benign_data.as_path());
-    let ds = data::load(&args.data, chat, benign, args.benign_extra)?;
+    let mut ds = data::load(&args.data, chat, benign, args.benign_extra)?;
+    if args.no_pii_free_chat {
+        drop_pii_free_chat(&mut ds);
+    }
     tracing::info!(
         domain_train = ds.domain.train.len(),
         domain_val = ds.domain.val.len(),
@@ -1720,5 +1732,26 @@ mod tests {
             "rounding changed nothing: {unrounded}"
         );
         Ok(())
+    }
+
+    #[test]
+    fn no_pii_free_chat_leaves_only_the_entity_free_chat_out() {
+        let example = |text: &str, source: &'static str| data::TokenExample {
+            text: text.to_string(),
+            words: vec![text.to_string()],
+            tags: vec![0],
+            source,
+        };
+        let mut ds = data::Dataset::default();
+        ds.pii.train = vec![
+            example("Alice", "presidio"),
+            example("hello", "pii_free_chat"),
+            example("Bob", "presidio"),
+        ];
+        ds.pii.val = vec![example("hey", "pii_free_chat")];
+        drop_pii_free_chat(&mut ds);
+        let train: Vec<&str> = ds.pii.train.iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(train, ["Alice", "Bob"]);
+        assert_eq!(ds.pii.val.len(), 1, "the validation split is never touched");
     }
 }
