@@ -4,7 +4,6 @@
 //! the model wrote it. `echo` with `logprobs` scores the prompt itself.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,8 +25,8 @@ use switchyard_router::Decision;
 use super::api::{SamplingFields, Stop, StreamOptions, Usage};
 use super::error::ApiError;
 use super::generation::{
-    add_server_timing, answer, check_choices, collect_all, known_stream, refusal, sse_response,
-    stream_permit, submit, usage_chunk, ChoiceItem, Collected, Outcome, StreamMeta,
+    add_server_timing, answer, check_accepting, check_choices, collect_all, known_stream, refusal,
+    sse_response, stream_permit, submit, usage_chunk, ChoiceItem, Collected, Outcome, StreamMeta,
 };
 use super::handlers::{
     body_bytes, decision_headers, now, parse_json, route_messages, Plan, Shared,
@@ -280,9 +279,7 @@ async fn complete(
     state: Arc<State>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if !state.accepting.load(Ordering::SeqCst) {
-        return Err(ApiError::unavailable("the server is shutting down"));
-    }
+    check_accepting(&state)?;
     let arrived = Instant::now();
     let request: CompletionRequest = parse_json(&body_bytes(&state, body)?)?;
     let (mut prompts, logit_bias) = request.validate()?;

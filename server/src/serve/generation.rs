@@ -34,6 +34,15 @@ pub(super) fn answer(
     })
 }
 
+/// A 503 once shutdown has begun: new generation requests are refused while those in flight finish.
+pub(super) fn check_accepting(state: &State) -> Result<(), ApiError> {
+    if state.accepting.load(std::sync::atomic::Ordering::SeqCst) {
+        Ok(())
+    } else {
+        Err(ApiError::unavailable("the server is shutting down"))
+    }
+}
+
 /// A 400 naming `n` when a request asks for more choices than this server allows.
 pub(super) fn check_choices(state: &State, n: usize) -> Result<(), ApiError> {
     if n > state.limits.choices {

@@ -23,8 +23,9 @@ use switchyard_router::{Action, BlockReason, Decision, Reasoning};
 use super::api::{ChatRequest, Checked, Usage};
 use super::error::ApiError;
 use super::generation::{
-    add_server_timing, answer, check_choices, collect_all, known_stream, merged_usage, refusal,
-    sse_response, stream_permit, submit, usage_chunk, ChoiceItem, Outcome, StreamMeta,
+    add_server_timing, answer, check_accepting, check_choices, collect_all, known_stream,
+    merged_usage, refusal, sse_response, stream_permit, submit, usage_chunk, ChoiceItem, Outcome,
+    StreamMeta,
 };
 use super::tool_calls::{openai_tool_calls, CallSplitter};
 use super::State;
@@ -534,9 +535,7 @@ async fn chat(
     state: Arc<State>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if !state.accepting.load(Ordering::SeqCst) {
-        return Err(ApiError::unavailable("the server is shutting down"));
-    }
+    check_accepting(&state)?;
     let arrived = Instant::now();
     let (request, checked) = parse_body(&state, body)?;
     let max_tokens = max_tokens(&state, &request)?;

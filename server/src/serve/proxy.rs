@@ -6,7 +6,6 @@
 //! passed through with the routing headers added. Requests for other models, `/tokenize` and
 //! `/detokenize` are forwarded unchanged; `/v1/models` lists the upstream's models and the auto one.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ use switchyard_router::{Action, Decision, Reasoning};
 
 use super::completions::{self, CompletionRequest};
 use super::error::ApiError;
-use super::generation::answer;
+use super::generation::{answer, check_accepting};
 use super::handlers::{self, blocked_label, body_bytes, route_messages, Shared};
 use super::State;
 
@@ -151,14 +150,6 @@ fn upstream(state: &State) -> Result<&str, ApiError> {
         .ok_or_else(|| ApiError::internal("proxy route without an upstream"))
 }
 
-fn accepting(state: &State) -> Result<(), ApiError> {
-    if state.accepting.load(Ordering::SeqCst) {
-        Ok(())
-    } else {
-        Err(ApiError::unavailable("the server is shutting down"))
-    }
-}
-
 /// The request body as JSON.
 fn parse(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body)
@@ -192,7 +183,7 @@ async fn forward_chat(
     auth: Credentials,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    accepting(&state)?;
+    check_accepting(&state)?;
     let arrived = Instant::now();
     let mut request = parse(&body_bytes(&state, body)?)?;
     let mut extra = Vec::new();
@@ -266,7 +257,7 @@ async fn forward_completion(
     auth: Credentials,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    accepting(&state)?;
+    check_accepting(&state)?;
     let arrived = Instant::now();
     let mut request = parse(&body_bytes(&state, body)?)?;
     let mut extra = Vec::new();
