@@ -525,7 +525,7 @@ async fn proxy_mode_passes_the_clients_credentials_to_the_upstream() {
     let (generator, gen_base) = server(a).await;
     let (proxy, proxy_base) = server(ServeArgs {
         port: 0,
-        upstream: Some(gen_base),
+        upstream: Some(gen_base.clone()),
         ..ServeArgs::default()
     })
     .await;
@@ -555,6 +555,35 @@ async fn proxy_mode_passes_the_clients_credentials_to_the_upstream() {
     assert_eq!(model_ids(&listed), ["tiny-llama", "auto"]);
     assert_eq!(get_status(&proxy_base, "/v1/models").await, 401);
     proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+
+    // With `--upstream-api-key` the proxy checks the client's key against its own `--api-key` and
+    // sends its upstream key in its place.
+    let (keyed, keyed_base) = server(ServeArgs {
+        port: 0,
+        upstream: Some(gen_base),
+        api_keys: vec!["proxy-key".into()],
+        upstream_api_key: Some("upstream-key".into()),
+        ..ServeArgs::default()
+    })
+    .await;
+    let send = |key: &str| {
+        client
+            .post(format!("{keyed_base}/v1/chat/completions"))
+            .json(&body)
+            .bearer_auth(key)
+            .send()
+    };
+    assert_eq!(send("proxy-key").await.unwrap().status(), 200);
+    // The upstream's key is not the proxy's: refused here, never forwarded.
+    error_of(send("upstream-key").await.unwrap(), 401).await;
+    let models = client
+        .get(format!("{keyed_base}/v1/models"))
+        .bearer_auth("proxy-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200);
+    keyed.shutdown(Duration::from_secs(5)).await.unwrap();
     generator.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 

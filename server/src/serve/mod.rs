@@ -112,6 +112,16 @@ pub struct ServeArgs {
     /// (the vLLM Semantic Router's deployment; the baseline of `bench overhead`). No model is loaded.
     #[arg(long, env = "SWITCHYARD_UPSTREAM")]
     pub upstream: Option<String>,
+    /// Proxy mode: the key sent upstream as `Authorization: Bearer KEY` in place of the client's
+    /// header, which then only has to pass this server's own `--api-key`. Without it the client's
+    /// `Authorization` header is passed on as sent.
+    #[arg(
+        long,
+        env = "SWITCHYARD_UPSTREAM_API_KEY",
+        requires = "upstream",
+        hide_env_values = true
+    )]
+    pub upstream_api_key: Option<String>,
     /// Where the router's batches run: `engine` (on the engine's worker, between decode steps: one
     /// owner of the device), `thread` (a thread of its own, beside the engine), or `auto` (`engine` on
     /// a GPU, `thread` on the CPU, where waiting for a decode step costs far more than sharing the cores).
@@ -204,6 +214,7 @@ impl Default for ServeArgs {
             max_streams: 64,
             max_choices: 8,
             upstream: None,
+            upstream_api_key: None,
             router_executor: RouterExecutor::Auto,
             shutdown_grace: 10,
             read_timeout: 30,
@@ -258,6 +269,8 @@ pub struct State {
     pub started: u64,
     /// Proxy mode: the upstream inference server.
     pub upstream: Option<String>,
+    /// Proxy mode: the `Authorization` header sent upstream in place of the client's.
+    pub upstream_auth: Option<axum::http::HeaderValue>,
     /// HTTP client for the upstream.
     pub http: reqwest::Client,
 }
@@ -472,6 +485,7 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
             .upstream
             .as_ref()
             .map(|u| u.trim_end_matches('/').to_string()),
+        upstream_auth: proxy::upstream_authorization(args.upstream_api_key.as_deref())?,
         http: reqwest::Client::new(),
     });
 

@@ -47,7 +47,7 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let result = forward_chat(state.clone(), credentials(&headers), body).await;
+    let result = forward_chat(state.clone(), credentials(&state, &headers), body).await;
     answer(&state, "chat", result)
 }
 
@@ -57,7 +57,7 @@ async fn text_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let result = forward_completion(state.clone(), credentials(&headers), body).await;
+    let result = forward_completion(state.clone(), credentials(&state, &headers), body).await;
     answer(&state, "completions", result)
 }
 
@@ -69,7 +69,7 @@ async fn unchanged(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(&state, body)?;
-    relay(&state, uri.path(), credentials(&headers), body).await
+    relay(&state, uri.path(), credentials(&state, &headers), body).await
 }
 
 /// `GET /v1/models`: the upstream's models, then the auto model this proxy routes.
@@ -77,7 +77,7 @@ async fn models(
     axum::extract::State(state): Shared,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let data = model_list(&state, credentials(&headers)).await?;
+    let data = model_list(&state, credentials(&state, &headers)).await?;
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
@@ -88,7 +88,7 @@ async fn model(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Path(id) = id.map_err(|r| ApiError::bad_request(r.body_text()))?;
-    let list = model_list(&state, credentials(&headers)).await?;
+    let list = model_list(&state, credentials(&state, &headers)).await?;
     let ids: Vec<String> = list
         .iter()
         .filter_map(|m| m["id"].as_str().map(str::to_string))
@@ -124,12 +124,29 @@ async fn model_list(state: &State, auth: Credentials) -> Result<Vec<Value>, ApiE
     Ok(data)
 }
 
-/// The client's `Authorization` header, passed on to the upstream as the client sent it (the
-/// proxy checks its own `--api-key`s first when it has any; the upstream checks its own).
+/// The `Authorization` header sent upstream: the proxy's `--upstream-api-key` when it has one,
+/// otherwise the client's header as the client sent it (the proxy checks its own `--api-key`s
+/// first when it has any; the upstream checks its own).
 type Credentials = Option<HeaderValue>;
 
-fn credentials(headers: &HeaderMap) -> Credentials {
-    headers.get(axum::http::header::AUTHORIZATION).cloned()
+fn credentials(state: &State, headers: &HeaderMap) -> Credentials {
+    state
+        .upstream_auth
+        .clone()
+        .or_else(|| headers.get(axum::http::header::AUTHORIZATION).cloned())
+}
+
+/// `Authorization: Bearer KEY` for `--upstream-api-key`, marked sensitive so it is never logged.
+pub(super) fn upstream_authorization(key: Option<&str>) -> anyhow::Result<Option<HeaderValue>> {
+    let Some(key) = key.map(str::trim) else {
+        return Ok(None);
+    };
+    anyhow::ensure!(!key.is_empty(), "--upstream-api-key is empty");
+    let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+        anyhow::anyhow!("--upstream-api-key holds characters a header cannot carry")
+    })?;
+    value.set_sensitive(true);
+    Ok(Some(value))
 }
 
 fn with_credentials(
@@ -401,6 +418,17 @@ fn server_timing(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_upstream_key_becomes_a_sensitive_bearer_header() {
+        let value = upstream_authorization(Some(" k-1 ")).unwrap().unwrap();
+        assert_eq!(value.to_str().unwrap(), "Bearer k-1");
+        assert!(value.is_sensitive());
+        assert!(upstream_authorization(None).unwrap().is_none());
+        let empty = upstream_authorization(Some("  ")).unwrap_err();
+        assert!(empty.to_string().contains("empty"), "{empty}");
+        assert!(upstream_authorization(Some("a\nb")).is_err());
+    }
 
     #[test]
     fn the_proxys_server_timing_adds_its_own_metrics_before_the_upstreams() {
