@@ -566,8 +566,10 @@ fn the_encoder_is_skipped_exactly_when_the_fast_signals_are_confident() {
     let fast = router_without_embedding();
     let fast_score = |t: &str| domain(&fast, t).domain.unwrap().score;
     let threshold = (fast_score(sure) + fast_score(unsure)) / 2.0;
+    // The premise: the two are far apart (0.4 with the shipped router), so the threshold between
+    // them is not a near-tie for either.
     assert!(
-        fast_score(sure) > threshold + 0.2,
+        fast_score(sure) > threshold + 0.1,
         "{} vs {}",
         fast_score(sure),
         fast_score(unsure)
