@@ -162,9 +162,9 @@ struct Report {
     route_without_embedding_p99_ms: Option<f64>,
     /// The fast-signal confidence from which the sentence encoder is skipped, if it is.
     skip_when_confident: Option<f32>,
-    /// `route()` at batch 1 with the encoder on every request (when it is skipped for confident ones).
-    route_always_embedding_p50_ms: Option<f64>,
-    route_always_embedding_p99_ms: Option<f64>,
+    /// `route()` at batch 1 with the skip and with the encoder on every request (when it is skipped
+    /// for confident ones), paired.
+    skip_vs_always: Option<SkipVsAlways>,
     /// `route()` at batch 1 with the sentence encoder beside the backbone and after it, paired.
     encoder_beside_vs_after: Option<BesideVsAfter>,
     /// `route()` at batch 1 right after another call and after an idle pause, paired.
@@ -349,8 +349,8 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
         Some(_) => Some(route_batch_1(&args, &texts, EmbeddingMode::Never)?),
         None => None,
     };
-    let always = match skip {
-        Some(_) => Some(route_batch_1(&args, &texts, EmbeddingMode::Always)?),
+    let skip_vs_always = match skip {
+        Some(_) => Some(skip_vs_always(&args, &texts, mode)?),
         None => None,
     };
     let after_idle = (args.idle_ms > 0)
@@ -444,8 +444,7 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
         route_without_embedding_p50_ms: without.as_ref().map(|r| quantile(r, 0.5)),
         route_without_embedding_p99_ms: without.as_ref().map(|r| quantile(r, 0.99)),
         skip_when_confident: skip,
-        route_always_embedding_p50_ms: always.as_ref().map(|r| quantile(r, 0.5)),
-        route_always_embedding_p99_ms: always.as_ref().map(|r| quantile(r, 0.99)),
+        skip_vs_always,
         encoder_beside_vs_after: beside_vs_after,
         after_idle,
         concurrency,
@@ -489,8 +488,63 @@ fn encoder_beside_vs_after(
         o.embed_alongside_max_batch = alongside;
         Ok(Router::load(o)?)
     };
-    let routers = [load(EMBED_ALONGSIDE_MAX_BATCH.max(1))?, load(0)?];
-    let (mut beside, mut after, mut saving) = (Vec::new(), Vec::new(), Vec::new());
+    let [beside, after] = in_turns(
+        args,
+        texts,
+        &[load(EMBED_ALONGSIDE_MAX_BATCH.max(1))?, load(0)?],
+    )?;
+    Ok(BesideVsAfter {
+        beside_p50_ms: quantile(&beside, 0.5),
+        beside_p99_ms: quantile(&beside, 0.99),
+        after_p50_ms: quantile(&after, 0.5),
+        after_p99_ms: quantile(&after, 0.99),
+        paired_saving_p50_ms: quantile(&paired_differences(&after, &beside), 0.5),
+    })
+}
+
+/// `route()` at batch 1 skipping the sentence encoder for confident texts vs running it on every
+/// text, the same texts to both in turn. The skip saves the encoder's work, but whether it saves
+/// time depends on the machine: beside the backbone, the encoder costs little wall time.
+#[derive(Serialize)]
+struct SkipVsAlways {
+    skip_p50_ms: f64,
+    skip_p99_ms: f64,
+    always_p50_ms: f64,
+    always_p99_ms: f64,
+    /// Median over texts of (always − skip), ms.
+    paired_saving_p50_ms: f64,
+}
+
+fn skip_vs_always(
+    args: &RouterBenchArgs,
+    texts: &[String],
+    mode: EmbeddingMode,
+) -> Result<SkipVsAlways> {
+    let [skip, always] = in_turns(
+        args,
+        texts,
+        &[
+            Router::load(options(args, true, mode)?)?,
+            Router::load(options(args, true, EmbeddingMode::Always)?)?,
+        ],
+    )?;
+    Ok(SkipVsAlways {
+        skip_p50_ms: quantile(&skip, 0.5),
+        skip_p99_ms: quantile(&skip, 0.99),
+        always_p50_ms: quantile(&always, 0.5),
+        always_p99_ms: quantile(&always, 0.99),
+        paired_saving_p50_ms: quantile(&paired_differences(&always, &skip), 0.5),
+    })
+}
+
+/// `route()` at batch 1 of two routers on the same texts in turn (which goes first alternates), so
+/// the host's drift between minutes falls on both alike: each router's times, text by text.
+fn in_turns(
+    args: &RouterBenchArgs,
+    texts: &[String],
+    routers: &[Router; 2],
+) -> Result<[Vec<f64>; 2]> {
+    let mut times = [Vec::new(), Vec::new()];
     for (i, t) in texts
         .iter()
         .cycle()
@@ -505,18 +559,16 @@ fn encoder_beside_vs_after(
             took[k] = ms(start.elapsed());
         }
         if i >= args.warmup {
-            beside.push(took[0]);
-            after.push(took[1]);
-            saving.push(took[1] - took[0]);
+            times[0].push(took[0]);
+            times[1].push(took[1]);
         }
     }
-    Ok(BesideVsAfter {
-        beside_p50_ms: quantile(&beside, 0.5),
-        beside_p99_ms: quantile(&beside, 0.99),
-        after_p50_ms: quantile(&after, 0.5),
-        after_p99_ms: quantile(&after, 0.99),
-        paired_saving_p50_ms: quantile(&saving, 0.5),
-    })
+    Ok(times)
+}
+
+/// `a[i] − b[i]` for each pair.
+fn paired_differences(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(a, b)| a - b).collect()
 }
 
 /// `route()` at batch 1 on the same text twice: right after another call, and after an idle pause.
@@ -679,16 +731,18 @@ fn markdown(r: &Report) -> String {
             "; without the embedding signal: p50 {p50:.2} ms, p99 {p99:.2} ms"
         ));
     }
-    if let (Some(t), Some(p50), Some(p99)) = (
-        r.skip_when_confident,
-        r.route_always_embedding_p50_ms,
-        r.route_always_embedding_p99_ms,
-    ) {
+    if let Some(t) = r.skip_when_confident {
         s.push_str(&format!(
-            "; the sentence encoder is skipped when head + lexical reach {t} (with it on every request: p50 {p50:.2} ms, p99 {p99:.2} ms)"
+            "; the sentence encoder is skipped when head + lexical reach {t}"
         ));
     }
     s.push_str(".\n\n");
+    if let (Some(t), Some(p)) = (r.skip_when_confident, &r.skip_vs_always) {
+        s.push_str(&format!(
+            "Skipping the sentence encoder when head + lexical reach {t} vs running it on every request: `route()` at batch 1, the same texts to both in turn: p50 {:.2} vs {:.2} ms, p99 {:.2} vs {:.2} ms; median paired saving of the skip {:.2} ms.\n\n",
+            p.skip_p50_ms, p.always_p50_ms, p.skip_p99_ms, p.always_p99_ms, p.paired_saving_p50_ms
+        ));
+    }
     if let Some(b) = &r.encoder_beside_vs_after {
         s.push_str(&format!(
             "Sentence encoder beside the backbone, each on one thread (the default while under a fifth of recent texts skip the encoder; after the backbone otherwise), vs always after it (each product split over the threads): `route()` at batch 1, the same texts to both in turn: p50 {:.2} vs {:.2} ms, p99 {:.2} vs {:.2} ms; median paired saving {:.2} ms.\n\n",
@@ -743,6 +797,15 @@ mod tests {
             ..Signals::default()
         };
         assert_eq!(stage_times(&only_domain, true), (0.0, Some(5.0)));
+    }
+
+    #[test]
+    fn paired_differences_subtract_text_by_text() {
+        // A saving is the other router's time minus this one's, for the same text.
+        assert_eq!(
+            paired_differences(&[3.0, 5.0, 2.0], &[1.0, 6.0, 2.0]),
+            [2.0, -1.0, 0.0]
+        );
     }
 
     #[test]
