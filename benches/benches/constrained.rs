@@ -15,6 +15,7 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Duration;
 use switchyard_engine::grammar::GrammarCompiler;
+use switchyard_engine::token_bytes::TokenBytes;
 use switchyard_models::text::TextTokenizer;
 use switchyard_models::weights::GgufFile;
 
@@ -60,7 +61,8 @@ fn bench(c: &mut Criterion) {
     let answer = tokenizer.encode(ANSWER).expect("encodes");
     let end = tokenizer.eos().to_vec();
     let vocab = tokenizer.vocab_size();
-    let schemas = GrammarCompiler::new(&tokenizer).expect("vocabulary indexes");
+    let bytes = TokenBytes::new(&tokenizer).expect("token bytes");
+    let schemas = GrammarCompiler::new(&tokenizer, Ok(&bytes)).expect("vocabulary indexes");
 
     let mut group = c.benchmark_group("constrained");
     group.throughput(Throughput::Elements(answer.len() as u64));
@@ -88,7 +90,10 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("schema_setup");
     group.sample_size(10);
     group.bench_function("vocabulary", |b| {
-        b.iter(|| black_box(GrammarCompiler::new(&tokenizer).expect("indexes")))
+        b.iter(|| {
+            let bytes = TokenBytes::new(&tokenizer).expect("token bytes");
+            black_box(GrammarCompiler::new(&tokenizer, Ok(&bytes)).expect("indexes"))
+        })
     });
     let schema = person();
     group.bench_function("compile_person", |b| {

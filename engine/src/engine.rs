@@ -14,6 +14,7 @@ use crate::stop::StopMatcher;
 use crate::thinking::{
     Section, ThinkingSplitter, ThinkingStyle, REASONING_INSTRUCTION, THINK_START,
 };
+use crate::token_bytes::TokenBytes;
 use crate::tools::ToolUse;
 use crate::turns::Turns;
 use crate::worker::{Command, ModelSlot, Worker};
@@ -170,6 +171,16 @@ impl Engine {
         &self.info.tokenizer
     }
 
+    /// The byte strings of the model's tokens (read at the first call), or why the tokenizer's
+    /// description does not give them.
+    pub fn token_bytes(&self) -> std::result::Result<&TokenBytes, &str> {
+        self.info
+            .token_bytes
+            .get_or_init(|| TokenBytes::new(&self.info.tokenizer))
+            .as_ref()
+            .map_err(String::as_str)
+    }
+
     /// How this model is put into thinking mode.
     pub fn thinking_style(&self) -> ThinkingStyle {
         self.info.style
@@ -311,7 +322,7 @@ impl Engine {
     fn grammar_compiler(&self) -> Result<&GrammarCompiler> {
         self.info
             .grammars
-            .get_or_init(|| GrammarCompiler::new(&self.info.tokenizer))
+            .get_or_init(|| GrammarCompiler::new(&self.info.tokenizer, self.token_bytes()))
             .as_ref()
             .map_err(|message| EngineError::InvalidParameter {
                 param: "response_format",
@@ -473,6 +484,8 @@ struct ModelInfo {
     stats: Arc<EngineStats>,
     /// The vocabulary indexed for constrained answers (or why it cannot be), built on first use.
     grammars: std::sync::OnceLock<std::result::Result<GrammarCompiler, String>>,
+    /// The tokens' byte strings (or why they cannot be read), built on first use.
+    token_bytes: std::sync::OnceLock<std::result::Result<TokenBytes, String>>,
 }
 
 /// Checks `config` against `model`, sizes and allocates the KV cache (warming a GPU up), and splits
@@ -572,6 +585,7 @@ fn prepare(model: GenerationModel, config: EngineConfig) -> Result<(ModelSlot, M
             kv_cache_bytes: num_blocks * per_block,
             stats,
             grammars: std::sync::OnceLock::new(),
+            token_bytes: std::sync::OnceLock::new(),
         },
     ))
 }

@@ -23,6 +23,7 @@ use serde_json::Value;
 use switchyard_models::text::TextTokenizer;
 
 use crate::error::{EngineError, Result};
+use crate::token_bytes::TokenBytes;
 use crate::tools::TOOL_CALL_START;
 
 /// Most whitespace characters in a row outside strings.
@@ -78,24 +79,21 @@ impl std::fmt::Debug for GrammarCompiler {
 }
 
 impl GrammarCompiler {
-    /// Indexes `tokenizer`'s vocabulary: each token's bytes as the tokenizer's own decoder spells
-    /// them (byte-level BPE and SentencePiece byte fallback alike); special tokens are never
-    /// allowed inside an answer.
+    /// Indexes `tokenizer`'s vocabulary from its byte strings (`bytes`, [`TokenBytes`]); special
+    /// tokens are never allowed inside an answer.
     /// The error is why the vocabulary cannot be indexed.
-    pub fn new(tokenizer: &TextTokenizer) -> std::result::Result<Self, String> {
+    pub fn new(
+        tokenizer: &TextTokenizer,
+        bytes: std::result::Result<&TokenBytes, &str>,
+    ) -> std::result::Result<Self, String> {
         let setup = |e: String| {
             format!("structured outputs are not available for this model's tokenizer: {e}")
         };
-        let json = serde_json::to_value(tokenizer.inner()).map_err(|e| setup(e.to_string()))?;
-        let mut words =
-            llguidance::token_bytes_from_tokenizer_json(&json).map_err(|e| setup(e.to_string()))?;
-        // The vocabulary may have ids the tokenizer file does not spell (padding rows); they stay
-        // empty, which no grammar allows.
-        words.resize(words.len().max(tokenizer.vocab_size()), Vec::new());
+        let words = bytes.map_err(|e| setup(e.to_string()))?.words();
         let eos = tokenizer.eos().first().copied().unwrap_or(0);
         let info = TokRxInfo::new(words.len() as u32, eos);
         let env: TokEnv = Arc::new(Vocabulary {
-            trie: TokTrie::from(&info, &words),
+            trie: TokTrie::from(&info, words),
             tokenizer: tokenizer.clone(),
         });
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| setup(e.to_string()))?;

@@ -20,6 +20,7 @@ mod sequence;
 mod stats;
 pub mod stop;
 pub mod thinking;
+pub mod token_bytes;
 pub mod tools;
 mod turns;
 mod worker;

@@ -664,9 +664,9 @@ async fn chat(
                     message["reasoning_content"] = json!(c.reasoning);
                 }
                 let logprobs = c.logprobs.map(|lps| {
-                    let tokenizer = state.engines[&plan.model].tokenizer();
+                    let engine = &state.engines[&plan.model];
                     lps.iter()
-                        .map(|lp| super::logprobs::entry(tokenizer, lp))
+                        .map(|lp| super::logprobs::entry(engine, lp))
                         .collect()
                 });
                 json!({"index": index, "message": message, "finish_reason": finish,
@@ -791,8 +791,7 @@ fn choice_events(c: ChoiceState) -> impl Stream<Item = ChoiceItem> {
                 Some(Event::Logprob(lp)) => {
                     // Sent with the chunk of the text the token adds.
                     if let Some(entries) = c.logprobs.as_mut() {
-                        let tokenizer = c.state.engines[&c.model].tokenizer();
-                        entries.push(super::logprobs::entry(tokenizer, &lp));
+                        entries.push(super::logprobs::entry(&c.state.engines[&c.model], &lp));
                     }
                     Vec::new()
                 }

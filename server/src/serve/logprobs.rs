@@ -3,24 +3,50 @@
 //! `text_offset`.
 
 use serde_json::{json, Value};
-use switchyard_engine::TokenLogprob;
+use switchyard_engine::{Engine, TokenLogprob};
 use switchyard_models::text::TextTokenizer;
 
-/// One token as OpenAI writes it: its text, log-probability and UTF-8 bytes.
-fn token(tokenizer: &TextTokenizer, id: u32, logprob: f32) -> Value {
-    // A token that ends inside a multi-byte character decodes with a replacement character;
-    // `bytes` then holds that text's bytes, not the raw partial ones.
-    let text = tokenizer.decode(&[id]).unwrap_or_default();
-    json!({"token": text, "logprob": logprob, "bytes": text.as_bytes()})
+/// One token as OpenAI writes it: its text, log-probability and bytes.
+fn token(engine: &Engine, id: u32, logprob: f32) -> Value {
+    let (text, bytes) = spell(engine, id);
+    json!({"token": text, "logprob": logprob, "bytes": bytes})
+}
+
+/// A token's text and bytes. The bytes are the token's own ([`Engine::token_bytes`]), so a token
+/// that holds part of a multi-byte character reports that part, and its text is written
+/// `bytes:\xNN...` as OpenAI writes such tokens. Special tokens, and every token of a tokenizer
+/// whose pieces are neither byte-level nor byte fallback (none of its tokens splits a character),
+/// are the token decoded alone.
+fn spell(engine: &Engine, id: u32) -> (String, Vec<u8>) {
+    match engine.token_bytes().ok().and_then(|b| b.get(id)) {
+        Some(raw) => (
+            std::str::from_utf8(raw).map_or_else(|_| escaped(raw), str::to_string),
+            raw.to_vec(),
+        ),
+        None => {
+            let text = engine.tokenizer().decode(&[id]).unwrap_or_default();
+            let bytes = text.as_bytes().to_vec();
+            (text, bytes)
+        }
+    }
+}
+
+/// Bytes that are not UTF-8 text, as OpenAI names such a token: `bytes:\xe4\xbd`.
+fn escaped(raw: &[u8]) -> String {
+    let mut s = String::from("bytes:");
+    for b in raw {
+        s.push_str(&format!("\\x{b:02x}"));
+    }
+    s
 }
 
 /// The `content` entry of a sampled token, with its alternatives.
-pub fn entry(tokenizer: &TextTokenizer, lp: &TokenLogprob) -> Value {
-    let mut v = token(tokenizer, lp.id, lp.logprob);
+pub fn entry(engine: &Engine, lp: &TokenLogprob) -> Value {
+    let mut v = token(engine, lp.id, lp.logprob);
     v["top_logprobs"] = lp
         .top
         .iter()
-        .map(|&(id, logprob)| token(tokenizer, id, logprob))
+        .map(|&(id, logprob)| token(engine, id, logprob))
         .collect();
     v
 }
@@ -88,6 +114,11 @@ impl TextLogprobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partial_characters_are_named_by_their_bytes() {
+        assert_eq!(escaped(&[0xe4, 0xbd]), r"bytes:\xe4\xbd");
+    }
 
     #[test]
     fn absent_when_not_asked_for_and_a_content_list_when_asked() {
