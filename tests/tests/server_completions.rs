@@ -51,6 +51,18 @@ fn assemble_text(data: &[String]) -> (Vec<StreamedChoice>, Option<Value>) {
     (choices, usage)
 }
 
+/// A legacy `tokens` entry's bytes: its text, or the bytes a `bytes:\xNN...` name spells.
+fn token_bytes(token: &str) -> Vec<u8> {
+    match token.strip_prefix("bytes:") {
+        Some(escaped) => escaped
+            .split("\\x")
+            .filter(|h| !h.is_empty())
+            .map(|h| u8::from_str_radix(h, 16).unwrap())
+            .collect(),
+        None => token.as_bytes().to_vec(),
+    }
+}
+
 /// Several legacy log-probability objects joined into one.
 fn join_logprobs(parts: &[Value]) -> Value {
     let mut joined =
@@ -89,11 +101,26 @@ async fn a_text_prompt_is_continued_as_is_streamed_or_not_with_legacy_logprobs()
         .map(|t| t.as_str().unwrap())
         .collect();
     assert_eq!(tokens.len(), 6, "{lp}");
-    assert_eq!(tokens.concat(), text, "the tokens spell the text");
-    let mut offset = 0;
+    // The tokens spell the text: a token that holds part of a character is named by its bytes
+    // (`bytes:\xNN...`), and the text shows an invalid sequence as U+FFFD.
+    let bytes: Vec<u8> = tokens.iter().flat_map(|t| token_bytes(t)).collect();
+    assert_eq!(
+        String::from_utf8_lossy(&bytes),
+        text,
+        "the tokens spell the text"
+    );
+    let chars: Vec<char> = text.chars().collect();
+    let mut previous = 0;
     for (i, token) in tokens.iter().enumerate() {
-        assert_eq!(lp["text_offset"][i], offset);
-        offset += token.chars().count();
+        // Each token's text starts at its offset (one that holds part of a character, at the
+        // character it helps finish).
+        let offset = lp["text_offset"][i].as_u64().unwrap() as usize;
+        assert!(offset >= previous && offset <= chars.len(), "{lp}");
+        previous = offset;
+        if !token.starts_with("bytes:") {
+            let rest: String = chars[offset..].iter().collect();
+            assert!(rest.starts_with(token), "{token:?} at {offset} of {text:?}");
+        }
         let logprob = lp["token_logprobs"][i].as_f64().unwrap();
         assert!(logprob <= 0.0);
         // The two best alternatives and the token itself; greedy, so it is the best.

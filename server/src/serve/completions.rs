@@ -402,7 +402,7 @@ async fn complete(
     }
     let usage = prompt_usage(&done, n);
     outcome.finished(&usage);
-    let tokenizer = state.engines[&plan.model].tokenizer();
+    let engine = &state.engines[&plan.model];
     let choices: Vec<Value> = done
         .into_iter()
         .enumerate()
@@ -415,7 +415,7 @@ async fn complete(
                     tokens.extend(prompt_entries(prompt, &c.prompt_logprobs));
                 }
                 tokens.extend(generated.iter().map(|lp| (lp.id, Some(lp))));
-                offsets.object(tokenizer, tokens)
+                offsets.object(engine, tokens)
             });
             let text = match echo {
                 Some((prompt, _)) => prompt + &c.content,
@@ -581,10 +581,10 @@ impl TextChoice {
         if self.logprobs.is_none() {
             return Value::Null;
         }
-        let tokenizer = self.state.engines[&self.model].tokenizer();
+        let engine = &self.state.engines[&self.model];
         self.offsets
             .get_or_insert_with(|| TextLogprobs::new(0))
-            .object(tokenizer, tokens)
+            .object(engine, tokens)
     }
 
     /// The echoed prompt's chunk, once, before anything generated. The prompt's first choice

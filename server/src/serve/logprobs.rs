@@ -4,7 +4,6 @@
 
 use serde_json::{json, Value};
 use switchyard_engine::{Engine, TokenLogprob};
-use switchyard_models::text::TextTokenizer;
 
 /// One token as OpenAI writes it: its text, log-probability and bytes.
 fn token(engine: &Engine, id: u32, logprob: f32) -> Value {
@@ -64,31 +63,37 @@ pub fn field(entries: Option<Vec<Value>>) -> Value {
 #[derive(Debug)]
 pub struct TextLogprobs {
     offset: usize,
+    /// The bytes of a character the tokens so far have begun and not finished.
+    unfinished: Vec<u8>,
 }
 
 impl TextLogprobs {
     /// Starts at character `offset` of the choice's text (0, or the prompt's length when it is
     /// echoed after the prompt tokens' own entries).
     pub fn new(offset: usize) -> Self {
-        Self { offset }
+        Self {
+            offset,
+            unfinished: Vec::new(),
+        }
     }
 
-    /// The object for these tokens, in order: each token's text, its log-probability and a map of
-    /// the most likely alternatives with the token itself (OpenAI returns up to `logprobs + 1`), or
-    /// `null` for both where there is none (a prompt's first token). `text_offset` counts
-    /// characters, each token adding the length of its own text.
+    /// The object for these tokens, in order: each token's text (as chat's entries spell it:
+    /// `bytes:\xNN...` for part of a character), its log-probability and a map of the most likely
+    /// alternatives with the token itself (OpenAI returns up to `logprobs + 1`), or `null` for
+    /// both where there is none (a prompt's first token). `text_offset` counts characters of the
+    /// choice's text; a character split over tokens counts at the token that finishes it.
     pub fn object<'a>(
         &mut self,
-        tokenizer: &TextTokenizer,
+        engine: &Engine,
         tokens: impl IntoIterator<Item = (u32, Option<&'a TokenLogprob>)>,
     ) -> Value {
         let (mut texts, mut logprobs, mut tops, mut offsets) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let text_of = |id: u32| tokenizer.decode(&[id]).unwrap_or_default();
+        let text_of = |id: u32| spell(engine, id).0;
         for (id, lp) in tokens {
-            let text = text_of(id);
+            let (text, bytes) = spell(engine, id);
             offsets.push(self.offset);
-            self.offset += text.chars().count();
+            self.advance(&bytes);
             match lp {
                 Some(lp) => {
                     logprobs.push(json!(lp.logprob));
@@ -109,11 +114,56 @@ impl TextLogprobs {
         json!({"tokens": texts, "token_logprobs": logprobs, "top_logprobs": tops,
                "text_offset": offsets})
     }
+
+    /// Moves the offset past a token's bytes: past every character they finish (an invalid byte
+    /// sequence is one replacement character, as the text shows it), keeping an unfinished one.
+    fn advance(&mut self, bytes: &[u8]) {
+        self.unfinished.extend_from_slice(bytes);
+        let finished = finished_prefix(&self.unfinished);
+        self.offset += String::from_utf8_lossy(&self.unfinished[..finished])
+            .chars()
+            .count();
+        self.unfinished.drain(..finished);
+    }
+}
+
+/// The length of `bytes` without a character begun at its end and not finished.
+fn finished_prefix(bytes: &[u8]) -> usize {
+    let mut start = 0;
+    loop {
+        match std::str::from_utf8(&bytes[start..]) {
+            Ok(_) => return bytes.len(),
+            // An invalid sequence is finished: the text shows one replacement character for it.
+            Err(e) => match e.error_len() {
+                Some(invalid) => start += e.valid_up_to() + invalid,
+                None => return start + e.valid_up_to(),
+            },
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_character_split_over_tokens_counts_once_at_the_token_that_finishes_it() {
+        let mut offsets = TextLogprobs::new(3);
+        offsets.advance(b"ab");
+        assert_eq!(offsets.offset, 5);
+        // "é" is C3 A9; "€" is E2 82 AC.
+        offsets.advance(&[0xC3]);
+        assert_eq!(offsets.offset, 5);
+        offsets.advance(&[0xA9, b'x', 0xE2, 0x82]);
+        assert_eq!(offsets.offset, 7);
+        offsets.advance(&[0xAC]);
+        assert_eq!(offsets.offset, 8);
+        // A byte no character starts with is one replacement character at once.
+        offsets.advance(&[0xF5, b'y']);
+        assert_eq!(offsets.offset, 10);
+        assert_eq!(finished_prefix(&[b'a', 0xF0, 0x9F]), 1);
+        assert_eq!(finished_prefix(&[0xFF, 0xF0]), 1);
+    }
 
     #[test]
     fn partial_characters_are_named_by_their_bytes() {
