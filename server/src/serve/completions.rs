@@ -410,12 +410,13 @@ async fn complete(
             let echo = echo_of(index);
             let logprobs = c.logprobs.as_ref().map(|generated| {
                 let mut offsets = TextLogprobs::new(0);
-                let mut tokens: Vec<(u32, Option<&TokenLogprob>)> = Vec::new();
-                if let Some((_, prompt)) = &echo {
-                    tokens.extend(prompt_entries(prompt, &c.prompt_logprobs));
+                let mut parts = Vec::new();
+                if let Some((text, prompt)) = &echo {
+                    parts.push(offsets.object(engine, prompt_entries(prompt, &c.prompt_logprobs)));
+                    offsets.continue_at(text.chars().count());
                 }
-                tokens.extend(generated.iter().map(|lp| (lp.id, Some(lp))));
-                offsets.object(engine, tokens)
+                parts.push(offsets.object(engine, generated.iter().map(|lp| (lp.id, Some(lp)))));
+                super::logprobs::joined(parts)
             });
             let text = match echo {
                 Some((prompt, _)) => prompt + &c.content,
@@ -608,6 +609,9 @@ impl TextChoice {
         }
         let scored = std::mem::take(&mut self.prompt_logprobs);
         let logprobs = self.logprobs_of(prompt_entries(&prompt, &scored).collect());
+        if let Some(offsets) = self.offsets.as_mut() {
+            offsets.continue_at(text.chars().count());
+        }
         Some(self.chunk(&text, logprobs, None))
     }
 

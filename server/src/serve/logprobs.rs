@@ -115,6 +115,14 @@ impl TextLogprobs {
                "text_offset": offsets})
     }
 
+    /// Goes on at character `offset` with the next tokens: the generated text starts right after
+    /// the echoed prompt's, whatever the prompt's tokens spelled (a SentencePiece tokenizer's
+    /// first piece carries a space the prompt does not have, a special token a name).
+    pub fn continue_at(&mut self, offset: usize) {
+        self.offset = offset;
+        self.unfinished.clear();
+    }
+
     /// Moves the offset past a token's bytes: past every character they finish (an invalid byte
     /// sequence is one replacement character, as the text shows it), keeping an unfinished one.
     fn advance(&mut self, bytes: &[u8]) {
@@ -125,6 +133,20 @@ impl TextLogprobs {
             .count();
         self.unfinished.drain(..finished);
     }
+}
+
+/// Legacy objects of consecutive tokens joined into one.
+pub fn joined(parts: Vec<Value>) -> Value {
+    let mut all =
+        json!({"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []});
+    for part in parts {
+        for key in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+            if let (Some(to), Some(from)) = (all[key].as_array_mut(), part[key].as_array()) {
+                to.extend(from.iter().cloned());
+            }
+        }
+    }
+    all
 }
 
 /// The length of `bytes` without a character begun at its end and not finished.
@@ -163,6 +185,23 @@ mod tests {
         assert_eq!(offsets.offset, 10);
         assert_eq!(finished_prefix(&[b'a', 0xF0, 0x9F]), 1);
         assert_eq!(finished_prefix(&[0xFF, 0xF0]), 1);
+    }
+
+    #[test]
+    fn the_generated_text_goes_on_after_the_prompt_and_objects_join_in_order() {
+        let mut offsets = TextLogprobs::new(0);
+        // A prompt whose tokens spelled " Hello" for the text "Hello", ending mid-character.
+        offsets.advance(b" Hello");
+        offsets.advance(&[0xC3]);
+        offsets.continue_at(5);
+        offsets.advance(b"!");
+        assert_eq!(offsets.offset, 6);
+        let part = |t: &str, o: usize| json!({"tokens": [t], "token_logprobs": [null], "top_logprobs": [null], "text_offset": [o]});
+        assert_eq!(
+            joined(vec![part("a", 0), part("b", 1)]),
+            json!({"tokens": ["a", "b"], "token_logprobs": [null, null],
+                   "top_logprobs": [null, null], "text_offset": [0, 1]})
+        );
     }
 
     #[test]
