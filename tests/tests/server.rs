@@ -588,6 +588,45 @@ async fn proxy_mode_passes_the_clients_credentials_to_the_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_mode_answers_504_when_the_upstream_does_not_answer_in_time() {
+    // An upstream that takes connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = format!("http://{}", listener.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((connection, _)) = listener.accept().await {
+            connections.push(connection);
+        }
+    });
+    let (proxy, base) = server(ServeArgs {
+        port: 0,
+        upstream: Some(silent),
+        upstream_timeout: 1,
+        ..ServeArgs::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let e = error_of(
+        post(
+            &base,
+            "/v1/chat/completions",
+            &chat("tiny-llama", "Hello", 2),
+        )
+        .await,
+        504,
+    )
+    .await;
+    assert_eq!(e["code"], "upstream_timeout");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // The model list waits for the upstream too.
+    assert_eq!(get_status(&base, "/v1/models").await, 504);
+    // The proxy's own endpoints still answer.
+    assert_eq!(get_status(&base, "/health").await, 200);
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_mode_routes_and_forwards_like_the_vllm_semantic_router() {
     // The generator serves the tiny model under the name the shipped routing config targets.
     let mut a = args();

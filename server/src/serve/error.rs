@@ -106,6 +106,17 @@ impl ApiError {
         e
     }
 
+    /// 504: the upstream server (proxy mode) did not start its answer in time.
+    pub fn upstream_timeout(seconds: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            format!("The upstream server did not answer within {seconds} s."),
+        );
+        e.code = Some("upstream_timeout");
+        e
+    }
+
     /// 500.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)

@@ -122,6 +122,11 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub upstream_api_key: Option<String>,
+    /// Proxy mode: seconds the upstream gets to start its answer (its response head: a whole
+    /// answer when not streamed, the first chunk when streamed; a stream then takes as long as it
+    /// needs). A slower upstream gets the client a 504.
+    #[arg(long, env = "SWITCHYARD_UPSTREAM_TIMEOUT", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub upstream_timeout: u64,
     /// Where the router's batches run: `engine` (on the engine's worker, between decode steps: one
     /// owner of the device), `thread` (a thread of its own, beside the engine), or `auto` (`engine` on
     /// a GPU, `thread` on the CPU, where waiting for a decode step costs far more than sharing the cores).
@@ -215,6 +220,7 @@ impl Default for ServeArgs {
             max_choices: 8,
             upstream: None,
             upstream_api_key: None,
+            upstream_timeout: 600,
             router_executor: RouterExecutor::Auto,
             shutdown_grace: 10,
             read_timeout: 30,
@@ -271,6 +277,8 @@ pub struct State {
     pub upstream: Option<String>,
     /// Proxy mode: the `Authorization` header sent upstream in place of the client's.
     pub upstream_auth: Option<axum::http::HeaderValue>,
+    /// Proxy mode: how long the upstream gets to start its answer.
+    pub upstream_timeout: Duration,
     /// HTTP client for the upstream.
     pub http: reqwest::Client,
 }
@@ -486,6 +494,7 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
             .as_ref()
             .map(|u| u.trim_end_matches('/').to_string()),
         upstream_auth: proxy::upstream_authorization(args.upstream_api_key.as_deref())?,
+        upstream_timeout: Duration::from_secs(args.upstream_timeout),
         http: reqwest::Client::new(),
     });
 
@@ -719,13 +728,15 @@ mod tests {
                 parsed.max_body_bytes,
                 parsed.shutdown_grace,
                 parsed.no_router,
-                parsed.read_timeout
+                parsed.read_timeout,
+                parsed.upstream_timeout
             ),
             (
                 d.max_body_bytes,
                 d.shutdown_grace,
                 d.no_router,
-                d.read_timeout
+                d.read_timeout,
+                d.upstream_timeout
             )
         );
         assert_eq!(

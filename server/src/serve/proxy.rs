@@ -102,10 +102,11 @@ async fn model(
 /// The upstream's model objects followed by this proxy's own (the auto model), each id once.
 async fn model_list(state: &State, auth: Credentials) -> Result<Vec<Value>, ApiError> {
     let upstream = upstream(state)?;
-    let response = with_credentials(state.http.get(format!("{upstream}/v1/models")), auth)
-        .send()
-        .await
-        .map_err(|e| ApiError::unavailable(format!("upstream {upstream}: {e}")))?;
+    let response = ask_upstream(
+        state,
+        with_credentials(state.http.get(format!("{upstream}/v1/models")), auth),
+    )
+    .await?;
     if response.status() == reqwest::StatusCode::UNAUTHORIZED {
         return Err(ApiError::unauthorized());
     }
@@ -156,6 +157,20 @@ fn with_credentials(
     match auth {
         Some(value) => request.header(reqwest::header::AUTHORIZATION, value.as_bytes()),
         None => request,
+    }
+}
+
+/// Sends `request` upstream and waits for its response head: a 503 when the upstream cannot be
+/// reached, a 504 when it does not start its answer within `--upstream-timeout`.
+async fn ask_upstream(
+    state: &State,
+    request: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, ApiError> {
+    let upstream = upstream(state)?;
+    match tokio::time::timeout(state.upstream_timeout, request.send()).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(e)) => Err(ApiError::unavailable(format!("upstream {upstream}: {e}"))),
+        Err(_) => Err(ApiError::upstream_timeout(state.upstream_timeout.as_secs())),
     }
 }
 
@@ -344,11 +359,11 @@ async fn send(
         headers: mut extra,
     } = routed;
     let upstream = upstream(state)?;
-    let upstream_response = with_credentials(state.http.post(format!("{upstream}{path}")), auth)
-        .json(request)
-        .send()
-        .await
-        .map_err(|e| ApiError::unavailable(format!("upstream {upstream}: {e}")))?;
+    let upstream_response = ask_upstream(
+        state,
+        with_credentials(state.http.post(format!("{upstream}{path}")), auth).json(request),
+    )
+    .await?;
     extra.push((
         "server-timing",
         server_timing(
@@ -370,12 +385,13 @@ async fn relay(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let upstream = upstream(state)?;
-    let upstream_response = with_credentials(state.http.post(format!("{upstream}{path}")), auth)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| ApiError::unavailable(format!("upstream {upstream}: {e}")))?;
+    let upstream_response = ask_upstream(
+        state,
+        with_credentials(state.http.post(format!("{upstream}{path}")), auth)
+            .header("content-type", "application/json")
+            .body(body),
+    )
+    .await?;
     pass_through(upstream_response)
 }
 
