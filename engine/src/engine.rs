@@ -172,11 +172,19 @@ impl Engine {
     }
 
     /// The byte strings of the model's tokens (read at the first call), or why the tokenizer's
-    /// description does not give them.
+    /// description does not give them (said once in the log, with what goes without them).
     pub fn token_bytes(&self) -> std::result::Result<&TokenBytes, &str> {
         self.info
             .token_bytes
-            .get_or_init(|| TokenBytes::new(&self.info.tokenizer))
+            .get_or_init(|| {
+                TokenBytes::new(&self.info.tokenizer).inspect_err(|e| {
+                    tracing::warn!(
+                        model = %self.info.name,
+                        "the tokens' byte strings cannot be read ({e}): log-probabilities spell \
+                         each token by decoding it alone, and structured outputs are refused"
+                    )
+                })
+            })
             .as_ref()
             .map_err(String::as_str)
     }

@@ -289,9 +289,12 @@ fn choose_fusion(
     block_threshold: f32,
     domain_criterion: FusionCriterion,
 ) -> (f32, f32, f64) {
+    let measured = |w: f32, s: f32| match role {
+        HeadRole::Jailbreak => measure(role, val, fused_at(w, s, block_threshold)),
+        _ => measure(role, val, fused(w, s)),
+    };
     let criterion = |w: f32, s: f32| match (role, domain_criterion) {
-        (HeadRole::Jailbreak, _) => measure(role, val, fused_at(w, s, block_threshold)),
-        (_, FusionCriterion::Accuracy) => measure(role, val, fused(w, s)),
+        (HeadRole::Jailbreak, _) | (_, FusionCriterion::Accuracy) => measured(w, s),
         (_, FusionCriterion::LogLoss) => -log_loss(w, s, val),
     };
     let mut best = (0.0f32, 1.0f32, criterion(0.0, 1.0));
@@ -305,11 +308,7 @@ fn choose_fusion(
         }
     }
     let (w, s, _) = best;
-    let measured = match role {
-        HeadRole::Jailbreak => measure(role, val, fused_at(w, s, block_threshold)),
-        _ => measure(role, val, fused(w, s)),
-    };
-    (w, s, measured)
+    (w, s, measured(w, s))
 }
 
 /// Share of rows predicted as label 1 (for sets that are all benign).
