@@ -626,6 +626,82 @@ async fn proxy_mode_answers_504_when_the_upstream_does_not_answer_in_time() {
     held.abort();
 }
 
+/// An upstream that answers every connection with `answer` (a response head and the start of a
+/// body) and then falls silent, holding the connection open.
+async fn stalling_upstream(answer: &'static str) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((mut connection, _)) = listener.accept().await {
+            let mut request = [0u8; 4096];
+            let _ = connection.read(&mut request).await;
+            connection.write_all(answer.as_bytes()).await.unwrap();
+            connections.push(connection);
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_mode_ends_a_stream_the_upstream_stops_sending() {
+    // Between two events: the client gets the first event, then an error event and [DONE].
+    let (between, held) = stalling_upstream(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
+         10\r\ndata: {\"a\": 1}\n\n\r\n",
+    )
+    .await;
+    let (proxy, base) = server(ServeArgs {
+        port: 0,
+        upstream: Some(between),
+        upstream_timeout: 1,
+        ..ServeArgs::default()
+    })
+    .await;
+    let mut request = chat("tiny-llama", "Hello", 2);
+    request["stream"] = json!(true);
+    let started = std::time::Instant::now();
+    let response = post(&base, "/v1/chat/completions", &request).await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.len(), 3, "{text}");
+    assert_eq!(events[0], r#"{"a": 1}"#);
+    let error: Value = serde_json::from_str(events[1]).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_timeout", "{error}");
+    assert_eq!(events[2], "[DONE]");
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    held.abort();
+
+    // Inside an event, or a JSON body: the answer is cut short, never finished with made-up bytes.
+    for answer in [
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
+         9\r\ndata: {\"a\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"id\":",
+    ] {
+        let (inside, held) = stalling_upstream(answer).await;
+        let (proxy, base) = server(ServeArgs {
+            port: 0,
+            upstream: Some(inside),
+            upstream_timeout: 1,
+            ..ServeArgs::default()
+        })
+        .await;
+        let response = post(&base, "/v1/chat/completions", &request).await;
+        assert_eq!(response.status(), 200);
+        assert!(response.bytes().await.is_err(), "{answer}");
+        // The proxy goes on serving.
+        assert_eq!(get_status(&base, "/health").await, 200);
+        proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+        held.abort();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_mode_routes_and_forwards_like_the_vllm_semantic_router() {
     // The generator serves the tiny model under the name the shipped routing config targets.

@@ -300,6 +300,70 @@ async fn echo_scores_the_prompt_as_the_model_scored_its_own_tokens() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_echoed_sentencepiece_prompt_is_offset_by_its_text_not_its_pieces() {
+    // The SentencePiece fixture: its first piece carries a space ("▁He") that the prompt's text
+    // does not have, and its BOS is a special token with a name but no text.
+    let gguf = switchyard_tests::fixtures().join("spm-llama/model.gguf");
+    let (s, base) = server(ServeArgs {
+        models: vec![gguf.to_string_lossy().into_owned()],
+        no_router: true,
+        ..args()
+    })
+    .await;
+    let model = model_ids(&get_json(&base, "/v1/models").await)[0].clone();
+    let cases =
+        switchyard_tests::read_json(&switchyard_tests::fixtures().join("spm-llama/tokenize.json"))
+            ["cases"]
+            .clone();
+    for text in ["Hello world", "Hello, world! How are you today?"] {
+        let case = cases
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["text"] == text)
+            .unwrap();
+        // Where llama.cpp's pieces start in the text: after the BOS, each piece's text in turn,
+        // the first piece's leading space not in the text.
+        let mut want = vec![0u64];
+        let mut at = 0i64;
+        for (i, piece) in case["pieces"].as_array().unwrap().iter().enumerate() {
+            want.push(at.max(0) as u64);
+            let piece = piece.as_str().unwrap();
+            let chars = match piece.strip_prefix("<0x") {
+                Some(_) => 1, // a byte-fallback piece of one ASCII character
+                None => piece.chars().count() as i64,
+            };
+            at += chars - i64::from(i == 0 && piece.starts_with('\u{2581}'));
+        }
+        for stream in [false, true] {
+            let body = json!({"model": model, "prompt": text, "max_tokens": 0, "echo": true,
+                              "logprobs": 0, "stream": stream});
+            let (echoed, lp) = if stream {
+                let r = post(&base, "/v1/completions", &body).await;
+                let (choices, _) = assemble_text(&sse_data(&r.text().await.unwrap()));
+                (choices[0].0.clone(), join_logprobs(&choices[0].2))
+            } else {
+                let (_, v) = complete(&base, &body).await;
+                let c = &v["choices"][0];
+                (
+                    c["text"].as_str().unwrap().to_string(),
+                    c["logprobs"].clone(),
+                )
+            };
+            assert_eq!(echoed, text);
+            let offsets: Vec<u64> = lp["text_offset"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o.as_u64().unwrap())
+                .collect();
+            assert_eq!(offsets, want, "{text:?} (stream: {stream}): {lp}");
+        }
+    }
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_prompts_and_choices_are_indexed_prompt_by_prompt() {
     let (s, base) = server(no_router()).await;
     let prompts = ["Hello", "The weather today"];
@@ -335,13 +399,18 @@ async fn several_prompts_and_choices_are_indexed_prompt_by_prompt() {
         tokens(prompts[0]) + tokens(prompts[1])
     );
     assert_eq!(v["usage"]["completion_tokens"], 16);
-    // Streamed: four choices, each finished.
+    // Streamed: four choices, each finished, and the same usage.
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
     let r = post(&base, "/v1/completions", &streamed).await;
-    let (texts, _) = assemble_text(&sse_data(&r.text().await.unwrap()));
+    let (texts, usage) = assemble_text(&sse_data(&r.text().await.unwrap()));
     assert_eq!(texts.len(), 4);
     assert!(texts.iter().all(|(_, f, _)| f.as_deref() == Some("length")));
+    let usage = usage.expect("a usage chunk");
+    for key in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(usage[key], v["usage"][key], "{key}: {usage}");
+    }
     // Token prompts too.
     let (_, v) = complete(
         &base,

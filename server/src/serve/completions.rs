@@ -26,12 +26,13 @@ use super::api::{SamplingFields, Stop, StreamOptions, Usage};
 use super::error::ApiError;
 use super::generation::{
     add_server_timing, answer, check_accepting, check_choices, collect_all, known_stream, refusal,
-    sse_response, stream_permit, submit, usage_chunk, ChoiceItem, Collected, Outcome, StreamMeta,
+    request_usage, sse_response, stream_permit, submit, usage_chunk, ChoiceItem, Outcome,
+    StreamMeta,
 };
 use super::handlers::{
     body_bytes, decision_headers, now, parse_json, route_messages, Plan, Shared,
 };
-use super::logprobs::TextLogprobs;
+use super::logprobs::{echo_offsets, TextLogprobs};
 use super::State;
 
 /// `logit_bias` as (token id, bias) pairs.
@@ -380,6 +381,7 @@ async fn complete(
             object: "text_completion",
             created,
             include_usage: request.include_usage(),
+            choices_per_prompt: n,
         };
         return Ok(sse_response(
             &state,
@@ -400,7 +402,8 @@ async fn complete(
     for i in (0..done.len()).filter(|i| i % n != 0) {
         done[i].prompt_logprobs = done[i - i % n].prompt_logprobs.clone();
     }
-    let usage = prompt_usage(&done, n);
+    let usages: Vec<_> = done.iter().map(|c| c.usage).collect();
+    let usage = request_usage(&usages, n);
     outcome.finished(&usage);
     let engine = &state.engines[&plan.model];
     let choices: Vec<Value> = done
@@ -411,15 +414,19 @@ async fn complete(
             let logprobs = c.logprobs.as_ref().map(|generated| {
                 let mut offsets = TextLogprobs::new(0);
                 let mut parts = Vec::new();
-                if let Some((text, prompt)) = &echo {
-                    parts.push(offsets.object(engine, prompt_entries(prompt, &c.prompt_logprobs)));
-                    offsets.continue_at(text.chars().count());
+                if let Some(echo) = &echo {
+                    parts.push(offsets.echoed(
+                        engine,
+                        prompt_entries(&echo.tokens, &c.prompt_logprobs),
+                        &echo.offsets,
+                        echo.text.chars().count(),
+                    ));
                 }
                 parts.push(offsets.object(engine, generated.iter().map(|lp| (lp.id, Some(lp)))));
                 super::logprobs::joined(parts)
             });
             let text = match echo {
-                Some((prompt, _)) => prompt + &c.content,
+                Some(echo) => echo.text + &c.content,
                 None => c.content,
             };
             json!({"text": text, "index": index, "logprobs": logprobs,
@@ -435,14 +442,24 @@ async fn complete(
     Ok(response)
 }
 
-/// What `echo` puts before each prompt's choices (its text), with the prompt's tokens (for their
-/// log-probabilities). Tokenizing is CPU work: it runs off the threads that move other requests'
-/// bytes.
+/// What `echo` puts before a prompt's choices.
+#[derive(Clone, Debug)]
+struct EchoedPrompt {
+    /// The prompt's text.
+    text: String,
+    /// Its tokens, for their log-probabilities.
+    tokens: Vec<u32>,
+    /// Where each token starts in the text, in characters (`text_offset`).
+    offsets: Vec<usize>,
+}
+
+/// What `echo` puts before each prompt's choices. Tokenizing is CPU work: it runs off the threads
+/// that move other requests' bytes.
 async fn echoed_prompts(
     state: &Arc<State>,
     model: &str,
     prompts: &[Prompt],
-) -> Result<Vec<(String, Vec<u32>)>, ApiError> {
+) -> Result<Vec<EchoedPrompt>, ApiError> {
     let (state, model, prompts) = (state.clone(), model.to_string(), prompts.to_vec());
     tokio::task::spawn_blocking(move || {
         let engine = &state.engines[&model];
@@ -454,7 +471,12 @@ async fn echoed_prompts(
                     Prompt::Text(t) => t.clone(),
                     _ => engine.tokenizer().decode(&tokens)?,
                 };
-                Ok((text, tokens))
+                let offsets = echo_offsets(engine, &text, &tokens);
+                Ok(EchoedPrompt {
+                    text,
+                    tokens,
+                    offsets,
+                })
             })
             .collect::<Result<_, switchyard_engine::EngineError>>()
             .map_err(ApiError::from)
@@ -472,26 +494,6 @@ fn prompt_entries<'a>(
         .iter()
         .enumerate()
         .map(move |(i, &id)| (id, i.checked_sub(1).and_then(|j| scored.get(j))))
-}
-
-/// The usage of a request's choices: every prompt once (its `n` choices share it), every
-/// generated token; the first token's time and the last end.
-fn prompt_usage(done: &[Collected], n: usize) -> switchyard_engine::Usage {
-    let mut u = switchyard_engine::Usage::default();
-    for (i, c) in done.iter().enumerate() {
-        if i % n == 0 {
-            u.prompt_tokens += c.usage.prompt_tokens;
-            u.cached_tokens += c.usage.cached_tokens;
-        }
-        u.completion_tokens += c.usage.completion_tokens;
-        u.time_to_first_token = if i == 0 {
-            c.usage.time_to_first_token
-        } else {
-            u.time_to_first_token.min(c.usage.time_to_first_token)
-        };
-        u.total_time = u.total_time.max(c.usage.total_time);
-    }
-    u
 }
 
 /// The answer to a blocked request: every choice is the refusal, `finish_reason:
@@ -548,8 +550,8 @@ struct TextChoice {
     model: String,
     id: String,
     created: u64,
-    /// The prompt's text and tokens, still to be sent first (`echo`).
-    echo: Option<(String, Vec<u32>)>,
+    /// The prompt, still to be sent first (`echo`).
+    echo: Option<EchoedPrompt>,
     /// Generated tokens' log-probabilities whose text has not been sent (`None`: not asked for).
     logprobs: Option<Vec<TokenLogprob>>,
     /// The prompt's, gathered before the echo is sent.
@@ -593,7 +595,7 @@ impl TextChoice {
     /// the response then reports); the prompt's other choices wait for them here. Should the first
     /// choice's stream be dropped without passing them, the echo goes without scores.
     async fn echo_chunk(&mut self) -> Option<ChoiceItem> {
-        let (text, prompt) = self.echo.take()?;
+        let echo = self.echo.take()?;
         match &mut self.scores {
             SharedScores::None => {}
             SharedScores::Give(tx) => {
@@ -608,11 +610,20 @@ impl TextChoice {
             }
         }
         let scored = std::mem::take(&mut self.prompt_logprobs);
-        let logprobs = self.logprobs_of(prompt_entries(&prompt, &scored).collect());
-        if let Some(offsets) = self.offsets.as_mut() {
-            offsets.continue_at(text.chars().count());
-        }
-        Some(self.chunk(&text, logprobs, None))
+        let logprobs = if self.logprobs.is_some() {
+            let engine = &self.state.engines[&self.model];
+            self.offsets
+                .get_or_insert_with(|| TextLogprobs::new(0))
+                .echoed(
+                    engine,
+                    prompt_entries(&echo.tokens, &scored),
+                    &echo.offsets,
+                    echo.text.chars().count(),
+                )
+        } else {
+            Value::Null
+        };
+        Some(self.chunk(&echo.text, logprobs, None))
     }
 
     /// The generated tokens' log-probabilities gathered since the last chunk.
@@ -662,7 +673,10 @@ fn text_choice_events(c: TextChoice) -> impl Stream<Item = ChoiceItem> {
                 c.done = true;
                 let logprobs = c.pending_logprobs();
                 items.push(c.chunk("", logprobs, Some(reason.as_str())));
-                items.push(ChoiceItem::Finished(usage));
+                items.push(ChoiceItem::Finished {
+                    index: c.index,
+                    usage,
+                });
             }
             Some(Event::Error(e)) => {
                 c.done = true;
@@ -759,24 +773,5 @@ mod tests {
             .map(|(id, lp)| (id, lp.map(|l| l.id)))
             .collect();
         assert_eq!(entries, [(7, None), (8, Some(8)), (9, Some(9))]);
-    }
-
-    #[test]
-    fn usage_counts_each_prompt_once_and_every_choice() {
-        let c = |prompt, completion| Collected {
-            content: String::new(),
-            reasoning: String::new(),
-            finish: "stop",
-            usage: switchyard_engine::Usage {
-                prompt_tokens: prompt,
-                completion_tokens: completion,
-                ..Default::default()
-            },
-            logprobs: None,
-            prompt_logprobs: Vec::new(),
-        };
-        // Two prompts (5 and 7 tokens), two choices each.
-        let u = prompt_usage(&[c(5, 1), c(5, 2), c(7, 3), c(7, 4)], 2);
-        assert_eq!((u.prompt_tokens, u.completion_tokens), (12, 10));
     }
 }

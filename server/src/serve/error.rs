@@ -117,6 +117,14 @@ impl ApiError {
         e
     }
 
+    /// The error a stream relayed from the upstream server (proxy mode) ends with when the upstream
+    /// sends nothing more for `seconds`.
+    pub fn upstream_stalled(seconds: u64) -> Self {
+        let mut e = Self::upstream_timeout(seconds);
+        e.message = format!("The upstream server sent nothing for {seconds} s mid-answer.");
+        e
+    }
+
     /// 500.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)

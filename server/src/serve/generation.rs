@@ -119,6 +119,8 @@ pub(super) struct StreamMeta {
     pub(super) created: u64,
     /// End with a usage chunk (`stream_options.include_usage`).
     pub(super) include_usage: bool,
+    /// Choices per prompt (`n`): choices `i * n ..` continue prompt `i` ([`request_usage`]).
+    pub(super) choices_per_prompt: usize,
 }
 
 /// The SSE response of a streamed request: its choices' items merged as they come, then the
@@ -219,27 +221,30 @@ pub(super) async fn submit(
     .map_err(|e| ApiError::internal(format!("submitting: {e}")))?
 }
 
-/// The usage of a request's choices together: the prompt once (every choice has the same), the
-/// generated tokens of all; the first choice's first token and the last choice's end.
-pub(super) fn merged_usage<'a>(
-    usages: impl Iterator<Item = &'a switchyard_engine::Usage>,
+/// The usage of a request's choices together, given in choice order, `n` per prompt (choices
+/// `i * n ..` continue prompt `i`): each prompt once (its choices share it; what was cached
+/// before the request is the least any of them found, the later ones finding the first's prompt),
+/// the generated tokens of all; the first token of any choice and the end of the last.
+pub(super) fn request_usage(
+    usages: &[switchyard_engine::Usage],
+    n: usize,
 ) -> switchyard_engine::Usage {
-    let mut merged: Option<switchyard_engine::Usage> = None;
-    for u in usages {
-        merged = Some(match merged {
-            None => *u,
-            Some(m) => switchyard_engine::Usage {
-                prompt_tokens: m.prompt_tokens,
-                // What was cached before the request: the later choices share the first's prompt.
-                cached_tokens: m.cached_tokens.min(u.cached_tokens),
-                completion_tokens: m.completion_tokens + u.completion_tokens,
-                reasoning_tokens: m.reasoning_tokens + u.reasoning_tokens,
-                time_to_first_token: m.time_to_first_token.min(u.time_to_first_token),
-                total_time: m.total_time.max(u.total_time),
-            },
-        });
+    let mut total = switchyard_engine::Usage::default();
+    for (i, prompt) in usages.chunks(n.max(1)).enumerate() {
+        total.prompt_tokens += prompt[0].prompt_tokens;
+        total.cached_tokens += prompt.iter().map(|u| u.cached_tokens).min().unwrap_or(0);
+        for (j, u) in prompt.iter().enumerate() {
+            total.completion_tokens += u.completion_tokens;
+            total.reasoning_tokens += u.reasoning_tokens;
+            total.time_to_first_token = if i == 0 && j == 0 {
+                u.time_to_first_token
+            } else {
+                total.time_to_first_token.min(u.time_to_first_token)
+            };
+            total.total_time = total.total_time.max(u.total_time);
+        }
     }
-    merged.unwrap_or_default()
+    total
 }
 
 pub(super) struct RequestLabels {
@@ -391,8 +396,11 @@ pub(super) async fn collect(
 pub(super) enum ChoiceItem {
     /// A chunk to send.
     Chunk(SseEvent),
-    /// The choice finished (its finish chunk was the last `Chunk`).
-    Finished(switchyard_engine::Usage),
+    /// Choice `index` finished (its finish chunk was the last `Chunk`).
+    Finished {
+        index: usize,
+        usage: switchyard_engine::Usage,
+    },
     /// The choice cannot go on: the status the request is counted under, and its error.
     Failed(&'static str, ApiError),
 }
@@ -404,7 +412,8 @@ struct SseState {
     choices: stream::SelectAll<stream::BoxStream<'static, ChoiceItem>>,
     /// Choices not finished yet.
     remaining: usize,
-    usages: Vec<switchyard_engine::Usage>,
+    /// The finished choices' usage, by choice index.
+    usages: Vec<(usize, switchyard_engine::Usage)>,
     meta: StreamMeta,
     outcome: Outcome,
     done: bool,
@@ -427,13 +436,15 @@ fn sse_events(s: SseState) -> impl Stream<Item = Result<SseEvent, Infallible>> {
         };
         let events: Vec<SseEvent> = match item {
             Some(Some(ChoiceItem::Chunk(event))) => vec![event],
-            Some(Some(ChoiceItem::Finished(usage))) => {
-                s.usages.push(usage);
+            Some(Some(ChoiceItem::Finished { index, usage })) => {
+                s.usages.push((index, usage));
                 s.remaining -= 1;
                 if s.remaining > 0 {
                     Vec::new()
                 } else {
-                    let usage = merged_usage(s.usages.iter());
+                    s.usages.sort_by_key(|&(index, _)| index);
+                    let in_order: Vec<_> = s.usages.iter().map(|&(_, u)| u).collect();
+                    let usage = request_usage(&in_order, s.meta.choices_per_prompt);
                     s.outcome.finished(&usage);
                     s.done = true;
                     let mut out = Vec::new();
@@ -499,4 +510,45 @@ pub(super) fn error_events(e: &ApiError) -> Vec<SseEvent> {
         SseEvent::default().data(e.body().to_string()),
         SseEvent::default().data("[DONE]"),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_counts_each_prompt_once_and_every_choice() {
+        let u = |prompt, cached, completion, ttft: f64| switchyard_engine::Usage {
+            prompt_tokens: prompt,
+            cached_tokens: cached,
+            completion_tokens: completion,
+            reasoning_tokens: completion / 2,
+            time_to_first_token: ttft,
+            total_time: 10.0 * ttft,
+        };
+        // Two prompts (5 and 7 tokens), two choices each; the second choice of each found the
+        // first's prompt cached.
+        let total = request_usage(
+            &[
+                u(5, 0, 1, 0.4),
+                u(5, 5, 2, 0.3),
+                u(7, 2, 3, 0.9),
+                u(7, 7, 4, 0.8),
+            ],
+            2,
+        );
+        assert_eq!(
+            (
+                total.prompt_tokens,
+                total.cached_tokens,
+                total.completion_tokens
+            ),
+            (12, 2, 10)
+        );
+        assert_eq!(total.reasoning_tokens, 4);
+        assert_eq!(total.time_to_first_token, 0.3);
+        assert_eq!(total.total_time, 9.0);
+        // One prompt: counted once whatever `n`.
+        assert_eq!(request_usage(&[u(5, 0, 1, 0.1); 3], 3).prompt_tokens, 5);
+    }
 }

@@ -23,8 +23,8 @@ use switchyard_router::{Action, BlockReason, Decision, Reasoning};
 use super::api::{ChatRequest, Checked, Usage};
 use super::error::ApiError;
 use super::generation::{
-    add_server_timing, answer, check_accepting, check_choices, collect_all, known_stream,
-    merged_usage, refusal, sse_response, stream_permit, submit, usage_chunk, ChoiceItem, Outcome,
+    add_server_timing, answer, check_accepting, check_choices, collect_all, known_stream, refusal,
+    request_usage, sse_response, stream_permit, submit, usage_chunk, ChoiceItem, Outcome,
     StreamMeta,
 };
 use super::tool_calls::{openai_tool_calls, CallSplitter};
@@ -598,7 +598,7 @@ async fn chat(
     if request.streamed() {
         let wants_logprobs = request.logprobs_wanted().is_some();
         let model = plan.model.clone();
-        let per_choice = streams
+        let per_choice: Vec<_> = streams
             .into_iter()
             .enumerate()
             .map(|(index, stream)| {
@@ -624,6 +624,7 @@ async fn chat(
             object: "chat.completion.chunk",
             created,
             include_usage: request.include_usage(),
+            choices_per_prompt: per_choice.len(),
         };
         Ok(sse_response(
             &state,
@@ -639,7 +640,8 @@ async fn chat(
             Ok(done) => done,
             Err(response) => return Ok(response),
         };
-        let usage = merged_usage(done.iter().map(|c| &c.usage));
+        let usages: Vec<_> = done.iter().map(|c| c.usage).collect();
+        let usage = request_usage(&usages, usages.len());
         outcome.finished(&usage);
         let choices: Vec<Value> = done
             .into_iter()
@@ -814,7 +816,10 @@ fn choice_events(c: ChoiceState) -> impl Stream<Item = ChoiceItem> {
                     }
                     let logprobs = c.take_logprobs();
                     items.push(c.chunk(json!({}), Some(finish), logprobs));
-                    items.push(ChoiceItem::Finished(usage));
+                    items.push(ChoiceItem::Finished {
+                        index: c.index,
+                        usage,
+                    });
                     items
                 }
                 Some(Event::Error(e)) => {

@@ -87,12 +87,38 @@ impl TextLogprobs {
         engine: &Engine,
         tokens: impl IntoIterator<Item = (u32, Option<&'a TokenLogprob>)>,
     ) -> Value {
+        self.build(engine, tokens, None)
+    }
+
+    /// An echoed prompt's object: each token at `offsets` (where its text starts in the prompt's
+    /// text, [`echo_offsets`]); the tokens after it go on at character `text_chars`, where the
+    /// echoed text ends, whatever the prompt's tokens spelled (a SentencePiece tokenizer's first
+    /// piece carries a space the prompt does not have, a special token a name).
+    pub fn echoed<'a>(
+        &mut self,
+        engine: &Engine,
+        tokens: impl IntoIterator<Item = (u32, Option<&'a TokenLogprob>)>,
+        offsets: &[usize],
+        text_chars: usize,
+    ) -> Value {
+        let object = self.build(engine, tokens, Some(offsets));
+        self.continue_at(text_chars);
+        object
+    }
+
+    /// The object, each token at `fixed[i]` when given, else at the running offset.
+    fn build<'a>(
+        &mut self,
+        engine: &Engine,
+        tokens: impl IntoIterator<Item = (u32, Option<&'a TokenLogprob>)>,
+        fixed: Option<&[usize]>,
+    ) -> Value {
         let (mut texts, mut logprobs, mut tops, mut offsets) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let text_of = |id: u32| spell(engine, id).0;
-        for (id, lp) in tokens {
+        for (i, (id, lp)) in tokens.into_iter().enumerate() {
             let (text, bytes) = spell(engine, id);
-            offsets.push(self.offset);
+            offsets.push(fixed.and_then(|f| f.get(i).copied()).unwrap_or(self.offset));
             self.advance(&bytes);
             match lp {
                 Some(lp) => {
@@ -115,10 +141,8 @@ impl TextLogprobs {
                "text_offset": offsets})
     }
 
-    /// Goes on at character `offset` with the next tokens: the generated text starts right after
-    /// the echoed prompt's, whatever the prompt's tokens spelled (a SentencePiece tokenizer's
-    /// first piece carries a space the prompt does not have, a special token a name).
-    pub fn continue_at(&mut self, offset: usize) {
+    /// Goes on at character `offset` with the next tokens.
+    fn continue_at(&mut self, offset: usize) {
         self.offset = offset;
         self.unfinished.clear();
     }
@@ -133,6 +157,43 @@ impl TextLogprobs {
             .count();
         self.unfinished.drain(..finished);
     }
+}
+
+/// Where each of an echoed prompt's `tokens` starts in its `text`, in characters: the prompt
+/// tokens' `text_offset`s ([`aligned_offsets`] over the tokens' bytes).
+pub fn echo_offsets(engine: &Engine, text: &str, tokens: &[u32]) -> Vec<usize> {
+    aligned_offsets(text, tokens.iter().map(|&id| spell(engine, id).1))
+}
+
+/// Where each token starts in `text`, in characters, its bytes sought at the running position:
+/// a token found there starts there and moves the position past itself; one found there but
+/// for a leading space (the space a SentencePiece first piece carries and the text does not)
+/// starts there too; any other (a special token the tokenizer added, such as BOS) takes none of
+/// the text. A token that starts inside a character is at that character, as for generated text.
+/// One pass over the text.
+fn aligned_offsets(text: &str, tokens: impl IntoIterator<Item = Vec<u8>>) -> Vec<usize> {
+    let bytes = text.as_bytes();
+    let (mut at, mut counted_bytes, mut counted_chars) = (0, 0, 0);
+    tokens
+        .into_iter()
+        .map(|token| {
+            let mut boundary = at;
+            while !text.is_char_boundary(boundary) {
+                boundary -= 1;
+            }
+            counted_chars += text[counted_bytes..boundary].chars().count();
+            counted_bytes = boundary;
+            let rest = &bytes[at..];
+            if rest.starts_with(&token) {
+                at += token.len();
+            } else if let Some(unspaced) = token.strip_prefix(b" ") {
+                if !unspaced.is_empty() && rest.starts_with(unspaced) {
+                    at += unspaced.len();
+                }
+            }
+            counted_chars
+        })
+        .collect()
 }
 
 /// Legacy objects of consecutive tokens joined into one.
@@ -202,6 +263,29 @@ mod tests {
             json!({"tokens": ["a", "b"], "token_logprobs": [null, null],
                    "top_logprobs": [null, null], "text_offset": [0, 1]})
         );
+    }
+
+    #[test]
+    fn an_echoed_prompts_tokens_are_found_in_its_text() {
+        let at =
+            |text: &str, tokens: &[&[u8]]| aligned_offsets(text, tokens.iter().map(|t| t.to_vec()));
+        // BOS takes none of the text, a SentencePiece first piece's space is not in it.
+        assert_eq!(
+            at(
+                "Hello world",
+                &[b"<s>", b" He", b"ll", b"o", b" wor", b"ld"]
+            ),
+            [0, 0, 2, 4, 5, 9]
+        );
+        // Written in the text, the special token is there.
+        assert_eq!(at("<s> Hi", &[b"<s>", b" Hi"]), [0, 3]);
+        // "é€" split over tokens: a token inside a character is at that character.
+        assert_eq!(
+            at("aé€b", &[b"a", &[0xC3], &[0xA9, 0xE2], &[0x82, 0xAC], b"b"]),
+            [0, 1, 1, 2, 3]
+        );
+        // A space token before a space is the space itself.
+        assert_eq!(at("a  b", &[b"a", b" ", b" b"]), [0, 1, 2]);
     }
 
     #[test]

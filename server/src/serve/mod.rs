@@ -122,9 +122,9 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub upstream_api_key: Option<String>,
-    /// Proxy mode: seconds the upstream gets to start its answer (its response head: a whole
-    /// answer when not streamed, the first chunk when streamed; a stream then takes as long as it
-    /// needs). A slower upstream gets the client a 504.
+    /// Proxy mode: seconds the upstream gets to start its answer (its response head; a slower
+    /// upstream gets the client a 504), and then between any two chunks of its body (a stream that
+    /// falls silent that long ends with an error event).
     #[arg(long, env = "SWITCHYARD_UPSTREAM_TIMEOUT", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub upstream_timeout: u64,
     /// Where the router's batches run: `engine` (on the engine's worker, between decode steps: one

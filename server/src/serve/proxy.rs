@@ -372,7 +372,7 @@ async fn send(
             upstream_response.headers().get("server-timing"),
         ),
     ));
-    let mut response = pass_through(upstream_response)?;
+    let mut response = pass_through(upstream_response, state.upstream_timeout)?;
     response.headers_mut().extend(header_map(extra));
     Ok(response)
 }
@@ -392,12 +392,15 @@ async fn relay(
             .body(body),
     )
     .await?;
-    pass_through(upstream_response)
+    pass_through(upstream_response, state.upstream_timeout)
 }
 
 /// The upstream's status, content type, `retry-after` and `x-switchyard-*` headers, and its body
-/// as it streams.
-fn pass_through(upstream_response: reqwest::Response) -> Result<Response, ApiError> {
+/// as it streams ([`relayed`]).
+fn pass_through(
+    upstream_response: reqwest::Response,
+    idle: Duration,
+) -> Result<Response, ApiError> {
     let status = StatusCode::from_u16(upstream_response.status().as_u16())
         .unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = Response::builder().status(status);
@@ -409,9 +412,73 @@ fn pass_through(upstream_response: reqwest::Response) -> Result<Response, ApiErr
             response = response.header(name.as_str(), value.as_bytes());
         }
     }
+    let events = upstream_response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
     response
-        .body(Body::from_stream(upstream_response.bytes_stream()))
+        .body(Body::from_stream(relayed(
+            upstream_response.bytes_stream(),
+            idle,
+            events,
+        )))
         .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// The upstream's body chunk by chunk, each chunk due within `idle` of the one before. An upstream
+/// that falls silent for longer, or whose body breaks off, ends an event stream with an error
+/// event and `[DONE]` (the way this server ends a stream that cannot go on, which the OpenAI
+/// clients raise as an error) when the stream stopped between two events; any other body, or an
+/// event stream stopped inside an event, is cut short (the client sees an incomplete response).
+/// Dropping the upstream's body closes its connection, which cancels its generation.
+fn relayed<S>(
+    chunks: S,
+    idle: Duration,
+    events: bool,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>>
+where
+    S: futures::Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+{
+    struct Relay<S> {
+        chunks: std::pin::Pin<Box<S>>,
+        /// The bytes sent so far end between two events (or none were sent).
+        between_events: bool,
+        done: bool,
+    }
+    let start = Relay {
+        chunks: Box::pin(chunks),
+        between_events: true,
+        done: false,
+    };
+    futures::stream::unfold(start, move |mut relay| async move {
+        if relay.done {
+            return None;
+        }
+        let failure = match tokio::time::timeout(idle, futures::StreamExt::next(&mut relay.chunks))
+            .await
+        {
+            Ok(None) => return None,
+            Ok(Some(Ok(chunk))) => {
+                if !chunk.is_empty() {
+                    relay.between_events = chunk.ends_with(b"\n\n") || chunk.ends_with(b"\r\n\r\n");
+                }
+                return Some((Ok(chunk), relay));
+            }
+            Ok(Some(Err(e))) => {
+                ApiError::unavailable(format!("The upstream's answer broke off: {e}"))
+            }
+            Err(_) => ApiError::upstream_stalled(idle.as_secs()),
+        };
+        relay.done = true;
+        tracing::warn!(error = %failure.message, "upstream answer cut off");
+        if events && relay.between_events {
+            let last = format!("data: {}\n\ndata: [DONE]\n\n", failure.body());
+            Some((Ok(Bytes::from(last)), relay))
+        } else {
+            Some((Err(std::io::Error::other(failure.message.clone())), relay))
+        }
+    })
 }
 
 /// The proxy's `Server-Timing`: its `route` (routed requests), its `admit` (from the request's

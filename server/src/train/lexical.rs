@@ -76,6 +76,14 @@ pub enum FusionCriterion {
     LogLoss,
 }
 
+impl FusionCriterion {
+    /// The name `--fusion-criterion` takes, as the metrics file records it.
+    fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
+    }
+}
+
 /// `MIN-MAX` with `1 <= MIN <= MAX`.
 fn parse_range(s: &str) -> Result<(usize, usize), String> {
     let (a, b) = s
@@ -608,7 +616,7 @@ pub fn run(args: LexicalArgs) -> Result<()> {
             "char_ngrams": args.char_ngrams, "embedding_features": lexical.embedding_features(),
             "fit_seconds": fit_secs,
             "block_threshold": (role == HeadRole::Jailbreak).then_some(args.block_threshold),
-            "fusion_criterion": (role == HeadRole::Domain).then_some(format!("{:?}", args.fusion_criterion)),
+            "fusion_criterion": (role == HeadRole::Domain).then_some(args.fusion_criterion.name()),
             "train_texts": task.train.len(), "measure": what, "results": metrics,
             "command": format!(
                 "switchyard train-lexical --head {} --data ../shared/data --router-dir router/models/default{}{}{}{}",
@@ -646,6 +654,15 @@ mod tests {
                 (usize::from(attack), vec![1.0 - p, p], vec![0.0, z])
             })
             .collect()
+    }
+
+    #[test]
+    fn the_metrics_record_the_criterion_as_the_flag_spells_it() {
+        for criterion in [FusionCriterion::Accuracy, FusionCriterion::LogLoss] {
+            let parsed = <FusionCriterion as clap::ValueEnum>::from_str(&criterion.name(), false);
+            assert_eq!(parsed, Ok(criterion));
+        }
+        assert_eq!(FusionCriterion::LogLoss.name(), "log-loss");
     }
 
     #[test]
