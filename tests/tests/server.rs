@@ -410,6 +410,25 @@ async fn full_queues_and_stream_limits_answer_429_with_retry_after() {
     error_of(r, 429).await;
     s.shutdown(Duration::from_secs(5)).await.unwrap();
 
+    // More sequences than the queue ever holds: a 400 naming the field, not a 429 to retry forever.
+    let mut a = args();
+    a.max_queue = 2;
+    let (s, base) = server(a).await;
+    let mut body = chat("tiny-llama", "hi", 4);
+    body["n"] = json!(3);
+    let e = error_of(post(&base, "/v1/chat/completions", &body).await, 400).await;
+    assert_eq!(e["param"], "n", "{e}");
+    let prompts = json!({"model": "tiny-llama", "prompt": ["a", "b", "c"], "max_tokens": 2});
+    let e = error_of(post(&base, "/v1/completions", &prompts).await, 400).await;
+    assert_eq!(e["param"], "prompt", "{e}");
+    assert_eq!(
+        post(&base, "/v1/chat/completions", &chat("tiny-llama", "hi", 2))
+            .await
+            .status(),
+        200
+    );
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+
     let mut a = args();
     a.max_streams = 0;
     let (s, base) = server(a).await;

@@ -437,6 +437,9 @@ async fn bad_requests_are_refused_by_name() {
         (json!({"logprobs": 30}), 400, Some("logprobs")),
         (json!({"n": 100}), 400, Some("n")),
         (json!({"prompt": [1, 100000]}), 400, None),
+        // Past the model's context (512): the engine's refusal names the request's field.
+        (json!({"prompt": vec![5; 600]}), 400, Some("prompt")),
+        (json!({"prompt": "word ".repeat(600)}), 400, Some("prompt")),
         // The auto model routes one text prompt.
         (
             json!({"model": "auto", "prompt": ["a", "b"]}),

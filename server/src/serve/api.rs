@@ -146,13 +146,15 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// An earlier call as templates print it: the OpenAI shape with `arguments` parsed from its JSON
-/// string into an object (templates write `arguments | tojson`).
+/// string into an object (templates write `arguments | tojson`); an empty string, as several
+/// servers write a call without arguments, is no arguments.
 fn template_call(call: &Value, at: &str) -> Result<Value, ApiError> {
     let f = call
         .get("function")
         .filter(|f| f.get("name").is_some_and(Value::is_string))
         .ok_or_else(|| ApiError::invalid(at, "a tool call needs `function.name`"))?;
     let arguments = match f.get("arguments") {
+        Some(Value::String(s)) if s.trim().is_empty() => json!({}),
         Some(Value::String(s)) => serde_json::from_str::<Value>(s).map_err(|e| {
             ApiError::invalid(
                 &format!("{at}.function.arguments"),

@@ -479,7 +479,7 @@ async fn echoed_prompts(
                 })
             })
             .collect::<Result<_, switchyard_engine::EngineError>>()
-            .map_err(ApiError::from)
+            .map_err(|e| ApiError::from_engine(e, "prompt"))
     })
     .await
     .map_err(|e| ApiError::internal(format!("tokenizing: {e}")))?

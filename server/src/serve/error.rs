@@ -153,19 +153,27 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<EngineError> for ApiError {
-    fn from(e: EngineError) -> Self {
+impl ApiError {
+    /// The engine's refusal of a request whose prompt came in `prompt_field` (`messages` for a
+    /// chat, `prompt` for a text completion).
+    pub fn from_engine(e: EngineError, prompt_field: &str) -> Self {
         match &e {
             EngineError::PromptTooLong { .. } => {
-                let mut a = ApiError::invalid("messages", e.to_string());
+                let mut a = ApiError::invalid(prompt_field, e.to_string());
                 a.code = Some("context_length_exceeded");
                 a
             }
-            EngineError::EmptyPrompt => ApiError::invalid("messages", e.to_string()),
+            EngineError::EmptyPrompt => ApiError::invalid(prompt_field, e.to_string()),
             EngineError::InvalidParameter { param, .. } => ApiError::invalid(param, e.to_string()),
             EngineError::QueueFull(_) => ApiError::overloaded(e.to_string()),
             EngineError::Stopped => ApiError::unavailable(e.to_string()),
             EngineError::Model(_) => ApiError::bad_request(e.to_string()),
         }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        Self::from_engine(e, "messages")
     }
 }

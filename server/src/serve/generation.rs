@@ -172,9 +172,11 @@ pub(super) async fn collect_all(
 /// request samples from `seed + k`, so the choices differ and the same request gives the same
 /// choices). A prompt's log-probabilities are the same for all its choices, so only the first
 /// computes them; the caller hands them to the others. Each prompt is first held to this
-/// server's `--max-prompt-tokens` (a 400 `context_length_exceeded` naming `field`), so an
-/// over-long one costs no prefill. Tokenizing and rendering templates is CPU work: it runs off
-/// the threads that move other requests' bytes.
+/// server's `--max-prompt-tokens` (a 400 `context_length_exceeded` naming `field`, the field
+/// the engine's own refusals of a prompt name too), so an over-long one costs no prefill; a
+/// request of more sequences than the engine's queue holds (`--max-queue`) is a 400, not a 429
+/// it could never get past. Tokenizing and rendering templates is CPU work: it runs off the
+/// threads that move other requests' bytes.
 pub(super) async fn submit(
     state: &Arc<State>,
     model: &str,
@@ -186,11 +188,26 @@ pub(super) async fn submit(
     let model = model.to_string();
     tokio::task::spawn_blocking(move || -> Result<Vec<GenerationStream>, ApiError> {
         let engine = &state.engines[&model];
+        let sequences = requests.len() * choices;
+        let queue = engine.config().max_waiting;
+        // (A queue of none refuses every request with a 429, as configured.)
+        if sequences > queue.max(1) {
+            let field = if requests.len() > 1 { field } else { "n" };
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "{sequences} sequences ({} prompts, {choices} choices each): more than the {queue} this server queues at once",
+                    requests.len()
+                ),
+            ));
+        }
         // The engine refuses prompts longer than its context itself.
         let context_limit = engine.max_model_len() - 1;
         if let Some(limit) = state.limits.prompt_tokens.filter(|&l| l < context_limit) {
             for r in &requests {
-                let (tokens, _) = engine.prompt_tokens(&r.prompt, &r.params)?;
+                let (tokens, _) = engine
+                    .prompt_tokens(&r.prompt, &r.params)
+                    .map_err(|e| ApiError::from_engine(e, field))?;
                 if tokens.len() > limit {
                     let mut e = ApiError::invalid(
                         field,
@@ -212,7 +229,7 @@ pub(super) async fn submit(
                 if k > 0 {
                     g.params.prompt_logprobs = None;
                 }
-                streams.push(engine.submit(g)?);
+                streams.push(engine.submit(g).map_err(|e| ApiError::from_engine(e, field))?);
             }
         }
         Ok(streams)
