@@ -3,9 +3,17 @@
 //! Byte-level BPE tokens can split a UTF-8 character, and decoding a token alone can differ from
 //! decoding it in context, so each step decodes a short window of recent tokens and emits only what
 //! the new token added, holding back text that ends in an incomplete character (the prefix/read
-//! offset scheme of text-generation-inference).
+//! offset scheme of text-generation-inference). Text held back longer than any character can be
+//! (bytes that never form one) is let go, so the window, and the cost of a step, stays bounded.
 
 use switchyard_models::text::TextTokenizer;
+
+/// Tokens held back before the text is let go as it stands: a character has at most four bytes,
+/// so text still unfinished after this many tokens ends in bytes that never form one.
+const MOST_HELD: usize = 8;
+
+/// Tokens that can hold the start of a character still unfinished (its first three bytes at most).
+const UNFINISHED_TAIL: usize = 3;
 
 /// Decodes generated tokens into text deltas.
 #[derive(Debug, Default)]
@@ -30,9 +38,42 @@ impl Detokenizer {
             self.prefix_offset = self.read_offset;
             self.read_offset = self.ids.len();
             Ok(delta)
+        } else if self.ids.len() - self.read_offset > MOST_HELD {
+            self.let_go(tokenizer, &prefix)
         } else {
             Ok(String::new())
         }
+    }
+
+    /// The text of the tokens held back but the last [`UNFINISHED_TAIL`], which might still begin
+    /// a character: up to the last cut whose text ends in a whole character, or, if there is none,
+    /// all of it as it stands (invalid bytes as U+FFFD).
+    fn let_go(
+        &mut self,
+        tokenizer: &TextTokenizer,
+        prefix: &str,
+    ) -> switchyard_models::Result<String> {
+        let last = self.ids.len() - UNFINISHED_TAIL;
+        let mut cut = (last, None);
+        for end in (self.read_offset + 1..=last).rev() {
+            let text = tokenizer.decode(&self.ids[self.prefix_offset..end])?;
+            if text.len() > prefix.len() && !text.ends_with('\u{FFFD}') && text.starts_with(prefix)
+            {
+                cut = (end, Some(text));
+                break;
+            }
+        }
+        let (end, text) = match cut {
+            (end, Some(text)) => (end, text),
+            (end, None) => (end, tokenizer.decode(&self.ids[self.prefix_offset..end])?),
+        };
+        let delta = match text.strip_prefix(prefix) {
+            Some(delta) => delta.to_string(),
+            None => tokenizer.decode(&self.ids[self.read_offset..end])?,
+        };
+        self.prefix_offset = self.read_offset;
+        self.read_offset = end;
+        Ok(delta)
     }
 
     /// Returns the text still held back when generation ends (tokens whose text ends in an
@@ -87,6 +128,27 @@ mod tests {
     #[test]
     fn a_split_character_is_held_back_until_complete() {
         assert_eq!(stream(&[4, 3, 2]), ("baé".to_string(), String::new()));
+    }
+
+    #[test]
+    fn bytes_that_never_form_a_character_are_let_go_as_they_come() {
+        // "b", then lone C3 bytes, each made invalid by the next: nothing would ever finish them.
+        let ids: Vec<u32> = std::iter::once(4)
+            .chain(std::iter::repeat_n(1, 40))
+            .collect();
+        let (pushed, flushed) = stream(&ids);
+        // Let go during the stream (the window stays short), not all held to the end...
+        assert!(pushed.chars().count() > 30, "{pushed:?}");
+        assert!(flushed.chars().count() <= MOST_HELD, "{flushed:?}");
+        // ...and all of it, as the whole decodes.
+        assert_eq!(pushed + &flushed, tokenizer().decode(&ids).unwrap());
+        // A character split over tokens after the garbage is still whole.
+        let mut ids = ids;
+        ids.extend([3, 2, 4]);
+        let (pushed, flushed) = stream(&ids);
+        let all = pushed + &flushed;
+        assert!(all.ends_with("aéb"), "{all:?}");
+        assert_eq!(all, tokenizer().decode(&ids).unwrap());
     }
 
     #[test]
