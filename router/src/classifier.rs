@@ -71,6 +71,9 @@ pub struct Encoded {
     /// Whether each token begins a word (`false` for a word's later pieces, e.g. `##yy` in `heyy`).
     /// The token head's tags are read per word (see [`crate::pii`]).
     pub word_start: Vec<bool>,
+    /// Where a text too long for the budget was cut (its head kept, then its tail): the index of
+    /// the first tail token. A word or an entity never spans the cut.
+    pub cut: Option<usize>,
 }
 
 /// One text ready for [`RouterModel::classify`]: every backbone's encoding, the lexical model's
@@ -424,6 +427,9 @@ impl RouterModel {
                     .map_err(|e| RouterError::Tokenizer(e.to_string()))?;
                 let keep = head_tail(enc.get_ids().len(), self.max_tokens);
                 let words = enc.get_word_ids();
+                let cut = head_tail_cut(enc.get_ids().len(), self.max_tokens);
+                // The first tail token's predecessor in the text is gone: it starts a word.
+                let tail_start = cut.map(|(_, in_text)| in_text);
                 Ok(Encoded {
                     ids: keep.clone().map(|i| enc.get_ids()[i]).collect(),
                     offsets: keep.clone().map(|i| enc.get_offsets()[i]).collect(),
@@ -432,8 +438,14 @@ impl RouterModel {
                         .map(|i| enc.get_special_tokens_mask()[i] == 1)
                         .collect(),
                     word_start: keep
-                        .map(|i| i == 0 || words[i].is_none() || words[i] != words[i - 1])
+                        .map(|i| {
+                            i == 0
+                                || Some(i) == tail_start
+                                || words[i].is_none()
+                                || words[i] != words[i - 1]
+                        })
                         .collect(),
+                    cut: cut.map(|(kept, _)| kept),
                 })
             })
             .collect::<Result<Vec<_>, RouterError>>()?;
@@ -904,12 +916,17 @@ fn head_tail(
     len: usize,
     budget: usize,
 ) -> std::iter::Chain<std::ops::Range<usize>, std::ops::Range<usize>> {
-    if len <= budget {
-        return (0..len).chain(0..0);
+    match head_tail_cut(len, budget) {
+        None => (0..len).chain(0..0),
+        Some((head, tail_start)) => (0..head).chain(tail_start..len),
     }
+}
+
+/// Where [`head_tail`] cuts a text of `len` tokens: the first tail token's index among the kept
+/// tokens and in the text (`None`: it fits).
+fn head_tail_cut(len: usize, budget: usize) -> Option<(usize, usize)> {
     let head = budget * 3 / 4;
-    let tail = budget - head;
-    (0..head).chain(len - tail..len)
+    (len > budget).then(|| (head, len - (budget - head)))
 }
 
 /// Softmax in f32 (max-subtracted).
@@ -942,6 +959,8 @@ mod tests {
             head_tail(20, 8).collect::<Vec<_>>(),
             vec![0, 1, 2, 3, 4, 5, 18, 19]
         );
+        assert_eq!(head_tail_cut(5, 8), None);
+        assert_eq!(head_tail_cut(20, 8), Some((6, 18)));
     }
 
     #[test]

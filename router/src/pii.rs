@@ -129,8 +129,9 @@ pub fn bio_entities(logits: &[Vec<f32>], labels: &[String], encoded: &Encoded) -
     for (first, end) in words(encoded, len) {
         let start = encoded.offsets[first].0;
         let stop = encoded.offsets[end - 1].1;
-        // A special token or a gap in the token sequence between two words closes an entity.
-        if prev_word_end != Some(first) {
+        // A special token, a gap in the token sequence between two words or the cut of a long
+        // text closes an entity.
+        if prev_word_end != Some(first) || encoded.cut == Some(first) {
             close(&mut open, &mut out);
         }
         prev_word_end = Some(end);
@@ -182,6 +183,7 @@ mod tests {
             offsets: offsets.to_vec(),
             special: special.to_vec(),
             word_start: word_start.to_vec(),
+            cut: None,
         }
     }
 
@@ -244,6 +246,25 @@ mod tests {
         assert_eq!(
             spans(&bio_entities(&logits, &labels, &enc)),
             vec![("X", 0, 3), ("X", 4, 5)]
+        );
+    }
+
+    #[test]
+    fn an_entity_never_spans_the_cut_of_a_long_text() {
+        let labels = labels(&["O", "B-X", "I-X"]);
+        // "Ann Lee ... (cut) ... Smith": the head ends inside an entity, the tail starts with an
+        // inside tag; the characters between were never read.
+        let mut enc = encoded(&[(0, 3), (4, 7), (500, 505)], &[false; 3], &[true; 3]);
+        let logits: Vec<Vec<f32>> = [1, 2, 2].iter().map(|&t| one_hot(t, 3)).collect();
+        assert_eq!(
+            spans(&bio_entities(&logits, &labels, &enc)),
+            vec![("X", 0, 505)],
+            "the premise: without the cut the tags join"
+        );
+        enc.cut = Some(2);
+        assert_eq!(
+            spans(&bio_entities(&logits, &labels, &enc)),
+            vec![("X", 0, 7), ("X", 500, 505)]
         );
     }
 

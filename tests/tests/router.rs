@@ -147,7 +147,15 @@ fn long_inputs_are_truncated_not_refused() {
     let router = default_router();
     let long = "Please summarise this report. ".repeat(3000) + "What is 12 * 12?";
     let encoded = router.model().encode(&long).unwrap();
-    assert_eq!(encoded.backbones[0].ids.len(), router.model().max_tokens());
+    let kept = &encoded.backbones[0];
+    assert_eq!(kept.ids.len(), router.model().max_tokens());
+    // The cut is marked, and the tail's first token starts a word of its own.
+    let cut = kept.cut.expect("a cut");
+    assert!(cut > 0 && cut < kept.ids.len());
+    assert!(kept.word_start[cut]);
+    assert!(kept.offsets[cut].0 > kept.offsets[cut - 1].1 + 1000);
+    let short = router.model().encode("What is 12 * 12?").unwrap();
+    assert_eq!(short.backbones[0].cut, None);
     let d = router.route(&user(&long)).unwrap();
     assert!(d.signals.domain.is_some());
 }
