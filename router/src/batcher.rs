@@ -178,7 +178,7 @@ fn run(
         let job = Box::new(move || {
             let started = Instant::now();
             let inputs: Vec<&EncodedText> = batch.iter().map(|j| &j.input).collect();
-            let result = job_model.classify(&inputs);
+            let result = caught(|| job_model.classify(&inputs));
             tracing::debug!(
                 texts = batch.len(),
                 queued_us = batch
@@ -215,9 +215,32 @@ fn run(
     }
 }
 
+/// `f`'s result, or an error for a panic in it: a batch that panics fails its own callers, and
+/// the thread it ran on (the router's, or the engine's device worker) goes on.
+fn caught<T>(f: impl FnOnce() -> Result<T, RouterError>) -> Result<T, RouterError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_string());
+        tracing::error!(%message, "router batch panicked");
+        Err(RouterError::Classifier(format!(
+            "the batch failed: {message}"
+        )))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panicking_batch_is_an_error_for_its_callers() {
+        let e = caught::<()>(|| panic!("index out of bounds")).unwrap_err();
+        assert!(e.to_string().contains("index out of bounds"), "{e}");
+        assert_eq!(caught(|| Ok(7)).unwrap(), 7);
+    }
 
     #[test]
     fn a_caller_counts_as_arriving_until_the_batcher_takes_its_job() {

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
-use switchyard_models::encoder::{HeadTask, MultiHeadClassifier};
+use switchyard_models::encoder::{mapping_file_labels, HeadTask, MultiHeadClassifier};
 use tokenizers::Tokenizer;
 
 use crate::config::{normalize_label, ClassifierSources};
@@ -185,7 +185,14 @@ impl RouterModel {
         ] {
             let Some(source) = source else { continue };
             let dir = base.join(&source.model_id);
-            let model = MultiHeadClassifier::load(&dir, device, dtype)?;
+            let mut model = MultiHeadClassifier::load(&dir, device, dtype)?;
+            if let Some(file) = &source.mapping_path {
+                let file = base.join(file);
+                let labels = mapping_file_labels(&file)?;
+                model
+                    .relabel(labels)
+                    .map_err(|e| RouterError::Classifier(format!("{}: {e}", file.display())))?;
+            }
             let expected = if role == HeadRole::Pii {
                 "token"
             } else {

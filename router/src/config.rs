@@ -1340,10 +1340,15 @@ fn resolve(f: ConfigFile, errs: &mut Errors) -> RouterConfig {
         use_reasoning: dr.use_reasoning.unwrap_or(false),
         reasoning_effort: dr.reasoning_effort,
         thinking_budget: dr.thinking_budget,
-        system_prompt: dr.system_prompt.clone().map(|text| SystemPrompt {
-            text,
-            mode: dr.system_prompt_mode.unwrap_or_default(),
-        }),
+        // A blank prompt is none, as for a category.
+        system_prompt: dr
+            .system_prompt
+            .clone()
+            .filter(|text| !text.trim().is_empty())
+            .map(|text| SystemPrompt {
+                text,
+                mode: dr.system_prompt_mode.unwrap_or_default(),
+            }),
         jailbreak_enabled: None,
         jailbreak_threshold: None,
         pii_enabled: None,
@@ -1798,6 +1803,31 @@ fn resolve(f: ConfigFile, errs: &mut Errors) -> RouterConfig {
         .is_some_and(|c| c.mcp_category_model.is_some())
     {
         ignored.push("classifier.mcp_category_model".to_string());
+    }
+    // The per-task checkpoints' switches: only ModernBERT loads; the router runs every
+    // classifier on one device (`use_cpu` is not per model here).
+    let classic = [
+        ("classifier.category_model", &classifier.category_model),
+        ("classifier.pii_model", &classifier.pii_model),
+        ("prompt_guard", &classifier.jailbreak_model),
+    ];
+    for (path, source) in classic {
+        let Some(source) = source else { continue };
+        if source.use_modernbert == Some(false) {
+            errs.push(
+                format!("{path}.use_modernbert"),
+                "only ModernBERT checkpoints are supported",
+            );
+        }
+        if source.use_cpu.is_some() {
+            ignored.push(format!("{path}.use_cpu"));
+        }
+        if classifier.model_dir.is_some() {
+            errs.push(
+                format!("{path}.model_id"),
+                "set either classifier.model_dir (one multi-head checkpoint) or the per-task models, not both",
+            );
+        }
     }
 
     RouterConfig {
@@ -2346,6 +2376,48 @@ keyword_rules:
                 "model_config.s.preferred_endpoints"
             ]
         );
+    }
+
+    #[test]
+    fn a_blank_default_system_prompt_is_none() {
+        let c = RouterConfig::from_yaml_str(
+            "default_route: {model: s, system_prompt: '  ', system_prompt_mode: replace}\n",
+        )
+        .unwrap();
+        assert_eq!(c.default_route.system_prompt, None);
+    }
+
+    #[test]
+    fn per_task_checkpoints_are_checked_against_model_dir_and_their_switches() {
+        let errs = errors_of(
+            "\
+default_model: s
+classifier:
+  model_dir: router/models/default
+  category_model: {model_id: cat, use_modernbert: false}
+prompt_guard: {model_id: guard}
+",
+        );
+        for (path, needle) in [
+            ("classifier.category_model.model_id", "not both"),
+            ("prompt_guard.model_id", "not both"),
+            (
+                "classifier.category_model.use_modernbert",
+                "only ModernBERT",
+            ),
+        ] {
+            assert!(
+                errs.iter()
+                    .any(|e| e.starts_with(&format!("{path}: ")) && e.contains(needle)),
+                "no error at {path} containing {needle:?}; got {errs:#?}"
+            );
+        }
+        // `use_cpu` is accepted and said to be ignored: every classifier runs on one device.
+        let c = RouterConfig::from_yaml_str(
+            "default_model: s\nclassifier: {pii_model: {model_id: pii, use_cpu: true, use_modernbert: true}}\n",
+        )
+        .unwrap();
+        assert_eq!(c.ignored_fields, vec!["classifier.pii_model.use_cpu"]);
     }
 
     #[test]

@@ -97,7 +97,8 @@ impl RouteInput {
             let Some(message) = messages.get_mut(seg.message) else {
                 continue;
             };
-            // Spans in message-local characters, sorted, overlaps dropped.
+            // Spans in message-local characters, sorted; one overlapping the last masked span
+            // extends it.
             let mut spans: Vec<(usize, usize, String)> = entities
                 .iter()
                 .filter_map(|e| {
@@ -118,6 +119,7 @@ impl RouteInput {
             let chars: Vec<char> = message.content.chars().collect();
             for (start, end, ty) in spans {
                 if start < next {
+                    next = next.max(end);
                     continue;
                 }
                 masked.extend(&chars[next..start]);
@@ -234,13 +236,19 @@ mod tests {
     }
 
     #[test]
-    fn overlapping_spans_mask_once() {
-        let mut messages = vec![msg("user", "abcdefgh")];
-        RouteInput::from_text("abcdefgh").mask(
+    fn overlapping_spans_are_masked_as_one() {
+        let mut messages = vec![msg("user", "abcdefghij")];
+        RouteInput::from_text("abcdefghij").mask(
             &mut messages,
-            &[entity("A", 1, 4), entity("B", 2, 6), entity("C", 6, 8)],
+            &[
+                entity("A", 1, 4),
+                entity("B", 2, 6),
+                entity("D", 3, 5),
+                entity("C", 7, 9),
+            ],
         );
-        assert_eq!(messages[0].content, "a[A]ef[C]");
+        // B reaches past A: none of its characters is left.
+        assert_eq!(messages[0].content, "a[A]g[C]j");
     }
 
     #[test]

@@ -281,6 +281,54 @@ categories:
 }
 
 #[test]
+fn a_label_file_named_in_the_config_renames_a_per_task_checkpoints_labels() {
+    let dir = fixtures().join("modernbert/seq-cls");
+    let files = tempfile::tempdir().unwrap();
+    let load = |labels: &[&str]| {
+        let map: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i.to_string(), serde_json::json!(l)))
+            .collect();
+        let file = files.path().join(format!("mapping-{}.json", labels.len()));
+        std::fs::write(
+            &file,
+            serde_json::json!({ "idx_to_category": map }).to_string(),
+        )
+        .unwrap();
+        let yaml = format!(
+            "default_model: small
+classifier:
+  category_model:
+    model_id: {seq}
+    category_mapping_path: {file}
+categories:
+  - {{name: algebra, model: small}}
+",
+            seq = dir.display(),
+            file = file.display(),
+        );
+        Router::load(RouterOptions::new(
+            RouterConfig::from_yaml_str(&yaml).unwrap(),
+        ))
+    };
+    // The checkpoint's own side file says math / law / health / computer science / other.
+    let renamed = ["algebra", "statutes", "medicine", "software", "misc"];
+    let router = load(&renamed).unwrap();
+    let d = router
+        .route(&user("What is the derivative of x squared?"))
+        .unwrap();
+    let domain = d.signals.domain.expect("domain signal");
+    assert!(renamed.contains(&domain.label.as_str()), "{}", domain.label);
+    // A file that names another number of labels is an error that names it.
+    let err = load(&["a", "b"]).err().expect("an error").to_string();
+    assert!(
+        err.contains("mapping-2.json") && err.contains("2 labels"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_missing_classifier_directory_is_a_clear_error() {
     let config = RouterConfig::from_yaml_str(
         "default_route: {model: m}\nclassifier: {model_dir: no/such/dir}\n",

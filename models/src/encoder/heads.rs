@@ -66,6 +66,11 @@ impl ClassifierHead {
         &self.labels
     }
 
+    /// Renames the labels (as many as the head predicts: [`super::MultiHeadClassifier::relabel`]).
+    pub(super) fn set_labels(&mut self, labels: Vec<String>) {
+        self.labels = labels;
+    }
+
     /// The last linear layer (`classifier`), which maps [`Self::features`] to logits.
     pub fn classifier(&self) -> &Linear {
         &self.classifier

@@ -44,29 +44,30 @@ fn read_json(path: &Path) -> Result<Value> {
     })
 }
 
-/// Labels from a vLLM Semantic Router side file: its `idx_to_*` map (ids as string keys).
+/// Labels from a vLLM Semantic Router side file found in `dir`, if there is one.
 fn side_file_labels(dir: &Path) -> Result<Option<Vec<String>>> {
-    for name in SIDE_FILES {
-        let path = dir.join(name);
-        if !path.exists() {
-            continue;
-        }
-        let v = read_json(&path)?;
-        let map = v.as_object().and_then(|o| {
-            o.iter()
-                .find(|(k, _)| k.starts_with("idx_to_"))
-                .map(|(_, m)| m)
-        });
-        let labels = parse_labels(map, None)?;
-        if labels.is_none() {
-            return Err(ModelError::Format {
-                path,
-                message: "no `idx_to_…` label map".into(),
-            });
-        }
-        return Ok(labels);
-    }
-    Ok(None)
+    SIDE_FILES
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|path| path.exists())
+        .map(|path| mapping_file_labels(&path))
+        .transpose()
+}
+
+/// Labels from a vLLM Semantic Router label file (`category_mapping.json`,
+/// `pii_type_mapping.json`, `jailbreak_type_mapping.json`, or one named in a config's
+/// `*_mapping_path`): its `idx_to_*` map, ids as string keys.
+pub fn mapping_file_labels(path: &Path) -> Result<Vec<String>> {
+    let v = read_json(path)?;
+    let map = v.as_object().and_then(|o| {
+        o.iter()
+            .find(|(k, _)| k.starts_with("idx_to_"))
+            .map(|(_, m)| m)
+    });
+    parse_labels(map, None)?.ok_or_else(|| ModelError::Format {
+        path: path.to_path_buf(),
+        message: "no `idx_to_…` label map".into(),
+    })
 }
 
 /// A ModernBERT backbone with its heads, run together.
@@ -203,6 +204,26 @@ impl MultiHeadClassifier {
     /// The heads, in order.
     pub fn heads(&self) -> &[ClassifierHead] {
         &self.heads
+    }
+
+    /// Renames a single-head model's labels (a label file named apart from the checkpoint); it
+    /// must name as many labels as the head predicts.
+    pub fn relabel(&mut self, labels: Vec<String>) -> Result<()> {
+        match self.heads.as_mut_slice() {
+            [head] if head.labels().len() == labels.len() => {
+                head.set_labels(labels);
+                Ok(())
+            }
+            [head] => Err(ModelError::Config(format!(
+                "{} labels for a head of {}",
+                labels.len(),
+                head.labels().len()
+            ))),
+            heads => Err(ModelError::Config(format!(
+                "a label file names the labels of one head; this model has {}",
+                heads.len()
+            ))),
+        }
     }
 
     /// The device the model lives on.
