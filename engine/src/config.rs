@@ -7,7 +7,7 @@ use switchyard_models::decoder::KvDtype;
 pub struct EngineConfig {
     /// Most sequences in the running batch.
     pub max_num_seqs: usize,
-    /// Most tokens (prefill chunks + decode tokens) in one forward step.
+    /// Most tokens (prefill chunks + decode tokens) in one forward step; at least `max_num_seqs`.
     pub max_batch_tokens: usize,
     /// Longest sequence (prompt + output); `None` uses the model's context length.
     pub max_model_len: Option<usize>,

@@ -8,6 +8,10 @@
 
 use switchyard_models::text::TextTokenizer;
 
+/// Prompt tokens the first generated tokens are decoded after ([`Detokenizer::after`]), as vLLM
+/// does: enough context for a decoder that treats a sequence's first piece differently.
+const CONTEXT_TOKENS: usize = 5;
+
 /// Tokens held back before the text is let go as it stands: a character has at most four bytes,
 /// so text still unfinished after this many tokens ends in bytes that never form one.
 const MOST_HELD: usize = 8;
@@ -24,6 +28,19 @@ pub struct Detokenizer {
 }
 
 impl Detokenizer {
+    /// A detokenizer for the tokens that follow `prompt`: they are decoded after its last tokens,
+    /// so the first one reads as it does in the whole text (`▁Paris` after a prompt is " Paris";
+    /// decoded alone, a SentencePiece decoder strips that space, and a text completion would glue
+    /// its answer to the prompt).
+    pub fn after(prompt: &[u32]) -> Self {
+        let ids = prompt[prompt.len().saturating_sub(CONTEXT_TOKENS)..].to_vec();
+        Self {
+            prefix_offset: 0,
+            read_offset: ids.len(),
+            ids,
+        }
+    }
+
     /// Appends `token` and returns the text it completes (possibly empty).
     pub fn push(
         &mut self,

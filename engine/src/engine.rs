@@ -271,7 +271,7 @@ impl Engine {
         prompt: &Prompt,
         params: &GenerationParams,
     ) -> Result<(Vec<u32>, Section)> {
-        let (tokens, text) = match prompt {
+        let (mut tokens, text) = match prompt {
             Prompt::Tokens(t) => (t.clone(), self.info.tokenizer.decode(t)?),
             Prompt::Text(t) => (self.info.tokenizer.encode_prompt(t)?, t.clone()),
             Prompt::Chat(m) => {
@@ -281,6 +281,12 @@ impl Engine {
             }
         };
         let section = if text.trim_end().ends_with(THINK_START) {
+            Section::Thinking
+        } else if params.thinking != Thinking::Off && constrained_from_the_start(params) {
+            // The answer's constraint would forbid the model's own `<think>` (a template such as
+            // Qwen3's leaves it to the model): the section is opened after the prompt, as a
+            // prompted model's turn opens it.
+            tokens.extend(self.info.tokenizer.encode(&format!("{THINK_START}\n"))?);
             Section::Thinking
         } else {
             Section::Start
@@ -417,6 +423,7 @@ impl Engine {
         };
         let (events, rx) = flume::unbounded();
         let prompt_len = tokens.len();
+        let detok = Detokenizer::after(&tokens);
         let seq = Sequence {
             events,
             sampler: Sampler::new(params.sampling.clone(), &tokens),
@@ -424,11 +431,13 @@ impl Engine {
             prompt_len,
             computed: 0,
             cached_tokens: None,
-            // A cached prefix has no logits to score.
-            use_prefix_cache: params.use_prefix_cache && params.prompt_logprobs.is_none(),
+            // A cached prefix has no logits to score; with caching off there is none to wait for.
+            use_prefix_cache: params.use_prefix_cache
+                && params.prompt_logprobs.is_none()
+                && self.info.config.prefix_caching,
             passed_over: 0,
             blocks: BlockTable::default(),
-            detok: Detokenizer::default(),
+            detok,
             splitter: ThinkingSplitter::new(section),
             stop: StopMatcher::new(&params.stop),
             max_new,
@@ -517,6 +526,17 @@ fn prepare(model: GenerationModel, config: EngineConfig) -> Result<(ModelSlot, M
     }
     if config.block_size == 0 {
         return Err(invalid("block_size", "must be at least 1".into()));
+    }
+    // Every running sequence's decode token must fit in one step, or the last ones would never
+    // be scheduled while the first run.
+    if config.max_batch_tokens < config.max_num_seqs {
+        return Err(invalid(
+            "max_batch_tokens",
+            format!(
+                "must be at least max_num_seqs ({}), so that every running sequence decodes in each step; got {}",
+                config.max_num_seqs, config.max_batch_tokens
+            ),
+        ));
     }
     let per_position = KvCache::bytes_per_position(&mc, config.kv_cache_dtype);
     let per_block = per_position * config.block_size;
@@ -651,4 +671,12 @@ fn with_system_text(messages: &mut Vec<ChatMessage>, text: &str) {
         Some(m) if m.role == "system" => m.content = format!("{}\n\n{text}", m.content),
         _ => messages.insert(0, ChatMessage::new("system", text)),
     }
+}
+
+/// Whether an answer is constrained from its first token: a response format or a required tool
+/// call (what `Engine::answer_constraint` compiles); tools the model may call are checked only
+/// once it opens a call.
+fn constrained_from_the_start(params: &GenerationParams) -> bool {
+    !matches!(params.response_format, ResponseFormat::Text)
+        || params.tools.as_ref().and_then(ToolUse::grammar).is_some()
 }

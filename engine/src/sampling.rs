@@ -129,10 +129,12 @@ impl Sampler {
         if p.repetition_penalty != 1.0 {
             for &t in &self.seen {
                 if let Some(l) = logits.get_mut(t as usize) {
+                    // Kept finite: an infinite logit would read as masked (a tiny penalty
+                    // divides a positive logit past f32's range).
                     *l = if *l > 0.0 {
-                        *l / p.repetition_penalty
+                        (*l / p.repetition_penalty).min(f32::MAX)
                     } else {
-                        *l * p.repetition_penalty
+                        (*l * p.repetition_penalty).max(f32::MIN)
                     };
                 }
             }
@@ -475,6 +477,29 @@ mod tests {
         };
         let d = draws(hot, &logits, 400);
         assert!((0..4).all(|t| d.contains(&t)));
+    }
+
+    #[test]
+    fn an_extreme_repetition_penalty_keeps_its_tokens_in_the_draw() {
+        // A penalty below 1 favours seen tokens; a tiny one overflows their logits, which must
+        // still win, greedy or sampled, not read as masked.
+        let logits = [2.0f32, 1.0, 0.5];
+        for temperature in [0.0, 1.0] {
+            let mut s = Sampler::new(
+                SamplingParams {
+                    repetition_penalty: 1e-39,
+                    temperature,
+                    seed: Some(3),
+                    ..SamplingParams::default()
+                },
+                &[1],
+            );
+            assert_eq!(
+                s.sample(&mut logits.to_vec()),
+                1,
+                "temperature {temperature}"
+            );
+        }
     }
 
     #[test]

@@ -112,11 +112,9 @@ impl Sequence {
         let over_budget =
             self.splitter.in_thinking() && self.budget.is_some_and(|b| self.reasoning_tokens >= b);
         if over_budget {
-            for t in self.forced_end.clone() {
-                self.push_token(tokenizer, t, false);
-                if self.finished.is_some() {
-                    return;
-                }
+            self.close_thinking(tokenizer);
+            if self.finished.is_some() {
+                return;
             }
         } else {
             // Log-probabilities are of the raw logits, which sampling may change in place.
@@ -155,11 +153,9 @@ impl Sequence {
             {
                 // Ending while still thinking leaves no answer: close the thinking section instead
                 // and let the model answer.
-                for t in self.forced_end.clone() {
-                    self.push_token(tokenizer, t, false);
-                    if self.finished.is_some() {
-                        return;
-                    }
+                self.close_thinking(tokenizer);
+                if self.finished.is_some() {
+                    return;
                 }
             } else if self.stop_ids.contains(&token) {
                 self.tokens.push(token);
@@ -171,6 +167,21 @@ impl Sequence {
         }
         if self.finished.is_none() && self.generated() >= self.max_new {
             self.finish(tokenizer, FinishReason::Length);
+        }
+    }
+
+    /// Closes the thinking section with the end-of-thinking marker when the whole marker fits in
+    /// what is left of `max_tokens`; otherwise the sequence ends here (`length`), its thinking cut
+    /// as `max_tokens` cuts any, never past `max_tokens` nor inside the marker.
+    fn close_thinking(&mut self, tokenizer: &TextTokenizer) {
+        if self.generated() + self.forced_end.len() > self.max_new {
+            return self.finish(tokenizer, FinishReason::Length);
+        }
+        for t in self.forced_end.clone() {
+            self.push_token(tokenizer, t, false);
+            if self.finished.is_some() {
+                return;
+            }
         }
     }
 

@@ -285,6 +285,36 @@ fn thinking_budget_forces_the_end_marker_and_the_answer_follows() {
             "{name}: {out:?}"
         );
         assert!(!out.content.contains("</think>") && !out.reasoning.contains("</think>"));
+        // `max_tokens` counts the marker: one that would not fit ends the sequence at the budget,
+        // never past `max_tokens` nor inside the marker.
+        for max_tokens in [budget, budget + marker.len() - 1, budget + marker.len()] {
+            let request = GenerationRequest {
+                prompt: Prompt::Text(
+                    "<|im_start|>user\nwhy<|im_end|>\n<|im_start|>assistant\n<think>\n".into(),
+                ),
+                params: GenerationParams {
+                    max_tokens: Some(max_tokens),
+                    ignore_eos: true,
+                    thinking: Thinking::On {
+                        budget: Some(budget),
+                    },
+                    ..Default::default()
+                },
+            };
+            let out = drain(engine.submit(request).unwrap());
+            assert_eq!(
+                out.reason,
+                Some(FinishReason::Length),
+                "{name} {max_tokens}"
+            );
+            let fits = max_tokens >= budget + marker.len();
+            let want = if fits { budget + marker.len() } else { budget };
+            assert_eq!(out.usage.completion_tokens, want, "{name} {max_tokens}");
+            assert!(
+                !out.reasoning.contains("</"),
+                "{name} {max_tokens}: {out:?}"
+            );
+        }
     }
 }
 
@@ -670,12 +700,49 @@ fn executor_jobs_run_on_the_worker_between_steps_of_a_running_generation() {
 }
 
 #[test]
+fn inconsistent_limits_are_refused_by_name() {
+    let model = || load_generation_model(&fixtures().join("hf/tiny-llama")).unwrap();
+    for (config, param) in [
+        (
+            EngineConfig {
+                max_num_seqs: 0,
+                ..Default::default()
+            },
+            "max_num_seqs",
+        ),
+        (
+            EngineConfig {
+                block_size: 0,
+                ..Default::default()
+            },
+            "block_size",
+        ),
+        // A step too small for every running sequence's decode token would starve the last ones.
+        (
+            EngineConfig {
+                max_num_seqs: 16,
+                max_batch_tokens: 8,
+                ..Default::default()
+            },
+            "max_batch_tokens",
+        ),
+    ] {
+        match Engine::start(model(), config) {
+            Err(EngineError::InvalidParameter { param: p, .. }) => assert_eq!(p, param),
+            Err(e) => panic!("{param}: {e}"),
+            Ok(_) => panic!("{param}: accepted"),
+        }
+    }
+}
+
+#[test]
 fn a_short_prompt_behind_a_long_one_is_answered_before_the_long_prefill_ends() {
     // 8 tokens per step: the 400-token prompt needs 50 steps of prefill.
     let engine = engine(
         "tiny-llama",
         EngineConfig {
             max_batch_tokens: 8,
+            max_num_seqs: 8,
             ..EngineConfig::default()
         },
     );
@@ -846,6 +913,7 @@ fn prompt_log_probabilities_are_transformers_next_token_probabilities() {
             "tiny-llama",
             EngineConfig {
                 max_batch_tokens,
+                max_num_seqs: max_batch_tokens.min(16),
                 block_size: 4,
                 ..Default::default()
             },
@@ -1328,6 +1396,33 @@ fn a_schema_constrains_the_answer_after_thinking_not_the_thinking() {
         assert!(!out.reasoning.trim_start().starts_with('{'), "{out:?}");
         // ...and then answer as the schema says.
         assert_eq!(out.reason, Some(FinishReason::Stop), "{out:?}");
+        let answer: serde_json::Value = serde_json::from_str(&out.content).unwrap();
+        assert!(answer["ok"].is_boolean(), "{out:?}");
+    }
+    // Qwen3's template leaves `<think>` to the model, which the schema would forbid: the engine
+    // opens the section itself, and the model thinks (within its budget) before the answer.
+    let messages = vec![ChatMessage::new("user", "why")];
+    let rendered = engine
+        .render_chat(&messages, Thinking::On { budget: Some(6) })
+        .unwrap();
+    assert!(!rendered.trim_end().ends_with("<think>"), "the premise");
+    for seed in 0..3 {
+        let request = GenerationRequest {
+            prompt: Prompt::Chat(messages.clone()),
+            params: GenerationParams {
+                sampling: SamplingParams {
+                    temperature: 1.0,
+                    seed: Some(seed),
+                    ..Default::default()
+                },
+                max_tokens: Some(80),
+                thinking: Thinking::On { budget: Some(6) },
+                response_format: ResponseFormat::JsonSchema(std::sync::Arc::new(verdict.clone())),
+                ..Default::default()
+            },
+        };
+        let out = drain(engine.submit(request).unwrap());
+        assert!((1..=6).contains(&out.usage.reasoning_tokens), "{out:?}");
         let answer: serde_json::Value = serde_json::from_str(&out.content).unwrap();
         assert!(answer["ok"].is_boolean(), "{out:?}");
     }

@@ -225,3 +225,50 @@ fn the_engine_streams_llama_cpp_greedy_text() {
         assert_eq!(text, theirs, "{:?} streamed", p["prompt"]);
     }
 }
+
+#[test]
+fn a_continuation_reads_as_it_does_after_its_prompt() {
+    // "▁wor" forced after "Hello": decoded alone, SentencePiece strips its space ("wor"); after
+    // the prompt it is " wor", and prompt + continuation read as the whole sequence does.
+    let model = model();
+    let tokenizer = model.tokenizer.clone();
+    let engine = Engine::start(model, EngineConfig::default()).unwrap();
+    let wor = tokenizer.token_id("▁wor").expect("the piece");
+    assert_eq!(tokenizer.decode(&[wor]).unwrap(), "wor", "the premise");
+    let stream = engine
+        .submit(GenerationRequest {
+            prompt: Prompt::Text("Hello".into()),
+            params: GenerationParams {
+                max_tokens: Some(3),
+                ignore_eos: true,
+                // As text completions generate: raw text, nothing trimmed.
+                split_thinking: false,
+                sampling: switchyard_engine::SamplingParams {
+                    logit_bias: vec![(wor, 100.0)],
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        })
+        .unwrap();
+    let (mut text, mut output) = (String::new(), Vec::new());
+    for event in stream.collect() {
+        match event {
+            Event::Delta { text: t, .. } => text.push_str(&t),
+            Event::Finished { output_ids, .. } => output = output_ids,
+            Event::Error(e) => panic!("engine error: {e}"),
+            _ => {}
+        }
+    }
+    assert_eq!(output, [wor; 3]);
+    assert_eq!(text, " wor wor wor");
+    let mut whole = tokenizer.encode_prompt("Hello").unwrap();
+    whole.extend(&output);
+    assert!(
+        tokenizer
+            .decode(&whole)
+            .unwrap()
+            .ends_with(&format!("Hello{text}")),
+        "{text:?}"
+    );
+}

@@ -84,7 +84,7 @@ pub struct ServeArgs {
     /// Sequences decoded together.
     #[arg(long, env = "SWITCHYARD_MAX_NUM_SEQS", default_value_t = 16)]
     pub max_num_seqs: usize,
-    /// Most tokens in one forward step (prefill chunks + decode tokens).
+    /// Most tokens in one forward step (prefill chunks + decode tokens); at least --max-num-seqs.
     #[arg(long, env = "SWITCHYARD_MAX_BATCH_TOKENS", default_value_t = 512)]
     pub max_batch_tokens: usize,
     /// KV-cache budget of all models together, MiB (replaces --gpu-memory-fraction; shared in
