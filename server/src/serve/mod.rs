@@ -5,7 +5,8 @@
 //! hop and never races the generator for the device. On the CPU they run on a thread of the router's
 //! own by default (`--router-executor`): waiting for a CPU decode step (tens of ms under load) costs
 //! a routed request far more than sharing the cores does (measured by `device_bench --busy-router`).
-//! Endpoints: `POST /v1/chat/completions`, `POST /v1/route`, `GET /v1/models`, `GET /health`,
+//! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/route`,
+//! `POST /tokenize`, `POST /detokenize`, `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`,
 //! `GET /ready`, `GET /metrics`.
 
 mod api;
