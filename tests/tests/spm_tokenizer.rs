@@ -141,9 +141,33 @@ fn plain_text_prompts_get_the_bos_the_gguf_asks_for() {
 
 #[test]
 fn greedy_continuations_match_llama_cpp() {
-    let model = model();
+    teacher_forced_matches_llama_cpp(&model(), "reference.json");
+}
+
+#[test]
+fn a_gguf_rope_scaling_tensor_is_applied_as_llama_cpp_applies_it() {
+    // The same model with Llama 3.1-style scaling stored as llama.cpp's converter stores it:
+    // per-pair divisors in `rope_freqs.weight` (make_rope_freqs_gguf.py).
+    let model = load_generation_model(&dir().join("rope-freqs.gguf")).expect("the GGUF loads");
+    let reference = read_json(&dir().join("rope-freqs-reference.json"));
+    let want: Vec<f32> = reference["freq_factors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(
+        model.decoder.config().rope_scaling,
+        Some(switchyard_models::decoder::RopeScaling::FreqFactors(want))
+    );
+    teacher_forced_matches_llama_cpp(&model, "rope-freqs-reference.json");
+}
+
+/// Teacher-forced on llama.cpp's greedy continuations (`reference` in the fixture folder): the
+/// argmax at every position, and the top logits within 1e-3.
+fn teacher_forced_matches_llama_cpp(model: &GenerationModel, reference: &str) {
     let vocab = model.decoder.config().vocab_size;
-    let reference = read_json(&dir().join("reference.json"));
+    let reference = read_json(&dir().join(reference));
     let mut worst = 0f64;
     for p in reference["prompts"].as_array().unwrap() {
         let prompt = ids(&p["prompt_ids"]);
@@ -161,7 +185,7 @@ fn greedy_continuations_match_llama_cpp() {
         let mut tokens = prompt.clone();
         tokens.extend(&continuation);
         // The reference ran with an f32 KV cache (see make_spm_gguf.py).
-        let logits = teacher_forced(&model, &tokens, KvDtype::F32);
+        let logits = teacher_forced(model, &tokens, KvDtype::F32);
         for (k, (&next, top)) in continuation
             .iter()
             .zip(p["top"].as_array().unwrap())

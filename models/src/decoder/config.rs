@@ -51,6 +51,9 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: usize,
     },
+    /// One divisor per rotation pair: how a GGUF stores a `llama3` scaling (the tensor
+    /// `rope_freqs.weight`, llama.cpp's `freq_factors`), with no scaling metadata.
+    FreqFactors(Vec<f32>),
 }
 
 /// Everything the forward pass needs to know about a decoder's shape.
@@ -179,6 +182,20 @@ impl DecoderConfig {
                 )))
             }
         };
+        // llama.cpp's converter writes a `llama3` scaling as divisors in a tensor, not as metadata.
+        let freq_factors = crate::weights::TensorSource::get(gguf, "rope_freqs.weight")
+            .map(|t| t.to_f32_vec())
+            .transpose()?;
+        let rope_scaling = match (rope_scaling, freq_factors) {
+            (None, Some(factors)) => Some(RopeScaling::FreqFactors(factors)),
+            (Some(_), Some(_)) => {
+                return Err(ModelError::Config(
+                    "GGUF has both rope scaling metadata and rope_freqs.weight; not supported"
+                        .into(),
+                ))
+            }
+            (scaling, None) => scaling,
+        };
         let tied = crate::weights::TensorSource::get(gguf, "output.weight").is_none();
         let config = Self {
             family,
@@ -226,6 +243,16 @@ impl DecoderConfig {
         }
         if self.vocab_size == 0 || self.hidden_size == 0 || self.num_layers == 0 {
             return bad("vocab_size, hidden_size and num_layers must be non-zero".into());
+        }
+        if let Some(RopeScaling::FreqFactors(f)) = &self.rope_scaling {
+            if f.len() != self.head_dim / 2 || f.iter().any(|&x| !(x.is_finite() && x > 0.0)) {
+                return bad(format!(
+                    "rope_freqs.weight needs {} positive factors (one per rotation pair of head_dim {}); got {}",
+                    self.head_dim / 2,
+                    self.head_dim,
+                    f.len()
+                ));
+            }
         }
         Ok(())
     }

@@ -9,6 +9,8 @@ pub struct Rope {
     style: RopeStyle,
     /// GGML's `theta_base^(-2/d)`, when angles are computed as GGML computes them.
     ggml_step: Option<f32>,
+    /// GGML's per-pair divisors of those angles (`rope_freqs.weight`; empty: none).
+    ggml_divisors: Vec<f32>,
 }
 
 impl Rope {
@@ -21,6 +23,11 @@ impl Rope {
         let inv_freq = match &config.rope_scaling {
             None => base,
             Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),
+            Some(RopeScaling::FreqFactors(divisors)) => base
+                .iter()
+                .zip(divisors)
+                .map(|(f, &d)| f / f64::from(d))
+                .collect(),
             Some(RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
@@ -50,19 +57,25 @@ impl Rope {
             inv_freq,
             style: config.rope_style,
             ggml_step: None,
+            ggml_divisors: Vec::new(),
         }
     }
 
     /// These frequencies with the angles computed as GGML (llama.cpp) computes them: the angle of
     /// pair `i` is `position · step^i` with `step = theta^(-2/d)`, the power taken by repeated f32
     /// multiplication. The angles then equal llama.cpp's to the bit, where Hugging Face's rule
-    /// (`position · inv_freq[i]`) differs by up to a few ulps. Only without rope scaling (GGML
-    /// reads scaling from other tensors and fields); with scaling this is `self` unchanged.
+    /// (`position · inv_freq[i]`) differs by up to a few ulps. With per-pair divisors
+    /// (`rope_freqs.weight`) each angle is then divided by its pair's, in f32, as GGML does; with
+    /// another scaling this is `self` unchanged.
     pub fn with_ggml_angles(mut self, config: &DecoderConfig) -> Self {
-        if config.rope_scaling.is_none() {
-            let d = config.head_dim as f32;
-            self.ggml_step = Some((config.rope_theta as f32).powf(-2.0 / d));
-        }
+        let divisors = match &config.rope_scaling {
+            None => Vec::new(),
+            Some(RopeScaling::FreqFactors(divisors)) => divisors.clone(),
+            Some(_) => return self,
+        };
+        let d = config.head_dim as f32;
+        self.ggml_step = Some((config.rope_theta as f32).powf(-2.0 / d));
+        self.ggml_divisors = divisors;
         self
     }
 
@@ -70,9 +83,13 @@ impl Rope {
     pub fn cos_sin(&self, position: usize, cos: &mut [f32], sin: &mut [f32]) {
         if let Some(step) = self.ggml_step {
             let mut angle = position as f32;
-            for (c, s) in cos.iter_mut().zip(sin.iter_mut()) {
-                *c = angle.cos();
-                *s = angle.sin();
+            for (i, (c, s)) in cos.iter_mut().zip(sin.iter_mut()).enumerate() {
+                let a = match self.ggml_divisors.get(i) {
+                    Some(d) => angle / d,
+                    None => angle,
+                };
+                *c = a.cos();
+                *s = a.sin();
                 angle *= step;
             }
             return;
