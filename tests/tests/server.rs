@@ -827,6 +827,20 @@ async fn proxy_mode_routes_and_forwards_like_the_vllm_semantic_router() {
     assert_eq!(r.headers()["x-switchyard-blocked"], "jailbreak");
     let refused: Value = r.json().await.unwrap();
     assert_eq!(refused["choices"][0]["finish_reason"], "content_filter");
+    // A refusal of more choices than the server allows is a 400, not a reply built for all.
+    let mut greedy_refusal = body.clone();
+    greedy_refusal["n"] = json!(10_000_000_000u64);
+    let r = post(&proxy_base, "/v1/chat/completions", &greedy_refusal).await;
+    assert_eq!(error_of(r, 400).await["param"], "n");
+    // The proxy counts what it forwarded, under the upstream's status, and what it refused.
+    let counted = metrics(&proxy_base).await;
+    for line in [
+        r#"switchyard_requests_total{category="history",endpoint="chat",model="SmolLM2-135M-Instruct",reasoning="off",status="200"} 1"#,
+        r#"endpoint="chat",model="SmolLM2-135M-Instruct",reasoning="off",status="blocked"} 1"#,
+        r#"endpoint="completions",model="SmolLM2-135M-Instruct",reasoning="off",status="blocked"} 1"#,
+    ] {
+        assert!(counted.contains(line), "{line} in\n{counted}");
+    }
     // `auto` routes one text prompt: the proxy says so as the in-process server does.
     let r = post(
         &proxy_base,

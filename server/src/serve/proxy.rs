@@ -21,7 +21,7 @@ use switchyard_router::{Action, Decision, Reasoning};
 
 use super::completions::{self, CompletionRequest};
 use super::error::ApiError;
-use super::generation::{answer, check_accepting};
+use super::generation::{answer, check_accepting, check_choices};
 use super::handlers::{self, blocked_label, body_bytes, route_messages, Shared};
 use super::State;
 
@@ -220,6 +220,7 @@ async fn forward_chat(
     let mut request = parse(&body_bytes(&state, body)?)?;
     let mut extra = Vec::new();
     let mut route_time = None;
+    let mut counted = Counted::unrouted("chat", &request);
     if request["model"] == json!(state.auto_model) {
         let router = state
             .router
@@ -228,11 +229,16 @@ async fn forward_chat(
         let parsed: super::api::ChatRequest = serde_json::from_value(request.clone())
             .map_err(|e| ApiError::bad_request(format!("Invalid request: {e}")))?;
         parsed.validate()?;
+        check_choices(&state, parsed.n.unwrap_or(1))?;
         let mut messages = parsed.chat_messages()?;
         let decision = route_messages(&state, router, &messages).await?;
         route_time = Some(decision.route_time);
         extra.extend(decision_headers(&decision));
+        counted = Counted::routed("chat", &decision);
         if let Action::Block { message, reason } = &decision.action {
+            // A refusal thinks about nothing, as the in-process path counts it.
+            counted.reasoning = "off";
+            counted.record(&state, "blocked");
             // Answered here, as the in-process path answers it (streamed if asked for).
             extra.push(("x-switchyard-blocked", blocked_label(*reason).to_string()));
             return Ok(handlers::blocked_response(
@@ -277,6 +283,7 @@ async fn forward_chat(
             route_time,
             arrived,
             headers: extra,
+            counted,
         },
     )
     .await
@@ -294,14 +301,20 @@ async fn forward_completion(
     let mut request = parse(&body_bytes(&state, body)?)?;
     let mut extra = Vec::new();
     let mut route_time = None;
+    let mut counted = Counted::unrouted("completions", &request);
     if request["model"] == json!(state.auto_model) {
         let parsed: CompletionRequest = serde_json::from_value(request.clone())
             .map_err(|e| ApiError::bad_request(format!("Invalid request: {e}")))?;
         let (mut prompts, _) = parsed.validate()?;
+        check_choices(&state, parsed.n.unwrap_or(1))?;
         let decision = completions::route_prompt(&state, &parsed.model, &mut prompts).await?;
         route_time = Some(decision.route_time);
         extra.extend(decision_headers(&decision));
+        counted = Counted::routed("completions", &decision);
         if let Action::Block { message, reason } = &decision.action {
+            // A refusal thinks about nothing, as the in-process path counts it.
+            counted.reasoning = "off";
+            counted.record(&state, "blocked");
             extra.push(("x-switchyard-blocked", blocked_label(*reason).to_string()));
             let choices = prompts.len() * parsed.n.unwrap_or(1);
             let mut response = completions::blocked(
@@ -329,6 +342,7 @@ async fn forward_completion(
             route_time,
             arrived,
             headers: extra,
+            counted,
         },
     )
     .await
@@ -342,6 +356,59 @@ struct Routed {
     arrived: Instant,
     /// The routing headers.
     headers: Vec<(&'static str, String)>,
+    /// How the request is counted once the upstream answers.
+    counted: Counted,
+}
+
+/// A proxied request's labels in `switchyard_requests_total`: counted when the upstream's answer
+/// starts, under the upstream's status (or `blocked` when the router refused it here).
+struct Counted {
+    endpoint: &'static str,
+    model: String,
+    category: String,
+    /// The thinking switch the route sent (`on` / `off`), empty for a request not routed here.
+    reasoning: &'static str,
+}
+
+impl Counted {
+    /// A request for a concrete model, passed on as it came.
+    fn unrouted(endpoint: &'static str, request: &Value) -> Self {
+        Self {
+            endpoint,
+            model: request["model"].as_str().unwrap_or_default().to_string(),
+            category: String::new(),
+            reasoning: "",
+        }
+    }
+
+    /// A request the router decided.
+    fn routed(endpoint: &'static str, decision: &Decision) -> Self {
+        let thinking = matches!(decision.reasoning, Reasoning::Thinking { .. });
+        Self {
+            endpoint,
+            model: decision.model.clone(),
+            category: decision.category.clone(),
+            reasoning: if thinking && endpoint == "chat" {
+                "on"
+            } else {
+                "off"
+            },
+        }
+    }
+
+    fn record(&self, state: &State, status: &str) {
+        state
+            .metrics
+            .requests
+            .with_label_values(&[
+                self.endpoint,
+                &self.model,
+                &self.category,
+                self.reasoning,
+                status,
+            ])
+            .inc();
+    }
 }
 
 /// Posts `request` to the upstream's `path` and passes its answer through, with the routing
@@ -357,6 +424,7 @@ async fn send(
         route_time,
         arrived,
         headers: mut extra,
+        counted,
     } = routed;
     let upstream = upstream(state)?;
     let upstream_response = ask_upstream(
@@ -364,6 +432,7 @@ async fn send(
         with_credentials(state.http.post(format!("{upstream}{path}")), auth).json(request),
     )
     .await?;
+    counted.record(state, upstream_response.status().as_str());
     extra.push((
         "server-timing",
         server_timing(
