@@ -172,3 +172,44 @@ fn tokenizer_config_add_bos_token_starts_prompts_with_bos() {
     assert_eq!(with_bos.encode_prompt(text).unwrap()[0], bos);
     assert_eq!(with_bos.encode_prompt(text).unwrap()[1..], plain[..]);
 }
+
+#[test]
+fn an_output_head_of_the_wrong_shape_is_refused_at_load() {
+    // tiny-llama's untied head with its last row cut: an error naming the tensor, not a model
+    // that fails every request later.
+    let source = fixtures().join("hf/tiny-llama");
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
+    }
+    let bytes = std::fs::read(source.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| (name, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
+        .collect();
+    let head = tensors
+        .iter_mut()
+        .find(|t| t.0 == "lm_head.weight")
+        .expect("an untied head");
+    let row_bytes = head.3.len() / head.2[0];
+    head.2[0] -= 1;
+    head.3.truncate(head.3.len() - row_bytes);
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+    let err = load_generation_model(dir.path())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("lm_head.weight") && err.contains("expected"),
+        "{err}"
+    );
+}

@@ -87,18 +87,18 @@ struct HfConfig {
     num_key_value_heads: Option<usize>,
     head_dim: Option<usize>,
     rms_norm_eps: f64,
-    #[serde(default = "default_rope_theta")]
-    rope_theta: f64,
+    rope_theta: Option<f64>,
     rope_scaling: Option<serde_json::Value>,
+    /// transformers v5: `rope_theta`, `rope_type` and the scaling's fields in one object.
+    rope_parameters: Option<serde_json::Value>,
     max_position_embeddings: usize,
     #[serde(default)]
     tie_word_embeddings: bool,
     hidden_act: Option<String>,
 }
 
-fn default_rope_theta() -> f64 {
-    10_000.0
-}
+/// Hugging Face's default rope theta.
+const DEFAULT_ROPE_THETA: f64 = 10_000.0;
 
 impl DecoderConfig {
     /// Parses a Hugging Face `config.json` text.
@@ -120,12 +120,23 @@ impl DecoderConfig {
             }
         }
         let family = Family::from_name(&model_type)?;
+        // v4 keys first; transformers v5 writes both into `rope_parameters`.
         let rope_scaling = hf
             .rope_scaling
             .as_ref()
+            .or(hf.rope_parameters.as_ref())
             .map(parse_hf_rope_scaling)
             .transpose()?
             .flatten();
+        let rope_theta = hf
+            .rope_theta
+            .or_else(|| {
+                hf.rope_parameters
+                    .as_ref()
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(serde_json::Value::as_f64)
+            })
+            .unwrap_or(DEFAULT_ROPE_THETA);
         let config = Self {
             family,
             vocab_size: hf.vocab_size,
@@ -138,7 +149,7 @@ impl DecoderConfig {
                 .head_dim
                 .unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
             rms_norm_eps: hf.rms_norm_eps,
-            rope_theta: hf.rope_theta,
+            rope_theta,
             rope_scaling,
             rope_style: RopeStyle::HalfSplit,
             max_position_embeddings: hf.max_position_embeddings,
@@ -296,5 +307,49 @@ fn parse_hf_rope_scaling(v: &serde_json::Value) -> Result<Option<RopeScaling>> {
         other => Err(ModelError::Config(format!(
             "rope_scaling type `{other}` is not supported (default, linear, llama3)"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Llama 3.1-shaped `config.json` with the rope fields given by `rope`.
+    fn llama(rope: &str) -> String {
+        format!(
+            r#"{{"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
+                "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                "num_key_value_heads": 1, "rms_norm_eps": 1e-5,
+                "max_position_embeddings": 128{rope}}}"#
+        )
+    }
+
+    #[test]
+    fn transformers_v5_rope_parameters_read_as_the_v4_fields() {
+        let scaling = r#""rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192"#;
+        let v4 = DecoderConfig::from_hf_json(&llama(&format!(
+            r#", "rope_theta": 500000.0, "rope_scaling": {{{scaling}}}"#
+        )))
+        .unwrap();
+        let v5 = DecoderConfig::from_hf_json(&llama(&format!(
+            r#", "rope_parameters": {{"rope_theta": 500000.0, {scaling}}}"#
+        )))
+        .unwrap();
+        assert_eq!(v5, v4);
+        assert_eq!(v5.rope_theta, 500_000.0);
+        assert!(
+            matches!(v5.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0)
+        );
+        // No theta anywhere: Hugging Face's default.
+        let plain = DecoderConfig::from_hf_json(&llama("")).unwrap();
+        assert_eq!(
+            (plain.rope_theta, plain.rope_scaling),
+            (DEFAULT_ROPE_THETA, None)
+        );
+        // An unsupported type in either place is refused, not ignored.
+        let yarn =
+            r#", "rope_parameters": {"rope_theta": 1e6, "rope_type": "yarn", "factor": 4.0}"#;
+        assert!(DecoderConfig::from_hf_json(&llama(yarn)).is_err());
     }
 }

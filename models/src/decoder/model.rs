@@ -209,6 +209,17 @@ impl Decoder {
             None if c.tie_word_embeddings || matches!(naming, Naming::Gguf) => embed.clone(),
             None => return Err(ModelError::MissingTensor(naming.lm_head().into())),
         };
+        if lm_head.shape() != [c.vocab_size, c.hidden_size] {
+            return Err(ModelError::BadTensor {
+                name: naming.lm_head().into(),
+                message: format!(
+                    "expected [{}, {}], found {:?}",
+                    c.vocab_size,
+                    c.hidden_size,
+                    lm_head.shape()
+                ),
+            });
+        }
         let (h, q, kv, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
         let with_bias = c.family == Family::Qwen2;
         let layers = (0..c.num_layers)

@@ -29,7 +29,10 @@ impl GgufFile {
             .map_err(|_| format_err("tensor data offset overflows".into()))?;
         let mut tensors = HashMap::with_capacity(content.tensor_infos.len());
         for (name, info) in &content.tensor_infos {
-            let offset = base + info.offset as usize;
+            let offset = usize::try_from(info.offset)
+                .ok()
+                .and_then(|o| base.checked_add(o))
+                .ok_or_else(|| format_err(format!("tensor `{name}`: its offset overflows")))?;
             let tensor = MappedTensor::new(
                 name,
                 Arc::clone(&file),

@@ -75,7 +75,15 @@ impl MappedTensor {
         format: WeightFormat,
         shape: Vec<usize>,
     ) -> Result<Self> {
-        let elems: usize = shape.iter().product();
+        let bad = |message: String| ModelError::BadTensor {
+            name: name.to_string(),
+            message,
+        };
+        // A malformed file's shape or offset must not wrap around into a plausible size.
+        let elems = shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
         let block = format.block_size();
         if !elems.is_multiple_of(block) {
             return Err(ModelError::BadTensor {
@@ -83,12 +91,14 @@ impl MappedTensor {
                 message: format!("{elems} elements is not a multiple of the {format:?} block size"),
             });
         }
-        let len = elems / block * format.type_size();
-        if offset + len > file.bytes().len() {
-            return Err(ModelError::BadTensor {
-                name: name.to_string(),
-                message: "data runs past the end of the file".into(),
-            });
+        let len = (elems / block)
+            .checked_mul(format.type_size())
+            .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > file.bytes().len())
+        {
+            return Err(bad("data runs past the end of the file".into()));
         }
         Ok(Self {
             file,
@@ -163,5 +173,27 @@ mod tests {
         std::fs::write(&path, b"changed").unwrap();
         let c = MappedFile::open(&path).unwrap();
         assert_eq!(c.bytes(), b"changed", "a dropped mapping is not reused");
+    }
+
+    #[test]
+    fn a_shape_or_offset_that_wraps_around_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weights.bin");
+        std::fs::write(&path, [0u8; 64]).unwrap();
+        let file = MappedFile::open(&path).unwrap();
+        let tensor = |offset, shape: Vec<usize>| {
+            MappedTensor::new("t", Arc::clone(&file), offset, WeightFormat::F32, shape)
+        };
+        assert!(tensor(0, vec![16]).is_ok());
+        assert!(tensor(4, vec![16]).is_err(), "past the end");
+        assert!(
+            tensor(usize::MAX - 2, vec![1]).is_err(),
+            "an offset that wraps"
+        );
+        assert!(tensor(0, vec![1 << 62, 8]).is_err(), "a shape that wraps");
+        assert!(
+            tensor(0, vec![usize::MAX / 2]).is_err(),
+            "a length that wraps"
+        );
     }
 }
