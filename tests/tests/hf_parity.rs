@@ -205,8 +205,7 @@ fn an_output_head_of_the_wrong_shape_is_refused_at_load() {
         .collect();
     safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
     let err = load_generation_model(dir.path())
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(
         err.contains("lm_head.weight") && err.contains("expected"),
