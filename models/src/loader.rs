@@ -85,17 +85,14 @@ fn load_gguf(path: &Path) -> Result<GenerationModel> {
     let gguf = GgufFile::open(path)?;
     let decoder = Decoder::from_gguf(&gguf)?;
     let sidecar = path.with_file_name("tokenizer.json");
-    let mut tokenizer = if sidecar.exists() {
+    // The special ids come from the GGUF's metadata either way.
+    let tokenizer = if sidecar.exists() {
         let t = tokenizers::Tokenizer::from_file(&sidecar)
             .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", sidecar.display())))?;
-        TextTokenizer::new(t, None, vec![])
+        TextTokenizer::new(t, None, vec![]).with_gguf_specials(&gguf)
     } else {
         TextTokenizer::from_gguf(&gguf)?
     };
-    let gguf_tok = TextTokenizer::from_gguf(&gguf).ok();
-    if let Some(g) = &gguf_tok {
-        tokenizer.add_eos(g.eos().iter().copied());
-    }
     let token_text = |key: &str| {
         gguf.integer(key)
             .and_then(|id| tokenizer.token(id as u32))
@@ -126,8 +123,10 @@ fn load_hf_dir(dir: &Path) -> Result<GenerationModel> {
     let eos = token_string(tok_config.get("eos_token"));
     let mut tokenizer =
         TextTokenizer::from_file(&dir.join("tokenizer.json"), bos.as_deref(), eos.as_slice())?;
+    // Unsaid in tokenizer_config.json, BOS comes first when the tokenizer's post-processor puts
+    // it there, as transformers encodes a text.
     let add_bos = tok_config.get("add_bos_token").and_then(Value::as_bool);
-    tokenizer.set_add_bos(add_bos.unwrap_or(false));
+    tokenizer.set_add_bos(add_bos.unwrap_or_else(|| tokenizer.post_processor_adds_bos()));
     if let Some(gen) = read_json(&dir.join("generation_config.json"))? {
         let ids: Vec<u32> = match gen.get("eos_token_id") {
             Some(Value::Number(n)) => n.as_u64().map(|v| v as u32).into_iter().collect(),
@@ -149,10 +148,7 @@ fn load_hf_dir(dir: &Path) -> Result<GenerationModel> {
             })?,
         )
     } else {
-        tok_config
-            .get("chat_template")
-            .and_then(Value::as_str)
-            .map(str::to_string)
+        named_template(tok_config.get("chat_template"))
     };
     let chat_template = source
         .map(|s| {
@@ -169,4 +165,38 @@ fn load_hf_dir(dir: &Path) -> Result<GenerationModel> {
         tokenizer,
         chat_template,
     })
+}
+
+/// `tokenizer_config.json`'s `chat_template`: a string, or a list of named templates
+/// (`[{"name": "default", "template": ...}, {"name": "tool_use", ...}]`), of which the default
+/// one renders chats, as transformers picks it when no tools are passed.
+fn named_template(value: Option<&Value>) -> Option<String> {
+    match value? {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(list) => list
+            .iter()
+            .find(|t| t["name"] == "default")
+            .and_then(|t| t["template"].as_str())
+            .map(str::to_string),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_of_named_chat_templates_renders_with_the_default_one() {
+        let list = serde_json::json!([
+            {"name": "tool_use", "template": "tools"},
+            {"name": "default", "template": "plain"}
+        ]);
+        assert_eq!(named_template(Some(&list)).as_deref(), Some("plain"));
+        assert_eq!(
+            named_template(Some(&serde_json::json!("one"))).as_deref(),
+            Some("one")
+        );
+        assert_eq!(named_template(None), None);
+    }
 }

@@ -48,6 +48,41 @@ fn gguf_tokenizer_matches_llama_cpp_ids() {
 }
 
 #[test]
+fn generation_ends_where_llama_cpp_ends_it() {
+    let Some(model) = model() else { return };
+    // llama.cpp's `llama_vocab_is_eog` set (make_llamacpp_eog.py): the GGUF's eos, and the
+    // end-of-turn and FIM tokens it finds by text.
+    let reference = read_json(&fixtures().join("smollm2-llamacpp/eog.json"));
+    let theirs: Vec<(u32, String)> = reference["eog"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e[0].as_u64().unwrap() as u32,
+                e[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let ours = model.tokenizer.eos();
+    assert!(ours.len() > 1, "more than the GGUF's eos id: {ours:?}");
+    for id in ours {
+        assert!(
+            theirs.iter().any(|(t, _)| t == id),
+            "{id} is not llama.cpp's: {theirs:?}"
+        );
+    }
+    // What llama.cpp adds beyond ours is only what it guesses from FIM tokens' names.
+    for (id, text) in &theirs {
+        let fim = ["fim", "repo", "file_sep"].iter().any(|k| text.contains(k));
+        assert!(
+            ours.contains(id) || fim,
+            "{id} {text:?} missing from {ours:?}"
+        );
+    }
+}
+
+#[test]
 fn chat_prompts_render_and_tokenize_like_llama_cpp() {
     let Some(model) = model() else { return };
     let template = model

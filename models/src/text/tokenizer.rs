@@ -17,6 +17,26 @@ pub struct TextTokenizer {
     spm: Option<Arc<SpmDecoder>>,
 }
 
+/// Tokens llama.cpp also ends generation at, found by their text (`llama-vocab.cpp`), beside the
+/// ids a GGUF names: a chat model's end of turn is often not its `eos_token_id`. (llama.cpp also
+/// guesses FIM tokens by text; here they end generation only when the metadata names them.)
+const END_OF_GENERATION_TEXTS: [&str; 14] = [
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "<end_of_utterance>",
+    "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
+];
+
 fn tok_err(e: impl std::fmt::Display) -> ModelError {
     ModelError::Tokenizer(e.to_string())
 }
@@ -35,21 +55,50 @@ impl TextTokenizer {
         }
     }
 
-    /// Builds the tokenizer from GGUF metadata, with its bos/eos/eot ids.
+    /// Builds the tokenizer from GGUF metadata, with its special ids ([`Self::with_gguf_specials`]).
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
         let (inner, spm) = super::gguf_tokenizer::gguf_tokenizer_parts(gguf)?;
-        let id = |k: &str| gguf.integer(k).map(|v| v as u32);
-        let eos = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]
-            .iter()
-            .filter_map(|k| id(k))
-            .collect();
-        let mut tokenizer = Self::new(inner, id("tokenizer.ggml.bos_token_id"), eos);
-        // llama.cpp's default: SentencePiece vocabularies start sequences with BOS.
-        tokenizer.add_bos = gguf
-            .boolean("tokenizer.ggml.add_bos_token")
-            .unwrap_or(spm.is_some());
+        let mut tokenizer = Self::new(inner, None, Vec::new()).with_gguf_specials(gguf);
         tokenizer.spm = spm.map(Arc::new);
         Ok(tokenizer)
+    }
+
+    /// Takes a GGUF's special ids from its metadata, as llama.cpp does, whether this tokenizer
+    /// was built from the GGUF or given beside it (`tokenizer.json`): BOS, whether prompts start
+    /// with it (`add_bos_token`; by default, for a SentencePiece vocabulary), and every id that
+    /// ends generation (`eos`, `eot`, `eom`, and the end-of-turn tokens llama.cpp finds by text).
+    pub fn with_gguf_specials(mut self, gguf: &GgufFile) -> Self {
+        let id = |k: &str| gguf.integer(k).map(|v| v as u32);
+        self.bos = id("tokenizer.ggml.bos_token_id");
+        self.add_bos = gguf
+            .boolean("tokenizer.ggml.add_bos_token")
+            .unwrap_or(gguf.string("tokenizer.ggml.model") == Some("llama"));
+        let named = [
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.eom_token_id",
+            "tokenizer.ggml.fim_pad_token_id",
+            "tokenizer.ggml.fim_rep_token_id",
+            "tokenizer.ggml.fim_sep_token_id",
+        ]
+        .iter()
+        .filter_map(|k| id(k));
+        let by_text = END_OF_GENERATION_TEXTS
+            .iter()
+            .filter_map(|t| self.inner.token_to_id(t));
+        let ids: Vec<u32> = named.chain(by_text).collect();
+        self.add_eos(ids);
+        self
+    }
+
+    /// Whether the tokenizer's own post-processor puts BOS first (a `tokenizer.json`
+    /// `TemplateProcessing`, as Llama 3's adds `<|begin_of_text|>`): `transformers` then starts a
+    /// text with it though `tokenizer_config.json` says nothing.
+    pub fn post_processor_adds_bos(&self) -> bool {
+        let Some(bos) = self.bos else { return false };
+        self.inner
+            .encode("a", true)
+            .is_ok_and(|e| e.get_ids().first() == Some(&bos))
     }
 
     /// Loads `tokenizer.json` from a file, taking bos/eos from the named tokens.
@@ -144,5 +193,34 @@ impl TextTokenizer {
     /// The underlying `tokenizers` tokenizer.
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A word-level tokenizer (`<s>`=0, `a`=1) with the given post-processor.
+    fn tokenizer(post_processor: &str) -> TextTokenizer {
+        let json = format!(
+            r#"{{"version": "1.0",
+                "added_tokens": [{{"id": 0, "content": "<s>", "single_word": false, "lstrip": false,
+                                  "rstrip": false, "normalized": false, "special": true}}],
+                "pre_tokenizer": {{"type": "Whitespace"}},
+                "post_processor": {post_processor},
+                "model": {{"type": "WordLevel", "vocab": {{"<s>": 0, "a": 1}}, "unk_token": "a"}}}}"#
+        );
+        let inner: tokenizers::Tokenizer = json.parse().expect("tokenizer JSON");
+        TextTokenizer::new(inner, Some(0), Vec::new())
+    }
+
+    #[test]
+    fn a_post_processor_that_puts_bos_first_is_seen() {
+        let template = r#"{"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [0], "tokens": ["<s>"]}}}"#;
+        assert!(tokenizer(template).post_processor_adds_bos());
+        assert!(!tokenizer("null").post_processor_adds_bos());
     }
 }
