@@ -175,6 +175,8 @@ fn spawn_serve(
     args: &[&str],
 ) -> Result<ChildGuard> {
     let child = Command::new(std::env::current_exe()?)
+        // Each process gets its models from `args` alone (a proxy serves none of its own).
+        .env_remove("SWITCHYARD_MODEL")
         .args(["serve", "--port", &port.to_string()])
         .arg("--config")
         .arg(config)

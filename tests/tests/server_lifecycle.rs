@@ -221,3 +221,27 @@ fn fixtures_model() -> String {
         .to_string_lossy()
         .into_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_port_or_a_bad_flag_is_refused_before_any_model_loads() {
+    // The model path does not exist: an error about it would mean it was tried first.
+    let missing = || vec!["/nonexistent/switchyard-model.gguf".to_string()];
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut a = args();
+    a.models = missing();
+    a.port = port;
+    let err = start(a).await.err().expect("a busy port").to_string();
+    assert!(err.contains("binding"), "{err}");
+
+    let mut a = args();
+    a.models = missing();
+    a.max_batch_tokens = 4;
+    let err = start(a).await.err().expect("refused").to_string();
+    assert!(err.contains("--max-batch-tokens"), "{err}");
+
+    let mut a = args();
+    a.upstream = Some("http://127.0.0.1:9".into());
+    let err = start(a).await.err().expect("refused").to_string();
+    assert!(err.contains("--upstream serves no model"), "{err}");
+}

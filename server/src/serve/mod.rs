@@ -340,6 +340,24 @@ fn model_id(path: &std::path::Path, loaded_name: &str) -> String {
 
 /// Loads the models and the router and starts serving (the caller's tokio runtime).
 pub async fn start(args: ServeArgs) -> Result<Server> {
+    // What costs nothing to check is checked before the models are fetched and loaded, and the
+    // port is taken first: a busy one, or a bad flag, is said at once, not minutes later.
+    let upstream_auth = proxy::upstream_authorization(args.upstream_api_key.as_deref())?;
+    if args.upstream.is_some() && !args.models.is_empty() {
+        bail!(
+            "--upstream serves no model of its own (it forwards to the upstream's); drop --model"
+        );
+    }
+    if args.max_batch_tokens < args.max_num_seqs {
+        bail!(
+            "--max-batch-tokens ({}) must be at least --max-num-seqs ({}): every running sequence decodes in each step",
+            args.max_batch_tokens,
+            args.max_num_seqs
+        );
+    }
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("binding {}:{}", args.host, args.port))?;
     let device = args.device.open()?;
     let mut specs: Vec<(Option<String>, PathBuf)> = args
         .models
@@ -494,7 +512,7 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
             .upstream
             .as_ref()
             .map(|u| u.trim_end_matches('/').to_string()),
-        upstream_auth: proxy::upstream_authorization(args.upstream_api_key.as_deref())?,
+        upstream_auth,
         upstream_timeout: Duration::from_secs(args.upstream_timeout),
         http: reqwest::Client::new(),
     });
@@ -534,9 +552,6 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
         .layer(axum::middleware::from_fn(handlers::log_request))
         .with_state(state.clone());
 
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
-        .await
-        .with_context(|| format!("binding {}:{}", args.host, args.port))?;
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
     let read_timeout = Duration::from_secs(args.read_timeout);
