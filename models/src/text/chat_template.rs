@@ -90,20 +90,51 @@ fn strftime_now(format: String) -> String {
 }
 
 /// `tojson` as `transformers` renders templates: Python's `json.dumps(x, ensure_ascii=False,
-/// indent=indent)`. minijinja's own filter writes compact JSON and escapes `<`, `>`, `&` and `'` for
-/// HTML, so a tool description with `<` in it would reach the model as `\u003c`.
+/// indent=indent, separators=separators, sort_keys=sort_keys)`, each argument taken as
+/// transformers' filter takes it. minijinja's own filter writes compact JSON and escapes `<`, `>`,
+/// `&` and `'` for HTML, so a tool description with `<` in it would reach the model as `\u003c`.
 fn tojson(
     value: minijinja::Value,
     kwargs: minijinja::value::Kwargs,
 ) -> std::result::Result<minijinja::Value, minijinja::Error> {
-    let indent: Option<usize> = kwargs.get("indent")?;
+    let bad = |message: &str| {
+        minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message.to_string())
+    };
+    let separators = match kwargs.get::<Option<minijinja::Value>>("separators")? {
+        None => None,
+        Some(pair) => {
+            let parts: Option<Vec<String>> = pair
+                .try_iter()?
+                .map(|p| p.as_str().map(str::to_string))
+                .collect();
+            match parts.as_deref() {
+                Some([item, key]) => Some((item.clone(), key.clone())),
+                _ => return Err(bad("tojson: separators must be two strings")),
+            }
+        }
+    };
+    let style = JsonStyle {
+        indent: kwargs.get("indent")?,
+        ensure_ascii: kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false),
+        sort_keys: kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false),
+        separators,
+    };
     kwargs.assert_all_used()?;
-    let json = serde_json::to_value(&value).map_err(|e| {
-        minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
-    })?;
-    Ok(minijinja::Value::from_safe_string(python_json(
-        &json, indent,
-    )))
+    let json = serde_json::to_value(&value).map_err(|e| bad(&e.to_string()))?;
+    let mut out = String::new();
+    write_python_json(&mut out, &json, &style, 0);
+    Ok(minijinja::Value::from_safe_string(out))
+}
+
+/// The arguments of Python's `json.dumps` that templates pass.
+#[derive(Default)]
+struct JsonStyle {
+    indent: Option<usize>,
+    /// Non-ASCII text written as `\uXXXX` escapes.
+    ensure_ascii: bool,
+    sort_keys: bool,
+    /// (between items, between a key and its value); Python's defaults when `None`.
+    separators: Option<(String, String)>,
 }
 
 /// `value` written as Python's `json.dumps(value, ensure_ascii=False, indent=indent)` writes it:
@@ -111,52 +142,76 @@ fn tojson(
 /// order; non-ASCII text as it is. What chat models saw in training, in their templates' `tojson`.
 pub fn python_json(value: &serde_json::Value, indent: Option<usize>) -> String {
     let mut out = String::new();
-    write_python_json(&mut out, value, indent, 0);
+    let style = JsonStyle {
+        indent,
+        ..JsonStyle::default()
+    };
+    write_python_json(&mut out, value, &style, 0);
     out
 }
 
-fn write_python_json(
-    out: &mut String,
-    value: &serde_json::Value,
-    indent: Option<usize>,
-    depth: usize,
-) {
+fn write_python_json(out: &mut String, value: &serde_json::Value, style: &JsonStyle, depth: usize) {
     use serde_json::Value;
     let newline = |out: &mut String, depth: usize| {
-        if let Some(n) = indent {
+        if let Some(n) = style.indent {
             out.push('\n');
             out.push_str(&" ".repeat(n * depth));
         }
     };
-    let separator = if indent.is_some() { "," } else { ", " };
+    let (item_sep, key_sep) = match &style.separators {
+        Some((item, key)) => (item.as_str(), key.as_str()),
+        None if style.indent.is_some() => (",", ": "),
+        None => (", ", ": "),
+    };
+    let string = |out: &mut String, text: &str| {
+        let quoted = Value::String(text.to_string()).to_string();
+        if !style.ensure_ascii {
+            return out.push_str(&quoted);
+        }
+        for c in quoted.chars() {
+            if c.is_ascii() {
+                out.push(c);
+            } else {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
+    };
     match value {
         Value::Array(items) if !items.is_empty() => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push_str(separator);
+                    out.push_str(item_sep);
                 }
                 newline(out, depth + 1);
-                write_python_json(out, item, indent, depth + 1);
+                write_python_json(out, item, style, depth + 1);
             }
             newline(out, depth);
             out.push(']');
         }
         Value::Object(map) if !map.is_empty() => {
             out.push('{');
-            for (i, (key, item)) in map.iter().enumerate() {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            if style.sort_keys {
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+            }
+            for (i, (key, item)) in entries.into_iter().enumerate() {
                 if i > 0 {
-                    out.push_str(separator);
+                    out.push_str(item_sep);
                 }
                 newline(out, depth + 1);
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push_str(": ");
-                write_python_json(out, item, indent, depth + 1);
+                string(out, key);
+                out.push_str(key_sep);
+                write_python_json(out, item, style, depth + 1);
             }
             newline(out, depth);
             out.push('}');
         }
-        // Scalars and empty containers: the same text either way.
+        Value::String(text) => string(out, text),
+        // Other scalars and empty containers: the same text either way.
         other => out.push_str(&other.to_string()),
     }
 }
@@ -266,6 +321,29 @@ mod tests {
             out,
             "{\"b\": 1, \"a\": [1.5, \"<é>\", {}], \"c\": {\"d\": null}}|{\n  \"b\": 1,\n  \"a\": [\n    1.5,\n    \"<é>\",\n    {}\n  ],\n  \"c\": {\n    \"d\": null\n  }\n}"
         );
+    }
+
+    #[test]
+    fn tojson_takes_the_arguments_transformers_filter_takes() {
+        let t = ChatTemplate::new(
+            "{{ messages[0].tool_calls[0] | tojson(ensure_ascii=True, sort_keys=True) }}|\
+             {{ messages[0].tool_calls[0] | tojson(separators=(',', ':')) }}",
+            "",
+            "",
+        )
+        .unwrap();
+        let mut m = ChatMessage::new("assistant", "");
+        m.tool_calls = Some(vec![serde_json::json!({"b": "é😀", "a": [1, 2]})]);
+        let out = t.render(&[m], false, None).unwrap();
+        // json.dumps(x, ensure_ascii=True, sort_keys=True) and json.dumps(x, separators=(",", ":"),
+        // ensure_ascii=False).
+        assert_eq!(
+            out,
+            "{\"a\": [1, 2], \"b\": \"\\u00e9\\ud83d\\ude00\"}|{\"b\":\"é😀\",\"a\":[1,2]}"
+        );
+        // An argument it does not know is an error, not ignored.
+        let t = ChatTemplate::new("{{ 1 | tojson(colour=1) }}", "", "").unwrap();
+        assert!(t.render(&[], false, None).is_err());
     }
 
     #[test]
