@@ -95,6 +95,9 @@ struct HfConfig {
     #[serde(default)]
     tie_word_embeddings: bool,
     hidden_act: Option<String>,
+    /// Mistral's (and Qwen2's, with `use_sliding_window`) attention window.
+    sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
 }
 
 /// Hugging Face's default rope theta.
@@ -152,7 +155,7 @@ impl DecoderConfig {
             rope_theta,
             rope_scaling,
             rope_style: RopeStyle::HalfSplit,
-            max_position_embeddings: hf.max_position_embeddings,
+            max_position_embeddings: context_within_window(&hf, &model_type),
             tie_word_embeddings: hf.tie_word_embeddings,
         };
         config.validate()?;
@@ -279,6 +282,25 @@ impl DecoderConfig {
     }
 }
 
+/// The context a model is served with: its `max_position_embeddings`, or, for a model whose
+/// attention only looks `sliding_window` positions back (Mistral v0.1; Qwen2 with
+/// `use_sliding_window`), no more than that window, where full attention (all this decoder
+/// computes) is the same thing. Past it the outputs would differ from the model's.
+fn context_within_window(hf: &HfConfig, model_type: &str) -> usize {
+    let windowed = model_type == "mistral" || hf.use_sliding_window == Some(true);
+    match hf.sliding_window.filter(|_| windowed) {
+        Some(window) if window < hf.max_position_embeddings => {
+            tracing::warn!(
+                "the model attends within a {window}-position window, which this decoder does not \
+                 implement: its context is capped at {window} (max_position_embeddings {})",
+                hf.max_position_embeddings
+            );
+            window
+        }
+        _ => hf.max_position_embeddings,
+    }
+}
+
 fn parse_hf_rope_scaling(v: &serde_json::Value) -> Result<Option<RopeScaling>> {
     if v.is_null() {
         return Ok(None);
@@ -346,6 +368,33 @@ mod tests {
         assert_eq!(
             (plain.rope_theta, plain.rope_scaling),
             (DEFAULT_ROPE_THETA, None)
+        );
+        // Mistral v0.1's window caps the context; Qwen2's only when it is switched on.
+        let window = r#", "sliding_window": 64"#;
+        let mistral =
+            llama(window).replace(r#""model_type": "llama""#, r#""model_type": "mistral""#);
+        assert_eq!(
+            DecoderConfig::from_hf_json(&mistral)
+                .unwrap()
+                .max_position_embeddings,
+            64
+        );
+        let qwen2 = llama(window).replace(r#""model_type": "llama""#, r#""model_type": "qwen2""#);
+        assert_eq!(
+            DecoderConfig::from_hf_json(&qwen2)
+                .unwrap()
+                .max_position_embeddings,
+            128
+        );
+        let on = qwen2.replace(
+            r#""sliding_window": 64"#,
+            r#""sliding_window": 64, "use_sliding_window": true"#,
+        );
+        assert_eq!(
+            DecoderConfig::from_hf_json(&on)
+                .unwrap()
+                .max_position_embeddings,
+            64
         );
         // An unsupported type in either place is refused, not ignored.
         let yarn =
