@@ -31,13 +31,18 @@ impl Detokenizer {
     /// A detokenizer for the tokens that follow `prompt`: they are decoded after its last tokens,
     /// so the first one reads as it does in the whole text (`▁Paris` after a prompt is " Paris";
     /// decoded alone, a SentencePiece decoder strips that space, and a text completion would glue
-    /// its answer to the prompt).
-    pub fn after(prompt: &[u32]) -> Self {
-        let ids = prompt[prompt.len().saturating_sub(CONTEXT_TOKENS)..].to_vec();
+    /// its answer to the prompt). Context that ends inside a character is left out: the text
+    /// after it could not extend it.
+    pub fn after(tokenizer: &TextTokenizer, prompt: &[u32]) -> Self {
+        let context = &prompt[prompt.len().saturating_sub(CONTEXT_TOKENS)..];
+        let whole = tokenizer
+            .decode(context)
+            .is_ok_and(|t| !t.ends_with('\u{FFFD}'));
+        let context = if whole { context } else { &[] };
         Self {
             prefix_offset: 0,
-            read_offset: ids.len(),
-            ids,
+            read_offset: context.len(),
+            ids: context.to_vec(),
         }
     }
 
@@ -166,6 +171,25 @@ mod tests {
         let all = pushed + &flushed;
         assert!(all.ends_with("aéb"), "{all:?}");
         assert_eq!(all, tokenizer().decode(&ids).unwrap());
+    }
+
+    #[test]
+    fn text_after_a_prompt_is_decoded_in_its_context_unless_it_ends_inside_a_character() {
+        let tok = tokenizer();
+        let text = |mut d: Detokenizer, ids: &[u32]| {
+            let mut out = String::new();
+            for &id in ids {
+                out += &d.push(&tok, id).unwrap();
+            }
+            out + &d.flush(&tok).unwrap()
+        };
+        // After "b": the continuation's text is what the whole adds to the prompt's.
+        assert_eq!(text(Detokenizer::after(&tok, &[4]), &[3, 2]), "aé");
+        // After "aÃ" (a character begun): that context is left out, and the continuation is
+        // decoded as it stands, at once.
+        let d = Detokenizer::after(&tok, &[4, 3]);
+        assert_eq!(d.ids, [4u32; 0]);
+        assert_eq!(text(d, &[4]), "b");
     }
 
     #[test]

@@ -423,7 +423,7 @@ impl Engine {
         };
         let (events, rx) = flume::unbounded();
         let prompt_len = tokens.len();
-        let detok = Detokenizer::after(&tokens);
+        let detok = Detokenizer::after(&self.info.tokenizer, &tokens);
         let seq = Sequence {
             events,
             sampler: Sampler::new(params.sampling.clone(), &tokens),
