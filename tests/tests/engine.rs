@@ -1372,11 +1372,10 @@ fn a_schema_constrains_the_answer_after_thinking_not_the_thinking() {
         "required": ["ok"],
         "additionalProperties": false
     });
-    for seed in 0..3 {
+    // A sampled answer to `prompt` under the schema, thinking within a budget of 6.
+    let answer = |prompt: Prompt, seed: u64| {
         let request = GenerationRequest {
-            prompt: Prompt::Text(
-                "<|im_start|>user\nwhy<|im_end|>\n<|im_start|>assistant\n<think>\n".into(),
-            ),
+            prompt,
             params: GenerationParams {
                 sampling: SamplingParams {
                     temperature: 1.0,
@@ -1390,14 +1389,19 @@ fn a_schema_constrains_the_answer_after_thinking_not_the_thinking() {
             },
         };
         let out = drain(engine.submit(request).unwrap());
+        let answer: serde_json::Value = serde_json::from_str(&out.content).unwrap();
+        assert!(answer["ok"].is_boolean(), "{out:?}");
+        out
+    };
+    for seed in 0..3 {
+        let opened = "<|im_start|>user\nwhy<|im_end|>\n<|im_start|>assistant\n<think>\n";
+        let out = answer(Prompt::Text(opened.into()), seed);
         // Random weights think in random tokens, not in JSON, and may close the section
         // themselves (no JSON grammar would allow `</think>`)...
         assert!((1..=6).contains(&out.usage.reasoning_tokens), "{out:?}");
         assert!(!out.reasoning.trim_start().starts_with('{'), "{out:?}");
         // ...and then answer as the schema says.
         assert_eq!(out.reason, Some(FinishReason::Stop), "{out:?}");
-        let answer: serde_json::Value = serde_json::from_str(&out.content).unwrap();
-        assert!(answer["ok"].is_boolean(), "{out:?}");
     }
     // Qwen3's template leaves `<think>` to the model, which the schema would forbid: the engine
     // opens the section itself, and the model thinks (within its budget) before the answer.
@@ -1407,24 +1411,8 @@ fn a_schema_constrains_the_answer_after_thinking_not_the_thinking() {
         .unwrap();
     assert!(!rendered.trim_end().ends_with("<think>"), "the premise");
     for seed in 0..3 {
-        let request = GenerationRequest {
-            prompt: Prompt::Chat(messages.clone()),
-            params: GenerationParams {
-                sampling: SamplingParams {
-                    temperature: 1.0,
-                    seed: Some(seed),
-                    ..Default::default()
-                },
-                max_tokens: Some(80),
-                thinking: Thinking::On { budget: Some(6) },
-                response_format: ResponseFormat::JsonSchema(std::sync::Arc::new(verdict.clone())),
-                ..Default::default()
-            },
-        };
-        let out = drain(engine.submit(request).unwrap());
+        let out = answer(Prompt::Chat(messages.clone()), seed);
         assert!((1..=6).contains(&out.usage.reasoning_tokens), "{out:?}");
-        let answer: serde_json::Value = serde_json::from_str(&out.content).unwrap();
-        assert!(answer["ok"].is_boolean(), "{out:?}");
     }
 }
 
