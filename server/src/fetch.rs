@@ -347,8 +347,6 @@ fn copy_member(archive: &Path, member: &str, dst: &mut impl Write) -> Result<()>
     Ok(())
 }
 
-/// Runs `work` with a fresh scratch folder inside `parent` (created if needed), removed afterwards
-/// whatever the outcome.
 /// Runs a fetch into `models` holding its lock file (`.fetch.lock`), so that processes sharing a
 /// cache fetch one at a time and the later ones find the first's result; `work` gets a scratch
 /// folder of its own inside `models` (removed afterwards). Under the lock no other fetch is running,
