@@ -245,3 +245,39 @@ async fn a_busy_port_or_a_bad_flag_is_refused_before_any_model_loads() {
     let err = start(a).await.err().expect("refused").to_string();
     assert!(err.contains("--upstream serves no model"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_while_its_request_is_routed_counts_as_cancelled() {
+    use switchyard_models::executor::DeviceExecutor;
+    // The router's batches run on the engine's worker, which the test holds: the request waits
+    // in routing, before it has anything that would count it.
+    let mut a = args();
+    a.models = vec![format!("SmolLM2-135M-Instruct={}", fixtures_model())];
+    a.router_executor = switchyard_server::serve::RouterExecutor::Engine;
+    let (s, base) = server(a).await;
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    s.state.engines["SmolLM2-135M-Instruct"]
+        .executor()
+        .execute(Box::new(move || {
+            let _ = hold.recv();
+        }))
+        .unwrap_or_else(|_| panic!("engine stopped"));
+    let request = {
+        let base = base.clone();
+        tokio::spawn(
+            async move { post(&base, "/v1/chat/completions", &chat("auto", "hi", 2)).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    request.abort();
+    let counted = "switchyard_requests_total{category=\"\",endpoint=\"chat\",model=\"\",reasoning=\"\",status=\"cancelled\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = metrics(&base).await;
+    while !text.contains(counted) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        text = metrics(&base).await;
+    }
+    assert!(text.contains(counted), "{text}");
+    release.send(()).unwrap();
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}

@@ -26,7 +26,7 @@ use super::api::{SamplingFields, Stop, StreamOptions, Usage};
 use super::error::ApiError;
 use super::generation::{
     add_server_timing, answer, check_accepting, check_choices, collect_all, known_stream, refusal,
-    request_usage, sse_response, stream_permit, submit, usage_chunk, ChoiceItem, Outcome,
+    request_usage, sse_response, stream_permit, submit, usage_chunk, ChoiceItem, Outcome, Pending,
     StreamMeta,
 };
 use super::handlers::{
@@ -202,7 +202,9 @@ pub async fn completions(
     AxumState(state): Shared,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let result = complete(state.clone(), body).await;
+    let pending = Pending::new(&state, "completions");
+    let result = complete(state.clone(), body, &pending).await;
+    pending.settle();
     answer(&state, "completions", result)
 }
 
@@ -279,6 +281,7 @@ pub(super) async fn route_prompt(
 async fn complete(
     state: Arc<State>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    pending: &Pending,
 ) -> Result<Response, ApiError> {
     check_accepting(&state)?;
     let arrived = Instant::now();
@@ -339,6 +342,7 @@ async fn complete(
         arrived,
     );
     let mut outcome = Outcome::new(&state, "completions", &plan, "off");
+    pending.settle();
     // Choice i continues prompt i / n.
     let echo_of = |i: usize| echoed.get(i / n).cloned();
 

@@ -339,6 +339,44 @@ impl Drop for Outcome {
     }
 }
 
+/// A request not yet counted by anything else: it counts itself as `cancelled` (under its endpoint
+/// alone) if its handler is dropped first, which happens when the client goes away while the
+/// request is routed or its prompt tokenized, before it has an [`Outcome`]. Settled once the
+/// request has an `Outcome`, or an answer `answer` counts.
+pub(super) struct Pending {
+    state: Arc<State>,
+    endpoint: &'static str,
+    settled: std::sync::atomic::AtomicBool,
+}
+
+impl Pending {
+    pub(super) fn new(state: &Arc<State>, endpoint: &'static str) -> Self {
+        Self {
+            state: state.clone(),
+            endpoint,
+            settled: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Something else counts the request from now on.
+    pub(super) fn settle(&self) {
+        self.settled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.settled.load(std::sync::atomic::Ordering::Relaxed) {
+            self.state
+                .metrics
+                .requests
+                .with_label_values(&[self.endpoint, "", "", "", "cancelled"])
+                .inc();
+        }
+    }
+}
+
 /// The error a request gets when the shutdown grace period ends before its generation.
 pub(super) fn cut_off() -> ApiError {
     let mut e = ApiError::unavailable(

@@ -24,7 +24,7 @@ use super::api::{ChatRequest, Checked, Usage};
 use super::error::ApiError;
 use super::generation::{
     add_server_timing, answer, check_accepting, check_choices, collect_all, known_stream, refusal,
-    request_usage, sse_response, stream_permit, submit, usage_chunk, ChoiceItem, Outcome,
+    request_usage, sse_response, stream_permit, submit, usage_chunk, ChoiceItem, Outcome, Pending,
     StreamMeta,
 };
 use super::tool_calls::{openai_tool_calls, CallSplitter};
@@ -507,7 +507,9 @@ pub async fn chat_completions(
     AxumState(state): Shared,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let result = chat(state.clone(), body).await;
+    let pending = Pending::new(&state, "chat");
+    let result = chat(state.clone(), body, &pending).await;
+    pending.settle();
     answer(&state, "chat", result)
 }
 
@@ -534,6 +536,7 @@ fn max_tokens(state: &State, request: &ChatRequest) -> Result<usize, ApiError> {
 async fn chat(
     state: Arc<State>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    pending: &Pending,
 ) -> Result<Response, ApiError> {
     check_accepting(&state)?;
     let arrived = Instant::now();
@@ -595,6 +598,7 @@ async fn chat(
         arrived,
     );
     let mut outcome = Outcome::new(&state, "chat", &plan, reasoning_label(plan.thinking));
+    pending.settle();
     if request.streamed() {
         let wants_logprobs = request.logprobs_wanted().is_some();
         let model = plan.model.clone();
