@@ -722,6 +722,43 @@ async fn proxy_mode_ends_a_stream_the_upstream_stops_sending() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_mode_ends_what_the_upstream_still_owes_when_the_grace_period_ends() {
+    let (between, held) = stalling_upstream(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
+         10\r\ndata: {\"a\": 1}\n\n\r\n",
+    )
+    .await;
+    let (proxy, base) = server(ServeArgs {
+        port: 0,
+        upstream: Some(between),
+        ..ServeArgs::default()
+    })
+    .await;
+    let mut request = chat("tiny-llama", "Hello", 2);
+    request["stream"] = json!(true);
+    let client = tokio::spawn(async move {
+        let r = post(&base, "/v1/chat/completions", &request).await;
+        r.text().await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A long upstream timeout: the shutdown, not the timeout, ends the stream.
+    proxy.shutdown(Duration::from_millis(200)).await.unwrap();
+    let text = tokio::time::timeout(Duration::from_secs(10), client)
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.len(), 3, "{text}");
+    let error: Value = serde_json::from_str(events[1]).unwrap();
+    assert_eq!(error["error"]["code"], "server_shutdown", "{error}");
+    assert_eq!(events[2], "[DONE]");
+    held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_mode_routes_and_forwards_like_the_vllm_semantic_router() {
     // The generator serves the tiny model under the name the shipped routing config targets.
     let mut a = args();

@@ -21,7 +21,7 @@ use switchyard_router::{Action, Decision, Reasoning};
 
 use super::completions::{self, CompletionRequest};
 use super::error::ApiError;
-use super::generation::{answer, check_accepting, check_choices};
+use super::generation::{answer, check_accepting, check_choices, cut_off};
 use super::handlers::{self, blocked_label, body_bytes, route_messages, Shared};
 use super::State;
 
@@ -161,13 +161,19 @@ fn with_credentials(
 }
 
 /// Sends `request` upstream and waits for its response head: a 503 when the upstream cannot be
-/// reached, a 504 when it does not start its answer within `--upstream-timeout`.
+/// reached, a 504 when it does not start its answer within `--upstream-timeout`, the shutdown 503
+/// (`server_shutdown`) when this server's grace period ends first.
 async fn ask_upstream(
     state: &State,
     request: reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, ApiError> {
     let upstream = upstream(state)?;
-    match tokio::time::timeout(state.upstream_timeout, request.send()).await {
+    let mut stop = state.hard_stop.subscribe();
+    let answer = tokio::select! {
+        answer = tokio::time::timeout(state.upstream_timeout, request.send()) => answer,
+        Ok(_) = stop.wait_for(|stop| *stop) => return Err(cut_off()),
+    };
+    match answer {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => Err(ApiError::unavailable(format!("upstream {upstream}: {e}"))),
         Err(_) => Err(ApiError::upstream_timeout(state.upstream_timeout.as_secs())),
@@ -441,7 +447,7 @@ async fn send(
             upstream_response.headers().get("server-timing"),
         ),
     ));
-    let mut response = pass_through(upstream_response, state.upstream_timeout)?;
+    let mut response = pass_through(upstream_response, state)?;
     response.headers_mut().extend(header_map(extra));
     Ok(response)
 }
@@ -461,15 +467,12 @@ async fn relay(
             .body(body),
     )
     .await?;
-    pass_through(upstream_response, state.upstream_timeout)
+    pass_through(upstream_response, state)
 }
 
 /// The upstream's status, content type, `retry-after` and `x-switchyard-*` headers, and its body
 /// as it streams ([`relayed`]).
-fn pass_through(
-    upstream_response: reqwest::Response,
-    idle: Duration,
-) -> Result<Response, ApiError> {
+fn pass_through(upstream_response: reqwest::Response, state: &State) -> Result<Response, ApiError> {
     let status = StatusCode::from_u16(upstream_response.status().as_u16())
         .unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = Response::builder().status(status);
@@ -489,34 +492,39 @@ fn pass_through(
     response
         .body(Body::from_stream(relayed(
             upstream_response.bytes_stream(),
-            idle,
+            state.upstream_timeout,
             events,
+            state.hard_stop.subscribe(),
         )))
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 /// The upstream's body chunk by chunk, each chunk due within `idle` of the one before. An upstream
-/// that falls silent for longer, or whose body breaks off, ends an event stream with an error
-/// event and `[DONE]` (the way this server ends a stream that cannot go on, which the OpenAI
-/// clients raise as an error) when the stream stopped between two events; any other body, or an
-/// event stream stopped inside an event, is cut short (the client sees an incomplete response).
-/// Dropping the upstream's body closes its connection, which cancels its generation.
+/// that falls silent for longer, or whose body breaks off, or the end of this server's shutdown
+/// grace period (`stop`), ends an event stream with an error event and `[DONE]` (the way this
+/// server ends a stream that cannot go on, which the OpenAI clients raise as an error) when the
+/// stream stopped between two events; any other body, or an event stream stopped inside an event,
+/// is cut short (the client sees an incomplete response). Dropping the upstream's body closes its
+/// connection, which cancels its generation.
 fn relayed<S>(
     chunks: S,
     idle: Duration,
     events: bool,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> impl futures::Stream<Item = std::io::Result<Bytes>>
 where
     S: futures::Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
 {
     struct Relay<S> {
         chunks: std::pin::Pin<Box<S>>,
+        stop: tokio::sync::watch::Receiver<bool>,
         /// The bytes sent so far end between two events (or none were sent).
         between_events: bool,
         done: bool,
     }
     let start = Relay {
         chunks: Box::pin(chunks),
+        stop,
         between_events: true,
         done: false,
     };
@@ -524,20 +532,23 @@ where
         if relay.done {
             return None;
         }
-        let failure = match tokio::time::timeout(idle, futures::StreamExt::next(&mut relay.chunks))
-            .await
-        {
-            Ok(None) => return None,
-            Ok(Some(Ok(chunk))) => {
+        let next = tokio::select! {
+            next = tokio::time::timeout(idle, futures::StreamExt::next(&mut relay.chunks)) => Some(next),
+            Ok(_) = relay.stop.wait_for(|stop| *stop) => None,
+        };
+        let failure = match next {
+            None => cut_off(),
+            Some(Ok(None)) => return None,
+            Some(Ok(Some(Ok(chunk)))) => {
                 if !chunk.is_empty() {
                     relay.between_events = chunk.ends_with(b"\n\n") || chunk.ends_with(b"\r\n\r\n");
                 }
                 return Some((Ok(chunk), relay));
             }
-            Ok(Some(Err(e))) => {
+            Some(Ok(Some(Err(e)))) => {
                 ApiError::unavailable(format!("The upstream's answer broke off: {e}"))
             }
-            Err(_) => ApiError::upstream_stalled(idle.as_secs()),
+            Some(Err(_)) => ApiError::upstream_stalled(idle.as_secs()),
         };
         relay.done = true;
         tracing::warn!(error = %failure.message, "upstream answer cut off");
