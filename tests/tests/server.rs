@@ -663,14 +663,22 @@ async fn stalling_upstream(answer: &'static str) -> (String, tokio::task::JoinHa
     (url, task)
 }
 
+/// An upstream's event stream that sends one event, `{"a": 1}`, and then nothing.
+const ONE_EVENT_THEN_SILENCE: &str =
+    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
+     10\r\ndata: {\"a\": 1}\n\n\r\n";
+
+/// The `data:` payloads of an event stream's text, in order.
+fn data_events(text: &str) -> Vec<&str> {
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_mode_ends_a_stream_the_upstream_stops_sending() {
     // Between two events: the client gets the first event, then an error event and [DONE].
-    let (between, held) = stalling_upstream(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
-         10\r\ndata: {\"a\": 1}\n\n\r\n",
-    )
-    .await;
+    let (between, held) = stalling_upstream(ONE_EVENT_THEN_SILENCE).await;
     let (proxy, base) = server(ServeArgs {
         port: 0,
         upstream: Some(between),
@@ -685,10 +693,7 @@ async fn proxy_mode_ends_a_stream_the_upstream_stops_sending() {
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(30));
-    let events: Vec<&str> = text
-        .split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .collect();
+    let events = data_events(&text);
     assert_eq!(events.len(), 3, "{text}");
     assert_eq!(events[0], r#"{"a": 1}"#);
     let error: Value = serde_json::from_str(events[1]).unwrap();
@@ -723,11 +728,7 @@ async fn proxy_mode_ends_a_stream_the_upstream_stops_sending() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_mode_ends_what_the_upstream_still_owes_when_the_grace_period_ends() {
-    let (between, held) = stalling_upstream(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
-         10\r\ndata: {\"a\": 1}\n\n\r\n",
-    )
-    .await;
+    let (between, held) = stalling_upstream(ONE_EVENT_THEN_SILENCE).await;
     let (proxy, base) = server(ServeArgs {
         port: 0,
         upstream: Some(between),
@@ -747,10 +748,7 @@ async fn proxy_mode_ends_what_the_upstream_still_owes_when_the_grace_period_ends
         .await
         .expect("the stream ends")
         .unwrap();
-    let events: Vec<&str> = text
-        .split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .collect();
+    let events = data_events(&text);
     assert_eq!(events.len(), 3, "{text}");
     let error: Value = serde_json::from_str(events[1]).unwrap();
     assert_eq!(error["error"]["code"], "server_shutdown", "{error}");
