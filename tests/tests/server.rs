@@ -668,6 +668,17 @@ const ONE_EVENT_THEN_SILENCE: &str =
     "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
      10\r\ndata: {\"a\": 1}\n\n\r\n";
 
+/// A router-only proxy in front of `upstream`, with an upstream timeout of `seconds`.
+async fn proxy_to(upstream: String, seconds: u64) -> (switchyard_server::serve::Server, String) {
+    server(ServeArgs {
+        port: 0,
+        upstream: Some(upstream),
+        upstream_timeout: seconds,
+        ..ServeArgs::default()
+    })
+    .await
+}
+
 /// The `data:` payloads of an event stream's text, in order.
 fn data_events(text: &str) -> Vec<&str> {
     text.split("\n\n")
@@ -679,13 +690,7 @@ fn data_events(text: &str) -> Vec<&str> {
 async fn proxy_mode_ends_a_stream_the_upstream_stops_sending() {
     // Between two events: the client gets the first event, then an error event and [DONE].
     let (between, held) = stalling_upstream(ONE_EVENT_THEN_SILENCE).await;
-    let (proxy, base) = server(ServeArgs {
-        port: 0,
-        upstream: Some(between),
-        upstream_timeout: 1,
-        ..ServeArgs::default()
-    })
-    .await;
+    let (proxy, base) = proxy_to(between, 1).await;
     let mut request = chat("tiny-llama", "Hello", 2);
     request["stream"] = json!(true);
     let started = std::time::Instant::now();
@@ -709,13 +714,7 @@ async fn proxy_mode_ends_a_stream_the_upstream_stops_sending() {
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"id\":",
     ] {
         let (inside, held) = stalling_upstream(answer).await;
-        let (proxy, base) = server(ServeArgs {
-            port: 0,
-            upstream: Some(inside),
-            upstream_timeout: 1,
-            ..ServeArgs::default()
-        })
-        .await;
+        let (proxy, base) = proxy_to(inside, 1).await;
         let response = post(&base, "/v1/chat/completions", &request).await;
         assert_eq!(response.status(), 200);
         assert!(response.bytes().await.is_err(), "{answer}");
