@@ -12,9 +12,14 @@ use switchyard_models::text::TextTokenizer;
 /// does: enough context for a decoder that treats a sequence's first piece differently.
 const CONTEXT_TOKENS: usize = 5;
 
-/// Tokens held back before the text is let go as it stands: a character has at most four bytes,
-/// so text still unfinished after this many tokens ends in bytes that never form one.
+/// Tokens held back before the text is let go as it stands when it holds bytes that never form a
+/// character (a character has at most four bytes).
 const MOST_HELD: usize = 8;
+
+/// Tokens held back before the text is let go whatever it holds: a long run of tokens that each
+/// end inside a character (whole characters, split unluckily) is held this long at most, so the
+/// window, and the cost of a step, stays bounded.
+const MOST_HELD_EVER: usize = 64;
 
 /// Tokens that can hold the start of a character still unfinished (its first three bytes at most).
 const UNFINISHED_TAIL: usize = 3;
@@ -61,7 +66,11 @@ impl Detokenizer {
             self.read_offset = self.ids.len();
             Ok(delta)
         } else if self.ids.len() - self.read_offset > MOST_HELD {
-            self.let_go(tokenizer, &prefix)
+            self.let_go(
+                tokenizer,
+                &prefix,
+                self.ids.len() - self.read_offset > MOST_HELD_EVER,
+            )
         } else {
             Ok(String::new())
         }
@@ -69,11 +78,14 @@ impl Detokenizer {
 
     /// The text of the tokens held back but the last [`UNFINISHED_TAIL`], which might still begin
     /// a character: up to the last cut whose text ends in a whole character, or, if there is none,
-    /// all of it as it stands (invalid bytes as U+FFFD).
+    /// all of it as it stands (invalid bytes as U+FFFD) when it holds bytes that never form a
+    /// character, or when `forced`; otherwise (whole characters split across every cut) nothing
+    /// yet.
     fn let_go(
         &mut self,
         tokenizer: &TextTokenizer,
         prefix: &str,
+        forced: bool,
     ) -> switchyard_models::Result<String> {
         let last = self.ids.len() - UNFINISHED_TAIL;
         let mut cut = (last, None);
@@ -87,7 +99,15 @@ impl Detokenizer {
         }
         let (end, text) = match cut {
             (end, Some(text)) => (end, text),
-            (end, None) => (end, tokenizer.decode(&self.ids[self.prefix_offset..end])?),
+            (end, None) => {
+                let text = tokenizer.decode(&self.ids[self.prefix_offset..end])?;
+                // One unfinished character at the end is no sign of garbage; another U+FFFD is.
+                let held = text.strip_suffix('\u{FFFD}').unwrap_or(&text);
+                if !forced && !held.contains('\u{FFFD}') {
+                    return Ok(String::new());
+                }
+                (end, text)
+            }
         };
         let delta = match text.strip_prefix(prefix) {
             Some(delta) => delta.to_string(),
@@ -128,7 +148,7 @@ mod tests {
             "added_tokens": [],
             "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
             "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {"type": "BPE", "vocab": {"a": 0, "Ã": 1, "©": 2, "aÃ": 3, "b": 4},
+            "model": {"type": "BPE", "vocab": {"a": 0, "Ã": 1, "©": 2, "aÃ": 3, "b": 4, "©Ã": 5},
                       "merges": ["a Ã"]}
         }"#;
         let inner = json
@@ -190,6 +210,24 @@ mod tests {
         let d = Detokenizer::after(&tok, &[4, 3]);
         assert_eq!(d.ids, [4u32; 0]);
         assert_eq!(text(d, &[4]), "b");
+    }
+
+    #[test]
+    fn whole_characters_split_across_every_token_are_not_let_go_broken() {
+        // "é" twenty times as C3, then (A9 C3) nineteen times, then A9: every token ends inside
+        // a character, yet the text is whole.
+        let ids: Vec<u32> = std::iter::once(1)
+            .chain(std::iter::repeat_n(5, 19))
+            .chain(std::iter::once(2))
+            .collect();
+        let (pushed, flushed) = stream(&ids);
+        assert_eq!(pushed + &flushed, "é".repeat(20));
+        // Past the hard bound the text goes as it stands, broken or not: the cost stays bounded.
+        let ids: Vec<u32> = std::iter::once(1)
+            .chain(std::iter::repeat_n(5, 2 * MOST_HELD_EVER))
+            .collect();
+        let (pushed, _) = stream(&ids);
+        assert!(!pushed.is_empty());
     }
 
     #[test]

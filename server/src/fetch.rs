@@ -347,6 +347,9 @@ fn copy_member(archive: &Path, member: &str, dst: &mut impl Write) -> Result<()>
     Ok(())
 }
 
+/// Linux's `ENOLCK` ("no locks available").
+const ENOLCK: i32 = 37;
+
 /// Runs a fetch into `models` holding its lock file (`.fetch.lock`), so that processes sharing a
 /// cache fetch one at a time and the later ones find the first's result; `work` gets a scratch
 /// folder of its own inside `models` (removed afterwards). Under the lock no other fetch is running,
@@ -363,8 +366,11 @@ fn fetching_alone(models: &Path, work: impl FnOnce(&Path) -> Result<()>) -> Resu
         .with_context(|| format!("opening {}", lock_path.display()))?;
     let alone = match lock.lock() {
         Ok(()) => true,
-        // A filesystem without locks: fetch anyway, and say so.
-        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+        // A filesystem without locks (ENOLCK, as NFS without its lock daemon answers; or one
+        // std calls unsupported): fetch anyway, and say so.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::Unsupported || e.raw_os_error() == Some(ENOLCK) =>
+        {
             tracing::warn!(
                 "{}: cannot lock ({e}); processes fetching into this cache at once may collide",
                 lock_path.display()

@@ -866,12 +866,29 @@ async fn proxy_mode_routes_and_forwards_like_the_vllm_semantic_router() {
     greedy_refusal["n"] = json!(10_000_000_000u64);
     let r = post(&proxy_base, "/v1/chat/completions", &greedy_refusal).await;
     assert_eq!(error_of(r, 400).await["param"], "n");
+    // A model the upstream does not know: counted under no model, whatever name was sent.
+    let r = post(
+        &proxy_base,
+        "/v1/chat/completions",
+        &chat("nope-123", "hi", 2),
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    // A client's own thinking switch is what the upstream gets, and what is counted.
+    let mut own_switch = chat("auto", "Solve 3x + 7 = 22 for x.", 4);
+    own_switch["chat_template_kwargs"] = json!({"enable_thinking": false});
+    let r = post(&proxy_base, "/v1/chat/completions", &own_switch).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-switchyard-category"], "math");
     // The proxy counts what it forwarded, under the upstream's status, and what it refused.
     let counted = metrics(&proxy_base).await;
+    assert!(!counted.contains("nope-123"), "{counted}");
     for line in [
         r#"switchyard_requests_total{category="history",endpoint="chat",model="SmolLM2-135M-Instruct",reasoning="off",status="200"} 1"#,
         r#"endpoint="chat",model="SmolLM2-135M-Instruct",reasoning="off",status="blocked"} 1"#,
         r#"endpoint="completions",model="SmolLM2-135M-Instruct",reasoning="off",status="blocked"} 1"#,
+        r#"switchyard_requests_total{category="",endpoint="chat",model="",reasoning="",status="404"} 1"#,
+        r#"switchyard_requests_total{category="math",endpoint="chat",model="SmolLM2-135M-Instruct",reasoning="off",status="200"} 1"#,
     ] {
         assert!(counted.contains(line), "{line} in\n{counted}");
     }

@@ -190,7 +190,7 @@ pub(super) async fn submit(
         let engine = &state.engines[&model];
         let sequences = requests.len() * choices;
         let queue = engine.config().max_waiting;
-        // (A queue of none refuses every request with a 429, as configured.)
+        // (A queue of none refuses every request of one sequence with a 429, as configured.)
         if sequences > queue.max(1) {
             let field = if requests.len() > 1 { field } else { "n" };
             return Err(ApiError::invalid(

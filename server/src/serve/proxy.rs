@@ -268,7 +268,15 @@ async fn forward_chat(
         // The client's own switch wins, as on the in-process path.
         let explicit = request["chat_template_kwargs"]["enable_thinking"].is_boolean()
             || request["reasoning_effort"].is_string();
-        if !explicit {
+        if explicit {
+            // Counted as the switch the upstream gets (the in-process path counts it so too).
+            let off = request["chat_template_kwargs"]["enable_thinking"] == json!(false)
+                || matches!(
+                    request["reasoning_effort"].as_str(),
+                    Some("none" | "minimal")
+                );
+            counted.reasoning = if off { "off" } else { "on" };
+        } else {
             match decision.reasoning {
                 Reasoning::Fast => {
                     request["chat_template_kwargs"] = json!({"enable_thinking": false});
@@ -372,7 +380,8 @@ struct Counted {
     endpoint: &'static str,
     model: String,
     category: String,
-    /// The thinking switch the route sent (`on` / `off`), empty for a request not routed here.
+    /// The thinking switch the upstream got from the route, or from the client when it set its
+    /// own (`on` / `off`); empty for a request not routed here.
     reasoning: &'static str,
 }
 
@@ -430,7 +439,7 @@ async fn send(
         route_time,
         arrived,
         headers: mut extra,
-        counted,
+        mut counted,
     } = routed;
     let upstream = upstream(state)?;
     let upstream_response = ask_upstream(
@@ -438,7 +447,13 @@ async fn send(
         with_credentials(state.http.post(format!("{upstream}{path}")), auth).json(request),
     )
     .await?;
-    counted.record(state, upstream_response.status().as_str());
+    let status = upstream_response.status();
+    if !status.is_success() {
+        // A name the upstream refused is the client's to choose: counted, as the in-process path
+        // counts an error, under no model, so that no client can grow the label set.
+        counted.model.clear();
+    }
+    counted.record(state, status.as_str());
     extra.push((
         "server-timing",
         server_timing(
