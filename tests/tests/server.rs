@@ -617,13 +617,7 @@ async fn proxy_mode_answers_504_when_the_upstream_does_not_answer_in_time() {
             connections.push(connection);
         }
     });
-    let (proxy, base) = server(ServeArgs {
-        port: 0,
-        upstream: Some(silent),
-        upstream_timeout: 1,
-        ..ServeArgs::default()
-    })
-    .await;
+    let (proxy, base) = proxy_to(silent, 1).await;
     let started = std::time::Instant::now();
     let e = error_of(
         post(

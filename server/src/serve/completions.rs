@@ -324,7 +324,7 @@ async fn complete(
         use_prefix_cache: request.cache_prompt.unwrap_or(true),
     };
     let echoed = if echo {
-        echoed_prompts(&state, &plan.model, &prompts).await?
+        echoed_prompts(&state, &plan.model, &prompts, request.logprobs.is_some()).await?
     } else {
         Vec::new()
     };
@@ -453,16 +453,19 @@ struct EchoedPrompt {
     text: String,
     /// Its tokens, for their log-probabilities.
     tokens: Vec<u32>,
-    /// Where each token starts in the text, in characters (`text_offset`).
+    /// Where each token starts in the text, in characters (`text_offset`); only computed when
+    /// log-probabilities are asked for.
     offsets: Vec<usize>,
 }
 
-/// What `echo` puts before each prompt's choices. Tokenizing is CPU work: it runs off the threads
-/// that move other requests' bytes.
+/// What `echo` puts before each prompt's choices (the tokens' offsets `with_offsets`, for
+/// log-probabilities). Tokenizing is CPU work: it runs off the threads that move other requests'
+/// bytes.
 async fn echoed_prompts(
     state: &Arc<State>,
     model: &str,
     prompts: &[Prompt],
+    with_offsets: bool,
 ) -> Result<Vec<EchoedPrompt>, ApiError> {
     let (state, model, prompts) = (state.clone(), model.to_string(), prompts.to_vec());
     tokio::task::spawn_blocking(move || {
@@ -475,7 +478,11 @@ async fn echoed_prompts(
                     Prompt::Text(t) => t.clone(),
                     _ => engine.tokenizer().decode(&tokens)?,
                 };
-                let offsets = echo_offsets(engine, &text, &tokens);
+                let offsets = if with_offsets {
+                    echo_offsets(engine, &text, &tokens)
+                } else {
+                    Vec::new()
+                };
                 Ok(EchoedPrompt {
                     text,
                     tokens,
