@@ -173,11 +173,17 @@ impl Decision {
     /// Rewrites a request's messages as decided: masks the PII entities in [`Decision::masked`] and
     /// applies the route's system prompt. `messages` must be the request the decision was made for.
     pub fn apply(&self, messages: &mut Vec<ChatMessage>) {
-        if !self.masked.is_empty() {
-            self.input.mask(messages, &self.masked);
-        }
+        self.mask(messages);
         if let Some(prompt) = &self.system_prompt {
             apply_system_prompt(messages, prompt);
+        }
+    }
+
+    /// Masks the PII entities in [`Decision::masked`] in place: [`Decision::apply`] without the
+    /// system prompt. `messages` must be the request the decision was made for.
+    pub fn mask(&self, messages: &mut [ChatMessage]) {
+        if !self.masked.is_empty() {
+            self.input.mask(messages, &self.masked);
         }
     }
 }

@@ -137,18 +137,41 @@ impl RouteInput {
 /// Applies a route's system prompt: `replace` drops the client's system messages and puts this one
 /// first; `insert` puts it before the client's system message (in the same message, so templates that
 /// read only the first system message see both).
-pub fn apply_system_prompt(messages: &mut Vec<ChatMessage>, prompt: &SystemPrompt) {
+pub fn apply_system_prompt<M: SystemTurn>(messages: &mut Vec<M>, prompt: &SystemPrompt) {
     match prompt.mode {
         SystemPromptMode::Replace => {
-            messages.retain(|m| m.role != "system");
-            messages.insert(0, ChatMessage::new("system", prompt.text.clone()));
+            messages.retain(|m| !m.is_system());
+            messages.insert(0, M::system(&prompt.text));
         }
         SystemPromptMode::Insert => match messages.first_mut() {
-            Some(first) if first.role == "system" => {
-                first.content = format!("{}\n\n{}", prompt.text, first.content);
-            }
-            _ => messages.insert(0, ChatMessage::new("system", prompt.text.clone())),
+            Some(first) if first.is_system() => first.prepend(&prompt.text),
+            _ => messages.insert(0, M::system(&prompt.text)),
         },
+    }
+}
+
+/// A chat message as a route's system prompt is applied to it: the router's [`ChatMessage`], or a
+/// client's message in another shape (the proxy forwards the client's own JSON).
+pub trait SystemTurn {
+    /// A system message of `text`.
+    fn system(text: &str) -> Self;
+    /// Whether this is a system message.
+    fn is_system(&self) -> bool;
+    /// Puts `text` before the message's text, a blank line between.
+    fn prepend(&mut self, text: &str);
+}
+
+impl SystemTurn for ChatMessage {
+    fn system(text: &str) -> Self {
+        ChatMessage::new("system", text)
+    }
+
+    fn is_system(&self) -> bool {
+        self.role == "system"
+    }
+
+    fn prepend(&mut self, text: &str) {
+        self.content = format!("{text}\n\n{}", self.content);
     }
 }
 

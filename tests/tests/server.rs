@@ -537,6 +537,78 @@ async fn sixteen_parallel_streams_each_get_their_own_text() {
 
 /// The proxy passes the client's `Authorization` on: an upstream with keys sees the client's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routed_request_reaches_the_model_alike_through_the_proxy_and_in_process() {
+    // Tiny Qwen3 (its template renders tool calls, names and earlier reasoning) under the name the
+    // shipped routing config targets: once behind a router-only proxy, once routing in-process.
+    let qwen3 = |no_router| {
+        let mut a = args();
+        a.no_router = no_router;
+        a.models = vec![format!(
+            "SmolLM2-135M-Instruct={}",
+            fixtures().join("hf/tiny-qwen3").display()
+        )];
+        a
+    };
+    let (upstream, upstream_base) = server(qwen3(true)).await;
+    let (proxy, proxy_base) = proxy_to(upstream_base, 30).await;
+    let (in_process, in_process_base) = server(qwen3(false)).await;
+    let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+    let earlier = |last: &str, first: Value| {
+        json!([first,
+            {"role": "user", "name": "ann", "content": [{"type": "text", "text": "Ask f."}]},
+            {"role": "assistant", "content": null, "reasoning_content": "f knows.",
+             "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "f", "arguments": "{\"q\": 1}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "5"},
+            {"role": "user", "content": last}])
+    };
+    for (body, category) in [
+        // Math: the route's system prompt replaces the client's (a `developer` message); the tool
+        // call, its id, the user's name and the earlier reasoning reach the template.
+        (
+            json!({"model": "auto", "tools": tools, "messages": earlier(
+                "Solve 3x + 7 = 22 for x.", json!({"role": "developer", "content": "Be terse."}))}),
+            "math",
+        ),
+        // Health: the route's system prompt goes before the client's; the e-mail is masked. (No
+        // tools: the tiny model's context is 512 tokens of a small vocabulary.)
+        (
+            json!({"model": "auto", "messages": [
+                {"role": "system", "content": [{"type": "text", "text": "You are kind."}]},
+                {"role": "user",
+                 "content": "Which vitamins lower blood pressure? Email me at john.smith@example.com"}]}),
+            "health",
+        ),
+    ] {
+        let mut body = body;
+        body["max_tokens"] = json!(6);
+        body["temperature"] = json!(0);
+        let via_proxy = post(&proxy_base, "/v1/chat/completions", &body).await;
+        let direct = post(&in_process_base, "/v1/chat/completions", &body).await;
+        assert_eq!(direct.status(), 200, "{:?}", direct.text().await);
+        assert_eq!(via_proxy.status(), 200);
+        assert_eq!(via_proxy.headers()["x-switchyard-category"], category);
+        assert_eq!(direct.headers()["x-switchyard-category"], category);
+        let (via_proxy, direct): (Value, Value) = (
+            via_proxy.json().await.unwrap(),
+            direct.json().await.unwrap(),
+        );
+        // The same prompt, token for token, and so the same greedy answer.
+        assert_eq!(
+            via_proxy["usage"]["prompt_tokens"],
+            direct["usage"]["prompt_tokens"]
+        );
+        assert_eq!(
+            via_proxy["choices"][0]["message"],
+            direct["choices"][0]["message"]
+        );
+    }
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    upstream.shutdown(Duration::from_secs(5)).await.unwrap();
+    in_process.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_mode_passes_the_clients_credentials_to_the_upstream() {
     // This upstream routes too: its `auto` is listed once, as the proxy's.
     let mut a = args();

@@ -17,6 +17,8 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Json;
 use serde_json::{json, Value};
+use switchyard_models::text::ChatMessage;
+use switchyard_router::input::{apply_system_prompt, SystemTurn};
 use switchyard_router::{Action, Decision, Reasoning};
 
 use super::completions::{self, CompletionRequest};
@@ -215,6 +217,62 @@ fn header_map(extra: Vec<(&'static str, String)>) -> HeaderMap {
     headers
 }
 
+/// The client's messages as the decision rewrites them: PII masked in the texts it was found in
+/// and the route's system prompt applied, every other field of every message (tool calls and their
+/// ids, names, earlier reasoning) as the client sent it. `messages` are the client's messages as the
+/// router read them, one per entry of `original`.
+fn routed_messages(original: &Value, mut messages: Vec<ChatMessage>, decision: &Decision) -> Value {
+    let unmasked = messages.clone();
+    decision.mask(&mut messages);
+    let mut outgoing: Vec<Outgoing> = original
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip(unmasked.iter().zip(messages))
+        .map(|(json, (before, after))| {
+            let mut json = json.clone();
+            if after.content != before.content {
+                json["content"] = json!(after.content);
+            }
+            Outgoing {
+                json,
+                text: after.content,
+            }
+        })
+        .collect();
+    if let Some(prompt) = &decision.system_prompt {
+        apply_system_prompt(&mut outgoing, prompt);
+    }
+    Value::Array(outgoing.into_iter().map(|m| m.json).collect())
+}
+
+/// A client's message on its way upstream: its JSON, and its text as the router read it.
+struct Outgoing {
+    json: Value,
+    text: String,
+}
+
+impl SystemTurn for Outgoing {
+    fn system(text: &str) -> Self {
+        Outgoing {
+            json: json!({"role": "system", "content": text}),
+            text: text.to_string(),
+        }
+    }
+
+    fn is_system(&self) -> bool {
+        // `developer` is the system role's newer name.
+        matches!(self.json["role"].as_str(), Some("system" | "developer"))
+    }
+
+    fn prepend(&mut self, text: &str) {
+        let mut turn = ChatMessage::new("system", std::mem::take(&mut self.text));
+        turn.prepend(text);
+        self.json["content"] = json!(turn.content);
+        self.text = turn.content;
+    }
+}
+
 /// One chat request: routed when it names the auto model, then forwarded.
 async fn forward_chat(
     state: Arc<State>,
@@ -236,7 +294,7 @@ async fn forward_chat(
             .map_err(|e| ApiError::bad_request(format!("Invalid request: {e}")))?;
         parsed.validate()?;
         check_choices(&state, parsed.n.unwrap_or(1))?;
-        let mut messages = parsed.chat_messages()?;
+        let messages = parsed.chat_messages()?;
         let decision = route_messages(&state, router, &messages).await?;
         route_time = Some(decision.route_time);
         extra.extend(decision_headers(&decision));
@@ -256,15 +314,8 @@ async fn forward_chat(
                 header_map(extra),
             ));
         }
-        decision.apply(&mut messages);
         request["model"] = json!(decision.model);
-        request["messages"] = serde_json::to_value(
-            messages
-                .iter()
-                .map(|m| json!({"role": m.role, "content": m.content}))
-                .collect::<Vec<_>>(),
-        )
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        request["messages"] = routed_messages(&request["messages"], messages, &decision);
         // The client's own switch wins, as on the in-process path.
         let explicit = request["chat_template_kwargs"]["enable_thinking"].is_boolean()
             || request["reasoning_effort"].is_string();
