@@ -609,6 +609,55 @@ async fn a_routed_request_reaches_the_model_alike_through_the_proxy_and_in_proce
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_without_a_router_forwards_auto_as_it_came() {
+    // The upstream routes: its `auto` answers, as it lists it.
+    let (routing, routing_base) = server(args()).await;
+    let (proxy, proxy_base) = server(ServeArgs {
+        port: 0,
+        upstream: Some(routing_base),
+        no_router: true,
+        ..ServeArgs::default()
+    })
+    .await;
+    assert_eq!(
+        model_ids(&get_json(&proxy_base, "/v1/models").await),
+        ["tiny-llama", "auto"]
+    );
+    let r = post(
+        &proxy_base,
+        "/v1/chat/completions",
+        &chat("auto", "Solve 3x + 7 = 22", 2),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-switchyard-category"], "math");
+    let prompt = json!({"model": "auto", "prompt": "Solve 3x + 7 = 22", "max_tokens": 2});
+    assert_eq!(
+        post(&proxy_base, "/v1/completions", &prompt).await.status(),
+        200
+    );
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    routing.shutdown(Duration::from_secs(5)).await.unwrap();
+    // An upstream that does not route answers `auto` with its own 404, whichever the endpoint.
+    let mut plain = args();
+    plain.no_router = true;
+    let (plain, plain_base) = server(plain).await;
+    let (proxy, proxy_base) = server(ServeArgs {
+        port: 0,
+        upstream: Some(plain_base),
+        no_router: true,
+        ..ServeArgs::default()
+    })
+    .await;
+    let r = post(&proxy_base, "/v1/chat/completions", &chat("auto", "hi", 2)).await;
+    assert_eq!(error_of(r, 404).await["code"], "model_not_found");
+    let r = post(&proxy_base, "/v1/completions", &prompt).await;
+    assert_eq!(error_of(r, 404).await["code"], "model_not_found");
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    plain.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_mode_passes_the_clients_credentials_to_the_upstream() {
     // This upstream routes too: its `auto` is listed once, as the proxy's.
     let mut a = args();

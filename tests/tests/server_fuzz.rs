@@ -337,12 +337,29 @@ async fn a_routing_proxy_answers_mutated_requests_as_the_server_does() {
     generator.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
-/// Bodies that are not JSON, or JSON of the wrong shape, are 400s with the OpenAI error shape.
+/// Bodies that are not JSON, or JSON of the wrong shape, are 400s with the OpenAI error shape; a
+/// routing proxy refuses them with the same status and code (and, for well-formed JSON of the
+/// wrong shape, the same field: the proxy reads a body it does not route as JSON only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_that_are_not_request_objects_are_client_errors() {
-    let (s, base) = server(args()).await;
+    let (generator, base) = generator().await;
+    let (proxy, proxy_base) = server(ServeArgs {
+        port: 0,
+        upstream: Some(base.clone()),
+        ..ServeArgs::default()
+    })
+    .await;
+    let direct = raw_bodies(&base).await;
+    assert_eq!(raw_bodies(&proxy_base).await, direct);
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    generator.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// Posts bodies that are no request to every endpoint; checks each is a 400 with the OpenAI error
+/// shape and returns each error's `code`, and its `param` where the body is well-formed JSON.
+async fn raw_bodies(base: &str) -> Vec<(Value, Value)> {
     let client = reqwest::Client::new();
-    let raw: [&[u8]; 8] = [
+    let raw: [&[u8]; 9] = [
         b"",
         b"{",
         b"null",
@@ -351,7 +368,9 @@ async fn bodies_that_are_not_request_objects_are_client_errors() {
         b"{\"model\": \"tiny-llama\", \"messages\": [}",
         b"\xff\xfe{}",
         b"{\"model\": \"tiny-llama\", \"messages\": [{\"role\": \"user\", \"content\": \"\xc3\"}]}",
+        b"{\"model\": \"auto\", \"messages\": 7, \"prompt\": 7}",
     ];
+    let mut errors = Vec::new();
     for path in [
         "/v1/chat/completions",
         "/v1/completions",
@@ -367,10 +386,18 @@ async fn bodies_that_are_not_request_objects_are_client_errors() {
                 .send()
                 .await
                 .unwrap();
-            let what = format!("POST {path} {:?}", String::from_utf8_lossy(body));
-            assert_eq!(r.status().as_u16(), 400, "{what}");
-            check_answer(r, &what).await;
+            let what = format!("POST {base}{path} {:?}", String::from_utf8_lossy(body));
+            let e = error_of(r, 400).await;
+            assert_eq!(e["code"], "invalid_json", "{what}: {e}");
+            assert_ne!(e["param"], "?", "{what}: {e}");
+            let well_formed = serde_json::from_slice::<Value>(body).is_ok();
+            let param = if well_formed {
+                e["param"].clone()
+            } else {
+                Value::Null
+            };
+            errors.push((e["code"].clone(), param));
         }
     }
-    s.shutdown(Duration::from_secs(5)).await.unwrap();
+    errors
 }

@@ -263,7 +263,8 @@ fn parse_body(
 /// message and `param` name the field (`messages[0].content`), as far as the parser got.
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let invalid = |path: String, e: serde_json::Error| {
-        let at = (path != ".").then_some(path);
+        // serde_path_to_error writes `.` for the root and `?` where the syntax broke off.
+        let at = (path != "." && path != "?").then_some(path);
         let mut a = ApiError::bad_request(match &at {
             Some(p) => format!("Invalid JSON body at `{p}`: {e}"),
             None => format!("Invalid JSON body: {e}"),

@@ -24,7 +24,7 @@ use switchyard_router::{Action, Decision, Reasoning};
 use super::completions::{self, CompletionRequest};
 use super::error::ApiError;
 use super::generation::{answer, check_accepting, check_choices, cut_off};
-use super::handlers::{self, blocked_label, body_bytes, route_messages, Shared};
+use super::handlers::{self, blocked_label, body_bytes, parse_json, route_messages, Shared};
 use super::State;
 
 /// The proxy's endpoints: the generation and token endpoints go upstream; routing, health and
@@ -190,12 +190,6 @@ fn upstream(state: &State) -> Result<&str, ApiError> {
         .ok_or_else(|| ApiError::internal("proxy route without an upstream"))
 }
 
-/// The request body as JSON.
-fn parse(body: &Bytes) -> Result<Value, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))
-}
-
 /// The routing headers every routed answer carries.
 fn decision_headers(decision: &Decision) -> Vec<(&'static str, String)> {
     vec![
@@ -281,17 +275,19 @@ async fn forward_chat(
 ) -> Result<Response, ApiError> {
     check_accepting(&state)?;
     let arrived = Instant::now();
-    let mut request = parse(&body_bytes(&state, body)?)?;
+    let body = body_bytes(&state, body)?;
+    let mut request: Value = parse_json(&body)?;
     let mut extra = Vec::new();
     let mut route_time = None;
     let mut counted = Counted::unrouted("chat", &request);
-    if request["model"] == json!(state.auto_model) {
-        let router = state
-            .router
-            .as_ref()
-            .ok_or_else(|| ApiError::bad_request("routing is off on this proxy"))?;
-        let parsed: super::api::ChatRequest = serde_json::from_value(request.clone())
-            .map_err(|e| ApiError::bad_request(format!("Invalid request: {e}")))?;
+    // Without a router (`--no-router`) the proxy routes nothing and lists no auto model of its
+    // own: every request, `auto` included, goes upstream as it came.
+    if let Some(router) = state
+        .router
+        .as_ref()
+        .filter(|_| request["model"] == json!(state.auto_model))
+    {
+        let parsed: super::api::ChatRequest = parse_json(&body)?;
         parsed.validate()?;
         check_choices(&state, parsed.n.unwrap_or(1))?;
         let messages = parsed.chat_messages()?;
@@ -363,13 +359,14 @@ async fn forward_completion(
 ) -> Result<Response, ApiError> {
     check_accepting(&state)?;
     let arrived = Instant::now();
-    let mut request = parse(&body_bytes(&state, body)?)?;
+    let body = body_bytes(&state, body)?;
+    let mut request: Value = parse_json(&body)?;
     let mut extra = Vec::new();
     let mut route_time = None;
     let mut counted = Counted::unrouted("completions", &request);
-    if request["model"] == json!(state.auto_model) {
-        let parsed: CompletionRequest = serde_json::from_value(request.clone())
-            .map_err(|e| ApiError::bad_request(format!("Invalid request: {e}")))?;
+    // Without a router, as for chat: forwarded as it came.
+    if state.router.is_some() && request["model"] == json!(state.auto_model) {
+        let parsed: CompletionRequest = parse_json(&body)?;
         let (mut prompts, _) = parsed.validate()?;
         check_choices(&state, parsed.n.unwrap_or(1))?;
         let decision = completions::route_prompt(&state, &parsed.model, &mut prompts).await?;
