@@ -9,7 +9,7 @@
 //! The cache holds f32 or f16 ([`CacheElement`]): f16 halves its memory and the bytes a decode step
 //! reads at long contexts (the queries, scores and sums stay f32).
 
-use crate::error::{KernelError, Result};
+use crate::error::{checked_size, KernelError, Result};
 use half::f16;
 
 /// An element type of the KV cache.
@@ -192,8 +192,20 @@ fn attention_on<T: CacheElement>(
     simd: bool,
     threads: usize,
 ) -> Result<()> {
-    let width = shape.heads * shape.head_dim;
-    let total_rows: usize = spans.iter().map(|s| s.rows).sum();
+    if shape.head_dim == 0 {
+        return Err(KernelError::Length {
+            what: "attention head dimension",
+            expected: 1,
+            actual: 0,
+        });
+    }
+    let width = checked_size("attention row", &[shape.heads, shape.head_dim])?;
+    let total_rows = spans
+        .iter()
+        .try_fold(0usize, |n, s| n.checked_add(s.rows))
+        .ok_or(KernelError::Overflow {
+            what: "attention rows",
+        })?;
     let check = |what, expected, actual| {
         if expected != actual {
             Err(KernelError::Length {
@@ -205,8 +217,9 @@ fn attention_on<T: CacheElement>(
             Ok(())
         }
     };
-    check("attention queries", total_rows * width, q.len())?;
-    check("attention output", total_rows * width, out.len())?;
+    let elements = checked_size("attention queries", &[total_rows, width])?;
+    check("attention queries", elements, q.len())?;
+    check("attention output", elements, out.len())?;
     check("value cache", k_cache.len(), v_cache.len())?;
     if shape.kv_heads == 0 || !shape.heads.is_multiple_of(shape.kv_heads) || shape.block_size == 0 {
         return Err(KernelError::Length {
@@ -219,7 +232,12 @@ fn attention_on<T: CacheElement>(
     // Validate every block table up front so the parallel loop cannot index out of bounds.
     let mut rows_so_far = 0;
     for span in spans {
-        let last = span.start_position + span.rows;
+        let last = span
+            .start_position
+            .checked_add(span.rows)
+            .ok_or(KernelError::Overflow {
+                what: "attention positions",
+            })?;
         let needed = last.div_ceil(shape.block_size);
         if span.blocks.len() < needed {
             return Err(KernelError::Length {
@@ -228,10 +246,11 @@ fn attention_on<T: CacheElement>(
                 actual: span.blocks.len(),
             });
         }
-        if let Some(&b) = span.blocks[..needed]
-            .iter()
-            .find(|&&b| (b as usize + 1) * shape.block_size > cache_positions)
-        {
+        if let Some(&b) = span.blocks[..needed].iter().find(|&&b| {
+            (b as usize + 1)
+                .checked_mul(shape.block_size)
+                .is_none_or(|end| end > cache_positions)
+        }) {
             return Err(KernelError::Length {
                 what: "cache block index",
                 expected: cache_positions / shape.block_size,
@@ -1075,5 +1094,52 @@ mod tests {
         }];
         let err = paged_attention(&q, &cache, &cache, &spans, shape, 1.0, &mut out);
         assert!(matches!(err, Err(KernelError::Length { .. })));
+    }
+
+    #[test]
+    fn shapes_that_overflow_or_are_empty_are_errors() {
+        let cache = vec![0f32; 64];
+        let (q, mut out) = (vec![0f32; 8], vec![0f32; 8]);
+        let span = |rows, start_position| SequenceSpan {
+            first_row: 0,
+            rows,
+            start_position,
+            blocks: &[0],
+        };
+        let shape = |heads, kv_heads, head_dim| AttentionShape {
+            heads,
+            kv_heads,
+            head_dim,
+            block_size: 2,
+        };
+        // A zero head dimension (which divided by zero), a row width and a last position past
+        // `usize`.
+        let cases = [
+            (shape(2, 1, 0), span(1, 0)),
+            (shape(usize::MAX, 1, 4), span(1, 0)),
+            (shape(2, 1, 4), span(1, usize::MAX)),
+        ];
+        for simd in [false, true] {
+            for (shape, span) in &cases {
+                let err = attention_on(
+                    &q,
+                    &cache,
+                    &cache,
+                    std::slice::from_ref(span),
+                    *shape,
+                    1.0,
+                    &mut out,
+                    simd,
+                    1,
+                );
+                assert!(
+                    matches!(
+                        err,
+                        Err(KernelError::Length { .. } | KernelError::Overflow { .. })
+                    ),
+                    "{shape:?}: {err:?}"
+                );
+            }
+        }
     }
 }

@@ -10,6 +10,9 @@ pub enum KernelError {
         expected: usize,
         actual: usize,
     },
+    /// A size computed from a declared shape does not fit in `usize`.
+    #[error("{what}: the shape's size overflows")]
+    Overflow { what: &'static str },
     /// The weight format is not supported by this kernel.
     #[error("unsupported weight format {0:?}")]
     UnsupportedFormat(WeightFormatName),
@@ -29,6 +32,14 @@ pub enum KernelError {
     /// Candle (or the CUDA driver underneath it) reported an error.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+/// The product of `factors` (a shape's element or byte count), or [`KernelError::Overflow`].
+pub fn checked_size(what: &'static str, factors: &[usize]) -> Result<usize> {
+    factors
+        .iter()
+        .try_fold(1usize, |n, &f| n.checked_mul(f))
+        .ok_or(KernelError::Overflow { what })
 }
 
 /// The name of a weight format, for error messages.

@@ -40,7 +40,7 @@
 //! Output rows are split across threads by [`crate::pool`] (see there for why a small spinning pool
 //! and not rayon). No call allocates once the thread-local scratch has grown to the largest shape.
 
-use crate::error::{KernelError, Result};
+use crate::error::{checked_size, KernelError, Result};
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
     BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
@@ -103,7 +103,7 @@ impl<'a> WeightMatrix<'a> {
                 block,
             });
         }
-        let expected = rows * (cols / block) * format.type_size();
+        let expected = checked_size("weight bytes", &[rows, cols / block, format.type_size()])?;
         if data.len() != expected {
             return Err(KernelError::Length {
                 what: "weight bytes",
@@ -231,8 +231,16 @@ pub fn dequantize(format: WeightFormat, bytes: &[u8], out: &mut [f32]) -> Result
 }
 
 fn check_matmul(x: &[f32], m: usize, w: &WeightMatrix, out: &[f32]) -> Result<()> {
-    check_len("matmul input", m * w.cols, x.len())?;
-    check_len("matmul output", m * w.rows, out.len())
+    check_len(
+        "matmul input",
+        checked_size("matmul input", &[m, w.cols])?,
+        x.len(),
+    )?;
+    check_len(
+        "matmul output",
+        checked_size("matmul output", &[m, w.rows])?,
+        out.len(),
+    )
 }
 
 /// Plain reference: dequantize each weight row to f32 and take f32 dot products.

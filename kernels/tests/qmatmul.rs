@@ -394,6 +394,25 @@ fn shape_errors_are_reported_not_panicked() {
 }
 
 #[test]
+fn shapes_whose_sizes_overflow_are_errors() {
+    // (2^63 + 1) rows of one 34-byte block would wrap to 34 bytes.
+    let huge = (1usize << 63) + 1;
+    assert!(matches!(
+        WeightMatrix::new(WeightFormat::Q8_0, huge, 32, &[0u8; 34]),
+        Err(KernelError::Overflow { .. })
+    ));
+    // m · rows and m · cols would wrap to the buffers' lengths.
+    let w = WeightMatrix::new(WeightFormat::F32, 2, 2, &[0u8; 16]).unwrap();
+    let (x, mut out) = ([0f32; 6], [0f32; 6]);
+    for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
+        assert!(matches!(
+            matmul_with_isa(isa, &x, (1usize << 63) + 3, &w, &mut out),
+            Err(KernelError::Overflow { .. })
+        ));
+    }
+}
+
+#[test]
 fn unavailable_isa_is_an_error() {
     for isa in Isa::ALL {
         if !isa.is_available() {

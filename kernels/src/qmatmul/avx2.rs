@@ -865,7 +865,7 @@ pub(super) unsafe fn float_tile<const NR: usize>(
 ) {
     macro_rules! go {
         ($mr:literal) => {{
-            let xp: [*const f32; $mr] = std::array::from_fn(|i| x[(i0 + i) * n..].as_ptr());
+            let xp: [*const f32; $mr] = std::array::from_fn(|i| x[(i0 + i) * n..][..n].as_ptr());
             // SAFETY: the caller's contract.
             let res = unsafe { dots_f32::<$mr, NR>(xp, w, n) };
             for i in 0..$mr {
