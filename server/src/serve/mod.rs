@@ -54,10 +54,12 @@ pub struct ServeArgs {
     /// default model (fetched if missing), served as `SmolLM2-135M-Instruct`.
     #[arg(long = "model", env = "SWITCHYARD_MODEL", value_delimiter = ',')]
     pub models: Vec<String>,
-    /// Routing configuration (YAML). Default: the shipped router/config/default.yaml.
+    /// Routing configuration (YAML). Default: router/config/default.yaml as it was when the binary
+    /// was built (a copy is compiled in; pass the file to use an edited one).
     #[arg(long, env = "SWITCHYARD_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Serve without a router (`model: auto` is then refused).
+    /// Serve without a router: `model: auto` is then an unknown model (404), or, on a proxy,
+    /// forwarded upstream as it came.
     #[arg(long, env = "SWITCHYARD_NO_ROUTER", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_router: bool,
     /// The model name that asks for routing.
@@ -66,8 +68,8 @@ pub struct ServeArgs {
     /// Device: `cpu`, `cuda:N` (with the `cuda` feature) or `auto`.
     #[arg(long, env = "SWITCHYARD_DEVICE", default_value = "cpu")]
     pub device: DeviceSpec,
-    /// Require `Authorization: Bearer <key>` on /v1 endpoints (repeatable or comma-separated:
-    /// any of the keys is accepted).
+    /// Require `Authorization: Bearer <key>` on /v1 endpoints, /tokenize and /detokenize
+    /// (repeatable or comma-separated: any of the keys is accepted).
     #[arg(long = "api-key", env = "SWITCHYARD_API_KEY", value_delimiter = ',')]
     pub api_keys: Vec<String>,
     /// Largest request body, bytes.
@@ -76,7 +78,8 @@ pub struct ServeArgs {
     /// Longest prompt, tokens (default: the model's context minus one).
     #[arg(long, env = "SWITCHYARD_MAX_PROMPT_TOKENS")]
     pub max_prompt_tokens: Option<usize>,
-    /// Ceiling on `max_tokens` / `max_completion_tokens` (and their default).
+    /// Ceiling on `max_tokens` / `max_completion_tokens` (a request asking for more is a 400), and
+    /// their default.
     #[arg(long, env = "SWITCHYARD_MAX_TOKENS", default_value_t = 1024)]
     pub max_tokens: usize,
     /// Requests waiting for admission before new ones get 429.
@@ -105,7 +108,8 @@ pub struct ServeArgs {
     /// Streams open at once before new ones get 429.
     #[arg(long, env = "SWITCHYARD_MAX_STREAMS", default_value_t = 64)]
     pub max_streams: usize,
-    /// Most choices (`n`) one chat request may ask for; each is a sequence of its own.
+    /// Most choices (`n`) one chat or text completion request may ask for (per prompt); each is a
+    /// sequence of its own.
     #[arg(long, env = "SWITCHYARD_MAX_CHOICES", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_choices: u16,
     /// Router-only proxy mode: route chat and text completions here and forward them, with
@@ -147,7 +151,7 @@ pub struct ServeArgs {
     /// Compute every prompt in full: no reuse of the cached keys and values of a prefix that an
     /// earlier or concurrent request already computed (a shared system prompt, the earlier turns
     /// of a conversation, the other choices of an `n` request).
-    #[arg(long, env = "SWITCHYARD_NO_PREFIX_CACHING")]
+    #[arg(long, env = "SWITCHYARD_NO_PREFIX_CACHING", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_prefix_caching: bool,
 }
 
@@ -713,7 +717,8 @@ mod tests {
 
     #[test]
     fn every_flag_has_an_environment_twin() {
-        for arg in command().get_arguments() {
+        let cmd = command();
+        for arg in cmd.get_arguments() {
             let env = arg.get_env().and_then(|e| e.to_str());
             let long = arg.get_long().expect("a long flag");
             assert_eq!(
@@ -721,6 +726,20 @@ mod tests {
                 Some(format!("SWITCHYARD_{}", long.replace('-', "_").to_uppercase()).as_str()),
                 "--{long}"
             );
+            // A switch's twin takes what shells write for yes (`=1`, `=yes`, `=on`), not only
+            // `true`.
+            if !arg.get_action().takes_values() {
+                let takes = |word: &str| {
+                    arg.get_value_parser()
+                        .possible_values()
+                        .into_iter()
+                        .flatten()
+                        .any(|p| p.matches(word, true))
+                };
+                for yes in ["1", "yes", "on", "true"] {
+                    assert!(takes(yes), "--{long}: {env:?}={yes}");
+                }
+            }
         }
     }
 
