@@ -822,22 +822,40 @@ async fn proxy_mode_ends_a_stream_the_upstream_stops_sending() {
     proxy.shutdown(Duration::from_secs(5)).await.unwrap();
     held.abort();
 
-    // Inside an event, or a JSON body: the answer is cut short, never finished with made-up bytes.
-    for answer in [
+    // Inside an event: the whole events (here one) go on, the unfinished one is dropped, and the
+    // stream ends as above.
+    let (inside, held) = stalling_upstream(
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
-         9\r\ndata: {\"a\r\n",
+         19\r\ndata: {\"a\": 1}\n\ndata: {\"b\r\n",
+    )
+    .await;
+    let (proxy, base) = proxy_to(inside, 1).await;
+    let text = post(&base, "/v1/chat/completions", &request)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let events = data_events(&text);
+    assert_eq!(events.len(), 3, "{text}");
+    assert_eq!(events[0], r#"{"a": 1}"#);
+    assert!(events[1].contains("upstream_timeout"), "{text}");
+    assert_eq!(events[2], "[DONE]");
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    held.abort();
+
+    // A JSON body: cut short, never finished with made-up bytes.
+    let (inside, held) = stalling_upstream(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"id\":",
-    ] {
-        let (inside, held) = stalling_upstream(answer).await;
-        let (proxy, base) = proxy_to(inside, 1).await;
-        let response = post(&base, "/v1/chat/completions", &request).await;
-        assert_eq!(response.status(), 200);
-        assert!(response.bytes().await.is_err(), "{answer}");
-        // The proxy goes on serving.
-        assert_eq!(get_status(&base, "/health").await, 200);
-        proxy.shutdown(Duration::from_secs(5)).await.unwrap();
-        held.abort();
-    }
+    )
+    .await;
+    let (proxy, base) = proxy_to(inside, 1).await;
+    let response = post(&base, "/v1/chat/completions", &request).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.bytes().await.is_err());
+    // The proxy goes on serving.
+    assert_eq!(get_status(&base, "/health").await, 200);
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    held.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -562,13 +562,14 @@ fn pass_through(upstream_response: reqwest::Response, state: &State) -> Result<R
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
-/// The upstream's body chunk by chunk, each chunk due within `idle` of the one before. An upstream
-/// that falls silent for longer, or whose body breaks off, or the end of this server's shutdown
-/// grace period (`stop`), ends an event stream with an error event and `[DONE]` (the way this
-/// server ends a stream that cannot go on, which the OpenAI clients raise as an error) when the
-/// stream stopped between two events; any other body, or an event stream stopped inside an event,
-/// is cut short (the client sees an incomplete response). Dropping the upstream's body closes its
-/// connection, which cancels its generation.
+/// The upstream's body chunk by chunk, each chunk due within `idle` of the one before. An event
+/// stream is relayed whole event by whole event (a chunk's bytes after its last event wait for the
+/// rest of that event). An upstream that falls silent for longer, or whose body breaks off, or the
+/// end of this server's shutdown grace period (`stop`), ends an event stream with an error event
+/// and `[DONE]` (the way this server ends a stream that cannot go on, which the OpenAI clients
+/// raise as an error), the unfinished event dropped; any other body is cut short (the client sees
+/// an incomplete response). Dropping the upstream's body closes its connection, which cancels its
+/// generation.
 fn relayed<S>(
     chunks: S,
     idle: Duration,
@@ -581,47 +582,72 @@ where
     struct Relay<S> {
         chunks: std::pin::Pin<Box<S>>,
         stop: tokio::sync::watch::Receiver<bool>,
-        /// The bytes sent so far end between two events (or none were sent).
-        between_events: bool,
+        /// Event stream bytes after the last whole event relayed.
+        unfinished: Vec<u8>,
         done: bool,
     }
     let start = Relay {
         chunks: Box::pin(chunks),
         stop,
-        between_events: true,
+        unfinished: Vec::new(),
         done: false,
     };
     futures::stream::unfold(start, move |mut relay| async move {
         if relay.done {
             return None;
         }
-        let next = tokio::select! {
-            next = tokio::time::timeout(idle, futures::StreamExt::next(&mut relay.chunks)) => Some(next),
-            Ok(_) = relay.stop.wait_for(|stop| *stop) => None,
-        };
-        let failure = match next {
-            None => cut_off(),
-            Some(Ok(None)) => return None,
-            Some(Ok(Some(Ok(chunk)))) => {
-                if !chunk.is_empty() {
-                    relay.between_events = chunk.ends_with(b"\n\n") || chunk.ends_with(b"\r\n\r\n");
+        let failure = loop {
+            let next = tokio::select! {
+                next = tokio::time::timeout(idle, futures::StreamExt::next(&mut relay.chunks)) => Some(next),
+                Ok(_) = relay.stop.wait_for(|stop| *stop) => None,
+            };
+            match next {
+                None => break cut_off(),
+                Some(Ok(None)) => {
+                    // The upstream's own end: whatever it sent goes on as it was.
+                    relay.done = true;
+                    let rest = std::mem::take(&mut relay.unfinished);
+                    return (!rest.is_empty()).then(|| (Ok(Bytes::from(rest)), relay));
                 }
-                return Some((Ok(chunk), relay));
+                Some(Ok(Some(Ok(chunk)))) if !events => return Some((Ok(chunk), relay)),
+                Some(Ok(Some(Ok(chunk)))) => {
+                    relay.unfinished.extend_from_slice(&chunk);
+                    if let Some(end) = whole_events(&relay.unfinished) {
+                        let rest = relay.unfinished.split_off(end);
+                        let whole = std::mem::replace(&mut relay.unfinished, rest);
+                        return Some((Ok(Bytes::from(whole)), relay));
+                    }
+                }
+                Some(Ok(Some(Err(e)))) => {
+                    break ApiError::unavailable(format!("The upstream's answer broke off: {e}"))
+                }
+                Some(Err(_)) => break ApiError::upstream_stalled(idle.as_secs()),
             }
-            Some(Ok(Some(Err(e)))) => {
-                ApiError::unavailable(format!("The upstream's answer broke off: {e}"))
-            }
-            Some(Err(_)) => ApiError::upstream_stalled(idle.as_secs()),
         };
         relay.done = true;
-        tracing::warn!(error = %failure.message, "upstream answer cut off");
-        if events && relay.between_events {
+        tracing::warn!(
+            error = %failure.message,
+            unfinished_event_bytes = relay.unfinished.len(),
+            "upstream answer cut off"
+        );
+        if events {
             let last = format!("data: {}\n\ndata: [DONE]\n\n", failure.body());
             Some((Ok(Bytes::from(last)), relay))
         } else {
             Some((Err(std::io::Error::other(failure.message.clone())), relay))
         }
     })
+}
+
+/// The length of the whole events at the start of `bytes` (up to and including the blank line
+/// that ends the last of them), if there is one.
+fn whole_events(bytes: &[u8]) -> Option<usize> {
+    let lf = bytes.windows(2).rposition(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = bytes
+        .windows(4)
+        .rposition(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4);
+    lf.max(crlf)
 }
 
 /// The proxy's `Server-Timing`: its `route` (routed requests), its `admit` (from the request's
