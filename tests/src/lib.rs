@@ -3,6 +3,8 @@
 //! Fixtures (tiny checkpoints and reference outputs made by committed scripts) are under
 //! `tests/fixtures/`; see its README.
 
+pub mod fuzz;
+
 use std::path::{Path, PathBuf};
 
 /// The fixtures directory.

@@ -7,12 +7,13 @@
 //! `SWITCHYARD_FUZZ_SEED=<n>` draws another set (to hunt, not in CI).
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use switchyard_models::decoder::{BlockTable, KvCache, KvDtype, LogitRows, SequenceInput};
 use switchyard_models::loader::load_generation_model;
 use switchyard_models::text::ChatMessage;
 use switchyard_models::GenerationModel;
 use switchyard_tests::fixtures;
+use switchyard_tests::fuzz::seeded_rng;
 
 /// Damaged copies loaded per run.
 const ROUNDS: usize = 300;
@@ -115,11 +116,7 @@ fn damaged_gguf_files_are_errors_not_panics() {
     // Damage goes where the parser reads lengths and counts: the header, the metadata and the
     // tensor table (the first part of the file; the rest is tensor data).
     let header_end = original.len().min(64 * 1024);
-    let seed = std::env::var("SWITCHYARD_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x6775);
-    let mut rng = StdRng::seed_from_u64(seed);
+    let (seed, mut rng) = seeded_rng(0x6775);
     let dir = tempfile::tempdir().unwrap();
     let (mut loaded, mut refused) = (0, 0);
     for round in 0..ROUNDS {
@@ -165,11 +162,7 @@ fn odd_number(rng: &mut StdRng) -> serde_json::Value {
 
 #[test]
 fn checkpoints_with_damaged_configs_are_errors_not_panics() {
-    let seed = std::env::var("SWITCHYARD_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x6366);
-    let mut rng = StdRng::seed_from_u64(seed);
+    let (seed, mut rng) = seeded_rng(0x6366);
     let (mut loaded, mut refused) = (0, 0);
     for source in ["tiny-llama", "tiny-qwen3"] {
         let from = fixtures().join("hf").join(source);

@@ -8,12 +8,11 @@
 
 mod server_common;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use server_common::*;
 use std::time::Duration;
 use switchyard_server::serve::ServeArgs;
+use switchyard_tests::fuzz::{mutate, seeded_rng};
 
 /// Mutated requests sent per run (each endpoint's seeds in turn).
 const ROUNDS: usize = 1500;
@@ -90,132 +89,6 @@ fn seeds() -> Vec<(&'static str, Value)> {
     ]
 }
 
-/// A value in place of `old`: half the time one of the same type (an edge of its range), else one
-/// of a random type and size, biased to the edges that parsers and limits trip on.
-fn odd_value(old: &Value, rng: &mut StdRng) -> Value {
-    if rng.random::<bool>() {
-        match old {
-            Value::Bool(b) => return json!(!b),
-            Value::Number(_) => {
-                let edges = [
-                    json!(0),
-                    json!(1),
-                    json!(-1),
-                    json!(2),
-                    json!(0.5),
-                    json!(100),
-                    json!(-2.5),
-                    json!(1e9),
-                    json!(i64::MAX),
-                    json!(-0.0),
-                ];
-                return edges[rng.random_range(0..edges.len())].clone();
-            }
-            Value::String(_) => {
-                let edges = [
-                    json!(""),
-                    json!(" "),
-                    json!("\u{0}\u{feff}é😀\u{202e}"),
-                    json!("x".repeat(rng.random_range(1..3000))),
-                    json!("auto"),
-                    json!("tiny-llama"),
-                    json!("{\"q\": 1}"),
-                    json!("<think>"),
-                    json!("none"),
-                    json!("required"),
-                ];
-                return edges[rng.random_range(0..edges.len())].clone();
-            }
-            _ => {}
-        }
-    }
-    match rng.random_range(0..20) {
-        0 => Value::Null,
-        1 => json!(rng.random::<bool>()),
-        2 => json!(0),
-        3 => json!(-1),
-        4 => json!(i64::MIN),
-        5 => json!(u64::MAX),
-        6 => json!(1e300),
-        7 => json!(-0.0),
-        8 => json!(0.5),
-        9 => json!(""),
-        10 => json!("\u{0}\u{feff}é😀\u{202e}"),
-        11 => json!("x".repeat(rng.random_range(1..3000))),
-        12 => json!([]),
-        13 => json!([[[]]]),
-        14 => json!({}),
-        15 => json!({"type": "function", "function": {}}),
-        16 => json!([{"role": "user"}]),
-        17 => json!("none"),
-        18 => json!(rng.random_range(0..100_000)),
-        _ => json!([1, "a", null, {"b": []}]),
-    }
-}
-
-/// Every path to a value in `v`, as keys and indices.
-fn paths(v: &Value, at: &mut Vec<Step>, out: &mut Vec<Vec<Step>>) {
-    out.push(at.clone());
-    match v {
-        Value::Object(m) => {
-            for (k, child) in m {
-                at.push(Step::Key(k.clone()));
-                paths(child, at, out);
-                at.pop();
-            }
-        }
-        Value::Array(a) => {
-            for (i, child) in a.iter().enumerate() {
-                at.push(Step::Index(i));
-                paths(child, at, out);
-                at.pop();
-            }
-        }
-        _ => {}
-    }
-}
-
-#[derive(Clone, Debug)]
-enum Step {
-    Key(String),
-    Index(usize),
-}
-
-fn at_mut<'a>(v: &'a mut Value, path: &[Step]) -> &'a mut Value {
-    path.iter().fold(v, |v, step| match step {
-        Step::Key(k) => &mut v[k.as_str()],
-        Step::Index(i) => &mut v[*i],
-    })
-}
-
-/// One random edit of `body` (a quarter of the time two): replace a value, drop a key, or add
-/// an unknown key.
-fn mutate(body: &Value, rng: &mut StdRng) -> Value {
-    let mut body = body.clone();
-    let edits = if rng.random_range(0..4) == 0 { 2 } else { 1 };
-    for _ in 0..edits {
-        let mut all = Vec::new();
-        paths(&body, &mut Vec::new(), &mut all);
-        let path = &all[rng.random_range(0..all.len())];
-        let target = at_mut(&mut body, path);
-        match (rng.random_range(0..6), target) {
-            (0, Value::Object(m)) if !m.is_empty() => {
-                let key = m.keys().nth(rng.random_range(0..m.len())).unwrap().clone();
-                m.remove(&key);
-            }
-            (1, Value::Object(m)) => {
-                m.insert("unexpected_field".into(), odd_value(&Value::Null, rng));
-            }
-            (2, Value::Array(a)) if !a.is_empty() => {
-                let twin = a[rng.random_range(0..a.len())].clone();
-                a.push(odd_value(&twin, rng));
-            }
-            (_, target) => *target = odd_value(target, rng),
-        }
-    }
-    body
-}
-
 /// Checks one answer: no 5xx; an error has the OpenAI shape; a success parses as JSON, or as
 /// server-sent events whose payloads are JSON up to a final `[DONE]`.
 async fn check_answer(r: reqwest::Response, what: &str) {
@@ -257,11 +130,7 @@ async fn check_answer(r: reqwest::Response, what: &str) {
 async fn fuzz(base: &str) -> (usize, usize) {
     let client = reqwest::Client::new();
     let seeds = seeds();
-    let seed = std::env::var("SWITCHYARD_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed);
-    let mut rng = StdRng::seed_from_u64(seed);
+    let (seed, mut rng) = seeded_rng(0x5eed);
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
     for round in 0..ROUNDS {
         let (path, seed) = &seeds[round % seeds.len()];

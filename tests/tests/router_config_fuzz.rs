@@ -1,0 +1,155 @@
+//! Routing configurations edited at random are load errors that name a field, or load and then
+//! decide any request (any labels and scores, PII spans anywhere) and apply the decision, never
+//! panic: the shipped `default.yaml` and a classic vLLM Semantic Router config, each with values
+//! replaced, keys dropped and unknown keys added (seeded; see `switchyard_tests::fuzz`).
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde_json::Value;
+use switchyard_models::text::ChatMessage;
+use switchyard_router::config::DEFAULT_CONFIG_YAML;
+use switchyard_router::{decide, ClassifierOutput, PiiEntity, RouteInput, RouterConfig, Signals};
+use switchyard_tests::fuzz::{mutate, seeded_rng};
+
+/// Edited configurations tried per starting document.
+const ROUNDS: usize = 400;
+
+/// A vLLM Semantic Router config in its classic shape.
+const CLASSIC: &str = r#"
+default_model: SmolLM2-135M-Instruct
+default_reasoning_effort: high
+reasoning_families:
+  qwen3: {type: chat_template_kwargs, parameter: enable_thinking}
+model_config:
+  SmolLM2-135M-Instruct:
+    reasoning_family: qwen3
+    pii_policy: {allow_by_default: false, pii_types_allowed: [PERSON]}
+prompt_guard: {enabled: true, threshold: 0.7}
+classifier:
+  category_model: {threshold: 0.6}
+  pii_model: {threshold: 0.8}
+keyword_rules:
+  - {category: math, operator: AND, keywords: [solve, equation]}
+categories:
+  - name: math
+    system_prompt: "Be careful."
+    model_scores:
+      - {model: SmolLM2-135M-Instruct, score: 1.0, use_reasoning: true, reasoning_effort: low}
+  - name: other
+    jailbreak_threshold: 0.5
+    model_scores:
+      - {model: SmolLM2-135M-Instruct, score: 0.7, use_reasoning: false}
+"#;
+
+/// Signals of any shape: labels the config knows or not, scores at the edges, PII spans inside,
+/// across and past the text.
+fn signals(rng: &mut StdRng, text_chars: usize) -> Signals {
+    let labels = [
+        "math",
+        "other",
+        "health",
+        "nope",
+        "",
+        "reasoning",
+        "jailbreak",
+        "benign",
+    ];
+    let mut head = |rng: &mut StdRng| {
+        let scores = [0.0f32, 0.3, 0.5, 0.99, 1.0, f32::NAN, -1.0, 2.0];
+        let probabilities: Vec<(String, f32)> = (0..rng.random_range(0..4))
+            .map(|_| {
+                (
+                    labels[rng.random_range(0..labels.len())].to_string(),
+                    scores[rng.random_range(0..scores.len())],
+                )
+            })
+            .collect();
+        rng.random::<bool>().then(|| ClassifierOutput {
+            label: labels[rng.random_range(0..labels.len())].to_string(),
+            score: scores[rng.random_range(0..scores.len())],
+            probabilities,
+            latency: Duration::from_micros(10),
+        })
+    };
+    let domain = head(rng);
+    let reasoning = head(rng);
+    let jailbreak = head(rng);
+    let pii = (0..rng.random_range(0..3))
+        .map(|_| {
+            let start = rng.random_range(0..text_chars + 3);
+            PiiEntity {
+                entity_type: ["EMAIL_ADDRESS", "B-PERSON", "I-US_SSN", "", "weird"]
+                    [rng.random_range(0..5)]
+                .to_string(),
+                start,
+                end: start + rng.random_range(0..8),
+                score: rng.random(),
+            }
+        })
+        .collect();
+    Signals {
+        domain,
+        reasoning,
+        jailbreak,
+        pii,
+        ..Signals::default()
+    }
+}
+
+fn fuzz(document: &str, default_seed: u64) {
+    let (seed, mut rng) = seeded_rng(default_seed);
+    let original: Value = yaml_serde::from_str(document).expect("the document parses");
+    let messages = vec![
+        ChatMessage::new("system", "Be brief."),
+        ChatMessage::new("user", "Solve the equation 3x + 7 = 22, mail me at a@b.co"),
+    ];
+    let (mut loaded, mut refused) = (0, 0);
+    for round in 0..ROUNDS {
+        let edited = mutate(&original, &mut rng);
+        // JSON is YAML.
+        let yaml = edited.to_string();
+        let what = format!("seed {seed}, round {round}: {yaml}");
+        let outcome = std::panic::catch_unwind(|| match RouterConfig::from_yaml_str(&yaml) {
+            Err(e) => Err(e.to_string()),
+            Ok(config) => {
+                let input = RouteInput::from_messages(&messages);
+                let mut rng = StdRng::clone(&rng);
+                for _ in 0..4 {
+                    let signals = signals(&mut rng, input.text.chars().count());
+                    // As `Router::route` does: the decision remembers where its text came from.
+                    let mut decision = decide(&config, &input.text, &signals);
+                    decision.input = input.clone();
+                    let mut routed = messages.clone();
+                    decision.apply(&mut routed);
+                    serde_json::to_string(&decision).expect("a decision serialises");
+                }
+                Ok(())
+            }
+        });
+        match outcome {
+            Ok(Ok(())) => loaded += 1,
+            Ok(Err(e)) => {
+                assert!(!e.is_empty(), "{what}");
+                refused += 1;
+            }
+            Err(_) => panic!("{what}: panicked"),
+        }
+    }
+    eprintln!("seed {seed}: {loaded} loaded and decided, {refused} refused");
+    assert!(
+        loaded >= ROUNDS / 10 && refused >= ROUNDS / 10,
+        "{loaded} / {refused}"
+    );
+}
+
+#[test]
+fn edited_shipped_configs_load_and_decide_or_are_errors() {
+    fuzz(DEFAULT_CONFIG_YAML, 0xc0f1);
+}
+
+#[test]
+fn edited_classic_configs_load_and_decide_or_are_errors() {
+    fuzz(CLASSIC, 0xc1a5);
+}
