@@ -56,7 +56,7 @@ fn signals(rng: &mut StdRng, text_chars: usize) -> Signals {
         "jailbreak",
         "benign",
     ];
-    let mut head = |rng: &mut StdRng| {
+    let head = |rng: &mut StdRng| {
         let scores = [0.0f32, 0.3, 0.5, 0.99, 1.0, f32::NAN, -1.0, 2.0];
         let probabilities: Vec<(String, f32)> = (0..rng.random_range(0..4))
             .map(|_| {
