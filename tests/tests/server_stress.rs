@@ -1,0 +1,166 @@
+//! A storm of concurrent clients that share prompt prefixes, stream or not, ask for several
+//! choices, routed or not, and hang up at random moments leaves nothing behind, on the server and
+//! behind a routing proxy: once it is over no sequence is waiting or running, no KV-cache block is
+//! held, no stream is counted open, and a greedy request answers exactly what it answered before
+//! the storm (the prefix cache the storm filled and emptied gives the same tokens).
+
+mod server_common;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use rand::Rng;
+use serde_json::{json, Value};
+use server_common::*;
+use switchyard_server::serve::ServeArgs;
+use switchyard_tests::fuzz::seeded_rng;
+
+/// Clients in the storm.
+const CLIENTS: usize = 64;
+
+/// How a client of the storm behaves.
+#[derive(Debug, Clone, Copy)]
+enum Client {
+    /// Reads the whole answer.
+    Patient,
+    /// Reads the first chunk of the body, then hangs up.
+    FirstChunk,
+    /// Hangs up after this many milliseconds, wherever the answer is.
+    Timeout(u64),
+}
+
+async fn storm_client(base: String, body: Value, client: Client) {
+    let http = reqwest::Client::new();
+    let request = http.post(format!("{base}/v1/chat/completions")).json(&body);
+    match client {
+        Client::Patient => {
+            let r = request.send().await.expect("sent");
+            assert_eq!(r.status(), 200, "{body}");
+            r.bytes().await.expect("the whole answer");
+        }
+        Client::FirstChunk => {
+            let r = request.send().await.expect("sent");
+            assert_eq!(r.status(), 200, "{body}");
+            let mut chunks = r.bytes_stream();
+            let _ = chunks.next().await;
+        }
+        Client::Timeout(ms) => {
+            // The answer, or the hang-up: both are fine here.
+            let _ = request.timeout(Duration::from_millis(ms)).send().await;
+        }
+    }
+}
+
+/// Sends the storm to `base` and checks that `generator` (the server behind `base`, or `base`
+/// itself) is left with nothing held and answers `greedy` as it did before.
+async fn storm(base: &str, generator: &switchyard_server::serve::Server, generator_base: &str) {
+    let greedy = chat(
+        "tiny-llama",
+        "The shared opening of every prompt in this test, then more",
+        24,
+    );
+    let before: Value = post(generator_base, "/v1/chat/completions", &greedy)
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    let (seed, mut rng) = seeded_rng(0x5707);
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let max_tokens = [1, 8, 64][rng.random_range(0..3)];
+        let temperature = [0.0, 1.0][rng.random_range(0..2)];
+        let model = ["tiny-llama", "auto"][rng.random_range(0..2)];
+        let body = json!({
+            "model": model,
+            "messages": [
+                {"role": "system", "content": "The shared opening of every prompt in this test"},
+                {"role": "user", "content": format!("request {} of the storm", i % 5)}],
+            "max_tokens": max_tokens,
+            "n": rng.random_range(1..=3),
+            "temperature": temperature,
+            "stream": rng.random::<bool>(),
+        });
+        let client = match rng.random_range(0..3) {
+            0 => Client::Patient,
+            1 => Client::FirstChunk,
+            _ => Client::Timeout(rng.random_range(1..200)),
+        };
+        clients.push(tokio::spawn(storm_client(base.to_string(), body, client)));
+    }
+    for c in clients {
+        c.await
+            .unwrap_or_else(|e| panic!("seed {seed}: a client failed: {e}"));
+    }
+
+    // Everything the storm started ends, and lets go of what it held.
+    let engine = &generator.state.engines["tiny-llama"];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let idle = loop {
+        let now = engine.stats().snapshot();
+        if now.waiting == 0 && now.running == 0 {
+            break now;
+        }
+        assert!(std::time::Instant::now() < deadline, "seed {seed}: {now:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(idle.kv_blocks_used, 0, "seed {seed}: {idle:?}");
+    assert!(idle.cancelled > 0, "seed {seed}: nobody hung up: {idle:?}");
+    for at in [base, generator_base] {
+        let counted = metrics(at).await;
+        assert!(
+            counted.contains("switchyard_open_streams 0"),
+            "seed {seed}: {at}:\n{counted}"
+        );
+    }
+    let counted = metrics(generator_base).await;
+    for gauge in [
+        "switchyard_kv_cache_blocks_used{model=\"tiny-llama\"} 0",
+        "switchyard_running_sequences{model=\"tiny-llama\"} 0",
+    ] {
+        assert!(
+            counted.contains(gauge),
+            "seed {seed}: {gauge} in\n{counted}"
+        );
+    }
+
+    // The same greedy answer as before the storm.
+    let after: Value = post(generator_base, "/v1/chat/completions", &greedy)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        after["choices"][0]["message"],
+        before["choices"][0]["message"]
+    );
+}
+
+/// The generator of both tests: the tiny Llama, answers of up to 64 tokens.
+fn generator_args() -> ServeArgs {
+    ServeArgs {
+        max_tokens: 64,
+        ..args()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_clients_that_hang_up_leaves_nothing_behind() {
+    let (s, base) = server(generator_args()).await;
+    storm(&base, &s, &base).await;
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_through_a_routing_proxy_leaves_nothing_behind_upstream() {
+    let (generator, generator_base) = server(generator_args()).await;
+    let (proxy, proxy_base) = server(ServeArgs {
+        port: 0,
+        upstream: Some(generator_base.clone()),
+        ..ServeArgs::default()
+    })
+    .await;
+    storm(&proxy_base, &generator, &generator_base).await;
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    generator.shutdown(Duration::from_secs(5)).await.unwrap();
+}
