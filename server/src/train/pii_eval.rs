@@ -33,9 +33,9 @@ pub struct EvalPiiArgs {
     /// Routing configuration whose `pii.threshold` applies; default: the shipped one.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Where to write the metrics.
-    #[arg(long, default_value = "router/models/default/pii_metrics.json")]
-    pub out: PathBuf,
+    /// Where to write the metrics; default: `pii_metrics.json` in the router directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Errors of each kind to print.
     #[arg(long, default_value_t = 8)]
     pub samples: usize,
@@ -43,6 +43,13 @@ pub struct EvalPiiArgs {
     /// and the gold spans, as JSON lines to this file (for error analysis).
     #[arg(long)]
     pub dump: Option<PathBuf>,
+}
+
+/// Where `eval-pii` writes its metrics: `--out`, else beside the router it evaluated.
+fn metrics_path(args: &EvalPiiArgs) -> PathBuf {
+    args.out
+        .clone()
+        .unwrap_or_else(|| args.router_dir.join("pii_metrics.json"))
 }
 
 /// A typed entity span, in characters.
@@ -516,15 +523,34 @@ pub fn run(args: EvalPiiArgs) -> Result<()> {
         },
         "benign_texts_with_entity": benign_rates,
     });
-    std::fs::write(&args.out, serde_json::to_string_pretty(&report)? + "\n")
-        .with_context(|| format!("writing {}", args.out.display()))?;
-    eprintln!("wrote {}", args.out.display());
+    let out = metrics_path(&args);
+    std::fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("wrote {}", out.display());
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn metrics_go_beside_the_router_evaluated_unless_told() {
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: EvalPiiArgs,
+        }
+        let parsed = |argv: &[&str]| Cli::try_parse_from(argv).expect("parses").args;
+        let args = parsed(&["eval-pii", "--router-dir", "/tmp/candidate"]);
+        assert_eq!(
+            metrics_path(&args),
+            PathBuf::from("/tmp/candidate/pii_metrics.json")
+        );
+        let args = parsed(&["eval-pii", "--out", "/tmp/m.json"]);
+        assert_eq!(metrics_path(&args), PathBuf::from("/tmp/m.json"));
+    }
 
     fn span(ty: &str, start: usize, end: usize) -> Span {
         Span {
