@@ -376,7 +376,7 @@ impl Engine {
         if tokens.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
-        let vocab = self.info.tokenizer.vocab_size();
+        let vocab = self.info.vocab_size;
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(EngineError::InvalidParameter {
                 param: "prompt",
@@ -490,6 +490,9 @@ impl Engine {
 /// style, limits and counters.
 struct ModelInfo {
     tokenizer: Arc<TextTokenizer>,
+    /// Ids a prompt may hold: those both the tokenizer and the model's embedding know (a tokenizer
+    /// with added tokens past the embedding's rows would otherwise fail a whole batch's step).
+    vocab_size: usize,
     template: Option<ChatTemplate>,
     style: ThinkingStyle,
     forced_end: Vec<u32>,
@@ -562,6 +565,12 @@ fn prepare(model: GenerationModel, config: EngineConfig) -> Result<(ModelSlot, M
     }
     // No sequence may outgrow the whole cache, so every admitted request can finish.
     let max_model_len = max_model_len.min(capacity);
+    if max_model_len < 2 {
+        return Err(invalid(
+            "max_model_len",
+            format!("must leave room for a prompt token and a new one; got {max_model_len}"),
+        ));
+    }
     let mut cache = KvCache::with_dtype(
         &mc,
         config.block_size,
@@ -602,6 +611,7 @@ fn prepare(model: GenerationModel, config: EngineConfig) -> Result<(ModelSlot, M
     Ok((
         slot,
         ModelInfo {
+            vocab_size: tokenizer.vocab_size().min(mc.vocab_size),
             tokenizer,
             template: chat_template,
             style,

@@ -275,22 +275,32 @@ impl Sequence {
                 return;
             }
         }
-        self.finished = Some(reason);
+        // What the thinking splitter held back (a possible start of its markers) may still
+        // complete a stop string: then the sequence ends there, for that reason.
+        let mut reason = reason;
+        let mut stopped = false;
         for (kind, text) in self.splitter.finish() {
             match kind {
                 DeltaKind::Reasoning => self.send(Event::Delta { kind, text }),
                 DeltaKind::Content => match self.stop.push(&text) {
-                    StopOutcome::Continue(t) | StopOutcome::Stopped(t) => {
-                        self.send(Event::Delta { kind, text: t })
+                    StopOutcome::Continue(t) => self.send(Event::Delta { kind, text: t }),
+                    StopOutcome::Stopped(t) => {
+                        self.send(Event::Delta { kind, text: t });
+                        reason = FinishReason::Stop;
+                        stopped = true;
+                        break;
                     }
                 },
             }
         }
-        let rest = self.stop.finish();
-        self.send(Event::Delta {
-            kind: DeltaKind::Content,
-            text: rest,
-        });
+        if !stopped {
+            let rest = self.stop.finish();
+            self.send(Event::Delta {
+                kind: DeltaKind::Content,
+                text: rest,
+            });
+        }
+        self.finished = Some(reason);
         self.send_finished();
     }
 

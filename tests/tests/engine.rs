@@ -238,6 +238,23 @@ fn stop_strings_end_generation_across_token_boundaries() {
 }
 
 #[test]
+fn a_stop_string_in_text_held_back_at_the_last_token_still_stops() {
+    // `<` could start a thinking marker, so the answer's splitter holds it back; the token limit
+    // then flushes it into the stop string.
+    let engine = engine("tiny-llama", EngineConfig::default());
+    let lt = engine.tokenizer().encode("<").unwrap();
+    assert_eq!(lt.len(), 1, "{lt:?}");
+    let (prompt, _) = prompts("tiny-llama").remove(1);
+    let mut request = greedy(prompt, 1);
+    request.params.sampling.logit_bias = vec![(lt[0], 100.0)];
+    request.params.stop = vec!["<".into()];
+    let out = drain(engine.submit(request).unwrap());
+    assert_eq!(out.ids, lt);
+    assert_eq!(out.content, "");
+    assert_eq!(out.reason, Some(FinishReason::Stop));
+}
+
+#[test]
 fn dropping_the_stream_cancels_and_frees_the_cache() {
     let engine = engine("tiny-llama", EngineConfig::default());
     let (prompt, _) = prompts("tiny-llama").remove(3);
@@ -388,6 +405,74 @@ fn limits_are_enforced_with_clear_errors() {
     let out = drain(engine.submit(greedy(vec![5; 30], 100)).unwrap());
     assert_eq!(out.reason, Some(FinishReason::Length));
     assert_eq!(out.usage.completion_tokens, 2);
+}
+
+#[test]
+fn a_context_with_no_room_for_a_prompt_and_an_answer_is_refused_at_start() {
+    for len in [0, 1] {
+        let model = load_generation_model(&fixtures().join("hf/tiny-llama")).unwrap();
+        let config = EngineConfig {
+            max_model_len: Some(len),
+            ..Default::default()
+        };
+        assert!(
+            matches!(
+                Engine::start(model, config),
+                Err(EngineError::InvalidParameter {
+                    param: "max_model_len",
+                    ..
+                })
+            ),
+            "max_model_len {len}"
+        );
+    }
+}
+
+#[test]
+fn a_token_the_tokenizer_knows_but_the_model_does_not_is_refused_alone() {
+    // tiny-llama with one added token past its 512 embedding rows.
+    let dir = tempfile::tempdir().unwrap();
+    let from = fixtures().join("hf/tiny-llama");
+    for file in std::fs::read_dir(&from).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(&file, dir.path().join(file.file_name().unwrap())).unwrap();
+    }
+    let mut tokenizer = read_json(&from.join("tokenizer.json"));
+    tokenizer["added_tokens"].as_array_mut().unwrap().push(
+        serde_json::json!({"id": 512, "content": "<|extra|>", "single_word": false,
+            "lstrip": false, "rstrip": false, "normalized": false, "special": true}),
+    );
+    std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    let model = load_generation_model(dir.path()).unwrap();
+    assert_eq!(model.tokenizer.vocab_size(), 513);
+    let engine = Engine::start(model, EngineConfig::default()).unwrap();
+    let (prompt, _) = prompts("tiny-llama").remove(0);
+    // A request beside it, which the refused one must not take down.
+    let beside = engine.submit(greedy(prompt.clone(), 8)).unwrap();
+    for bad in [
+        Prompt::Tokens(vec![5, 512]),
+        Prompt::Text("a <|extra|> b".into()),
+    ] {
+        let refused = engine.submit(GenerationRequest {
+            prompt: bad,
+            params: GenerationParams {
+                max_tokens: Some(4),
+                ..Default::default()
+            },
+        });
+        assert!(
+            matches!(
+                refused,
+                Err(EngineError::InvalidParameter {
+                    param: "prompt",
+                    ..
+                })
+            ),
+            "{:?}",
+            refused.err()
+        );
+    }
+    assert_eq!(drain(beside).usage.completion_tokens, 8);
 }
 
 #[test]
