@@ -109,6 +109,24 @@ fn use_model(model: &GenerationModel) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// Loads the model at `path` and uses it: `Some(true)` if both worked, `Some(false)` if either
+/// was refused with an error (which must say something), `None` if anything panicked.
+fn load_and_use(path: &std::path::Path) -> Option<bool> {
+    let result = std::panic::catch_unwind(|| {
+        load_generation_model(path)
+            .map_err(|e| e.to_string())
+            .and_then(|model| use_model(&model))
+    });
+    match result {
+        Ok(Ok(())) => Some(true),
+        Ok(Err(e)) => {
+            assert!(!e.is_empty(), "{}: an empty error", path.display());
+            Some(false)
+        }
+        Err(_) => None,
+    }
+}
+
 #[test]
 fn damaged_gguf_files_are_errors_not_panics() {
     let path = fixtures().join("spm-llama/model.gguf");
@@ -123,18 +141,10 @@ fn damaged_gguf_files_are_errors_not_panics() {
         let (how, bytes) = damage(&original, header_end, &mut rng);
         let file = dir.path().join("damaged.gguf");
         std::fs::write(&file, &bytes).unwrap();
-        let result = std::panic::catch_unwind(|| {
-            load_generation_model(&file)
-                .map_err(|e| e.to_string())
-                .and_then(|model| use_model(&model))
-        });
-        match result {
-            Ok(Ok(())) => loaded += 1,
-            Ok(Err(e)) => {
-                assert!(!e.is_empty());
-                refused += 1;
-            }
-            Err(_) => panic!("seed {seed}, round {round}: {how:?} panicked"),
+        match load_and_use(&file) {
+            Some(true) => loaded += 1,
+            Some(false) => refused += 1,
+            None => panic!("seed {seed}, round {round}: {how:?} panicked"),
         }
     }
     eprintln!("seed {seed}: {loaded} loaded and used, {refused} refused");
@@ -192,18 +202,10 @@ fn checkpoints_with_damaged_configs_are_errors_not_panics() {
                 damaged[key.as_str()] = value.clone();
             }
             std::fs::write(dir.path().join("config.json"), damaged.to_string()).unwrap();
-            let result = std::panic::catch_unwind(|| {
-                load_generation_model(dir.path())
-                    .map_err(|e| e.to_string())
-                    .and_then(|model| use_model(&model))
-            });
-            match result {
-                Ok(Ok(())) => loaded += 1,
-                Ok(Err(e)) => {
-                    assert!(!e.is_empty());
-                    refused += 1;
-                }
-                Err(_) => panic!("seed {seed}, {source} round {round}: {edits:?} panicked"),
+            match load_and_use(dir.path()) {
+                Some(true) => loaded += 1,
+                Some(false) => refused += 1,
+                None => panic!("seed {seed}, {source} round {round}: {edits:?} panicked"),
             }
         }
     }
