@@ -116,6 +116,15 @@ pub struct Tfidf {
     idf: Vec<f32>,
 }
 
+/// The first term of `terms` that an earlier one repeats.
+fn first_repeat(terms: &[String]) -> Option<&str> {
+    let mut seen = std::collections::HashSet::with_capacity(terms.len());
+    terms
+        .iter()
+        .find(|t| !seen.insert(t.as_str()))
+        .map(String::as_str)
+}
+
 /// Term -> (feature index, idf), keyed by a seeded 64-bit hash of the term.
 ///
 /// A look-up costs one cache line: a `String` key would cost another to compare, and a separate idf
@@ -131,22 +140,26 @@ struct TermIndex {
 }
 
 impl TermIndex {
+    /// The index of `terms`, which should be distinct (a term given twice keeps its first
+    /// feature: no seed could separate it from itself).
     fn new(terms: &[String], idf: &[f32]) -> TermIndex {
+        use std::collections::hash_map::Entry;
         use std::hash::BuildHasher;
         'seeds: for seed in 0u64.. {
             let hasher = FixedState::with_seed(seed);
             let mut map = HashMap::with_capacity_and_hasher(terms.len(), FixedState::default());
             for (i, (t, &w)) in terms.iter().zip(idf).enumerate() {
-                if map
-                    .insert(hasher.hash_one(t.as_str()), (i as u32, w))
-                    .is_some()
-                {
-                    continue 'seeds;
+                match map.entry(hasher.hash_one(t.as_str())) {
+                    Entry::Vacant(v) => {
+                        v.insert((i as u32, w));
+                    }
+                    Entry::Occupied(o) if terms[o.get().0 as usize] == *t => {}
+                    Entry::Occupied(_) => continue 'seeds,
                 }
             }
             return TermIndex { hasher, map };
         }
-        unreachable!("some seed separates a finite vocabulary")
+        unreachable!("some seed separates distinct terms")
     }
 
     /// The key of a term.
@@ -601,6 +614,12 @@ impl LexicalModel {
         if idf.len() != meta.terms.len() {
             return Err(err("terms and idf disagree in size".into()));
         }
+        if let Some(t) = first_repeat(&meta.terms) {
+            return Err(err(format!("the term `{t}` is listed twice")));
+        }
+        if let Some(t) = meta.char_wb.as_ref().and_then(|c| first_repeat(&c.terms)) {
+            return Err(err(format!("char_wb: the term `{t}` is listed twice")));
+        }
         let chars = match meta.char_wb {
             Some(c) => {
                 let char_idf: Vec<f32> = get("char_idf")?.to_vec1()?;
@@ -776,6 +795,35 @@ mod tests {
         for t in ["", "t", "t20000", "x1", "t1 "] {
             assert_eq!(index.get_hashed(index.hash(t)), None, "{t:?}");
         }
+    }
+
+    #[test]
+    fn a_term_listed_twice_is_a_load_error_and_never_a_hang() {
+        // No seed separates a term from itself: the index keeps the first and returns.
+        let terms: Vec<String> = ["a", "b", "a"].map(String::from).to_vec();
+        let index = TermIndex::new(&terms, &[1.0, 2.0, 3.0]);
+        assert_eq!(index.get_hashed(index.hash("a")), Some((0, 1.0)));
+        // A model file that lists one twice is refused by name.
+        let m = model();
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-lexical-twice-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        m.save(&dir).unwrap();
+        let meta = dir.join("lexical.json");
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+        let first = json["terms"][0].clone();
+        json["terms"][1] = first.clone();
+        std::fs::write(&meta, json.to_string()).unwrap();
+        let e = LexicalModel::load_all(&dir).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "the term `{}` is listed twice",
+                first.as_str().unwrap()
+            )),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

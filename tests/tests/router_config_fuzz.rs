@@ -153,3 +153,64 @@ fn edited_shipped_configs_load_and_decide_or_are_errors() {
 fn edited_classic_configs_load_and_decide_or_are_errors() {
     fuzz(CLASSIC, 0xc1a5);
 }
+
+/// Rounds of the damaged router directory test (each loads a router: tenths of a second).
+const DIRECTORY_ROUNDS: usize = 60;
+
+#[test]
+fn damaged_router_directories_are_errors_or_route() {
+    use switchyard_router::{Router, RouterOptions};
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../router/models/default");
+    let (seed, mut rng) = seeded_rng(0xd1e5);
+    // The JSON side files a router directory is read from; the weights are linked, not copied.
+    let editable = [
+        "config.json",
+        "heads.json",
+        "embedding.json",
+        "lexical.json",
+    ];
+    let (mut routed, mut refused) = (0, 0);
+    for round in 0..DIRECTORY_ROUNDS {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&shipped).unwrap() {
+            let from = entry.unwrap().path();
+            let name = from.file_name().unwrap();
+            if editable.iter().all(|e| name != *e) {
+                std::os::unix::fs::symlink(&from, dir.path().join(name)).unwrap();
+            }
+        }
+        let damaged = editable[rng.random_range(0..editable.len())];
+        for file in editable {
+            let original: Value =
+                serde_json::from_slice(&std::fs::read(shipped.join(file)).unwrap()).unwrap();
+            let text = if file == damaged {
+                mutate(&original, &mut rng)
+            } else {
+                original
+            };
+            std::fs::write(dir.path().join(file), text.to_string()).unwrap();
+        }
+        let what = format!("seed {seed}, round {round}: {damaged}");
+        let outcome = std::panic::catch_unwind(|| {
+            let options = RouterOptions {
+                model_dir: Some(dir.path().to_path_buf()),
+                ..RouterOptions::new(RouterConfig::shipped_default().unwrap())
+            };
+            let router = Router::load(options).map_err(|e| e.to_string())?;
+            router
+                .route_text("Solve 3x + 7 = 22 and mail it to a@b.co")
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        match outcome {
+            Ok(Ok(())) => routed += 1,
+            Ok(Err(e)) => {
+                assert!(!e.is_empty(), "{what}");
+                refused += 1;
+            }
+            Err(_) => panic!("{what}: panicked"),
+        }
+    }
+    eprintln!("seed {seed}: {routed} routed, {refused} refused");
+    assert!(refused > 0 && routed > 0, "{routed} / {refused}");
+}
