@@ -1958,6 +1958,18 @@ mod tests {
         assert_eq!(c.pii.default_policy, PiiPolicy::allow_all());
         assert_eq!(c.default_reasoning_effort, ReasoningEffort::Medium);
         assert_eq!(c.reasoning_budgets, ReasoningBudgets::default());
+        // The defaults router/README.md lists.
+        let b = &c.reasoning_budgets;
+        assert_eq!((b.low, b.medium, b.high), (512, 2048, 8192));
+        let rc = &c.reasoning_classifier;
+        assert_eq!(
+            (rc.enabled, rc.threshold, rc.positive_label.as_str()),
+            (true, 0.8, "reasoning")
+        );
+        assert!(c.jailbreak.enabled);
+        assert_eq!(c.jailbreak.benign_labels, ["benign"]);
+        assert!(c.pii.enabled && c.pii.reroute);
+        assert_eq!(c.pii.threshold, 0.5);
         assert!(c.ignored_fields.is_empty());
     }
 
