@@ -161,6 +161,11 @@ const DIRECTORY_ROUNDS: usize = 60;
 fn damaged_router_directories_are_errors_or_route() {
     use switchyard_router::{Router, RouterOptions};
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../router/models/default");
+    // The shipped configuration's embedding signal needs the cached encoder (skips without it,
+    // unless $SWITCHYARD_REQUIRE_MODEL makes that a failure).
+    if switchyard_tests::minilm_dir().is_none() {
+        return;
+    }
     let (seed, mut rng) = seeded_rng(0xd1e5);
     // The JSON side files a router directory is read from; the weights are linked, not copied.
     let editable = [

@@ -4,7 +4,8 @@
 //! here, its body re-serialised with the chosen model (and, for chat, the thinking switch) and
 //! forwarded over HTTP to the upstream inference server; the upstream's answer (streamed or not) is
 //! passed through with the routing headers added. Requests for other models, `/tokenize` and
-//! `/detokenize` are forwarded unchanged; `/v1/models` lists the upstream's models and the auto one.
+//! `/detokenize` are forwarded unchanged; `/v1/models` lists the upstream's models and the auto one
+//! (none of its own without a router: `auto` then goes upstream as it came).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -192,13 +193,17 @@ fn upstream(state: &State) -> Result<&str, ApiError> {
 
 /// The routing headers every routed answer carries.
 fn decision_headers(decision: &Decision) -> Vec<(&'static str, String)> {
-    vec![
+    let mut headers = vec![
         ("x-switchyard-category", decision.category.clone()),
         (
             "x-switchyard-route-ms",
             format!("{:.3}", decision.route_time.as_secs_f64() * 1e3),
         ),
-    ]
+    ];
+    if decision.jailbreak_flagged {
+        headers.push(("x-switchyard-flagged", "jailbreak".to_string()));
+    }
+    headers
 }
 
 fn header_map(extra: Vec<(&'static str, String)>) -> HeaderMap {
@@ -215,7 +220,16 @@ fn header_map(extra: Vec<(&'static str, String)>) -> HeaderMap {
 /// and the route's system prompt applied, every other field of every message (tool calls and their
 /// ids, names, earlier reasoning) as the client sent it. `messages` are the client's messages as the
 /// router read them, one per entry of `original`.
-fn routed_messages(original: &Value, mut messages: Vec<ChatMessage>, decision: &Decision) -> Value {
+fn routed_messages(
+    original: &Value,
+    mut messages: Vec<ChatMessage>,
+    decision: &Decision,
+) -> Result<Value, ApiError> {
+    if original.as_array().map_or(0, Vec::len) != messages.len() {
+        return Err(ApiError::internal(
+            "the routed messages no longer match the request's",
+        ));
+    }
     let unmasked = messages.clone();
     decision.mask(&mut messages);
     let mut outgoing: Vec<Outgoing> = original
@@ -237,7 +251,7 @@ fn routed_messages(original: &Value, mut messages: Vec<ChatMessage>, decision: &
     if let Some(prompt) = &decision.system_prompt {
         apply_system_prompt(&mut outgoing, prompt);
     }
-    Value::Array(outgoing.into_iter().map(|m| m.json).collect())
+    Ok(Value::Array(outgoing.into_iter().map(|m| m.json).collect()))
 }
 
 /// A client's message on its way upstream: its JSON, and its text as the router read it.
@@ -311,7 +325,7 @@ async fn forward_chat(
             ));
         }
         request["model"] = json!(decision.model);
-        request["messages"] = routed_messages(&request["messages"], messages, &decision);
+        request["messages"] = routed_messages(&request["messages"], messages, &decision)?;
         // The client's own switch wins, as on the in-process path.
         let explicit = request["chat_template_kwargs"]["enable_thinking"].is_boolean()
             || request["reasoning_effort"].is_string();
@@ -564,11 +578,12 @@ fn pass_through(upstream_response: reqwest::Response, state: &State) -> Result<R
 
 /// The upstream's body chunk by chunk, each chunk due within `idle` of the one before. An event
 /// stream is relayed whole event by whole event (a chunk's bytes after its last event wait for the
-/// rest of that event). An upstream that falls silent for longer, or whose body breaks off, or the
-/// end of this server's shutdown grace period (`stop`), ends an event stream with an error event
-/// and `[DONE]` (the way this server ends a stream that cannot go on, which the OpenAI clients
-/// raise as an error), the unfinished event dropped; any other body is cut short (the client sees
-/// an incomplete response). Dropping the upstream's body closes its connection, which cancels its
+/// rest of that event, up to [`MAX_EVENT_BYTES`]). An upstream that falls silent for longer, whose
+/// body breaks off or ends inside a line of an event, or sends a longer event, or the end of this
+/// server's shutdown grace period (`stop`), ends an event stream with an error event and `[DONE]`
+/// (the way this server ends a stream that cannot go on, which the OpenAI clients raise as an
+/// error), the unfinished event dropped; any other body is cut short (the client sees an
+/// incomplete response). Dropping the upstream's body closes its connection, which cancels its
 /// generation.
 fn relayed<S>(
     chunks: S,
@@ -603,19 +618,33 @@ where
             };
             match next {
                 None => break cut_off(),
+                Some(Ok(None)) if relay.unfinished.is_empty() => return None,
+                Some(Ok(None)) if !events => return None,
                 Some(Ok(None)) => {
-                    // The upstream's own end: whatever it sent goes on as it was.
-                    relay.done = true;
-                    let rest = std::mem::take(&mut relay.unfinished);
-                    return (!rest.is_empty()).then(|| (Ok(Bytes::from(rest)), relay));
+                    // The body ended inside an event. One whose last line is whole lacked only
+                    // its blank line, which it gets; one cut inside a line is dropped.
+                    if relay.unfinished.ends_with(b"\n") {
+                        relay.done = true;
+                        let mut rest = std::mem::take(&mut relay.unfinished);
+                        rest.push(b'\n');
+                        return Some((Ok(Bytes::from(rest)), relay));
+                    }
+                    break ApiError::unavailable("The upstream's answer ended inside an event");
                 }
                 Some(Ok(Some(Ok(chunk)))) if !events => return Some((Ok(chunk), relay)),
                 Some(Ok(Some(Ok(chunk)))) => {
+                    // Only the new bytes (and the three before them) can end an event.
+                    let from = relay.unfinished.len().saturating_sub(3);
                     relay.unfinished.extend_from_slice(&chunk);
-                    if let Some(end) = whole_events(&relay.unfinished) {
-                        let rest = relay.unfinished.split_off(end);
+                    if let Some(end) = whole_events(&relay.unfinished[from..]) {
+                        let rest = relay.unfinished.split_off(from + end);
                         let whole = std::mem::replace(&mut relay.unfinished, rest);
                         return Some((Ok(Bytes::from(whole)), relay));
+                    }
+                    if relay.unfinished.len() > MAX_EVENT_BYTES {
+                        break ApiError::unavailable(format!(
+                            "The upstream sent an event of more than {MAX_EVENT_BYTES} bytes"
+                        ));
                     }
                 }
                 Some(Ok(Some(Err(e)))) => {
@@ -638,6 +667,10 @@ where
         }
     })
 }
+
+/// The longest event the proxy holds while waiting for its end (an upstream that never ends one
+/// would otherwise grow the buffer without bound).
+const MAX_EVENT_BYTES: usize = 4 << 20;
 
 /// The length of the whole events at the start of `bytes` (up to and including the blank line
 /// that ends the last of them), if there is one.
@@ -670,6 +703,56 @@ fn server_timing(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `relayed` passes on of an event stream that arrives in `chunks` and then ends.
+    async fn relay_events(chunks: Vec<Vec<u8>>) -> String {
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        let upstream = futures::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, reqwest::Error>(Bytes::from(c))),
+        );
+        let parts: Vec<std::io::Result<Bytes>> =
+            futures::StreamExt::collect(relayed(upstream, Duration::from_secs(5), true, stopped))
+                .await;
+        let mut text = String::new();
+        for part in parts {
+            text.push_str(std::str::from_utf8(&part.expect("an event")).unwrap());
+        }
+        text
+    }
+
+    #[tokio::test]
+    async fn events_are_relayed_whole_however_the_upstream_cuts_them() {
+        let b = |s: &str| s.as_bytes().to_vec();
+        // Split inside events and inside their blank lines, LF and CRLF.
+        let sent = "data: 1\n\ndata: 2\r\n\r\ndata: [DONE]\n\n";
+        for cut in 1..sent.len() {
+            let (a, z) = sent.split_at(cut);
+            assert_eq!(relay_events(vec![b(a), b(z)]).await, sent, "cut at {cut}");
+        }
+        // An event whose last line is whole lacks only its blank line at the end of the body.
+        assert_eq!(
+            relay_events(vec![b("data: 1\n\ndata: 2\n")]).await,
+            "data: 1\n\ndata: 2\n\n"
+        );
+        // One cut inside a line is dropped, and the stream ends in an error event and [DONE].
+        let cut = relay_events(vec![b("data: 1\n\ndata: {\"b")]).await;
+        assert!(cut.starts_with("data: 1\n\ndata: {\"error\""), "{cut}");
+        assert!(
+            cut.ends_with("data: [DONE]\n\n") && !cut.contains("{\"b"),
+            "{cut}"
+        );
+        // An event that never ends is given up at the limit, not held without bound.
+        let endless = vec![vec![b'x'; 1 << 20]; 6];
+        let given_up = relay_events(endless).await;
+        assert!(
+            given_up.starts_with("data: {\"error\""),
+            "{}",
+            &given_up[..80]
+        );
+        assert!(given_up.contains(&MAX_EVENT_BYTES.to_string()));
+    }
 
     #[test]
     fn the_upstream_key_becomes_a_sensitive_bearer_header() {
