@@ -212,3 +212,46 @@ fn checkpoints_with_damaged_configs_are_errors_not_panics() {
     eprintln!("seed {seed}: {loaded} loaded and used, {refused} refused");
     assert!(refused >= ROUNDS / 4, "{loaded} loaded, {refused} refused");
 }
+
+#[test]
+fn checkpoints_with_damaged_tokenizer_files_are_errors_not_panics() {
+    use switchyard_tests::fuzz::mutate;
+    let (seed, mut rng) = seeded_rng(0x7031);
+    // The side files a checkpoint's text handling is read from; the weights stay intact.
+    let editable = [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ];
+    let (mut loaded, mut refused) = (0, 0);
+    for source in ["tiny-llama", "tiny-qwen3"] {
+        let from = fixtures().join("hf").join(source);
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["model.safetensors", "config.json"] {
+            std::fs::copy(from.join(file), dir.path().join(file)).unwrap();
+        }
+        for round in 0..ROUNDS / 4 {
+            let damaged = editable[rng.random_range(0..editable.len())];
+            for file in editable {
+                let text = std::fs::read(from.join(file)).unwrap();
+                let text = if file == damaged {
+                    let json: serde_json::Value = serde_json::from_slice(&text).unwrap();
+                    mutate(&json, &mut rng).to_string().into_bytes()
+                } else {
+                    text
+                };
+                std::fs::write(dir.path().join(file), text).unwrap();
+            }
+            match load_and_use(dir.path()) {
+                Some(true) => loaded += 1,
+                Some(false) => refused += 1,
+                None => panic!("seed {seed}, {source} round {round}: {damaged} panicked"),
+            }
+        }
+    }
+    eprintln!("seed {seed}: {loaded} loaded and used, {refused} refused");
+    assert!(
+        loaded > 0 && refused > 0,
+        "{loaded} loaded, {refused} refused"
+    );
+}
