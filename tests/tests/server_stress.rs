@@ -1,6 +1,6 @@
 //! A storm of concurrent clients that share prompt prefixes, stream or not, ask for several
-//! choices, routed or not, and hang up at random moments leaves nothing behind, on the server and
-//! behind a routing proxy: once it is over no sequence is waiting or running, no KV-cache block is
+//! choices of two models on one worker, routed or not, and hang up at random moments leaves nothing
+//! behind, on the server and behind a routing proxy: once it is over no sequence is waiting or running, no KV-cache block is
 //! held, no stream is counted open, and a greedy request answers exactly what it answered before
 //! the storm (the prefix cache the storm filled and emptied gives the same tokens).
 
@@ -13,6 +13,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 use server_common::*;
 use switchyard_server::serve::ServeArgs;
+use switchyard_tests::fixtures;
 use switchyard_tests::fuzz::seeded_rng;
 
 /// Clients in the storm.
@@ -56,7 +57,7 @@ async fn storm_client(base: String, body: Value, client: Client) {
 /// sequences or streams of its own to check: what it relays, the generator holds.)
 async fn storm(base: &str, generator: &switchyard_server::serve::Server, generator_base: &str) {
     let greedy = chat(
-        "tiny-llama",
+        MODELS[0],
         "The shared opening of every prompt in this test, then more",
         24,
     );
@@ -71,7 +72,7 @@ async fn storm(base: &str, generator: &switchyard_server::serve::Server, generat
     for i in 0..CLIENTS {
         let max_tokens = [1, 8, 64][rng.random_range(0..3)];
         let temperature = [0.0, 1.0][rng.random_range(0..2)];
-        let model = ["tiny-llama", "auto"][rng.random_range(0..2)];
+        let model = MODELS[rng.random_range(0..MODELS.len())];
         let body = json!({
             "model": model,
             "messages": [
@@ -96,27 +97,37 @@ async fn storm(base: &str, generator: &switchyard_server::serve::Server, generat
 
     // Everything the storm started ends, and lets go of what it held (polled together: a body
     // the server has not dropped yet still holds its stream for a moment).
-    let engine = &generator.state.engines["tiny-llama"];
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let now = engine.stats().snapshot();
         let counted = metrics(generator_base).await;
-        let left: Vec<&str> = [
-            "switchyard_open_streams 0",
-            "switchyard_kv_cache_blocks_used{model=\"tiny-llama\"} 0",
-            "switchyard_running_sequences{model=\"tiny-llama\"} 0",
-        ]
-        .into_iter()
-        .filter(|gauge| !counted.contains(gauge))
-        .collect();
-        if now.waiting == 0 && now.running == 0 && now.kv_blocks_used == 0 && left.is_empty() {
+        let mut left: Vec<String> = Vec::new();
+        let mut cancelled = 0;
+        if !counted.contains("switchyard_open_streams 0") {
+            left.push("open streams".into());
+        }
+        for name in &MODELS[..2] {
+            let now = generator.state.engines[*name].stats().snapshot();
+            cancelled += now.cancelled;
+            if now.waiting + now.running + now.kv_blocks_used > 0 {
+                left.push(format!("{name}: {now:?}"));
+            }
+            for gauge in [
+                format!("switchyard_kv_cache_blocks_used{{model=\"{name}\"}} 0"),
+                format!("switchyard_running_sequences{{model=\"{name}\"}} 0"),
+            ] {
+                if !counted.contains(&gauge) {
+                    left.push(gauge);
+                }
+            }
+        }
+        if left.is_empty() {
             // How many the storm cancelled depends on timing; the test holds either way.
-            eprintln!("seed {seed}: {} sequences cancelled", now.cancelled);
+            eprintln!("seed {seed}: {cancelled} sequences cancelled");
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "seed {seed}: {now:?}, not yet {left:?}"
+            "seed {seed}: not yet {left:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -133,10 +144,25 @@ async fn storm(base: &str, generator: &switchyard_server::serve::Server, generat
     );
 }
 
-/// The generator of both tests: the tiny Llama, answers of up to 64 tokens.
+/// The models a storm's clients name: the tiny Llama under the name the shipped routing config
+/// targets (so `auto` routes to it), and the tiny Qwen3.
+const MODELS: [&str; 3] = ["SmolLM2-135M-Instruct", "tiny-qwen3", "auto"];
+
+/// The generator of both tests: the tiny Llama and the tiny Qwen3 on one worker, answers of up to
+/// 64 tokens.
 fn generator_args() -> ServeArgs {
     ServeArgs {
         max_tokens: 64,
+        models: vec![
+            format!(
+                "SmolLM2-135M-Instruct={}",
+                fixtures().join("hf/tiny-llama").display()
+            ),
+            fixtures()
+                .join("hf/tiny-qwen3")
+                .to_string_lossy()
+                .into_owned(),
+        ],
         ..args()
     }
 }
