@@ -15,6 +15,21 @@ pub fn seeded_rng(default: u64) -> (u64, StdRng) {
     (seed, StdRng::seed_from_u64(seed))
 }
 
+/// Runs `attempt`, which either works or is refused with an error: `Some(true)` if it worked,
+/// `Some(false)` if it was refused with an error that says something, `None` if it panicked.
+pub fn outcome(
+    attempt: impl FnOnce() -> Result<(), String> + std::panic::UnwindSafe,
+) -> Option<bool> {
+    match std::panic::catch_unwind(attempt) {
+        Ok(Ok(())) => Some(true),
+        Ok(Err(e)) => {
+            assert!(!e.is_empty(), "an error that says nothing");
+            Some(false)
+        }
+        Err(_) => None,
+    }
+}
+
 /// A value in place of `old`: half the time one of the same type (an edge of its range), else one
 /// of a random type and size, biased to the edges that parsers and limits trip on.
 pub fn odd_value(old: &Value, rng: &mut StdRng) -> Value {

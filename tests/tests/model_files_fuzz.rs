@@ -13,7 +13,7 @@ use switchyard_models::loader::load_generation_model;
 use switchyard_models::text::ChatMessage;
 use switchyard_models::GenerationModel;
 use switchyard_tests::fixtures;
-use switchyard_tests::fuzz::seeded_rng;
+use switchyard_tests::fuzz::{outcome, seeded_rng};
 
 /// Damaged copies loaded per run.
 const ROUNDS: usize = 300;
@@ -109,22 +109,13 @@ fn use_model(model: &GenerationModel) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// Loads the model at `path` and uses it: `Some(true)` if both worked, `Some(false)` if either
-/// was refused with an error (which must say something), `None` if anything panicked.
+/// Loads the model at `path` and uses it: see [`outcome`].
 fn load_and_use(path: &std::path::Path) -> Option<bool> {
-    let result = std::panic::catch_unwind(|| {
+    outcome(|| {
         load_generation_model(path)
             .map_err(|e| e.to_string())
             .and_then(|model| use_model(&model))
-    });
-    match result {
-        Ok(Ok(())) => Some(true),
-        Ok(Err(e)) => {
-            assert!(!e.is_empty(), "{}: an empty error", path.display());
-            Some(false)
-        }
-        Err(_) => None,
-    }
+    })
 }
 
 #[test]

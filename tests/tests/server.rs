@@ -612,10 +612,8 @@ async fn a_proxy_without_a_router_forwards_auto_as_it_came() {
     // The upstream routes: its `auto` answers, as it lists it.
     let (routing, routing_base) = server(args()).await;
     let (proxy, proxy_base) = server(ServeArgs {
-        port: 0,
-        upstream: Some(routing_base),
         no_router: true,
-        ..ServeArgs::default()
+        ..proxy_args(routing_base)
     })
     .await;
     assert_eq!(
@@ -642,10 +640,8 @@ async fn a_proxy_without_a_router_forwards_auto_as_it_came() {
     plain.no_router = true;
     let (plain, plain_base) = server(plain).await;
     let (proxy, proxy_base) = server(ServeArgs {
-        port: 0,
-        upstream: Some(plain_base),
         no_router: true,
-        ..ServeArgs::default()
+        ..proxy_args(plain_base)
     })
     .await;
     let r = post(&proxy_base, "/v1/chat/completions", &chat("auto", "hi", 2)).await;
@@ -671,10 +667,8 @@ async fn a_jailbreak_the_policy_only_flags_is_answered_and_flagged_in_process_an
     a.config = Some(config.path().to_path_buf());
     let (in_process, in_process_base) = server(a).await;
     let (proxy, proxy_base) = server(ServeArgs {
-        port: 0,
-        upstream: Some(in_process_base.clone()),
         config: Some(config.path().to_path_buf()),
-        ..ServeArgs::default()
+        ..proxy_args(in_process_base.clone())
     })
     .await;
     let dan = chat(
@@ -701,12 +695,7 @@ async fn proxy_mode_passes_the_clients_credentials_to_the_upstream() {
     let mut a = args();
     a.api_keys = vec!["upstream-key".into()];
     let (generator, gen_base) = server(a).await;
-    let (proxy, proxy_base) = server(ServeArgs {
-        port: 0,
-        upstream: Some(gen_base.clone()),
-        ..ServeArgs::default()
-    })
-    .await;
+    let (proxy, proxy_base) = server(proxy_args(gen_base.clone())).await;
     let client = reqwest::Client::new();
     let body = chat("tiny-llama", "Hello there", 2);
     let send = |key: Option<&str>| {
@@ -737,11 +726,9 @@ async fn proxy_mode_passes_the_clients_credentials_to_the_upstream() {
     // With `--upstream-api-key` the proxy checks the client's key against its own `--api-key` and
     // sends its upstream key in its place.
     let (keyed, keyed_base) = server(ServeArgs {
-        port: 0,
-        upstream: Some(gen_base),
         api_keys: vec!["proxy-key".into()],
         upstream_api_key: Some("upstream-key".into()),
-        ..ServeArgs::default()
+        ..proxy_args(gen_base)
     })
     .await;
     let send = |key: &str| {
@@ -824,10 +811,8 @@ const ONE_EVENT_THEN_SILENCE: &str =
 /// A router-only proxy in front of `upstream`, with an upstream timeout of `seconds`.
 async fn proxy_to(upstream: String, seconds: u64) -> (switchyard_server::serve::Server, String) {
     server(ServeArgs {
-        port: 0,
-        upstream: Some(upstream),
         upstream_timeout: seconds,
-        ..ServeArgs::default()
+        ..proxy_args(upstream)
     })
     .await
 }
@@ -899,12 +884,7 @@ async fn proxy_mode_ends_a_stream_the_upstream_stops_sending() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_mode_ends_what_the_upstream_still_owes_when_the_grace_period_ends() {
     let (between, held) = stalling_upstream(ONE_EVENT_THEN_SILENCE).await;
-    let (proxy, base) = server(ServeArgs {
-        port: 0,
-        upstream: Some(between),
-        ..ServeArgs::default()
-    })
-    .await;
+    let (proxy, base) = server(proxy_args(between)).await;
     let mut request = chat("tiny-llama", "Hello", 2);
     request["stream"] = json!(true);
     let client = tokio::spawn(async move {
@@ -936,12 +916,7 @@ async fn proxy_mode_routes_and_forwards_like_the_vllm_semantic_router() {
         fixtures().join("hf/tiny-llama").display()
     )];
     let (generator, gen_base) = server(a).await;
-    let (proxy, proxy_base) = server(ServeArgs {
-        port: 0,
-        upstream: Some(gen_base.clone()),
-        ..ServeArgs::default()
-    })
-    .await;
+    let (proxy, proxy_base) = server(proxy_args(gen_base.clone())).await;
     // The proxy loads no model: only the router.
     assert!(proxy.state.engines.is_empty());
     let question = "Who was the first emperor of Rome?";
@@ -1117,12 +1092,7 @@ async fn proxy_mode_routes_and_forwards_like_the_vllm_semantic_router() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let gone = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let (proxy, proxy_base) = server(ServeArgs {
-        port: 0,
-        upstream: Some(gone),
-        ..ServeArgs::default()
-    })
-    .await;
+    let (proxy, proxy_base) = server(proxy_args(gone)).await;
     for path in ["/v1/chat/completions", "/tokenize"] {
         let r = post(
             &proxy_base,

@@ -195,10 +195,8 @@ async fn mutated_requests_get_answers_or_client_errors_and_the_server_keeps_serv
 async fn a_routing_proxy_answers_mutated_requests_as_the_server_does() {
     let (generator, upstream) = generator().await;
     let (proxy, base) = server(ServeArgs {
-        port: 0,
-        upstream: Some(upstream),
         upstream_timeout: 60,
-        ..ServeArgs::default()
+        ..proxy_args(upstream)
     })
     .await;
     let (ok, refused) = fuzz(&base).await;
@@ -216,12 +214,7 @@ async fn a_routing_proxy_answers_mutated_requests_as_the_server_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_that_are_not_request_objects_are_client_errors() {
     let (generator, base) = generator().await;
-    let (proxy, proxy_base) = server(ServeArgs {
-        port: 0,
-        upstream: Some(base.clone()),
-        ..ServeArgs::default()
-    })
-    .await;
+    let (proxy, proxy_base) = server(proxy_args(base.clone())).await;
     let direct = raw_bodies(&base).await;
     assert_eq!(raw_bodies(&proxy_base).await, direct);
     proxy.shutdown(Duration::from_secs(5)).await.unwrap();

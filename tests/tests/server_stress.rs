@@ -177,12 +177,7 @@ async fn a_storm_of_clients_that_hang_up_leaves_nothing_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_through_a_routing_proxy_leaves_nothing_behind_upstream() {
     let (generator, generator_base) = server(generator_args()).await;
-    let (proxy, proxy_base) = server(ServeArgs {
-        port: 0,
-        upstream: Some(generator_base.clone()),
-        ..ServeArgs::default()
-    })
-    .await;
+    let (proxy, proxy_base) = server(proxy_args(generator_base.clone())).await;
     storm(&proxy_base, &generator, &generator_base).await;
     proxy.shutdown(Duration::from_secs(5)).await.unwrap();
     generator.shutdown(Duration::from_secs(5)).await.unwrap();

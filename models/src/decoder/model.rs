@@ -22,6 +22,17 @@ struct Linear {
     bias: Option<Vec<f32>>,
 }
 
+/// A [`ModelError::BadTensor`] unless `t`, called `name`, is a `[rows, cols]` matrix.
+fn check_matrix(t: &MappedTensor, name: &str, rows: usize, cols: usize) -> Result<()> {
+    if t.shape() != [rows, cols] {
+        return Err(ModelError::BadTensor {
+            name: name.into(),
+            message: format!("expected shape [{rows}, {cols}], found {:?}", t.shape()),
+        });
+    }
+    Ok(())
+}
+
 impl Linear {
     fn load(
         src: &dyn TensorSource,
@@ -31,12 +42,7 @@ impl Linear {
         inp: usize,
     ) -> Result<Self> {
         let weight = src.require(name)?;
-        if weight.shape() != [out, inp] {
-            return Err(ModelError::BadTensor {
-                name: name.into(),
-                message: format!("expected shape [{out}, {inp}], found {:?}", weight.shape()),
-            });
-        }
+        check_matrix(&weight, name, out, inp)?;
         let bias = match bias.and_then(|b| src.get(b)) {
             Some(b) => Some(vector(&b, bias.unwrap_or_default(), out)?),
             None => None,
@@ -193,33 +199,13 @@ impl Decoder {
     fn load(config: DecoderConfig, src: &dyn TensorSource, naming: Naming) -> Result<Self> {
         let c = &config;
         let embed = src.require(naming.embed())?;
-        if embed.shape() != [c.vocab_size, c.hidden_size] {
-            return Err(ModelError::BadTensor {
-                name: naming.embed().into(),
-                message: format!(
-                    "expected [{}, {}], found {:?}",
-                    c.vocab_size,
-                    c.hidden_size,
-                    embed.shape()
-                ),
-            });
-        }
+        check_matrix(&embed, naming.embed(), c.vocab_size, c.hidden_size)?;
         let lm_head = match src.get(naming.lm_head()) {
             Some(t) => t,
             None if c.tie_word_embeddings || matches!(naming, Naming::Gguf) => embed.clone(),
             None => return Err(ModelError::MissingTensor(naming.lm_head().into())),
         };
-        if lm_head.shape() != [c.vocab_size, c.hidden_size] {
-            return Err(ModelError::BadTensor {
-                name: naming.lm_head().into(),
-                message: format!(
-                    "expected [{}, {}], found {:?}",
-                    c.vocab_size,
-                    c.hidden_size,
-                    lm_head.shape()
-                ),
-            });
-        }
+        check_matrix(&lm_head, naming.lm_head(), c.vocab_size, c.hidden_size)?;
         let (h, q, kv, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
         let with_bias = c.family == Family::Qwen2;
         let layers = (0..c.num_layers)

@@ -19,6 +19,15 @@ pub fn args() -> ServeArgs {
     }
 }
 
+/// A router-only proxy on a free loopback port in front of `upstream`.
+pub fn proxy_args(upstream: String) -> ServeArgs {
+    ServeArgs {
+        port: 0,
+        upstream: Some(upstream),
+        ..ServeArgs::default()
+    }
+}
+
 /// Starts a server; returns it and its base URL.
 pub async fn server(args: ServeArgs) -> (Server, String) {
     let s = start(args).await.expect("server starts");
