@@ -59,6 +59,20 @@ pub struct StreamOptions {
     pub include_usage: Option<bool>,
 }
 
+impl StreamOptions {
+    /// Refuses `stream_options` on a request that is not streamed, as OpenAI and vLLM do: the
+    /// client asked for something (a usage chunk) that an unstreamed answer cannot give.
+    pub fn check(options: Option<&Self>, stream: Option<bool>) -> Result<(), ApiError> {
+        if options.is_some() && stream != Some(true) {
+            return Err(ApiError::invalid(
+                "stream_options",
+                "`stream_options` is only allowed with `stream: true`",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `chat_template_kwargs` (vLLM's extension; `enable_thinking` is what Qwen3 templates read).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ChatTemplateKwargs {
@@ -344,6 +358,7 @@ impl ChatRequest {
         if self.n == Some(0) {
             return Err(ApiError::invalid("n", "`n` must be at least 1"));
         }
+        StreamOptions::check(self.stream_options.as_ref(), self.stream)?;
         if self.messages.is_empty() {
             return Err(ApiError::invalid(
                 "messages",
@@ -751,7 +766,8 @@ mod tests {
             json!({"logprobs": false, "tools": null, "response_format": {"type": "text"}}),
             json!({"logprobs": true, "top_logprobs": 20}),
             json!({"n": 1, "user": "u", "metadata": {"a": "b"}, "store": false}),
-            json!({"top_k": -1, "stream": null, "stream_options": {"include_usage": null}}),
+            json!({"top_k": -1, "stream": null, "stream_options": null}),
+            json!({"stream": true, "stream_options": {"include_usage": null}}),
         ] {
             assert_eq!(rejected_param(extra.clone()), None, "{extra}");
         }
@@ -762,6 +778,21 @@ mod tests {
         );
         let r = request(json!({"stream": true, "stream_options": {"include_usage": true}}));
         assert!(r.streamed() && r.include_usage());
+    }
+
+    #[test]
+    fn stream_options_need_a_stream() {
+        for extra in [
+            json!({"stream_options": {"include_usage": true}}),
+            json!({"stream": false, "stream_options": {"include_usage": false}}),
+            json!({"stream": null, "stream_options": {}}),
+        ] {
+            assert_eq!(
+                rejected_param(extra.clone()).as_deref(),
+                Some("stream_options"),
+                "{extra}"
+            );
+        }
     }
 
     #[test]

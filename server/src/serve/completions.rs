@@ -158,6 +158,7 @@ impl CompletionRequest {
         if n == 0 {
             return Err(ApiError::invalid("n", "`n` must be at least 1"));
         }
+        StreamOptions::check(self.stream_options.as_ref(), self.stream)?;
         if self.best_of.is_some_and(|b| b != n) {
             return Err(ApiError::invalid(
                 "best_of",
@@ -753,6 +754,7 @@ mod tests {
             (json!({"max_tokens": 0}), "max_tokens"),
             (json!({"temperature": 3}), "temperature"),
             (json!({"logit_bias": {"x": 1}}), "logit_bias"),
+            (json!({"stream_options": {"include_usage": true}}), "stream_options"),
         ] {
             let mut body = json!({"model": "m", "prompt": "hi"});
             for (k, v) in extra.as_object().unwrap() {
@@ -762,7 +764,8 @@ mod tests {
         }
         // What is harmless passes.
         let ok = json!({"model": "m", "prompt": "hi", "suffix": "", "n": 2, "best_of": 2,
-                        "max_tokens": 0, "echo": true, "logprobs": 5, "user": "u"});
+                        "max_tokens": 0, "echo": true, "logprobs": 5, "user": "u",
+                        "stream_options": null});
         assert_eq!(rejected(ok), None);
     }
 
