@@ -437,7 +437,9 @@ async fn a_blocked_request_generates_nothing() {
     for stream in [false, true] {
         let mut body = chat("auto", prompt, 8);
         body["stream"] = json!(stream);
-        body["stream_options"] = json!({"include_usage": true});
+        if stream {
+            body["stream_options"] = json!({"include_usage": true});
+        }
         let r = post(&base, "/v1/chat/completions", &body).await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["x-switchyard-blocked"], "jailbreak");
