@@ -282,7 +282,7 @@ impl std::fmt::Debug for FastPath {
     }
 }
 
-/// The ModernBERT encoder. On the CPU in f32 it runs [`super::cpu`]'s fast path; elsewhere (and in
+/// The ModernBERT encoder. On the CPU in f32 it runs the plain-Rust fast path (`encoder::cpu`); elsewhere (and in
 /// [`ModernBert::forward_reference`]) Candle ops.
 #[derive(Debug, Clone)]
 pub struct ModernBert {
