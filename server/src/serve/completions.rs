@@ -754,7 +754,10 @@ mod tests {
             (json!({"max_tokens": 0}), "max_tokens"),
             (json!({"temperature": 3}), "temperature"),
             (json!({"logit_bias": {"x": 1}}), "logit_bias"),
-            (json!({"stream_options": {"include_usage": true}}), "stream_options"),
+            (
+                json!({"stream_options": {"include_usage": true}}),
+                "stream_options",
+            ),
         ] {
             let mut body = json!({"model": "m", "prompt": "hi"});
             for (k, v) in extra.as_object().unwrap() {

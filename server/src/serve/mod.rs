@@ -70,7 +70,12 @@ pub struct ServeArgs {
     pub device: DeviceSpec,
     /// Require `Authorization: Bearer <key>` on /v1 endpoints, /tokenize and /detokenize
     /// (repeatable or comma-separated: any of the keys is accepted).
-    #[arg(long = "api-key", env = "SWITCHYARD_API_KEY", value_delimiter = ',')]
+    #[arg(
+        long = "api-key",
+        env = "SWITCHYARD_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub api_keys: Vec<String>,
     /// Largest request body, bytes.
     #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = 1 << 20)]
@@ -726,6 +731,13 @@ mod tests {
                 Some(format!("SWITCHYARD_{}", long.replace('-', "_").to_uppercase()).as_str()),
                 "--{long}"
             );
+            // `--help` must not print a key that the environment holds.
+            if long.contains("key") {
+                assert!(
+                    arg.is_hide_env_values_set(),
+                    "--{long} shows its key in --help"
+                );
+            }
             // A switch's twin takes what shells write for yes (`=1`, `=yes`, `=on`), not only
             // `true`.
             if !arg.get_action().takes_values() {
@@ -740,6 +752,19 @@ mod tests {
                     assert!(takes(yes), "--{long}: {env:?}={yes}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn every_flag_is_documented_in_the_readme() {
+        let readme = include_str!("../../../README.md");
+        for arg in command().get_arguments() {
+            let long = arg.get_long().expect("a long flag");
+            // Written alone (`--port`) or with its value (`--upstream URL`).
+            assert!(
+                readme.contains(&format!("`--{long}`")) || readme.contains(&format!("`--{long} ")),
+                "README.md does not document `--{long}`"
+            );
         }
     }
 
