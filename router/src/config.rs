@@ -614,7 +614,8 @@ pub struct PiiModelSpec {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PromptGuardSpec {
-    /// Same as `jailbreak.enabled`.
+    /// Same as `jailbreak.enabled`; absent, a `prompt_guard` section leaves detection off (the vLLM
+    /// Semantic Router's default).
     pub enabled: Option<bool>,
     /// Same as `jailbreak.threshold`.
     pub threshold: Option<f32>,
@@ -689,7 +690,19 @@ pub struct Route {
     /// Override of `pii.threshold`.
     pub pii_threshold: Option<f32>,
     /// Other models for this route, best first (from `model_scores`): PII reroute candidates.
-    pub alternatives: Vec<String>,
+    pub alternatives: Vec<Alternative>,
+}
+
+/// Another model a route may send a request to (a `model_scores` entry after the best), with the
+/// reasoning its entry sets, which applies when the PII policy reroutes a request to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alternative {
+    /// The model.
+    pub model: String,
+    /// Its entry's `use_reasoning` (`None`: the entry does not say; the decision keeps its own).
+    pub use_reasoning: Option<bool>,
+    /// Its entry's `reasoning_effort`, else the category's.
+    pub reasoning_effort: Option<ReasoningEffort>,
 }
 
 /// A system prompt and how to apply it.
@@ -1070,7 +1083,7 @@ impl RouterConfig {
             std::iter::once(&self.default_route).chain(self.categories.iter().map(|c| &c.route))
         {
             out.insert(r.model.clone());
-            out.extend(r.alternatives.iter().cloned());
+            out.extend(r.alternatives.iter().map(|a| a.model.clone()));
         }
         out
     }
@@ -1454,10 +1467,17 @@ fn resolve(f: ConfigFile, errs: &mut Errors) -> RouterConfig {
                         use_reasoning = s.use_reasoning.or(use_reasoning);
                         reasoning_effort = s.reasoning_effort.or(reasoning_effort);
                         for &o in &order[1..] {
-                            if !alternatives.contains(&scores[o].model)
-                                && scores[o].model != s.model
+                            let other = &scores[o];
+                            if !alternatives
+                                .iter()
+                                .any(|a: &Alternative| a.model == other.model)
+                                && other.model != s.model
                             {
-                                alternatives.push(scores[o].model.clone());
+                                alternatives.push(Alternative {
+                                    model: other.model.clone(),
+                                    use_reasoning: other.use_reasoning,
+                                    reasoning_effort: other.reasoning_effort.or(c.reasoning_effort),
+                                });
                             }
                         }
                         s.model.clone()
@@ -1609,7 +1629,9 @@ fn resolve(f: ConfigFile, errs: &mut Errors) -> RouterConfig {
             pg.enabled,
             "prompt_guard.enabled",
         )
-        .unwrap_or(true);
+        // On by default; a classic `prompt_guard` section without `enabled` is off, as in the vLLM
+        // Semantic Router (its `enabled` defaults to false).
+        .unwrap_or(f.prompt_guard.is_none());
     let benign_labels: Vec<String> = j
         .benign_labels
         .clone()
@@ -2157,6 +2179,21 @@ categories:
     }
 
     #[test]
+    fn a_prompt_guard_section_is_off_unless_it_says_enabled() {
+        let enabled = |yaml: &str| RouterConfig::from_yaml_str(yaml).unwrap().jailbreak.enabled;
+        assert!(enabled("default_model: small\n"));
+        assert!(!enabled(
+            "default_model: small\nprompt_guard: {threshold: 0.7}\n"
+        ));
+        assert!(enabled(
+            "default_model: small\nprompt_guard: {enabled: true, threshold: 0.7}\n"
+        ));
+        assert!(enabled(
+            "default_model: small\njailbreak: {enabled: true}\nprompt_guard: {threshold: 0.7}\n"
+        ));
+    }
+
+    #[test]
     fn conflicting_spellings_are_errors() {
         assert_error(
             "default_model: small\ndefault_route: {model: big}\n",
@@ -2451,7 +2488,18 @@ categories:
         assert_eq!(r.model, "b");
         assert!(r.use_reasoning);
         assert_eq!(r.reasoning_effort, Some(ReasoningEffort::Low));
-        assert_eq!(r.alternatives, vec!["c", "a"]);
+        let alternatives: Vec<(&str, Option<bool>, Option<ReasoningEffort>)> = r
+            .alternatives
+            .iter()
+            .map(|a| (a.model.as_str(), a.use_reasoning, a.reasoning_effort))
+            .collect();
+        assert_eq!(
+            alternatives,
+            vec![
+                ("c", Some(false), Some(ReasoningEffort::Low)),
+                ("a", Some(false), Some(ReasoningEffort::Low))
+            ]
+        );
         assert_eq!(
             c.referenced_models().into_iter().collect::<Vec<_>>(),
             vec!["a", "b", "c"]

@@ -2,23 +2,26 @@
 //!
 //! The rules, in order:
 //!
-//! 1. **Route.** The first keyword rule that matches picks the route (if it names one) and may force
-//!    reasoning. Otherwise the domain head's top label picks the category that claims it, if its
-//!    probability reaches `confidence_threshold`; else the default route is taken.
+//! 1. **Route.** The first keyword rule that matches the newest user message picks the route (if it
+//!    names one) and may force reasoning. Otherwise the domain head's top label picks the category
+//!    that claims it, if its probability reaches `confidence_threshold`; else the default route is
+//!    taken.
 //! 2. **Reasoning.** A keyword rule's reasoning override is final. Otherwise start from the route's
-//!    `use_reasoning`; then the entropy rule on the domain distribution (normalised entropy `H`:
-//!    `H >= high` switches thinking on, `medium <= H < high` takes the probability-weighted vote of the
-//!    top-2 labels' categories); then a confident reasoning-need prediction (`override`: on or off,
-//!    `upgrade`: only on), on the routes `reasoning_classifier.routes` lists (all if absent). The budget is the rule's, else the route's `thinking_budget`, else the
-//!    budget of the effort (rule, route, then `default_reasoning_effort`).
+//!    `use_reasoning`; then, when the domain head picked the route, the entropy rule on the domain
+//!    distribution (normalised entropy `H`: `H >= high` switches thinking on, `medium <= H < high`
+//!    takes the probability-weighted vote of the top-2 labels' categories); then a confident
+//!    reasoning-need prediction (`override`: on or off, `upgrade`: only on), on the routes
+//!    `reasoning_classifier.routes` lists (all if absent). The budget is the rule's (its
+//!    `thinking_budget`, else its effort's), else the route's `thinking_budget`, else the budget of
+//!    the route's effort, else of `default_reasoning_effort`.
 //! 3. **Jailbreak.** A non-benign label scoring at least the threshold (the route's override, else the
 //!    policy's) blocks the request with the refusal message, or only flags it (`action: flag`).
 //! 4. **PII.** Entities scoring at least the threshold (and, for the types with a fixed form, having
-//!    it: an e-mail address holds `@`, a domain name an inner `.`; a phone, card, SSN, IBAN, IP address
-//!    or licence number holds a digit) are looked up in the target model's policy:
-//!    `mask` entities are replaced by `[TYPE]` before generation; a `block` entity refuses the request,
-//!    unless `pii.reroute` finds another model of the route (then the default model) whose policy
-//!    blocks none of the entities found.
+//!    it: see [`has_its_form`]) are looked up in the target model's policy: `mask` entities are
+//!    replaced by `[TYPE]` before generation; a `block` entity refuses the request, unless
+//!    `pii.reroute` finds another model of the route (then the default model) whose policy blocks
+//!    none of the entities found. A rerouted request takes the reasoning that model's `model_scores`
+//!    entry sets, when it sets one.
 //!
 //! Every step appends a human-readable line to [`Decision::reasons`].
 
@@ -199,16 +202,26 @@ fn opt_millis<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Err
     }
 }
 
-/// Applies the policy in `config` to a request's `text` (the text the classifiers saw) and its signals.
+/// Applies the policy in `config` to a `text` the classifiers saw as one user message, and its
+/// signals: [`decide_input`] of [`RouteInput::from_text`].
 pub fn decide(config: &RouterConfig, text: &str, signals: &Signals) -> Decision {
+    decide_input(config, RouteInput::from_text(text), signals)
+}
+
+/// Applies the policy in `config` to a request's classified input and its signals. Keyword rules
+/// read the newest user message ([`RouteInput::newest_turn`]), as the vLLM Semantic Router's do: an
+/// earlier turn's words say nothing about what the request asks now.
+pub fn decide_input(config: &RouterConfig, input: RouteInput, signals: &Signals) -> Decision {
+    let text = input.text.as_str();
     let mut reasons = Vec::new();
 
     // 1. Route.
     let mut rule_reasoning = None;
     let mut keyword_rule = None;
     let mut route_ref = None;
+    let newest = input.newest_turn();
     for rule in &config.keyword_rules {
-        if let Some(terms) = rule.matches(text) {
+        if let Some(terms) = rule.matches(newest) {
             reasons.push(if terms.is_empty() {
                 format!(
                     "keyword rule {} matched (none of its terms present)",
@@ -223,6 +236,7 @@ pub fn decide(config: &RouterConfig, text: &str, signals: &Signals) -> Decision 
             break;
         }
     }
+    let by_rule = route_ref.is_some();
     let route_ref = route_ref.unwrap_or_else(|| classify_route(config, signals, &mut reasons));
     let route = config.route(route_ref);
 
@@ -237,7 +251,7 @@ pub fn decide(config: &RouterConfig, text: &str, signals: &Signals) -> Decision 
             thinking(config, route, o.thinking_budget, o.reasoning_effort)
         }
         None => {
-            let on = reasoning_from_signals(config, route_ref, signals, &mut reasons);
+            let on = reasoning_from_signals(config, route_ref, by_rule, signals, &mut reasons);
             if on {
                 thinking(config, route, None, None)
             } else {
@@ -282,6 +296,7 @@ pub fn decide(config: &RouterConfig, text: &str, signals: &Signals) -> Decision 
     }
 
     // 4. PII.
+    let mut reasoning = reasoning;
     let mut model = route.model.clone();
     let mut masked = Vec::new();
     let pii_enabled = route.pii_enabled.unwrap_or(config.pii.enabled);
@@ -305,22 +320,40 @@ pub fn decide(config: &RouterConfig, text: &str, signals: &Signals) -> Decision 
         };
         let blocked = blocked_types(&model);
         if !blocked.is_empty() {
+            // The route's other models, with the reasoning their entries set, then the default.
             let candidates = route
                 .alternatives
                 .iter()
-                .chain(std::iter::once(&config.default_route.model));
+                .map(|a| (&a.model, Some(a)))
+                .chain(std::iter::once((&config.default_route.model, None)));
             let reroute = config.pii.reroute.then(|| {
                 candidates
-                    .filter(|m| **m != model)
-                    .find(|m| blocked_types(m).is_empty())
+                    .filter(|(m, _)| **m != model)
+                    .find(|(m, _)| blocked_types(m).is_empty())
             });
             match reroute.flatten() {
-                Some(other) => {
+                Some((other, alternative)) => {
                     reasons.push(format!(
                         "pii: {} blocks {blocked:?}; rerouted to {other}",
                         model
                     ));
                     model = other.clone();
+                    // Rule-forced reasoning stays; otherwise the new model's entry decides.
+                    if let Some(a) = alternative.filter(|_| rule_reasoning.is_none()) {
+                        let on = a.use_reasoning.unwrap_or(reasoning.is_thinking());
+                        let before = reasoning;
+                        reasoning = if on {
+                            thinking(config, route, None, a.reasoning_effort)
+                        } else {
+                            Reasoning::Fast
+                        };
+                        if reasoning != before {
+                            reasons.push(format!(
+                                "reasoning {} for {other}: its model_scores entry",
+                                on_off(on)
+                            ));
+                        }
+                    }
                 }
                 None => {
                     reasons.push(format!("blocked: pii {blocked:?} not allowed for {model}"));
@@ -368,7 +401,7 @@ pub fn decide(config: &RouterConfig, text: &str, signals: &Signals) -> Decision 
             embedding: signals.embedding,
         },
         route_time: Duration::ZERO,
-        input: RouteInput::from_text(text),
+        input,
     }
 }
 
@@ -422,9 +455,12 @@ fn category_index(config: &RouterConfig, label: &str) -> Option<usize> {
 }
 
 /// Whether to think, from the route, the entropy rule and the reasoning head.
+/// The entropy rule reads the domain distribution, so it applies only where the domain head picked
+/// the route (`by_rule`: a keyword rule picked it).
 fn reasoning_from_signals(
     config: &RouterConfig,
     route_ref: RouteRef,
+    by_rule: bool,
     signals: &Signals,
     reasons: &mut Vec<String>,
 ) -> bool {
@@ -437,7 +473,11 @@ fn reasoning_from_signals(
     ));
 
     let entropy = &config.entropy;
-    if let Some(domain) = signals.domain.as_ref().filter(|_| entropy.enabled) {
+    let domain = signals
+        .domain
+        .as_ref()
+        .filter(|_| entropy.enabled && !by_rule);
+    if let Some(domain) = domain {
         if let Some(h) = normalized_entropy(&domain.probabilities) {
             if h >= entropy.high {
                 if !on {
@@ -939,6 +979,93 @@ categories:
             }
         ));
         assert_eq!(d.model, "private");
+    }
+
+    #[test]
+    fn a_rerouted_request_takes_the_reasoning_of_its_new_models_entry() {
+        // law's best model blocks an SSN; big (its alternative) thinks at high effort, and the
+        // default model does not say.
+        let yaml = CONFIG.replace(
+            "      - {model: big, score: 0.5}",
+            "      - {model: big, score: 0.5, use_reasoning: true, reasoning_effort: high}",
+        );
+        let c = RouterConfig::from_yaml_str(&yaml).unwrap();
+        let mut s = signals(domain("law", 0.95));
+        s.pii = vec![PiiEntity {
+            end: 11,
+            ..entity("US_SSN", 0.9)
+        }];
+        let d = decide(&c, "123-45-6789", &s);
+        assert_eq!(d.model, "big");
+        assert_eq!(
+            d.reasoning,
+            Reasoning::Thinking {
+                budget: 30,
+                effort: Some(ReasoningEffort::High)
+            },
+            "{:?}",
+            d.reasons
+        );
+        // And the other way: a thinking route rerouted to a model whose entry says no.
+        let yaml = CONFIG
+            .replace(
+                "      - {model: private, score: 0.9}",
+                "      - {model: private, score: 0.9, use_reasoning: true}",
+            )
+            .replace(
+                "      - {model: big, score: 0.5}",
+                "      - {model: big, score: 0.5, use_reasoning: false}",
+            );
+        let c = RouterConfig::from_yaml_str(&yaml).unwrap();
+        let before = decide(&c, "x", &signals(domain("law", 0.95)));
+        assert!(before.reasoning.is_thinking() && before.model == "private");
+        let d = decide(&c, "123-45-6789", &s);
+        assert_eq!((d.model.as_str(), d.reasoning), ("big", Reasoning::Fast));
+    }
+
+    #[test]
+    fn keyword_rules_read_the_newest_user_message() {
+        let messages = [
+            ChatMessage::new("user", "Can you prove the theorem?"),
+            ChatMessage::new("assistant", "Here it is."),
+            ChatMessage::new("user", "thanks"),
+        ];
+        let input = RouteInput::from_messages(&messages);
+        assert!(input.text.contains("prove"));
+        let d = decide_input(&config(), input, &signals(domain("history", 0.9)));
+        assert_eq!(d.keyword_rule, None, "{:?}", d.reasons);
+        assert_eq!(d.category, "history");
+        // The same words in the newest message do match.
+        let input = RouteInput::from_messages(&messages[..1]);
+        let d = decide_input(&config(), input, &signals(domain("history", 0.9)));
+        assert_eq!(d.keyword_rule.as_deref(), Some("proof"));
+    }
+
+    #[test]
+    fn a_route_a_keyword_rule_picked_skips_the_entropy_rule() {
+        // `calc` routes to law without a reasoning override; the domain head is torn between
+        // math and history (a medium-entropy vote for math, which thinks).
+        let yaml = CONFIG.replace(
+            "keyword_rules:\n",
+            "keyword_rules:\n  - id: calc\n    keywords: [gizmo]\n    route: law\n",
+        );
+        let c = RouterConfig::from_yaml_str(&yaml).unwrap();
+        let torn = signals(dist(&[("math", 0.45), ("history", 0.35), ("law", 0.2)]));
+        let by_domain = decide(&c, "what about it", &torn);
+        assert!(
+            by_domain.reasons.iter().any(|r| r.contains("entropy")),
+            "{:?}",
+            by_domain.reasons
+        );
+        let d = decide(&c, "how does the gizmo work", &torn);
+        assert_eq!(d.keyword_rule.as_deref(), Some("calc"));
+        assert_eq!(d.category, "law");
+        assert_eq!(d.reasoning, Reasoning::Fast, "{:?}", d.reasons);
+        assert!(
+            !d.reasons.iter().any(|r| r.contains("entropy")),
+            "{:?}",
+            d.reasons
+        );
     }
 
     #[test]

@@ -78,6 +78,28 @@ impl RouteInput {
         input
     }
 
+    /// The newest user message (the last segment), whole: the text keyword rules read. The whole
+    /// text when there are no segments.
+    pub fn newest_turn(&self) -> &str {
+        let Some(seg) = self.segments.last() else {
+            return &self.text;
+        };
+        let byte_at = |chars: usize| {
+            self.text
+                .char_indices()
+                .nth(chars)
+                .map_or(self.text.len(), |(b, _)| b)
+        };
+        let start = byte_at(seg.start);
+        let end = start
+            + self.text[start..]
+                .chars()
+                .take(seg.len)
+                .map(char::len_utf8)
+                .sum::<usize>();
+        &self.text[start..end]
+    }
+
     /// A plain text, as if it were one user message at index 0.
     pub fn from_text(text: &str) -> RouteInput {
         RouteInput {
@@ -218,6 +240,21 @@ mod tests {
         assert!(RouteInput::from_messages(&[msg("system", "x")])
             .text
             .is_empty());
+        assert_eq!(input.newest_turn(), "four");
+    }
+
+    #[test]
+    fn the_newest_turn_is_the_last_user_message_whole() {
+        let messages = vec![
+            msg("user", "Préface — ünïcode"),
+            msg("assistant", "ok"),
+            msg("user", "thanks! 🙂"),
+            msg("assistant", "welcome"),
+        ];
+        let input = RouteInput::from_messages(&messages);
+        assert_eq!(input.newest_turn(), "thanks! 🙂");
+        assert_eq!(RouteInput::from_text("só").newest_turn(), "só");
+        assert_eq!(RouteInput::default().newest_turn(), "");
     }
 
     #[test]

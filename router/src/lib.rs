@@ -40,7 +40,7 @@ use switchyard_models::ModelError;
 pub use batcher::{BatchStats, BatchingOptions};
 pub use classifier::{HeadRole, RouterModel};
 pub use config::{ConfigError, RouterConfig};
-pub use decision::{decide, Action, BlockReason, Decision, Reasoning};
+pub use decision::{decide, decide_input, Action, BlockReason, Decision, Reasoning};
 pub use input::RouteInput;
 pub use signals::{ClassifierOutput, EmbeddingUse, PiiEntity, Signals};
 
@@ -296,13 +296,13 @@ impl Router {
     }
 
     fn finish_route(&self, input: RouteInput, signals: &Signals, start: Instant) -> Decision {
-        let mut decision = decide(&self.config, &input.text, signals);
-        if input.text.trim().is_empty() {
+        let empty = input.text.trim().is_empty();
+        let mut decision = decide_input(&self.config, input, signals);
+        if empty {
             decision
                 .reasons
                 .insert(0, "no user text to classify".to_string());
         }
-        decision.input = input;
         decision.route_time = start.elapsed();
         decision
     }

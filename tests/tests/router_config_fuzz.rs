@@ -10,7 +10,9 @@ use rand::Rng;
 use serde_json::Value;
 use switchyard_models::text::ChatMessage;
 use switchyard_router::config::DEFAULT_CONFIG_YAML;
-use switchyard_router::{decide, ClassifierOutput, PiiEntity, RouteInput, RouterConfig, Signals};
+use switchyard_router::{
+    decide_input, ClassifierOutput, PiiEntity, RouteInput, RouterConfig, Signals,
+};
 use switchyard_tests::fuzz::{mutate, outcome, seeded_rng};
 
 /// Edited configurations tried per starting document.
@@ -119,8 +121,7 @@ fn fuzz(document: &str, default_seed: u64) {
                 for _ in 0..4 {
                     let signals = signals(&mut rng, input.text.chars().count());
                     // As `Router::route` does: the decision remembers where its text came from.
-                    let mut decision = decide(&config, &input.text, &signals);
-                    decision.input = input.clone();
+                    let decision = decide_input(&config, input.clone(), &signals);
                     let mut routed = messages.clone();
                     decision.apply(&mut routed);
                     serde_json::to_string(&decision).expect("a decision serialises");
