@@ -1,9 +1,10 @@
 //! Turning logits into the next token: penalties, temperature, top-k, top-p, min-p, seeded draws.
 //!
-//! Order (as vLLM and `transformers` apply them): repetition penalty (prompt + output), frequency and
+//! Order (as vLLM's V1 sampler applies them): repetition penalty (prompt + output), frequency and
 //! presence penalties (output only, OpenAI semantics), then greedy argmax at temperature 0, else
-//! temperature, top-k, top-p, min-p and a draw from the request's own seeded generator, so a seed
-//! gives the same tokens whatever else is in the batch.
+//! temperature, top-k (tokens tied with the k-th are kept), min-p, top-p over what min-p kept, and a
+//! draw from the request's own seeded generator, so a seed gives the same tokens whatever else is in
+//! the batch.
 
 use crate::error::{EngineError, Result};
 use rand::rngs::StdRng;
@@ -167,8 +168,11 @@ impl Sampler {
                 return argmax(logits);
             }
             if p.top_k < top.len() {
+                // The k-th best logit, and every token at or above it (ties with it included, as
+                // vLLM keeps them).
                 top.select_nth_unstable_by(p.top_k - 1, |a, b| b.1.total_cmp(&a.1));
-                top.truncate(p.top_k);
+                let kth = top[p.top_k - 1].1;
+                top.retain(|c| c.1 >= kth);
             }
             top.sort_unstable_by(best_first);
             let max = top[0].1;
@@ -203,6 +207,11 @@ impl Sampler {
                 .map(|(t, &w)| (t as u32, w))
                 .collect()
         };
+        if p.min_p > 0.0 {
+            // Relative to the most likely token.
+            let floor = p.min_p * cand.iter().fold(0f32, |m, c| m.max(c.1));
+            cand.retain(|c| c.1 >= floor);
+        }
         if p.top_p < 1.0 {
             // The nucleus: the fewest most likely tokens whose mass reaches `top_p`. Found among
             // the top 64, 256, ... candidates, so that a peaked distribution sorts only a few.
@@ -227,11 +236,6 @@ impl Sampler {
                     None => k = (k * 4).min(cand.len()),
                 }
             }
-        }
-        if p.min_p > 0.0 {
-            // Relative to the most likely token.
-            let floor = p.min_p * cand.iter().fold(0f32, |m, c| m.max(c.1));
-            cand.retain(|c| c.1 >= floor);
         }
         let mass: f32 = cand.iter().map(|c| c.1).sum();
         draw(
@@ -583,11 +587,15 @@ mod tests {
             .filter(|&i| logits[i].is_finite())
             .collect();
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-        if p.top_k > 0 {
-            order.truncate(p.top_k);
+        if p.top_k > 0 && p.top_k < order.len() {
+            let kth = logits[order[p.top_k - 1]];
+            order.retain(|&i| logits[i] >= kth);
         }
         let max = logits[order[0]] as f64;
         let w = |i: usize| ((logits[i] as f64 - max) / p.temperature as f64).exp();
+        // min-p, then top-p over what it kept.
+        let floor = p.min_p as f64 * w(order[0]);
+        order.retain(|&i| w(i) >= floor);
         let total: f64 = order.iter().map(|&i| w(i)).sum();
         let mut keep = order.len();
         let mut acc = 0.0;
@@ -598,8 +606,6 @@ mod tests {
                 break;
             }
         }
-        let floor = p.min_p as f64 * w(order[0]);
-        keep = keep.min(order.iter().take_while(|&&i| w(i) >= floor).count());
         let mut probs = vec![0.0; logits.len()];
         let mass: f64 = order[..keep].iter().map(|&i| w(i)).sum();
         for &i in &order[..keep] {
@@ -634,6 +640,7 @@ mod tests {
             (1.0, 0, 0.3, 0.0),
             (1.0, 0, 1.0, 0.05),
             (1.0, 50, 0.95, 0.01),
+            (1.0, 0, 0.5, 0.2),
         ];
         for (temperature, top_k, top_p, min_p) in cases {
             let p = SamplingParams {
@@ -662,6 +669,34 @@ mod tests {
                 / 2.0;
             assert!(tv < 0.03, "{p:?}: total variation {tv}");
         }
+    }
+
+    #[test]
+    fn min_p_cuts_before_the_nucleus_is_measured() {
+        // 0.4 / 0.3 / 0.2 / 0.1 with min_p 0.3 (floor 0.12) keeps 0.4 / 0.3 / 0.2, renormalised
+        // 0.44 / 0.33 / 0.22; top_p 0.75 then keeps the first two (vLLM's order). Measured on
+        // the whole distribution instead, the nucleus would take the third too.
+        let logits = [0.4f32.ln(), 0.3f32.ln(), 0.2f32.ln(), 0.1f32.ln()];
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.75,
+            min_p: 0.3,
+            seed: Some(1),
+            ..SamplingParams::default()
+        };
+        assert!(draws(p, &logits, 2000).iter().all(|&t| t <= 1));
+    }
+
+    #[test]
+    fn top_k_keeps_the_tokens_tied_with_the_kth() {
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 1,
+            seed: Some(5),
+            ..SamplingParams::default()
+        };
+        let drawn = draws(p, &[1.0, 1.0, 0.0], 400);
+        assert!(drawn.contains(&0) && drawn.contains(&1) && !drawn.contains(&2));
     }
 
     #[test]
