@@ -408,6 +408,7 @@ impl Engine {
         let room = self.info.max_model_len - tokens.len();
         let max_new = params.max_tokens.map_or(room, |m| m.min(room));
         let mut stop_ids = params.stop_token_ids.clone();
+        let requested_stops = stop_ids.len();
         if !params.ignore_eos {
             stop_ids.extend_from_slice(self.info.tokenizer.eos());
         }
@@ -442,6 +443,7 @@ impl Engine {
             stop: StopMatcher::new(&params.stop),
             max_new,
             stop_ids,
+            requested_stops,
             budget,
             forced_end: self.info.forced_end.clone(),
             reasoning_tokens: 0,

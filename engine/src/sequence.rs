@@ -32,8 +32,12 @@ pub(crate) struct Sequence {
     pub(crate) stop: StopMatcher,
     /// Most new tokens this sequence may produce.
     pub(crate) max_new: usize,
-    /// Ids that end generation.
+    /// Ids that end generation: the request's `stop_token_ids`, then the model's end-of-sequence
+    /// ids (unless `ignore_eos`).
     pub(crate) stop_ids: Vec<u32>,
+    /// How many of [`Self::stop_ids`] are the request's own: those end a thinking section too,
+    /// where an end-of-sequence id closes the section instead.
+    pub(crate) requested_stops: usize,
     /// Thinking tokens allowed before the end marker is forced.
     pub(crate) budget: Option<usize>,
     /// Tokens of the end-of-thinking marker, forced when the budget runs out.
@@ -147,7 +151,9 @@ impl Sequence {
                     }));
                 }
             }
+            let requested_stop = self.stop_ids[..self.requested_stops].contains(&token);
             if self.stop_ids.contains(&token)
+                && !requested_stop
                 && self.splitter.in_thinking()
                 && !self.forced_end.is_empty()
             {
@@ -190,6 +196,11 @@ impl Sequence {
         self.sampler.record(token);
         if sampled && self.splitter.in_thinking() {
             self.reasoning_tokens += 1;
+        }
+        if tokenizer.eos().contains(&token) {
+            // An end-of-sequence id generated past (`ignore_eos`) adds no text, as vLLM skips
+            // special tokens' text: no `<|im_end|>` in the answer.
+            return;
         }
         let text = match self.detok.push(tokenizer, token) {
             Ok(t) => t,

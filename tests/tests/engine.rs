@@ -1704,3 +1704,49 @@ fn a_required_call_through_a_template_that_knows_tools_is_a_valid_call() {
         assert!((0..=9).contains(&n), "{out:?}");
     }
 }
+
+#[test]
+fn a_requested_stop_id_ends_even_a_thinking_section() {
+    // The model's end of sequence closes an open thinking section (the answer follows); an id the
+    // request asked to stop at ends generation there, as vLLM's `stop_token_ids` do.
+    let engine = engine("tiny-qwen3", EngineConfig::default());
+    let token = engine.tokenizer().encode("hello").unwrap()[0];
+    let request = |stop_token_ids: Vec<u32>, ignore_eos: bool, favoured: u32| {
+        let mut request = GenerationRequest {
+            prompt: Prompt::Text(
+                "<|im_start|>user\nwhy<|im_end|>\n<|im_start|>assistant\n<think>\n".into(),
+            ),
+            params: GenerationParams {
+                max_tokens: Some(12),
+                ignore_eos,
+                stop_token_ids,
+                thinking: Thinking::On { budget: None },
+                ..Default::default()
+            },
+        };
+        request.params.sampling.logit_bias = vec![(favoured, 100.0)];
+        request
+    };
+    let out = drain(engine.submit(request(vec![token], true, token)).unwrap());
+    assert_eq!(out.ids, vec![token], "{out:?}");
+    assert_eq!(out.reason, Some(FinishReason::Stop));
+
+    let eos = engine.tokenizer().eos()[0];
+    let out = drain(engine.submit(request(Vec::new(), false, eos)).unwrap());
+    let marker = engine.tokenizer().encode("\n</think>\n\n").unwrap();
+    assert_eq!(&out.ids[..marker.len()], marker.as_slice(), "{out:?}");
+}
+
+#[test]
+fn an_end_of_sequence_generated_past_adds_no_text() {
+    // With `ignore_eos` the model may generate its end-of-sequence id and go on; like vLLM (which
+    // skips special tokens' text), the answer holds no `</s>` or `<|im_end|>`.
+    let engine = engine("tiny-llama", EngineConfig::default());
+    let eos = engine.tokenizer().eos()[0];
+    let mut request = greedy(engine.tokenizer().encode("Hello").unwrap(), 3);
+    request.params.sampling.logit_bias = vec![(eos, 100.0)];
+    let out = drain(engine.submit(request).unwrap());
+    assert_eq!(out.ids, vec![eos; 3]);
+    assert_eq!(out.content, "", "{out:?}");
+    assert_eq!(out.reason, Some(FinishReason::Length));
+}
