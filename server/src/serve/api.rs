@@ -151,6 +151,33 @@ pub struct ChatRequest {
 /// Fields whose meaning this server does not implement (a request using them gets a 400).
 const UNSUPPORTED: [&str; 4] = ["functions", "function_call", "audio", "prediction"];
 
+/// Fields this server does not implement, with the value that asks for nothing (also accepted:
+/// `null`): OpenAI's `modalities` (text only), vLLM's `min_tokens`, `include_stop_str_in_output`
+/// and `skip_special_tokens`. Any other value is a 400 rather than silently ignored.
+fn unsupported_unless_default(field: &str, value: &Value) -> Option<&'static str> {
+    let asks_nothing = match field {
+        "modalities" => value == &serde_json::json!(["text"]),
+        "min_tokens" => value.as_u64() == Some(0),
+        "include_stop_str_in_output" => value == &Value::Bool(false),
+        "skip_special_tokens" => value == &Value::Bool(true),
+        _ => return None,
+    };
+    (!asks_nothing && !value.is_null()).then_some(match field {
+        "modalities" => "only text output is supported: `modalities` must be [\"text\"]",
+        "min_tokens" => "`min_tokens` is not supported by this server",
+        "include_stop_str_in_output" => "`include_stop_str_in_output` is not supported by this server",
+        _ => "special tokens' text is always skipped: `skip_special_tokens` must be true",
+    })
+}
+
+/// The fields [`unsupported_unless_default`] knows.
+const DEFAULT_ONLY: [&str; 4] = [
+    "modalities",
+    "min_tokens",
+    "include_stop_str_in_output",
+    "skip_special_tokens",
+];
+
 /// OpenAI's rule for schema and function names: 1-64 letters, digits, `_` or `-`.
 fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
@@ -334,6 +361,15 @@ impl ChatRequest {
                         format!("`{field}` is not supported by this server"),
                     ));
                 }
+            }
+        }
+        for field in DEFAULT_ONLY {
+            if let Some(message) = self
+                .other
+                .get(field)
+                .and_then(|v| unsupported_unless_default(field, v))
+            {
+                return Err(ApiError::invalid(field, message));
             }
         }
         if let Some(k) = self.top_logprobs {
@@ -577,7 +613,14 @@ pub fn chat_messages(messages: &[Message]) -> Result<Vec<ChatMessage>, ApiError>
                             p.get("type").and_then(Value::as_str),
                             p.get("text").and_then(Value::as_str),
                         ) {
-                            (Some("text"), Some(t)) => text.push_str(t),
+                            (Some("text"), Some(t)) => {
+                                // Parts are joined by a line break, as vLLM joins them: "Summarize
+                                // this:" and "The cat sat." must not become one run-on line.
+                                if j > 0 {
+                                    text.push('\n');
+                                }
+                                text.push_str(t)
+                            }
                             (Some("text"), None) => {
                                 return Err(ApiError::invalid(
                                     &format!("messages[{i}].content[{j}].text"),
@@ -781,6 +824,26 @@ mod tests {
     }
 
     #[test]
+    fn fields_not_implemented_are_refused_unless_they_ask_for_nothing() {
+        for extra in [
+            json!({"modalities": ["text", "audio"]}),
+            json!({"min_tokens": 3}),
+            json!({"include_stop_str_in_output": true}),
+            json!({"skip_special_tokens": false}),
+        ] {
+            let field = extra.as_object().unwrap().keys().next().unwrap().clone();
+            assert_eq!(rejected_param(extra.clone()), Some(field), "{extra}");
+        }
+        for extra in [
+            json!({"modalities": ["text"], "min_tokens": 0}),
+            json!({"include_stop_str_in_output": false, "skip_special_tokens": true}),
+            json!({"modalities": null, "min_tokens": null}),
+        ] {
+            assert_eq!(rejected_param(extra.clone()), None, "{extra}");
+        }
+    }
+
+    #[test]
     fn stream_options_need_a_stream() {
         for extra in [
             json!({"stream_options": {"include_usage": true}}),
@@ -808,7 +871,7 @@ mod tests {
             m.iter()
                 .map(|m| (m.role.as_str(), m.content.as_str()))
                 .collect::<Vec<_>>(),
-            [("system", "be brief"), ("user", "ab"), ("assistant", "")]
+            [("system", "be brief"), ("user", "a\nb"), ("assistant", "")]
         );
         assert_eq!(m[2].reasoning_content.as_deref(), Some("hmm"));
 
