@@ -709,8 +709,12 @@ async fn a_required_tool_call_is_a_valid_call_even_from_random_weights() {
     }
     assert_eq!(most.0, 1, "one call at most by default");
     assert!(most.1 > 1, "several calls when asked for: {}", most.1);
-    // A named function is the one called; streamed, the call comes as a `tool_calls` delta.
+    // A named function is the one called, and the answer ends with `stop` (OpenAI's finish
+    // reason for a call the client chose); streamed, the call comes as a `tool_calls` delta.
     body["tool_choice"] = json!({"type": "function", "function": {"name": "weather"}});
+    let v = completion(&base, &body).await;
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    check_call(&v["choices"][0]["message"]["tool_calls"][0], &["weather"]);
     body["stream"] = json!(true);
     let text = post(&base, "/v1/chat/completions", &body)
         .await
@@ -720,7 +724,7 @@ async fn a_required_tool_call_is_a_valid_call_even_from_random_weights() {
     let data = sse_data(&text);
     let (content, _, finish, _) = assemble(&data);
     assert_eq!(content, "");
-    assert_eq!(finish.as_deref(), Some("tool_calls"));
+    assert_eq!(finish.as_deref(), Some("stop"));
     let calls: Vec<Value> = data[..data.len() - 1]
         .iter()
         .map(|d| serde_json::from_str::<Value>(d).unwrap())

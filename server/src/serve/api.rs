@@ -165,7 +165,9 @@ fn unsupported_unless_default(field: &str, value: &Value) -> Option<&'static str
     (!asks_nothing && !value.is_null()).then_some(match field {
         "modalities" => "only text output is supported: `modalities` must be [\"text\"]",
         "min_tokens" => "`min_tokens` is not supported by this server",
-        "include_stop_str_in_output" => "`include_stop_str_in_output` is not supported by this server",
+        "include_stop_str_in_output" => {
+            "`include_stop_str_in_output` is not supported by this server"
+        }
         _ => "special tokens' text is always skipped: `skip_special_tokens` must be true",
     })
 }

@@ -27,7 +27,7 @@ use super::generation::{
     request_usage, sse_response, stream_permit, submit, usage_chunk, ChoiceItem, Outcome, Pending,
     StreamMeta,
 };
-use super::tool_calls::{openai_tool_calls, CallSplitter};
+use super::tool_calls::{finish_reason_with_calls, openai_tool_calls, CallSplitter};
 use super::State;
 
 pub(super) type Shared = AxumState<Arc<State>>;
@@ -617,9 +617,12 @@ async fn chat(
                     phase: Phase::Start,
                     last_token: None,
                     logprobs: wants_logprobs.then(Vec::new),
-                    calls: tool_use
-                        .as_ref()
-                        .map(|t| CallSplitter::new(t.functions.clone())),
+                    calls: tool_use.as_ref().map(|t| {
+                        (
+                            CallSplitter::new(t.functions.clone()),
+                            finish_reason_with_calls(&t.choice),
+                        )
+                    }),
                 })
                 .boxed()
             })
@@ -664,7 +667,7 @@ async fn chat(
                             json!(content)
                         };
                         message["tool_calls"] = openai_tool_calls(&calls, false);
-                        finish = "tool_calls";
+                        finish = finish_reason_with_calls(&tools.choice);
                     }
                 }
                 if !c.reasoning.is_empty() {
@@ -729,8 +732,9 @@ struct ChoiceState {
     last_token: Option<Instant>,
     /// Log-probabilities of the tokens whose text has not been sent yet (`None`: not asked for).
     logprobs: Option<Vec<Value>>,
-    /// Splits call blocks from the content when the request offered tools.
-    calls: Option<CallSplitter>,
+    /// Splits call blocks from the content when the request offered tools, with the finish
+    /// reason of an answer that made calls.
+    calls: Option<(CallSplitter, &'static str)>,
 }
 
 impl ChoiceState {
@@ -778,7 +782,7 @@ fn choice_events(c: ChoiceState) -> impl Stream<Item = ChoiceItem> {
                     }
                     c.last_token = Some(now);
                     let delta = match (kind, c.calls.as_mut()) {
-                        (DeltaKind::Content, Some(splitter)) => {
+                        (DeltaKind::Content, Some((splitter, _))) => {
                             let content = splitter.push(&text);
                             if content.is_empty() {
                                 // Held back (a call, or what may start one); its log-probabilities
@@ -806,7 +810,7 @@ fn choice_events(c: ChoiceState) -> impl Stream<Item = ChoiceItem> {
                     c.phase = Phase::Done;
                     let mut items = Vec::new();
                     let mut finish = reason.as_str();
-                    if let Some(splitter) = c.calls.take() {
+                    if let Some((splitter, with_calls)) = c.calls.take() {
                         let (rest, calls) = splitter.finish();
                         if !rest.is_empty() {
                             let logprobs = c.take_logprobs();
@@ -816,7 +820,7 @@ fn choice_events(c: ChoiceState) -> impl Stream<Item = ChoiceItem> {
                             let logprobs = c.take_logprobs();
                             let delta = json!({"tool_calls": openai_tool_calls(&calls, true)});
                             items.push(c.chunk(delta, None, logprobs));
-                            finish = "tool_calls";
+                            finish = with_calls;
                         }
                     }
                     let logprobs = c.take_logprobs();

@@ -4,7 +4,16 @@
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use switchyard_engine::tools::{parse_tool_calls, Function, ToolCall, TOOL_CALL_START};
+use switchyard_engine::tools::{parse_tool_calls, Function, ToolCall, ToolChoice, TOOL_CALL_START};
+
+/// The finish reason of an answer that made calls: `tool_calls`, except for a named
+/// `tool_choice`, which OpenAI ends with `stop` (the client chose the call; vLLM does the same).
+pub fn finish_reason_with_calls(choice: &ToolChoice) -> &'static str {
+    match choice {
+        ToolChoice::Function(_) => "stop",
+        ToolChoice::Auto | ToolChoice::Required => "tool_calls",
+    }
+}
 
 /// Splits an answer's text, delta by delta, into the content that may be sent at once and the
 /// call blocks, which are held back until the answer ends.
