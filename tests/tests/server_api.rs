@@ -187,6 +187,19 @@ async fn a_field_of_the_wrong_type_is_named_in_the_error() {
     body["temperature"] = json!("hot");
     let e = error_of(post(&base, "/v1/route", &body).await, 400).await;
     assert_eq!(e["param"], "temperature", "{e}");
+    // A required field that is absent is named, as OpenAI names it.
+    let mut body = chat("tiny-llama", "hi", 4);
+    body.as_object_mut().unwrap().remove("messages");
+    let e = error_of(post(&base, "/v1/chat/completions", &body).await, 400).await;
+    assert_eq!(
+        (&e["param"], &e["code"]),
+        (&json!("messages"), &json!("missing_required_parameter")),
+        "{e}"
+    );
+    let mut body = chat("tiny-llama", "hi", 4);
+    body["messages"][0].as_object_mut().unwrap().remove("role");
+    let e = error_of(post(&base, "/v1/chat/completions", &body).await, 400).await;
+    assert_eq!(e["param"], "messages[0].role", "{e}");
     // Trailing garbage after a valid body: not a field's fault.
     let r = reqwest::Client::new()
         .post(format!("{base}/v1/chat/completions"))

@@ -260,17 +260,31 @@ fn parse_body(
 }
 
 /// A JSON body as `T`; a malformed body or a field of the wrong type is a 400 `invalid_json` whose
-/// message and `param` name the field (`messages[0].content`), as far as the parser got.
+/// message and `param` name the field (`messages[0].content`), as far as the parser got; an absent
+/// required field a 400 `missing_required_parameter` naming it (`messages[0].role`).
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let invalid = |path: String, e: serde_json::Error| {
         // serde_path_to_error writes `.` for the root and `?` where the syntax broke off.
         let at = (path != "." && path != "?").then_some(path);
+        // A required field that is absent is named as OpenAI names it: its own path as `param`.
+        let missing = e
+            .to_string()
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+            .map(|field| match &at {
+                Some(p) => format!("{p}.{field}"),
+                None => field.to_string(),
+            });
         let mut a = ApiError::bad_request(match &at {
             Some(p) => format!("Invalid JSON body at `{p}`: {e}"),
             None => format!("Invalid JSON body: {e}"),
         });
-        a.code = Some("invalid_json");
-        a.param = at;
+        a.code = Some(if missing.is_some() {
+            "missing_required_parameter"
+        } else {
+            "invalid_json"
+        });
+        a.param = missing.or(at);
         a
     };
     let mut de = serde_json::Deserializer::from_slice(body);
