@@ -584,6 +584,23 @@ async fn tokenize_counts_what_a_request_sends_and_detokenize_reverses_it() {
         assert_eq!(v["count"], usage["prompt_tokens"], "thinking {thinking}");
         assert_eq!(v["token_strs"], Value::Null);
     }
+    // With tools: rendered into the prompt as a chat request renders them.
+    let tools = json!([{"type": "function", "function": {"name": "now",
+        "description": "The time", "parameters": {"type": "object", "properties": {}}}}]);
+    let plain = tokenize(json!({"model": "tiny-llama", "messages": messages})).await;
+    let v = tokenize(json!({"model": "tiny-llama", "messages": messages, "tools": tools})).await;
+    let chat = json!({"model": "tiny-llama", "messages": messages, "max_tokens": 1,
+                      "tools": tools});
+    let r = post(&base, "/v1/chat/completions", &chat).await;
+    let usage = r.json::<Value>().await.unwrap()["usage"].clone();
+    assert_eq!(v["count"], usage["prompt_tokens"]);
+    assert!(v["count"].as_u64() > plain["count"].as_u64(), "{v} {plain}");
+    let none = tokenize(
+        json!({"model": "tiny-llama", "messages": messages, "tools": tools,
+                               "tool_choice": "none"}),
+    )
+    .await;
+    assert_eq!(none["count"], plain["count"]);
 
     for (path, body, status, param) in [
         (

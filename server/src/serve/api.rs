@@ -424,40 +424,11 @@ impl ChatRequest {
     /// `tool_choice: "none"`). Malformed tools, a duplicate name, or a `tool_choice` naming no
     /// given function is a 400.
     pub fn tool_use(&self) -> Result<Option<ToolUse>, ApiError> {
-        let tools = self.tools.as_deref().unwrap_or_default();
-        let choice = self.tool_choice.as_ref().filter(|c| !c.is_null());
-        if tools.is_empty() {
-            return match choice {
-                None => Ok(None),
-                Some(c) if c == "none" => Ok(None),
-                Some(_) => Err(ApiError::invalid(
-                    "tool_choice",
-                    "`tool_choice` needs `tools`",
-                )),
-            };
-        }
-        let mut functions: Vec<Function> = Vec::with_capacity(tools.len());
-        for (i, tool) in tools.iter().enumerate() {
-            let f = function_of(tool, &format!("tools[{i}]"))?;
-            if functions.iter().any(|g| g.name == f.name) {
-                return Err(ApiError::invalid(
-                    &format!("tools[{i}].function.name"),
-                    format!("`{}` is given twice", f.name),
-                ));
-            }
-            functions.push(f);
-        }
-        let choice = match choice {
-            None => ToolChoice::Auto,
-            Some(c) if c == "none" => return Ok(None),
-            Some(c) => tool_choice_of(c, &functions)?,
-        };
-        Ok(Some(ToolUse {
-            functions: std::sync::Arc::new(functions),
-            choice,
-            // Absent, the chat handler puts the model's default in its place.
-            parallel: self.parallel_tool_calls.unwrap_or(true),
-        }))
+        tool_use_of(
+            self.tools.as_deref(),
+            self.tool_choice.as_ref(),
+            self.parallel_tool_calls,
+        )
     }
 
     /// Whether the answer is streamed.
@@ -584,6 +555,50 @@ impl SamplingFields<'_> {
             logit_bias,
         }
     }
+}
+
+/// The tools a request offers the model and whether it must call one (`None`: no tools, or
+/// `tool_choice: "none"`), from its `tools`, `tool_choice` and `parallel_tool_calls`. Malformed
+/// tools, a duplicate name, or a `tool_choice` naming no given function is a 400.
+pub fn tool_use_of(
+    tools: Option<&[Value]>,
+    tool_choice: Option<&Value>,
+    parallel_tool_calls: Option<bool>,
+) -> Result<Option<ToolUse>, ApiError> {
+    let tools = tools.unwrap_or_default();
+    let choice = tool_choice.filter(|c| !c.is_null());
+    if tools.is_empty() {
+        return match choice {
+            None => Ok(None),
+            Some(c) if c == "none" => Ok(None),
+            Some(_) => Err(ApiError::invalid(
+                "tool_choice",
+                "`tool_choice` needs `tools`",
+            )),
+        };
+    }
+    let mut functions: Vec<Function> = Vec::with_capacity(tools.len());
+    for (i, tool) in tools.iter().enumerate() {
+        let f = function_of(tool, &format!("tools[{i}]"))?;
+        if functions.iter().any(|g| g.name == f.name) {
+            return Err(ApiError::invalid(
+                &format!("tools[{i}].function.name"),
+                format!("`{}` is given twice", f.name),
+            ));
+        }
+        functions.push(f);
+    }
+    let choice = match choice {
+        None => ToolChoice::Auto,
+        Some(c) if c == "none" => return Ok(None),
+        Some(c) => tool_choice_of(c, &functions)?,
+    };
+    Ok(Some(ToolUse {
+        functions: std::sync::Arc::new(functions),
+        choice,
+        // Absent, the chat handler puts the model's default in its place.
+        parallel: parallel_tool_calls.unwrap_or(true),
+    }))
 }
 
 /// Request messages as the engine takes them: `developer` is `system`, text parts are joined, an

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use switchyard_engine::{Engine, GenerationParams, Prompt, Thinking};
 
-use super::api::{chat_messages, ChatTemplateKwargs, Message};
+use super::api::{chat_messages, tool_use_of, ChatTemplateKwargs, Message};
 use super::error::ApiError;
 use super::handlers::{body_bytes, parse_json, Shared};
 use super::State;
@@ -30,6 +30,10 @@ pub struct TokenizeRequest {
     pub add_generation_prompt: Option<bool>,
     /// `enable_thinking` renders the template as a thinking request would be.
     pub chat_template_kwargs: Option<ChatTemplateKwargs>,
+    /// Tools, rendered into the prompt as a chat request's are (its `tools` and `tool_choice`).
+    pub tools: Option<Vec<Value>>,
+    /// As a chat request's `tool_choice` (`none` leaves the tools out).
+    pub tool_choice: Option<Value>,
     /// Also return each token's text.
     pub return_token_strs: Option<bool>,
 }
@@ -88,6 +92,7 @@ fn tokens_of(engine: &Engine, request: &TokenizeRequest) -> Result<Vec<u32>, Api
             };
             let params = GenerationParams {
                 thinking,
+                tools: tool_use_of(request.tools.as_deref(), request.tool_choice.as_ref(), None)?,
                 ..Default::default()
             };
             let prompt = Prompt::Chat(chat_messages(messages)?);
