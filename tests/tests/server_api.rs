@@ -450,6 +450,7 @@ async fn a_blocked_request_generates_nothing() {
     for stream in [false, true] {
         let mut body = chat("auto", prompt, 8);
         body["stream"] = json!(stream);
+        body["logprobs"] = json!(true);
         if stream {
             body["stream_options"] = json!({"include_usage": true});
         }
@@ -462,6 +463,8 @@ async fn a_blocked_request_generates_nothing() {
             (content, finish.unwrap(), usage.unwrap())
         } else {
             let v: Value = r.json().await.unwrap();
+            // Asked for, log-probabilities are an empty list (nothing was generated).
+            assert_eq!(v["choices"][0]["logprobs"], json!({"content": []}), "{v}");
             (
                 content(&v).to_string(),
                 v["choices"][0]["finish_reason"]

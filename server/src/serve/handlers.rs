@@ -882,6 +882,12 @@ pub(super) fn blocked_response(
 ) -> Response {
     let usage = Usage::from_engine(&switchyard_engine::Usage::default());
     let choices = request.n.unwrap_or(1);
+    // Asked for, log-probabilities are an empty list: no token was generated.
+    let logprobs = if request.logprobs == Some(true) {
+        json!({"content": []})
+    } else {
+        Value::Null
+    };
     let mut response = if request.streamed() {
         let mut events = Vec::new();
         for index in 0..choices {
@@ -892,7 +898,7 @@ pub(super) fn blocked_response(
                 index,
                 json!({"role": "assistant", "content": message}),
                 None,
-                Value::Null,
+                logprobs.clone(),
             ));
             events.push(chunk(
                 id,
@@ -919,7 +925,7 @@ pub(super) fn blocked_response(
             "id": id, "object": "chat.completion", "created": created, "model": model,
             "choices": (0..choices).map(|index| json!({"index": index,
                          "message": {"role": "assistant", "content": message},
-                         "finish_reason": "content_filter", "logprobs": null})).collect::<Vec<_>>(),
+                         "finish_reason": "content_filter", "logprobs": logprobs})).collect::<Vec<_>>(),
             "usage": usage,
         }))
         .into_response()
