@@ -252,6 +252,7 @@ mod tests {
                 lexical: Vec::new(),
                 embedding: None,
                 fast_lexical: None,
+                guard_only: false,
             },
             reply,
             arrival: Some(Arrival {

@@ -9,6 +9,8 @@
 //! Tokenization runs on the caller's thread ([`RouterModel::encode`]); only [`RouterModel::classify`]
 //! needs the device. Long inputs are cut deliberately: the first 3/4 and the last 1/4 of the token
 //! budget are kept (the classes of a request usually show in its opening and its closing question).
+//! The guards read the rest: [`RouterModel::guard_windows`] splits a text into windows that fit the
+//! budget, and [`RouterModel::encode_guard`] marks each for the jailbreak and PII heads only.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -59,8 +61,9 @@ struct Backbone {
 }
 
 /// A text tokenized for one backbone: ids with `[CLS]`/`[SEP]`, head+tail truncated, and each token's
-/// character span in the text (`(0, 0)` for special tokens).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// character span in the text (`(0, 0)` for special tokens). Empty for a backbone a guard window
+/// does not run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Encoded {
     /// Token ids.
     pub ids: Vec<u32>,
@@ -91,6 +94,9 @@ pub struct EncodedText {
     /// fuses with, when the router may skip the encoder (see
     /// [`RouterModel::skip_embedding_when_confident`]) and that model is not already in `lexical`.
     pub fast_lexical: Option<Vec<f32>>,
+    /// A guard window ([`RouterModel::encode_guard`]): only the jailbreak and PII signals are
+    /// computed for it.
+    pub guard_only: bool,
 }
 
 /// The router's classifiers.
@@ -427,34 +433,7 @@ impl RouterModel {
         let backbones = self
             .backbones
             .iter()
-            .map(|b| {
-                let enc = b
-                    .tokenizer
-                    .encode_char_offsets(text, true)
-                    .map_err(|e| RouterError::Tokenizer(e.to_string()))?;
-                let keep = head_tail(enc.get_ids().len(), self.max_tokens);
-                let words = enc.get_word_ids();
-                let cut = head_tail_cut(enc.get_ids().len(), self.max_tokens);
-                // The first tail token's predecessor in the text is gone: it starts a word.
-                let tail_start = cut.map(|(_, in_text)| in_text);
-                Ok(Encoded {
-                    ids: keep.clone().map(|i| enc.get_ids()[i]).collect(),
-                    offsets: keep.clone().map(|i| enc.get_offsets()[i]).collect(),
-                    special: keep
-                        .clone()
-                        .map(|i| enc.get_special_tokens_mask()[i] == 1)
-                        .collect(),
-                    word_start: keep
-                        .map(|i| {
-                            i == 0
-                                || Some(i) == tail_start
-                                || words[i].is_none()
-                                || words[i] != words[i - 1]
-                        })
-                        .collect(),
-                    cut: cut.map(|(kept, _)| kept),
-                })
-            })
+            .map(|b| encode_for(&b.tokenizer, text, self.max_tokens))
             .collect::<Result<Vec<_>, RouterError>>()?;
         let tokenized = Instant::now();
         let active = self.active_lexical();
@@ -482,6 +461,92 @@ impl RouterModel {
             lexical,
             embedding,
             fast_lexical,
+            guard_only: false,
+        })
+    }
+
+    /// Whether any backbone has a jailbreak or PII head: the signals that guard windows compute.
+    pub fn has_guards(&self) -> bool {
+        self.backbones
+            .iter()
+            .any(|b| b.roles.iter().any(|r| is_guard(r.1)))
+    }
+
+    /// Character ranges of `text` that together cover all of it, each short enough for the guard
+    /// backbones' token budget, neighbours overlapping by [`GUARD_WINDOW_OVERLAP`] tokens (so an
+    /// entity or a phrase at one window's edge is whole in the next). One range when it fits.
+    pub fn guard_windows(&self, text: &str) -> Result<Vec<std::ops::Range<usize>>, RouterError> {
+        let Some(backbone) = self
+            .backbones
+            .iter()
+            .find(|b| b.roles.iter().any(|r| is_guard(r.1)))
+        else {
+            return Ok(Vec::new());
+        };
+        let enc = backbone
+            .tokenizer
+            .encode_char_offsets(text, false)
+            .map_err(|e| RouterError::Tokenizer(e.to_string()))?;
+        let offsets = enc.get_offsets();
+        let chars = text.chars().count();
+        // Room for `[CLS]`/`[SEP]` and for a window tokenizing a little longer on its own.
+        let size = self
+            .max_tokens
+            .saturating_sub(2 + GUARD_WINDOW_SLACK)
+            .max(1);
+        if offsets.len() <= size {
+            #[allow(clippy::single_range_in_vec_init)]
+            return Ok(vec![0..chars]);
+        }
+        let stride = size
+            .saturating_sub(GUARD_WINDOW_OVERLAP.min(size / 2))
+            .max(1);
+        let mut windows = Vec::new();
+        let mut first = 0;
+        loop {
+            let last = (first + size).min(offsets.len()) - 1;
+            let start = if first == 0 { 0 } else { offsets[first].0 };
+            let end = if last + 1 == offsets.len() {
+                chars
+            } else {
+                offsets[last].1
+            };
+            windows.push(start..end);
+            if last + 1 == offsets.len() {
+                return Ok(windows);
+            }
+            first += stride;
+        }
+    }
+
+    /// [`RouterModel::encode`] for a guard window: the guard backbones' encodings and the
+    /// jailbreak lexical model's scores only (no sentence embedding).
+    pub fn encode_guard(&self, text: &str) -> Result<EncodedText, RouterError> {
+        let backbones = self
+            .backbones
+            .iter()
+            .map(|b| {
+                if b.roles.iter().any(|r| is_guard(r.1)) {
+                    encode_for(&b.tokenizer, text, self.max_tokens)
+                } else {
+                    Ok(Encoded::default())
+                }
+            })
+            .collect::<Result<Vec<_>, RouterError>>()?;
+        let lexical = self
+            .active_lexical()
+            .iter()
+            .map(|&k| match self.lexical[k].0 {
+                HeadRole::Jailbreak => self.lexical[k].1.text_scores(text),
+                _ => Vec::new(),
+            })
+            .collect();
+        Ok(EncodedText {
+            backbones,
+            lexical,
+            embedding: None,
+            fast_lexical: None,
+            guard_only: true,
         })
     }
 
@@ -489,6 +554,69 @@ impl RouterModel {
     /// text. `latency` of each signal is its backbone's batch time (the domain signal adds the
     /// embedding encoder's time for the texts it ran on).
     pub fn classify(&self, batch: &[&EncodedText]) -> Result<Vec<Signals>, RouterError> {
+        if batch.iter().any(|t| t.guard_only) {
+            // Guard windows get a pass of their own, without the routing signals.
+            let (guards, routed): (Vec<usize>, Vec<usize>) =
+                (0..batch.len()).partition(|&i| batch[i].guard_only);
+            let mut out = vec![Signals::default(); batch.len()];
+            let pick = |idx: &[usize]| idx.iter().map(|&i| batch[i]).collect::<Vec<_>>();
+            for (i, s) in routed.iter().zip(self.classify_routed(&pick(&routed))?) {
+                out[*i] = s;
+            }
+            for (i, s) in guards.iter().zip(self.classify_guards(&pick(&guards))?) {
+                out[*i] = s;
+            }
+            return Ok(out);
+        }
+        self.classify_routed(batch)
+    }
+
+    /// The jailbreak and PII signals of guard windows: the guard backbones' passes, the jailbreak
+    /// head fused with its lexical model (no sentence embedding, no routing signals).
+    fn classify_guards(&self, batch: &[&EncodedText]) -> Result<Vec<Signals>, RouterError> {
+        let mut out = vec![Signals::default(); batch.len()];
+        if batch.is_empty() {
+            return Ok(out);
+        }
+        let active = self.active_lexical();
+        for (b, backbone) in self.backbones.iter().enumerate() {
+            if !backbone.roles.iter().any(|r| is_guard(r.1)) {
+                continue;
+            }
+            let pass = self.run_backbone(b, batch)?;
+            let heads = backbone.model.heads();
+            for (role, h, values) in &pass.logits {
+                let labels = heads[*h].labels();
+                for (i, signals) in out.iter_mut().enumerate() {
+                    match (role, values) {
+                        (HeadRole::Pii, HostLogits::Tokens(rows)) => {
+                            signals.pii =
+                                crate::pii::bio_entities(&rows[i], labels, &batch[i].backbones[b]);
+                            signals.pii_latency = Some(pass.latency);
+                        }
+                        (HeadRole::Jailbreak, HostLogits::Sequences(rows)) => {
+                            let (probs, _) = self.fuse_signals(
+                                *role,
+                                labels,
+                                softmax(&rows[i]),
+                                batch[i],
+                                None,
+                                &active,
+                            );
+                            signals.jailbreak = ClassifierOutput::from_probabilities(
+                                labels.iter().cloned().zip(probs).collect(),
+                                pass.latency,
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn classify_routed(&self, batch: &[&EncodedText]) -> Result<Vec<Signals>, RouterError> {
         let mut out = vec![Signals::default(); batch.len()];
         if batch.is_empty() {
             return Ok(out);
@@ -915,6 +1043,44 @@ impl HostLogits {
             _ => HostLogits::Tokens(t.to_vec3()?),
         })
     }
+}
+
+/// Tokens of a guard window beyond the budget's `[CLS]`/`[SEP]` left free, for a window whose text
+/// tokenizes a little longer on its own than inside the whole text.
+const GUARD_WINDOW_SLACK: usize = 8;
+
+/// Tokens that neighbouring guard windows share.
+pub const GUARD_WINDOW_OVERLAP: usize = 16;
+
+/// The roles guard windows compute.
+fn is_guard(role: HeadRole) -> bool {
+    matches!(role, HeadRole::Jailbreak | HeadRole::Pii)
+}
+
+/// `text` tokenized for one backbone, head + tail cut to `budget` tokens.
+fn encode_for(tokenizer: &Tokenizer, text: &str, budget: usize) -> Result<Encoded, RouterError> {
+    let enc = tokenizer
+        .encode_char_offsets(text, true)
+        .map_err(|e| RouterError::Tokenizer(e.to_string()))?;
+    let keep = head_tail(enc.get_ids().len(), budget);
+    let words = enc.get_word_ids();
+    let cut = head_tail_cut(enc.get_ids().len(), budget);
+    // The first tail token's predecessor in the text is gone: it starts a word.
+    let tail_start = cut.map(|(_, in_text)| in_text);
+    Ok(Encoded {
+        ids: keep.clone().map(|i| enc.get_ids()[i]).collect(),
+        offsets: keep.clone().map(|i| enc.get_offsets()[i]).collect(),
+        special: keep
+            .clone()
+            .map(|i| enc.get_special_tokens_mask()[i] == 1)
+            .collect(),
+        word_start: keep
+            .map(|i| {
+                i == 0 || Some(i) == tail_start || words[i].is_none() || words[i] != words[i - 1]
+            })
+            .collect(),
+        cut: cut.map(|(kept, _)| kept),
+    })
 }
 
 /// Indices kept from a sequence of `len` tokens within `budget`: all of them, or the first 3/4 and the

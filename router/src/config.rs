@@ -1075,6 +1075,15 @@ impl RouterConfig {
             .and_then(|f| self.reasoning_families.get(f))
     }
 
+    /// Whether the jailbreak or the PII policy is on anywhere (globally, or on some route).
+    pub fn guards_enabled(&self) -> bool {
+        self.jailbreak.enabled
+            || self.pii.enabled
+            || std::iter::once(&self.default_route)
+                .chain(self.categories.iter().map(|c| &c.route))
+                .any(|r| r.jailbreak_enabled == Some(true) || r.pii_enabled == Some(true))
+    }
+
     /// Every model a route can send a request to (targets and PII alternatives), so that the server can
     /// check at start-up that it serves them all.
     pub fn referenced_models(&self) -> BTreeSet<String> {

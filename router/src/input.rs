@@ -2,8 +2,10 @@
 //!
 //! The router classifies the last user turns (newest last, joined by a blank line, at most
 //! [`MAX_USER_TURNS`] of them and about [`MAX_INPUT_CHARS`] characters; the newest turn is always kept
-//! whole here, the tokenizer cuts it down to head + tail). [`RouteInput`] remembers where each turn sits
-//! in that text, so PII spans found in it can be masked in the original messages.
+//! whole here, the tokenizer cuts it down to head + tail). The jailbreak and PII signals also read
+//! what that leaves out, in guard windows ([`RouteInput::push_window`]) appended to the text after
+//! the routed part. [`RouteInput`] remembers where each turn and window sits in the text, so PII
+//! spans found in it can be masked in the original messages.
 
 use serde::Serialize;
 use switchyard_models::text::ChatMessage;
@@ -19,24 +21,30 @@ pub const MAX_INPUT_CHARS: usize = 4000;
 /// Joins turns in the classified text.
 const TURN_SEPARATOR: &str = "\n\n";
 
-/// Where one user message sits in the classified text.
+/// Where (part of) one user message sits in the classified text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Segment {
     /// Index of the message in the request.
     pub message: usize,
-    /// First character of the message in the classified text.
+    /// First character of the segment in the classified text.
     pub start: usize,
     /// Its length in characters.
     pub len: usize,
+    /// The character of the message it starts at (0 unless it is a guard window inside a message).
+    pub from: usize,
 }
 
 /// The text the classifiers see, and where it came from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteInput {
-    /// The classified text.
+    /// The classified text: the routed part (the last user turns), then any guard windows.
     pub text: String,
-    /// Its user messages, in text order.
+    /// Its user messages (and windows of them), in text order.
     pub segments: Vec<Segment>,
+    /// Bytes of `text` that are the routed part.
+    routed_len: usize,
+    /// Segments of the routed part.
+    routed_segments: usize,
 }
 
 impl RouteInput {
@@ -72,17 +80,47 @@ impl RouteInput {
                 message: i,
                 start: pos,
                 len,
+                from: 0,
             });
             pos += len;
         }
+        input.routed_len = input.text.len();
+        input.routed_segments = input.segments.len();
         input
+    }
+
+    /// The routed part: the last user turns, which every signal reads.
+    pub fn routed_text(&self) -> &str {
+        &self.text[..self.routed_len]
+    }
+
+    /// Appends a guard window: `text`, the characters of message `message` from its character
+    /// `from` on, after a blank line. Returns where it starts in [`RouteInput::text`], in characters.
+    pub fn push_window(&mut self, message: usize, from: usize, text: &str) -> usize {
+        if !self.text.is_empty() {
+            self.text.push_str(TURN_SEPARATOR);
+        }
+        let start = self.text.chars().count();
+        self.text.push_str(text);
+        self.segments.push(Segment {
+            message,
+            start,
+            len: text.chars().count(),
+            from,
+        });
+        start
+    }
+
+    /// Guard windows appended after the routed part.
+    pub fn windows(&self) -> &[Segment] {
+        &self.segments[self.routed_segments..]
     }
 
     /// The newest user message (the last segment), whole: the text keyword rules read. The whole
     /// text when there are no segments.
     pub fn newest_turn(&self) -> &str {
-        let Some(seg) = self.segments.last() else {
-            return &self.text;
+        let Some(seg) = self.segments[..self.routed_segments].last() else {
+            return self.routed_text();
         };
         let byte_at = |chars: usize| {
             self.text
@@ -108,38 +146,59 @@ impl RouteInput {
                 message: 0,
                 start: 0,
                 len: text.chars().count(),
+                from: 0,
             }],
+            routed_len: text.len(),
+            routed_segments: 1,
         }
     }
 
+    /// Where an entity found in [`RouteInput::text`] sits in the request: (message, first and
+    /// one-past-last character of the message) for each segment it overlaps, clipped to it.
+    pub fn message_spans(&self, entity: &PiiEntity) -> Vec<(usize, usize, usize)> {
+        self.segments
+            .iter()
+            .filter_map(|seg| {
+                let start = entity.start.max(seg.start);
+                let end = entity.end.min(seg.start + seg.len);
+                (start < end).then(|| {
+                    (
+                        seg.message,
+                        start - seg.start + seg.from,
+                        end - seg.start + seg.from,
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// Replaces each entity's span in the messages it came from with `[ENTITY_TYPE]`. Spans are clipped
-    /// to their message; overlapping spans are merged into the first.
+    /// to their message; overlapping spans (the same entity seen in the routed text and in a guard
+    /// window, say) are merged into the first.
     pub fn mask(&self, messages: &mut [ChatMessage], entities: &[PiiEntity]) {
-        for seg in &self.segments {
-            let Some(message) = messages.get_mut(seg.message) else {
+        let mut by_message: std::collections::BTreeMap<usize, Vec<(usize, usize, String)>> =
+            Default::default();
+        for e in entities {
+            for (message, start, end) in self.message_spans(e) {
+                by_message.entry(message).or_default().push((
+                    start,
+                    end,
+                    normalize_entity_type(&e.entity_type),
+                ));
+            }
+        }
+        for (index, mut spans) in by_message {
+            let Some(message) = messages.get_mut(index) else {
                 continue;
             };
-            // Spans in message-local characters, sorted; one overlapping the last masked span
-            // extends it.
-            let mut spans: Vec<(usize, usize, String)> = entities
-                .iter()
-                .filter_map(|e| {
-                    let start = e.start.max(seg.start);
-                    let end = e.end.min(seg.start + seg.len);
-                    (start < end).then(|| {
-                        (
-                            start - seg.start,
-                            end - seg.start,
-                            normalize_entity_type(&e.entity_type),
-                        )
-                    })
-                })
-                .collect();
+            // Sorted; one overlapping the last masked span extends it.
             spans.sort();
             let mut masked = String::with_capacity(message.content.len());
             let mut next = 0; // first character not yet copied
             let chars: Vec<char> = message.content.chars().collect();
             for (start, end, ty) in spans {
+                // A request edited since it was routed cannot make a span reach past its message.
+                let (start, end) = (start.min(chars.len()), end.min(chars.len()));
                 if start < next {
                     next = next.max(end);
                     continue;
@@ -223,17 +282,20 @@ mod tests {
                 Segment {
                     message: 3,
                     start: 0,
-                    len: 3
+                    len: 3,
+                    from: 0
                 },
                 Segment {
                     message: 4,
                     start: 5,
-                    len: 5
+                    len: 5,
+                    from: 0
                 },
                 Segment {
                     message: 5,
                     start: 12,
-                    len: 4
+                    len: 4,
+                    from: 0
                 },
             ]
         );
@@ -241,6 +303,40 @@ mod tests {
             .text
             .is_empty());
         assert_eq!(input.newest_turn(), "four");
+    }
+
+    #[test]
+    fn windows_map_entities_back_into_their_message_and_mask_each_span_once() {
+        let mut messages = vec![
+            msg("user", "Older note: mail bob@x.io today."),
+            msg("user", "Now: call 555 0100, thanks."),
+        ];
+        let mut input = RouteInput::from_messages(&messages[1..2]);
+        // As if routing read only the newest turn (index 1 of the request).
+        input.segments[0].message = 1;
+        let start = input.push_window(0, 12, "mail bob@x.io today.");
+        assert_eq!(input.routed_text(), "Now: call 555 0100, thanks.");
+        assert_eq!(input.windows().len(), 1);
+        assert_eq!(input.newest_turn(), "Now: call 555 0100, thanks.");
+        let at = |ty: &str, from: usize, to: usize| PiiEntity {
+            entity_type: ty.into(),
+            start: from,
+            end: to,
+            score: 1.0,
+        };
+        // The address in the window, twice (as two overlapping windows report it), and the
+        // phone number in the routed text.
+        let email = at("EMAIL_ADDRESS", start + 5, start + 13);
+        assert_eq!(input.message_spans(&email), vec![(0, 17, 25)]);
+        input.mask(
+            &mut messages,
+            &[email.clone(), email, at("PHONE_NUMBER", 10, 18)],
+        );
+        assert_eq!(
+            messages[0].content,
+            "Older note: mail [EMAIL_ADDRESS] today."
+        );
+        assert_eq!(messages[1].content, "Now: call [PHONE_NUMBER], thanks.");
     }
 
     #[test]

@@ -37,6 +37,8 @@ use switchyard_models::executor::{DeviceExecutor, ThreadExecutor};
 use switchyard_models::text::ChatMessage;
 use switchyard_models::ModelError;
 
+use config::normalize_entity_type;
+
 pub use batcher::{BatchStats, BatchingOptions};
 pub use classifier::{HeadRole, RouterModel};
 pub use config::{ConfigError, RouterConfig};
@@ -251,22 +253,22 @@ impl Router {
     pub fn route(&self, messages: &[ChatMessage]) -> Result<Decision, RouterError> {
         let start = Instant::now();
         let (input, pending) = self.start_route(messages)?;
-        let signals = match pending {
-            Some(rx) => rx.recv().map_err(|_| RouterError::Stopped)??,
-            None => Signals::default(),
-        };
-        Ok(self.finish_route(input, &signals, start))
+        let mut signals = Vec::with_capacity(pending.len());
+        for rx in pending {
+            signals.push(rx.recv().map_err(|_| RouterError::Stopped)??);
+        }
+        Ok(self.finish_route(input, signals, start))
     }
 
     /// Routes a chat request without blocking the async runtime.
     pub async fn route_async(&self, messages: &[ChatMessage]) -> Result<Decision, RouterError> {
         let start = Instant::now();
         let (input, pending) = self.start_route(messages)?;
-        let signals = match pending {
-            Some(rx) => rx.recv_async().await.map_err(|_| RouterError::Stopped)??,
-            None => Signals::default(),
-        };
-        Ok(self.finish_route(input, &signals, start))
+        let mut signals = Vec::with_capacity(pending.len());
+        for rx in pending {
+            signals.push(rx.recv_async().await.map_err(|_| RouterError::Stopped)??);
+        }
+        Ok(self.finish_route(input, signals, start))
     }
 
     /// Routes a plain text as one user message.
@@ -274,6 +276,10 @@ impl Router {
         self.route(&[ChatMessage::new("user", text)])
     }
 
+    /// Submits the routed text and, where the jailbreak or PII policy may act, guard windows over
+    /// the user text the routed text leaves out (older turns, the middle of a long one): a request
+    /// cannot slip an attack or an e-mail address past the guards by padding. Returns the input and
+    /// one pending reply per text, the routed text's first (none for a request without user text).
     #[allow(clippy::type_complexity)]
     fn start_route(
         &self,
@@ -281,27 +287,87 @@ impl Router {
     ) -> Result<
         (
             RouteInput,
-            Option<flume::Receiver<Result<Signals, RouterError>>>,
+            Vec<flume::Receiver<Result<Signals, RouterError>>>,
         ),
         RouterError,
     > {
-        let input = RouteInput::from_messages(messages);
+        let mut input = RouteInput::from_messages(messages);
         if input.text.trim().is_empty() {
-            return Ok((input, None));
+            return Ok((input, Vec::new()));
         }
         let arrival = self.batcher.arrival();
-        let encoded = self.model.encode(&input.text)?;
-        let rx = self.batcher.submit(encoded, arrival)?;
-        Ok((input, Some(rx)))
+        let encoded = self.model.encode(input.routed_text())?;
+        let cut = encoded.backbones.iter().any(|e| e.cut.is_some());
+        let mut pending = vec![self.batcher.submit(encoded, arrival)?];
+        if !(self.model.has_guards() && self.config.guards_enabled()) {
+            return Ok((input, pending));
+        }
+        let routed: Vec<usize> = input.segments.iter().map(|s| s.message).collect();
+        for (i, message) in messages.iter().enumerate() {
+            let whole = routed.contains(&i) && !cut;
+            if message.role != "user" || whole || message.content.trim().is_empty() {
+                continue;
+            }
+            for range in self.model.guard_windows(&message.content)? {
+                let text: String = message
+                    .content
+                    .chars()
+                    .skip(range.start)
+                    .take(range.len())
+                    .collect();
+                let arrival = self.batcher.arrival();
+                let encoded = self.model.encode_guard(&text)?;
+                input.push_window(i, range.start, &text);
+                pending.push(self.batcher.submit(encoded, arrival)?);
+            }
+        }
+        Ok((input, pending))
     }
 
-    fn finish_route(&self, input: RouteInput, signals: &Signals, start: Instant) -> Decision {
+    /// Decides from the routed text's signals with the guard windows' jailbreak and PII signals
+    /// merged in: the most alarming jailbreak reading, every PII entity (placed in the input's
+    /// text, each span once).
+    fn finish_route(&self, input: RouteInput, signals: Vec<Signals>, start: Instant) -> Decision {
         let empty = input.text.trim().is_empty();
-        let mut decision = decide_input(&self.config, input, signals);
+        let mut signals = signals.into_iter();
+        let mut merged = signals.next().unwrap_or_default();
+        let windows = input.windows().len();
+        for (window, w) in input.windows().iter().zip(signals) {
+            if let Some(j) = w.jailbreak {
+                let fires = |o: &ClassifierOutput| !self.config.jailbreak.is_benign(&o.label);
+                let worse = match &merged.jailbreak {
+                    None => true,
+                    Some(now) => fires(&j) && (!fires(now) || j.score > now.score),
+                };
+                if worse {
+                    merged.jailbreak = Some(j);
+                }
+            }
+            for mut e in w.pii {
+                e.start += window.start;
+                e.end += window.start;
+                let place = |e: &PiiEntity| {
+                    (
+                        input.message_spans(e),
+                        normalize_entity_type(&e.entity_type),
+                    )
+                };
+                let seen = merged.pii.iter().any(|m| place(m) == place(&e));
+                if !seen {
+                    merged.pii.push(e);
+                }
+            }
+        }
+        let mut decision = decide_input(&self.config, input, &merged);
         if empty {
             decision
                 .reasons
                 .insert(0, "no user text to classify".to_string());
+        }
+        if windows > 0 {
+            decision.reasons.push(format!(
+                "guards: jailbreak and PII also read {windows} window(s) of user text that routing leaves out"
+            ));
         }
         decision.route_time = start.elapsed();
         decision
