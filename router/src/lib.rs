@@ -358,6 +358,7 @@ impl Router {
                 }
             }
         }
+        pii::complete_spans(&mut merged.pii, &input.text);
         let mut decision = decide_input(&self.config, input, &merged);
         if empty {
             decision

@@ -13,6 +13,9 @@
 //!    character between (the head sometimes restarts inside a hyphenated name). Anything else closes it.
 //! 4. An entity runs from its first word's start to its last word's end, in characters; its score
 //!    is the mean type score of its words.
+//! 5. With the text at hand ([`complete_spans`], which [`crate::Router`] applies), an entity of a
+//!    type that never holds whitespace (e-mail address, URL, domain name, IP address) is its whole
+//!    whitespace-free run, its fragments one entity.
 
 use crate::classifier::{softmax, Encoded};
 use crate::signals::PiiEntity;
@@ -165,9 +168,99 @@ pub fn bio_entities(logits: &[Vec<f32>], labels: &[String], encoded: &Encoded) -
     out
 }
 
+/// Entity types whose text never holds whitespace: an e-mail address, a URL, a domain name, an IP
+/// address is one whitespace-free run of the text.
+fn is_unbroken(entity_type: &str) -> bool {
+    matches!(
+        crate::config::normalize_entity_type(entity_type).as_str(),
+        "EMAIL_ADDRESS" | "EMAIL" | "URL" | "DOMAIN_NAME" | "IP_ADDRESS"
+    )
+}
+
+/// Characters trimmed from the ends of a run taken as an unbroken entity (brackets, quotes, and the
+/// punctuation a sentence puts after it).
+const RUN_TRIM: &[char] = &[
+    '(', ')', '[', ']', '{', '}', '<', '>', '"', '\'', ',', ';', ':', '!', '?', '.',
+];
+
+/// Completes the spans of the unbroken types (see [`is_unbroken`]) to their whole run of `text`
+/// (ends trimmed of [`RUN_TRIM`]), and keeps one entity per span. The word-piece tokenizer splits
+/// `john.doe@example.com` into seven words and the head may tag some of them `O`, which leaves
+/// fragments (`john.`, `@`, `.com`) that mask nothing useful; the whole run is the address.
+pub fn complete_spans(entities: &mut Vec<PiiEntity>, text: &str) {
+    let chars: Vec<char> = text.chars().collect();
+    for e in entities.iter_mut().filter(|e| is_unbroken(&e.entity_type)) {
+        let (mut start, mut end) = (e.start.min(chars.len()), e.end.min(chars.len()));
+        while start > 0 && !chars[start - 1].is_whitespace() {
+            start -= 1;
+        }
+        while end < chars.len() && !chars[end].is_whitespace() {
+            end += 1;
+        }
+        while start < end && RUN_TRIM.contains(&chars[start]) {
+            start += 1;
+        }
+        while end > start && RUN_TRIM.contains(&chars[end - 1]) {
+            end -= 1;
+        }
+        // Never shrink what the head found (it may have tagged the trimmed punctuation).
+        e.start = start.min(e.start);
+        e.end = end.max(e.end);
+    }
+    // Fragments of one run are now the same span: keep the most confident of each.
+    let mut kept: Vec<PiiEntity> = Vec::with_capacity(entities.len());
+    for e in entities.drain(..) {
+        let same = |k: &PiiEntity| {
+            k.start == e.start
+                && k.end == e.end
+                && crate::config::normalize_entity_type(&k.entity_type)
+                    == crate::config::normalize_entity_type(&e.entity_type)
+        };
+        match kept.iter_mut().find(|k| same(k)) {
+            Some(k) => k.score = k.score.max(e.score),
+            None => kept.push(e),
+        }
+    }
+    *entities = kept;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fragments_of_an_address_become_the_whole_address() {
+        let text = "Write to john.doe@example.com, or see (https://x.org/a).";
+        let at = |ty: &str, s: &str, score: f32| {
+            let start = text.find(s).unwrap();
+            PiiEntity {
+                entity_type: ty.into(),
+                start,
+                end: start + s.len(),
+                score,
+            }
+        };
+        let mut found = vec![
+            at("EMAIL_ADDRESS", "john.", 0.9),
+            at("EMAIL_ADDRESS", "@", 1.0),
+            at("EMAIL_ADDRESS", ".com", 0.8),
+            at("URL", "x.org", 0.7),
+            at("PERSON", "Write", 0.6),
+        ];
+        complete_spans(&mut found, text);
+        let spans: Vec<(&str, &str, f32)> = found
+            .iter()
+            .map(|e| (e.entity_type.as_str(), &text[e.start..e.end], e.score))
+            .collect();
+        assert_eq!(
+            spans,
+            vec![
+                ("EMAIL_ADDRESS", "john.doe@example.com", 1.0),
+                ("URL", "https://x.org/a", 0.7),
+                ("PERSON", "Write", 0.6),
+            ]
+        );
+    }
 
     fn labels(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
