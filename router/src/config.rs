@@ -124,8 +124,9 @@ pub enum SystemPromptMode {
     Insert,
 }
 
-/// How a model family switches thinking on (vLLM SR `reasoning_families.<name>`). Passed through to the
-/// decision so the engine can render the chat template accordingly.
+/// How a model family switches thinking on (vLLM SR `reasoning_families.<name>`): what a router-only
+/// proxy (`serve --upstream`) writes into the request it forwards for a model of the family. In
+/// process the engine switches thinking its own way, per model family.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReasoningFamily {

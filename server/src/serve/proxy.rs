@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 use axum::Json;
 use serde_json::{json, Value};
 use switchyard_models::text::ChatMessage;
+use switchyard_router::config::{ReasoningFamily, ReasoningFamilyKind};
 use switchyard_router::input::{apply_system_prompt, SystemTurn};
 use switchyard_router::{Action, Decision, Reasoning};
 
@@ -338,15 +339,8 @@ async fn forward_chat(
                 );
             counted.reasoning = if off { "off" } else { "on" };
         } else {
-            match decision.reasoning {
-                Reasoning::Fast => {
-                    request["chat_template_kwargs"] = json!({"enable_thinking": false});
-                }
-                Reasoning::Thinking { effort, .. } => {
-                    request["reasoning_effort"] =
-                        json!(effort.map_or_else(|| "medium".to_string(), |e| e.to_string()));
-                }
-            }
+            let family = router.config().reasoning_family_for(&decision.model);
+            set_thinking_switch(&mut request, decision.reasoning, family);
         }
     }
     send(
@@ -362,6 +356,42 @@ async fn forward_chat(
         },
     )
     .await
+}
+
+/// Writes the route's thinking decision into a forwarded chat request the way the target model's
+/// reasoning family switches it (`model_config.<model>.reasoning_family`, as the vLLM Semantic
+/// Router does): a chat-template variable (`{"thinking": true}` for DeepSeek,
+/// `{"enable_thinking": false}` for Qwen3), or a `reasoning_effort`-style parameter (gpt-oss, whose
+/// thinking cannot be turned off: fast is `low`). A model with no family gets what a Switchyard
+/// upstream reads: `enable_thinking: false` for fast, `reasoning_effort` (the route's effort) for
+/// thinking. The client's other template variables stay.
+fn set_thinking_switch(
+    request: &mut Value,
+    reasoning: Reasoning,
+    family: Option<&ReasoningFamily>,
+) {
+    let thinking = reasoning.is_thinking();
+    let effort = match reasoning {
+        Reasoning::Thinking {
+            effort: Some(e), ..
+        } => e.to_string(),
+        _ if thinking => "medium".to_string(),
+        _ => "low".to_string(),
+    };
+    match family {
+        Some(ReasoningFamily {
+            kind: ReasoningFamilyKind::ChatTemplateKwargs,
+            parameter,
+        }) => {
+            request["chat_template_kwargs"][parameter.as_str()] = json!(thinking);
+        }
+        Some(ReasoningFamily {
+            kind: ReasoningFamilyKind::ReasoningEffort,
+            parameter,
+        }) => request[parameter.as_str()] = json!(effort),
+        None if thinking => request["reasoning_effort"] = json!(effort),
+        None => request["chat_template_kwargs"]["enable_thinking"] = json!(false),
+    }
 }
 
 /// One text completion: routed when it names the auto model (one text prompt, masked as the route
@@ -703,6 +733,51 @@ fn server_timing(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_thinking_switch_follows_the_models_reasoning_family() {
+        let family = |kind, parameter: &str| ReasoningFamily {
+            kind,
+            parameter: parameter.into(),
+        };
+        let deepseek = family(ReasoningFamilyKind::ChatTemplateKwargs, "thinking");
+        let gpt_oss = family(ReasoningFamilyKind::ReasoningEffort, "reasoning_effort");
+        let high = Reasoning::Thinking {
+            budget: 512,
+            effort: Some(switchyard_router::config::ReasoningEffort::High),
+        };
+        let switched = |reasoning, family: Option<&ReasoningFamily>| {
+            let mut request = json!({"model": "m", "chat_template_kwargs": {"custom": 1}});
+            set_thinking_switch(&mut request, reasoning, family);
+            request.as_object_mut().unwrap().remove("model");
+            request
+        };
+        assert_eq!(
+            switched(high, Some(&deepseek)),
+            json!({"chat_template_kwargs": {"custom": 1, "thinking": true}})
+        );
+        assert_eq!(
+            switched(Reasoning::Fast, Some(&deepseek)),
+            json!({"chat_template_kwargs": {"custom": 1, "thinking": false}})
+        );
+        assert_eq!(
+            switched(high, Some(&gpt_oss)),
+            json!({"chat_template_kwargs": {"custom": 1}, "reasoning_effort": "high"})
+        );
+        assert_eq!(
+            switched(Reasoning::Fast, Some(&gpt_oss)),
+            json!({"chat_template_kwargs": {"custom": 1}, "reasoning_effort": "low"})
+        );
+        // No family: what a Switchyard upstream reads.
+        assert_eq!(
+            switched(high, None),
+            json!({"chat_template_kwargs": {"custom": 1}, "reasoning_effort": "high"})
+        );
+        assert_eq!(
+            switched(Reasoning::Fast, None),
+            json!({"chat_template_kwargs": {"custom": 1, "enable_thinking": false}})
+        );
+    }
 
     /// What `relayed` passes on of an event stream that arrives in `chunks` and then ends.
     async fn relay_events(chunks: Vec<Vec<u8>>) -> String {
