@@ -398,7 +398,8 @@ pub struct ReasoningClassifierSpec {
     pub positive_label: Option<String>,
     /// `override` (default: a confident prediction switches thinking on or off) or `upgrade` (only on).
     pub mode: Option<ReasoningClassifierMode>,
-    /// The routes (category names, or `default`) on which the classifier has a say; absent: every route.
+    /// The routes (category names, or `default`) on which the classifier has a say; absent: every route
+    /// (and without the whole section: the default route only).
     /// `[default, other]` lets categories whose `use_reasoning` is deliberate keep it, and the classifier
     /// decide only for requests no specific category claims.
     pub routes: Option<Vec<String>>,
@@ -1587,6 +1588,10 @@ fn resolve(f: ConfigFile, errs: &mut Errors) -> RouterConfig {
         );
     }
 
+    // Without the section, the head decides only where no category claims the request: a
+    // category's `use_reasoning` stays final, as in the vLLM Semantic Router (which has no such
+    // head), and on every route the head would make routed = always-think (see default.yaml).
+    let section = f.reasoning_classifier.is_some();
     let rc = f.reasoning_classifier.clone().unwrap_or_default();
     let reasoning_classifier = ReasoningClassifierRule {
         enabled: rc.enabled.unwrap_or(true),
@@ -1604,6 +1609,14 @@ fn resolve(f: ConfigFile, errs: &mut Errors) -> RouterConfig {
                 })
                 .collect()
         }),
+    };
+    let reasoning_classifier = ReasoningClassifierRule {
+        routes: if section {
+            reasoning_classifier.routes
+        } else {
+            Some(vec![RouteRef::Default])
+        },
+        ..reasoning_classifier
     };
     errs.unit(
         "reasoning_classifier.threshold",
@@ -2239,9 +2252,21 @@ categories:
         let c = RouterConfig::from_yaml_str(yaml).unwrap();
         assert!(c.reasoning_classifier.applies_to(RouteRef::Default));
         assert!(c.reasoning_classifier.applies_to(RouteRef::Category(0)));
-        let all = RouterConfig::from_yaml_str("default_route: {model: small}\n").unwrap();
+        let all = RouterConfig::from_yaml_str(
+            "default_route: {model: small}\nreasoning_classifier: {threshold: 0.9}\n",
+        )
+        .unwrap();
         assert_eq!(all.reasoning_classifier.routes, None);
-        assert!(all.reasoning_classifier.applies_to(RouteRef::Default));
+        assert!(all.reasoning_classifier.applies_to(RouteRef::Category(3)));
+        // Without the section the head has a say only where no category claims the request.
+        let absent = RouterConfig::from_yaml_str(
+            "default_route: {model: small}\ncategories:\n  - {name: math, model: small}\n",
+        )
+        .unwrap();
+        assert!(absent.reasoning_classifier.applies_to(RouteRef::Default));
+        assert!(!absent
+            .reasoning_classifier
+            .applies_to(RouteRef::Category(0)));
         assert_error(
             "default_route: {model: small}\nreasoning_classifier: {routes: [mathz]}\n",
             "reasoning_classifier.routes[0]",
