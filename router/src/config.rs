@@ -8,7 +8,7 @@
 //!   `keyword_rules`, ...) where they mean the same thing. Unknown fields are rejected with their path.
 //! * [`RouterConfig`] is what [`crate::decision::decide`] reads: the file resolved (classic fields mapped
 //!   onto native ones, defaults filled in, regexes compiled) and validated. Every validation error names
-//!   the field it is about, e.g. `categories[3].model_scores[0].score: must be in [0, 1], got 1.5`.
+//!   the field it is about, e.g. `categories[3].jailbreak_threshold: must be in [0, 1], got 1.5`.
 //!
 //! Load with [`RouterConfig::from_yaml_str`] or [`RouterConfig::from_path`]; the configuration the project
 //! ships is [`DEFAULT_CONFIG_YAML`] (`router/config/default.yaml`), loaded by [`RouterConfig::shipped_default`].
@@ -360,7 +360,7 @@ pub struct CategorySpec {
 pub struct ModelScoreSpec {
     /// Model name.
     pub model: String,
-    /// Preference for this model in this category, in [0, 1]; the highest wins.
+    /// Preference for this model in this category (non-negative); the highest wins.
     pub score: f64,
     /// Think when this model is chosen.
     pub use_reasoning: Option<bool>,
@@ -1450,10 +1450,11 @@ fn resolve(f: ConfigFile, errs: &mut Errors) -> RouterConfig {
                 for (j, s) in scores.iter().enumerate() {
                     let sp = format!("{p}.model_scores[{j}]");
                     check_model(errs, &format!("{sp}.model"), &s.model);
-                    if !(0.0..=1.0).contains(&s.score) {
+                    // Any non-negative preference, as the vLLM SR accepts (it has no upper bound).
+                    if !(s.score.is_finite() && s.score >= 0.0) {
                         errs.push(
                             format!("{sp}.score"),
-                            format!("must be in [0, 1], got {}", s.score),
+                            format!("must be a non-negative number, got {}", s.score),
                         );
                     }
                     if s.lora_name.is_some() {
@@ -2146,7 +2147,7 @@ categories:
     jailbreak_threshold: 1.2
     pii_threshold: 3
     model_scores:
-      - {model: small, score: 1.5, use_reasoning: true}
+      - {model: small, score: -0.5, use_reasoning: true}
 ";
         let errs = errors_of(yaml);
         for (path, needle) in [
@@ -2158,7 +2159,7 @@ categories:
             ("pii.threshold", "must be in [0, 1]"),
             (
                 "categories[3].model_scores[0].score",
-                "must be in [0, 1], got 1.5",
+                "must be a non-negative number, got -0.5",
             ),
             ("categories[3].jailbreak_threshold", "must be in [0, 1]"),
             ("categories[3].pii_threshold", "must be in [0, 1]"),

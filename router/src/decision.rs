@@ -601,7 +601,8 @@ fn top2_vote(config: &RouterConfig, probabilities: &[(String, f32)]) -> Option<f
         })
         .map(|p| p.1)
         .sum();
-    Some(yes / total)
+    // `+ 0.0`: an empty sum is -0.0 in Rust, which would print as "-0.000".
+    Some(yes / total + 0.0)
 }
 
 /// Whether an entity's text has the form its type requires, for the types that have one: an e-mail
