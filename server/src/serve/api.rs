@@ -172,6 +172,19 @@ fn unsupported_unless_default(field: &str, value: &Value) -> Option<&'static str
     })
 }
 
+/// A 400 naming the first field of [`DEFAULT_ONLY`] in `other` that asks for something.
+pub(super) fn refuse_unimplemented(other: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
+    for field in DEFAULT_ONLY {
+        if let Some(message) = other
+            .get(field)
+            .and_then(|v| unsupported_unless_default(field, v))
+        {
+            return Err(ApiError::invalid(field, message));
+        }
+    }
+    Ok(())
+}
+
 /// The fields [`unsupported_unless_default`] knows.
 const DEFAULT_ONLY: [&str; 4] = [
     "modalities",
@@ -365,15 +378,7 @@ impl ChatRequest {
                 }
             }
         }
-        for field in DEFAULT_ONLY {
-            if let Some(message) = self
-                .other
-                .get(field)
-                .and_then(|v| unsupported_unless_default(field, v))
-            {
-                return Err(ApiError::invalid(field, message));
-            }
-        }
+        refuse_unimplemented(&self.other)?;
         if let Some(k) = self.top_logprobs {
             if self.logprobs != Some(true) {
                 return Err(ApiError::invalid(

@@ -22,7 +22,7 @@ use switchyard_engine::{
 use switchyard_models::text::ChatMessage;
 use switchyard_router::Decision;
 
-use super::api::{SamplingFields, Stop, StreamOptions, Usage};
+use super::api::{refuse_unimplemented, SamplingFields, Stop, StreamOptions, Usage};
 use super::error::ApiError;
 use super::generation::{
     add_server_timing, answer, check_accepting, check_choices, collect_all, known_stream, refusal,
@@ -125,6 +125,10 @@ pub struct CompletionRequest {
     pub stop_token_ids: Option<Vec<u32>>,
     /// llama.cpp's extension: start from the cached prefix of the prompt (default true).
     pub cache_prompt: Option<bool>,
+    /// Other fields: accepted, except the ones this server would silently ignore (see
+    /// [`refuse_unimplemented`]).
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, Value>,
 }
 
 impl CompletionRequest {
@@ -159,6 +163,7 @@ impl CompletionRequest {
             return Err(ApiError::invalid("n", "`n` must be at least 1"));
         }
         StreamOptions::check(self.stream_options.as_ref(), self.stream)?;
+        refuse_unimplemented(&self.other)?;
         if self.best_of.is_some_and(|b| b != n) {
             return Err(ApiError::invalid(
                 "best_of",
@@ -758,6 +763,7 @@ mod tests {
                 json!({"stream_options": {"include_usage": true}}),
                 "stream_options",
             ),
+            (json!({"min_tokens": 2}), "min_tokens"),
         ] {
             let mut body = json!({"model": "m", "prompt": "hi"});
             for (k, v) in extra.as_object().unwrap() {
