@@ -467,20 +467,29 @@ impl RouterModel {
 
     /// Whether any backbone has a jailbreak or PII head: the signals that guard windows compute.
     pub fn has_guards(&self) -> bool {
+        self.guard_backbone().is_some()
+    }
+
+    /// The first backbone with a jailbreak or PII head (whose tokenizer sizes guard windows).
+    fn guard_backbone(&self) -> Option<usize> {
         self.backbones
             .iter()
-            .any(|b| b.roles.iter().any(|r| is_guard(r.1)))
+            .position(|b| b.roles.iter().any(|r| is_guard(r.1)))
+    }
+
+    /// The characters of a text encoded by [`RouterModel::encode`] that its guard backbone did not
+    /// read: the middle its head + tail cut left out (`None`: it read all of it).
+    pub fn unread(&self, encoded: &EncodedText) -> Option<std::ops::Range<usize>> {
+        let e = encoded.backbones.get(self.guard_backbone()?)?;
+        let cut = e.cut.filter(|&c| c > 0 && c < e.offsets.len())?;
+        Some(e.offsets[cut - 1].1..e.offsets[cut].0)
     }
 
     /// Character ranges of `text` that together cover all of it, each short enough for the guard
     /// backbones' token budget, neighbours overlapping by [`GUARD_WINDOW_OVERLAP`] tokens (so an
     /// entity or a phrase at one window's edge is whole in the next). One range when it fits.
     pub fn guard_windows(&self, text: &str) -> Result<Vec<std::ops::Range<usize>>, RouterError> {
-        let Some(backbone) = self
-            .backbones
-            .iter()
-            .find(|b| b.roles.iter().any(|r| is_guard(r.1)))
-        else {
+        let Some(backbone) = self.guard_backbone().map(|b| &self.backbones[b]) else {
             return Ok(Vec::new());
         };
         let enc = backbone

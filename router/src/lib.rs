@@ -54,6 +54,10 @@ pub const DEFAULT_MODEL_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models
 /// The repository root, against which the shipped configuration's paths are written.
 const REPOSITORY_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
+/// Characters a guard window reaches back into what the routed pass read, on each side of its cut
+/// (about 16 tokens of English), so that an entity or phrase across the cut is read whole.
+const GUARD_MARGIN_CHARS: usize = 64;
+
 /// Default token budget per classified text (the default router was trained on 128-token inputs).
 pub const DEFAULT_MAX_INPUT_TOKENS: usize = 128;
 
@@ -295,32 +299,52 @@ impl Router {
         if input.text.trim().is_empty() {
             return Ok((input, Vec::new()));
         }
+        // Every text is encoded before any is submitted, each counted as arriving meanwhile, so
+        // that the batcher takes the windows in one batch (one guard pass for all of them).
         let arrival = self.batcher.arrival();
         let encoded = self.model.encode(input.routed_text())?;
-        let cut = encoded.backbones.iter().any(|e| e.cut.is_some());
-        let mut pending = vec![self.batcher.submit(encoded, arrival)?];
-        if !(self.model.has_guards() && self.config.guards_enabled()) {
-            return Ok((input, pending));
-        }
-        let routed: Vec<usize> = input.segments.iter().map(|s| s.message).collect();
-        for (i, message) in messages.iter().enumerate() {
-            let whole = routed.contains(&i) && !cut;
-            if message.role != "user" || whole || message.content.trim().is_empty() {
-                continue;
-            }
-            for range in self.model.guard_windows(&message.content)? {
-                let text: String = message
+        let unread = self.model.unread(&encoded);
+        let mut jobs = vec![(encoded, arrival)];
+        if self.model.has_guards() && self.config.guards_enabled() {
+            for (i, message) in messages.iter().enumerate() {
+                if message.role != "user" || message.content.trim().is_empty() {
+                    continue;
+                }
+                let chars = message.content.chars().count();
+                // What of this message the routed pass did not read, in its own characters.
+                let gap = match input.segments.iter().find(|s| s.message == i) {
+                    None => 0..chars,
+                    Some(seg) => match &unread {
+                        None => continue,
+                        Some(u) => {
+                            let (a, b) = (u.start.max(seg.start), u.end.min(seg.start + seg.len));
+                            if a >= b {
+                                continue;
+                            }
+                            // Widened so that what straddles the cut is read whole.
+                            (a - seg.start).saturating_sub(GUARD_MARGIN_CHARS)
+                                ..(b - seg.start + GUARD_MARGIN_CHARS).min(chars)
+                        }
+                    },
+                };
+                let part: String = message
                     .content
                     .chars()
-                    .skip(range.start)
-                    .take(range.len())
+                    .skip(gap.start)
+                    .take(gap.len())
                     .collect();
-                let arrival = self.batcher.arrival();
-                let encoded = self.model.encode_guard(&text)?;
-                input.push_window(i, range.start, &text);
-                pending.push(self.batcher.submit(encoded, arrival)?);
+                for range in self.model.guard_windows(&part)? {
+                    let text: String = part.chars().skip(range.start).take(range.len()).collect();
+                    let arrival = self.batcher.arrival();
+                    jobs.push((self.model.encode_guard(&text)?, arrival));
+                    input.push_window(i, gap.start + range.start, &text);
+                }
             }
         }
+        let pending = jobs
+            .into_iter()
+            .map(|(encoded, arrival)| self.batcher.submit(encoded, arrival))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((input, pending))
     }
 

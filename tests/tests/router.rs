@@ -226,6 +226,11 @@ fn the_guards_read_the_user_text_that_routing_leaves_out() {
         "{:?}",
         d.reasons
     );
+    // Only what routing left unread (its middle, and a margin into what it read) is windowed.
+    let windows = d.input.windows();
+    assert!(windows[0].from > 0, "{windows:?}");
+    let last = windows.last().unwrap();
+    assert!(last.from + last.len < long.chars().count(), "{windows:?}");
     d.apply(&mut messages);
     let masked = &messages[0].content;
     assert!(!masked.contains("john.smith@example.com"), "{masked}");
