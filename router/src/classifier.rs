@@ -467,35 +467,49 @@ impl RouterModel {
 
     /// Whether any backbone has a jailbreak or PII head: the signals that guard windows compute.
     pub fn has_guards(&self) -> bool {
-        self.guard_backbone().is_some()
+        self.guard_backbones().next().is_some()
     }
 
-    /// The first backbone with a jailbreak or PII head (whose tokenizer sizes guard windows).
-    fn guard_backbone(&self) -> Option<usize> {
-        self.backbones
-            .iter()
-            .position(|b| b.roles.iter().any(|r| is_guard(r.1)))
-    }
-
-    /// The characters of a text encoded by [`RouterModel::encode`] that its guard backbone did not
-    /// read: the middle its head + tail cut left out (`None`: it read all of it).
+    /// The characters of a text encoded by [`RouterModel::encode`] that a guard backbone did not
+    /// read: the middle its head + tail cut left out, over every guard backbone (their tokenizers
+    /// may cut in different places; `None`: they read all of it).
     pub fn unread(&self, encoded: &EncodedText) -> Option<std::ops::Range<usize>> {
-        let e = encoded.backbones.get(self.guard_backbone()?)?;
-        let cut = e.cut.filter(|&c| c > 0 && c < e.offsets.len())?;
-        Some(e.offsets[cut - 1].1..e.offsets[cut].0)
+        self.guard_backbones()
+            .filter_map(|b| {
+                let e = encoded.backbones.get(b)?;
+                let cut = e.cut.filter(|&c| c > 0 && c < e.offsets.len())?;
+                Some(e.offsets[cut - 1].1..e.offsets[cut].0)
+            })
+            .reduce(|a, b| a.start.min(b.start)..a.end.max(b.end))
+    }
+
+    /// The backbones with a jailbreak or PII head.
+    fn guard_backbones(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.backbones.len()).filter(|&b| self.backbones[b].roles.iter().any(|r| is_guard(r.1)))
     }
 
     /// Character ranges of `text` that together cover all of it, each short enough for the guard
     /// backbones' token budget, neighbours overlapping by [`GUARD_WINDOW_OVERLAP`] tokens (so an
     /// entity or a phrase at one window's edge is whole in the next). One range when it fits.
     pub fn guard_windows(&self, text: &str) -> Result<Vec<std::ops::Range<usize>>, RouterError> {
-        let Some(backbone) = self.guard_backbone().map(|b| &self.backbones[b]) else {
+        // Placed by the guard tokenizer that makes the most tokens of the text, so that a window
+        // fits every guard backbone's budget (within the slack, where tokenizers differ locally).
+        let mut enc = None;
+        for b in self.guard_backbones() {
+            let e = self.backbones[b]
+                .tokenizer
+                .encode_char_offsets(text, false)
+                .map_err(|e| RouterError::Tokenizer(e.to_string()))?;
+            if enc
+                .as_ref()
+                .is_none_or(|k: &tokenizers::Encoding| e.len() > k.len())
+            {
+                enc = Some(e);
+            }
+        }
+        let Some(enc) = enc else {
             return Ok(Vec::new());
         };
-        let enc = backbone
-            .tokenizer
-            .encode_char_offsets(text, false)
-            .map_err(|e| RouterError::Tokenizer(e.to_string()))?;
         let offsets = enc.get_offsets();
         let chars = text.chars().count();
         // Room for `[CLS]`/`[SEP]` and for a window tokenizing a little longer on its own.

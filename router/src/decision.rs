@@ -302,10 +302,13 @@ pub fn decide_input(config: &RouterConfig, input: RouteInput, signals: &Signals)
     let pii_enabled = route.pii_enabled.unwrap_or(config.pii.enabled);
     if pii_enabled && action == Action::Allow {
         let threshold = route.pii_threshold.unwrap_or(config.pii.threshold);
+        // The text's characters and capitalisation, read once for every entity.
+        let chars: Vec<char> = text.chars().collect();
+        let capitals = writes_capitals(text);
         let found: Vec<&PiiEntity> = signals
             .pii
             .iter()
-            .filter(|e| e.score >= threshold && has_its_form(e, text))
+            .filter(|e| e.score >= threshold && span_has_its_form(e, &chars, capitals))
             .collect();
         let blocked_types = |m: &str| -> Vec<String> {
             let policy = config.pii_policy_for(m);
@@ -615,11 +618,14 @@ fn top2_vote(config: &RouterConfig, probabilities: &[(String, f32)]) -> Option<f
 /// on synthetic sentences sometimes tags an ordinary word as one of these types ("nutcracker" as an
 /// e-mail address, "hope" in "Hi, hope you're well" as a person); masking it would corrupt the request.
 pub fn has_its_form(entity: &PiiEntity, text: &str) -> bool {
-    let span: String = text
-        .chars()
-        .skip(entity.start)
-        .take(entity.end.saturating_sub(entity.start))
-        .collect();
+    let chars: Vec<char> = text.chars().collect();
+    span_has_its_form(entity, &chars, writes_capitals(text))
+}
+
+/// [`has_its_form`] on a text's characters, with [`writes_capitals`] of it given.
+fn span_has_its_form(entity: &PiiEntity, text: &[char], capitals: bool) -> bool {
+    let (a, b) = (entity.start.min(text.len()), entity.end.min(text.len()));
+    let span: String = text[a..b.max(a)].iter().collect();
     let digits = span.chars().filter(char::is_ascii_digit).count();
     let alphanumerics = span.chars().filter(|c| c.is_alphanumeric()).count();
     match normalize_entity_type(&entity.entity_type).as_str() {
@@ -634,7 +640,7 @@ pub fn has_its_form(entity: &PiiEntity, text: &str) -> bool {
             digits > 0 && (span.matches('.').count() >= 3 || span.matches(':').count() >= 2)
         }
         "PERSON" | "PER" | "ORGANIZATION" | "ORG" | "LOCATION" | "LOC" | "GPE" => {
-            span.chars().any(char::is_uppercase) || !writes_capitals(text)
+            span.chars().any(char::is_uppercase) || !capitals
         }
         _ => true,
     }

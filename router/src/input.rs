@@ -45,6 +45,8 @@ pub struct RouteInput {
     routed_len: usize,
     /// Segments of the routed part.
     routed_segments: usize,
+    /// Characters in `text`.
+    chars: usize,
 }
 
 impl RouteInput {
@@ -86,6 +88,7 @@ impl RouteInput {
         }
         input.routed_len = input.text.len();
         input.routed_segments = input.segments.len();
+        input.chars = pos;
         input
     }
 
@@ -99,13 +102,16 @@ impl RouteInput {
     pub fn push_window(&mut self, message: usize, from: usize, text: &str) -> usize {
         if !self.text.is_empty() {
             self.text.push_str(TURN_SEPARATOR);
+            self.chars += TURN_SEPARATOR.chars().count();
         }
-        let start = self.text.chars().count();
+        let start = self.chars;
+        let len = text.chars().count();
         self.text.push_str(text);
+        self.chars += len;
         self.segments.push(Segment {
             message,
             start,
-            len: text.chars().count(),
+            len,
             from,
         });
         start
@@ -150,6 +156,7 @@ impl RouteInput {
             }],
             routed_len: text.len(),
             routed_segments: 1,
+            chars: text.chars().count(),
         }
     }
 

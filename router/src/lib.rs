@@ -85,6 +85,19 @@ pub enum RouterError {
     /// A thread could not be started.
     #[error("starting the router: {0}")]
     Io(#[from] std::io::Error),
+    /// The user text the guards would have to read exceeds [`RouterOptions::max_guard_windows`].
+    #[error(
+        "the user messages are too long for the router's guards: about {windows} windows of text \
+         to read, at most {limit} (about {tokens} tokens)"
+    )]
+    TooLong {
+        /// About how many windows the request would need.
+        windows: usize,
+        /// The limit.
+        limit: usize,
+        /// About how many tokens the limit reads.
+        tokens: usize,
+    },
 }
 
 /// How to build a [`Router`].
@@ -109,7 +122,15 @@ pub struct RouterOptions {
     /// Batches of up to this many texts run the embedding signal's encoder beside the backbone
     /// (see [`classifier::EMBED_ALONGSIDE_MAX_BATCH`], the default; 0: never).
     pub embed_alongside_max_batch: usize,
+    /// Most guard windows one request may need (each about 100 tokens of user text that routing
+    /// leaves unread, at the default budget); a request needing more is refused with
+    /// [`RouterError::TooLong`] before any is classified. A server sets it from the longest
+    /// context it serves; the default, [`DEFAULT_MAX_GUARD_WINDOWS`], reads about 100k tokens.
+    pub max_guard_windows: usize,
 }
+
+/// See [`RouterOptions::max_guard_windows`].
+pub const DEFAULT_MAX_GUARD_WINDOWS: usize = 1024;
 
 impl RouterOptions {
     /// CPU, f32, own executor, default batching; relative paths resolved against the current directory
@@ -125,6 +146,7 @@ impl RouterOptions {
             batching: BatchingOptions::default(),
             max_input_tokens: DEFAULT_MAX_INPUT_TOKENS,
             embed_alongside_max_batch: classifier::EMBED_ALONGSIDE_MAX_BATCH,
+            max_guard_windows: DEFAULT_MAX_GUARD_WINDOWS,
         }
     }
 
@@ -144,6 +166,7 @@ pub struct Router {
     config: RouterConfig,
     model: Arc<RouterModel>,
     batcher: Batcher,
+    max_guard_windows: usize,
 }
 
 impl Router {
@@ -159,6 +182,7 @@ impl Router {
             batching,
             max_input_tokens,
             embed_alongside_max_batch,
+            max_guard_windows,
         } = options;
         // The model, and the multi-head directory it came from (where an embedding head would be).
         let (model, dir) = match (&model_dir, &config.classifier) {
@@ -230,6 +254,7 @@ impl Router {
             config,
             model,
             batcher,
+            max_guard_windows,
         })
     }
 
@@ -259,7 +284,10 @@ impl Router {
         let (input, pending) = self.start_route(messages)?;
         let mut signals = Vec::with_capacity(pending.len());
         for rx in pending {
-            signals.push(rx.recv().map_err(|_| RouterError::Stopped)??);
+            signals.push(match rx {
+                Some(rx) => rx.recv().map_err(|_| RouterError::Stopped)??,
+                None => Signals::default(),
+            });
         }
         Ok(self.finish_route(input, signals, start))
     }
@@ -270,7 +298,10 @@ impl Router {
         let (input, pending) = self.start_route(messages)?;
         let mut signals = Vec::with_capacity(pending.len());
         for rx in pending {
-            signals.push(rx.recv_async().await.map_err(|_| RouterError::Stopped)??);
+            signals.push(match rx {
+                Some(rx) => rx.recv_async().await.map_err(|_| RouterError::Stopped)??,
+                None => Signals::default(),
+            });
         }
         Ok(self.finish_route(input, signals, start))
     }
@@ -283,7 +314,8 @@ impl Router {
     /// Submits the routed text and, where the jailbreak or PII policy may act, guard windows over
     /// the user text the routed text leaves out (older turns, the middle of a long one): a request
     /// cannot slip an attack or an e-mail address past the guards by padding. Returns the input and
-    /// one pending reply per text, the routed text's first (none for a request without user text).
+    /// one pending reply per text: the routed text's first (`None` when it is blank, so nothing
+    /// was routed), then one per window.
     #[allow(clippy::type_complexity)]
     fn start_route(
         &self,
@@ -291,61 +323,95 @@ impl Router {
     ) -> Result<
         (
             RouteInput,
-            Vec<flume::Receiver<Result<Signals, RouterError>>>,
+            Vec<Option<flume::Receiver<Result<Signals, RouterError>>>>,
         ),
         RouterError,
     > {
         let mut input = RouteInput::from_messages(messages);
-        if input.text.trim().is_empty() {
-            return Ok((input, Vec::new()));
-        }
         // Every text is encoded before any is submitted, each counted as arriving meanwhile, so
         // that the batcher takes the windows in one batch (one guard pass for all of them).
-        let arrival = self.batcher.arrival();
-        let encoded = self.model.encode(input.routed_text())?;
-        let unread = self.model.unread(&encoded);
-        let mut jobs = vec![(encoded, arrival)];
+        let mut routed = None;
+        let mut unread = None;
+        if !input.text.trim().is_empty() {
+            let arrival = self.batcher.arrival();
+            let encoded = self.model.encode(input.routed_text())?;
+            unread = self.model.unread(&encoded);
+            routed = Some((encoded, arrival));
+        }
+        let mut windows = Vec::new();
         if self.model.has_guards() && self.config.guards_enabled() {
+            // First where the windows go (refused at once past the limit), then their encodings.
+            let mut planned: Vec<(usize, usize, String)> = Vec::new();
             for (i, message) in messages.iter().enumerate() {
                 if message.role != "user" || message.content.trim().is_empty() {
                     continue;
                 }
                 let chars = message.content.chars().count();
                 // What of this message the routed pass did not read, in its own characters.
-                let gap = match input.segments.iter().find(|s| s.message == i) {
-                    None => 0..chars,
-                    Some(seg) => match &unread {
-                        None => continue,
-                        Some(u) => {
-                            let (a, b) = (u.start.max(seg.start), u.end.min(seg.start + seg.len));
-                            if a >= b {
-                                continue;
-                            }
-                            // Widened so that what straddles the cut is read whole.
-                            (a - seg.start).saturating_sub(GUARD_MARGIN_CHARS)
-                                ..(b - seg.start + GUARD_MARGIN_CHARS).min(chars)
+                let gap = match (input.segments.iter().find(|s| s.message == i), &unread) {
+                    (None, _) => 0..chars,
+                    // Read whole.
+                    (Some(_), None) if routed.is_some() => continue,
+                    // Nothing was routed (the routed turns are blank): read it here.
+                    (Some(_), None) => 0..chars,
+                    (Some(seg), Some(u)) => {
+                        let (a, b) = (u.start.max(seg.start), u.end.min(seg.start + seg.len));
+                        if a >= b {
+                            continue;
                         }
-                    },
+                        // Widened so that what straddles the cut is read whole.
+                        (a - seg.start).saturating_sub(GUARD_MARGIN_CHARS)
+                            ..(b - seg.start + GUARD_MARGIN_CHARS).min(chars)
+                    }
                 };
-                let part: String = message
-                    .content
-                    .chars()
-                    .skip(gap.start)
-                    .take(gap.len())
-                    .collect();
-                for range in self.model.guard_windows(&part)? {
-                    let text: String = part.chars().skip(range.start).take(range.len()).collect();
-                    let arrival = self.batcher.arrival();
-                    jobs.push((self.model.encode_guard(&text)?, arrival));
-                    input.push_window(i, gap.start + range.start, &text);
+                let part = CharIndex::new(&message.content).slice(gap.clone());
+                let part_chars = CharIndex::new(part);
+                for range in self.model.guard_windows(part)? {
+                    if planned.len() == self.max_guard_windows {
+                        return Err(self.too_long(messages));
+                    }
+                    let text = part_chars.slice(range.clone()).to_string();
+                    planned.push((i, gap.start + range.start, text));
                 }
             }
+            for (message, from, text) in planned {
+                let arrival = self.batcher.arrival();
+                windows.push((self.model.encode_guard(&text)?, arrival));
+                input.push_window(message, from, &text);
+            }
         }
-        let pending = jobs
-            .into_iter()
-            .map(|(encoded, arrival)| self.batcher.submit(encoded, arrival))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut pending = Vec::with_capacity(windows.len() + 1);
+        pending.push(match routed {
+            Some((encoded, arrival)) => Some(self.batcher.submit(encoded, arrival)?),
+            None => None,
+        });
+        for (encoded, arrival) in windows {
+            pending.push(Some(self.batcher.submit(encoded, arrival)?));
+        }
         Ok((input, pending))
+    }
+
+    /// The error for a request over [`RouterOptions::max_guard_windows`], with about how many
+    /// windows all its user text would take.
+    fn too_long(&self, messages: &[ChatMessage]) -> RouterError {
+        let per_window = self
+            .model
+            .max_tokens()
+            .saturating_sub(10 + classifier::GUARD_WINDOW_OVERLAP)
+            .max(1);
+        let chars: usize = messages
+            .iter()
+            .filter(|m| m.role == "user")
+            .map(|m| m.content.chars().count())
+            .sum();
+        RouterError::TooLong {
+            // About 4 characters a token (English).
+            windows: (chars / 4)
+                .div_ceil(per_window)
+                .max(self.max_guard_windows + 1),
+            limit: self.max_guard_windows,
+            tokens: self.max_guard_windows * per_window,
+        }
     }
 
     /// Decides from the routed text's signals with the guard windows' jailbreak and PII signals
@@ -370,19 +436,21 @@ impl Router {
             for mut e in w.pii {
                 e.start += window.start;
                 e.end += window.start;
-                let place = |e: &PiiEntity| {
-                    (
-                        input.message_spans(e),
-                        normalize_entity_type(&e.entity_type),
-                    )
-                };
-                let seen = merged.pii.iter().any(|m| place(m) == place(&e));
-                if !seen {
-                    merged.pii.push(e);
-                }
+                merged.pii.push(e);
             }
         }
         pii::complete_spans(&mut merged.pii, &input.text);
+        if windows > 0 {
+            // An entity read by the routed pass and by a window (or by two overlapping windows)
+            // once, where it sits in its message.
+            let mut seen = std::collections::HashSet::new();
+            merged.pii.retain(|e| {
+                seen.insert((
+                    input.message_spans(e),
+                    normalize_entity_type(&e.entity_type),
+                ))
+            });
+        }
         let mut decision = decide_input(&self.config, input, &merged);
         if empty {
             decision
@@ -396,6 +464,28 @@ impl Router {
         }
         decision.route_time = start.elapsed();
         decision
+    }
+}
+
+/// A text's character boundaries, found once, so that slicing it by characters costs no scan.
+struct CharIndex<'a> {
+    text: &'a str,
+    /// Byte offset of each character, then the text's length.
+    bytes: Vec<usize>,
+}
+
+impl<'a> CharIndex<'a> {
+    fn new(text: &'a str) -> Self {
+        let mut bytes: Vec<usize> = text.char_indices().map(|(b, _)| b).collect();
+        bytes.push(text.len());
+        CharIndex { text, bytes }
+    }
+
+    /// The characters in `range` (clamped to the text).
+    fn slice(&self, range: std::ops::Range<usize>) -> &'a str {
+        let last = self.bytes.len() - 1;
+        let (a, b) = (range.start.min(last), range.end.min(last));
+        &self.text[self.bytes[a]..self.bytes[b.max(a)]]
     }
 }
 

@@ -209,16 +209,19 @@ pub fn complete_spans(entities: &mut Vec<PiiEntity>, text: &str) {
     }
     // Fragments of one run are now the same span: keep the most confident of each.
     let mut kept: Vec<PiiEntity> = Vec::with_capacity(entities.len());
+    let mut at: std::collections::HashMap<(usize, usize, String), usize> = Default::default();
     for e in entities.drain(..) {
-        let same = |k: &PiiEntity| {
-            k.start == e.start
-                && k.end == e.end
-                && crate::config::normalize_entity_type(&k.entity_type)
-                    == crate::config::normalize_entity_type(&e.entity_type)
-        };
-        match kept.iter_mut().find(|k| same(k)) {
-            Some(k) => k.score = k.score.max(e.score),
-            None => kept.push(e),
+        let key = (
+            e.start,
+            e.end,
+            crate::config::normalize_entity_type(&e.entity_type),
+        );
+        match at.get(&key) {
+            Some(&k) => kept[k].score = kept[k].score.max(e.score),
+            None => {
+                at.insert(key, kept.len());
+                kept.push(e);
+            }
         }
     }
     *entities = kept;

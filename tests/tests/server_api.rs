@@ -819,3 +819,19 @@ async fn tool_conversations_are_accepted_and_bad_tools_are_refused_by_name() {
     completion(&base, &no_arguments).await;
     s.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_text_beyond_what_the_guards_read_is_a_400_before_routing() {
+    // The guards read all of a request's user text up to what the longest served context could
+    // hold (tiny-llama: 512 tokens); far more is the client's error, answered at once.
+    let (s, base) = server(args()).await;
+    let filler = "The Roman Republic expanded across the Mediterranean over several centuries. ";
+    let body = chat("auto", &filler.repeat(200), 4);
+    let e = error_of(post(&base, "/v1/chat/completions", &body).await, 400).await;
+    assert_eq!(e["param"], "messages", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("guards"), "{e}");
+    // The server goes on routing.
+    let v = completion(&base, &chat("auto", "What is 2 + 2?", 4)).await;
+    assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}

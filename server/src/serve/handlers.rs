@@ -329,10 +329,13 @@ pub(super) async fn route_messages(
     router: &switchyard_router::Router,
     messages: &[ChatMessage],
 ) -> Result<Decision, ApiError> {
-    let decision = router
-        .route_async(messages)
-        .await
-        .map_err(|e| ApiError::internal(format!("routing failed: {e}")))?;
+    let decision = router.route_async(messages).await.map_err(|e| match e {
+        // The client's to fix: a 400 naming the field, like a prompt over the context.
+        e @ switchyard_router::RouterError::TooLong { .. } => {
+            ApiError::invalid("messages", e.to_string())
+        }
+        e => ApiError::internal(format!("routing failed: {e}")),
+    })?;
     state
         .metrics
         .route_seconds

@@ -432,6 +432,20 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
         }
         options.device = device.clone();
         options.dtype = switchyard_models::device::encoder_dtype(&device);
+        // The guards read all of a request's unread user text, up to what the longest context
+        // served could hold (twice its tokens: the router's small vocabulary splits text finer);
+        // a longer request is a 400 before any window is classified, not seconds of router time.
+        if let Some(context) = models
+            .values()
+            .map(|m| m.decoder.config().max_position_embeddings)
+            .chain(args.max_prompt_tokens)
+            .max()
+        {
+            let per_window = switchyard_router::DEFAULT_MAX_INPUT_TOKENS
+                - 10
+                - switchyard_router::classifier::GUARD_WINDOW_OVERLAP;
+            options.max_guard_windows = (2 * context).div_ceil(per_window) + 8;
+        }
         let router = tokio::task::spawn_blocking(move || Router::load(options)).await??;
         let mut aliases = BTreeMap::new();
         for target in router.config().referenced_models() {

@@ -327,20 +327,13 @@ async fn forward_chat(
         }
         request["model"] = json!(decision.model);
         request["messages"] = routed_messages(&request["messages"], messages, &decision)?;
-        // The client's own switch wins, as on the in-process path.
-        let explicit = request["chat_template_kwargs"]["enable_thinking"].is_boolean()
-            || request["reasoning_effort"].is_string();
-        if explicit {
+        // The client's own switch wins, as on the in-process path: Switchyard's, or the one the
+        // target model's reasoning family names.
+        let family = router.config().reasoning_family_for(&decision.model);
+        match client_thinking_switch(&request, family) {
             // Counted as the switch the upstream gets (the in-process path counts it so too).
-            let off = request["chat_template_kwargs"]["enable_thinking"] == json!(false)
-                || matches!(
-                    request["reasoning_effort"].as_str(),
-                    Some("none" | "minimal")
-                );
-            counted.reasoning = if off { "off" } else { "on" };
-        } else {
-            let family = router.config().reasoning_family_for(&decision.model);
-            set_thinking_switch(&mut request, decision.reasoning, family);
+            Some(on) => counted.reasoning = if on { "on" } else { "off" },
+            None => set_thinking_switch(&mut request, decision.reasoning, family),
         }
     }
     send(
@@ -356,6 +349,27 @@ async fn forward_chat(
         },
     )
     .await
+}
+
+/// The thinking switch a client set itself, if any (`Some(on)`): Switchyard's
+/// (`chat_template_kwargs.enable_thinking`, `reasoning_effort`), or the one the target model's
+/// reasoning family names (DeepSeek's `chat_template_kwargs.thinking`, say).
+fn client_thinking_switch(request: &Value, family: Option<&ReasoningFamily>) -> Option<bool> {
+    let kwargs = &request["chat_template_kwargs"];
+    let family_switch = family.map(|f| match f.kind {
+        ReasoningFamilyKind::ChatTemplateKwargs => &kwargs[&f.parameter],
+        ReasoningFamilyKind::ReasoningEffort => &request[&f.parameter],
+    });
+    let effort_off = |v: &Value| matches!(v.as_str(), Some("none" | "minimal"));
+    [
+        Some(&kwargs["enable_thinking"]),
+        Some(&request["reasoning_effort"]),
+        family_switch,
+    ]
+    .into_iter()
+    .flatten()
+    .find(|v| v.is_boolean() || v.is_string())
+    .map(|v| v != &json!(false) && !effort_off(v))
 }
 
 /// Writes the route's thinking decision into a forwarded chat request the way the target model's
@@ -733,6 +747,42 @@ fn server_timing(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clients_own_thinking_switch_is_found_in_its_familys_syntax_too() {
+        let deepseek = ReasoningFamily {
+            kind: ReasoningFamilyKind::ChatTemplateKwargs,
+            parameter: "thinking".into(),
+        };
+        let switch = |r: Value, f| client_thinking_switch(&r, f);
+        assert_eq!(switch(json!({"model": "m"}), Some(&deepseek)), None);
+        assert_eq!(
+            switch(
+                json!({"chat_template_kwargs": {"thinking": false}}),
+                Some(&deepseek)
+            ),
+            Some(false)
+        );
+        assert_eq!(
+            switch(json!({"chat_template_kwargs": {"thinking": false}}), None),
+            None
+        );
+        assert_eq!(
+            switch(
+                json!({"chat_template_kwargs": {"enable_thinking": true}}),
+                None
+            ),
+            Some(true)
+        );
+        assert_eq!(
+            switch(json!({"reasoning_effort": "minimal"}), None),
+            Some(false)
+        );
+        assert_eq!(
+            switch(json!({"reasoning_effort": "high"}), None),
+            Some(true)
+        );
+    }
 
     #[test]
     fn the_thinking_switch_follows_the_models_reasoning_family() {
