@@ -36,7 +36,7 @@ impl Default for BatchingOptions {
 /// Counters of the batching queue.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchStats {
-    /// Texts classified.
+    /// Texts classified: one per routed request, plus its guard windows.
     pub texts: u64,
     /// Backbone batches run.
     pub batches: u64,
