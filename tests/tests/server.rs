@@ -450,7 +450,11 @@ async fn an_api_key_is_required_when_configured() {
         401,
     )
     .await;
-    assert_eq!(e["type"], "authentication_error");
+    // As OpenAI answers a wrong key.
+    assert_eq!(
+        (&e["type"], &e["code"]),
+        (&json!("invalid_request_error"), &json!("invalid_api_key"))
+    );
     let r = reqwest::Client::new()
         .post(format!("{base}/v1/chat/completions"))
         .bearer_auth("sekrit")

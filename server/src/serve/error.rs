@@ -12,7 +12,7 @@ pub struct ApiError {
     pub status: StatusCode,
     /// Human-readable message.
     pub message: String,
-    /// OpenAI error type (`invalid_request_error`, `authentication_error`, ...).
+    /// OpenAI error type (`invalid_request_error`, `rate_limit_error`, ...).
     pub kind: &'static str,
     /// The request field at fault, if any.
     pub param: Option<String>,
@@ -61,11 +61,11 @@ impl ApiError {
         e
     }
 
-    /// 401.
+    /// 401, as OpenAI writes it (`invalid_request_error`, code `invalid_api_key`).
     pub fn unauthorized() -> Self {
         let mut e = Self::new(
             StatusCode::UNAUTHORIZED,
-            "authentication_error",
+            "invalid_request_error",
             "Missing or invalid API key (send `Authorization: Bearer <key>`).",
         );
         e.code = Some("invalid_api_key");
