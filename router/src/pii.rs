@@ -183,8 +183,9 @@ const RUN_TRIM: &[char] = &[
     '(', ')', '[', ']', '{', '}', '<', '>', '"', '\'', ',', ';', ':', '!', '?', '.',
 ];
 
-/// Completes the spans of the unbroken types (see [`is_unbroken`]) to their whole run of `text`
-/// (ends trimmed of [`RUN_TRIM`]), and keeps one entity per span. The word-piece tokenizer splits
+/// Completes the spans of the types that never hold whitespace (e-mail address, URL, domain name,
+/// IP address) to their whole run of `text` (ends trimmed of brackets, quotes and sentence
+/// punctuation), and keeps one entity per span. The word-piece tokenizer splits
 /// `john.doe@example.com` into seven words and the head may tag some of them `O`, which leaves
 /// fragments (`john.`, `@`, `.com`) that mask nothing useful; the whole run is the address.
 pub fn complete_spans(entities: &mut Vec<PiiEntity>, text: &str) {
