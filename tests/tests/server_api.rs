@@ -459,7 +459,15 @@ async fn a_blocked_request_generates_nothing() {
         assert_eq!(r.headers()["x-switchyard-blocked"], "jailbreak");
         assert_eq!(r.headers()["x-switchyard-reasoning"], "off");
         let (content, finish, usage) = if stream {
-            let (content, _, finish, usage) = assemble(&sse_data(&r.text().await.unwrap()));
+            let data = sse_data(&r.text().await.unwrap());
+            // The refusal's chunk carries the asked-for log-probabilities: none.
+            let first: Value = serde_json::from_str(&data[0]).unwrap();
+            assert_eq!(
+                first["choices"][0]["logprobs"],
+                json!({"content": []}),
+                "{first}"
+            );
+            let (content, _, finish, usage) = assemble(&data);
             (content, finish.unwrap(), usage.unwrap())
         } else {
             let v: Value = r.json().await.unwrap();
