@@ -602,43 +602,14 @@ impl RouterModel {
             return Ok(out);
         }
         let active = self.active_lexical();
-        for (b, backbone) in self.backbones.iter().enumerate() {
-            if !backbone.roles.iter().any(|r| is_guard(r.1)) {
-                continue;
-            }
+        for b in self.guard_backbones() {
             let pass = self.run_backbone(b, batch)?;
-            let heads = backbone.model.heads();
-            for (role, h, values) in &pass.logits {
-                let labels = heads[*h].labels();
-                for (i, signals) in out.iter_mut().enumerate() {
-                    match (role, values) {
-                        (HeadRole::Pii, HostLogits::Tokens(rows)) => {
-                            signals.pii =
-                                crate::pii::bio_entities(&rows[i], labels, &batch[i].backbones[b]);
-                            signals.pii_latency = Some(pass.latency);
-                        }
-                        (HeadRole::Jailbreak, HostLogits::Sequences(rows)) => {
-                            let (probs, _) = self.fuse_signals(
-                                *role,
-                                labels,
-                                softmax(&rows[i]),
-                                batch[i],
-                                None,
-                                &active,
-                            );
-                            signals.jailbreak = ClassifierOutput::from_probabilities(
-                                labels.iter().cloned().zip(probs).collect(),
-                                pass.latency,
-                            );
-                        }
-                        _ => {}
-                    }
-                }
-            }
+            self.read_pass(&pass, batch, None, &active, is_guard, &mut out)?;
         }
         Ok(out)
     }
 
+    /// Every signal of routed texts: the backbone passes, the sentence encoder where needed.
     fn classify_routed(&self, batch: &[&EncodedText]) -> Result<Vec<Signals>, RouterError> {
         let mut out = vec![Signals::default(); batch.len()];
         if batch.is_empty() {
@@ -657,56 +628,73 @@ impl RouterModel {
         };
         let embedded = self.embed(batch, &passes, confident, alongside)?;
         for pass in &passes {
-            let b = pass.backbone;
-            let heads = self.backbones[b].model.heads();
-            for (role, h, values) in &pass.logits {
-                let labels = heads[*h].labels();
-                for (i, signals) in out.iter_mut().enumerate() {
-                    match (role, values) {
-                        (HeadRole::Pii, HostLogits::Tokens(rows)) => {
-                            signals.pii =
-                                crate::pii::bio_entities(&rows[i], labels, &batch[i].backbones[b]);
-                            signals.pii_latency = Some(pass.latency);
+            self.read_pass(pass, batch, embedded.as_ref(), &active, |_| true, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Turns one backbone pass into signals in `out` (one per text of `batch`), for the heads whose
+    /// role `wanted` takes: PII entities from the token head, the sequence heads' probabilities
+    /// fused with what follows them ([`Self::fuse_signals`]; with `embedded`, the embedding
+    /// signal's too).
+    fn read_pass(
+        &self,
+        pass: &BackbonePass,
+        batch: &[&EncodedText],
+        embedded: Option<&Embedded>,
+        active: &[usize],
+        wanted: impl Fn(HeadRole) -> bool,
+        out: &mut [Signals],
+    ) -> Result<(), RouterError> {
+        let b = pass.backbone;
+        let heads = self.backbones[b].model.heads();
+        for (role, h, values) in pass.logits.iter().filter(|l| wanted(l.0)) {
+            let labels = heads[*h].labels();
+            for (i, signals) in out.iter_mut().enumerate() {
+                match (role, values) {
+                    (HeadRole::Pii, HostLogits::Tokens(rows)) => {
+                        signals.pii =
+                            crate::pii::bio_entities(&rows[i], labels, &batch[i].backbones[b]);
+                        signals.pii_latency = Some(pass.latency);
+                    }
+                    (_, HostLogits::Sequences(rows)) => {
+                        let text_embedding = embedded.map(|e| &e.texts[i]);
+                        let (probs, used) = self.fuse_signals(
+                            *role,
+                            labels,
+                            softmax(&rows[i]),
+                            batch[i],
+                            text_embedding,
+                            active,
+                        );
+                        let mut latency = pass.latency;
+                        if used == EmbeddingUse::Fused {
+                            latency += embedded.map_or(Duration::ZERO, |e| e.took);
                         }
-                        (_, HostLogits::Sequences(rows)) => {
-                            let text_embedding = embedded.as_ref().map(|e| &e.texts[i]);
-                            let (probs, used) = self.fuse_signals(
-                                *role,
-                                labels,
-                                softmax(&rows[i]),
-                                batch[i],
-                                text_embedding,
-                                &active,
-                            );
-                            let mut latency = pass.latency;
-                            if used == EmbeddingUse::Fused {
-                                latency += embedded.as_ref().map_or(Duration::ZERO, |e| e.took);
-                            }
-                            if used != EmbeddingUse::Off {
-                                signals.embedding = used;
-                            }
-                            let output = ClassifierOutput::from_probabilities(
-                                labels.iter().cloned().zip(probs).collect(),
-                                latency,
-                            );
-                            match role {
-                                HeadRole::Domain => signals.domain = output,
-                                HeadRole::Reasoning => signals.reasoning = output,
-                                HeadRole::Jailbreak => signals.jailbreak = output,
-                                HeadRole::Pii => unreachable!("matched above"),
-                            }
+                        if used != EmbeddingUse::Off {
+                            signals.embedding = used;
                         }
-                        _ => {
-                            return Err(RouterError::Classifier(format!(
-                                "head {} has the wrong kind for the {role:?} signal",
-                                heads[*h].name()
-                            )))
+                        let output = ClassifierOutput::from_probabilities(
+                            labels.iter().cloned().zip(probs).collect(),
+                            latency,
+                        );
+                        match role {
+                            HeadRole::Domain => signals.domain = output,
+                            HeadRole::Reasoning => signals.reasoning = output,
+                            HeadRole::Jailbreak => signals.jailbreak = output,
+                            HeadRole::Pii => unreachable!("matched above"),
                         }
+                    }
+                    _ => {
+                        return Err(RouterError::Classifier(format!(
+                            "head {} has the wrong kind for the {role:?} signal",
+                            heads[*h].name()
+                        )))
                     }
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// A sequence head's probabilities for one text fused with the signals that follow it: its

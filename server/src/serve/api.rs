@@ -151,47 +151,47 @@ pub struct ChatRequest {
 /// Fields whose meaning this server does not implement (a request using them gets a 400).
 const UNSUPPORTED: [&str; 4] = ["functions", "function_call", "audio", "prediction"];
 
-/// Fields this server does not implement, with the value that asks for nothing (also accepted:
-/// `null`): OpenAI's `modalities` (text only), vLLM's `min_tokens`, `include_stop_str_in_output`
-/// and `skip_special_tokens`. Any other value is a 400 rather than silently ignored.
-fn unsupported_unless_default(field: &str, value: &Value) -> Option<&'static str> {
-    let asks_nothing = match field {
-        "modalities" => value == &serde_json::json!(["text"]),
-        "min_tokens" => value.as_u64() == Some(0),
-        "include_stop_str_in_output" => value == &Value::Bool(false),
-        "skip_special_tokens" => value == &Value::Bool(true),
-        _ => return None,
-    };
-    (!asks_nothing && !value.is_null()).then_some(match field {
-        "modalities" => "only text output is supported: `modalities` must be [\"text\"]",
-        "min_tokens" => "`min_tokens` is not supported by this server",
-        "include_stop_str_in_output" => {
-            "`include_stop_str_in_output` is not supported by this server"
-        }
-        _ => "special tokens' text is always skipped: `skip_special_tokens` must be true",
-    })
-}
+/// A field this server does not implement: its name, whether a value asks for nothing (then it is
+/// accepted, as is `null`), and the 400's message for any other value.
+type DefaultOnly = (&'static str, fn(&Value) -> bool, &'static str);
+
+/// OpenAI's `modalities` (text only) and vLLM's `min_tokens`, `include_stop_str_in_output` and
+/// `skip_special_tokens`: refused rather than silently ignored when they ask for something.
+const DEFAULT_ONLY: [DefaultOnly; 4] = [
+    (
+        "modalities",
+        |v| v.as_array().is_some_and(|a| a.len() == 1 && a[0] == "text"),
+        "only text output is supported: `modalities` must be [\"text\"]",
+    ),
+    (
+        "min_tokens",
+        |v| v.as_u64() == Some(0),
+        "`min_tokens` is not supported by this server",
+    ),
+    (
+        "include_stop_str_in_output",
+        |v| v == &Value::Bool(false),
+        "`include_stop_str_in_output` is not supported by this server",
+    ),
+    (
+        "skip_special_tokens",
+        |v| v == &Value::Bool(true),
+        "special tokens' text is always skipped: `skip_special_tokens` must be true",
+    ),
+];
 
 /// A 400 naming the first field of [`DEFAULT_ONLY`] in `other` that asks for something.
 pub(super) fn refuse_unimplemented(other: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
-    for field in DEFAULT_ONLY {
-        if let Some(message) = other
+    for (field, asks_nothing, message) in DEFAULT_ONLY {
+        if other
             .get(field)
-            .and_then(|v| unsupported_unless_default(field, v))
+            .is_some_and(|v| !v.is_null() && !asks_nothing(v))
         {
             return Err(ApiError::invalid(field, message));
         }
     }
     Ok(())
 }
-
-/// The fields [`unsupported_unless_default`] knows.
-const DEFAULT_ONLY: [&str; 4] = [
-    "modalities",
-    "min_tokens",
-    "include_stop_str_in_output",
-    "skip_special_tokens",
-];
 
 /// OpenAI's rule for schema and function names: 1-64 letters, digits, `_` or `-`.
 fn valid_name(name: &str) -> bool {
