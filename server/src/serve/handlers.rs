@@ -287,13 +287,14 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<
         a.param = missing.or(at);
         a
     };
-    // JSON is UTF-8 (RFC 8259) throughout, also in fields the request type skips.
-    if let Err(e) = std::str::from_utf8(body) {
+    // JSON is UTF-8 (RFC 8259) throughout, also in fields the request type skips. Checked once
+    // here; the parser then reads the text without checking it again.
+    let text = std::str::from_utf8(body).map_err(|e| {
         let mut a = ApiError::bad_request(format!("Invalid JSON body: not UTF-8 ({e})"));
         a.code = Some("invalid_json");
-        return Err(a);
-    }
-    let mut de = serde_json::Deserializer::from_slice(body);
+        a
+    })?;
+    let mut de = serde_json::Deserializer::from_str(text);
     let value = serde_path_to_error::deserialize(&mut de)
         .map_err(|e| invalid(e.path().to_string(), e.into_inner()))?;
     de.end().map_err(|e| invalid(".".into(), e))?;
