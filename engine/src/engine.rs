@@ -5,14 +5,15 @@ use crate::detokenize::Detokenizer;
 use crate::error::{EngineError, Result};
 use crate::grammar::{GrammarCompiler, GrammarConstraint, PendingCall};
 use crate::request::{
-    Event, GenerationParams, GenerationRequest, Prompt, ResponseFormat, Thinking, MAX_TOP_LOGPROBS,
+    Event, GenerationParams, GenerationRequest, Prompt, ResponseFormat, Thinking, MAX_STOP_STRINGS,
+    MAX_STOP_TOKEN_IDS, MAX_TOP_LOGPROBS,
 };
 use crate::sampling::Sampler;
 use crate::sequence::Sequence;
 use crate::stats::EngineStats;
 use crate::stop::StopMatcher;
 use crate::thinking::{
-    Section, ThinkingSplitter, ThinkingStyle, REASONING_INSTRUCTION, THINK_START,
+    Section, ThinkingSplitter, ThinkingStyle, REASONING_INSTRUCTION, THINK_END, THINK_START,
 };
 use crate::token_bytes::TokenBytes;
 use crate::tools::ToolUse;
@@ -136,6 +137,17 @@ impl Engine {
             .collect())
     }
 
+    /// Whether the worker thread still runs (it stops on shutdown, or if a failure it could not
+    /// contain ended it; then every request is refused with [`EngineError::Stopped`]).
+    pub fn worker_alive(&self) -> bool {
+        self.worker
+            .handle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+    }
+
     /// Whether this engine and `other` run on the same worker thread.
     pub fn shares_worker_with(&self, other: &Engine) -> bool {
         Arc::ptr_eq(&self.worker, &other.worker)
@@ -252,6 +264,16 @@ impl Engine {
             |m: &[ChatMessage], flag| template.render_with_tools(m, true, flag, &template_tools);
         match self.info.style {
             ThinkingStyle::TemplateFlag => Ok(render(&msgs, Some(on))?),
+            // The template opened the block: thinking on is the prompt as it is (no instruction,
+            // no second `<think>`); off closes the block empty, as Qwen3's template renders it.
+            ThinkingStyle::TemplateOpens if on => Ok(render(&msgs, None)?),
+            ThinkingStyle::TemplateOpens => {
+                let mut text = render(&msgs, None)?;
+                if text.trim_end().ends_with(THINK_START) {
+                    text.push_str(&format!("\n{THINK_END}\n\n"));
+                }
+                Ok(text)
+            }
             ThinkingStyle::Prompted if on => {
                 let mut msgs = msgs.into_owned();
                 with_system_text(&mut msgs, REASONING_INSTRUCTION);
@@ -347,8 +369,29 @@ impl Engine {
     /// Queues a request; its events arrive on the returned stream.
     pub fn submit(&self, request: GenerationRequest) -> Result<GenerationStream> {
         let submitted = Instant::now();
-        let params = request.params;
+        let mut params = request.params;
         params.sampling.validate()?;
+        if params.stop.len() > MAX_STOP_STRINGS {
+            return Err(EngineError::InvalidParameter {
+                param: "stop",
+                message: format!(
+                    "{} stop strings given; at most {MAX_STOP_STRINGS}",
+                    params.stop.len()
+                ),
+            });
+        }
+        // Repeats change nothing; distinct ids are bounded.
+        let mut seen = std::collections::HashSet::new();
+        params.stop_token_ids.retain(|&id| seen.insert(id));
+        if params.stop_token_ids.len() > MAX_STOP_TOKEN_IDS {
+            return Err(EngineError::InvalidParameter {
+                param: "stop_token_ids",
+                message: format!(
+                    "{} distinct stop token ids given; at most {MAX_STOP_TOKEN_IDS}",
+                    params.stop_token_ids.len()
+                ),
+            });
+        }
         if params.logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
             return Err(EngineError::InvalidParameter {
                 param: "top_logprobs",
@@ -380,6 +423,12 @@ impl Engine {
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(EngineError::InvalidParameter {
                 param: "prompt",
+                message: format!("token id {bad} is outside the vocabulary of {vocab}"),
+            });
+        }
+        if let Some(&bad) = params.stop_token_ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::InvalidParameter {
+                param: "stop_token_ids",
                 message: format!("token id {bad} is outside the vocabulary of {vocab}"),
             });
         }
@@ -589,7 +638,7 @@ fn prepare(model: GenerationModel, config: EngineConfig) -> Result<(ModelSlot, M
         )?;
     }
     let tokenizer = Arc::new(tokenizer);
-    let style = ThinkingStyle::detect(chat_template.as_ref().map(|t| t.source()));
+    let style = ThinkingStyle::of_template(chat_template.as_ref());
     let forced_end = tokenizer.encode("\n</think>\n\n")?;
     let stats = Arc::new(EngineStats::default());
     let weight_bytes = decoder.weight_bytes();

@@ -178,23 +178,25 @@ impl GrammarConstraint {
         } else {
             Some(self.matcher.compute_mask().map_err(|e| e.to_string())?)
         };
-        let mut any = false;
+        // The end ids' own logits, set back where the answer may end: one pass over the
+        // vocabulary and one over the end ids, however many a request gave.
+        let ends: Vec<(usize, f32)> = end_ids
+            .iter()
+            .filter_map(|&id| logits.get(id as usize).map(|&l| (id as usize, l)))
+            .collect();
         for (id, logit) in logits.iter_mut().enumerate() {
-            let id = id as u32;
-            let ok = if end_ids.contains(&id) {
-                may_end
-            } else {
-                id != self.eos
-                    && allowed
-                        .as_ref()
-                        .is_some_and(|a| (id as usize) < a.len() && a.is_allowed(id))
-            };
-            if ok {
-                any |= logit.is_finite();
-            } else {
+            let ok = id as u32 != self.eos
+                && allowed
+                    .as_ref()
+                    .is_some_and(|a| id < a.len() && a.is_allowed(id as u32));
+            if !ok {
                 *logit = f32::NEG_INFINITY;
             }
         }
+        for &(id, logit) in &ends {
+            logits[id] = if may_end { logit } else { f32::NEG_INFINITY };
+        }
+        let any = logits.iter().any(|l| l.is_finite());
         Ok(any)
     }
 

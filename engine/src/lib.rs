@@ -32,7 +32,7 @@ pub use error::{EngineError, Result};
 pub use memory::{KvBudget, MemoryPlan, ModelFootprint};
 pub use request::{
     DeltaKind, Event, FinishReason, GenerationParams, GenerationRequest, Prompt, ResponseFormat,
-    Thinking, TokenLogprob, Usage, MAX_TOP_LOGPROBS,
+    Thinking, TokenLogprob, Usage, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS, MAX_TOP_LOGPROBS,
 };
 pub use sampling::SamplingParams;
 pub use stats::{EngineStats, StatsSnapshot};

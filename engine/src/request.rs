@@ -87,6 +87,14 @@ pub enum ResponseFormat {
 /// The most alternatives [`GenerationParams::logprobs`] may ask for (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
+/// The most stop strings a request may give: each is searched for in every text delta, on the
+/// device thread, so their number is bounded (OpenAI allows 4).
+pub const MAX_STOP_STRINGS: usize = 64;
+
+/// The most distinct stop token ids a request may give: each token sampled, and each vocabulary
+/// entry of a constrained answer, is checked against them on the device thread.
+pub const MAX_STOP_TOKEN_IDS: usize = 256;
+
 impl Default for GenerationParams {
     fn default() -> Self {
         Self {

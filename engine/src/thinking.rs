@@ -8,6 +8,8 @@
 //! removes them, so forcing the end marker at the budget cannot leak a literal `</think>` into the
 //! answer.
 
+use switchyard_models::text::{ChatMessage, ChatTemplate};
+
 use crate::request::DeltaKind;
 
 /// Start of the thinking section.
@@ -25,6 +27,10 @@ Write your reasoning there, then close it with </think> and give the final answe
 pub enum ThinkingStyle {
     /// The chat template reads `enable_thinking` (Qwen3).
     TemplateFlag,
+    /// The template itself opens `<think>` in the assistant turn (DeepSeek-R1 distills): the model
+    /// always thinks, and turning thinking off closes the opened block at once, as Qwen3's template
+    /// does with `enable_thinking=false`.
+    TemplateOpens,
     /// No native mode: a reasoning instruction plus a `<think>` opened in the assistant turn.
     Prompted,
 }
@@ -35,6 +41,20 @@ impl ThinkingStyle {
         match template_source {
             Some(src) if src.contains("enable_thinking") => Self::TemplateFlag,
             _ => Self::Prompted,
+        }
+    }
+
+    /// Picks the style of a chat template: [`detect`](Self::detect) on its source, then whether
+    /// its generation prompt for one user turn already ends in an opened `<think>`.
+    pub fn of_template(template: Option<&ChatTemplate>) -> Self {
+        let style = Self::detect(template.map(ChatTemplate::source));
+        let opens = |t: &ChatTemplate| {
+            t.render(&[ChatMessage::new("user", "Hello")], true, None)
+                .is_ok_and(|text| text.trim_end().ends_with(THINK_START))
+        };
+        match template {
+            Some(t) if style == Self::Prompted && opens(t) => Self::TemplateOpens,
+            _ => style,
         }
     }
 }
@@ -259,5 +279,31 @@ mod tests {
             ThinkingStyle::Prompted
         );
         assert_eq!(ThinkingStyle::detect(None), ThinkingStyle::Prompted);
+    }
+
+    #[test]
+    fn a_template_that_opens_think_itself_is_told_apart() {
+        let r1 = ChatTemplate::new(
+            "{% for m in messages %}<U>{{ m.content }}{% endfor %}\
+             {% if add_generation_prompt %}<A><think>\n{% endif %}",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            ThinkingStyle::of_template(Some(&r1)),
+            ThinkingStyle::TemplateOpens
+        );
+        let plain = ChatTemplate::new(
+            "{% for m in messages %}<U>{{ m.content }}{% endfor %}<A>",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            ThinkingStyle::of_template(Some(&plain)),
+            ThinkingStyle::Prompted
+        );
+        assert_eq!(ThinkingStyle::of_template(None), ThinkingStyle::Prompted);
     }
 }

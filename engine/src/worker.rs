@@ -52,21 +52,47 @@ pub(crate) struct Worker {
     pub(crate) turns: Turns,
 }
 
+/// The message of a caught panic's payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Runs `f`, turning a panic into an error with its message: the worker contains a panic to the
+/// requests it concerns and keeps serving everyone else.
+fn contained<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| panic_message(&*p))
+}
+
 impl Worker {
     pub(crate) fn run(mut self) {
         loop {
             if !self.intake() {
                 break;
             }
-            for model in &mut self.models {
-                model.drop_cancelled();
-                model.admit();
-                model.ensure_cache();
-            }
-            let models = &self.models;
-            if let Some(i) = self.turns.next(|i| !models[i].running.is_empty()) {
-                let took = self.models[i].step();
-                self.turns.charge(i, took);
+            // A panic in one step fails the sequences it concerns (see `step`); one anywhere
+            // else in the bookkeeping leaves its state unknown, so every sequence of every model
+            // fails and the caches start over, and the worker keeps serving new requests.
+            let iteration = contained(|| {
+                for model in &mut self.models {
+                    model.drop_cancelled();
+                    model.admit();
+                    model.ensure_cache();
+                }
+                let models = &self.models;
+                if let Some(i) = self.turns.next(|i| !models[i].running.is_empty()) {
+                    let took = self.models[i].step();
+                    self.turns.charge(i, took);
+                }
+            });
+            if let Err(message) = iteration {
+                tracing::error!("engine worker panicked, failing every sequence: {message}");
+                for model in &mut self.models {
+                    model.fail_all(&format!("internal error in the engine: {message}"));
+                }
             }
             for model in &self.models {
                 model.publish_stats();
@@ -119,7 +145,9 @@ impl Worker {
                 true
             }
             Command::Run(job) => {
-                job();
+                if let Err(message) = contained(job) {
+                    tracing::error!("a device job panicked: {message}");
+                }
                 true
             }
             Command::Shutdown => false,
@@ -130,6 +158,23 @@ impl Worker {
 impl ModelSlot {
     fn idle(&self) -> bool {
         self.running.is_empty() && self.waiting.is_empty()
+    }
+
+    /// Fails every sequence, running or waiting, and empties the cache of their blocks (after a
+    /// panic left the bookkeeping in a state nothing vouches for).
+    fn fail_all(&mut self, message: &str) {
+        for mut seq in self.running.drain(..) {
+            if seq.finished.is_none() {
+                seq.fail(message.to_string());
+            } else {
+                seq.deliver_finish();
+            }
+        }
+        for mut seq in self.waiting.drain(..) {
+            seq.fail(message.to_string());
+            self.stats.leave_queue();
+        }
+        self.cache.clear();
     }
 
     fn drop_cancelled(&mut self) {
@@ -269,7 +314,13 @@ impl ModelSlot {
             .collect();
         let batch_tokens: usize = plan.iter().map(|p| p.len).sum();
         let started = std::time::Instant::now();
-        let result = self.decoder.forward(&inputs, &mut self.cache);
+        let decoder = &self.decoder;
+        let cache = &mut self.cache;
+        let result = contained(|| decoder.forward(&inputs, cache)).unwrap_or_else(|panic| {
+            Err(switchyard_models::ModelError::Forward(format!(
+                "panicked: {panic}"
+            )))
+        });
         drop(inputs);
         let took = started.elapsed();
         self.stats
@@ -305,8 +356,13 @@ impl ModelSlot {
             if seq.computed == seq.tokens.len() {
                 let before = seq.generated();
                 let last = logits.len() - vocab;
-                seq.advance(&self.tokenizer, &mut logits[last..]);
-                self.stats.record_generated(seq.generated() - before);
+                let tokenizer = &self.tokenizer;
+                if let Err(message) = contained(|| seq.advance(tokenizer, &mut logits[last..])) {
+                    tracing::error!("sampling panicked: {message}");
+                    seq.fail(format!("internal error while sampling: {message}"));
+                }
+                self.stats
+                    .record_generated(seq.generated().saturating_sub(before));
             }
         }
         self.retire();

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use switchyard_engine::{
     DeltaKind, Engine, EngineConfig, EngineError, Event, FinishReason, GenerationParams,
     GenerationRequest, GenerationStream, Prompt, ResponseFormat, SamplingParams, Thinking,
-    ThinkingStyle, TokenLogprob, Usage,
+    ThinkingStyle, TokenLogprob, Usage, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS,
 };
 use switchyard_models::load_generation_model;
 use switchyard_models::text::ChatMessage;
@@ -359,6 +359,30 @@ fn thinking_mode_is_rendered_the_way_each_family_wants() {
     assert!(on.ends_with("<|im_start|>assistant\n<think>\n"));
     let off = llama.render_chat(&user, Thinking::Off).unwrap();
     assert!(!off.contains("<think>"));
+
+    // A template that opens the block itself (DeepSeek-R1 distills): no second `<think>` and no
+    // instruction when thinking; closed at once when not.
+    let mut model = load_generation_model(&fixtures().join("hf/tiny-llama")).unwrap();
+    model.chat_template = Some(
+        switchyard_models::text::ChatTemplate::new(
+            "{% for m in messages %}<|User|>{{ m.content }}{% endfor %}\
+             {% if add_generation_prompt %}<|Assistant|><think>\n{% endif %}",
+            "",
+            "",
+        )
+        .unwrap(),
+    );
+    let r1 = Engine::start(model, EngineConfig::default()).unwrap();
+    assert_eq!(r1.thinking_style(), ThinkingStyle::TemplateOpens);
+    let on = r1
+        .render_chat(&user, Thinking::On { budget: None })
+        .unwrap();
+    assert_eq!(on, "<|User|>What is 2+2?<|Assistant|><think>\n");
+    let off = r1.render_chat(&user, Thinking::Off).unwrap();
+    assert_eq!(
+        off,
+        "<|User|>What is 2+2?<|Assistant|><think>\n\n</think>\n\n"
+    );
 }
 
 #[test]
@@ -401,6 +425,33 @@ fn limits_are_enforced_with_clear_errors() {
             ..
         })
     ));
+    // Stop conditions are checked on the device thread for every token: their number is bounded,
+    // repeats are dropped, and an id the model cannot produce is refused.
+    let refused = |f: &dyn Fn(&mut GenerationRequest), param: &str| {
+        let mut r = greedy(vec![5, 6], 4);
+        f(&mut r);
+        match engine.submit(r) {
+            Err(EngineError::InvalidParameter { param: p, message }) => {
+                assert_eq!(p, param, "{message}")
+            }
+            other => panic!("{param}: expected a refusal, got {:?}", other.err()),
+        }
+    };
+    refused(
+        &|r| r.params.stop = (0..=MAX_STOP_STRINGS).map(|i| format!("s{i}")).collect(),
+        "stop",
+    );
+    refused(
+        &|r| r.params.stop_token_ids = (0..=MAX_STOP_TOKEN_IDS as u32).collect(),
+        "stop_token_ids",
+    );
+    refused(
+        &|r| r.params.stop_token_ids = vec![3, 100_000],
+        "stop_token_ids",
+    );
+    let mut repeated = greedy(vec![5, 6], 2);
+    repeated.params.stop_token_ids = vec![3; 100_000];
+    assert!(drain(engine.submit(repeated).unwrap()).reason.is_some());
     // max_tokens is capped by the context: a 30-token prompt in a 32-token context gets 2.
     let out = drain(engine.submit(greedy(vec![5; 30], 100)).unwrap());
     assert_eq!(out.reason, Some(FinishReason::Length));
@@ -782,6 +833,22 @@ fn executor_jobs_run_on_the_worker_between_steps_of_a_running_generation() {
         ran_at < finished_at,
         "the job ran before the generation finished"
     );
+}
+
+#[test]
+fn a_panicking_device_job_leaves_the_worker_serving() {
+    use switchyard_models::executor::DeviceExecutor;
+    let engine = engine("tiny-llama", EngineConfig::default());
+    let running = engine.submit(greedy(vec![5, 6, 7], 40)).unwrap();
+    engine
+        .executor()
+        .execute(Box::new(|| panic!("a job's own bug")))
+        .unwrap_or_else(|_| panic!("engine stopped"));
+    // The generation running beside it and a new one both complete, and the worker still runs.
+    assert_eq!(drain(running).usage.completion_tokens, 40);
+    let after = drain(engine.submit(greedy(vec![5, 6], 3)).unwrap());
+    assert_eq!(after.usage.completion_tokens, 3);
+    assert!(engine.worker_alive());
 }
 
 #[test]

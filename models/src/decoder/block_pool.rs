@@ -100,6 +100,11 @@ impl BlockPool {
         }
     }
 
+    /// Whether prefix caching is on.
+    pub(crate) fn caching(&self) -> bool {
+        self.caching
+    }
+
     /// Blocks a sequence can still get: blank ones and idle registered ones.
     pub(crate) fn available(&self) -> usize {
         self.blank.len() + self.idle.len()

@@ -247,6 +247,14 @@ impl KvCache {
         self.pool.set_caching(on);
     }
 
+    /// Forgets every block's owner and every cached prefix: all blocks are blank again (after a
+    /// failure that left the tables referring to them in a state nothing vouches for).
+    pub fn clear(&mut self) {
+        let caching = self.pool.caching();
+        self.pool = BlockPool::new(self.block_size, self.num_blocks);
+        self.pool.set_caching(caching);
+    }
+
     /// Grows `table` to hold `len` positions; returns false (taking nothing) if the pool is short.
     pub fn reserve(&mut self, table: &mut BlockTable, len: usize) -> bool {
         self.pool.reserve(table, self.blocks_for(len))

@@ -49,44 +49,18 @@ fn raise_exception(message: String) -> std::result::Result<String, minijinja::Er
     ))
 }
 
-fn strftime_now(format: String) -> String {
-    // Templates use this for "today's date" in system prompts; the exact clock is not part of the
-    // contract, so render the format with a fixed-width UTC date.
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = (secs / 86_400) as i64;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
-    format
-        .replace("%Y", &year.to_string())
-        .replace("%m", &format!("{month:02}"))
-        .replace("%d", &format!("{day:02}"))
-        .replace("%B", MONTHS[(month - 1) as usize])
-        .replace("%b", &MONTHS[(month - 1) as usize][..3])
+/// `strftime_now` as transformers defines it: `datetime.now().strftime(format)`, the local time
+/// (templates use it for "today's date" in system prompts). A format chrono cannot read is an error.
+fn strftime_now(format: String) -> std::result::Result<String, minijinja::Error> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    write!(out, "{}", chrono::Local::now().format(&format)).map_err(|_| {
+        minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("strftime_now: cannot read the format {format:?}"),
+        )
+    })?;
+    Ok(out)
 }
 
 /// `tojson` as `transformers` renders templates: Python's `json.dumps(x, ensure_ascii=False,
@@ -169,7 +143,8 @@ fn write_python_json(out: &mut String, value: &serde_json::Value, style: &JsonSt
             return out.push_str(&quoted);
         }
         for c in quoted.chars() {
-            if c.is_ascii() {
+            // Python's `ensure_ascii` escapes all but printable ASCII: DEL too.
+            if c.is_ascii() && c != '\x7f' {
                 out.push(c);
             } else {
                 let mut units = [0u16; 2];
@@ -211,9 +186,57 @@ fn write_python_json(out: &mut String, value: &serde_json::Value, style: &JsonSt
             out.push('}');
         }
         Value::String(text) => string(out, text),
+        Value::Number(n) if n.is_f64() => out.push_str(&python_float(n.as_f64().unwrap_or(0.0))),
         // Other scalars and empty containers: the same text either way.
         other => out.push_str(&other.to_string()),
     }
+}
+
+/// A float as Python's `repr` (and so `json.dumps`) writes it: the shortest digits that read back
+/// the same, in positional notation for decimal exponents -4 to 15 (`0.0001`, `100.0`), else in
+/// scientific notation with a signed exponent of at least two digits (`1e-05`, `1.5e+16`).
+fn python_float(x: f64) -> String {
+    if !x.is_finite() {
+        return match (x.is_nan(), x > 0.0) {
+            (true, _) => "NaN",
+            (false, true) => "Infinity",
+            (false, false) => "-Infinity",
+        }
+        .to_string();
+    }
+    // Rust's `{:e}` has the shortest round-trip digits: `1.5e16`, `1e-5`, `-2.5e0`.
+    let sci = format!("{x:e}");
+    let (mantissa, exponent) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    if (-4..16).contains(&exponent) {
+        let plain = format!("{x}");
+        if plain.contains('.') {
+            plain
+        } else {
+            plain + ".0"
+        }
+    } else {
+        let sign = if exponent < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exponent.abs())
+    }
+}
+
+/// `{% generation %}` / `{% endgeneration %}` (transformers' `AssistantTracker` extension, which
+/// marks the assistant's tokens for training masks and renders its body unchanged) as a block
+/// minijinja knows, `{% if true %}` / `{% endif %}`, whitespace control kept.
+fn without_generation_tags(source: &str) -> String {
+    static TAG: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\{%(-?)\s*(end)?generation\s*(-?)%\}").expect("a valid pattern")
+    });
+    TAG.replace_all(source, |c: &regex::Captures| {
+        let body = if c.get(2).is_some() {
+            "endif"
+        } else {
+            "if true"
+        };
+        format!("{{%{} {body} {}%}}", &c[1], &c[3])
+    })
+    .into_owned()
 }
 
 impl ChatTemplate {
@@ -227,7 +250,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned("chat", source.to_string())
+        env.add_template_owned("chat", without_generation_tags(source))
             .map_err(|e| ModelError::Template(e.to_string()))?;
         Ok(Self {
             env,
@@ -397,5 +420,79 @@ mod tests {
     #[test]
     fn syntax_errors_are_reported_at_load() {
         assert!(ChatTemplate::new("{% if %}", "", "").is_err());
+    }
+
+    #[test]
+    fn floats_are_written_as_python_writes_them() {
+        for (x, python) in [
+            (1e-5, "1e-05"),
+            (0.0001, "0.0001"),
+            (1.5, "1.5"),
+            (100.0, "100.0"),
+            (-2.0, "-2.0"),
+            (1e15, "1000000000000000.0"),
+            (1e16, "1e+16"),
+            (1.5e16, "1.5e+16"),
+            (-3.25e-7, "-3.25e-07"),
+            (1e100, "1e+100"),
+            (0.0, "0.0"),
+        ] {
+            assert_eq!(python_float(x), python, "{x}");
+        }
+        let t = ChatTemplate::new("{{ messages[0].tool_calls | tojson }}", "", "").unwrap();
+        let mut m = ChatMessage::new("assistant", "");
+        m.tool_calls = Some(vec![serde_json::json!({"minimum": 1e-5, "n": 3})]);
+        assert_eq!(
+            t.render(&[m], false, None).unwrap(),
+            "[{\"minimum\": 1e-05, \"n\": 3}]"
+        );
+    }
+
+    #[test]
+    fn ensure_ascii_escapes_delete_as_python_does() {
+        let t = ChatTemplate::new(
+            "{{ messages[0].content | tojson(ensure_ascii=True) }}|{{ messages[0].content | tojson }}",
+            "",
+            "",
+        )
+        .unwrap();
+        let out = t
+            .render(&[ChatMessage::new("user", "a\u{7f}b")], false, None)
+            .unwrap();
+        assert_eq!(out, "\"a\\u007fb\"|\"a\u{7f}b\"");
+    }
+
+    #[test]
+    fn loop_controls_and_generation_blocks_render_as_transformers_renders_them() {
+        // transformers compiles templates with jinja2's loop controls and its `generation` block.
+        let t = ChatTemplate::new(
+            "{% for m in messages %}{% if m.content == 'stop' %}{% break %}{% endif %}\
+             {% if m.content == 'skip' %}{% continue %}{% endif %}{{ m.content }};{% endfor %}\
+             {%- generation -%}  [G]  {%- endgeneration %}|{% generation %}x{% endgeneration %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let msgs = ["a", "skip", "b", "stop", "c"].map(|c| ChatMessage::new("user", c));
+        assert_eq!(t.render(&msgs, false, None).unwrap(), "a;b;[G]|x");
+    }
+
+    #[test]
+    fn strftime_now_reads_the_directives_python_reads() {
+        let t =
+            ChatTemplate::new("{{ strftime_now('%Y-%m-%d|%A|%-d %B|%H:%M|%%') }}", "", "").unwrap();
+        let out = t.render(&[], false, None).unwrap();
+        let now = chrono::Local::now();
+        let parts: Vec<&str> = out.split('|').collect();
+        assert_eq!(parts.len(), 5, "{out}");
+        assert_eq!(parts[0].len(), 10, "{out}");
+        assert!(parts[0].starts_with(&now.format("%Y").to_string()), "{out}");
+        assert_eq!(parts[1], now.format("%A").to_string(), "{out}");
+        assert!(!out.contains("%A") && !out.contains("%H"), "{out}");
+        assert!(
+            parts[3].len() == 5 && parts[3].as_bytes()[2] == b':',
+            "{out}"
+        );
+        assert_eq!(parts[4], "%");
     }
 }

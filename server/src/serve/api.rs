@@ -583,9 +583,10 @@ pub fn tool_use_of(
         };
     }
     let mut functions: Vec<Function> = Vec::with_capacity(tools.len());
+    let mut names = std::collections::HashSet::with_capacity(tools.len());
     for (i, tool) in tools.iter().enumerate() {
         let f = function_of(tool, &format!("tools[{i}]"))?;
-        if functions.iter().any(|g| g.name == f.name) {
+        if !names.insert(f.name.clone()) {
             return Err(ApiError::invalid(
                 &format!("tools[{i}].function.name"),
                 format!("`{}` is given twice", f.name),

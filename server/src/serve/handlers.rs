@@ -172,17 +172,25 @@ pub async fn method_not_allowed(request: Request) -> ApiError {
     e
 }
 
-/// `GET /health`: the process is alive.
-pub async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// `GET /health`: the process is alive and every engine's worker runs (503 otherwise, so that
+/// an orchestrator restarts it).
+pub async fn health(AxumState(state): Shared) -> Response {
+    match state.stopped_engine() {
+        None => Json(json!({"status": "ok"})).into_response(),
+        Some(model) => {
+            ApiError::unavailable(format!("the engine worker of `{model}` stopped")).into_response()
+        }
+    }
 }
 
 /// `GET /ready`: models loaded and accepting requests.
 pub async fn ready(AxumState(state): Shared) -> Response {
-    if state.accepting.load(Ordering::SeqCst) {
-        Json(json!({"status": "ready", "models": state.served()})).into_response()
-    } else {
+    if !state.accepting.load(Ordering::SeqCst) {
         ApiError::unavailable("shutting down").into_response()
+    } else if let Some(model) = state.stopped_engine() {
+        ApiError::unavailable(format!("the engine worker of `{model}` stopped")).into_response()
+    } else {
+        Json(json!({"status": "ready", "models": state.served()})).into_response()
     }
 }
 
@@ -325,16 +333,24 @@ fn effort_budget(state: &State, effort: &str) -> Option<usize> {
 }
 
 /// Asks the router and records its time.
+///
+/// Routing runs on a blocking thread: tokenizing a long request's text and its guard windows takes
+/// milliseconds that would otherwise hold up an async worker and every connection on it.
 pub(super) async fn route_messages(
     state: &State,
-    router: &switchyard_router::Router,
+    router: &Arc<switchyard_router::Router>,
     messages: &[ChatMessage],
 ) -> Result<Decision, ApiError> {
-    let decision = router.route_async(messages).await.map_err(|e| match e {
+    let (router, owned) = (Arc::clone(router), messages.to_vec());
+    let routed = tokio::task::spawn_blocking(move || router.route(&owned))
+        .await
+        .map_err(|e| ApiError::internal(format!("routing failed: {e}")))?;
+    let decision = routed.map_err(|e| match e {
         // The client's to fix: a 400 naming the field, like a prompt over the context.
         e @ switchyard_router::RouterError::TooLong { .. } => {
             ApiError::invalid("messages", e.to_string())
         }
+        e @ switchyard_router::RouterError::Stopped => ApiError::unavailable(e.to_string()),
         e => ApiError::internal(format!("routing failed: {e}")),
     })?;
     state

@@ -264,7 +264,7 @@ pub struct State {
     /// How the device's memory was shared out at start-up (`None` in proxy mode).
     pub memory_plan: Option<MemoryPlan>,
     /// The router, if routing is on.
-    pub router: Option<Router>,
+    pub router: Option<Arc<Router>>,
     /// The model id that asks for routing.
     pub auto_model: String,
     /// Router target names mapped to served ids.
@@ -294,6 +294,14 @@ pub struct State {
 }
 
 impl State {
+    /// A served model whose engine worker no longer runs, if any.
+    pub fn stopped_engine(&self) -> Option<&str> {
+        self.engines
+            .iter()
+            .find(|(_, e)| !e.worker_alive())
+            .map(|(id, _)| id.as_str())
+    }
+
     /// Served ids, sorted.
     pub fn served(&self) -> Vec<String> {
         self.engines.keys().cloned().collect()
@@ -465,7 +473,7 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
                 );
             }
         }
-        (Some(router), aliases)
+        (Some(Arc::new(router)), aliases)
     };
 
     let memory_plan = if models.is_empty() {
