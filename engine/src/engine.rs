@@ -237,6 +237,18 @@ impl Engine {
         thinking: Thinking,
         tools: Option<&ToolUse>,
     ) -> Result<String> {
+        self.render_chat_with_vars(messages, thinking, tools, &serde_json::Map::new())
+    }
+
+    /// [`render_chat_with_tools`](Self::render_chat_with_tools) with more variables for the
+    /// template ([`GenerationParams::template_vars`]).
+    pub fn render_chat_with_vars(
+        &self,
+        messages: &[ChatMessage],
+        thinking: Thinking,
+        tools: Option<&ToolUse>,
+        template_vars: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String> {
         let template =
             self.info
                 .template
@@ -260,8 +272,9 @@ impl Engine {
             msgs = std::borrow::Cow::Owned(owned);
         }
         let on = matches!(thinking, Thinking::On { .. });
-        let render =
-            |m: &[ChatMessage], flag| template.render_with_tools(m, true, flag, &template_tools);
+        let render = |m: &[ChatMessage], flag| {
+            template.render_with_vars(m, true, flag, &template_tools, template_vars)
+        };
         match self.info.style {
             ThinkingStyle::TemplateFlag => Ok(render(&msgs, Some(on))?),
             // The template opened the block: thinking on is the prompt as it is (no instruction,
@@ -297,8 +310,12 @@ impl Engine {
             Prompt::Tokens(t) => (t.clone(), self.info.tokenizer.decode(t)?),
             Prompt::Text(t) => (self.info.tokenizer.encode_prompt(t)?, t.clone()),
             Prompt::Chat(m) => {
-                let text =
-                    self.render_chat_with_tools(m, params.thinking, params.tools.as_ref())?;
+                let text = self.render_chat_with_vars(
+                    m,
+                    params.thinking,
+                    params.tools.as_ref(),
+                    &params.template_vars,
+                )?;
                 (self.info.tokenizer.encode_prompt(&text)?, text)
             }
         };

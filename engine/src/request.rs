@@ -66,6 +66,9 @@ pub struct GenerationParams {
     /// positions are computed in a step of another shape). The blocks computed are offered to
     /// later requests either way.
     pub use_prefix_cache: bool,
+    /// More variables for the chat template (vLLM's `chat_template_kwargs` beside
+    /// `enable_thinking`), e.g. a flag a fine-tune's template reads.
+    pub template_vars: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What the answer (the text after any thinking) must be.
@@ -110,6 +113,7 @@ impl Default for GenerationParams {
             response_format: ResponseFormat::Text,
             tools: None,
             use_prefix_cache: true,
+            template_vars: serde_json::Map::new(),
         }
     }
 }

@@ -365,7 +365,8 @@ fn thinking_mode_is_rendered_the_way_each_family_wants() {
     let mut model = load_generation_model(&fixtures().join("hf/tiny-llama")).unwrap();
     model.chat_template = Some(
         switchyard_models::text::ChatTemplate::new(
-            "{% for m in messages %}<|User|>{{ m.content }}{% endfor %}\
+            "{% if custom_flag %}[flag]{% endif %}\
+             {% for m in messages %}<|User|>{{ m.content }}{% endfor %}\
              {% if add_generation_prompt %}<|Assistant|><think>\n{% endif %}",
             "",
             "",
@@ -383,6 +384,18 @@ fn thinking_mode_is_rendered_the_way_each_family_wants() {
         off,
         "<|User|>What is 2+2?<|Assistant|><think>\n\n</think>\n\n"
     );
+    // A request's extra template variables reach the template its prompt is rendered with.
+    let params = GenerationParams {
+        template_vars: [("custom_flag".to_string(), serde_json::json!(true))]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
+    let (ids, _) = r1
+        .prompt_tokens(&Prompt::Chat(user.to_vec()), &params)
+        .unwrap();
+    let text = r1.tokenizer().decode(&ids).unwrap();
+    assert!(text.starts_with("[flag]<|User|>"), "{text}");
 }
 
 #[test]
@@ -1816,4 +1829,25 @@ fn an_end_of_sequence_generated_past_adds_no_text() {
     assert_eq!(out.ids, vec![eos; 3]);
     assert_eq!(out.content, "", "{out:?}");
     assert_eq!(out.reason, Some(FinishReason::Length));
+}
+
+#[test]
+fn a_generated_special_token_shows_no_text() {
+    // `<|im_start|>` is special and no end of sequence: generated, it adds no text (vLLM's
+    // `skip_special_tokens`), while a plain token favoured the same way does.
+    let engine = engine("tiny-llama", EngineConfig::default());
+    let start = engine.tokenizer().token_id("<|im_start|>").unwrap();
+    assert!(engine.tokenizer().is_special(start));
+    assert!(!engine.tokenizer().eos().contains(&start));
+    let run = |favoured: u32| {
+        let mut request = greedy(vec![5, 6], 3);
+        request.params.sampling.logit_bias = vec![(favoured, 100.0)];
+        drain(engine.submit(request).unwrap())
+    };
+    let out = run(start);
+    assert_eq!(out.ids, vec![start; 3], "{out:?}");
+    assert_eq!(out.content, "");
+    let plain = engine.tokenizer().encode("hello").unwrap()[0];
+    assert!(!engine.tokenizer().is_special(plain));
+    assert!(!run(plain).content.is_empty());
 }

@@ -337,12 +337,26 @@ async fn vllm_sampling_extensions_are_honoured() {
         ("min_p", json!(2)),
         ("logit_bias", json!({"99999999": 1})),
         ("logit_bias", json!({"5": -101})),
+        ("stop_token_ids", json!([3, 99_999_999])),
+        ("stop_token_ids", json!((0..300).collect::<Vec<u32>>())),
+        (
+            "stop",
+            json!((0..100).map(|i| format!("s{i}")).collect::<Vec<_>>()),
+        ),
     ] {
         let mut body = chat("tiny-llama", "hi", 4);
         body[field] = value;
         let e = error_of(post(&base, "/v1/chat/completions", &body).await, 400).await;
         assert_eq!(e["param"], field, "{e}");
     }
+    // A template variable the server sets itself cannot be replaced; others are taken.
+    let mut body = chat("tiny-llama", "hi", 4);
+    body["chat_template_kwargs"] = json!({"messages": [], "custom_flag": true});
+    let e = error_of(post(&base, "/v1/chat/completions", &body).await, 400).await;
+    assert_eq!(e["param"], "chat_template_kwargs.messages", "{e}");
+    body["chat_template_kwargs"] = json!({"custom_flag": true});
+    let v = completion(&base, &body).await;
+    assert!(v["choices"][0]["finish_reason"].is_string(), "{v}");
     s.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 

@@ -239,6 +239,19 @@ fn without_generation_tags(source: &str) -> String {
     .into_owned()
 }
 
+/// Template variables the renderer sets itself (and the functions it provides), which a request's
+/// extra variables may not replace.
+pub const RESERVED_TEMPLATE_VARS: [&str; 8] = [
+    "messages",
+    "tools",
+    "add_generation_prompt",
+    "enable_thinking",
+    "bos_token",
+    "eos_token",
+    "raise_exception",
+    "strftime_now",
+];
+
 impl ChatTemplate {
     /// Compiles `source`; `bos_token`/`eos_token` are exposed to it as in `transformers`.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
@@ -300,16 +313,42 @@ impl ChatTemplate {
         enable_thinking: Option<bool>,
         tools: &[serde_json::Value],
     ) -> Result<String> {
+        let none = serde_json::Map::new();
+        self.render_with_vars(
+            messages,
+            add_generation_prompt,
+            enable_thinking,
+            tools,
+            &none,
+        )
+    }
+
+    /// [`render_with_tools`](Self::render_with_tools) with more variables for the template
+    /// (vLLM's `chat_template_kwargs`, e.g. a custom flag a fine-tune's template reads); the
+    /// [`RESERVED_TEMPLATE_VARS`] are the renderer's own and are not taken from `vars`.
+    pub fn render_with_vars(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        enable_thinking: Option<bool>,
+        tools: &[serde_json::Value],
+        vars: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String> {
         let tmpl = self
             .env
             .get_template("chat")
             .map_err(|e| ModelError::Template(e.to_string()))?;
-        let mut ctx = serde_json::json!({
-            "messages": messages,
-            "add_generation_prompt": add_generation_prompt,
-            "bos_token": self.bos_token,
-            "eos_token": self.eos_token,
-        });
+        let mut ctx = serde_json::Value::Object(
+            vars.iter()
+                .filter(|(k, _)| !RESERVED_TEMPLATE_VARS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        );
+        ctx["messages"] =
+            serde_json::to_value(messages).map_err(|e| ModelError::Template(e.to_string()))?;
+        ctx["add_generation_prompt"] = add_generation_prompt.into();
+        ctx["bos_token"] = self.bos_token.clone().into();
+        ctx["eos_token"] = self.eos_token.clone().into();
         if let Some(flag) = enable_thinking {
             ctx["enable_thinking"] = flag.into();
         }
@@ -494,5 +533,23 @@ mod tests {
             "{out}"
         );
         assert_eq!(parts[4], "%");
+    }
+
+    #[test]
+    fn extra_variables_reach_the_template_but_never_replace_its_own() {
+        let t = ChatTemplate::new(
+            "{% for m in messages %}{{ m.content }}{% endfor %}|{{ custom_flag }}|{{ add_generation_prompt }}",
+            "",
+            "",
+        )
+        .unwrap();
+        let vars: serde_json::Map<String, serde_json::Value> = serde_json::from_value(
+            serde_json::json!({"custom_flag": "on", "messages": [], "add_generation_prompt": false}),
+        )
+        .unwrap();
+        let out = t
+            .render_with_vars(&[ChatMessage::new("user", "hi")], true, None, &[], &vars)
+            .unwrap();
+        assert_eq!(out, "hi|on|True");
     }
 }

@@ -136,9 +136,11 @@ pub(super) fn gguf_tokenizer_parts(
         .zip(&types)
         .enumerate()
         .filter(|(_, (_, &t))| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
-        .map(|(i, (content, _))| {
+        // User-defined tokens (Qwen's `<think>`, `<tool_call>`) are plain text when decoded, as
+        // llama.cpp renders them; control tokens are special, their text never shown.
+        .map(|(i, (content, &t))| {
             json!({"id": i, "content": content, "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": true})
+                   "rstrip": false, "normalized": false, "special": t != TOKEN_TYPE_USER_DEFINED})
         })
         .collect();
     let spec = json!({

@@ -15,6 +15,8 @@ pub struct TextTokenizer {
     add_bos: bool,
     /// llama.cpp-style decoding for SentencePiece GGUF vocabularies.
     spm: Option<Arc<SpmDecoder>>,
+    /// Ids of the special tokens (added tokens marked `special`: a GGUF's control tokens), sorted.
+    special: Vec<u32>,
 }
 
 /// Tokens llama.cpp also ends generation at, found by their text (`llama-vocab.cpp`), beside the
@@ -46,13 +48,27 @@ impl TextTokenizer {
     pub fn new(inner: tokenizers::Tokenizer, bos: Option<u32>, mut eos: Vec<u32>) -> Self {
         eos.sort_unstable();
         eos.dedup();
+        let mut special: Vec<u32> = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| id)
+            .collect();
+        special.sort_unstable();
         Self {
             inner,
             bos,
             eos,
             add_bos: false,
             spm: None,
+            special,
         }
+    }
+
+    /// Whether `id` is a special token (chat markers, control tokens): generated output shows no
+    /// text for it, as vLLM's `skip_special_tokens` default and llama.cpp's rendering do.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special.binary_search(&id).is_ok()
     }
 
     /// Builds the tokenizer from GGUF metadata, with its special ids ([`Self::with_gguf_specials`]).

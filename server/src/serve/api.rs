@@ -78,6 +78,27 @@ impl StreamOptions {
 pub struct ChatTemplateKwargs {
     /// Think (true) or answer directly (false).
     pub enable_thinking: Option<bool>,
+    /// Every other variable, given to the chat template as it is (a flag a fine-tune's template
+    /// reads); the template's own variables (`messages`, `tools`, ...) may not be replaced.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, Value>,
+}
+
+impl ChatTemplateKwargs {
+    /// Refuses a variable the renderer sets itself.
+    pub fn check(&self) -> Result<(), ApiError> {
+        match self
+            .other
+            .keys()
+            .find(|k| switchyard_models::text::RESERVED_TEMPLATE_VARS.contains(&k.as_str()))
+        {
+            Some(k) => Err(ApiError::invalid(
+                &format!("chat_template_kwargs.{k}"),
+                format!("`{k}` is set by the server and cannot be given as a template variable"),
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 /// `POST /v1/chat/completions` (and `/v1/route`) body.
@@ -402,6 +423,9 @@ impl ChatRequest {
             return Err(ApiError::invalid("n", "`n` must be at least 1"));
         }
         StreamOptions::check(self.stream_options.as_ref(), self.stream)?;
+        if let Some(kwargs) = &self.chat_template_kwargs {
+            kwargs.check()?;
+        }
         if self.messages.is_empty() {
             return Err(ApiError::invalid(
                 "messages",
@@ -418,6 +442,14 @@ impl ChatRequest {
             }
         }
         Ok(checked)
+    }
+
+    /// The chat template's extra variables (`chat_template_kwargs` but `enable_thinking`).
+    pub fn template_vars(&self) -> serde_json::Map<String, Value> {
+        self.chat_template_kwargs
+            .as_ref()
+            .map(|k| k.other.clone())
+            .unwrap_or_default()
     }
 
     /// The messages as the engine takes them.

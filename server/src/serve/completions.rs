@@ -328,6 +328,7 @@ async fn complete(
         response_format: Default::default(),
         tools: None,
         use_prefix_cache: request.cache_prompt.unwrap_or(true),
+        template_vars: Default::default(),
     };
     let echoed = if echo {
         echoed_prompts(&state, &plan.model, &prompts, request.logprobs.is_some()).await?

@@ -628,6 +628,7 @@ async fn chat(
             response_format,
             tools: tool_use.clone(),
             use_prefix_cache: request.cache_prompt.unwrap_or(true),
+            template_vars: request.template_vars(),
         },
     };
     // Rendering the template and tokenizing a long prompt is CPU work: keep it off the threads

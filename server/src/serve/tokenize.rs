@@ -90,9 +90,17 @@ fn tokens_of(engine: &Engine, request: &TokenizeRequest) -> Result<Vec<u32>, Api
                 Some(true) => Thinking::On { budget: None },
                 _ => Thinking::Off,
             };
+            let template_vars = match &request.chat_template_kwargs {
+                Some(kwargs) => {
+                    kwargs.check()?;
+                    kwargs.other.clone()
+                }
+                None => Default::default(),
+            };
             let params = GenerationParams {
                 thinking,
                 tools: tool_use_of(request.tools.as_deref(), request.tool_choice.as_ref(), None)?,
+                template_vars,
                 ..Default::default()
             };
             let prompt = Prompt::Chat(chat_messages(messages)?);
