@@ -101,11 +101,15 @@ fn load_gguf(path: &Path) -> Result<GenerationModel> {
     let chat_template = gguf
         .string("tokenizer.chat_template")
         .map(|src| {
-            ChatTemplate::new(
+            let template = ChatTemplate::new(
                 src,
                 &token_text("tokenizer.ggml.bos_token_id"),
                 &token_text("tokenizer.ggml.eos_token_id"),
-            )
+            )?;
+            match gguf.string("tokenizer.chat_template.tool_use") {
+                Some(tool_use) => template.with_tool_use(tool_use),
+                None => Ok(template),
+            }
         })
         .transpose()?;
     Ok(GenerationModel {
@@ -148,15 +152,21 @@ fn load_hf_dir(dir: &Path) -> Result<GenerationModel> {
             })?,
         )
     } else {
-        named_template(tok_config.get("chat_template"))
+        named_template(tok_config.get("chat_template"), "default")
     };
+    let tool_use = named_template(tok_config.get("chat_template"), "tool_use")
+        .filter(|_| tok_config["chat_template"].is_array());
     let chat_template = source
         .map(|s| {
-            ChatTemplate::new(
+            let template = ChatTemplate::new(
                 &s,
                 bos.as_deref().unwrap_or(""),
                 eos.as_deref().unwrap_or(""),
-            )
+            )?;
+            match &tool_use {
+                Some(t) => template.with_tool_use(t),
+                None => Ok(template),
+            }
         })
         .transpose()?;
     Ok(GenerationModel {
@@ -167,15 +177,16 @@ fn load_hf_dir(dir: &Path) -> Result<GenerationModel> {
     })
 }
 
-/// `tokenizer_config.json`'s `chat_template`: a string, or a list of named templates
-/// (`[{"name": "default", "template": ...}, {"name": "tool_use", ...}]`), of which the default
-/// one renders chats, as transformers picks it when no tools are passed.
-fn named_template(value: Option<&Value>) -> Option<String> {
+/// `tokenizer_config.json`'s `chat_template`: a string (the one template, whatever `name` asks),
+/// or a list of named templates (`[{"name": "default", "template": ...}, {"name": "tool_use",
+/// ...}]`), of which transformers renders a chat with `default` and, when tools are passed, with
+/// `tool_use` where there is one.
+fn named_template(value: Option<&Value>, name: &str) -> Option<String> {
     match value? {
         Value::String(s) => Some(s.clone()),
         Value::Array(list) => list
             .iter()
-            .find(|t| t["name"] == "default")
+            .find(|t| t["name"] == name)
             .and_then(|t| t["template"].as_str())
             .map(str::to_string),
         _ => None,
@@ -192,11 +203,18 @@ mod tests {
             {"name": "tool_use", "template": "tools"},
             {"name": "default", "template": "plain"}
         ]);
-        assert_eq!(named_template(Some(&list)).as_deref(), Some("plain"));
         assert_eq!(
-            named_template(Some(&serde_json::json!("one"))).as_deref(),
+            named_template(Some(&list), "default").as_deref(),
+            Some("plain")
+        );
+        assert_eq!(
+            named_template(Some(&list), "tool_use").as_deref(),
+            Some("tools")
+        );
+        assert_eq!(
+            named_template(Some(&serde_json::json!("one")), "default").as_deref(),
             Some("one")
         );
-        assert_eq!(named_template(None), None);
+        assert_eq!(named_template(None, "default"), None);
     }
 }

@@ -38,6 +38,9 @@ impl ChatMessage {
 pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
     source: String,
+    /// The variant for requests with tools (`tokenizer_config.json`'s named `tool_use` template,
+    /// GGUF `tokenizer.chat_template.tool_use`), compiled as `tool_use` beside `chat`.
+    tool_use_source: Option<String>,
     bos_token: String,
     eos_token: String,
 }
@@ -268,6 +271,7 @@ impl ChatTemplate {
         Ok(Self {
             env,
             source: source.to_string(),
+            tool_use_source: None,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
         })
@@ -278,20 +282,37 @@ impl ChatTemplate {
         &self.source
     }
 
-    /// Whether the template renders the `tools` it is given (Qwen's, Hermes', Llama 3.1's do).
+    /// Adds the variant that renders requests with tools, as transformers picks a `tool_use`
+    /// template when tools are passed (Hermes 2 Pro, Command R ship one).
+    pub fn with_tool_use(mut self, source: &str) -> Result<Self> {
+        self.env
+            .add_template_owned("tool_use", without_generation_tags(source))
+            .map_err(|e| ModelError::Template(format!("the tool_use template: {e}")))?;
+        self.tool_use_source = Some(source.to_string());
+        Ok(self)
+    }
+
+    /// The source that renders requests with tools: the `tool_use` variant if there is one.
+    fn tools_source(&self) -> &str {
+        self.tool_use_source.as_deref().unwrap_or(&self.source)
+    }
+
+    /// Whether the template renders the `tools` it is given (Qwen's, Hermes', Llama 3.1's do, and
+    /// any `tool_use` variant).
     pub fn speaks_tools(&self) -> bool {
-        self.source.contains("tools")
+        self.tools_source().contains("tools")
     }
 
     /// Whether the template renders several calls in one assistant turn (it loops over a message's
     /// `tool_calls`, as Qwen's and Hermes' do, and does not refuse more than one, as Llama 3.1's
     /// does): a sign the model was trained to make parallel calls.
     pub fn renders_parallel_tool_calls(&self) -> bool {
-        let loops = self.source.split("for ").skip(1).any(|rest| {
+        let source = self.tools_source();
+        let loops = source.split("for ").skip(1).any(|rest| {
             let head = rest.split("%}").next().unwrap_or("");
             head.contains(" in ") && head.contains("tool_calls")
         });
-        loops && !self.source.contains("only supports single tool-call")
+        loops && !source.contains("only supports single tool-call")
     }
 
     /// Renders `messages`; `enable_thinking` is passed only when set (templates test `is defined`).
@@ -334,9 +355,13 @@ impl ChatTemplate {
         tools: &[serde_json::Value],
         vars: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<String> {
+        let name = match &self.tool_use_source {
+            Some(_) if !tools.is_empty() => "tool_use",
+            _ => "chat",
+        };
         let tmpl = self
             .env
-            .get_template("chat")
+            .get_template(name)
             .map_err(|e| ModelError::Template(e.to_string()))?;
         let mut ctx = serde_json::Value::Object(
             vars.iter()
@@ -551,5 +576,29 @@ mod tests {
             .render_with_vars(&[ChatMessage::new("user", "hi")], true, None, &[], &vars)
             .unwrap();
         assert_eq!(out, "hi|on|True");
+    }
+
+    #[test]
+    fn a_tool_use_variant_renders_requests_with_tools() {
+        let t = ChatTemplate::new("{% for m in messages %}{{ m.content }}{% endfor %}", "", "")
+            .unwrap();
+        assert!(!t.speaks_tools());
+        let t = t
+            .with_tool_use(
+                "{{ tools | length }} tools: {% for m in messages %}{{ m.content }}{% endfor %}",
+            )
+            .unwrap();
+        assert!(t.speaks_tools());
+        let msgs = [ChatMessage::new("user", "hi")];
+        let tool = serde_json::json!({"type": "function", "function": {"name": "f"}});
+        assert_eq!(
+            t.render_with_tools(&msgs, true, None, &[tool]).unwrap(),
+            "1 tools: hi"
+        );
+        assert_eq!(t.render(&msgs, true, None).unwrap(), "hi");
+        assert!(ChatTemplate::new("x", "", "")
+            .unwrap()
+            .with_tool_use("{% if %}")
+            .is_err());
     }
 }
