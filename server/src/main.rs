@@ -49,6 +49,8 @@ enum Commands {
     /// Refit the PII head's last linear layer on the frozen router (with the entity-free chat
     /// sentences the trainer now adds) and write it back into the router's `model.safetensors`.
     RefitPiiHead(train::pii_refit::PiiRefitArgs),
+    /// Refit the jailbreak head's last layer with diluted attacks (an attack among benign text).
+    RefitJailbreakHead(train::jailbreak_refit::JailbreakRefitArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -236,6 +238,7 @@ fn main() -> Result<()> {
         Commands::TrainEmbedding(args) => train::embedding::run(args),
         Commands::EvalPii(args) => train::pii_eval::run(args),
         Commands::RefitPiiHead(args) => train::pii_refit::run(args),
+        Commands::RefitJailbreakHead(args) => train::jailbreak_refit::run(args),
         Commands::FetchModel(args) => {
             let cache = switchyard_server::fetch::cache_dir();
             let path = switchyard_server::fetch::DEFAULT_MODEL.ensure(&cache)?;

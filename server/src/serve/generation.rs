@@ -143,11 +143,52 @@ pub(super) fn sse_response(
         done: false,
         _permit: permit,
     });
+    let events = relay(events, SSE_BUFFER, state.limits.stream_stall);
     let mut response = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response();
     response.headers_mut().extend(headers);
     response
+}
+
+/// Events a stream's relay holds for a client that reads slower than the model writes (beside what
+/// the connection's own buffers hold).
+const SSE_BUFFER: usize = 64;
+
+/// `events` relayed through a task of their own and a buffer of `buffer` items: the task owns the
+/// generation (and its stream's place among `--max-streams`) and ends, dropping it, when the
+/// generation ends, when the client goes away, or when the client has read nothing for `stall`
+/// while the buffer is full (the connection's buffers full too: a client that stopped reading).
+/// Without it, such a client held its generation and its place until the connection closed.
+pub(super) fn relay<T: Send + 'static>(
+    events: impl Stream<Item = T> + Send + 'static,
+    buffer: usize,
+    stall: Duration,
+) -> impl Stream<Item = T> {
+    let (tx, rx) = tokio::sync::mpsc::channel(buffer.max(1));
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(events);
+        loop {
+            let event = tokio::select! {
+                event = events.next() => event,
+                // The client went away: stop at once, not at the next event.
+                _ = tx.closed() => return,
+            };
+            let Some(event) = event else { return };
+            match tokio::time::timeout(stall, tx.send(event)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::warn!(
+                        "a streaming client read nothing for {} s: its generation is cancelled",
+                        stall.as_secs()
+                    );
+                    return;
+                }
+            }
+        }
+    });
+    stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
 }
 
 /// Every choice's whole generation, or the response for the first that failed (counted under its
@@ -605,5 +646,68 @@ mod tests {
         assert_eq!(total.total_time, 9.0);
         // One prompt: counted once whatever `n`.
         assert_eq!(request_usage(&[u(5, 0, 1, 0.1); 3], 3).prompt_tokens, 5);
+    }
+
+    /// Sets its flag when dropped: whether the relay let go of its source.
+    struct DropFlag(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn guarded<S: Stream + Send + 'static>(
+        source: S,
+    ) -> (
+        impl Stream<Item = S::Item> + Send + 'static,
+        Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let guard = DropFlag(flag.clone());
+        let stream = source.map(move |item| {
+            let _ = &guard;
+            item
+        });
+        (stream, flag)
+    }
+
+    async fn released(flag: &std::sync::atomic::AtomicBool) -> bool {
+        for _ in 0..100 {
+            if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn the_relay_passes_every_event_and_lets_go_of_a_finished_source() {
+        let (source, dropped) = guarded(stream::iter(0..100));
+        let out: Vec<i32> = relay(source, 4, Duration::from_secs(5)).collect().await;
+        assert_eq!(out, (0..100).collect::<Vec<_>>());
+        assert!(released(&dropped).await);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_loses_its_generation_after_the_stall_limit() {
+        // An endless generation, a client that reads two events and then nothing.
+        let (source, dropped) = guarded(stream::iter(0..));
+        let mut out = Box::pin(relay(source, 2, Duration::from_millis(100)));
+        assert_eq!(out.next().await, Some(0));
+        assert_eq!(out.next().await, Some(1));
+        assert!(released(&dropped).await, "the source was kept");
+        // What was buffered still reads, then the stream ends.
+        let rest: Vec<i32> = out.collect().await;
+        assert!(rest.len() <= 3, "{rest:?}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_goes_away_releases_a_silent_generation_at_once() {
+        // A generation that has produced nothing yet (a long prefill, a queue).
+        let (source, dropped) = guarded(stream::pending::<i32>());
+        let out = relay(source, 2, Duration::from_secs(600));
+        drop(out);
+        assert!(released(&dropped).await, "the source was kept");
     }
 }

@@ -145,6 +145,10 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM / Ctrl-C.
     #[arg(long, env = "SWITCHYARD_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
+    /// Seconds a streaming client may leave its answer unread (the server cannot send, its buffers
+    /// full) before its generation is cancelled and its stream's place freed.
+    #[arg(long, env = "SWITCHYARD_STREAM_STALL_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stream_stall_timeout: u64,
     /// Seconds a client gets to send a request's head, and again its body; a slower client's
     /// connection is closed (head) or answered 408 (body).
     #[arg(long, env = "SWITCHYARD_READ_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
@@ -234,6 +238,7 @@ impl Default for ServeArgs {
             router_executor: RouterExecutor::Auto,
             shutdown_grace: 10,
             read_timeout: 30,
+            stream_stall_timeout: 60,
             kv_cache_dtype: KvCacheDtype::Auto,
             no_prefix_caching: false,
         }
@@ -253,6 +258,8 @@ pub struct Limits {
     pub streams: usize,
     /// Time to receive a request body.
     pub read_timeout: Duration,
+    /// Time a streaming client may leave its answer unread.
+    pub stream_stall: Duration,
     /// Choices (`n`) per request.
     pub choices: usize,
 }
@@ -524,6 +531,7 @@ pub async fn start(args: ServeArgs) -> Result<Server> {
             max_tokens: args.max_tokens,
             streams: args.max_streams,
             read_timeout: Duration::from_secs(args.read_timeout),
+            stream_stall: Duration::from_secs(args.stream_stall_timeout),
             choices: usize::from(args.max_choices),
         },
         metrics: Metrics::new()?,
@@ -811,14 +819,16 @@ mod tests {
                 parsed.shutdown_grace,
                 parsed.no_router,
                 parsed.read_timeout,
-                parsed.upstream_timeout
+                parsed.upstream_timeout,
+                parsed.stream_stall_timeout
             ),
             (
                 d.max_body_bytes,
                 d.shutdown_grace,
                 d.no_router,
                 d.read_timeout,
-                d.upstream_timeout
+                d.upstream_timeout,
+                d.stream_stall_timeout
             )
         );
         assert_eq!(

@@ -19,6 +19,7 @@ use switchyard_router::{HeadRole, RouterModel, DEFAULT_MAX_INPUT_TOKENS};
 
 use super::baseline::LinearSvm;
 use super::data;
+use super::dilution::{diluted_validation, with_diluted_training, DilutionOptions};
 use super::eval::{argmax, binary_prf};
 
 /// Options of `train-lexical`.
@@ -59,10 +60,22 @@ pub struct LexicalArgs {
     /// the decision the server makes. The domain head ignores it.
     #[arg(long, default_value_t = 0.7)]
     pub block_threshold: f64,
+    /// Jailbreak head: diluted attacks (an attack piece among benign text, `train::dilution`) per
+    /// training attack added to the training split, and as many padded benign texts (0: none).
+    /// The diluted validation set is measured either way.
+    #[arg(long, default_value_t = 0)]
+    pub dilution: usize,
+    /// The diluted training texts' padding, as a multiple of the attack piece, `MIN-MAX`.
+    #[arg(long, value_parser = super::dilution::parse_ratio_range, default_value = "0.5-1.5")]
+    pub padding_ratio: (f64, f64),
     /// How the domain head's fusion weight and scale are chosen on the validation split
     #[arg(long, value_enum, default_value_t = FusionCriterion::Accuracy)]
     pub fusion_criterion: FusionCriterion,
 }
+
+/// The name of the jailbreak head's diluted validation set in the metrics.
+const DILUTED_VALIDATION: &str =
+    "diluted validation (attacks among benign text, benign padded alike)";
 
 /// What the domain head's fusion is chosen for (the jailbreak head's: F1 at `--block-threshold`).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,7 +98,7 @@ impl FusionCriterion {
 }
 
 /// `MIN-MAX` with `1 <= MIN <= MAX`.
-fn parse_range(s: &str) -> Result<(usize, usize), String> {
+pub(super) fn parse_range(s: &str) -> Result<(usize, usize), String> {
     let (a, b) = s
         .split_once('-')
         .ok_or_else(|| format!("`{s}`: expected MIN-MAX, e.g. 2-5"))?;
@@ -359,7 +372,28 @@ pub fn run(args: LexicalArgs) -> Result<()> {
             cache: args.embedding_cache.clone(),
             ..e
         });
-    let train_texts: Vec<&str> = task.train.iter().map(|e| e.text.as_str()).collect();
+    // The jailbreak head's diluted sets, read with the router's own tokenizer.
+    let diluted = if role == HeadRole::Jailbreak {
+        let path = args.router_dir.join("tokenizer.json");
+        let tok = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let options = DilutionOptions {
+            per_attack: args.dilution,
+            seed: args.seed,
+            padding_ratio: args.padding_ratio,
+            ..DilutionOptions::default()
+        };
+        Some((
+            with_diluted_training(&tok, task, &options)?,
+            diluted_validation(&tok, task, &ds.chat_val, &options)?,
+        ))
+    } else if args.dilution > 0 {
+        bail!("--dilution applies to the jailbreak head only");
+    } else {
+        None
+    };
+    let train_examples: &[data::Example] = diluted.as_ref().map_or(&task.train, |d| &d.0);
+    let train_texts: Vec<&str> = train_examples.iter().map(|e| e.text.as_str()).collect();
     let features = TextFeatures::fit(&train_texts, args.char_ngrams);
     let text_dim = features.dim();
     let mut x: Vec<Sparse> = train_texts.iter().map(|t| features.transform(t)).collect();
@@ -379,12 +413,13 @@ pub fn run(args: LexicalArgs) -> Result<()> {
         dim += enc.features.dim;
     }
     eprintln!(
-        "fitting a linear SVM on {} {} texts, {dim} features",
-        task.train.len(),
-        args.head
+        "fitting a linear SVM on {} {} texts ({} diluted), {dim} features",
+        train_examples.len(),
+        args.head,
+        train_examples.len() - task.train.len()
     );
     let fit_start = std::time::Instant::now();
-    let y: Vec<usize> = task.train.iter().map(|e| e.label).collect();
+    let y: Vec<usize> = train_examples.iter().map(|e| e.label).collect();
     let svm = LinearSvm::train(&x, &y, labels.len(), dim, args.seed);
     let fit_secs = fit_start.elapsed().as_secs_f64();
     drop(x);
@@ -450,6 +485,23 @@ pub fn run(args: LexicalArgs) -> Result<()> {
         .zip(&chat_text_lex)
         .map(|(r, l)| (r.0, r.1, l))
         .collect();
+
+    // The diluted validation set (jailbreak head): scored, never used to choose the fusion.
+    let diluted_texts: Vec<&str> = diluted
+        .as_ref()
+        .map(|d| d.1.iter().map(|e| e.text.as_str()).collect())
+        .unwrap_or_default();
+    let diluted_router = router_probs(&router, role, &labels, &diluted_texts)?;
+    let diluted_lex = score_texts(&lexical, enc, &diluted_texts, "diluted validation")?.0;
+    let diluted_rows: Vec<Row> = diluted
+        .as_ref()
+        .map(|d| {
+            d.1.iter()
+                .zip(diluted_router.iter().zip(&diluted_lex))
+                .map(|(e, (r, l))| (e.label, r, l))
+                .collect()
+        })
+        .unwrap_or_default();
 
     // Choose weight and scale on the router's own validation split only.
     let t = args.block_threshold as f32;
@@ -577,15 +629,36 @@ pub fn run(args: LexicalArgs) -> Result<()> {
             );
         }
         // The same at the block threshold the fusion was chosen for.
-        row(
-            &mut table,
-            &format!("F1 at p(jailbreak) >= {t}, validation split"),
-            val.len(),
-            measure(role, &val, fused_at(0.0, best.1, t)),
-            measure(role, &val, fused_at(1.0, best.1, t)),
-            measure(role, &val, fused_at(best.0, best.1, t)),
-            None,
-        );
+        for (name, rows) in [
+            ("validation split", &val),
+            (DILUTED_VALIDATION, &diluted_rows),
+        ] {
+            row(
+                &mut table,
+                &format!("F1 at p(jailbreak) >= {t}, {name}"),
+                rows.len(),
+                measure(role, rows, fused_at(0.0, best.1, t)),
+                measure(role, rows, fused_at(1.0, best.1, t)),
+                measure(role, rows, fused_at(best.0, best.1, t)),
+                None,
+            );
+        }
+        let diluted_benign: Vec<Row> = diluted_rows.iter().filter(|r| r.0 == 0).copied().collect();
+        let diluted_attacks: Vec<Row> = diluted_rows.iter().filter(|r| r.0 == 1).copied().collect();
+        for (name, rows) in [
+            ("diluted attacks blocked (recall)", &diluted_attacks),
+            ("padded benign texts blocked", &diluted_benign),
+        ] {
+            row(
+                &mut table,
+                &format!("{name} at p >= {t} (share)"),
+                rows.len(),
+                flagged(rows, fused_at(0.0, best.1, t)),
+                flagged(rows, fused_at(1.0, best.1, t)),
+                flagged(rows, fused_at(best.0, best.1, t)),
+                None,
+            );
+        }
         for (name, rows) in [
             ("benign validation texts", &benign),
             ("chat-style validation.jsonl", &chat_eval),
@@ -617,10 +690,12 @@ pub fn run(args: LexicalArgs) -> Result<()> {
             "fit_seconds": fit_secs,
             "block_threshold": (role == HeadRole::Jailbreak).then_some(args.block_threshold),
             "fusion_criterion": (role == HeadRole::Domain).then_some(args.fusion_criterion.name()),
-            "train_texts": task.train.len(), "measure": what, "results": metrics,
+            "train_texts": train_examples.len(), "diluted_train_texts": train_examples.len() - task.train.len(),
+            "dilution": args.dilution, "measure": what, "results": metrics,
             "command": format!(
-                "switchyard train-lexical --head {} --data ../shared/data --router-dir router/models/default{}{}{}{}",
+                "switchyard train-lexical --head {} --data ../shared/data --router-dir router/models/default{}{}{}{}{}",
                 args.head,
+                if args.dilution > 0 { format!(" --dilution {}", args.dilution) } else { String::new() },
                 args.char_ngrams.map_or(String::new(), |(a, b)| format!(" --char-ngrams {a}-{b}")),
                 args.embedding_features.map_or(String::new(), |a| format!(" --embedding-features {a}")),
                 if role == HeadRole::Jailbreak { format!(" --block-threshold {t}") } else { String::new() },

@@ -6,15 +6,18 @@
 
 pub mod baseline;
 pub mod data;
+pub mod dilution;
 pub mod distill;
 pub mod dump;
 pub mod embedding;
 pub mod eval;
+pub mod jailbreak_refit;
 pub mod lexical;
 pub mod logreg;
 pub mod model;
 pub mod pii_eval;
 pub mod pii_refit;
+pub mod refit;
 pub mod tokenizer;
 
 use anyhow::{bail, Context, Result};
