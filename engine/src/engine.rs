@@ -468,6 +468,7 @@ impl Engine {
                 max_model_len: self.info.max_model_len,
             });
         }
+        // A cheap early refusal; the place itself is taken atomically below.
         if self.info.stats.waiting() >= self.info.config.max_waiting {
             return Err(EngineError::QueueFull(self.info.config.max_waiting));
         }
@@ -523,7 +524,13 @@ impl Engine {
             finished: None,
             held_finish: None,
         };
-        self.info.stats.enter_queue();
+        if !self
+            .info
+            .stats
+            .try_enter_queue(self.info.config.max_waiting)
+        {
+            return Err(EngineError::QueueFull(self.info.config.max_waiting));
+        }
         if self
             .worker
             .tx

@@ -46,6 +46,15 @@ impl EngineStats {
     pub(crate) fn enter_queue(&self) {
         self.waiting.fetch_add(1, Ordering::Relaxed);
     }
+    /// Takes a place in the queue if fewer than `limit` wait: one atomic step, so concurrent
+    /// submissions cannot all pass a check and overshoot the limit together.
+    pub(crate) fn try_enter_queue(&self, limit: usize) -> bool {
+        self.waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
     pub(crate) fn leave_queue(&self) {
         self.waiting.fetch_sub(1, Ordering::Relaxed);
     }

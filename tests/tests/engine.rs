@@ -564,6 +564,39 @@ fn a_full_queue_refuses_new_requests() {
 }
 
 #[test]
+fn concurrent_submissions_never_overshoot_the_queue_limit() {
+    let engine = engine(
+        "tiny-llama",
+        EngineConfig {
+            max_waiting: 2,
+            ..Default::default()
+        },
+    );
+    // The worker is held, so nothing leaves the queue while 16 threads submit at once.
+    let release = hold_worker(&engine);
+    let barrier = std::sync::Barrier::new(16);
+    let accepted: Vec<GenerationStream> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    engine.submit(greedy(vec![5, 6, 7], 2))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap().ok())
+            .collect()
+    });
+    assert_eq!(accepted.len(), 2);
+    release.send(()).unwrap();
+    for stream in accepted {
+        assert_eq!(drain(stream).usage.completion_tokens, 2);
+    }
+}
+
+#[test]
 fn a_short_cache_preempts_and_still_produces_identical_output() {
     // With prefix caching on, the cached prefixes of the first round are evicted under pressure
     // and the preempted sequences may readmit with their own prefixes.
