@@ -201,6 +201,11 @@ impl Engine {
             .map_err(String::as_str)
     }
 
+    /// Whether a generated `id` adds no text to the output ([`crate::thinking::silent_token`]).
+    pub fn silent_token(&self, id: u32) -> bool {
+        crate::thinking::silent_token(&self.info.tokenizer, id)
+    }
+
     /// How this model is put into thinking mode.
     pub fn thinking_style(&self) -> ThinkingStyle {
         self.info.style
@@ -262,7 +267,7 @@ impl Engine {
                 })?;
         let mut msgs = std::borrow::Cow::Borrowed(messages);
         let mut template_tools = Vec::new();
-        if template.speaks_tools() {
+        if template.renders_tools(tools.is_some()) {
             template_tools = tools.map(ToolUse::template_tools).unwrap_or_default();
         } else if tools.is_some() || crate::tools::has_tool_history(messages) {
             let mut owned = crate::tools::written_out(messages);

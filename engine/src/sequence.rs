@@ -197,9 +197,8 @@ impl Sequence {
         if sampled && self.splitter.in_thinking() {
             self.reasoning_tokens += 1;
         }
-        if tokenizer.eos().contains(&token) || tokenizer.is_special(token) {
-            // An end-of-sequence id generated past (`ignore_eos`), or any other special token,
-            // adds no text, as vLLM skips special tokens' text: no `<|im_end|>` in the answer.
+        if crate::thinking::silent_token(tokenizer, token) {
+            // No `<|im_end|>` in the answer, as vLLM skips special tokens' text.
             return;
         }
         let text = match self.detok.push(tokenizer, token) {

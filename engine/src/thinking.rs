@@ -8,7 +8,7 @@
 //! removes them, so forcing the end marker at the budget cannot leak a literal `</think>` into the
 //! answer.
 
-use switchyard_models::text::{ChatMessage, ChatTemplate};
+use switchyard_models::text::{ChatMessage, ChatTemplate, TextTokenizer};
 
 use crate::request::DeltaKind;
 
@@ -16,6 +16,27 @@ use crate::request::DeltaKind;
 pub const THINK_START: &str = "<think>";
 /// End of the thinking section.
 pub const THINK_END: &str = "</think>";
+
+/// Whether a generated token adds no text to the output: an end of sequence generated past
+/// (`ignore_eos`), or a special token (a chat marker, a GGUF control token), as vLLM's
+/// `skip_special_tokens` leaves them out. The markers the output is parsed by (`<think>`,
+/// `</think>`, `<tool_call>`, `</tool_call>`) keep their text even where a tokenizer calls them
+/// special: the thinking split and a budget's forced end read it.
+pub fn silent_token(tokenizer: &TextTokenizer, id: u32) -> bool {
+    if tokenizer.eos().contains(&id) {
+        return true;
+    }
+    tokenizer.is_special(id)
+        && !tokenizer.token(id).is_some_and(|t| {
+            [
+                THINK_START,
+                THINK_END,
+                crate::tools::TOOL_CALL_START,
+                crate::tools::TOOL_CALL_END,
+            ]
+            .contains(&t.as_str())
+        })
+}
 
 /// System instruction given to models with no native thinking mode.
 pub const REASONING_INSTRUCTION: &str =

@@ -106,10 +106,10 @@ fn load_gguf(path: &Path) -> Result<GenerationModel> {
                 &token_text("tokenizer.ggml.bos_token_id"),
                 &token_text("tokenizer.ggml.eos_token_id"),
             )?;
-            match gguf.string("tokenizer.chat_template.tool_use") {
-                Some(tool_use) => template.with_tool_use(tool_use),
-                None => Ok(template),
-            }
+            Ok::<_, ModelError>(with_tool_use(
+                template,
+                gguf.string("tokenizer.chat_template.tool_use"),
+            ))
         })
         .transpose()?;
     Ok(GenerationModel {
@@ -163,10 +163,7 @@ fn load_hf_dir(dir: &Path) -> Result<GenerationModel> {
                 bos.as_deref().unwrap_or(""),
                 eos.as_deref().unwrap_or(""),
             )?;
-            match &tool_use {
-                Some(t) => template.with_tool_use(t),
-                None => Ok(template),
-            }
+            Ok::<_, ModelError>(with_tool_use(template, tool_use.as_deref()))
         })
         .transpose()?;
     Ok(GenerationModel {
@@ -175,6 +172,17 @@ fn load_hf_dir(dir: &Path) -> Result<GenerationModel> {
         tokenizer,
         chat_template,
     })
+}
+
+/// `template` with its `tool_use` variant when there is one; a variant that does not compile is
+/// left out with a warning (requests with tools then use the default template, as before).
+fn with_tool_use(mut template: ChatTemplate, tool_use: Option<&str>) -> ChatTemplate {
+    if let Some(source) = tool_use {
+        if let Err(e) = template.set_tool_use(source) {
+            tracing::warn!("the chat template's tool_use variant is left out: {e}");
+        }
+    }
+    template
 }
 
 /// `tokenizer_config.json`'s `chat_template`: a string (the one template, whatever `name` asks),

@@ -169,6 +169,14 @@ pub struct Router {
     max_guard_windows: usize,
 }
 
+/// A route [`Router::begin_route`] began: the request read, its texts with the batcher.
+pub struct PendingRoute {
+    input: RouteInput,
+    #[allow(clippy::type_complexity)]
+    pending: Vec<Option<flume::Receiver<Result<Signals, RouterError>>>>,
+    start: Instant,
+}
+
 impl Router {
     /// Loads the classifiers the options name and starts the batching queue.
     pub fn load(options: RouterOptions) -> Result<Router, RouterError> {
@@ -292,10 +300,34 @@ impl Router {
         Ok(self.finish_route(input, signals, start))
     }
 
-    /// Routes a chat request without blocking the async runtime.
+    /// Routes a chat request without blocking the async runtime while it waits for the backbone
+    /// (tokenizing a long request still runs on the caller's thread: see [`Self::begin_route`]).
     pub async fn route_async(&self, messages: &[ChatMessage]) -> Result<Decision, RouterError> {
+        let begun = self.begin_route(messages)?;
+        self.complete_route(begun).await
+    }
+
+    /// The first half of [`Self::route_async`]: reads and tokenizes the request and submits its
+    /// texts to the batcher (CPU work of up to milliseconds on a long request, for a blocking
+    /// thread); [`Self::complete_route`] waits for their signals without holding a thread.
+    pub fn begin_route(&self, messages: &[ChatMessage]) -> Result<PendingRoute, RouterError> {
         let start = Instant::now();
         let (input, pending) = self.start_route(messages)?;
+        Ok(PendingRoute {
+            input,
+            pending,
+            start,
+        })
+    }
+
+    /// The second half of [`Self::route_async`]: the decision once the begun route's signals are
+    /// in.
+    pub async fn complete_route(&self, begun: PendingRoute) -> Result<Decision, RouterError> {
+        let PendingRoute {
+            input,
+            pending,
+            start,
+        } = begun;
         let mut signals = Vec::with_capacity(pending.len());
         for rx in pending {
             signals.push(match rx {

@@ -1716,6 +1716,30 @@ fn tools_are_offered_by_templates_that_know_them_and_described_to_those_that_do_
             .unwrap(),
         llama.render_chat(&plain, Thinking::Off).unwrap()
     );
+
+    // A model with a `tool_use` variant (Hermes 2 Pro's layout) whose default template knows no
+    // tools: a conversation with a call but no tools offered is rendered by the default one, so
+    // its history is written out too, not dropped.
+    let mut model = load_generation_model(&fixtures().join("hf/tiny-llama")).unwrap();
+    let mut template = switchyard_models::text::ChatTemplate::new(
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}",
+        "",
+        "",
+    )
+    .unwrap();
+    template
+        .set_tool_use("{{ tools | length }} tools{% for m in messages %}<{{ m.role }}>{% endfor %}")
+        .unwrap();
+    model.chat_template = Some(template);
+    let hermes = Engine::start(model, EngineConfig::default()).unwrap();
+    let text = hermes
+        .render_chat_with_tools(&history, Thinking::Off, None)
+        .unwrap();
+    has_call_and_result(&text);
+    let text = hermes
+        .render_chat_with_tools(&history, Thinking::Off, Some(&tools))
+        .unwrap();
+    assert!(text.starts_with("1 tools<user><assistant><tool>"), "{text}");
 }
 
 #[test]

@@ -361,6 +361,27 @@ async fn vllm_sampling_extensions_are_honoured() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_special_token_adds_no_text_and_its_log_probability_no_bytes() {
+    let (s, base) = server(args()).await;
+    let tokenizer = s.state.engines["tiny-llama"].tokenizer();
+    let special = tokenizer.token_id("<|im_start|>").unwrap();
+    let mut body = chat("tiny-llama", "Tell me something", 3);
+    body["logit_bias"] = json!({ special.to_string(): 100 });
+    body["logprobs"] = json!(true);
+    let v = completion(&base, &body).await;
+    assert_eq!(v["usage"]["completion_tokens"], 3, "{v}");
+    assert_eq!(content(&v), "", "{v}");
+    // The entries' bytes put together are the answer's: none.
+    let entries = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(entries.len(), 3, "{v}");
+    for e in entries {
+        assert_eq!(e["token"], "", "{e}");
+        assert_eq!(e["bytes"], json!([]), "{e}");
+    }
+    s.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_of_several_api_keys_is_accepted() {
     let mut a = args();
     a.api_keys = vec!["first-key".into(), "second-key".into()];

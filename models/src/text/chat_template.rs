@@ -282,14 +282,15 @@ impl ChatTemplate {
         &self.source
     }
 
-    /// Adds the variant that renders requests with tools, as transformers picks a `tool_use`
+    /// Sets the variant that renders requests with tools, as transformers picks a `tool_use`
     /// template when tools are passed (Hermes 2 Pro, Command R ship one).
-    pub fn with_tool_use(mut self, source: &str) -> Result<Self> {
+    /// A variant that does not compile is an error, and the template is left as it was.
+    pub fn set_tool_use(&mut self, source: &str) -> Result<()> {
         self.env
             .add_template_owned("tool_use", without_generation_tags(source))
             .map_err(|e| ModelError::Template(format!("the tool_use template: {e}")))?;
         self.tool_use_source = Some(source.to_string());
-        Ok(self)
+        Ok(())
     }
 
     /// The source that renders requests with tools: the `tool_use` variant if there is one.
@@ -301,6 +302,18 @@ impl ChatTemplate {
     /// any `tool_use` variant).
     pub fn speaks_tools(&self) -> bool {
         self.tools_source().contains("tools")
+    }
+
+    /// Whether the template that renders a request (the `tool_use` variant when it has tools and
+    /// there is one, else the default) renders tools, calls and results itself; when it does not,
+    /// a caller writes them out as text.
+    pub fn renders_tools(&self, with_tools: bool) -> bool {
+        let source = if with_tools {
+            self.tools_source()
+        } else {
+            &self.source
+        };
+        source.contains("tools")
     }
 
     /// Whether the template renders several calls in one assistant turn (it loops over a message's
@@ -580,15 +593,19 @@ mod tests {
 
     #[test]
     fn a_tool_use_variant_renders_requests_with_tools() {
-        let t = ChatTemplate::new("{% for m in messages %}{{ m.content }}{% endfor %}", "", "")
+        let mut t = ChatTemplate::new("{% for m in messages %}{{ m.content }}{% endfor %}", "", "")
             .unwrap();
         assert!(!t.speaks_tools());
-        let t = t
-            .with_tool_use(
-                "{{ tools | length }} tools: {% for m in messages %}{{ m.content }}{% endfor %}",
-            )
-            .unwrap();
+        // A variant that does not compile leaves the template as it was.
+        assert!(t.set_tool_use("{% if %}").is_err());
+        assert!(!t.speaks_tools());
+        t.set_tool_use(
+            "{{ tools | length }} tools: {% for m in messages %}{{ m.content }}{% endfor %}",
+        )
+        .unwrap();
         assert!(t.speaks_tools());
+        // Without tools the default renders the request, and it does not render tools itself.
+        assert!(t.renders_tools(true) && !t.renders_tools(false));
         let msgs = [ChatMessage::new("user", "hi")];
         let tool = serde_json::json!({"type": "function", "function": {"name": "f"}});
         assert_eq!(
@@ -596,9 +613,5 @@ mod tests {
             "1 tools: hi"
         );
         assert_eq!(t.render(&msgs, true, None).unwrap(), "hi");
-        assert!(ChatTemplate::new("x", "", "")
-            .unwrap()
-            .with_tool_use("{% if %}")
-            .is_err());
     }
 }

@@ -143,7 +143,12 @@ pub(super) fn sse_response(
         done: false,
         _permit: permit,
     });
-    let events = relay(events, SSE_BUFFER, state.limits.stream_stall);
+    let events = relay(
+        events,
+        SSE_BUFFER,
+        state.limits.stream_stall,
+        state.hard_stop.subscribe(),
+    );
     let mut response = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response();
@@ -158,12 +163,14 @@ const SSE_BUFFER: usize = 64;
 /// `events` relayed through a task of their own and a buffer of `buffer` items: the task owns the
 /// generation (and its stream's place among `--max-streams`) and ends, dropping it, when the
 /// generation ends, when the client goes away, or when the client has read nothing for `stall`
-/// while the buffer is full (the connection's buffers full too: a client that stopped reading).
+/// while the buffer is full (the connection's buffers full too: a client that stopped reading), or
+/// when `stop` turns true (the end of the shutdown grace) while it waits for such a client.
 /// Without it, such a client held its generation and its place until the connection closed.
 pub(super) fn relay<T: Send + 'static>(
     events: impl Stream<Item = T> + Send + 'static,
     buffer: usize,
     stall: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> impl Stream<Item = T> {
     let (tx, rx) = tokio::sync::mpsc::channel(buffer.max(1));
     tokio::spawn(async move {
@@ -175,7 +182,11 @@ pub(super) fn relay<T: Send + 'static>(
                 _ = tx.closed() => return,
             };
             let Some(event) = event else { return };
-            match tokio::time::timeout(stall, tx.send(event)).await {
+            let sent = tokio::select! {
+                sent = tokio::time::timeout(stall, tx.send(event)) => sent,
+                Ok(_) = stop.wait_for(|stop| *stop) => return,
+            };
+            match sent {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return,
                 Err(_) => {
@@ -671,6 +682,13 @@ mod tests {
         (stream, flag)
     }
 
+    /// A shutdown signal that stays off.
+    fn running() -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        std::mem::forget(tx);
+        rx
+    }
+
     async fn released(flag: &std::sync::atomic::AtomicBool) -> bool {
         for _ in 0..100 {
             if flag.load(std::sync::atomic::Ordering::SeqCst) {
@@ -684,7 +702,9 @@ mod tests {
     #[tokio::test]
     async fn the_relay_passes_every_event_and_lets_go_of_a_finished_source() {
         let (source, dropped) = guarded(stream::iter(0..100));
-        let out: Vec<i32> = relay(source, 4, Duration::from_secs(5)).collect().await;
+        let out: Vec<i32> = relay(source, 4, Duration::from_secs(5), running())
+            .collect()
+            .await;
         assert_eq!(out, (0..100).collect::<Vec<_>>());
         assert!(released(&dropped).await);
     }
@@ -693,7 +713,7 @@ mod tests {
     async fn a_client_that_stops_reading_loses_its_generation_after_the_stall_limit() {
         // An endless generation, a client that reads two events and then nothing.
         let (source, dropped) = guarded(stream::iter(0..));
-        let mut out = Box::pin(relay(source, 2, Duration::from_millis(100)));
+        let mut out = Box::pin(relay(source, 2, Duration::from_millis(100), running()));
         assert_eq!(out.next().await, Some(0));
         assert_eq!(out.next().await, Some(1));
         assert!(released(&dropped).await, "the source was kept");
@@ -706,8 +726,21 @@ mod tests {
     async fn a_client_that_goes_away_releases_a_silent_generation_at_once() {
         // A generation that has produced nothing yet (a long prefill, a queue).
         let (source, dropped) = guarded(stream::pending::<i32>());
-        let out = relay(source, 2, Duration::from_secs(600));
+        let out = relay(source, 2, Duration::from_secs(600), running());
         drop(out);
         assert!(released(&dropped).await, "the source was kept");
+    }
+
+    #[tokio::test]
+    async fn the_end_of_the_shutdown_grace_releases_a_stalled_client_at_once() {
+        let (source, dropped) = guarded(stream::iter(0..));
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let out = relay(source, 2, Duration::from_secs(600), rx);
+        // Nobody reads: the relay waits on a full buffer, far from its stall limit.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!dropped.load(std::sync::atomic::Ordering::SeqCst));
+        stop.send(true).unwrap();
+        assert!(released(&dropped).await, "the source was kept");
+        drop(out);
     }
 }

@@ -334,17 +334,22 @@ fn effort_budget(state: &State, effort: &str) -> Option<usize> {
 
 /// Asks the router and records its time.
 ///
-/// Routing runs on a blocking thread: tokenizing a long request's text and its guard windows takes
-/// milliseconds that would otherwise hold up an async worker and every connection on it.
+/// Reading and tokenizing the request runs on a blocking thread (a long request's text and its
+/// guard windows take milliseconds that would hold up an async worker and every connection on
+/// it); waiting for the backbone holds no thread.
 pub(super) async fn route_messages(
     state: &State,
     router: &Arc<switchyard_router::Router>,
     messages: &[ChatMessage],
 ) -> Result<Decision, ApiError> {
-    let (router, owned) = (Arc::clone(router), messages.to_vec());
-    let routed = tokio::task::spawn_blocking(move || router.route(&owned))
+    let (blocking, owned) = (Arc::clone(router), messages.to_vec());
+    let begun = tokio::task::spawn_blocking(move || blocking.begin_route(&owned))
         .await
         .map_err(|e| ApiError::internal(format!("routing failed: {e}")))?;
+    let routed = match begun {
+        Ok(begun) => router.complete_route(begun).await,
+        Err(e) => Err(e),
+    };
     let decision = routed.map_err(|e| match e {
         // The client's to fix: a 400 naming the field, like a prompt over the context.
         e @ switchyard_router::RouterError::TooLong { .. } => {

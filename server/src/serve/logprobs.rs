@@ -13,10 +13,16 @@ fn token(engine: &Engine, id: u32, logprob: f32) -> Value {
 
 /// A token's text and bytes. The bytes are the token's own ([`Engine::token_bytes`]), so a token
 /// that holds part of a multi-byte character reports that part, and its text is written
-/// `bytes:\xNN...` as OpenAI writes such tokens. Special tokens, and every token of a tokenizer
-/// whose pieces are neither byte-level nor byte fallback (none of its tokens splits a character),
-/// are the token decoded alone.
+/// `bytes:\xNN...` as OpenAI writes such tokens. A token that adds no text to the answer (a
+/// special token, [`Engine::silent_token`]) is empty; every token of a tokenizer whose pieces are
+/// neither byte-level nor byte fallback (none of its tokens splits a character) is the token
+/// decoded alone.
 fn spell(engine: &Engine, id: u32) -> (String, Vec<u8>) {
+    // A token that adds no text to the answer (a special token) spells nothing, so that the
+    // entries' bytes put together are the answer's.
+    if engine.silent_token(id) {
+        return (String::new(), Vec::new());
+    }
     match engine.token_bytes().ok().and_then(|b| b.get(id)) {
         Some(raw) => (
             std::str::from_utf8(raw).map_or_else(|_| escaped(raw), str::to_string),

@@ -103,8 +103,8 @@ pub fn dilute(
     let mut rng = StdRng::seed_from_u64(options.seed);
     // `[CLS]` and `[SEP]`, and one piece of slack for a seam the tokenizer splits differently.
     let budget = options.max_tokens.saturating_sub(3);
-    let (lo, hi) = options.attack_tokens;
-    let (lo, hi) = (lo.min(budget), hi.clamp(lo, budget).min(budget));
+    let lo = options.attack_tokens.0.clamp(1, budget.max(1));
+    let hi = options.attack_tokens.1.clamp(lo, budget.max(lo));
     let mut out = Vec::new();
     for attack in examples.iter().filter(|e| e.label == 1) {
         for _ in 0..options.per_attack {

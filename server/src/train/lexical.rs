@@ -695,7 +695,14 @@ pub fn run(args: LexicalArgs) -> Result<()> {
             "command": format!(
                 "switchyard train-lexical --head {} --data ../shared/data --router-dir router/models/default{}{}{}{}{}",
                 args.head,
-                if args.dilution > 0 { format!(" --dilution {}", args.dilution) } else { String::new() },
+                if args.dilution > 0 {
+                    format!(
+                        " --dilution {} --padding-ratio {}-{}",
+                        args.dilution, args.padding_ratio.0, args.padding_ratio.1
+                    )
+                } else {
+                    String::new()
+                },
                 args.char_ngrams.map_or(String::new(), |(a, b)| format!(" --char-ngrams {a}-{b}")),
                 args.embedding_features.map_or(String::new(), |a| format!(" --embedding-features {a}")),
                 if role == HeadRole::Jailbreak { format!(" --block-threshold {t}") } else { String::new() },
