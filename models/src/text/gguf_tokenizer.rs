@@ -19,6 +19,9 @@ use serde_json::{json, Value};
 const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// GPT-2's pre-tokenizer regex (what `ByteLevel` with `use_regex` splits by).
+const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+
 fn split(regex: &str) -> Value {
     json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false})
 }
@@ -35,7 +38,17 @@ fn pre_tokenizer(pre: &str) -> Result<Value> {
             json!({"type": "Digits", "individual_digits": true}),
             byte_level(true),
         ]),
-        "gpt-2" | "gpt2" | "default" => byte_level(true),
+        "gpt-2" | "gpt2" => byte_level(true),
+        // llama.cpp's fallback for a vocabulary that names no pre-tokenizer (it warns that
+        // generation quality will be degraded): punctuation runs, GPT-2's rule, digit runs, then
+        // runs of three digits.
+        "default" => seq(vec![
+            split(r"[\p{P}\$\+<=>\^~\|]+"),
+            split(GPT2_REGEX),
+            split(r"\p{N}+"),
+            split("[0-9][0-9][0-9]"),
+            byte_level(false),
+        ]),
         "qwen2" | "deepseek-r1-qwen" => seq(vec![split(QWEN2_REGEX), byte_level(false)]),
         "llama3" | "llama-bpe" | "llama-v3" | "smaug-bpe" => {
             seq(vec![split(LLAMA3_REGEX), byte_level(false)])
@@ -124,7 +137,13 @@ pub(super) fn gguf_tokenizer_parts(
     let merges = gguf
         .strings("tokenizer.ggml.merges")
         .ok_or_else(|| ModelError::Tokenizer("GGUF has no tokenizer.ggml.merges".into()))?;
-    let pre = gguf.string("tokenizer.ggml.pre").unwrap_or("default");
+    let pre = gguf.string("tokenizer.ggml.pre").unwrap_or_else(|| {
+        tracing::warn!(
+            "the GGUF names no pre-tokenizer (tokenizer.ggml.pre): llama.cpp's default is used, \
+             and its generation quality may be degraded, as llama.cpp warns"
+        );
+        "default"
+    });
 
     let vocab: serde_json::Map<String, Value> = tokens
         .iter()
@@ -177,6 +196,25 @@ mod tests {
             assert!(err.contains(&format!("`{kind}`")), "{err}");
         }
         assert!(check_model("gpt2").is_ok() && check_model("llama").is_ok());
+    }
+
+    #[test]
+    fn the_default_pre_tokenizer_splits_as_llama_cpp_does() {
+        use tokenizers::PreTokenizer;
+        let pre: tokenizers::PreTokenizerWrapper =
+            serde_json::from_value(pre_tokenizer("default").unwrap()).unwrap();
+        let mut text = tokenizers::PreTokenizedString::from("x=1234, ok");
+        pre.pre_tokenize(&mut text).unwrap();
+        let pieces: Vec<String> = text
+            .get_splits(
+                tokenizers::OffsetReferential::Original,
+                tokenizers::OffsetType::Byte,
+            )
+            .into_iter()
+            .map(|(s, _, _)| s.to_string())
+            .collect();
+        // Byte-level pieces: `Ġ` is the space.
+        assert_eq!(pieces, ["x", "=", "123", "4", ",", "Ġok"]);
     }
 
     #[test]

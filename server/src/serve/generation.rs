@@ -182,7 +182,11 @@ pub(super) fn relay<T: Send + 'static>(
                 _ = tx.closed() => return,
             };
             let Some(event) = event else { return };
+            // Biased: a send with room goes first, so the events that end a stream at shutdown
+            // (an error event, `[DONE]`) still reach a client that reads; one whose buffer is
+            // full when the grace ends is let go.
             let sent = tokio::select! {
+                biased;
                 sent = tokio::time::timeout(stall, tx.send(event)) => sent,
                 Ok(_) = stop.wait_for(|stop| *stop) => return,
             };
