@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use clap::Args;
 use serde_json::{json, Value};
@@ -24,7 +24,7 @@ use tokenizers::Tokenizer;
 use super::data::{self, Example};
 use super::dilution::{diluted_validation, with_diluted_training, DilutionOptions};
 use super::eval::binary_prf;
-use super::refit::{fit_softmax_anchored, write_classifier, Features};
+use super::refit::{fit_softmax_anchored, load_head, write_classifier, Features};
 use super::tokenizer;
 
 /// Options of `refit-jailbreak-head`.
@@ -149,19 +149,12 @@ fn summary(name: &str, m: &Value) -> String {
 pub fn run(args: JailbreakRefitArgs) -> Result<()> {
     let ds = args.sets.load()?;
     let dir = &args.router_dir;
-    let model = MultiHeadClassifier::load(dir, &Device::Cpu, DType::F32)?;
-    let head = model
-        .heads()
-        .iter()
-        .position(|h| h.name() == "jailbreak" && matches!(h.task(), HeadTask::Sequence(_)))
-        .with_context(|| format!("{} has no sequence head named `jailbreak`", dir.display()))?;
-    if model.heads()[head].labels() != data::JAILBREAK.map(String::from).as_slice() {
-        bail!(
-            "the jailbreak head's labels {:?} are not the trainer's {:?}",
-            model.heads()[head].labels(),
-            data::JAILBREAK
-        );
-    }
+    let (model, head) = load_head(
+        dir,
+        "jailbreak",
+        |task| matches!(task, HeadTask::Sequence(_)),
+        &data::JAILBREAK.map(String::from),
+    )?;
     let tok = Tokenizer::from_file(dir.join("tokenizer.json"))
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("tokenizer.json").display()))?;
     let task = &ds.jailbreak;

@@ -648,26 +648,14 @@ pub fn run(args: LexicalArgs) -> Result<()> {
         for (name, rows) in [
             ("diluted attacks blocked (recall)", &diluted_attacks),
             ("padded benign texts blocked", &diluted_benign),
+            ("benign validation texts blocked", &benign),
+            ("chat-style validation.jsonl blocked", &chat_eval),
+            ("held-out short chat messages blocked", &hc),
+            ("held-out safe-but-scary prompts blocked", &hs),
         ] {
             row(
                 &mut table,
                 &format!("{name} at p >= {t} (share)"),
-                rows.len(),
-                flagged(rows, fused_at(0.0, best.1, t)),
-                flagged(rows, fused_at(1.0, best.1, t)),
-                flagged(rows, fused_at(best.0, best.1, t)),
-                None,
-            );
-        }
-        for (name, rows) in [
-            ("benign validation texts", &benign),
-            ("chat-style validation.jsonl", &chat_eval),
-            ("held-out short chat messages", &hc),
-            ("held-out safe-but-scary prompts", &hs),
-        ] {
-            row(
-                &mut table,
-                &format!("{name} blocked at p >= {t} (share)"),
                 rows.len(),
                 flagged(rows, fused_at(0.0, best.1, t)),
                 flagged(rows, fused_at(1.0, best.1, t)),

@@ -12,13 +12,13 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use switchyard_models::encoder::{HeadTask, MultiHeadClassifier};
 use tokenizers::Tokenizer;
 
-use super::refit::{fit_softmax, write_classifier, Features};
+use super::refit::{fit_softmax, load_head, write_classifier, Features};
 use super::{data, tokenizer};
 
 /// Options of `refit-pii-head`.
@@ -86,19 +86,12 @@ fn token_features(
 pub fn run(args: PiiRefitArgs) -> Result<()> {
     let ds = args.sets.load()?;
     let dir = &args.router_dir;
-    let model = MultiHeadClassifier::load(dir, &Device::Cpu, DType::F32)?;
-    let head = model
-        .heads()
-        .iter()
-        .position(|h| h.name() == "pii" && h.task() == HeadTask::Token)
-        .with_context(|| format!("{} has no token head named `pii`", dir.display()))?;
-    if model.heads()[head].labels() != data::pii_labels().as_slice() {
-        bail!(
-            "the PII head's labels {:?} are not the trainer's {:?}",
-            model.heads()[head].labels(),
-            data::pii_labels()
-        );
-    }
+    let (model, head) = load_head(
+        dir,
+        "pii",
+        |task| task == HeadTask::Token,
+        &data::pii_labels(),
+    )?;
     let tok = Tokenizer::from_file(dir.join("tokenizer.json"))
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("tokenizer.json").display()))?;
 

@@ -8,6 +8,35 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use switchyard_models::encoder::{HeadTask, MultiHeadClassifier};
+
+/// The router in `dir` and the index of its head `name`, which must be of the kind `task` accepts
+/// and carry the trainer's `labels`.
+pub fn load_head(
+    dir: &Path,
+    name: &str,
+    task: impl Fn(HeadTask) -> bool,
+    labels: &[String],
+) -> Result<(MultiHeadClassifier, usize)> {
+    let model = MultiHeadClassifier::load(dir, &Device::Cpu, DType::F32)?;
+    let head = model
+        .heads()
+        .iter()
+        .position(|h| h.name() == name && task(h.task()))
+        .with_context(|| {
+            format!(
+                "{} has no head `{name}` of the kind refitted",
+                dir.display()
+            )
+        })?;
+    if model.heads()[head].labels() != labels {
+        bail!(
+            "the {name} head's labels {:?} are not the trainer's {labels:?}",
+            model.heads()[head].labels()
+        );
+    }
+    Ok((model, head))
+}
 
 /// Feature rows `[n, hidden]` (what the classifier reads) and their gold class ids `[n]`.
 pub struct Features {
