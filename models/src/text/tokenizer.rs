@@ -39,6 +39,28 @@ const END_OF_GENERATION_TEXTS: [&str; 14] = [
     "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
 ];
 
+/// Whether prompts start with BOS when a GGUF does not say (`tokenizer.ggml.add_bos_token`
+/// absent), as llama.cpp decides it: yes for SentencePiece vocabularies and for the BPE ones of the
+/// Llama 3 family of pre-tokenizers, no otherwise.
+fn default_add_bos(model: Option<&str>, pre: Option<&str>) -> bool {
+    const LLAMA3_FAMILY: [&str; 9] = [
+        "llama3",
+        "llama-v3",
+        "llama-bpe",
+        "falcon3",
+        "falcon-h1",
+        "pixtral",
+        "midm-2.0",
+        "lfm2",
+        "jina-v5-nano",
+    ];
+    match model {
+        Some("llama") => true,
+        Some("gpt2") => pre.is_some_and(|p| LLAMA3_FAMILY.contains(&p)),
+        _ => false,
+    }
+}
+
 fn tok_err(e: impl std::fmt::Display) -> ModelError {
     ModelError::Tokenizer(e.to_string())
 }
@@ -88,7 +110,12 @@ impl TextTokenizer {
         self.bos = id("tokenizer.ggml.bos_token_id");
         self.add_bos = gguf
             .boolean("tokenizer.ggml.add_bos_token")
-            .unwrap_or(gguf.string("tokenizer.ggml.model") == Some("llama"));
+            .unwrap_or_else(|| {
+                default_add_bos(
+                    gguf.string("tokenizer.ggml.model"),
+                    gguf.string("tokenizer.ggml.pre"),
+                )
+            });
         let named = [
             "tokenizer.ggml.eos_token_id",
             "tokenizer.ggml.eot_token_id",
@@ -215,6 +242,17 @@ impl TextTokenizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bos_comes_first_by_default_where_llama_cpp_puts_it() {
+        assert!(default_add_bos(Some("llama"), None));
+        assert!(default_add_bos(Some("gpt2"), Some("llama-bpe")));
+        assert!(default_add_bos(Some("gpt2"), Some("llama3")));
+        assert!(!default_add_bos(Some("gpt2"), Some("smollm")));
+        assert!(!default_add_bos(Some("gpt2"), Some("qwen2")));
+        assert!(!default_add_bos(Some("gpt2"), None));
+        assert!(!default_add_bos(None, None));
+    }
 
     /// A word-level tokenizer (`<s>`=0, `a`=1) with the given post-processor.
     fn tokenizer(post_processor: &str) -> TextTokenizer {
