@@ -52,19 +52,11 @@ pub(crate) struct Worker {
     pub(crate) turns: Turns,
 }
 
-/// The message of a caught panic's payload.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into())
-}
-
 /// Runs `f`, turning a panic into an error with its message: the worker contains a panic to the
 /// requests it concerns and keeps serving everyone else.
 fn contained<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| panic_message(&*p))
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|p| switchyard_models::executor::panic_message(&*p))
 }
 
 impl Worker {

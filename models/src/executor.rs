@@ -12,6 +12,16 @@ pub use switchyard_kernels::pool::join;
 /// A unit of device work.
 pub type DeviceJob = Box<dyn FnOnce() + Send + 'static>;
 
+/// The message of a caught panic's payload (`panic!` with a literal or a formatted string), for
+/// the owners of device work that contain a panic to the requests it concerns.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 /// Runs jobs on the thread that owns the device.
 pub trait DeviceExecutor: Send + Sync {
     /// Queues `job`; returns it back if the executor has stopped.

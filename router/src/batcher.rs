@@ -219,11 +219,7 @@ fn run(
 /// the thread it ran on (the router's, or the engine's device worker) goes on.
 fn caught<T>(f: impl FnOnce() -> Result<T, RouterError>) -> Result<T, RouterError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "no message".to_string());
+        let message = switchyard_models::executor::panic_message(&*panic);
         tracing::error!(%message, "router batch panicked");
         Err(RouterError::Classifier(format!(
             "the batch failed: {message}"

@@ -686,11 +686,9 @@ mod tests {
         (stream, flag)
     }
 
-    /// A shutdown signal that stays off.
+    /// A shutdown signal that never comes (its sender gone, the relay stops watching it).
     fn running() -> tokio::sync::watch::Receiver<bool> {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        std::mem::forget(tx);
-        rx
+        tokio::sync::watch::channel(false).1
     }
 
     async fn released(flag: &std::sync::atomic::AtomicBool) -> bool {

@@ -106,29 +106,27 @@ pub fn dilute(
     let lo = options.attack_tokens.0.clamp(1, budget.max(1));
     let hi = options.attack_tokens.1.clamp(lo, budget.max(lo));
     let mut out = Vec::new();
+    // A piece of `text` of a random length, padded; `None` when the piece is empty.
+    let diluted = |rng: &mut StdRng, text: &str, label, source| -> Result<Option<Example>> {
+        let piece = prefix_within(tok, text, rng.random_range(lo..=hi))?;
+        if piece.is_empty() {
+            return Ok(None);
+        }
+        let text = pad(tok, &piece, &benign, budget, options, rng)?;
+        Ok(Some(Example {
+            text,
+            label,
+            source,
+        }))
+    };
     for attack in examples.iter().filter(|e| e.label == 1) {
         for _ in 0..options.per_attack {
-            let piece = prefix_within(tok, &attack.text, rng.random_range(lo..=hi))?;
-            if piece.is_empty() {
+            let Some(attack) = diluted(&mut rng, &attack.text, 1, "diluted_attack")? else {
                 continue;
-            }
-            let text = pad(tok, &piece, &benign, budget, options, &mut rng)?;
-            out.push(Example {
-                text,
-                label: 1,
-                source: "diluted_attack",
-            });
-            let filler = benign.choose(&mut rng).expect("two or more benign texts");
-            let piece = prefix_within(tok, filler, rng.random_range(lo..=hi))?;
-            if piece.is_empty() {
-                continue;
-            }
-            let text = pad(tok, &piece, &benign, budget, options, &mut rng)?;
-            out.push(Example {
-                text,
-                label: 0,
-                source: "diluted_benign",
-            });
+            };
+            out.push(attack);
+            let filler = *benign.choose(&mut rng).expect("two or more benign texts");
+            out.extend(diluted(&mut rng, filler, 0, "diluted_benign")?);
         }
     }
     Ok(out)
@@ -149,39 +147,26 @@ fn pad(
     let padding =
         ((piece_len as f64 * ratio).round() as usize).min(budget.saturating_sub(piece_len));
     let before_len = rng.random_range(0..=padding);
-    let mut parts = Vec::with_capacity(3);
-    for (len, at_start) in [(before_len, true), (padding - before_len, false)] {
-        if len == 0 {
-            continue;
+    let mut filler = |len: usize| -> Result<String> {
+        match len {
+            0 => Ok(String::new()),
+            len => prefix_within(tok, benign.choose(rng).expect("benign texts"), len),
         }
-        let filler = benign.choose(rng).expect("benign texts");
-        let text = prefix_within(tok, filler, len)?;
-        if text.is_empty() {
-            continue;
-        }
-        if at_start {
-            parts.push(text);
-            parts.push(piece.to_string());
-        } else {
-            if parts.is_empty() {
-                parts.push(piece.to_string());
-            }
-            parts.push(text);
-        }
-    }
-    if parts.is_empty() {
-        parts.push(piece.to_string());
-    }
-    let mut text = parts.join(" ");
-    // A seam can tokenize a piece longer than its parts did; trim the padding after the attack.
+    };
+    let before = filler(before_len)?;
+    let after = filler(padding - before_len)?;
+    let mut text = [before.as_str(), piece, after.as_str()]
+        .into_iter()
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    // A seam can tokenize the whole longer than its parts; trim the padding after the attack.
+    let piece_end = text.find(piece).map_or(0, |i| i + piece.len());
     while count(tok, &text)? > budget {
-        let Some(cut) = text.trim_end().rfind(char::is_whitespace) else {
-            break;
-        };
-        if cut < text.find(piece).map_or(0, |i| i + piece.len()) {
-            break;
+        match text.trim_end().rfind(char::is_whitespace) {
+            Some(cut) if cut >= piece_end => text.truncate(cut),
+            _ => break,
         }
-        text.truncate(cut);
     }
     Ok(text)
 }
