@@ -18,7 +18,8 @@
 //! `lexical-<head>.*` for others, `…-joint.*` for a joint model; a head may have a text-only model and
 //! a joint one, and the router uses the joint one when it runs the embedding signal): the head it fuses with, the label names, `weight`, `scale`, the word
 //! terms in feature order, the character block (`char_wb`: n-gram range and terms) and the embedding
-//! features (`embedding`) when present; `idf` `[words]` and `char_idf` `[chars]` in f16; the weights
+//! features (`embedding`) when present (a model fitted on the same word terms as another model of the
+//! directory refers to it instead, `terms_from`: its stem and the terms' SHA-256); `idf` `[words]` and `char_idf` `[chars]` in f16; the weights
 //! over `words + chars + embedding + 1` features (the last is the bias) in 8 bits, feature-major:
 //! `weights_u8` `[features, classes]` and a per-feature f16 `weights_scale` (models written before
 //! that: `weights` `[classes, features]` in f16, still read).
@@ -327,6 +328,16 @@ struct CharMeta {
     terms: Vec<String>,
 }
 
+/// Where a model's word terms are kept when another model of the same directory lists the same
+/// ones (the domain head's text-only and joint models are fitted on one vocabulary).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SharedTerms {
+    /// The file stem of the model that lists them (`lexical`).
+    stem: String,
+    /// [`terms_sha256`] of the terms when this model was written, checked at load.
+    sha256: String,
+}
+
 /// `lexical.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Meta {
@@ -334,7 +345,11 @@ struct Meta {
     labels: Vec<String>,
     weight: f32,
     scale: f32,
+    /// The word terms in feature order; empty when they are another model's ([`Meta::terms_from`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     terms: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    terms_from: Option<SharedTerms>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     char_wb: Option<CharMeta>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -552,28 +567,32 @@ impl LexicalModel {
     /// Loads every lexical model of a router directory (`lexical.json`, `lexical-*.json`, each with
     /// its `.safetensors`), in file-name order.
     pub fn load_all(dir: &Path) -> Result<Vec<LexicalModel>, RouterError> {
-        let mut stems: Vec<String> = std::fs::read_dir(dir)?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
-            .filter(|n| n == "lexical" || n.starts_with("lexical-"))
-            // A model is a `.json` with its `.safetensors` (not, say, a metrics file).
-            .filter(|n| dir.join(format!("{n}.safetensors")).exists())
-            .collect();
-        stems.sort();
-        stems
+        let metas = model_stems(dir)?
+            .into_iter()
+            .map(|stem| {
+                let meta = read_meta(dir, &stem)?;
+                Ok((stem, meta))
+            })
+            .collect::<Result<Vec<_>, RouterError>>()?;
+        let shared = metas
             .iter()
-            .map(|stem| Self::load_stem(dir, stem))
+            .map(|(stem, meta)| shared_terms(dir, stem, meta, &metas))
+            .collect::<Result<Vec<_>, RouterError>>()?;
+        metas
+            .into_iter()
+            .zip(shared)
+            .map(|((stem, mut meta), terms)| {
+                if let Some(terms) = terms {
+                    meta.terms = terms;
+                }
+                Self::from_meta(dir, &stem, meta)
+            })
             .collect()
     }
 
-    fn load_stem(dir: &Path, stem: &str) -> Result<LexicalModel, RouterError> {
-        let meta_path = dir.join(format!("{stem}.json"));
-        let err = |m: String| RouterError::Classifier(format!("{}: {m}", meta_path.display()));
-        let meta: Meta = serde_json::from_str(
-            &std::fs::read_to_string(&meta_path).map_err(|e| err(e.to_string()))?,
-        )
-        .map_err(|e| err(e.to_string()))?;
+    /// The model of `<stem>.json` (its word terms resolved) and `<stem>.safetensors`.
+    fn from_meta(dir: &Path, stem: &str, meta: Meta) -> Result<LexicalModel, RouterError> {
+        let err = |m: String| meta_error(dir, stem, m);
         let tensors =
             candle_core::safetensors::load(dir.join(format!("{stem}.safetensors")), &Device::Cpu)?;
         let get = |name: &str| {
@@ -694,19 +713,23 @@ impl LexicalModel {
                 terms: c.terms.clone(),
             }
         });
+        let terms = &self.features.words.terms;
+        let terms_from = share_terms(dir, &stem, terms)?;
         let meta = Meta {
             head: self.head.clone(),
             labels: self.labels.clone(),
             weight: self.weight,
             scale: self.scale,
-            terms: self.features.words.terms.clone(),
+            terms: if terms_from.is_some() {
+                Vec::new()
+            } else {
+                terms.clone()
+            },
+            terms_from,
             char_wb,
             embedding: self.embedding.clone(),
         };
-        std::fs::write(
-            dir.join(format!("{stem}.json")),
-            serde_json::to_string(&meta).map_err(|e| RouterError::Classifier(e.to_string()))?,
-        )?;
+        write_meta(dir, &stem, &meta)?;
         let f16 = |v: &[f32]| -> Result<Tensor, RouterError> {
             Ok(Tensor::new(v, &Device::Cpu)?.to_dtype(DType::F16)?)
         };
@@ -747,17 +770,158 @@ impl LexicalModel {
     }
 }
 
+/// The stems of the lexical models in `dir` (`lexical`, `lexical-*`: a `.json` with its
+/// `.safetensors`, not, say, a metrics file), sorted.
+fn model_stems(dir: &Path) -> Result<Vec<String>, RouterError> {
+    let mut stems: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
+        .filter(|n| n == "lexical" || n.starts_with("lexical-"))
+        .filter(|n| dir.join(format!("{n}.safetensors")).exists())
+        .collect();
+    stems.sort();
+    Ok(stems)
+}
+
+fn meta_error(dir: &Path, stem: &str, message: String) -> RouterError {
+    RouterError::Classifier(format!(
+        "{}: {message}",
+        dir.join(format!("{stem}.json")).display()
+    ))
+}
+
+fn read_meta(dir: &Path, stem: &str) -> Result<Meta, RouterError> {
+    let err = |m: String| meta_error(dir, stem, m);
+    let text = std::fs::read_to_string(dir.join(format!("{stem}.json")))
+        .map_err(|e| err(e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| err(e.to_string()))
+}
+
+fn write_meta(dir: &Path, stem: &str, meta: &Meta) -> Result<(), RouterError> {
+    let json = serde_json::to_string(meta).map_err(|e| RouterError::Classifier(e.to_string()))?;
+    std::fs::write(dir.join(format!("{stem}.json")), json)?;
+    Ok(())
+}
+
+/// SHA-256 (hex) of word terms, each followed by a newline.
+fn terms_sha256(terms: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for t in terms {
+        hasher.update(t.as_bytes());
+        hasher.update(b"\n");
+    }
+    format!("{:x}", hasher.finalize())
+}
+
+/// The word terms `meta` (of `stem`) takes from another model of `metas`, checked against the
+/// fingerprint it was written with; `None` when it lists its own.
+fn shared_terms(
+    dir: &Path,
+    stem: &str,
+    meta: &Meta,
+    metas: &[(String, Meta)],
+) -> Result<Option<Vec<String>>, RouterError> {
+    let Some(from) = &meta.terms_from else {
+        return Ok(None);
+    };
+    let err = |m: String| meta_error(dir, stem, m);
+    if !meta.terms.is_empty() {
+        return Err(err(format!(
+            "lists terms and also takes them from `{}`",
+            from.stem
+        )));
+    }
+    let source = metas.iter().find(|(s, _)| *s == from.stem).ok_or_else(|| {
+        err(format!(
+            "takes its terms from `{}`, which is missing",
+            from.stem
+        ))
+    })?;
+    if source.1.terms_from.is_some() {
+        return Err(err(format!(
+            "takes its terms from `{}`, which does not list them itself",
+            from.stem
+        )));
+    }
+    if terms_sha256(&source.1.terms) != from.sha256 {
+        return Err(err(format!(
+            "`{}` lists other terms than the ones this model was fitted on (it was retrained \
+             since): retrain this model too",
+            from.stem
+        )));
+    }
+    Ok(Some(source.1.terms.clone()))
+}
+
+/// Before `<stem>.json` is written with `terms`: which model of `dir` already lists the same terms
+/// (so this one refers to it instead of listing them again), if any. Models that take their terms
+/// from `stem` while `terms` differ from those get their terms written out, so that they keep
+/// loading; and `stem` shares nothing while others take terms from it (no chains).
+fn share_terms(
+    dir: &Path,
+    stem: &str,
+    terms: &[String],
+) -> Result<Option<SharedTerms>, RouterError> {
+    if terms.is_empty() || !dir.exists() {
+        return Ok(None);
+    }
+    let siblings: Vec<(String, Meta)> = model_stems(dir)?
+        .into_iter()
+        .filter(|s| s != stem)
+        .filter_map(|s| match read_meta(dir, &s) {
+            Ok(meta) => Some((s, meta)),
+            Err(e) => {
+                tracing::warn!("not sharing terms with {s}: {e}");
+                None
+            }
+        })
+        .collect();
+    let sha256 = terms_sha256(terms);
+    let mut referenced = false;
+    for (s, meta) in &siblings {
+        let Some(from) = meta.terms_from.as_ref().filter(|f| f.stem == stem) else {
+            continue;
+        };
+        if from.sha256 == sha256 {
+            referenced = true;
+            continue;
+        }
+        // `stem` is being rewritten with other terms: give `s` its own copy of the old ones.
+        let old = read_meta(dir, stem)
+            .ok()
+            .filter(|old| old.terms_from.is_none() && terms_sha256(&old.terms) == from.sha256);
+        if let Some(old) = old {
+            let mut meta = meta.clone();
+            meta.terms = old.terms;
+            meta.terms_from = None;
+            write_meta(dir, s, &meta)?;
+        }
+    }
+    if referenced {
+        return Ok(None);
+    }
+    Ok(siblings
+        .iter()
+        .find(|(_, m)| m.terms_from.is_none() && m.terms == terms)
+        .map(|(s, _)| SharedTerms {
+            stem: s.clone(),
+            sha256,
+        }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn model() -> LexicalModel {
-        let texts = [
-            "solve the equation",
-            "solve for x",
-            "the court ruled",
-            "the court case",
-        ];
+        model_for("domain", &["math", "law"], "the court case")
+    }
+
+    /// A model of `head` with the two `labels`, fitted on three fixed texts and `last`.
+    fn model_for(head: &str, labels: &[&str; 2], last: &str) -> LexicalModel {
+        let texts = ["solve the equation", "solve for x", "the court ruled", last];
         let tfidf = Tfidf::fit(texts.iter().copied());
         let dim = tfidf.dim();
         let mut math = vec![0.0; dim + 1];
@@ -771,13 +935,95 @@ mod tests {
             }
         }
         LexicalModel::new(
-            "domain",
-            vec!["math".into(), "law".into()],
+            head,
+            labels.map(String::from).to_vec(),
             tfidf,
             vec![math, law],
             0.5,
             3.0,
         )
+    }
+
+    fn meta_json(dir: &Path, stem: &str) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{stem}.json"))).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn models_fitted_on_one_vocabulary_list_it_once_until_one_is_refitted() {
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-lexical-shared-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let domain = model();
+        let guard = model_for("jailbreak", &["benign", "jailbreak"], "the court case");
+        domain.save(&dir).unwrap();
+        guard.save(&dir).unwrap();
+        let texts = ["please solve this", "the court case of x", "nothing known"];
+        let scores = |models: &[LexicalModel]| -> Vec<Vec<f32>> {
+            models
+                .iter()
+                .flat_map(|m| texts.iter().map(|t| m.scores(t, None)))
+                .collect()
+        };
+        let stored = scores(&[domain.as_stored(), guard.as_stored()]);
+
+        // The second model refers to the first's terms instead of listing them again.
+        let shared = meta_json(&dir, "lexical-jailbreak");
+        assert!(shared.get("terms").is_none(), "{shared}");
+        assert_eq!(shared["terms_from"]["stem"], "lexical");
+        assert_eq!(
+            meta_json(&dir, "lexical")["terms"]
+                .as_array()
+                .unwrap()
+                .len(),
+            domain.features.words.terms.len()
+        );
+        assert_eq!(scores(&LexicalModel::load_all(&dir).unwrap()), stored);
+
+        // Saving the listed model again with the same terms keeps them listed (no chains).
+        domain.save(&dir).unwrap();
+        assert!(meta_json(&dir, "lexical")["terms"].is_array());
+        assert_eq!(scores(&LexicalModel::load_all(&dir).unwrap()), stored);
+
+        // A refitted domain model with other terms: the jailbreak model gets its own copy first.
+        let refitted = model_for("domain", &["math", "law"], "the judge ruled on a case");
+        assert_ne!(refitted.features.words.terms, domain.features.words.terms);
+        refitted.save(&dir).unwrap();
+        let own = meta_json(&dir, "lexical-jailbreak");
+        assert!(own.get("terms_from").is_none(), "{own}");
+        let back = LexicalModel::load_all(&dir).unwrap();
+        assert_eq!(scores(&back[1..]), stored[texts.len()..]);
+        assert_eq!(back[0].features.words.terms, refitted.features.words.terms);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn shared_terms_edited_since_are_a_load_error_that_says_what_to_do() {
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-lexical-edited-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        model().save(&dir).unwrap();
+        model_for("jailbreak", &["benign", "jailbreak"], "the court case")
+            .save(&dir)
+            .unwrap();
+        // Same number of terms, one of them different: sizes alone would not notice.
+        let mut listed = meta_json(&dir, "lexical");
+        listed["terms"][0] = "zzz".into();
+        std::fs::write(dir.join("lexical.json"), listed.to_string()).unwrap();
+        let e = LexicalModel::load_all(&dir).unwrap_err().to_string();
+        assert!(
+            e.contains("lexical-jailbreak.json") && e.contains("retrain this model too"),
+            "{e}"
+        );
+        // A reference to a model that is not there names it.
+        std::fs::remove_file(dir.join("lexical.json")).unwrap();
+        let e = LexicalModel::load_all(&dir).unwrap_err().to_string();
+        assert!(
+            e.contains("takes its terms from `lexical`, which is missing"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

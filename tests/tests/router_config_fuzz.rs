@@ -171,6 +171,7 @@ fn damaged_router_directories_are_errors_or_route() {
         "heads.json",
         "embedding.json",
         "lexical.json",
+        "lexical-joint.json",
     ];
     let (mut routed, mut refused) = (0, 0);
     for round in 0..DIRECTORY_ROUNDS {
