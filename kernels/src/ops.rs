@@ -8,7 +8,7 @@
 //! All ops work on contiguous f32 tensors (the decoder's activations and KV cache are f32).
 
 use crate::attention::{paged_attention as paged_attention_cpu, write_kv as write_kv_cpu};
-use crate::error::{KernelError, Result};
+use crate::error::{checked_size, KernelError, Result};
 use crate::norm;
 use crate::rotary::{rotary_in_place as rotary_cpu, RotaryStyle};
 use crate::{AttentionShape, SequenceSpan};
@@ -339,7 +339,8 @@ impl InplaceOp3 for WriteKv {
 /// Writes rows of `src = [rows, width]` into `cache = [slots_total, width]` at `slots` (u32, one per row).
 ///
 /// Slots must be in range (`< cache rows`); checked here against the host copy the caller keeps, so pass
-/// `max_slot` (the largest slot in `slots`) to let the check run without reading device memory.
+/// `max_slot` (the largest slot in `slots`) to let the check run without reading device memory. The
+/// device checks every slot too: a row whose slot is past the cache (a wrong `max_slot`) is not written.
 pub fn write_kv(cache: &Tensor, src: &Tensor, slots: &Tensor, max_slot: u32) -> Result<()> {
     check_f32(cache, "KV cache")?;
     check_f32(src, "new keys/values")?;
@@ -376,6 +377,10 @@ struct OwnedSpan {
     blocks: Vec<u32>,
 }
 
+/// The most positions a sequence may have on the device (positions are u32 there, and a loop over
+/// them must not wrap).
+pub const MAX_DEVICE_POSITIONS: usize = i32::MAX as usize;
+
 /// Where every query row of a ragged batch sits: built once per forward step (it uploads three small
 /// u32 arrays to the device) and shared by every layer's [`paged_attention`] call.
 #[derive(Debug)]
@@ -410,7 +415,16 @@ impl AttentionMeta {
                     actual: span.first_row,
                 });
             }
-            let needed = (span.start_position + span.rows).div_ceil(block_size);
+            // Positions are u32 on the device, whose loops count up to a row's position: keep
+            // every one well inside it (a wrapped sum would pass the block-table check below).
+            let end = span
+                .start_position
+                .checked_add(span.rows)
+                .filter(|&end| end <= MAX_DEVICE_POSITIONS)
+                .ok_or(KernelError::Overflow {
+                    what: "attention positions",
+                })?;
+            let needed = end.div_ceil(block_size);
             if span.blocks.len() < needed {
                 return Err(KernelError::Length {
                     what: "block table entries",
@@ -418,7 +432,9 @@ impl AttentionMeta {
                     actual: span.blocks.len(),
                 });
             }
-            let offset = tables.len() as u32;
+            let offset = u32::try_from(tables.len()).map_err(|_| KernelError::Overflow {
+                what: "block table entries",
+            })?;
             tables.extend_from_slice(&span.blocks[..needed]);
             max_block = max_block.max(span.blocks[..needed].iter().copied().max().unwrap_or(0));
             for i in 0..span.rows {
@@ -583,7 +599,16 @@ pub fn paged_attention(
             "key and value caches differ in shape".into(),
         ));
     }
-    let cache_blocks = k_cache.elem_count() / (shape.kv_heads * shape.head_dim * shape.block_size);
+    let block_elems = checked_size(
+        "cache block",
+        &[shape.kv_heads, shape.head_dim, shape.block_size],
+    )?;
+    if block_elems == 0 {
+        return Err(KernelError::Tensor(
+            "attention head dimension and block size must be non-zero".into(),
+        ));
+    }
+    let cache_blocks = k_cache.elem_count() / block_elems;
     if meta.rows > 0 && meta.max_block as usize >= cache_blocks {
         return Err(KernelError::Length {
             what: "cache block index",
@@ -745,8 +770,14 @@ mod cuda {
         }
         let f = dev.get_or_load_custom_func("write_kv_f32", MODULE, PTX)?;
         let (rows_i, width_i) = (int(rows, "rows")?, int(width, "cache width")?);
+        let capacity = (cache.len() / width.max(1)) as u64;
         let mut b = f.builder();
-        b.arg(src).arg(cache).arg(slots).arg(&rows_i).arg(&width_i);
+        b.arg(src)
+            .arg(cache)
+            .arg(slots)
+            .arg(&rows_i)
+            .arg(&width_i)
+            .arg(&capacity);
         unsafe { b.launch(grid_1d(rows * width, 256)) }.w()?;
         Ok(())
     }

@@ -443,7 +443,7 @@ enum Plan {
     Float,
 }
 
-fn plan(isa: Isa, format: WeightFormat) -> Plan {
+fn plan(isa: Isa, format: WeightFormat, cols: usize) -> Plan {
     use ActKind::{Q8x32, Q8K};
     let f = match format {
         WeightFormat::Q4_0 => F_Q4_0,
@@ -459,7 +459,8 @@ fn plan(isa: Isa, format: WeightFormat) -> Plan {
     let kind = if f >= F_Q4K { Q8K } else { Q8x32 };
     #[cfg(target_arch = "x86_64")]
     {
-        if isa == Isa::Amx {
+        // The AMX kernels gather 16 rows at 32-bit offsets: only where those cannot wrap.
+        if isa == Isa::Amx && cols <= amx::MAX_COLS {
             if let Some((tile, grain)) = amx::tile_fn(f) {
                 return Plan::Int(kind, tile, grain, amx::prepare_fn(f));
             }
@@ -475,7 +476,7 @@ fn plan(isa: Isa, format: WeightFormat) -> Plan {
             }
         }
     }
-    let _ = isa;
+    let _ = (isa, cols);
     let tile: TileFn = match f {
         F_Q4_0 => scalar::tile_32::<F_Q4_0>,
         F_Q4_1 => scalar::tile_32::<F_Q4_1>,
@@ -527,7 +528,7 @@ pub fn matmul_with_isa(
         ptr: out.as_mut_ptr(),
         rows: w.rows,
     };
-    match plan(isa, w.format) {
+    match plan(isa, w.format, w.cols) {
         Plan::Int(kind, tile, grain, prepare) => {
             let run = |acts: &mut Acts| {
                 acts.quantize(kind, x, m, w.cols, isa, w.act_scales);

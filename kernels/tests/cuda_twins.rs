@@ -127,6 +127,16 @@ fn kv_writes_match_the_cpu() {
         &written[slots[0] as usize * width..][..width],
         &src[..width]
     );
+
+    // A caller that understates the largest slot: the device skips the row past the cache instead
+    // of writing beyond it, and writes the others.
+    let wild = Tensor::from_slice(&[1u32, 1_000_000, 2], 3, &gpu).unwrap();
+    let rows3 = Tensor::from_slice(&src[..3 * width], (3, width), &gpu).unwrap();
+    ops::write_kv(&cg, &rows3, &wild, 2).unwrap();
+    let after = to_vec(&cg);
+    assert_eq!(&after[width..][..width], &src[..width]);
+    assert_eq!(&after[2 * width..][..width], &src[2 * width..][..width]);
+    assert_eq!(after.len(), slots_total * width);
 }
 
 #[test]
@@ -231,4 +241,25 @@ fn ops_reject_out_of_range_blocks() {
     let src = Tensor::zeros((1, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
     let slots = Tensor::from_slice(&[9u32], 1, &Device::Cpu).unwrap();
     assert!(ops::write_kv(&cache, &src, &slots, 9).is_err());
+
+    // Positions that wrap, or that the device's u32 loops could not count to, are refused before
+    // anything is uploaded (a wrapped end would need no block table at all).
+    for start_position in [usize::MAX, u32::MAX as usize, ops::MAX_DEVICE_POSITIONS] {
+        let spans = [SequenceSpan {
+            first_row: 0,
+            rows: 1,
+            start_position,
+            blocks: &[],
+        }];
+        let e = AttentionMeta::new(&spans, 65536, &Device::Cpu).unwrap_err();
+        assert!(e.to_string().contains("attention positions"), "{e}");
+    }
+    // A zero head dimension is an error, not a division by zero.
+    let flat = AttentionShape {
+        head_dim: 0,
+        ..shape
+    };
+    let meta = AttentionMeta::new(&[], 2, &Device::Cpu).unwrap();
+    let empty = Tensor::zeros((0, 0), candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert!(ops::paged_attention(&empty, &cache, &cache, &meta, flat, 1.0).is_err());
 }

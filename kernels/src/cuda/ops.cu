@@ -83,13 +83,18 @@ extern "C" __global__ void rotary_f32(float* x, const float* __restrict__ cos_t,
 
 // cache[slots[r] * width + j] = src[r * width + j]: one layer's new keys (or values) into their cache slots
 // (slot = block * block_size + offset in block).
+// Rows whose slot is at or past `capacity` (cache rows) are skipped: the host checks the largest slot
+// it was told of, this keeps a wrong one from writing past the cache.
 extern "C" __global__ void write_kv_f32(const float* __restrict__ src, float* cache,
-                                        const uint32_t* __restrict__ slots, int rows, int width) {
+                                        const uint32_t* __restrict__ slots, int rows, int width,
+                                        unsigned long long capacity) {
     const size_t total = (size_t)rows * width;
     for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < total;
          t += (size_t)gridDim.x * blockDim.x) {
         const size_t r = t / width, j = t % width;
-        cache[(size_t)slots[r] * width + j] = src[t];
+        if ((unsigned long long)slots[r] < capacity) {
+            cache[(size_t)slots[r] * width + j] = src[t];
+        }
     }
 }
 

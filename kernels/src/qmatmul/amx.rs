@@ -32,6 +32,11 @@ use std::cell::RefCell;
 /// Fewest activation rows that take the tiles (fewer: the AVX-512 kernels, which stream the
 /// weights once for all rows).
 const MIN_M: usize = 5;
+
+/// The most columns a matrix may have for these kernels: their gathers address 16 rows of weights
+/// or activations at `lane · row bytes` in 32-bit lanes, which stays below `i32::MAX` up to here
+/// (Q8_0, the widest format, at 34 bytes per 32 values, and an activation row's padding included).
+pub(super) const MAX_COLS: usize = 1 << 26;
 /// Rows (and columns of i32) of a tile.
 const T: usize = 16;
 /// 64-byte units per (16 activation rows, block) in the prepared activations: the `B` tile (8 rows
