@@ -9,13 +9,18 @@
 //! `--gsm8k` GSM8K problems.
 //!
 //! Answer extraction (documented rule, applied to the answer content only, never to the thinking):
-//! * MMLU-Pro: the letter in the last "answer is (X)" / "answer: X" phrase; else the last standalone
-//!   capital letter A–J in parentheses or followed by `)` / `.`; else the first standalone capital
-//!   letter A–J of the text (the pronoun "I" excepted). No letter: wrong.
+//! * MMLU-Pro: the letter of the last "answer is (X)" / "answer: X" phrase (either phrase, any case,
+//!   the letter standalone: "the answer is Because" names none); else the last standalone capital
+//!   letter A–J in parentheses or followed by `)` / `.`; else the first standalone capital letter A–J
+//!   of the text (the pronoun "I" and the article "A" before a lower-case word excepted). No
+//!   letter: wrong.
 //! * GSM8K: the last number in the text (commas dropped), compared numerically (|a − b| < 1e-6).
 //!
 //! Every request is greedy (temperature 0); all requests of one policy are submitted together and the
-//! engine batches them, as a server would.
+//! engine batches them, as a server would. The three policies send the same prompt: the routed one
+//! masks what the router masks but leaves out the category's system prompt, so that the policies
+//! differ in thinking alone. A question the router blocks counts as wrong, with no tokens and no
+//! latency, and the report says how many were blocked. Every answer is written to `savings.json`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,6 +76,8 @@ pub struct SavingsArgs {
 /// One question with its gold answer.
 #[derive(Debug, Clone)]
 struct Question {
+    /// `<source>:<FNV-1a of the question, hex>`.
+    id: String,
     category: String,
     source: &'static str,
     prompt: String,
@@ -98,6 +105,7 @@ pub enum Policy {
 #[derive(Debug, Clone, Serialize)]
 struct Outcome {
     category: String,
+    blocked: bool,
     correct: bool,
     thinking: bool,
     completion_tokens: usize,
@@ -120,6 +128,8 @@ pub struct Aggregate {
     pub mean_reasoning_tokens: f64,
     /// Mean request latency, seconds.
     pub mean_latency_s: f64,
+    /// Questions the router blocked (counted wrong, with no tokens and no latency).
+    pub blocked: usize,
 }
 
 impl Aggregate {
@@ -136,6 +146,7 @@ impl Aggregate {
                 as f64
                 / n,
             mean_latency_s: outcomes.iter().map(|o| o.latency_s).sum::<f64>() / n,
+            blocked: outcomes.iter().filter(|o| o.blocked).count(),
         }
     }
 
@@ -162,6 +173,25 @@ pub struct SavingsReport {
     pub by_category: BTreeMap<String, BTreeMap<String, Aggregate>>,
     /// Wall time of each policy's whole run, seconds.
     pub wall_s: BTreeMap<String, f64>,
+    /// Every answer, for auditing the extraction rule.
+    pub answers: Vec<Answer>,
+}
+
+/// One policy's answer to one question.
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    /// The policy.
+    pub policy: String,
+    /// The question ([`Question`]'s id).
+    pub id: String,
+    /// Its category.
+    pub category: String,
+    /// Whether it was answered with thinking.
+    pub thinking: bool,
+    /// Whether the extracted answer is the gold one.
+    pub correct: bool,
+    /// The answer content (thinking left out).
+    pub answer: String,
 }
 
 fn read_jsonl(path: &Path) -> Result<Vec<serde_json::Value>> {
@@ -202,6 +232,7 @@ fn load_questions(args: &SavingsArgs) -> Result<Vec<Question>> {
         by_category.entry(category.clone()).or_default().push((
             fnv1a(question.as_bytes()),
             Question {
+                id: format!("mmlu_pro:{:016x}", fnv1a(question.as_bytes())),
                 category,
                 source: "mmlu_pro",
                 prompt,
@@ -230,6 +261,7 @@ fn load_questions(args: &SavingsArgs) -> Result<Vec<Question>> {
         gsm.push((
             fnv1a(question.as_bytes()),
             Question {
+                id: format!("gsm8k:{:016x}", fnv1a(question.as_bytes())),
                 category: "gsm8k".into(),
                 source: "gsm8k",
                 prompt: format!("{question}\n\nGive the final answer as a number at the end."),
@@ -250,37 +282,46 @@ fn load_questions(args: &SavingsArgs) -> Result<Vec<Question>> {
 
 /// The answer letter by the documented rule.
 pub fn extract_letter(text: &str) -> Option<char> {
-    let valid = |c: char| LETTERS.contains(c);
-    let lower = text.to_lowercase();
-    for marker in ["answer is", "answer:"] {
-        if let Some(pos) = lower.rfind(marker) {
-            let rest = &text[pos + marker.len()..];
-            if let Some(c) = rest
-                .chars()
-                .find(|c| !(c.is_whitespace() || *c == '(' || *c == '*'))
-                .filter(|c| valid(*c))
-            {
-                return Some(c);
-            }
-        }
-    }
     let chars: Vec<char> = text.chars().collect();
     let standalone = |i: usize| {
-        valid(chars[i])
+        LETTERS.contains(chars[i])
             && (i == 0 || !chars[i - 1].is_alphanumeric())
             && (i + 1 == chars.len() || !chars[i + 1].is_alphanumeric())
     };
-    (0..chars.len())
-        .rev()
-        .find(|&i| {
-            standalone(i)
-                && ((i > 0 && chars[i - 1] == '(')
-                    || chars.get(i + 1).is_some_and(|c| *c == ')' || *c == '.'))
+    // Compared char by char (ASCII case folding), so no lower-cased copy shifts an index.
+    let phrase_at = |i: usize, phrase: &str| {
+        phrase
+            .chars()
+            .enumerate()
+            .all(|(k, p)| chars.get(i + k).is_some_and(|c| c.to_ascii_lowercase() == p))
+    };
+    let letter_after = |mut i: usize| {
+        while i < chars.len() && (chars[i].is_whitespace() || chars[i] == '(' || chars[i] == '*') {
+            i += 1;
+        }
+        (i < chars.len() && standalone(i)).then_some(i)
+    };
+    let phrase = (0..chars.len()).rev().find_map(|i| {
+        ["answer is", "answer:"]
+            .iter()
+            .filter(|p| phrase_at(i, p))
+            .find_map(|p| letter_after(i + p.len()))
+    });
+    phrase
+        .or_else(|| {
+            (0..chars.len()).rev().find(|&i| {
+                standalone(i)
+                    && ((i > 0 && chars[i - 1] == '(')
+                        || chars.get(i + 1).is_some_and(|c| *c == ')' || *c == '.'))
+            })
         })
         .or_else(|| {
             (0..chars.len()).find(|&i| {
                 let pronoun = chars[i] == 'I' && matches!(chars.get(i + 1), Some(' ' | '\''));
-                standalone(i) && !pronoun
+                let article = chars[i] == 'A'
+                    && chars.get(i + 1) == Some(&' ')
+                    && chars.get(i + 2).is_some_and(|c| c.is_lowercase());
+                standalone(i) && !pronoun && !article
             })
         })
         .map(|i| chars[i])
@@ -348,6 +389,7 @@ pub fn run(args: SavingsArgs) -> Result<SavingsReport> {
     let router = Router::load_default()?;
 
     let mut outcomes: BTreeMap<String, Vec<Outcome>> = BTreeMap::new();
+    let mut answers = Vec::new();
     let mut wall = BTreeMap::new();
     for policy in [Policy::Never, Policy::Always, Policy::Routed] {
         let name = serde_json::to_value(policy)?
@@ -375,7 +417,7 @@ pub fn run(args: SavingsArgs) -> Result<SavingsReport> {
                         streams.push((q, None));
                         continue;
                     }
-                    d.apply(&mut messages);
+                    d.mask(&mut messages);
                     match d.reasoning {
                         Reasoning::Fast => Thinking::Off,
                         Reasoning::Thinking { budget, .. } => Thinking::On {
@@ -412,6 +454,7 @@ pub fn run(args: SavingsArgs) -> Result<SavingsReport> {
             let Some((thinking, stream)) = stream else {
                 results.push(Outcome {
                     category: q.category.clone(),
+                    blocked: true,
                     correct: false,
                     thinking: false,
                     completion_tokens: 0,
@@ -435,8 +478,17 @@ pub fn run(args: SavingsArgs) -> Result<SavingsReport> {
                     None => bail!("stream ended early"),
                 }
             };
+            answers.push(Answer {
+                policy: name.clone(),
+                id: q.id.clone(),
+                category: q.category.clone(),
+                thinking,
+                correct: is_correct(&q.gold, &answer),
+                answer: answer.clone(),
+            });
             results.push(Outcome {
                 category: q.category.clone(),
+                blocked: false,
                 correct: is_correct(&q.gold, &answer),
                 thinking,
                 completion_tokens: usage.completion_tokens,
@@ -480,6 +532,7 @@ pub fn run(args: SavingsArgs) -> Result<SavingsReport> {
         overall,
         by_category,
         wall_s: wall,
+        answers,
     };
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(
@@ -546,6 +599,12 @@ pub fn markdown(r: &SavingsReport) -> String {
             }
         }
     }
+    if let Some(routed) = r.overall.get("routed").filter(|a| a.blocked > 0) {
+        s.push_str(&format!(
+            "\nThe router blocked {} of the routed questions (counted wrong, no tokens, no latency).\n",
+            routed.blocked
+        ));
+    }
     if let (Some(a), Some(r)) = (r.overall.get("always"), r.overall.get("routed")) {
         s.push_str(&format!(
             "\nRouted vs always-think: accuracy {:+.1} points, tokens {:+.1} %, latency {:+.1} %.\n",
@@ -576,6 +635,19 @@ mod tests {
         );
         assert_eq!(extract_letter("I pick B"), Some('B'));
         assert_eq!(extract_letter("no idea"), None);
+        // The last phrase of either kind, whatever comes first in the list.
+        assert_eq!(
+            extract_letter("The answer is (B), no wait. Final answer: C"),
+            Some('C')
+        );
+        // A phrase's letter is standalone: a word that starts with one is no answer.
+        assert_eq!(extract_letter("The answer is Because of it"), None);
+        assert_eq!(extract_letter("answer: Increase it (D)"), Some('D'));
+        // Characters whose lower case is longer in UTF-8 shift nothing (and panic nothing).
+        assert_eq!(extract_letter("İİİ \u{212A}Ω The answer is (C)"), Some('C'));
+        // The article is not an answer; a letter on its own is.
+        assert_eq!(extract_letter("A force acts on the body"), None);
+        assert_eq!(extract_letter("I pick A"), Some('A'));
         // Capitals inside words do not count.
         assert_eq!(extract_letter("Because Einstein said so"), None);
     }
