@@ -189,9 +189,11 @@ class Bench:
         t0 = time.perf_counter()
         self.decode()
         ptr = L.llama_get_logits(self.ctx)
-        logits = np.ctypeslib.as_array(ptr, shape=(n, self.n_vocab))[: n - 1].astype(np.float64)
+        # llama.cpp's f32 logits, read in place; exp in f32, sums in f64 (as switchyard's
+        # log-sum-exp: f32 lanes, f64 over blocks).
+        logits = np.ctypeslib.as_array(ptr, shape=(n, self.n_vocab))[: n - 1]
         top = logits.max(axis=1, keepdims=True)
-        lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+        lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1, dtype=np.float64))
         logprobs = logits[np.arange(n - 1), prompt[1:]] - lse
         t1 = time.perf_counter()
         return t1 - t0, logprobs

@@ -291,6 +291,22 @@ pub fn run(args: EngineBenchArgs) -> Result<()> {
         score.push(args.prefill_tokens as f64 / t0.elapsed().as_secs_f64());
         bar.inc(1);
     }
+    // Every sequence of a concurrency run takes its first token in the same step, so that the decode
+    // window (last first token to last end) holds every token counted: a wider step budget when
+    // the prompts together exceed it (otherwise sequences prefilled early decode before the window).
+    let prompts_total: usize = decode_prompts.iter().map(Vec::len).sum();
+    let wide = if prompts_total > config.max_batch_tokens {
+        Some(Engine::start(
+            switchyard_models::load_generation_model(&path)?,
+            EngineConfig {
+                max_batch_tokens: prompts_total,
+                ..config.clone()
+            },
+        )?)
+    } else {
+        None
+    };
+    let decode_engine = wide.as_ref().unwrap_or(&engine);
     let mut aggregate = Vec::new();
     for &c in &args.concurrency {
         let (mut rates, mut prefills) = (Vec::new(), Vec::new());
@@ -302,7 +318,7 @@ pub fn run(args: EngineBenchArgs) -> Result<()> {
                 .map(|p| {
                     Ok((
                         Instant::now(),
-                        engine.submit(request(p.clone(), args.new_tokens + 1))?,
+                        decode_engine.submit(request(p.clone(), args.new_tokens + 1))?,
                     ))
                 })
                 .collect::<Result<_>>()?;
@@ -322,6 +338,7 @@ pub fn run(args: EngineBenchArgs) -> Result<()> {
             prefill_s: median(prefills),
         });
     }
+    drop(wide);
     bar.set_message("switchyard follow-up turn, prefix cached or not");
     let follow_ups: Vec<(Vec<u32>, Vec<u32>)> = (0..args.repeats)
         .map(|r| follow_up(&prefill_prompt, r))

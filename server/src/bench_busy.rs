@@ -171,7 +171,9 @@ pub fn run(args: BusyBenchArgs) -> Result<()> {
     let mut phases = Vec::new();
 
     bar.set_message("router alone");
-    route_times(&own_thread, &texts, 10, &ProgressBar::hidden())?; // warm-up
+    // Both routers warmed up alike (first-use costs stay out of the timed phases).
+    route_times(&own_thread, &texts, 10, &ProgressBar::hidden())?;
+    route_times(&on_worker, &texts, 10, &ProgressBar::hidden())?;
     let idle = route_times(&own_thread, &texts, n, &bar)?;
     phases.push(Phase {
         name: "generator idle".into(),

@@ -152,6 +152,9 @@ struct Report {
     iterations: usize,
     max_input_tokens: usize,
     torch: Option<String>,
+    /// How Switchyard ran the backbone's linear layers (`classifier.cpu_weights`: `q8_0` or `f32`;
+    /// PyTorch runs f32).
+    backbone_weights: String,
     /// The embedding signal both sides ran, if any.
     embedding: Option<String>,
     classify: Vec<Latency>,
@@ -437,6 +440,14 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
         iterations: args.iterations,
         max_input_tokens: DEFAULT_MAX_INPUT_TOKENS,
         torch: torch_version,
+        backbone_weights: match options(&args, true, EmbeddingMode::Configured)?
+            .config
+            .classifier
+            .cpu_weights
+        {
+            switchyard_router::config::CpuWeights::Q8_0 => "q8_0".into(),
+            switchyard_router::config::CpuWeights::F32 => "f32".into(),
+        },
         embedding,
         classify,
         route_p50_ms: quantile(&route_runs, 0.5),
@@ -694,7 +705,14 @@ fn markdown(r: &Report) -> String {
     }
     if let Some(t) = &r.torch {
         s.push_str(&format!(
-            "\nPyTorch {t}, f32, eager attention, `torch.inference_mode()`.\n"
+            "\nPyTorch {t}, f32, eager attention, `torch.inference_mode()`. Switchyard runs the \
+             backbone's linear layers in {} (`classifier.cpu_weights`){}.\n",
+            r.backbone_weights,
+            if r.backbone_weights == "f32" {
+                ""
+            } else {
+                ", so the ratio includes 8-bit weights (about 1.5x faster products at this size)"
+            }
         ));
     }
     s.push_str(

@@ -102,7 +102,13 @@ impl Acts {
 
     /// Row `i` in the kernel-specific layout.
     pub fn grouped_row(&self, i: usize) -> *const i8 {
-        debug_assert!(i < self.m && self.grouped_units > 0);
+        // Checked in release builds too: a safe method must not hand out a pointer past the buffer
+        // (one compare per row, not per value).
+        assert!(
+            i < self.m && self.grouped_units > 0,
+            "row {i} of {}",
+            self.m
+        );
         // SAFETY: in bounds of `grouped` (`m * grouped_units` units).
         unsafe { self.grouped.as_ptr().add(i * self.grouped_units).cast() }
     }
@@ -159,7 +165,7 @@ impl Acts {
     /// Quantized values of row `i` (`cols` of them; the row is followed by zero padding up to a
     /// multiple of 64 bytes).
     pub fn qs(&self, i: usize) -> &[i8] {
-        debug_assert!(i < self.m);
+        assert!(i < self.m, "row {i} of {}", self.m);
         // SAFETY: `lines` holds `m * stride` initialized bytes (see `quantize`), `i < m`.
         unsafe {
             let base = self.lines.as_ptr().cast::<i8>().add(i * self.stride);
@@ -169,7 +175,7 @@ impl Acts {
 
     /// Pointer to row `i`'s quantized values (64-byte aligned; `stride` readable bytes).
     pub fn qs_ptr(&self, i: usize) -> *const i8 {
-        debug_assert!(i < self.m);
+        assert!(i < self.m, "row {i} of {}", self.m);
         // SAFETY: in bounds of `lines` (see `qs`).
         unsafe { self.lines.as_ptr().cast::<i8>().add(i * self.stride) }
     }
