@@ -290,10 +290,11 @@ pub fn extract_letter(text: &str) -> Option<char> {
     };
     // Compared char by char (ASCII case folding), so no lower-cased copy shifts an index.
     let phrase_at = |i: usize, phrase: &str| {
-        phrase
-            .chars()
-            .enumerate()
-            .all(|(k, p)| chars.get(i + k).is_some_and(|c| c.to_ascii_lowercase() == p))
+        phrase.chars().enumerate().all(|(k, p)| {
+            chars
+                .get(i + k)
+                .is_some_and(|c| c.to_ascii_lowercase() == p)
+        })
     };
     let letter_after = |mut i: usize| {
         while i < chars.len() && (chars[i].is_whitespace() || chars[i] == '(' || chars[i] == '*') {

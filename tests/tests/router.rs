@@ -581,6 +581,9 @@ fn bare_greetings_take_the_default_route_and_greetings_with_a_question_do_not() 
         "Thanks so much!",
         "good morning :)",
         "hey there",
+        "hey whats up",
+        "Hi, how are you doing today?",
+        "how's it going",
     ] {
         let d = router.route(&user(text)).unwrap();
         assert_eq!(d.keyword_rule.as_deref(), Some("small-talk"), "{text}");
@@ -592,6 +595,11 @@ fn bare_greetings_take_the_default_route_and_greetings_with_a_question_do_not() 
         .unwrap();
     assert_eq!(d.keyword_rule, None, "{:?}", d.reasons);
     assert_eq!(d.category, "math", "{:?}", d.reasons);
+    // A question after the opener is a request, not small talk.
+    let d = router
+        .route(&user("hey what's up with the derivative of x^2, is it 2x?"))
+        .unwrap();
+    assert_eq!(d.keyword_rule, None, "{:?}", d.reasons);
 }
 
 #[test]
