@@ -26,11 +26,8 @@ fn tokenizer() -> Option<TextTokenizer> {
     let path = std::env::var_os("SWITCHYARD_TEST_GGUF")
         .map(PathBuf::from)
         .or_else(|| {
-            let cache = std::env::var_os("SWITCHYARD_CACHE")
-                .map(PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/switchyard"))
-                })?;
+            // The binary's model cache, as `switchyard fetch-model` fills it.
+            let cache = switchyard_router::embedding::cache_dir();
             Some(cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
         })
         .filter(|p| p.exists());

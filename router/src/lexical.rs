@@ -3,7 +3,8 @@
 //!
 //! Features, each block L2-normalised on its own and the blocks side by side (scikit-learn's
 //! `TfidfVectorizer(sublinear_tf=True, min_df=2)` per block, `hstack`ed):
-//! * words: lowercased alphanumeric words and their bigrams (`ngram_range=(1, 2)`);
+//! * words: lowercased alphanumeric words, one-letter ones included (scikit-learn's default pattern
+//!   drops them), and their bigrams (`ngram_range=(1, 2)`);
 //! * optionally characters: n-grams of each whitespace-separated word padded with a space on both sides
 //!   (`analyzer="char_wb"`, e.g. 2–5);
 //! * optionally the embedding signal's sentence embedding times a fixed scale, so one linear model reads

@@ -68,16 +68,18 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The binary's model cache (`$SWITCHYARD_CACHE`, else `$XDG_CACHE_HOME/switchyard`, else
+/// `~/.cache/switchyard`: where `switchyard fetch-model` puts the models), `models/` in it.
+fn model_cache() -> PathBuf {
+    switchyard_router::embedding::cache_dir().join("models")
+}
+
 /// The real SmolLM2-135M-Instruct Q4_1 GGUF, if it is available: `$SWITCHYARD_TEST_GGUF`, else the
 /// binary's model cache. When `$SWITCHYARD_REQUIRE_MODEL` is set (CI), a missing file is a failure.
 pub fn smollm2_gguf() -> Option<PathBuf> {
     let candidates = [
         std::env::var_os("SWITCHYARD_TEST_GGUF").map(PathBuf::from),
-        std::env::var_os("SWITCHYARD_CACHE")
-            .map(|d| PathBuf::from(d).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")),
-        std::env::var_os("HOME").map(|h| {
-            PathBuf::from(h).join(".cache/switchyard/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        }),
+        Some(model_cache().join("SmolLM2-135M-Instruct.Q4_1.gguf")),
     ];
     let found = candidates.into_iter().flatten().find(|p| p.exists());
     if found.is_none() {
@@ -89,20 +91,12 @@ pub fn smollm2_gguf() -> Option<PathBuf> {
     found
 }
 
-/// The all-MiniLM-L6-v2 encoder directory of the router's embedding signal, if it is available:
-/// `$SWITCHYARD_CACHE/models/all-MiniLM-L6-v2`, else the default cache. When
-/// `$SWITCHYARD_REQUIRE_MODEL` is set (CI), a missing encoder is a failure.
+/// The all-MiniLM-L6-v2 encoder directory of the router's embedding signal in the binary's model
+/// cache, if it is there. When `$SWITCHYARD_REQUIRE_MODEL` is set (CI), a missing encoder is a
+/// failure.
 pub fn minilm_dir() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("SWITCHYARD_CACHE")
-            .map(|d| PathBuf::from(d).join("models/all-MiniLM-L6-v2")),
-        std::env::var_os("HOME")
-            .map(|h| PathBuf::from(h).join(".cache/switchyard/models/all-MiniLM-L6-v2")),
-    ];
-    let found = candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.join("model.safetensors").exists());
+    let dir = model_cache().join("all-MiniLM-L6-v2");
+    let found = dir.join("model.safetensors").exists().then_some(dir);
     if found.is_none() {
         if std::env::var_os("SWITCHYARD_REQUIRE_MODEL").is_some() {
             panic!("SWITCHYARD_REQUIRE_MODEL is set but the all-MiniLM-L6-v2 encoder was not found; run `cargo run --release -- fetch-model`");

@@ -381,8 +381,8 @@ mod tests {
             HeadKind::Sequence,
             vec!["a".into(), "b".into()],
         )];
-        let model = TrainModel::new(&tiny(), &heads, &varmap, &dev)?;
-        let head = DistillHead::new(&varmap, 16, 8, &dev)?;
+        let model = TrainModel::new(&tiny(), &heads, &varmap, &dev, 0)?;
+        let head = DistillHead::new(&varmap, 16, 8, &dev, 0)?;
         let mut rng = StdRng::seed_from_u64(7);
         let corpus: Vec<Vec<u32>> = (0..12)
             .map(|_| {

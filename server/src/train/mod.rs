@@ -63,6 +63,8 @@ pub struct TrainArgs {
     pub lr: f64,
     #[arg(long, default_value_t = 1e-3)]
     pub mlm_lr: f64,
+    /// Seeds the starting weights, batch order, masking and task sampling (same seed and data, same
+    /// run on the same machine).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Tokens per training sequence (head + tail truncation).
@@ -805,7 +807,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             (n.to_string(), *k, labels)
         })
         .collect();
-    let model = TrainModel::new(&arch, &head_specs, &varmap, &dev)?;
+    let model = TrainModel::new(&arch, &head_specs, &varmap, &dev, args.seed)?;
     let n_params: usize = {
         let data = varmap
             .data()
@@ -833,7 +835,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .transpose()?;
     let distill_head = teacher
         .as_ref()
-        .map(|t| model::DistillHead::new(&varmap, arch.hidden, t.dim(), &dev))
+        .map(|t| model::DistillHead::new(&varmap, arch.hidden, t.dim(), &dev, args.seed))
         .transpose()?;
     if args.distill_probe && args.distill_steps == 0 {
         let distilled = args.init_from.as_ref().is_some_and(|dir| {
@@ -1673,13 +1675,50 @@ mod tests {
         (arch, heads)
     }
 
+    /// `--seed` fixes every starting weight (heads and the distillation projection included), and
+    /// another seed draws others, from N(0, 0.02).
+    #[test]
+    fn the_seed_fixes_the_starting_weights() -> Result<()> {
+        let (arch, heads) = tiny();
+        let weights = |seed: u64| -> Result<Vec<(String, Vec<f32>)>> {
+            let varmap = VarMap::new();
+            TrainModel::new(&arch, &heads, &varmap, &Device::Cpu, seed)?;
+            model::DistillHead::new(&varmap, arch.hidden, 8, &Device::Cpu, seed)?;
+            let mut all: Vec<(String, Vec<f32>)> = varmap
+                .data()
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(n, v)| (n.clone(), v.flatten_all().unwrap().to_vec1().unwrap()))
+                .collect();
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(all)
+        };
+        let (a, b, c) = (weights(7)?, weights(7)?, weights(8)?);
+        assert_eq!(a, b);
+        let drawn = |w: &[(String, Vec<f32>)], name: &str| {
+            w.iter().find(|(n, _)| n == name).unwrap().1.clone()
+        };
+        for name in [
+            "model.embeddings.tok_embeddings.weight",
+            "heads.domain.classifier.weight",
+            "distill.proj.weight",
+        ] {
+            let (x, y) = (drawn(&a, name), drawn(&c, name));
+            assert_ne!(x, y, "{name}");
+            let sd = (x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32).sqrt();
+            assert!((0.01..0.03).contains(&sd), "{name}: sd {sd}");
+        }
+        Ok(())
+    }
+
     /// The saved checkpoint, read by the inference encoder (banded local attention, candle's rope
     /// and softmax), gives the training forward's logits; and gradients reach the q/k projections.
     #[test]
     fn training_forward_matches_the_inference_encoder_and_trains_attention() -> Result<()> {
         let (arch, heads) = tiny();
         let varmap = VarMap::new();
-        let model = TrainModel::new(&arch, &heads, &varmap, &Device::Cpu)?;
+        let model = TrainModel::new(&arch, &heads, &varmap, &Device::Cpu, 0)?;
         let dir =
             std::env::temp_dir().join(format!("switchyard-train-test-{}", std::process::id()));
         save_router(&dir, &model, &varmap, None, candle_core::DType::F32)?;
@@ -1720,7 +1759,7 @@ mod tests {
     fn an_f16_checkpoint_matches_the_training_forward_rounded_to_f16() -> Result<()> {
         let (arch, heads) = tiny();
         let varmap = VarMap::new();
-        let model = TrainModel::new(&arch, &heads, &varmap, &Device::Cpu)?;
+        let model = TrainModel::new(&arch, &heads, &varmap, &Device::Cpu, 0)?;
         let dir = std::env::temp_dir().join(format!("switchyard-train-f16-{}", std::process::id()));
         save_router(&dir, &model, &varmap, None, candle_core::DType::F16)?;
         let clf = eval::load(&dir)?;

@@ -13,6 +13,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, D};
 use candle_nn::{Init, VarBuilder, VarMap};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 /// Backbone hyper-parameters (ModernBERT v4 key layout when written out).
@@ -223,21 +225,52 @@ pub struct TrainModel {
     rope_local: (Tensor, Tensor),
 }
 
-fn normal(std: f64) -> Init {
-    Init::Randn {
-        mean: 0.0,
-        stdev: std,
-    }
+/// A new variable `name` of `vb` drawn from N(0, std) by a generator seeded with `seed` and the
+/// variable's path, so that `--seed` fixes the starting weights (Candle's CPU `randn` draws from an
+/// unseeded thread generator) and each variable's draw does not depend on the others.
+fn seeded_normal(
+    varmap: &VarMap,
+    vb: &VarBuilder,
+    shape: impl Into<Shape>,
+    name: &str,
+    std: f64,
+    seed: u64,
+) -> Result<Tensor> {
+    let shape = shape.into();
+    let t = vb.get_with_hints(shape.clone(), name, Init::Const(0.0))?;
+    let path = match vb.prefix() {
+        p if p.is_empty() => name.to_string(),
+        p => format!("{p}.{name}"),
+    };
+    let var = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("the variable map's lock is poisoned".into()))?
+        .get(&path)
+        .cloned()
+        .ok_or_else(|| candle_core::Error::Msg(format!("no variable {path}")))?;
+    let mut rng = StdRng::seed_from_u64(seed ^ super::data::fnv1a(path.as_bytes()));
+    // Box-Muller: two uniforms per value (the second of each pair unused, for clarity).
+    let values: Vec<f32> = (0..shape.elem_count())
+        .map(|_| {
+            let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+            let u2: f64 = rng.random();
+            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos() * std) as f32
+        })
+        .collect();
+    var.set(&Tensor::from_vec(values, shape, t.device())?)?;
+    Ok(t)
 }
 
 impl TrainModel {
     /// Creates every variable in `varmap` (initialised like transformers' ModernBERT: N(0, 0.02),
-    /// output projections scaled by 1/√(2·layers), norms at 1).
+    /// output projections scaled by 1/√(2·layers), norms at 1), the random ones drawn from `seed`.
     pub fn new(
         arch: &Arch,
         heads: &[(String, HeadKind, Vec<String>)],
         varmap: &VarMap,
         dev: &Device,
+        seed: u64,
     ) -> Result<Self> {
         let vb = VarBuilder::from_varmap(varmap, DType::F32, dev);
         let h = arch.hidden;
@@ -245,10 +278,13 @@ impl TrainModel {
         let out_std = std / (2.0 * arch.layers as f64).sqrt();
         let ones = Init::Const(1.0);
         let m = vb.pp("model");
-        let emb = m.get_with_hints(
+        let emb = seeded_normal(
+            varmap,
+            &m,
             (arch.vocab_size, h),
             "embeddings.tok_embeddings.weight",
-            normal(std),
+            std,
+            seed,
         )?;
         let embed_norm = m.get_with_hints(h, "embeddings.norm.weight", ones)?;
         let layers = (0..arch.layers)
@@ -260,18 +296,24 @@ impl TrainModel {
                     } else {
                         Some(l.get_with_hints(h, "attn_norm.weight", ones)?)
                     },
-                    wqkv: l.get_with_hints((3 * h, h), "attn.Wqkv.weight", normal(std))?,
-                    wo: l.get_with_hints((h, h), "attn.Wo.weight", normal(out_std))?,
+                    wqkv: seeded_normal(varmap, &l, (3 * h, h), "attn.Wqkv.weight", std, seed)?,
+                    wo: seeded_normal(varmap, &l, (h, h), "attn.Wo.weight", out_std, seed)?,
                     mlp_norm: l.get_with_hints(h, "mlp_norm.weight", ones)?,
-                    wi: l.get_with_hints(
+                    wi: seeded_normal(
+                        varmap,
+                        &l,
                         (2 * arch.intermediate, h),
                         "mlp.Wi.weight",
-                        normal(std),
+                        std,
+                        seed,
                     )?,
-                    wo_mlp: l.get_with_hints(
+                    wo_mlp: seeded_normal(
+                        varmap,
+                        &l,
                         (h, arch.intermediate),
                         "mlp.Wo.weight",
-                        normal(out_std),
+                        out_std,
+                        seed,
                     )?,
                     local: arch.is_local(i),
                 })
@@ -286,12 +328,15 @@ impl TrainModel {
                     name: name.clone(),
                     kind: *kind,
                     labels: labels.clone(),
-                    dense: hv.get_with_hints((h, h), "head.dense.weight", normal(std))?,
+                    dense: seeded_normal(varmap, &hv, (h, h), "head.dense.weight", std, seed)?,
                     norm: hv.get_with_hints(h, "head.norm.weight", ones)?,
-                    cls_w: hv.get_with_hints(
+                    cls_w: seeded_normal(
+                        varmap,
+                        &hv,
                         (labels.len(), h),
                         "classifier.weight",
-                        normal(std),
+                        std,
+                        seed,
                     )?,
                     cls_b: hv.get_with_hints(labels.len(), "classifier.bias", Init::Const(0.0))?,
                 })
@@ -299,7 +344,7 @@ impl TrainModel {
             .collect::<Result<Vec<_>>>()?;
         let mv = vb.pp("mlm");
         let mlm = MlmHead {
-            dense: mv.get_with_hints((h, h), "dense.weight", normal(std))?,
+            dense: seeded_normal(varmap, &mv, (h, h), "dense.weight", std, seed)?,
             norm: mv.get_with_hints(h, "norm.weight", ones)?,
             bias: mv.get_with_hints(arch.vocab_size, "bias", Init::Const(0.0))?,
         };
@@ -412,10 +457,16 @@ pub struct DistillHead {
 
 impl DistillHead {
     /// Creates the projection `hidden → dim` in `varmap`.
-    pub fn new(varmap: &VarMap, hidden: usize, dim: usize, dev: &Device) -> Result<Self> {
+    pub fn new(
+        varmap: &VarMap,
+        hidden: usize,
+        dim: usize,
+        dev: &Device,
+        seed: u64,
+    ) -> Result<Self> {
         let vb = VarBuilder::from_varmap(varmap, DType::F32, dev).pp("distill");
         Ok(Self {
-            w: vb.get_with_hints((dim, hidden), "proj.weight", normal(0.02))?,
+            w: seeded_normal(varmap, &vb, (dim, hidden), "proj.weight", 0.02, seed)?,
             b: vb.get_with_hints(dim, "proj.bias", Init::Const(0.0))?,
         })
     }
