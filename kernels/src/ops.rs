@@ -619,6 +619,15 @@ pub fn paged_attention(
     if meta.rows == 0 {
         return Ok(q.clone());
     }
+    // The kernel reads the metadata's device pointers beside the caches': one device for all.
+    if !meta.row_pos.device().same_device(q.device())
+        || !k_cache.device().same_device(q.device())
+        || !v_cache.device().same_device(q.device())
+    {
+        return Err(KernelError::Tensor(
+            "queries, caches and attention metadata must be on one device".into(),
+        ));
+    }
     Ok(q.apply_op3_no_bwd(k_cache, v_cache, &PagedAttention { meta, shape, scale })?)
 }
 

@@ -210,6 +210,10 @@ fn paged_attention_matches_the_cpu_on_ragged_batches() {
             e < 1e-5,
             "paged attention {heads}/{kv_heads}x{head_dim} bs {block_size}: {e}"
         );
+        // Metadata on another device than the queries is refused, not read.
+        if rows > 0 {
+            assert!(ops::paged_attention(&qg, &kg, &vg, &meta_c, shape, scale).is_err());
+        }
         // The slot helper agrees with where write_kv puts a position.
         let s = &spans[0];
         assert_eq!(
