@@ -394,7 +394,10 @@ pub fn run(args: LexicalArgs) -> Result<()> {
     };
     let train_examples: &[data::Example] = diluted.as_ref().map_or(&task.train, |d| &d.0);
     let train_texts: Vec<&str> = train_examples.iter().map(|e| e.text.as_str()).collect();
-    let features = TextFeatures::fit(&train_texts, args.char_ngrams);
+    // Vocabulary and idf from the training split as it is: a diluted copy repeats its attack's
+    // words, so fitted on the copies too, a word of one attack would pass `min_df = 2`.
+    let split_texts: Vec<&str> = task.train.iter().map(|e| e.text.as_str()).collect();
+    let features = TextFeatures::fit(&split_texts, args.char_ngrams);
     let text_dim = features.dim();
     let mut x: Vec<Sparse> = train_texts.iter().map(|t| features.transform(t)).collect();
     let mut dim = text_dim;
