@@ -14,6 +14,13 @@ pub struct LinearSvm {
     w: Vec<Vec<f32>>,
 }
 
+/// Most passes over the data per class (scikit-learn's `LinearSVC` default `max_iter`).
+const MAX_PASSES: usize = 1000;
+
+/// Stop when the projected gradient's spread over a pass, `max PG − min PG`, is at most this
+/// (liblinear's rule; scikit-learn's `tol` is 1e-4, looser here for f32 sums).
+const TOLERANCE: f32 = 1e-3;
+
 impl LinearSvm {
     pub fn train(x: &[Sparse], y: &[usize], classes: usize, dim: usize, seed: u64) -> Self {
         let c = 1.0f32;
@@ -28,16 +35,20 @@ impl LinearSvm {
                 let mut w = vec![0f32; dim + 1];
                 let mut alpha = vec![0f32; x.len()];
                 let mut order: Vec<usize> = (0..x.len()).collect();
-                for _ in 0..20 {
+                let mut gap = f32::INFINITY;
+                let mut passes = 0;
+                while passes < MAX_PASSES && gap > TOLERANCE {
+                    passes += 1;
                     order.shuffle(&mut rng);
-                    let mut max_pg = 0f32;
+                    let (mut max_pg, mut min_pg) = (f32::NEG_INFINITY, f32::INFINITY);
                     for &i in &order {
                         let yi = if y[i] == k { 1.0 } else { -1.0 };
                         let wx: f32 =
                             x[i].iter().map(|(j, v)| w[*j as usize] * v).sum::<f32>() + w[dim];
                         let g = yi * wx - 1.0 + d * alpha[i];
                         let pg = if alpha[i] == 0.0 { g.min(0.0) } else { g };
-                        max_pg = max_pg.max(pg.abs());
+                        max_pg = max_pg.max(pg);
+                        min_pg = min_pg.min(pg);
                         if pg != 0.0 {
                             let old = alpha[i];
                             alpha[i] = (old - g / qii[i]).max(0.0);
@@ -48,9 +59,17 @@ impl LinearSvm {
                             w[dim] += delta;
                         }
                     }
-                    if max_pg < 1e-3 {
-                        break;
-                    }
+                    gap = max_pg - min_pg;
+                }
+                if gap > TOLERANCE {
+                    tracing::warn!(
+                        class = k,
+                        passes,
+                        gap,
+                        "the linear SVM stopped at its pass limit before converging"
+                    );
+                } else {
+                    tracing::debug!(class = k, passes, gap, "linear SVM converged");
                 }
                 w
             })
