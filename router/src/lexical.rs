@@ -715,7 +715,7 @@ impl LexicalModel {
             }
         });
         let terms = &self.features.words.terms;
-        let terms_from = share_terms(dir, &stem, terms)?;
+        let terms_from = share_terms(dir, &stem, &self.head, terms)?;
         let meta = Meta {
             head: self.head.clone(),
             labels: self.labels.clone(),
@@ -799,9 +799,13 @@ fn read_meta(dir: &Path, stem: &str) -> Result<Meta, RouterError> {
     serde_json::from_str(&text).map_err(|e| err(e.to_string()))
 }
 
+/// Writes `<stem>.json` whole or not at all (a temporary file renamed over it), so a reader never
+/// sees half of one.
 fn write_meta(dir: &Path, stem: &str, meta: &Meta) -> Result<(), RouterError> {
     let json = serde_json::to_string(meta).map_err(|e| RouterError::Classifier(e.to_string()))?;
-    std::fs::write(dir.join(format!("{stem}.json")), json)?;
+    let partial = dir.join(format!(".{stem}.json.partial"));
+    std::fs::write(&partial, json)?;
+    std::fs::rename(&partial, dir.join(format!("{stem}.json")))?;
     Ok(())
 }
 
@@ -856,16 +860,19 @@ fn shared_terms(
     Ok(Some(source.1.terms.clone()))
 }
 
-/// Before `<stem>.json` is written with `terms`: which model of `dir` already lists the same terms
-/// (so this one refers to it instead of listing them again), if any. Models that take their terms
-/// from `stem` while `terms` differ from those get their terms written out, so that they keep
-/// loading; and `stem` shares nothing while others take terms from it (no chains).
+/// Before `<stem>.json` (a model of `head`) is written with `terms`: which model of the same head in
+/// `dir` already lists the same terms (so this one refers to it instead of listing them again), if
+/// any. Models that take their terms from `stem` while `terms` differ from those get their terms
+/// written out first, so that they keep loading; and `stem` shares nothing while others take terms
+/// from it (no chains). Two fits writing into one directory at once can still race: run them one
+/// after the other.
 fn share_terms(
     dir: &Path,
     stem: &str,
+    head: &str,
     terms: &[String],
 ) -> Result<Option<SharedTerms>, RouterError> {
-    if terms.is_empty() || !dir.exists() {
+    if !dir.exists() {
         return Ok(None);
     }
     let siblings: Vec<(String, Meta)> = model_stems(dir)?
@@ -900,12 +907,12 @@ fn share_terms(
             write_meta(dir, s, &meta)?;
         }
     }
-    if referenced {
+    if referenced || terms.is_empty() {
         return Ok(None);
     }
     Ok(siblings
         .iter()
-        .find(|(_, m)| m.terms_from.is_none() && m.terms == terms)
+        .find(|(_, m)| m.head == head && m.terms_from.is_none() && m.terms == terms)
         .map(|(s, _)| SharedTerms {
             stem: s.clone(),
             sha256,
@@ -945,6 +952,39 @@ mod tests {
         )
     }
 
+    /// `m` with a one-value embedding block (weight 1 for its first class): its joint variant, on
+    /// the same word terms.
+    fn joint_of(m: &LexicalModel) -> LexicalModel {
+        let words = m.features.words.clone();
+        let dim = words.dim();
+        let weight = |j: usize, k: usize| m.weights.values[j * m.weights.classes + k];
+        let rows: Vec<Vec<f32>> = (0..m.labels.len())
+            .map(|k| {
+                let mut row: Vec<f32> = (0..dim).map(|j| weight(j, k)).collect();
+                row.push(if k == 0 { 1.0 } else { 0.0 });
+                row.push(weight(dim, k));
+                row
+            })
+            .collect();
+        let embedding = EmbeddingFeatures {
+            scale: 1.0,
+            dim: 1,
+            encoder: "enc".into(),
+            max_tokens: 64,
+            quantized: false,
+            layers: None,
+        };
+        LexicalModel::joint(
+            &m.head,
+            m.labels.clone(),
+            TextFeatures { words, chars: None },
+            Some(embedding),
+            rows,
+            m.weight,
+            m.scale,
+        )
+    }
+
     fn meta_json(dir: &Path, stem: &str) -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(dir.join(format!("{stem}.json"))).unwrap()).unwrap()
     }
@@ -956,22 +996,31 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let domain = model();
+        let joint = joint_of(&domain);
+        // Another head's model on the same terms keeps its own (deleting one head's files never
+        // breaks another's).
         let guard = model_for("jailbreak", &["benign", "jailbreak"], "the court case");
         domain.save(&dir).unwrap();
+        joint.save(&dir).unwrap();
         guard.save(&dir).unwrap();
         let texts = ["please solve this", "the court case of x", "nothing known"];
         let scores = |models: &[LexicalModel]| -> Vec<Vec<f32>> {
             models
                 .iter()
-                .flat_map(|m| texts.iter().map(|t| m.scores(t, None)))
+                .flat_map(|m| {
+                    let e = m.embedding_features().map(|_| &[0.5f32][..]);
+                    texts.iter().map(move |t| m.scores(t, e))
+                })
                 .collect()
         };
-        let stored = scores(&[domain.as_stored(), guard.as_stored()]);
+        // load_all's order: lexical, lexical-jailbreak, lexical-joint.
+        let stored = scores(&[domain.as_stored(), guard.as_stored(), joint.as_stored()]);
 
-        // The second model refers to the first's terms instead of listing them again.
-        let shared = meta_json(&dir, "lexical-jailbreak");
+        // The joint model refers to the text-only model's terms instead of listing them again.
+        let shared = meta_json(&dir, "lexical-joint");
         assert!(shared.get("terms").is_none(), "{shared}");
         assert_eq!(shared["terms_from"]["stem"], "lexical");
+        assert!(meta_json(&dir, "lexical-jailbreak")["terms"].is_array());
         assert_eq!(
             meta_json(&dir, "lexical")["terms"]
                 .as_array()
@@ -986,11 +1035,11 @@ mod tests {
         assert!(meta_json(&dir, "lexical")["terms"].is_array());
         assert_eq!(scores(&LexicalModel::load_all(&dir).unwrap()), stored);
 
-        // A refitted domain model with other terms: the jailbreak model gets its own copy first.
+        // A refitted text-only model with other terms: the joint model gets its own copy first.
         let refitted = model_for("domain", &["math", "law"], "the judge ruled on a case");
         assert_ne!(refitted.features.words.terms, domain.features.words.terms);
         refitted.save(&dir).unwrap();
-        let own = meta_json(&dir, "lexical-jailbreak");
+        let own = meta_json(&dir, "lexical-joint");
         assert!(own.get("terms_from").is_none(), "{own}");
         let back = LexicalModel::load_all(&dir).unwrap();
         assert_eq!(scores(&back[1..]), stored[texts.len()..]);
@@ -1005,16 +1054,14 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         model().save(&dir).unwrap();
-        model_for("jailbreak", &["benign", "jailbreak"], "the court case")
-            .save(&dir)
-            .unwrap();
+        joint_of(&model()).save(&dir).unwrap();
         // Same number of terms, one of them different: sizes alone would not notice.
         let mut listed = meta_json(&dir, "lexical");
         listed["terms"][0] = "zzz".into();
         std::fs::write(dir.join("lexical.json"), listed.to_string()).unwrap();
         let e = LexicalModel::load_all(&dir).unwrap_err().to_string();
         assert!(
-            e.contains("lexical-jailbreak.json") && e.contains("retrain this model too"),
+            e.contains("lexical-joint.json") && e.contains("retrain this model too"),
             "{e}"
         );
         // A reference to a model that is not there names it.

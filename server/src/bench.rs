@@ -291,9 +291,10 @@ pub fn run(args: EngineBenchArgs) -> Result<()> {
         score.push(args.prefill_tokens as f64 / t0.elapsed().as_secs_f64());
         bar.inc(1);
     }
-    // Every sequence of a concurrency run takes its first token in the same step, so that the decode
-    // window (last first token to last end) holds every token counted: a wider step budget when
-    // the prompts together exceed it (otherwise sequences prefilled early decode before the window).
+    // The decode window runs from the last first token to the last end, so tokens decoded before
+    // it would be counted without their time: a step budget wide enough for every prompt of a run
+    // lets the sequences, submitted back to back, start together (a sequence the worker admits a
+    // step late still decodes a token or so outside the window).
     let prompts_total: usize = decode_prompts.iter().map(Vec::len).sum();
     let wide = if prompts_total > config.max_batch_tokens {
         Some(Engine::start(
@@ -307,6 +308,10 @@ pub fn run(args: EngineBenchArgs) -> Result<()> {
         None
     };
     let decode_engine = wide.as_ref().unwrap_or(&engine);
+    if wide.is_some() {
+        // The same warm-up the first engine had from the runs above.
+        finished_usage(decode_engine.submit(request(decode_prompts[0].clone(), 2))?)?;
+    }
     let mut aggregate = Vec::new();
     for &c in &args.concurrency {
         let (mut rates, mut prefills) = (Vec::new(), Vec::new());

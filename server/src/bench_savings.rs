@@ -9,11 +9,11 @@
 //! `--gsm8k` GSM8K problems.
 //!
 //! Answer extraction (documented rule, applied to the answer content only, never to the thinking):
-//! * MMLU-Pro: the letter of the last "answer is (X)" / "answer: X" phrase (either phrase, any case,
-//!   the letter standalone: "the answer is Because" names none); else the last standalone capital
-//!   letter A–J in parentheses or followed by `)` / `.`; else the first standalone capital letter A–J
-//!   of the text (the pronoun "I" and the article "A" before a lower-case word excepted). No
-//!   letter: wrong.
+//! * MMLU-Pro: the letter of the last "answer is (X)" / "answer: X" / `\boxed{X}` phrase (any of
+//!   them, any case, the letter standalone: "the answer is Because" names none); else the last
+//!   standalone capital letter A–J in parentheses or followed by `)` / `.`; else the first standalone
+//!   capital letter A–J of the text (the pronoun "I" and the article "A" before a lower-case word
+//!   other than "is" excepted). No letter: wrong.
 //! * GSM8K: the last number in the text (commas dropped), compared numerically (|a − b| < 1e-6).
 //!
 //! Every request is greedy (temperature 0); all requests of one policy are submitted together and the
@@ -29,7 +29,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::ProgressBar;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use switchyard_engine::{
     Engine, EngineConfig, Event, GenerationParams, GenerationRequest, Prompt, SamplingParams,
     Thinking,
@@ -71,6 +71,10 @@ pub struct SavingsArgs {
     /// Output folder.
     #[arg(long, default_value = "bench-out")]
     pub out: PathBuf,
+    /// Score the answers of an earlier run's `savings.json` again by the current rule (writes a new
+    /// report to `--out`; nothing is generated).
+    #[arg(long)]
+    pub rescore: Option<PathBuf>,
 }
 
 /// One question with its gold answer.
@@ -114,7 +118,7 @@ struct Outcome {
 }
 
 /// Per-policy, per-category aggregates.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Aggregate {
     /// Questions.
     pub n: usize,
@@ -129,6 +133,7 @@ pub struct Aggregate {
     /// Mean request latency, seconds.
     pub mean_latency_s: f64,
     /// Questions the router blocked (counted wrong, with no tokens and no latency).
+    #[serde(default)]
     pub blocked: usize,
 }
 
@@ -157,7 +162,7 @@ impl Aggregate {
 }
 
 /// The savings part of the report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SavingsReport {
     /// Machine.
     pub machine: String,
@@ -174,11 +179,12 @@ pub struct SavingsReport {
     /// Wall time of each policy's whole run, seconds.
     pub wall_s: BTreeMap<String, f64>,
     /// Every answer, for auditing the extraction rule.
+    #[serde(default)]
     pub answers: Vec<Answer>,
 }
 
 /// One policy's answer to one question.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Answer {
     /// The policy.
     pub policy: String,
@@ -190,6 +196,12 @@ pub struct Answer {
     pub thinking: bool,
     /// Whether the extracted answer is the gold one.
     pub correct: bool,
+    /// The gold answer (a letter or a number).
+    #[serde(default)]
+    pub gold: String,
+    /// What the rule extracted, if anything.
+    #[serde(default)]
+    pub extracted: Option<String>,
     /// The answer content (thinking left out).
     pub answer: String,
 }
@@ -297,13 +309,13 @@ pub fn extract_letter(text: &str) -> Option<char> {
         })
     };
     let letter_after = |mut i: usize| {
-        while i < chars.len() && (chars[i].is_whitespace() || chars[i] == '(' || chars[i] == '*') {
+        while i < chars.len() && (chars[i].is_whitespace() || "(*{$\\".contains(chars[i])) {
             i += 1;
         }
         (i < chars.len() && standalone(i)).then_some(i)
     };
     let phrase = (0..chars.len()).rev().find_map(|i| {
-        ["answer is", "answer:"]
+        ["answer is", "answer:", "\\boxed{"]
             .iter()
             .filter(|p| phrase_at(i, p))
             .find_map(|p| letter_after(i + p.len()))
@@ -321,7 +333,8 @@ pub fn extract_letter(text: &str) -> Option<char> {
                 let pronoun = chars[i] == 'I' && matches!(chars.get(i + 1), Some(' ' | '\''));
                 let article = chars[i] == 'A'
                     && chars.get(i + 1) == Some(&' ')
-                    && chars.get(i + 2).is_some_and(|c| c.is_lowercase());
+                    && chars.get(i + 2).is_some_and(|c| c.is_lowercase())
+                    && !phrase_at(i + 2, "is ");
                 standalone(i) && !pronoun && !article
             })
         })
@@ -357,9 +370,73 @@ fn is_correct(gold: &Gold, answer: &str) -> bool {
     }
 }
 
+impl Gold {
+    fn text(&self) -> String {
+        match self {
+            Gold::Letter(l) => l.to_string(),
+            Gold::Number(n) => n.to_string(),
+        }
+    }
+
+    /// What the rule extracts from `answer` for a question of this kind.
+    fn extracted(&self, answer: &str) -> Option<String> {
+        match self {
+            Gold::Letter(_) => extract_letter(answer).map(String::from),
+            Gold::Number(_) => extract_number(answer).map(|v| v.to_string()),
+        }
+    }
+}
+
+/// Scores a saved report's answers again by the current rule: `correct` of every answer and of every
+/// aggregate (tokens, latency and the rest are the run's), gold and extracted answers filled in.
+fn rescore(mut report: SavingsReport, questions: &[Question]) -> Result<SavingsReport> {
+    let gold: std::collections::HashMap<&str, &Gold> =
+        questions.iter().map(|q| (q.id.as_str(), &q.gold)).collect();
+    let mut correct: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for a in &mut report.answers {
+        let g = gold
+            .get(a.id.as_str())
+            .with_context(|| format!("question {} is not among the questions loaded", a.id))?;
+        a.correct = is_correct(g, &a.answer);
+        a.gold = g.text();
+        a.extracted = g.extracted(&a.answer);
+        if a.correct {
+            *correct
+                .entry((a.policy.clone(), a.category.clone()))
+                .or_default() += 1;
+        }
+    }
+    for (policy, agg) in report.overall.iter_mut() {
+        agg.correct = correct
+            .iter()
+            .filter(|((p, _), _)| p == policy)
+            .map(|(_, n)| n)
+            .sum();
+    }
+    for (category, per_policy) in report.by_category.iter_mut() {
+        for (policy, agg) in per_policy.iter_mut() {
+            agg.correct = correct
+                .get(&(policy.clone(), category.clone()))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+    Ok(report)
+}
+
 /// Runs the three policies; returns the report and writes `savings.{json,md}` and plots.
 pub fn run(args: SavingsArgs) -> Result<SavingsReport> {
     let questions = load_questions(&args)?;
+    if let Some(saved) = &args.rescore {
+        let report: SavingsReport = serde_json::from_str(
+            &std::fs::read_to_string(saved)
+                .with_context(|| format!("reading {}", saved.display()))?,
+        )
+        .with_context(|| format!("parsing {}", saved.display()))?;
+        let report = rescore(report, &questions)?;
+        write_report(&report, &args.out)?;
+        return Ok(report);
+    }
     let path = resolve_model(args.model.clone())?;
     let model = switchyard_models::load_generation_model(&path)
         .with_context(|| format!("loading {}", path.display()))?;
@@ -485,6 +562,8 @@ pub fn run(args: SavingsArgs) -> Result<SavingsReport> {
                 category: q.category.clone(),
                 thinking,
                 correct: is_correct(&q.gold, &answer),
+                gold: q.gold.text(),
+                extracted: q.gold.extracted(&answer),
                 answer: answer.clone(),
             });
             results.push(Outcome {
@@ -535,26 +614,33 @@ pub fn run(args: SavingsArgs) -> Result<SavingsReport> {
         wall_s: wall,
         answers,
     };
-    std::fs::create_dir_all(&args.out)?;
+    write_report(&report, &args.out)?;
+    Ok(report)
+}
+
+/// Writes `savings.{json,md}` and the two plots into `out`.
+fn write_report(report: &SavingsReport, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out)?;
     std::fs::write(
-        args.out.join("savings.json"),
-        serde_json::to_string_pretty(&report)?,
+        out.join("savings.json"),
+        serde_json::to_string_pretty(report)?,
     )?;
-    std::fs::write(args.out.join("savings.md"), markdown(&report))?;
+    std::fs::write(out.join("savings.md"), markdown(report))?;
     let policies = ["never", "always", "routed"];
+    let overall = |p: &str| report.overall.get(p).cloned().unwrap_or_default();
     plots::bars(
-        &args.out.join("savings-accuracy.svg"),
+        &out.join("savings-accuracy.svg"),
         "Accuracy per policy",
         "accuracy",
-        &policies.map(|p| (p.to_string(), report.overall[p].accuracy())),
+        &policies.map(|p| (p.to_string(), overall(p).accuracy())),
     )?;
     plots::bars(
-        &args.out.join("savings-tokens.svg"),
+        &out.join("savings-tokens.svg"),
         "Mean completion tokens (thinking included) per policy",
         "tokens",
-        &policies.map(|p| (p.to_string(), report.overall[p].mean_completion_tokens)),
+        &policies.map(|p| (p.to_string(), overall(p).mean_completion_tokens)),
     )?;
-    Ok(report)
+    Ok(())
 }
 
 /// The Markdown table of a savings report.
@@ -649,8 +735,84 @@ mod tests {
         // The article is not an answer; a letter on its own is.
         assert_eq!(extract_letter("A force acts on the body"), None);
         assert_eq!(extract_letter("I pick A"), Some('A'));
+        assert_eq!(extract_letter("A is correct here"), Some('A'));
+        // A boxed letter is an answer phrase; a unit's capital after it is not the answer.
+        assert_eq!(
+            extract_letter("in BTU/(ft·°C), so the correct answer is \\boxed{E}."),
+            Some('E')
+        );
+        assert_eq!(extract_letter("Thus \\(\\boxed{A}\\)"), Some('A'));
         // Capitals inside words do not count.
         assert_eq!(extract_letter("Because Einstein said so"), None);
+    }
+
+    #[test]
+    fn rescoring_recounts_every_aggregate_from_the_saved_answers() {
+        let question = |id: &str, category: &str, gold: Gold| Question {
+            id: id.into(),
+            category: category.into(),
+            source: "mmlu_pro",
+            prompt: String::new(),
+            gold,
+        };
+        let questions = [
+            question("q1", "physics", Gold::Letter('E')),
+            question("q2", "gsm8k", Gold::Number(12.0)),
+        ];
+        let answer = |policy: &str, id: &str, category: &str, text: &str| Answer {
+            policy: policy.into(),
+            id: id.into(),
+            category: category.into(),
+            thinking: false,
+            correct: false,
+            gold: String::new(),
+            extracted: None,
+            answer: text.into(),
+        };
+        let aggregate = |n: usize, correct: usize| Aggregate {
+            n,
+            correct,
+            ..Aggregate::default()
+        };
+        let report = SavingsReport {
+            machine: "m".into(),
+            model: "a.gguf".into(),
+            thinking_model: None,
+            questions: BTreeMap::new(),
+            overall: [("never".to_string(), aggregate(2, 0))].into(),
+            by_category: [
+                (
+                    "physics".to_string(),
+                    [("never".to_string(), aggregate(1, 0))].into(),
+                ),
+                (
+                    "gsm8k".to_string(),
+                    [("never".to_string(), aggregate(1, 1))].into(),
+                ),
+            ]
+            .into(),
+            wall_s: BTreeMap::new(),
+            answers: vec![
+                answer("never", "q1", "physics", "so the answer is \\boxed{E}"),
+                answer("never", "q2", "gsm8k", "I get 13"),
+            ],
+        };
+        let r = rescore(report, &questions).unwrap();
+        assert_eq!(r.overall["never"].correct, 1);
+        assert_eq!(r.by_category["physics"]["never"].correct, 1);
+        assert_eq!(r.by_category["gsm8k"]["never"].correct, 0);
+        assert_eq!(r.answers[0].extracted.as_deref(), Some("E"));
+        assert_eq!(
+            (
+                r.answers[1].gold.as_str(),
+                r.answers[1].extracted.as_deref()
+            ),
+            ("12", Some("13"))
+        );
+        // An answer to a question that is not loaded is an error, not a silent skip.
+        let mut stray = r.clone();
+        stray.answers[0].id = "q9".into();
+        assert!(rescore(stray, &questions).is_err());
     }
 
     #[test]
