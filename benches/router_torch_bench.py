@@ -25,6 +25,7 @@ Prints nothing on stdout but writes `{"batches": {"1": {"p50_ms":..., "p99_ms":.
 import argparse
 import json
 import os
+import math
 import sys
 import time
 
@@ -34,6 +35,13 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from transformers import BertModel, ModernBertConfig, ModernBertModel
 from transformers.models.modernbert.modeling_modernbert import ModernBertPredictionHead
+
+
+def quantile(values, q):
+    """The q-quantile by nearest rank, as the Rust side computes it (server/src/stats.rs):
+    sorted[round((n - 1) q)], halves rounded up."""
+    s = sorted(values)
+    return float(s[int(math.floor((len(s) - 1) * q + 0.5))])
 
 
 def log(msg):
@@ -164,10 +172,9 @@ def main():
                 assert all(np.isfinite(x).all() for x in probs)
                 if i >= a.warmup:
                     runs.append(elapsed * 1e3)
-            runs_sorted = sorted(runs)
             out["batches"][str(b)] = {
-                "p50_ms": float(np.percentile(runs_sorted, 50)),
-                "p99_ms": float(np.percentile(runs_sorted, 99)),
+                "p50_ms": quantile(runs, 0.50),
+                "p99_ms": quantile(runs, 0.99),
                 "runs_ms": runs,
             }
             log(f"batch {b}: p50 {out['batches'][str(b)]['p50_ms']:.2f} ms")
