@@ -16,14 +16,15 @@
 //! training split and chooses `weight` and `scale` on its validation split.
 //!
 //! On disk, beside the router (`lexical.json` + `lexical.safetensors` for the domain head,
-//! `lexical-<head>.*` for others, `…-joint.*` for a joint model; a head may have a text-only model and
-//! a joint one, and the router uses the joint one when it runs the embedding signal): the head it fuses with, the label names, `weight`, `scale`, the word
-//! terms in feature order, the character block (`char_wb`: n-gram range and terms) and the embedding
-//! features (`embedding`) when present (a model fitted on the same word terms as another model of the
-//! directory refers to it instead, `terms_from`: its stem and the terms' SHA-256); `idf` `[words]` and `char_idf` `[chars]` in f16; the weights
-//! over `words + chars + embedding + 1` features (the last is the bias) in 8 bits, feature-major:
-//! `weights_u8` `[features, classes]` and a per-feature f16 `weights_scale` (models written before
-//! that: `weights` `[classes, features]` in f16, still read).
+//! `lexical-<head>.*` for others, `…-joint.*` for a joint model; a head may have a text-only model
+//! and a joint one, and the router uses the joint one when it runs the embedding signal): the head
+//! it fuses with, the label names, `weight`, `scale`, the word terms in feature order (or, for a
+//! model fitted on the same word terms as another model of its head, `terms_from`: that model's
+//! stem and the terms' SHA-256), the character block (`char_wb`: n-gram range and terms) and the
+//! embedding features (`embedding`) when present; `idf` `[words]` and `char_idf` `[chars]` in f16;
+//! the weights over `words + chars + embedding + 1` features (the last is the bias) in 8 bits,
+//! feature-major: `weights_u8` `[features, classes]` and a per-feature f16 `weights_scale` (models
+//! written before that: `weights` `[classes, features]` in f16, still read).
 
 use std::collections::HashMap;
 use std::path::Path;
