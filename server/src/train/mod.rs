@@ -647,6 +647,15 @@ fn stage_rng(args: &TrainArgs) -> StdRng {
     StdRng::seed_from_u64(args.seed)
 }
 
+/// An NQ-open question as a person would type it: capitalised, with a question mark.
+fn as_typed(question: &str) -> String {
+    let mut c = question.chars();
+    match c.next() {
+        Some(f) => format!("{}{}?", f.to_uppercase(), c.as_str()),
+        None => String::new(),
+    }
+}
+
 /// Runs the whole pipeline.
 pub fn run(args: TrainArgs) -> Result<()> {
     let t0 = Instant::now();
@@ -695,10 +704,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .map(|e| {
             let mut e = e.clone();
             if e.source == "nq_open" && data::fnv1a(e.text.as_bytes()).is_multiple_of(2) {
-                let mut c = e.text.chars();
-                if let Some(f) = c.next() {
-                    e.text = format!("{}{}?", f.to_uppercase(), c.as_str());
-                }
+                e.text = as_typed(&e.text);
             }
             e
         })
@@ -1154,6 +1160,19 @@ fn evaluate(
             );
             rea.insert(format!("val_{src}"), json!({"n": sel.len(), "accuracy": a}));
         }
+    }
+    // Every NQ validation question written as typed: whether the head reads the question or the
+    // lower-case, no-question-mark form NQ-open comes in (half the training ones are rewritten).
+    let nq: Vec<&data::Example> = rval.iter().filter(|e| e.source == "nq_open").collect();
+    if !nq.is_empty() {
+        let typed: Vec<String> = nq.iter().map(|e| as_typed(&e.text)).collect();
+        let p = eval::predict(&clf, &enc(typed.iter().map(String::as_str).collect())?, bs)?;
+        let pr: Vec<usize> = p.seq["reasoning"].iter().map(|x| x.0).collect();
+        let gd: Vec<usize> = nq.iter().map(|e| e.label).collect();
+        rea.insert(
+            "val_nq_open_as_typed".into(),
+            json!({"n": nq.len(), "accuracy": eval::accuracy(&pr, &gd)}),
+        );
     }
     let csel: Vec<usize> = (0..ds.chat_val.len())
         .filter(|&i| ds.chat_val[i].reasoning.is_some())
@@ -1673,6 +1692,13 @@ mod tests {
             ("pii".to_string(), HeadKind::Token, labels(5)),
         ];
         (arch, heads)
+    }
+
+    #[test]
+    fn nq_questions_are_written_as_typed() {
+        assert_eq!(as_typed("who wrote hamlet"), "Who wrote hamlet?");
+        assert_eq!(as_typed("élan vital meaning"), "Élan vital meaning?");
+        assert_eq!(as_typed(""), "");
     }
 
     /// `--seed` fixes every starting weight (heads and the distillation projection included), and
