@@ -156,9 +156,12 @@ pub fn run(args: ModelsBenchArgs) -> Result<()> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"),
     );
     let mut rounds: [Vec<(f64, [f64; 2])>; 2] = [Vec::new(), Vec::new()];
-    // A first untimed round each pages the weights in; then the arrangements alternate.
+    // A first untimed round each pages the weights in; then the arrangements alternate, each going
+    // first in every other round (so neither always runs on the other's warm caches).
     for r in 0..=args.repeats {
-        for (k, (name, pair)) in arrangements.iter().enumerate() {
+        let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
+        for k in order {
+            let (name, pair) = &arrangements[k];
             bar.set_message(format!("{name}, round {r}"));
             let result = pair.round(args.new_tokens)?;
             if r > 0 {
