@@ -125,9 +125,21 @@ fn decode_rate<T>(engine: &Engine, during: impl FnOnce() -> Result<T>) -> Result
 
 /// `route()` latencies in ms, back to back over `texts`.
 fn route_times(router: &Router, texts: &[String], n: usize, bar: &ProgressBar) -> Result<Vec<f64>> {
+    route_times_from(router, texts, 0, n, bar)
+}
+
+/// [`route_times`] starting at text `first` (cyclically).
+fn route_times_from(
+    router: &Router,
+    texts: &[String],
+    first: usize,
+    n: usize,
+    bar: &ProgressBar,
+) -> Result<Vec<f64>> {
     texts
         .iter()
         .cycle()
+        .skip(first)
         .take(n)
         .map(|t| {
             let start = Instant::now();
@@ -192,11 +204,15 @@ pub fn run(args: BusyBenchArgs) -> Result<()> {
         ("generating, router on the engine's worker", &on_worker),
     ];
     let mut samples: [(Vec<f64>, Vec<f64>); 2] = Default::default();
+    let half = n.div_ceil(2);
     for k in [0, 1, 1, 0] {
         let (phase, router) = loaded[k];
         bar.set_message(phase);
-        let half = n.div_ceil(2);
-        let (times, rate) = decode_rate(&engine, || route_times(router, &texts, half, &bar))?;
+        // Each arrangement's second half routes the texts after its first half's.
+        let first = samples[k].0.len();
+        let (times, rate) = decode_rate(&engine, || {
+            route_times_from(router, &texts, first, half, &bar)
+        })?;
         samples[k].0.extend(times);
         samples[k].1.push(rate);
     }
