@@ -391,7 +391,29 @@ impl Engine {
     /// Queues a request; its events arrive on the returned stream.
     pub fn submit(&self, request: GenerationRequest) -> Result<GenerationStream> {
         let submitted = Instant::now();
-        let mut params = request.params;
+        let params = Self::checked(request.params)?;
+        let rendered = self.prompt_tokens(&request.prompt, &params)?;
+        self.enqueue(rendered, params, submitted)
+    }
+
+    /// Queues a prompt already rendered and tokenized by [`Engine::prompt_tokens`], so that
+    /// several sequences of one prompt (a request's `n` choices) render its template once.
+    /// `params` must render the prompt as those it was rendered with did (the same thinking mode,
+    /// tools, template variables and response format); the sampling, limits and log-probabilities
+    /// may differ. Everything [`Engine::submit`] checks is checked here too.
+    pub fn submit_rendered(
+        &self,
+        rendered: (Vec<u32>, Section),
+        params: GenerationParams,
+    ) -> Result<GenerationStream> {
+        let submitted = Instant::now();
+        let params = Self::checked(params)?;
+        self.enqueue(rendered, params, submitted)
+    }
+
+    /// The request's parameters checked against the engine's fixed bounds (stop token ids
+    /// de-duplicated).
+    fn checked(mut params: GenerationParams) -> Result<GenerationParams> {
         params.sampling.validate()?;
         if params.stop.len() > MAX_STOP_STRINGS {
             return Err(EngineError::InvalidParameter {
@@ -432,7 +454,17 @@ impl Engine {
                 message: "thinking needs its section split out of the output".into(),
             });
         }
-        let (tokens, section) = self.prompt_tokens(&request.prompt, &params)?;
+        Ok(params)
+    }
+
+    /// Checks a rendered prompt against the vocabulary and the context, and hands its sequence
+    /// to the worker.
+    fn enqueue(
+        &self,
+        (tokens, section): (Vec<u32>, Section),
+        params: GenerationParams,
+        submitted: Instant,
+    ) -> Result<GenerationStream> {
         let section = if params.split_thinking {
             section
         } else {

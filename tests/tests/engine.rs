@@ -399,6 +399,54 @@ fn thinking_mode_is_rendered_the_way_each_family_wants() {
 }
 
 #[test]
+fn a_prompt_rendered_once_is_queued_as_submit_queues_it() {
+    // What `n` choices share: the template rendered once, each choice queued from it.
+    let llama = engine("tiny-llama", EngineConfig::default());
+    let request = GenerationRequest {
+        prompt: Prompt::Chat(vec![ChatMessage::new("user", "What is 2+2?")]),
+        params: GenerationParams {
+            max_tokens: Some(10),
+            ignore_eos: true,
+            thinking: Thinking::On { budget: Some(3) },
+            ..Default::default()
+        },
+    };
+    let rendered = llama
+        .prompt_tokens(&request.prompt, &request.params)
+        .unwrap();
+    // The prompted convention leaves the turn inside the thinking section.
+    assert_eq!(rendered.1, switchyard_engine::thinking::Section::Thinking);
+    let direct = drain(llama.submit(request.clone()).unwrap());
+    let queued = drain(
+        llama
+            .submit_rendered(rendered.clone(), request.params.clone())
+            .unwrap(),
+    );
+    assert_eq!(queued.ids, direct.ids);
+    assert_eq!(queued.reasoning, direct.reasoning);
+    assert_eq!(queued.content, direct.content);
+    assert!(!direct.reasoning.is_empty() && !direct.content.is_empty());
+    assert_eq!(queued.usage.prompt_tokens, rendered.0.len());
+    assert_eq!(queued.usage.reasoning_tokens, direct.usage.reasoning_tokens);
+
+    // It checks what submit checks: the parameters, and the tokens against the vocabulary.
+    let mut bad = request.params.clone();
+    bad.sampling.temperature = -1.0;
+    assert!(matches!(
+        llama.submit_rendered(rendered.clone(), bad),
+        Err(EngineError::InvalidParameter { .. })
+    ));
+    let outside = (vec![1, u32::MAX], rendered.1);
+    assert!(matches!(
+        llama.submit_rendered(outside, request.params),
+        Err(EngineError::InvalidParameter {
+            param: "prompt",
+            ..
+        })
+    ));
+}
+
+#[test]
 fn limits_are_enforced_with_clear_errors() {
     let engine = engine(
         "tiny-llama",

@@ -259,33 +259,40 @@ pub(super) async fn submit(
         }
         // The engine refuses prompts longer than its context itself.
         let context_limit = engine.max_model_len() - 1;
-        if let Some(limit) = state.limits.prompt_tokens.filter(|&l| l < context_limit) {
-            for r in &requests {
-                let (tokens, _) = engine
-                    .prompt_tokens(&r.prompt, &r.params)
-                    .map_err(|e| ApiError::from_engine(e, field))?;
-                if tokens.len() > limit {
-                    let mut e = ApiError::invalid(
-                        field,
-                        format!(
-                            "The prompt has {} tokens, more than the {limit} this server accepts for `{model}`.",
-                            tokens.len()
-                        ),
-                    );
-                    e.code = Some("context_length_exceeded");
-                    return Err(e);
-                }
-            }
-        }
-        let mut streams = Vec::with_capacity(requests.len() * choices);
+        let limit = state.limits.prompt_tokens.filter(|&l| l < context_limit);
+        // Each prompt rendered and tokenized once, for the limit and for every choice, and all
+        // of them before the first is queued.
+        let mut rendered = Vec::with_capacity(requests.len());
         for r in &requests {
+            let prompt = engine
+                .prompt_tokens(&r.prompt, &r.params)
+                .map_err(|e| ApiError::from_engine(e, field))?;
+            if let Some(limit) = limit.filter(|&l| prompt.0.len() > l) {
+                let mut e = ApiError::invalid(
+                    field,
+                    format!(
+                        "The prompt has {} tokens, more than the {limit} this server accepts for `{model}`.",
+                        prompt.0.len()
+                    ),
+                );
+                e.code = Some("context_length_exceeded");
+                return Err(e);
+            }
+            rendered.push(prompt);
+        }
+        let mut streams = Vec::with_capacity(sequences);
+        for (r, rendered) in requests.iter().zip(rendered) {
             for k in 0..choices {
-                let mut g = r.clone();
-                g.params.sampling.seed = g.params.sampling.seed.map(|s| s.wrapping_add(k as u64));
+                let mut params = r.params.clone();
+                params.sampling.seed = params.sampling.seed.map(|s| s.wrapping_add(k as u64));
                 if k > 0 {
-                    g.params.prompt_logprobs = None;
+                    params.prompt_logprobs = None;
                 }
-                streams.push(engine.submit(g).map_err(|e| ApiError::from_engine(e, field))?);
+                streams.push(
+                    engine
+                        .submit_rendered(rendered.clone(), params)
+                        .map_err(|e| ApiError::from_engine(e, field))?,
+                );
             }
         }
         Ok(streams)
