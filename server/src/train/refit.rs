@@ -99,7 +99,9 @@ pub fn fit_softmax_anchored(
 }
 
 /// Rewrites `model.safetensors` with the two classifier tensors replaced (stored in the dtype they
-/// had); the file's metadata (e.g. transformers' `format: pt`) is kept.
+/// had); the file's metadata (e.g. transformers' `format: pt`) is kept. The new file is written
+/// beside the old one and renamed over it, so a process that has the old one memory-mapped (a
+/// server on the same router directory) keeps reading it whole.
 pub fn write_classifier(dir: &Path, names: &[String; 2], w: &Tensor, b: &Tensor) -> Result<()> {
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -122,8 +124,13 @@ pub fn write_classifier(dir: &Path, names: &[String; 2], w: &Tensor, b: &Tensor)
     }
     let mut named: Vec<(&String, &Tensor)> = tensors.iter().collect();
     named.sort_by(|a, b| a.0.cmp(b.0));
-    safetensors::serialize_to_file(named, metadata, &path)
-        .with_context(|| format!("writing {}", path.display()))?;
+    let partial = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("a temporary file in {}", dir.display()))?;
+    safetensors::serialize_to_file(named, metadata, partial.path())
+        .with_context(|| format!("writing {}", partial.path().display()))?;
+    partial
+        .persist(&path)
+        .with_context(|| format!("renaming the new file over {}", path.display()))?;
     Ok(())
 }
 
@@ -186,7 +193,16 @@ mod tests {
         ];
         let new_w = Tensor::ones((3, 2), DType::F32, &cpu).unwrap();
         let new_b = Tensor::full(2f32, 3, &cpu).unwrap();
+        // A reader that opened the file before (as a server maps it) keeps the old one whole.
+        let mut before = std::fs::File::open(dir.join("model.safetensors")).unwrap();
+        let old_bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
         write_classifier(&dir, &names, &new_w, &new_b).unwrap();
+        let mut seen = Vec::new();
+        std::io::Read::read_to_end(&mut before, &mut seen).unwrap();
+        assert_eq!(seen, old_bytes);
+        assert_ne!(std::fs::read(dir.join("model.safetensors")).unwrap(), old_bytes);
+        // Nothing but the model is left in the directory.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         let back = candle_core::safetensors::load(dir.join("model.safetensors"), &cpu).unwrap();
         let w = &back["heads.pii.classifier.weight"];
         assert_eq!(w.dtype(), DType::F16);
