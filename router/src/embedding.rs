@@ -195,17 +195,17 @@ impl EmbeddingHead {
             encoder_weights: if self.quantized { "q8_0" } else { "f32" }.into(),
             encoder_layers: self.layers,
         };
-        std::fs::write(
-            dir.join(format!("{STEM}.json")),
+        crate::lexical::write_whole(
+            &dir.join(format!("{STEM}.json")),
             serde_json::to_string_pretty(&meta)
-                .map_err(|e| RouterError::Classifier(e.to_string()))?,
+                .map_err(|e| RouterError::Classifier(e.to_string()))?
+                .as_bytes(),
         )?;
         let flat: Vec<f32> = self.weights.iter().flatten().copied().collect();
         let t = Tensor::from_vec(flat, (self.weights.len(), self.dim() + 1), &Device::Cpu)?
             .to_dtype(DType::F16)?;
         let tensors: HashMap<String, Tensor> = [("weights".to_string(), t)].into_iter().collect();
-        candle_core::safetensors::save(&tensors, dir.join(format!("{STEM}.safetensors")))?;
-        Ok(())
+        crate::lexical::save_tensors_whole(&tensors, &dir.join(format!("{STEM}.safetensors")))
     }
 }
 

@@ -750,8 +750,7 @@ impl LexicalModel {
             "weights_scale".into(),
             Tensor::from_vec(scales, width, &Device::Cpu)?,
         );
-        candle_core::safetensors::save(&tensors, dir.join(format!("{stem}.safetensors")))?;
-        Ok(())
+        save_tensors_whole(&tensors, &dir.join(format!("{stem}.safetensors")))
     }
 
     /// Fuses a head's distribution (`head_labels` order) with this model's, by label name; labels the
@@ -800,14 +799,38 @@ fn read_meta(dir: &Path, stem: &str) -> Result<Meta, RouterError> {
     serde_json::from_str(&text).map_err(|e| err(e.to_string()))
 }
 
-/// Writes `<stem>.json` whole or not at all (a temporary file renamed over it), so a reader never
-/// sees half of one.
+/// Writes `<stem>.json` whole or not at all, so a reader never sees half of one.
 fn write_meta(dir: &Path, stem: &str, meta: &Meta) -> Result<(), RouterError> {
     let json = serde_json::to_string(meta).map_err(|e| RouterError::Classifier(e.to_string()))?;
-    let partial = dir.join(format!(".{stem}.json.partial"));
-    std::fs::write(&partial, json)?;
-    std::fs::rename(&partial, dir.join(format!("{stem}.json")))?;
+    write_whole(&dir.join(format!("{stem}.json")), json.as_bytes())
+}
+
+/// Writes `path` whole or not at all: a temporary file beside it, renamed over it. A reader (or a
+/// server that has the old file mapped) sees the old file or the new one, never half of one.
+pub(crate) fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), RouterError> {
+    let partial = partial_path(path);
+    std::fs::write(&partial, bytes)?;
+    std::fs::rename(&partial, path)?;
     Ok(())
+}
+
+/// [`write_whole`] for tensors in safetensors format.
+pub(crate) fn save_tensors_whole(
+    tensors: &HashMap<String, Tensor>,
+    path: &Path,
+) -> Result<(), RouterError> {
+    let partial = partial_path(path);
+    candle_core::safetensors::save(tensors, &partial)?;
+    std::fs::rename(&partial, path)?;
+    Ok(())
+}
+
+/// `dir/.name.partial` for `dir/name`.
+fn partial_path(path: &Path) -> std::path::PathBuf {
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.partial"))
 }
 
 /// SHA-256 (hex) of word terms, each followed by a newline.
@@ -1266,6 +1289,24 @@ mod tests {
             assert!((a - b).abs() < 1e-2 * a.abs().max(1.0), "{s:?} vs {s2:?}");
         }
         assert_eq!(back.weight, 0.5);
+
+        // Saving again replaces the files by rename: a reader that opened them before (a server
+        // with the directory loaded) keeps the old ones whole, and no partial file is left.
+        let files = |ext: &str| dir.join(format!("{}.{ext}", m.stem()));
+        let old = ["json", "safetensors"].map(|ext| std::fs::read(files(ext)).unwrap());
+        let mut open = ["json", "safetensors"].map(|ext| std::fs::File::open(files(ext)).unwrap());
+        let mut other = model();
+        other.weight = 0.25;
+        other.features.words.idf.iter_mut().for_each(|v| *v += 1.0);
+        other.save(&dir).unwrap();
+        for (file, before) in open.iter_mut().zip(&old) {
+            let mut seen = Vec::new();
+            std::io::Read::read_to_end(file, &mut seen).unwrap();
+            assert_eq!(&seen, before);
+        }
+        assert_ne!(std::fs::read(files("json")).unwrap(), old[0]);
+        assert_ne!(std::fs::read(files("safetensors")).unwrap(), old[1]);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
         std::fs::create_dir_all(&dir).unwrap();
         assert!(LexicalModel::load_all(&dir).unwrap().is_empty());

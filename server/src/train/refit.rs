@@ -200,7 +200,10 @@ mod tests {
         let mut seen = Vec::new();
         std::io::Read::read_to_end(&mut before, &mut seen).unwrap();
         assert_eq!(seen, old_bytes);
-        assert_ne!(std::fs::read(dir.join("model.safetensors")).unwrap(), old_bytes);
+        assert_ne!(
+            std::fs::read(dir.join("model.safetensors")).unwrap(),
+            old_bytes
+        );
         // Nothing but the model is left in the directory.
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         let back = candle_core::safetensors::load(dir.join("model.safetensors"), &cpu).unwrap();
