@@ -10,10 +10,10 @@
 //! - `parallel_overhead`: cost of dispatching an empty parallel call, and of a small decode-sized
 //!   matmul, on this crate's pool vs rayon vs a single thread.
 //! - `by_isa/<shape>/m<m>/<isa>`: matrix-matrix products (prefill, batched decode, the router's
-//!   encoders) on every instruction set at AVX-512 and above that the CPU has (`matmul_with_isa`),
-//!   side by side: the router's ModernBERT Q8_0 matrices (768 x 256 attention, 1024 x 256 MLP) and
-//!   SmolLM2's Q4_1 ones (1536 x 576, 576 x 1536), at 32 and 256 rows. Throughput is
-//!   multiply-adds per second.
+//!   encoders) on every SIMD instruction set the CPU has (`matmul_with_isa`: AVX2, AVX-512, AMX),
+//!   side by side: the router's ModernBERT Q8_0 matrices (768 x 256 attention, 1024 x 256 and
+//!   256 x 512 MLP), its sentence encoder's (MiniLM: 1536 x 384, 384 x 1536) and SmolLM2's Q4_1
+//!   ones (1536 x 576, 576 x 1536), at 32 and 256 rows. Throughput is multiply-adds per second.
 //!
 //! Run: `cargo bench -p switchyard-benches --bench qmatmul` (filter with a trailing regex).
 
@@ -205,12 +205,12 @@ fn parallel_overhead(c: &mut Criterion) {
 }
 
 fn by_isa(c: &mut Criterion) {
-    let isas: Vec<Isa> = [Isa::Avx512, Isa::Amx]
+    let isas: Vec<Isa> = [Isa::Avx2, Isa::Avx512, Isa::Amx]
         .into_iter()
         .filter(|i| i.is_available())
         .collect();
     if isas.is_empty() {
-        eprintln!("by_isa: no AVX-512 on this CPU, skipped");
+        eprintln!("by_isa: no AVX2 on this CPU, skipped");
         return;
     }
     let mut rng = Lcg(4);
@@ -222,6 +222,9 @@ fn by_isa(c: &mut Criterion) {
     for (name, format, rows, cols) in [
         ("router_qkv", WeightFormat::Q8_0, 768usize, 256usize),
         ("router_mlp_in", WeightFormat::Q8_0, 1024, 256),
+        ("router_mlp_out", WeightFormat::Q8_0, 256, 512),
+        ("minilm_mlp_in", WeightFormat::Q8_0, 1536, 384),
+        ("minilm_mlp_out", WeightFormat::Q8_0, 384, 1536),
         ("smollm2_gate", WeightFormat::Q4_1, 1536, 576),
         ("smollm2_down", WeightFormat::Q4_1, 576, 1536),
     ] {

@@ -17,9 +17,13 @@
 //!
 //! Q8_0's weights are signed, so they take the sign trick per step (`|w|` against `sign(x, w)`),
 //! and each step is widened to i32 at once (`2 · 128 · 127` leaves no room for a second step).
-//! A last group shorter than 8 blocks is zero-padded (zero quants, scales and offsets), which is
-//! exact. Accuracy is the same as the per-block kernel's: identical integers, float sums in
-//! another order.
+//! A last group of `r < 8` blocks is laid out `w` blocks wide, `w` the power of two at or above
+//! `r`: `w` step registers whose lanes hold `8 / w` consecutive dwords of one block each (lane `l`
+//! belongs to block `l / (8 / w)`; `w = 8` is the layout above), so a row of 18 blocks (SmolLM2's
+//! 576 columns) takes 8 + 8 + 2 steps instead of 24, and one of 12 (MiniLM's 384) 8 + 4 instead of
+//! 16. A block's scale sits in each of its lanes, its offset sum in the first one only (zero in the
+//! others), and blocks `r..w` are zero-padded (zero quants, scales and offsets), which is exact.
+//! Accuracy is the same as the per-block kernel's: identical integers, float sums in another order.
 //!
 //! The k-quants fit the same layout, one 256-value super-block per group (their activations are
 //! quantized per super-block, so `d` is the same in all 8 lanes and `s` comes from the 16-value sums):
@@ -118,6 +122,73 @@ fn groups(cols: usize) -> usize {
     (cols / 32).div_ceil(8)
 }
 
+/// Width (blocks, a power of two up to 8) of the last group of a row of `nb` blocks; 8 when every
+/// group is full (see the module docs).
+fn last_width(nb: usize) -> usize {
+    match nb % 8 {
+        0 => 8,
+        r => r.next_power_of_two(),
+    }
+}
+
+/// Lays the blocks `b[k]` (`k < w`; zero beyond the group's last block) of a group `w` blocks wide
+/// out as `w` step registers (see the module docs): dword `l` of step `t` is dword
+/// `t · 8/w + l % (8/w)` of block `l / (8/w)`. `w = 8` is [`transpose8`].
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn narrow_steps(b: [__m256i; 8], w: usize) -> [__m256i; 8] {
+    let zero = _mm256_setzero_si256();
+    match w {
+        1 => [b[0], zero, zero, zero, zero, zero, zero, zero],
+        2 => [
+            _mm256_permute2x128_si256::<0x20>(b[0], b[1]),
+            _mm256_permute2x128_si256::<0x31>(b[0], b[1]),
+            zero,
+            zero,
+            zero,
+            zero,
+            zero,
+            zero,
+        ],
+        4 => {
+            // Step `t` holds qword `t` of blocks 0..4.
+            let (lo01, hi01) = (
+                _mm256_unpacklo_epi64(b[0], b[1]),
+                _mm256_unpackhi_epi64(b[0], b[1]),
+            );
+            let (lo23, hi23) = (
+                _mm256_unpacklo_epi64(b[2], b[3]),
+                _mm256_unpackhi_epi64(b[2], b[3]),
+            );
+            [
+                _mm256_permute2x128_si256::<0x20>(lo01, lo23),
+                _mm256_permute2x128_si256::<0x20>(hi01, hi23),
+                _mm256_permute2x128_si256::<0x31>(lo01, lo23),
+                _mm256_permute2x128_si256::<0x31>(hi01, hi23),
+                zero,
+                zero,
+                zero,
+                zero,
+            ]
+        }
+        _ => transpose8(b),
+    }
+}
+
+/// Per lane of a group `w` blocks wide, `per_block[k]` for every lane of block `k < r`; with
+/// `first_only`, in the block's first lane alone (zero in its others).
+fn lanes_of(per_block: impl Fn(usize) -> f32, r: usize, w: usize, first_only: bool) -> [f32; 8] {
+    let lanes = 8 / w;
+    std::array::from_fn(|l| {
+        let k = l / lanes;
+        if k < r && (!first_only || l % lanes == 0) {
+            per_block(k)
+        } else {
+            0.0
+        }
+    })
+}
+
 /// 64-byte units of `Acts`' grouped storage per activation row (a whole number of 512 bytes).
 fn act_lines(ng: usize) -> usize {
     (ng * ACT_UNITS * 32).div_ceil(512) * 8
@@ -139,9 +210,35 @@ pub(super) unsafe fn prepare<const F: u8>(acts: &mut Acts) {
     // Rows are `act_lines(ng)` units of 64 bytes apart (see `Acts::grouped_row`).
     let row_units = act_lines(ng) * 64 / size_of::<Y>();
     let k_quant = F >= F_Q4K;
+    // The k-quants' groups are whole super-blocks.
+    let narrow = (!k_quant && last_width(nb) < 8).then(|| (ng - 1, nb % 8, last_width(nb)));
     for i in 0..m {
         let q = acts.qs_ptr(i);
         for g in 0..ng {
+            if let Some((last, r, w)) = narrow.filter(|n| n.0 == g) {
+                let (d, s) = (acts.d(i), acts.s(i));
+                let first = 8 * last;
+                let dl = lanes_of(|k| d[first + k], r, w, false);
+                let sl = lanes_of(|k| s[first + k], r, w, true);
+                // SAFETY: blocks `first..first + r` are in bounds of row `i`; `dst` holds `m` rows
+                // of `row_units` units, each group's `ACT_UNITS` inside them.
+                unsafe {
+                    let blocks: [__m256i; 8] = std::array::from_fn(|k| {
+                        if k < r {
+                            _mm256_load_si256(q.add(32 * (first + k)).cast())
+                        } else {
+                            _mm256_setzero_si256()
+                        }
+                    });
+                    let u = dst.add(i * row_units + g * ACT_UNITS);
+                    for (t, v) in narrow_steps(blocks, w).into_iter().enumerate().take(w) {
+                        _mm256_store_si256(u.add(t).cast(), v);
+                    }
+                    _mm256_store_ps(u.add(8).cast(), _mm256_loadu_ps(dl.as_ptr()));
+                    _mm256_store_ps(u.add(9).cast(), _mm256_loadu_ps(sl.as_ptr()));
+                }
+                continue;
+            }
             // Scale and sum of each block (lane) of the group.
             let mut lanes = [[0f32; 8]; 2];
             for k in 0..8 {
@@ -187,8 +284,22 @@ unsafe fn pack<const F: u8>(w: *const u8, rb: usize, nb: usize, ng: usize, pk: *
     }
     let bb = block_bytes(F);
     let wu = weight_units(F);
+    let narrow = (last_width(nb) < 8).then(|| (ng - 1, nb % 8, last_width(nb)));
     for j in 0..NRP {
         for g in 0..ng {
+            if let Some((last, r, width)) = narrow.filter(|n| n.0 == g) {
+                // SAFETY: blocks `8 · last .. nb` of row `j` are in bounds; `pk` holds
+                // `ng · NRP · wu` units.
+                unsafe {
+                    pack_narrow::<F>(
+                        w.add(j * rb + 8 * last * bb),
+                        r,
+                        width,
+                        pk.add((g * NRP + j) * wu),
+                    )
+                };
+                continue;
+            }
             let mut dc = [[0f32; 4]; 8];
             // SAFETY: blocks below `nb` of row `j` are in bounds; `pk` holds `ng · NRP · wu` units.
             unsafe {
@@ -218,6 +329,42 @@ unsafe fn pack<const F: u8>(w: *const u8, rb: usize, nb: usize, ng: usize, pk: *
                 }
             }
         }
+    }
+}
+
+/// [`pack`] for a last group of `r` blocks at `w` laid out `width` blocks wide (see the module docs),
+/// into the `weight_units(F)` units at `u`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pack_narrow<const F: u8>(w: *const u8, r: usize, width: usize, u: *mut Y) {
+    let wu = weight_units(F);
+    let mut dc = [[0f32; 4]; 8];
+    // SAFETY: the caller guarantees `r` whole blocks at `w` and `wu` writable units at `u`.
+    unsafe {
+        let blocks: [__m256i; 8] = std::array::from_fn(|k| {
+            if k < r {
+                let (q, v) = decode32::<F>(w.add(k * block_bytes(F)));
+                _mm_storeu_ps(dc[k].as_mut_ptr(), v);
+                q
+            } else {
+                _mm256_setzero_si256()
+            }
+        });
+        for (t, v) in narrow_steps(blocks, width)
+            .into_iter()
+            .enumerate()
+            .take(width)
+        {
+            if F == F_Q8_0 {
+                _mm256_store_si256(u.add(t).cast(), _mm256_abs_epi8(v));
+                _mm256_store_si256(u.add(8 + t).cast(), v);
+            } else {
+                _mm256_store_si256(u.add(t).cast(), v);
+            }
+        }
+        let dl = lanes_of(|k| dc[k][0], r, width, false);
+        let cl = lanes_of(|k| dc[k][1], r, width, false);
+        _mm256_store_ps(u.add(wu - 2).cast(), _mm256_loadu_ps(dl.as_ptr()));
+        _mm256_store_ps(u.add(wu - 1).cast(), _mm256_loadu_ps(cl.as_ptr()));
     }
 }
 
@@ -298,73 +445,99 @@ unsafe fn decode_k<const F: u8>(p: *const u8) -> ([__m256i; 8], [[f32; 8]; 2]) {
     (q, lanes)
 }
 
-/// Register tile over a packed tile: activation row `i` x `NRP` weight rows from `r`.
+/// Register tile over a packed tile: activation row `i` x `NRP` weight rows from `r`, over the
+/// `ng` groups, the last `last` blocks wide.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn micro<const F: u8>(
     pk: *const Y,
     ng: usize,
+    last: usize,
     acts: &Acts,
     i: usize,
     r: usize,
     out: OutPtr,
 ) {
-    let wu = weight_units(F);
-    let ones = _mm256_set1_epi16(1);
     let x = acts.grouped_row(i).cast::<Y>();
     let mut acc = [_mm256_setzero_ps(); NRP];
-    let flush = flush_every(F);
+    let full = if last == 8 { ng } else { ng - 1 };
     // SAFETY: `pk` holds the packed tile (`pack`), row `i` of the activations its grouped layout
-    // (`prepare`).
+    // (`prepare`), both with `ng` groups.
     unsafe {
-        for g in 0..ng {
-            let xg = x.add(g * ACT_UNITS);
-            let dx = _mm256_load_ps(xg.add(8).cast());
-            let wg: [*const Y; NRP] = std::array::from_fn(|j| pk.add((g * NRP + j) * wu));
-            let mut i16acc = [_mm256_setzero_si256(); NRP];
-            let mut i32acc = [_mm256_setzero_si256(); NRP];
-            for t in 0..8 {
-                let xv = _mm256_load_si256(xg.add(t).cast());
-                for j in 0..NRP {
-                    let wv = _mm256_load_si256(wg[j].add(t).cast());
-                    let xs = if signed(F) {
-                        _mm256_sign_epi8(xv, _mm256_load_si256(wg[j].add(8 + t).cast()))
-                    } else {
-                        xv
-                    };
-                    i16acc[j] = _mm256_add_epi16(i16acc[j], _mm256_maddubs_epi16(wv, xs));
-                }
-                if (t + 1) % flush == 0 {
-                    for j in 0..NRP {
-                        let wide = _mm256_madd_epi16(i16acc[j], ones);
-                        i16acc[j] = _mm256_setzero_si256();
-                        if F == F_Q6K {
-                            // Each half of the block has its own scale.
-                            let dw = _mm256_load_ps(wg[j].add(wu - 2 + t / 4).cast());
-                            let dot = _mm256_cvtepi32_ps(wide);
-                            acc[j] = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw, dx), acc[j]);
-                        } else {
-                            i32acc[j] = _mm256_add_epi32(i32acc[j], wide);
-                        }
-                    }
-                }
-            }
-            if F == F_Q6K {
-                continue;
-            }
-            let sx = _mm256_load_ps(xg.add(9).cast());
-            for j in 0..NRP {
-                let dw = _mm256_load_ps(wg[j].add(wu - 2).cast());
-                let dot = _mm256_cvtepi32_ps(i32acc[j]);
-                acc[j] = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw, dx), acc[j]);
-                if F != F_Q8_0 {
-                    let cw = _mm256_load_ps(wg[j].add(wu - 1).cast());
-                    acc[j] = _mm256_fmadd_ps(cw, sx, acc[j]);
-                }
-            }
+        for g in 0..full {
+            group::<F, 8>(pk, x, g, &mut acc);
+        }
+        match (full < ng).then_some(last) {
+            Some(1) => group::<F, 1>(pk, x, full, &mut acc),
+            Some(2) => group::<F, 2>(pk, x, full, &mut acc),
+            Some(4) => group::<F, 4>(pk, x, full, &mut acc),
+            Some(w) => unreachable!("a last group {w} blocks wide"),
+            None => {}
         }
         for j in 0..NRP {
             out.write(i, r + j, hsum(acc[j]));
+        }
+    }
+}
+
+/// Adds group `g` (`STEPS` step registers: 8, or a narrow last group's width) of one activation
+/// row (`x`, grouped layout) times the `NRP` weight rows of the packed tile `pk` to `acc`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn group<const F: u8, const STEPS: usize>(
+    pk: *const Y,
+    x: *const Y,
+    g: usize,
+    acc: &mut [__m256; NRP],
+) {
+    let wu = weight_units(F);
+    let ones = _mm256_set1_epi16(1);
+    let flush = flush_every(F);
+    // SAFETY: the caller's contract (see `micro`).
+    unsafe {
+        let xg = x.add(g * ACT_UNITS);
+        let dx = _mm256_load_ps(xg.add(8).cast());
+        let wg: [*const Y; NRP] = std::array::from_fn(|j| pk.add((g * NRP + j) * wu));
+        let mut i16acc = [_mm256_setzero_si256(); NRP];
+        let mut i32acc = [_mm256_setzero_si256(); NRP];
+        for t in 0..STEPS {
+            let xv = _mm256_load_si256(xg.add(t).cast());
+            for j in 0..NRP {
+                let wv = _mm256_load_si256(wg[j].add(t).cast());
+                let xs = if signed(F) {
+                    _mm256_sign_epi8(xv, _mm256_load_si256(wg[j].add(8 + t).cast()))
+                } else {
+                    xv
+                };
+                i16acc[j] = _mm256_add_epi16(i16acc[j], _mm256_maddubs_epi16(wv, xs));
+            }
+            if (t + 1) % flush == 0 || t + 1 == STEPS {
+                for j in 0..NRP {
+                    let wide = _mm256_madd_epi16(i16acc[j], ones);
+                    i16acc[j] = _mm256_setzero_si256();
+                    if F == F_Q6K {
+                        // Each half of the block has its own scale.
+                        let dw = _mm256_load_ps(wg[j].add(wu - 2 + t / 4).cast());
+                        let dot = _mm256_cvtepi32_ps(wide);
+                        acc[j] = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw, dx), acc[j]);
+                    } else {
+                        i32acc[j] = _mm256_add_epi32(i32acc[j], wide);
+                    }
+                }
+            }
+        }
+        if F == F_Q6K {
+            return;
+        }
+        let sx = _mm256_load_ps(xg.add(9).cast());
+        for j in 0..NRP {
+            let dw = _mm256_load_ps(wg[j].add(wu - 2).cast());
+            let dot = _mm256_cvtepi32_ps(i32acc[j]);
+            acc[j] = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw, dx), acc[j]);
+            if F != F_Q8_0 {
+                let cw = _mm256_load_ps(wg[j].add(wu - 1).cast());
+                acc[j] = _mm256_fmadd_ps(cw, sx, acc[j]);
+            }
         }
     }
 }
@@ -388,6 +561,8 @@ pub(super) unsafe fn tile<const F: u8>(
         return r0;
     }
     let (rb, nb, m) = (w.row_bytes(), w.cols() / 32, acts.m);
+    // The k-quants' groups are whole super-blocks.
+    let last = if F >= F_Q4K { 8 } else { last_width(nb) };
     let base = w.data().as_ptr();
     let mut scratch = PACK.with(|p| p.take());
     let units = ng * NRP * weight_units(F);
@@ -402,7 +577,7 @@ pub(super) unsafe fn tile<const F: u8>(
         unsafe {
             pack::<F>(base.add(r * rb), rb, nb, ng, scratch.as_mut_ptr());
             for i in 0..m {
-                micro::<F>(scratch.as_ptr(), ng, acts, i, r, out);
+                micro::<F>(scratch.as_ptr(), ng, last, acts, i, r, out);
             }
         }
         r += NRP;
