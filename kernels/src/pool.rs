@@ -25,11 +25,17 @@
 //! - idle workers spin (with `spin_loop` hints) for [`SPIN`] after their last task, so back-to-back
 //!   calls of a decode step find them awake, then park on a condition variable (no CPU burnt while
 //!   the server is idle);
-//! - one job at a time: a call made while the pool is busy (another thread's matmul, or a nested
-//!   call from inside a task) runs on its caller alone instead of waiting.
+//! - one top-level job at a time: a call made while the pool is busy with another thread's call
+//!   runs on its caller alone instead of waiting;
+//! - one nested job beside it: a call made from inside a task (the two halves of a [`join`], say)
+//!   is published in a second slot, where any thread with nothing to do takes part: an idle
+//!   worker, or the top-level caller once its own tasks are done. So when one half of a join
+//!   finishes first, its thread helps the other half's products instead of spinning. A call made
+//!   from inside a nested task runs on its caller alone.
 //!
 //! `SWITCHYARD_THREADS` sets the number of threads (default: available parallelism);
-//! [`set_backend`] switches to rayon or to single-threaded execution (for comparisons).
+//! [`set_backend`] switches to rayon or to single-threaded execution, [`set_nested_jobs`] runs nested
+//! calls on their caller alone (both for comparisons).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
@@ -63,6 +69,14 @@ pub fn backend() -> Backend {
         1 => Backend::Rayon,
         _ => Backend::Single,
     }
+}
+
+static NESTED_JOBS: AtomicBool = AtomicBool::new(true);
+
+/// Whether calls made inside a task are published for idle threads to help with (the default) or
+/// run on their caller alone (process-wide; for comparisons).
+pub fn set_nested_jobs(on: bool) {
+    NESTED_JOBS.store(on, Ordering::Relaxed);
 }
 
 /// Number of threads (caller included) that kernel calls use.
@@ -171,10 +185,11 @@ pub fn run(n: usize, f: &(dyn Fn(usize) + Sync)) {
 }
 
 /// Runs `a` and `b` at the same time, one on the caller and one on a pool worker, and returns both
-/// results. Kernel calls inside them run single-threaded (they are nested in a pool job), so this is
-/// for two independent pieces of work too small to split well, such as two small encoders over one
-/// short text. One after the other, on the caller, when the pool has a single thread, is busy, or
-/// another backend is selected.
+/// results. Kernel calls inside them are nested jobs: each runs on the thread that makes it, helped
+/// by any thread that has nothing else to do (with two threads: the one whose half finished
+/// first). So this is for two independent pieces of work too small to split well, such as two
+/// small encoders over one short text. One after the other, on the caller, when the pool has a
+/// single thread, is busy, or another backend is selected.
 pub fn join<A: Send, B: Send>(
     a: impl FnOnce() -> A + Send,
     b: impl FnOnce() -> B + Send,
@@ -203,8 +218,18 @@ pub fn join<A: Send, B: Send>(
 
 type Job = *const (dyn Fn(usize) + Sync + 'static);
 
-struct Pool {
-    workers: usize,
+/// Where a job is published: the top-level slot, or the nested one (a call made inside a task of
+/// the top-level job).
+const TOP: usize = 0;
+const NESTED: usize = 1;
+
+std::thread_local! {
+    /// The slot of the task this thread is running (`TOP` or `NESTED`), `None` outside tasks.
+    static IN_TASK: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// One job slot.
+struct Slot {
     /// `generation << 32 | ntasks << 16 | next_task`.
     state: AtomicU64,
     /// The current job's closure; written only while no task of the previous job is running.
@@ -215,16 +240,39 @@ struct Pool {
     panicked: AtomicBool,
     /// A job is in flight (one submitter at a time).
     busy: AtomicBool,
+}
+
+impl Slot {
+    fn new() -> Self {
+        Self {
+            state: AtomicU64::new(0),
+            job: std::cell::UnsafeCell::new(None),
+            done: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        generation(self.state.load(Ordering::Acquire))
+    }
+}
+
+struct Pool {
+    workers: usize,
+    /// `[TOP, NESTED]`.
+    slots: [Slot; 2],
     /// Workers parked (or about to park) on `cv`.
     sleepers: AtomicUsize,
     lock: Mutex<()>,
     cv: Condvar,
 }
 
-// SAFETY: `job` is only written by the single submitter holding `busy` while no task reads it, and
-// only read by a thread that has claimed a task of the job it belongs to (see `claim_and_run`).
+// SAFETY: a slot's `job` is only written by the single submitter holding its `busy` while no task
+// reads it, and only read by a thread that has claimed a task of the job it belongs to (see
+// `claim_and_run`).
 unsafe impl Sync for Pool {}
-// SAFETY: as above; the raw job pointer is only dereferenced under that protocol.
+// SAFETY: as above; the raw job pointers are only dereferenced under that protocol.
 unsafe impl Send for Pool {}
 
 const MAX_TASKS: usize = (1 << 16) - 1;
@@ -242,11 +290,7 @@ fn pool() -> Option<&'static Pool> {
         }
         let pool: &'static Pool = Box::leak(Box::new(Pool {
             workers: threads - 1,
-            state: AtomicU64::new(0),
-            job: std::cell::UnsafeCell::new(None),
-            done: AtomicUsize::new(0),
-            panicked: AtomicBool::new(false),
-            busy: AtomicBool::new(false),
+            slots: [Slot::new(), Slot::new()],
             sleepers: AtomicUsize::new(0),
             lock: Mutex::new(()),
             cv: Condvar::new(),
@@ -269,8 +313,17 @@ fn generation(state: u64) -> u64 {
 
 impl Pool {
     fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        let s = match IN_TASK.get() {
+            None => TOP,
+            Some(TOP) if NESTED_JOBS.load(Ordering::Relaxed) => NESTED,
+            Some(_) => {
+                (0..n).for_each(f);
+                return;
+            }
+        };
+        let slot = &self.slots[s];
         if n > MAX_TASKS
-            || self
+            || slot
                 .busy
                 .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                 .is_err()
@@ -283,18 +336,23 @@ impl Pool {
         // state's task index is exhausted and only a new generation reopens it).
         let job: Job = unsafe { std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), Job>(f) };
         // SAFETY: we hold `busy` and every task of the previous job has finished.
-        unsafe { *self.job.get() = Some(job) };
-        self.done.store(0, Ordering::Relaxed);
-        let gen = generation(self.state.load(Ordering::Relaxed)).wrapping_add(1) & 0xffff_ffff;
-        self.state
+        unsafe { *slot.job.get() = Some(job) };
+        slot.done.store(0, Ordering::Relaxed);
+        let gen = generation(slot.state.load(Ordering::Relaxed)).wrapping_add(1) & 0xffff_ffff;
+        slot.state
             .store(gen << 32 | (n as u64) << 16, Ordering::SeqCst);
         if self.sleepers.load(Ordering::SeqCst) > 0 {
             let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.cv.notify_all();
         }
-        self.claim_and_run(gen);
+        self.claim_and_run(s, gen);
         let mut spins = 0u32;
-        while self.done.load(Ordering::Acquire) < n {
+        while slot.done.load(Ordering::Acquire) < n {
+            // The top-level caller whose own tasks are done helps the nested job, if any.
+            if s == TOP && self.claim_and_run(NESTED, self.slots[NESTED].generation()) {
+                spins = 0;
+                continue;
+            }
             spins += 1;
             if spins < 1 << 14 {
                 std::hint::spin_loop();
@@ -302,26 +360,29 @@ impl Pool {
                 std::thread::yield_now();
             }
         }
-        let panicked = self.panicked.swap(false, Ordering::Relaxed);
-        self.busy.store(false, Ordering::Release);
+        let panicked = slot.panicked.swap(false, Ordering::Relaxed);
+        slot.busy.store(false, Ordering::Release);
         if panicked {
             panic!("a kernel task panicked on a pool worker");
         }
     }
 
-    /// Claims and runs tasks of generation `gen` until none are left.
-    fn claim_and_run(&self, gen: u64) {
-        let mut cur = self.state.load(Ordering::Acquire);
+    /// Claims and runs tasks of generation `gen` of slot `s` until none are left; returns whether
+    /// it ran any.
+    fn claim_and_run(&self, s: usize, gen: u64) -> bool {
+        let slot = &self.slots[s];
+        let mut cur = slot.state.load(Ordering::Acquire);
+        let mut ran = false;
         loop {
             if generation(cur) != gen {
-                return;
+                return ran;
             }
             let n = (cur >> 16) & 0xffff;
             let idx = cur & 0xffff;
             if idx >= n {
-                return;
+                return ran;
             }
-            match self.state.compare_exchange_weak(
+            match slot.state.compare_exchange_weak(
                 cur,
                 cur + 1,
                 Ordering::AcqRel,
@@ -330,16 +391,19 @@ impl Pool {
                 Ok(_) => {
                     // SAFETY: we claimed task `idx` of generation `gen`, so that job is still in
                     // flight and its submitter is waiting for us; `job` holds its closure.
-                    let f = unsafe { (*self.job.get()).unwrap_unchecked() };
+                    let f = unsafe { (*slot.job.get()).unwrap_unchecked() };
+                    let outer = IN_TASK.replace(Some(s));
                     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         // SAFETY: the closure outlives the job (see `run`).
                         unsafe { (*f)(idx as usize) }
                     }));
+                    IN_TASK.set(outer);
                     if r.is_err() {
-                        self.panicked.store(true, Ordering::Relaxed);
+                        slot.panicked.store(true, Ordering::Relaxed);
                     }
-                    self.done.fetch_add(1, Ordering::Release);
-                    cur = self.state.load(Ordering::Acquire);
+                    slot.done.fetch_add(1, Ordering::Release);
+                    ran = true;
+                    cur = slot.state.load(Ordering::Acquire);
                 }
                 Err(now) => cur = now,
             }
@@ -347,15 +411,18 @@ impl Pool {
     }
 
     fn worker(&self) {
-        let mut seen = generation(self.state.load(Ordering::Acquire));
+        // Generation 0 is the slots' state before their first job: a worker that starts after a
+        // job was published still sees it as new.
+        let mut seen = [0u64; 2];
         loop {
-            // Wait for a new generation: spin, then park.
+            // Wait for a new generation in either slot: spin, then park.
             let mut start: Option<Instant> = None;
             let mut spins = 0u32;
-            let gen = loop {
-                let g = generation(self.state.load(Ordering::Acquire));
-                if g != seen {
-                    break g;
+            let (s, gen) = loop {
+                let now = self.slots.each_ref().map(Slot::generation);
+                // A nested job first: its submitter is inside a task of the top-level one.
+                if let Some(s) = [NESTED, TOP].into_iter().find(|&s| now[s] != seen[s]) {
+                    break (s, now[s]);
                 }
                 spins = spins.wrapping_add(1);
                 if !spins.is_multiple_of(256) {
@@ -368,15 +435,20 @@ impl Pool {
                 }
                 self.sleepers.fetch_add(1, Ordering::SeqCst);
                 let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-                while generation(self.state.load(Ordering::SeqCst)) == seen {
+                while self
+                    .slots
+                    .iter()
+                    .zip(seen)
+                    .all(|(slot, g)| generation(slot.state.load(Ordering::SeqCst)) == g)
+                {
                     guard = self.cv.wait(guard).unwrap_or_else(|e| e.into_inner());
                 }
                 drop(guard);
                 self.sleepers.fetch_sub(1, Ordering::SeqCst);
                 start = None;
             };
-            seen = gen;
-            self.claim_and_run(gen);
+            seen[s] = gen;
+            self.claim_and_run(s, gen);
         }
     }
 }
@@ -402,6 +474,88 @@ mod tests {
         assert_eq!(b, (vec![1; 40], "b"));
         // The pool is free again afterwards: a job may split across threads as before.
         assert_eq!(rows_covered(128), vec![1; 128]);
+    }
+
+    /// Runs `attempt` until it reports an outcome (`Some`); it reports `None` when another test's
+    /// job held the slot it needed, so that its work ran inline.
+    fn with_retries<T>(mut attempt: impl FnMut() -> Option<T>) -> T {
+        for _ in 0..200 {
+            if let Some(outcome) = attempt() {
+                return outcome;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("the pool stayed busy with other tests' jobs");
+    }
+
+    #[test]
+    fn a_thread_whose_half_of_a_join_is_done_helps_the_other_half() {
+        if threads() < 2 {
+            eprintln!("one kernel thread: nested jobs run on their caller, nothing to check");
+            return;
+        }
+        // Half `b` publishes a nested job of two tasks whose first waits until the second has
+        // started: only another thread can start it, the one whose half `a` (nothing) is done.
+        let helped = with_retries(|| {
+            let outcome = Mutex::new(None);
+            let started = AtomicBool::new(false);
+            join(
+                || (),
+                || {
+                    run(2, &|k| {
+                        if IN_TASK.get() != Some(NESTED) {
+                            return; // the join or its nested job ran inline
+                        }
+                        if k == 1 {
+                            started.store(true, Ordering::Release);
+                            return;
+                        }
+                        let until = Instant::now() + Duration::from_secs(10);
+                        while !started.load(Ordering::Acquire) && Instant::now() < until {
+                            std::hint::spin_loop();
+                        }
+                        *outcome.lock().unwrap() = Some(started.load(Ordering::Acquire));
+                    })
+                },
+            );
+            outcome.into_inner().unwrap()
+        });
+        assert!(
+            helped,
+            "the nested job's second task did not start while its first ran"
+        );
+    }
+
+    #[test]
+    fn a_job_nested_two_deep_runs_on_its_caller() {
+        // Every inner task on the thread of the nested task that made it, in order.
+        let outer = with_retries(|| {
+            let outer = Mutex::new(Vec::new());
+            join(
+                || {
+                    run(2, &|_| {
+                        let nested = IN_TASK.get() == Some(NESTED);
+                        let inner = Mutex::new(Vec::new());
+                        run(3, &|k| {
+                            inner.lock().unwrap().push((k, std::thread::current().id()))
+                        });
+                        let inner = inner.into_inner().unwrap();
+                        outer
+                            .lock()
+                            .unwrap()
+                            .push((nested, std::thread::current().id(), inner));
+                    })
+                },
+                || (),
+            );
+            let outer = outer.into_inner().unwrap();
+            outer.iter().all(|o| o.0).then_some(outer)
+        });
+        assert_eq!(outer.len(), 2);
+        for (_, thread, inner) in outer {
+            assert_eq!(inner.iter().map(|p| p.0).collect::<Vec<_>>(), [0, 1, 2]);
+            assert!(inner.iter().all(|p| p.1 == thread));
+        }
     }
 
     /// The `(start, end, thread)` of every chunk `parallel_rows` runs.

@@ -170,6 +170,9 @@ struct Report {
     skip_vs_always: Option<SkipVsAlways>,
     /// `route()` at batch 1 with the sentence encoder beside the backbone and after it, paired.
     encoder_beside_vs_after: Option<BesideVsAfter>,
+    /// `route()` at batch 1 with the kernels' nested jobs helped by an idle thread and run alone,
+    /// paired (when the encoder runs beside the backbone).
+    nested_help: Option<NestedHelp>,
     /// `route()` at batch 1 right after another call and after an idle pause, paired.
     after_idle: Option<AfterIdle>,
     concurrency: Vec<Concurrency>,
@@ -363,6 +366,10 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
         Some(_) => Some(encoder_beside_vs_after(&args, &texts, mode)?),
         None => None,
     };
+    let nested_help = match embedding {
+        Some(_) => Some(nested_help(&args, &texts, mode)?),
+        None => None,
+    };
 
     // 4. Concurrent callers, micro-batching on and off.
     let mut concurrency = Vec::new();
@@ -457,6 +464,7 @@ pub fn run(args: RouterBenchArgs) -> Result<String> {
         skip_when_confident: skip,
         skip_vs_always,
         encoder_beside_vs_after: beside_vs_after,
+        nested_help,
         after_idle,
         concurrency,
         decisions,
@@ -513,6 +521,42 @@ fn encoder_beside_vs_after(
     })
 }
 
+/// `route()` at batch 1 with the products of the backbone and the encoder (each on one thread,
+/// beside the other) published as nested jobs, so that the thread whose half finished first helps
+/// with the other's (the default), vs each run on its own thread alone
+/// (`switchyard_kernels::pool::set_nested_jobs`), the same texts in turn.
+#[derive(Serialize)]
+struct NestedHelp {
+    helped_p50_ms: f64,
+    helped_p99_ms: f64,
+    alone_p50_ms: f64,
+    alone_p99_ms: f64,
+    /// Median over texts of (alone − helped), ms.
+    paired_saving_p50_ms: f64,
+}
+
+fn nested_help(
+    args: &RouterBenchArgs,
+    texts: &[String],
+    mode: EmbeddingMode,
+) -> Result<NestedHelp> {
+    let router = Router::load(options(args, true, mode)?)?;
+    let times = in_turns_by(args, texts, |k, messages| {
+        switchyard_kernels::pool::set_nested_jobs(k == 0);
+        router.route(messages)?;
+        Ok(())
+    });
+    switchyard_kernels::pool::set_nested_jobs(true);
+    let [helped, alone] = times?;
+    Ok(NestedHelp {
+        helped_p50_ms: quantile(&helped, 0.5),
+        helped_p99_ms: quantile(&helped, 0.99),
+        alone_p50_ms: quantile(&alone, 0.5),
+        alone_p99_ms: quantile(&alone, 0.99),
+        paired_saving_p50_ms: quantile(&paired_differences(&alone, &helped), 0.5),
+    })
+}
+
 /// `route()` at batch 1 skipping the sentence encoder for confident texts vs running it on every
 /// text, the same texts to both in turn. The skip saves the encoder's work, but whether it saves
 /// time depends on the machine: beside the backbone, the encoder costs little wall time.
@@ -555,6 +599,18 @@ fn in_turns(
     texts: &[String],
     routers: &[Router; 2],
 ) -> Result<[Vec<f64>; 2]> {
+    in_turns_by(args, texts, |k, messages| {
+        routers[k].route(messages)?;
+        Ok(())
+    })
+}
+
+/// [`in_turns`] for any two ways `route(k, messages)` (`k` 0 or 1) of routing a text.
+fn in_turns_by(
+    args: &RouterBenchArgs,
+    texts: &[String],
+    route: impl Fn(usize, &[ChatMessage]) -> Result<()>,
+) -> Result<[Vec<f64>; 2]> {
     let mut times = [Vec::new(), Vec::new()];
     for (i, t) in texts
         .iter()
@@ -566,7 +622,7 @@ fn in_turns(
         let mut took = [0.0; 2];
         for k in [i % 2, 1 - i % 2] {
             let start = Instant::now();
-            routers[k].route(&messages)?;
+            route(k, &messages)?;
             took[k] = ms(start.elapsed());
         }
         if i >= args.warmup {
@@ -765,6 +821,12 @@ fn markdown(r: &Report) -> String {
         s.push_str(&format!(
             "Sentence encoder beside the backbone, each on one thread (the default while under a fifth of recent texts skip the encoder; after the backbone otherwise), vs always after it (each product split over the threads): `route()` at batch 1, the same texts to both in turn: p50 {:.2} vs {:.2} ms, p99 {:.2} vs {:.2} ms; median paired saving {:.2} ms.\n\n",
             b.beside_p50_ms, b.after_p50_ms, b.beside_p99_ms, b.after_p99_ms, b.paired_saving_p50_ms
+        ));
+    }
+    if let Some(n) = &r.nested_help {
+        s.push_str(&format!(
+            "Beside the backbone, the products of the one that finishes second helped by the thread of the one that finished first (nested kernel jobs) vs each on its own thread alone: `route()` at batch 1, the same texts to both in turn: p50 {:.2} vs {:.2} ms, p99 {:.2} vs {:.2} ms; median paired saving {:.2} ms.\n\n",
+            n.helped_p50_ms, n.alone_p50_ms, n.helped_p99_ms, n.alone_p99_ms, n.paired_saving_p50_ms
         ));
     }
     if let Some(a) = &r.after_idle {
