@@ -479,7 +479,7 @@ mod tests {
     /// Runs `attempt` until it reports an outcome (`Some`); it reports `None` when another test's
     /// job held the slot it needed, so that its work ran inline.
     fn with_retries<T>(mut attempt: impl FnMut() -> Option<T>) -> T {
-        for _ in 0..200 {
+        for _ in 0..2000 {
             if let Some(outcome) = attempt() {
                 return outcome;
             }
@@ -528,6 +528,10 @@ mod tests {
 
     #[test]
     fn a_job_nested_two_deep_runs_on_its_caller() {
+        if threads() < 2 {
+            eprintln!("one kernel thread: every job runs on its caller, nothing to check");
+            return;
+        }
         // Every inner task on the thread of the nested task that made it, in order.
         let outer = with_retries(|| {
             let outer = Mutex::new(Vec::new());

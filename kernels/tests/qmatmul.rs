@@ -161,7 +161,9 @@ fn cols_for(format: WeightFormat) -> Vec<usize> {
         // Block counts: 1, 3, 5, 7, 8, 12, 14, 16, 17, 18, 20, 28, 35: groups of 16, 8 and 4
         // blocks, pairs and odd last blocks in AVX-512's prefill kernel (`Groups`), last 8-block
         // groups of every width from 1 to 7 blocks in AVX2's.
-        32 => vec![32, 96, 160, 224, 256, 384, 448, 512, 544, 576, 640, 896, 1120],
+        32 => vec![
+            32, 96, 160, 224, 256, 384, 448, 512, 544, 576, 640, 896, 1120,
+        ],
         _ => vec![256, 768],
     }
 }
