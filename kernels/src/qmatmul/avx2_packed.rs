@@ -131,6 +131,12 @@ fn last_width(nb: usize) -> usize {
     }
 }
 
+/// The narrow last group of a row of `nb` 32-value blocks, if it has one: its index, its blocks
+/// and its width.
+fn narrow_last(nb: usize) -> Option<(usize, usize, usize)> {
+    (last_width(nb) < 8).then(|| (nb / 8, nb % 8, last_width(nb)))
+}
+
 /// Lays the blocks `b[k]` (`k < w`; zero beyond the group's last block) of a group `w` blocks wide
 /// out as `w` step registers (see the module docs): dword `l` of step `t` is dword
 /// `t · 8/w + l % (8/w)` of block `l / (8/w)`. `w = 8` is [`transpose8`].
@@ -211,7 +217,7 @@ pub(super) unsafe fn prepare<const F: u8>(acts: &mut Acts) {
     let row_units = act_lines(ng) * 64 / size_of::<Y>();
     let k_quant = F >= F_Q4K;
     // The k-quants' groups are whole super-blocks.
-    let narrow = (!k_quant && last_width(nb) < 8).then(|| (ng - 1, nb % 8, last_width(nb)));
+    let narrow = narrow_last(nb).filter(|_| !k_quant);
     for i in 0..m {
         let q = acts.qs_ptr(i);
         for g in 0..ng {
@@ -284,7 +290,7 @@ unsafe fn pack<const F: u8>(w: *const u8, rb: usize, nb: usize, ng: usize, pk: *
     }
     let bb = block_bytes(F);
     let wu = weight_units(F);
-    let narrow = (last_width(nb) < 8).then(|| (ng - 1, nb % 8, last_width(nb)));
+    let narrow = narrow_last(nb);
     for j in 0..NRP {
         for g in 0..ng {
             if let Some((last, r, width)) = narrow.filter(|n| n.0 == g) {
